@@ -1,0 +1,1 @@
+"""The ``kfn`` command line: one console script, one subcommand per component."""

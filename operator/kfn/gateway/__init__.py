@@ -1,0 +1,1 @@
+"""The gateway: the Lambda Invoke API in front of the execution environments."""

@@ -1,0 +1,1 @@
+"""Scaling decisions: desired execution environments from concurrency, burst and caps."""

@@ -1,0 +1,1 @@
+"""Event source pollers: queues, streams and schedules feeding functions."""

@@ -1,0 +1,91 @@
+"""The Alias resource: a stable name for one version, optionally weighted to a second."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import Field, StrictFloat, StrictInt, StrictStr
+
+from kfn.models.base import CommonStatus, Matches, Range, Rule, SpecModel, parse_spec
+from kfn.models.function import FunctionName
+
+LATEST = "$LATEST"
+VERSION_PATTERN = r"^(\$LATEST|[0-9]+)$"
+ALIAS_NAME_PATTERN = r"^[a-zA-Z0-9_-]+$"
+
+Weight = Annotated[StrictFloat, Range(0, 1)]
+
+
+class AliasRouting(SpecModel):
+    """Weighted routing: a share of traffic to one additional version."""
+
+    __rules__ = (
+        Rule(
+            cel="self.additionalVersionWeights.all(v, v.matches('^[0-9]+$'))",
+            message="keys must be published version numbers (not $LATEST)",
+            field_path=".additionalVersionWeights",
+            check=lambda r: all(re.fullmatch(r"[0-9]+", v) for v in r.additional_version_weights),
+        ),
+    )
+
+    additional_version_weights: Annotated[dict[StrictStr, Weight], Field(max_length=1)] = Field(
+        alias="additionalVersionWeights",
+        description="Version -> share of traffic in [0, 1]; at most one additional version.",
+    )
+
+
+class AliasSpec(SpecModel):
+    """Alias.spec (Lambda CreateAlias)."""
+
+    __rules__ = (
+        Rule(
+            cel="!self.name.matches('^[0-9]+$')",
+            message="alias name must not be all digits (numbers name versions)",
+            field_path=".name",
+            check=lambda a: not a.name.isdigit(),
+        ),
+        Rule(
+            cel="!has(self.routing) || self.functionVersion != '$LATEST'",
+            message="weighted routing needs a published functionVersion, not $LATEST",
+            field_path=".routing",
+            reason="FieldValueForbidden",
+            check=lambda a: a.routing is None or a.function_version != LATEST,
+        ),
+        Rule(
+            cel="!has(self.routing) || !(self.functionVersion in self.routing.additionalVersionWeights)",
+            message="the additional version must differ from functionVersion",
+            field_path=".routing.additionalVersionWeights",
+            check=lambda a: a.routing is None or a.function_version not in a.routing.additional_version_weights,
+        ),
+    )
+
+    function_name: FunctionName = Field(alias="functionName", description="The Function (same namespace).")
+    name: Annotated[
+        StrictStr,
+        Field(min_length=1, max_length=128),
+        Matches(ALIAS_NAME_PATTERN, "must contain only letters, digits, '-' and '_'"),
+    ] = Field(description="Lambda alias name, e.g. live; not all digits.")
+    function_version: Annotated[
+        StrictStr, Field(max_length=1024), Matches(VERSION_PATTERN, "must be $LATEST or a version number")
+    ] = Field(alias="functionVersion", description="Version the alias points at: $LATEST or a number.")
+    routing: AliasRouting | None = Field(None, description="Weighted routing to one more version.")
+    provisioned_concurrency: Annotated[StrictInt, Range(0, None)] = Field(
+        0, alias="provisionedConcurrency", description="Environments kept initialised for this alias."
+    )
+    description: Annotated[StrictStr, Field(max_length=256)] | None = Field(None, description="Free text.")
+
+
+class AliasStatus(CommonStatus):
+    """Alias.status: what the alias resolves to right now."""
+
+    function_version: str | None = Field(None, alias="functionVersion", description="Resolved primary version.")
+    additional_version_weights: dict[str, float] | None = Field(
+        None, alias="additionalVersionWeights", description="Resolved weights."
+    )
+    endpoint: str | None = Field(None, description="In-cluster URL that serves this alias.")
+
+
+def parse_alias_spec(data: Any) -> AliasSpec:
+    """Validate an Alias spec dict; raises SpecError naming the field and the limit."""
+    return parse_spec(AliasSpec, data)

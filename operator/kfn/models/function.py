@@ -1,0 +1,406 @@
+"""The Function resource: the mutable ``$LATEST`` of a Lambda function.
+
+Limits and defaults are Lambda's (CreateFunction); where Kubernetes is
+stricter (names) the stricter rule wins and docs/resources.md says why.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StrictBool, StrictInt, StrictStr
+
+from kfn.models.base import (
+    FUNCTION_NAME_MAX,
+    FUNCTION_NAME_PATTERN,
+    FUNCTION_NAME_RULE_TEXT,
+    CommonStatus,
+    Matches,
+    Range,
+    Rule,
+    SpecModel,
+    parse_spec,
+)
+
+RUNTIMES = ("python3.9", "python3.10", "python3.11", "python3.12", "python3.13", "provided", "provided.al2", "provided.al2023")
+Runtime = Literal["python3.9", "python3.10", "python3.11", "python3.12", "python3.13", "provided", "provided.al2", "provided.al2023"]
+
+# Lambda reserves these keys: the runtime sets them (docs: "Defined runtime
+# environment variables"). Keys starting with '_' are excluded by the pattern.
+RESERVED_ENV_KEYS = (
+    "AWS_ACCESS_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_DEFAULT_REGION",
+    "AWS_EXECUTION_ENV",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+    "AWS_LAMBDA_INITIALIZATION_TYPE",
+    "AWS_LAMBDA_LOG_GROUP_NAME",
+    "AWS_LAMBDA_LOG_STREAM_NAME",
+    "AWS_LAMBDA_RUNTIME_API",
+    "AWS_REGION",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "LAMBDA_RUNTIME_DIR",
+    "LAMBDA_TASK_ROOT",
+)
+ENV_NAME_PATTERN = r"^[a-zA-Z][a-zA-Z0-9_]+$"
+ENV_MAX_BYTES = 4096
+ENV_MAX_VARIABLES = 500
+INLINE_MAX_FILES = 64
+INLINE_MAX_BYTES = 512 * 1024
+INLINE_PATH_PATTERN = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"
+MAX_LAYERS = 5
+
+KubeName = Annotated[
+    StrictStr,
+    Field(min_length=1, max_length=253),
+    Matches(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", "must be a Kubernetes object name"),
+]
+FunctionName = Annotated[
+    StrictStr,
+    Field(max_length=FUNCTION_NAME_MAX),
+    Matches(FUNCTION_NAME_PATTERN, FUNCTION_NAME_RULE_TEXT),
+]
+Destination = Annotated[StrictStr, Field(min_length=1, max_length=350)]
+
+
+def _env_bytes(variables: dict[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in variables.items())
+
+
+# ------------------------------------------------------------------------ code
+
+
+class KeyRef(SpecModel):
+    """A key of a ConfigMap or Secret in the function's namespace."""
+
+    name: KubeName = Field(description="Name of the ConfigMap or Secret.")
+    key: Annotated[StrictStr, Field(min_length=1, max_length=253)] = Field(
+        "code.zip", description="Key holding the zip archive."
+    )
+
+
+class ZipSource(SpecModel):
+    """A deployment package (.zip) from exactly one place."""
+
+    __rules__ = (
+        Rule(
+            cel="[has(self.configMapRef), has(self.secretRef), has(self.url)].filter(x, x).size() == 1",
+            message="must set exactly one of configMapRef, secretRef or url",
+            check=lambda z: sum(x is not None for x in (z.config_map_ref, z.secret_ref, z.url)) == 1,
+        ),
+        Rule(
+            cel="!has(self.url) || has(self.sha256)",
+            message="sha256 is required with url",
+            field_path=".sha256",
+            reason="FieldValueRequired",
+            check=lambda z: z.url is None or z.sha256 is not None,
+        ),
+    )
+
+    config_map_ref: KeyRef | None = Field(None, alias="configMapRef", description="Zip stored in a ConfigMap (binaryData).")
+    secret_ref: KeyRef | None = Field(None, alias="secretRef", description="Zip stored in a Secret.")
+    url: Annotated[StrictStr, Field(max_length=2048), Matches(r"^https?://", "must be an http or https URL")] | None = (
+        Field(None, description="Zip downloaded over HTTP(S); needs sha256.")
+    )
+    sha256: Annotated[StrictStr, Matches(r"^[a-f0-9]{64}$", "must be 64 lowercase hex digits")] | None = Field(
+        None, description="Expected SHA-256 of the zip, hex."
+    )
+
+
+class InlineSource(SpecModel):
+    """Source files written into the resource itself (small functions, examples)."""
+
+    __rules__ = (
+        Rule(
+            cel="self.files.all(f, f.matches('" + INLINE_PATH_PATTERN + "') && !f.matches('(^|/)[.][.]?(/|$)'))",
+            message="file names must be relative paths without '.' or '..' segments",
+            field_path=".files",
+            check=lambda s: all(_inline_path_ok(f) for f in s.files),
+        ),
+        Rule(
+            cel=f"self.files.map(f, size(bytes(self.files[f]))).sum() <= {INLINE_MAX_BYTES}",
+            message=f"inline code must be at most {INLINE_MAX_BYTES} bytes in total",
+            field_path=".files",
+            check=lambda s: sum(len(v.encode()) for v in s.files.values()) <= INLINE_MAX_BYTES,
+        ),
+    )
+
+    files: dict[Annotated[StrictStr, Field(max_length=253)], Annotated[StrictStr, Field(max_length=INLINE_MAX_BYTES)]] = (
+        Field(min_length=1, max_length=INLINE_MAX_FILES, description="File path (relative to /var/task) -> content.")
+    )
+
+
+def _inline_path_ok(path: str) -> bool:
+    return bool(re.fullmatch(INLINE_PATH_PATTERN, path)) and not re.search(r"(^|/)[.][.]?(/|$)", path)
+
+
+class Code(SpecModel):
+    """Where the function's code comes from: exactly one source."""
+
+    __rules__ = (
+        Rule(
+            cel="[has(self.inline), has(self.zip), has(self.image)].filter(x, x).size() == 1",
+            message="must set exactly one of inline, zip or image",
+            check=lambda c: sum(x is not None for x in (c.inline, c.zip, c.image)) == 1,
+        ),
+    )
+
+    inline: InlineSource | None = Field(None, description="Source files in the resource.")
+    zip: ZipSource | None = Field(None, description="A Lambda deployment package (.zip).")
+    image: Annotated[StrictStr, Field(min_length=1, max_length=512)] | None = Field(
+        None, description="A Lambda container image (with a Runtime Interface Client)."
+    )
+
+
+class Layer(SpecModel):
+    """A layer: a zip extracted under /opt, in list order."""
+
+    name: KubeName = Field(description="Layer name, unique within the function.")
+    zip: ZipSource = Field(description="The layer's zip archive.")
+
+
+class ImageConfig(SpecModel):
+    """Overrides of a container image's settings (Lambda ImageConfig)."""
+
+    entry_point: Annotated[list[Annotated[StrictStr, Field(max_length=1024)]], Field(max_length=16)] | None = Field(
+        None, alias="entryPoint"
+    )
+    command: Annotated[list[Annotated[StrictStr, Field(max_length=1024)]], Field(max_length=16)] | None = None
+    working_directory: Annotated[StrictStr, Field(max_length=1000)] | None = Field(None, alias="workingDirectory")
+
+
+# -------------------------------------------------------------------- settings
+
+
+class SecretEnvRef(SpecModel):
+    """All keys of a Secret become environment variables."""
+
+    name: KubeName
+
+
+class Environment(SpecModel):
+    """Environment variables (Lambda: at most 4 KB in total) and Secrets to add."""
+
+    __rules__ = (
+        Rule(
+            cel="!has(self.variables) || self.variables.all(k, k.matches('" + ENV_NAME_PATTERN + "'))",
+            message="names must start with a letter and have at least 2 letters, digits or '_'",
+            field_path=".variables",
+            check=lambda e: all(re.fullmatch(ENV_NAME_PATTERN, k) for k in e.variables),
+        ),
+        Rule(
+            cel="!has(self.variables) || !self.variables.exists(k, k in [" + ", ".join(f"'{k}'" for k in RESERVED_ENV_KEYS) + "])",
+            message="must not set keys reserved by Lambda (" + ", ".join(RESERVED_ENV_KEYS) + ")",
+            field_path=".variables",
+            check=lambda e: not any(k in RESERVED_ENV_KEYS for k in e.variables),
+        ),
+        Rule(
+            cel=f"!has(self.variables) || self.variables.map(k, size(bytes(k)) + size(bytes(self.variables[k]))).sum() <= {ENV_MAX_BYTES}",
+            message=f"must be at most {ENV_MAX_BYTES} bytes in total (names plus values)",
+            field_path=".variables",
+            check=lambda e: _env_bytes(e.variables) <= ENV_MAX_BYTES,
+        ),
+    )
+
+    variables: Annotated[
+        dict[Annotated[StrictStr, Field(max_length=128)], Annotated[StrictStr, Field(max_length=ENV_MAX_BYTES)]],
+        Field(max_length=ENV_MAX_VARIABLES),
+    ] = Field(default_factory=dict, description="Name -> value; at most 4 KB in total.")
+    secret_refs: Annotated[list[SecretEnvRef], Field(max_length=16)] = Field(
+        default_factory=list, alias="secretRefs", description="Secrets whose keys become variables."
+    )
+
+
+class VpcConfig(SpecModel):
+    """Network attachment: becomes NetworkPolicies (see DESIGN: Network)."""
+
+    subnets: Annotated[list[Annotated[StrictStr, Field(min_length=1, max_length=253)]], Field(max_length=16)] = Field(
+        default_factory=list, description="Subnets: CIDRs or named in-cluster network selections."
+    )
+    security_groups: Annotated[
+        list[Annotated[StrictStr, Field(min_length=1, max_length=253)]], Field(max_length=5)
+    ] = Field(default_factory=list, alias="securityGroups", description="Named, reusable rule sets.")
+
+
+class OnDestination(SpecModel):
+    """A destination for invocation records."""
+
+    destination: Destination = Field(description="Queue, topic, or function reference.")
+
+
+class DestinationConfig(SpecModel):
+    """Where asynchronous invocation records go."""
+
+    on_success: OnDestination | None = Field(None, alias="onSuccess")
+    on_failure: OnDestination | None = Field(None, alias="onFailure")
+
+
+class AsyncInvokeConfig(SpecModel):
+    """Retries and age limit of asynchronous invocations (Lambda PutFunctionEventInvokeConfig)."""
+
+    maximum_retry_attempts: Annotated[StrictInt, Range(0, 2)] = Field(2, alias="maximumRetryAttempts")
+    maximum_event_age_seconds: Annotated[StrictInt, Range(60, 21600, "seconds")] = Field(
+        21600, alias="maximumEventAgeSeconds"
+    )
+    destination_config: DestinationConfig | None = Field(None, alias="destinationConfig")
+
+
+class DeadLetterConfig(SpecModel):
+    """Where failed asynchronous events go after the last retry."""
+
+    target_arn: Destination = Field(alias="targetArn")
+
+
+class LoggingConfig(SpecModel):
+    """Log format and levels (Lambda advanced logging controls)."""
+
+    __rules__ = (
+        Rule(
+            cel="self.logFormat == 'JSON' || (!has(self.applicationLogLevel) && !has(self.systemLogLevel))",
+            message="applicationLogLevel and systemLogLevel need logFormat JSON",
+            field_path=".logFormat",
+            check=lambda c: c.log_format == "JSON" or (c.application_log_level is None and c.system_log_level is None),
+        ),
+    )
+
+    log_format: Literal["Text", "JSON"] = Field("Text", alias="logFormat")
+    application_log_level: Literal["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"] | None = Field(
+        None, alias="applicationLogLevel"
+    )
+    system_log_level: Literal["DEBUG", "INFO", "WARN"] | None = Field(None, alias="systemLogLevel")
+
+
+class FunctionUrl(SpecModel):
+    """A function URL: a dedicated HTTP endpoint."""
+
+    auth_type: Literal["NONE", "AWS_IAM"] = Field(alias="authType")
+    invoke_mode: Literal["BUFFERED", "RESPONSE_STREAM"] = Field("BUFFERED", alias="invokeMode")
+
+
+# ------------------------------------------------------------------------ spec
+
+
+class FunctionConfig(SpecModel):
+    """Code and configuration of a function: what a FunctionVersion snapshots."""
+
+    __rules__ = (
+        Rule(
+            cel="has(self.code.image) || has(self.handler)",
+            message="handler is required unless code.image is set",
+            field_path=".handler",
+            reason="FieldValueRequired",
+            check=lambda s: s.code.image is not None or s.handler is not None,
+        ),
+        Rule(
+            cel="has(self.code.image) || has(self.runtime)",
+            message="runtime is required unless code.image is set",
+            field_path=".runtime",
+            reason="FieldValueRequired",
+            check=lambda s: s.code.image is not None or s.runtime is not None,
+        ),
+        Rule(
+            cel="!has(self.code.image) || !has(self.runtime)",
+            message="runtime must not be set with code.image (the image brings its runtime)",
+            field_path=".runtime",
+            reason="FieldValueForbidden",
+            check=lambda s: s.code.image is None or s.runtime is None,
+        ),
+        Rule(
+            cel="has(self.code.image) || !has(self.imageConfig)",
+            message="imageConfig needs code.image",
+            field_path=".imageConfig",
+            reason="FieldValueForbidden",
+            check=lambda s: s.code.image is not None or s.image_config is None,
+        ),
+        Rule(
+            cel="!has(self.layers) || self.layers.all(l, self.layers.exists_one(m, m.name == l.name))",
+            message="layer names must be unique",
+            field_path=".layers",
+            reason="FieldValueDuplicate",
+            check=lambda s: len({layer.name for layer in s.layers}) == len(s.layers),
+        ),
+    )
+
+    description: Annotated[StrictStr, Field(max_length=256)] | None = Field(None, description="Free text.")
+    runtime: Runtime | None = Field(None, description="Managed runtime; not with code.image.")
+    handler: Annotated[StrictStr, Field(max_length=128), Matches(r"^[^\s]+$", "must not contain whitespace")] | None = (
+        Field(None, description="module.function for Python; required unless code.image.")
+    )
+    code: Code = Field(description="Exactly one of inline, zip or image.")
+    image_config: ImageConfig | None = Field(None, alias="imageConfig", description="Overrides for code.image.")
+    layers: Annotated[list[Layer], Field(max_length=MAX_LAYERS)] = Field(
+        default_factory=list,
+        description="At most 5 zips, extracted under /opt in order.",
+    )
+    memory_mb: Annotated[StrictInt, Range(128, 10240, "MB")] = Field(
+        128, alias="memoryMB", description="Memory; CPU is proportional (1769 MB = 1 vCPU)."
+    )
+    timeout_seconds: Annotated[StrictInt, Range(1, 900, "seconds")] = Field(
+        3, alias="timeoutSeconds", description="Invocation time limit."
+    )
+    ephemeral_storage_mb: Annotated[StrictInt, Range(512, 10240, "MB")] = Field(
+        512, alias="ephemeralStorageMB", description="Size of /tmp."
+    )
+    environment: Environment | None = Field(None, description="Environment variables and Secrets.")
+    reserved_concurrency: Annotated[StrictInt, Range(0, None)] | None = Field(
+        None, alias="reservedConcurrency", description="Cap and reservation of environments; 0 throttles all."
+    )
+    architecture: Literal["amd64", "arm64"] = Field("amd64", description="Node architecture.")
+    vpc_config: VpcConfig | None = Field(None, alias="vpcConfig")
+    async_invoke_config: AsyncInvokeConfig | None = Field(None, alias="asyncInvokeConfig")
+    dead_letter_config: DeadLetterConfig | None = Field(None, alias="deadLetterConfig")
+    logging_config: LoggingConfig | None = Field(None, alias="loggingConfig")
+    url: FunctionUrl | None = Field(None, description="Function URL.")
+
+    @property
+    def package_type(self) -> Literal["Zip", "Image"]:
+        """Lambda's PackageType: Image for container-image functions."""
+        return "Image" if self.code.image is not None else "Zip"
+
+
+class FunctionSpec(FunctionConfig):
+    """Function.spec: the configuration plus how versions get published."""
+
+    publish: Annotated[StrictInt, Range(0, None)] = Field(
+        0, description="Bump to publish the next FunctionVersion (declarative publish)."
+    )
+    auto_publish: StrictBool = Field(False, alias="autoPublish", description="Publish on every code/config change.")
+    version_retention: Annotated[StrictInt, Range(0, 1000)] = Field(
+        10, alias="versionRetention", description="Unreferenced versions kept."
+    )
+
+    def config(self) -> FunctionConfig:
+        """The part a FunctionVersion snapshots (without the publish controls)."""
+        return FunctionConfig.model_validate(
+            self.model_dump(by_alias=True, exclude={"publish", "auto_publish", "version_retention"})
+        )
+
+
+FunctionState = Literal["Pending", "Active", "Inactive", "Failed"]
+
+
+class FunctionStatus(CommonStatus):
+    """Function.status, written by the operator."""
+
+    state: FunctionState | None = Field(None, description="Lambda State: Pending, Active, Inactive or Failed.")
+    latest_version: StrictInt | None = Field(None, alias="latestVersion", description="Newest published version.")
+    endpoint: str | None = Field(None, description="In-cluster URL that serves $LATEST.")
+    replicas: int | None = Field(None, description="Execution environments of $LATEST.")
+    ready_replicas: int | None = Field(None, alias="readyReplicas", description="Initialised environments.")
+    code_sha256: str | None = Field(None, alias="codeSha256", description="SHA-256 of the code (Lambda CodeSha256).")
+
+
+def parse_function_spec(data: Any) -> FunctionSpec:
+    """Validate a Function spec dict; raises SpecError naming the field and the limit."""
+    return parse_spec(FunctionSpec, data)
+
+
+def function_status(data: Any) -> FunctionStatus:
+    """Read a Function status dict (tolerant: status is written by the operator)."""
+    return FunctionStatus.model_validate(data or {})
+
+

@@ -1,0 +1,59 @@
+"""The FunctionVersion resource: an immutable, numbered snapshot of a Function.
+
+The operator creates ``<function>-v<N>`` on publish; users may create one too
+(GitOps). Its spec never changes after creation: the API server enforces
+``self == oldSelf`` on ``spec`` and :func:`check_function_version_update` is the
+Python twin.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StrictInt, StrictStr
+
+from kfn.models.base import CommonStatus, Range, Rule, SpecModel, check_transition, parse_spec
+from kfn.models.function import FunctionConfig, FunctionName
+
+
+class FunctionVersionSpec(SpecModel):
+    """FunctionVersion.spec: which function, which number, and the frozen configuration."""
+
+    __rules__ = (
+        Rule(
+            cel="self == oldSelf",
+            message="spec is immutable: publish a new version instead",
+            transition=True,
+            check=lambda pair: pair[0] == pair[1],
+        ),
+    )
+
+    function_name: FunctionName = Field(alias="functionName", description="The Function this version belongs to.")
+    version: Annotated[StrictInt, Range(1, None)] = Field(description="Version number: 1, 2, 3 ...")
+    description: Annotated[StrictStr, Field(max_length=256)] | None = Field(None, description="Free text.")
+    code_sha256: Annotated[StrictStr, Field(max_length=64)] | None = Field(
+        None, alias="codeSha256", description="SHA-256 of the code at publish time."
+    )
+    config: FunctionConfig = Field(description="The Function's code and configuration when published.")
+
+
+FunctionVersionState = Literal["Pending", "Active", "Inactive", "Failed"]
+
+
+class FunctionVersionStatus(CommonStatus):
+    """FunctionVersion.status, written by the operator."""
+
+    state: FunctionVersionState | None = Field(None, description="Pending, Active, Inactive or Failed.")
+    endpoint: str | None = Field(None, description="In-cluster URL that serves this version.")
+    replicas: int | None = Field(None, description="Execution environments of this version.")
+    ready_replicas: int | None = Field(None, alias="readyReplicas", description="Initialised environments.")
+
+
+def parse_function_version_spec(data: Any) -> FunctionVersionSpec:
+    """Validate a FunctionVersion spec dict; raises SpecError naming the field and the limit."""
+    return parse_spec(FunctionVersionSpec, data)
+
+
+def check_function_version_update(old: Any, new: Any) -> None:
+    """Refuse any change to a FunctionVersion spec (SpecError), like the API server does."""
+    check_transition(FunctionVersionSpec, old, new)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 # ``add_arguments(parser)`` and ``run(args) -> int``.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     # "name": ("kfn.cli.name", "help"),  -- each component adds its line
+    "crds": ("kfn.cli.crds", "print or write the CRDs generated from the API models"),
 }
 
 

@@ -1,0 +1,223 @@
+"""The only module that talks to the Kubernetes API.
+
+A thin layer over the ``kubernetes`` client's transport: server-side apply
+with kfn's field manager, get/list/create/delete, status patches and Events,
+for the handful of kinds kfn touches (a static table, so no discovery round
+trips). Errors come back as :class:`ApiError` subclasses the reconcilers can
+sort into temporary and permanent ones.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import threading
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from kfn import names
+
+# kind -> (api group path, plural, namespaced)
+KINDS: dict[str, tuple[str, str]] = {
+    "ConfigMap": ("v1", "configmaps"),
+    "Secret": ("v1", "secrets"),
+    "Service": ("v1", "services"),
+    "ServiceAccount": ("v1", "serviceaccounts"),
+    "Event": ("v1", "events"),
+    "Pod": ("v1", "pods"),
+    "Deployment": ("apps/v1", "deployments"),
+    "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
+    names.FUNCTION_KIND: (names.API_VERSION, names.FUNCTION_PLURAL),
+    names.FUNCTION_VERSION_KIND: (names.API_VERSION, names.FUNCTION_VERSION_PLURAL),
+    names.ALIAS_KIND: (names.API_VERSION, names.ALIAS_PLURAL),
+}
+
+
+class ApiError(Exception):
+    """A refused or failed API request, with the HTTP status and the server's message."""
+
+    def __init__(self, status: int, reason: str, message: str):
+        self.status = status
+        self.reason = reason
+        super().__init__(f"{status} {reason}: {message}")
+        self.message = message
+
+
+class NotFound(ApiError):
+    pass
+
+
+class Conflict(ApiError):
+    pass
+
+
+class Invalid(ApiError):
+    """422: the API server refused the object (schema, CEL, immutable field)."""
+
+
+_client: kubernetes.client.ApiClient | None = None
+_lock = threading.Lock()
+
+
+def configure(kubeconfig: str | None = None, context: str | None = None, pool_size: int = 16) -> None:
+    """Load credentials (in-cluster, or a kubeconfig) once for the whole process."""
+    global _client
+    with _lock:
+        config = kubernetes.client.Configuration()
+        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+            kubernetes.config.load_incluster_config(client_configuration=config)
+        else:
+            kubernetes.config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=config)
+        # Handlers run in a thread pool: one connection per worker avoids pool-full churn.
+        config.connection_pool_maxsize = pool_size
+        _client = kubernetes.client.ApiClient(config)
+
+
+def _api() -> kubernetes.client.ApiClient:
+    if _client is None:
+        configure()
+    assert _client is not None
+    return _client
+
+
+def path(kind: str, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
+    """The REST path of a kind (optionally one object and a subresource)."""
+    group_version, plural = KINDS[kind]
+    base = f"/api/{group_version}" if group_version == "v1" else f"/apis/{group_version}"
+    p = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
+    if name:
+        p += f"/{name}"
+    if sub:
+        p += f"/{sub}"
+    return p
+
+
+def _request(
+    method: str,
+    url: str,
+    body: Any = None,
+    query: list[tuple[str, Any]] | None = None,
+    content_type: str = "application/json",
+    timeout: float = 30,
+) -> Any:
+    api = _api()
+    headers = {"Accept": "application/json", "Content-Type": content_type}
+    request = api.param_serialize(
+        method, url, query_params=query or [], header_params=headers, body=body, auth_settings=["BearerToken"]
+    )
+    try:
+        response = api.call_api(*request, _request_timeout=timeout)
+        response.read()
+    except ApiException as e:
+        raise _error(e.status or 0, e.body) from e
+    if not 200 <= response.status <= 299:
+        raise _error(response.status, response.data)
+    return json.loads(response.data) if response.data else None
+
+
+def _error(status: int, raw: Any) -> ApiError:
+    try:
+        body = json.loads(raw) if raw else {}
+    except (ValueError, TypeError):
+        body = {"message": str(raw)}
+    reason = body.get("reason", "") if isinstance(body, dict) else ""
+    message = body.get("message", str(raw)) if isinstance(body, dict) else str(raw)
+    cls = {404: NotFound, 409: Conflict, 422: Invalid}.get(status, ApiError)
+    return cls(status, reason, message)
+
+
+def apply(obj: Mapping[str, Any], field_manager: str = names.FIELD_MANAGER, force: bool = True) -> dict[str, Any]:
+    """Server-side apply *obj*: kfn owns exactly the fields it sends, nothing else."""
+    meta = obj["metadata"]
+    return _request(
+        "PATCH",
+        path(obj["kind"], meta.get("namespace"), meta["name"]),
+        body=obj,
+        query=[("fieldManager", field_manager), ("force", "true" if force else "false")],
+        content_type="application/apply-patch+yaml",
+    )
+
+
+def get(kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+    """The object, or None if it does not exist."""
+    try:
+        return _request("GET", path(kind, namespace, name))
+    except NotFound:
+        return None
+
+
+def list_objects(kind: str, namespace: str | None, label_selector: str | None = None) -> list[dict[str, Any]]:
+    """Objects of a kind in a namespace (all namespaces when None)."""
+    query = [("labelSelector", label_selector)] if label_selector else []
+    return list(_request("GET", path(kind, namespace), query=query).get("items", []))
+
+
+def create(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Create *obj*; raises Conflict if it already exists."""
+    meta = obj["metadata"]
+    return _request("POST", path(obj["kind"], meta.get("namespace")), body=obj, query=[("fieldManager", names.FIELD_MANAGER)])
+
+
+def delete(kind: str, namespace: str | None, name: str) -> bool:
+    """Delete an object (background cascade); False if it was already gone."""
+    try:
+        _request("DELETE", path(kind, namespace, name), body={"propagationPolicy": "Background"})
+    except NotFound:
+        return False
+    return True
+
+
+def merge_patch(
+    kind: str, namespace: str | None, name: str, patch: Mapping[str, Any], field_manager: str = names.FIELD_MANAGER,
+    sub: str | None = None,
+) -> dict[str, Any]:
+    """JSON merge patch (for status, and the replicas floor)."""
+    return _request(
+        "PATCH",
+        path(kind, namespace, name, sub),
+        body=patch,
+        query=[("fieldManager", field_manager)],
+        content_type="application/merge-patch+json",
+    )
+
+
+def patch_status(kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge *status* into the status subresource."""
+    return merge_patch(kind, namespace, name, {"status": status}, sub="status")
+
+
+def post_event(
+    involved: Mapping[str, Any], event_type: str, reason: str, message: str, component: str = "kfn-operator"
+) -> None:
+    """A core/v1 Event about *involved* (a Kubernetes object body)."""
+    meta = involved["metadata"]
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    namespace = meta.get("namespace") or "default"
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": involved.get("apiVersion"),
+            "kind": involved.get("kind"),
+            "name": meta["name"],
+            "namespace": namespace,
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        },
+        "type": event_type,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": os.environ.get("HOSTNAME", "kfn-operator"),
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    _request("POST", path("Event", namespace), body=event)

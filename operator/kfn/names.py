@@ -1,0 +1,124 @@
+"""Names, labels and annotation keys of kfn's objects, defined once.
+
+Every child object kfn creates gets its name from :func:`child_name` and its
+labels from :func:`function_labels`, so the operator, the gateway and the tests
+agree on them without repeating string literals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+GROUP = "kfn.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+FUNCTION_KIND = "Function"
+FUNCTION_VERSION_KIND = "FunctionVersion"
+ALIAS_KIND = "Alias"
+FUNCTION_PLURAL = "functions"
+FUNCTION_VERSION_PLURAL = "functionversions"
+ALIAS_PLURAL = "aliases"
+
+FIELD_MANAGER = "kfn-operator"
+# A second manager that only ever raises Deployment replicas to the provisioned
+# floor, so the main apply never owns spec.replicas (the scaler will).
+FLOOR_FIELD_MANAGER = "kfn-operator-floor"
+
+# Labels.
+LABEL_FUNCTION = "kfn.dev/function"
+LABEL_VERSION = "kfn.dev/version"
+LABEL_COMPONENT = "kfn.dev/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "kfn"
+COMPONENT_FUNCTION = "function"
+COMPONENT_OPERATOR = "operator"
+COMPONENT_GATEWAY = "gateway"
+LATEST_LABEL = "latest"  # the kfn.dev/version label value of $LATEST
+LATEST = "$LATEST"  # Lambda's name of the unpublished version
+
+# Annotations.
+ANN_CODE_SHA256 = "kfn.dev/code-sha256"  # on pod templates: a code change rolls the Deployment
+ANN_CONFIG_SHA256 = "kfn.dev/config-sha256"
+ANN_PROVISIONED = "kfn.dev/provisioned-concurrency"  # floor of execution environments
+ANN_PUBLISH_REQUEST = "kfn.dev/publish-request"  # spec.publish value that created a version
+ANN_SERVICE_ACCOUNT_TOKEN = "kfn.dev/service-account-token"  # "true" mounts the token
+
+MAX_NAME = 63
+_HASH_LEN = 8
+
+
+def child_name(*parts: str) -> str:
+    """Join parts with '-' into a DNS-1123 label of at most 63 characters.
+
+    Short names stay readable (``hello-latest``); long ones are truncated and
+    suffixed with a hash of the full name, so two long names never collide.
+    """
+    if not parts or not all(parts):
+        raise ValueError(f"child_name needs non-empty parts, got {parts!r}")
+    # Services need DNS-1035 labels: no dots, and a letter first.
+    full = "-".join(p.lower() for p in parts).replace(".", "-").replace("_", "-")
+    if not full[0].isalpha():
+        full = f"fn-{full}"
+    if len(full) <= MAX_NAME:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:_HASH_LEN]
+    head = full[: MAX_NAME - _HASH_LEN - 1].rstrip("-.")
+    return f"{head}-{digest}"
+
+
+def label_value(name: str) -> str:
+    """A name as a label value (at most 63 characters; long names hashed like child names)."""
+    return name if len(name) <= MAX_NAME else child_name(name)
+
+
+def version_label(version: str | int) -> str:
+    """The ``kfn.dev/version`` label value: ``latest`` for $LATEST, else the number."""
+    v = str(version)
+    return LATEST_LABEL if v in (LATEST, LATEST_LABEL) else v
+
+
+def lambda_version(version: str | int) -> str:
+    """Lambda's spelling of a version: ``$LATEST`` or the number."""
+    v = str(version)
+    return LATEST if v in (LATEST, LATEST_LABEL) else v
+
+
+def version_object_name(function: str, version: int) -> str:
+    """Name of the FunctionVersion the operator publishes: ``<function>-v<N>``."""
+    return child_name(function, f"v{version}")
+
+
+def environment_name(function: str, version: str | int) -> str:
+    """Name of a version's Deployment and Service (``hello-latest``, ``hello-v3``)."""
+    v = version_label(version)
+    return child_name(function, "latest" if v == LATEST_LABEL else f"v{v}")
+
+
+def code_name(function: str, version: str | int) -> str:
+    """Name of the ConfigMap/Secret holding a version's code artifact."""
+    return child_name(environment_name(function, version), "code")
+
+
+def service_account_name(function: str) -> str:
+    """Name of the function's ServiceAccount (shared by all its versions)."""
+    return child_name(function, "function")
+
+
+def network_policy_name(function: str, version: str | int, direction: str) -> str:
+    """Name of a version's ingress or egress NetworkPolicy."""
+    return child_name(environment_name(function, version), direction)
+
+
+def selector_labels(function: str, version: str | int) -> dict[str, str]:
+    """Labels that select one version's execution environments (immutable selector)."""
+    return {LABEL_FUNCTION: label_value(function), LABEL_VERSION: version_label(version)}
+
+
+def function_labels(function: str, version: str | int) -> dict[str, str]:
+    """Labels of every object kfn creates for a function version."""
+    return {
+        **selector_labels(function, version),
+        LABEL_COMPONENT: COMPONENT_FUNCTION,
+        LABEL_MANAGED_BY: MANAGED_BY,
+    }

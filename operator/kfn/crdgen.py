@@ -31,6 +31,7 @@ class KindInfo:
     """How one kind appears in the API: names, columns and object-level rules."""
 
     kind: str
+    description: str
     plural: str
     short_names: tuple[str, ...]
     columns: tuple[dict[str, Any], ...]
@@ -45,6 +46,7 @@ class KindInfo:
 KIND_INFOS: tuple[KindInfo, ...] = (
     KindInfo(
         kind="Function",
+        description="A Lambda function: the mutable $LATEST code and configuration.",
         plural="functions",
         short_names=("fn",),
         columns=(
@@ -68,6 +70,7 @@ KIND_INFOS: tuple[KindInfo, ...] = (
     ),
     KindInfo(
         kind="FunctionVersion",
+        description="An immutable, numbered snapshot of a Function's code and configuration.",
         plural="functionversions",
         short_names=("fnv",),
         columns=(
@@ -82,6 +85,7 @@ KIND_INFOS: tuple[KindInfo, ...] = (
     ),
     KindInfo(
         kind="Alias",
+        description="A stable name for one function version, optionally splitting traffic with a second.",
         plural="aliases",
         short_names=("fna",),
         columns=(
@@ -96,6 +100,7 @@ KIND_INFOS: tuple[KindInfo, ...] = (
     ),
     KindInfo(
         kind="EventSourceMapping",
+        description="Feeds records from a queue, stream or schedule to a function or alias.",
         plural="eventsourcemappings",
         short_names=("esm",),
         columns=(
@@ -197,7 +202,7 @@ def make_crd(info: KindInfo) -> dict[str, Any]:
     """Build the CRD of one kind."""
     spec_model, status_model, _ = KINDS[info.kind]
     root: dict[str, Any] = {
-        "description": (spec_model.__doc__ or info.kind).strip().splitlines()[0],
+        "description": info.description,
         "type": "object",
         "required": ["spec"],
         "properties": {

@@ -50,7 +50,10 @@ ENV_NAME_PATTERN = r"^[a-zA-Z][a-zA-Z0-9_]+$"
 ENV_MAX_BYTES = 4096
 ENV_MAX_VARIABLES = 500
 INLINE_MAX_FILES = 64
-INLINE_MAX_BYTES = 512 * 1024
+# Characters, not bytes: CEL's size() of a string is cheap, bytes() of every
+# file would exceed the API server's rule cost budget. 256 Ki characters is at
+# most 1 MiB of UTF-8, the size of the ConfigMap the code ends up in.
+INLINE_MAX_CHARS = 256 * 1024
 INLINE_PATH_PATTERN = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"
 MAX_LAYERS = 5
 
@@ -122,14 +125,14 @@ class InlineSource(SpecModel):
             check=lambda s: all(_inline_path_ok(f) for f in s.files),
         ),
         Rule(
-            cel=f"self.files.map(f, size(bytes(self.files[f]))).sum() <= {INLINE_MAX_BYTES}",
-            message=f"inline code must be at most {INLINE_MAX_BYTES} bytes in total",
+            cel=f"self.files.map(f, size(self.files[f])).sum() <= {INLINE_MAX_CHARS}",
+            message=f"inline code must be at most {INLINE_MAX_CHARS} characters in total",
             field_path=".files",
-            check=lambda s: sum(len(v.encode()) for v in s.files.values()) <= INLINE_MAX_BYTES,
+            check=lambda s: sum(len(v) for v in s.files.values()) <= INLINE_MAX_CHARS,
         ),
     )
 
-    files: dict[Annotated[StrictStr, Field(max_length=253)], Annotated[StrictStr, Field(max_length=INLINE_MAX_BYTES)]] = (
+    files: dict[Annotated[StrictStr, Field(max_length=253)], Annotated[StrictStr, Field(max_length=INLINE_MAX_CHARS)]] = (
         Field(min_length=1, max_length=INLINE_MAX_FILES, description="File path (relative to /var/task) -> content.")
     )
 

@@ -1,0 +1,351 @@
+"""One execution environment: the state machine between the invoke endpoint and the runtime.
+
+It enforces Lambda's unit of concurrency (one invocation at a time; a second one is refused at once with
+EnvironmentBusy, never queued or run alongside), hands invocations to the runtime's /next long-poll, applies
+the timeout and resets the runtime after it, turns runtime exits and init errors into the invocation's
+answer, and writes Lambda's START/END/REPORT lines. No HTTP here: the servers in `server.py` call in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from kfn.agent import procs, wire
+from kfn.agent.config import AgentConfig
+
+log = logging.getLogger(__name__)
+
+# With LogType=Tail, wait for the runtime's last output to arrive over the log stream: it travels through the
+# bootstrap's pipe, so it may land just after the runtime's /response. Stop once the stream has been quiet.
+_TAIL_QUIET_S = 0.01
+_TAIL_MAX_WAIT_S = 0.2
+# A pidfd says a runtime exited; the bootstrap's exit report (with the exit status) may follow shortly.
+_EXIT_REPORT_WAIT_S = 0.5
+
+
+class EnvironmentBusy(Exception):
+    """An invocation is already running in this execution environment."""
+
+
+class RuntimeApiError(Exception):
+    """A Runtime API call the agent refuses: HTTP status, Lambda's errorType and message."""
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error_type, self.message = status, error_type, message
+
+
+@dataclass(eq=False)
+class Invocation:
+    """One invocation, from acceptance at the invoke endpoint to its outcome."""
+
+    payload: bytes
+    invoked_arn: str
+    trace_id: str
+    client_context: str | None = None
+    cognito_identity: str | None = None
+    content_type: str = "application/json"
+    want_tail: bool = False
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    deadline_ms: int = 0
+    started: float = 0.0
+    runtime_port: int | None = None
+    tail: wire.LogTail | None = None
+    max_memory_mb: int | None = None
+    outcome: asyncio.Future[wire.Outcome] = field(init=False)
+    delivered: asyncio.Future[None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.outcome = loop.create_future()
+        self.delivered = loop.create_future()
+        if self.want_tail:
+            self.tail = wire.LogTail()
+
+
+@dataclass(eq=False)
+class _Waiter:
+    future: asyncio.Future[Invocation]
+    port: int
+    is_gone: Callable[[], bool]
+
+
+class ExecutionEnvironment:
+    """The agent's view of the one runtime it serves."""
+
+    def __init__(self, cfg: AgentConfig, runtime_api_port: int, out: TextIO | None = None) -> None:
+        self.cfg = cfg
+        self._server_port = runtime_api_port
+        self._out = out or sys.stdout
+        self.current: Invocation | None = None
+        self._pending: Invocation | None = None
+        self._outstanding: Invocation | None = None
+        self._waiter: _Waiter | None = None
+        self.init_error: wire.Outcome | None = None
+        self._ever_ready = False
+        self._runtime_initialized = False
+        self._runtime_port: int | None = None
+        self._init_started = time.monotonic()
+        self._init_duration_ms: float | None = None
+        self._ports: dict[int, int | None] = {}  # runtime connection's client port -> pid (None: looking)
+        self._watched: set[int] = set()
+        self._condemned: set[int] = set()
+        self._exit_reasons: dict[int, str] = {}
+        self._recent = collections.deque[str](maxlen=64)
+        self._last_log = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- state seen from outside -------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """Init has finished (the runtime polled /next) and no init error was reported since."""
+        return self._ever_ready and self.init_error is None
+
+    # --- invoke side ---------------------------------------------------------------------------------------
+    async def invoke(self, inv: Invocation) -> wire.Outcome:
+        """Run one invocation to its outcome; raise EnvironmentBusy if another one is running."""
+        if self.current is not None:
+            raise EnvironmentBusy
+        self.current = inv
+        try:
+            self._offer(inv)
+            if not inv.delivered.done():
+                await asyncio.wait((inv.delivered, inv.outcome), timeout=self.cfg.init_timeout_seconds,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if inv.outcome.done():  # an init error answered it
+                    return await self._complete(inv, inv.outcome.result())
+                if not inv.delivered.done():
+                    self._pending = None
+                    return await self._complete(
+                        inv, self.init_error or wire.init_timeout_outcome(self.cfg.init_timeout_seconds))
+            remaining = self.cfg.timeout_seconds - (time.monotonic() - inv.started)
+            try:
+                outcome = await asyncio.wait_for(asyncio.shield(inv.outcome), timeout=max(remaining, 0))
+            except TimeoutError:
+                if self._outstanding is inv:
+                    self._outstanding = None
+                self._emit(inv, wire.timeout_log_line(inv.request_id, self.cfg.timeout_seconds,
+                                                      self.cfg.log_format, time.time()))
+                outcome = wire.timeout_outcome(inv.request_id, self.cfg.timeout_seconds)
+                inv.max_memory_mb = self._runtime_rss(inv)  # before the reset takes the process away
+                await self._reset(inv)
+            return await self._complete(inv, outcome)
+        finally:
+            self._recent.append(inv.request_id)
+            self.current = None
+            if self._pending is inv:
+                self._pending = None
+
+    def _offer(self, inv: Invocation) -> None:
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            if not w.future.done() and not w.is_gone():
+                self._deliver(inv, w.port)
+                w.future.set_result(inv)
+                return
+        self._pending = inv
+
+    def _deliver(self, inv: Invocation, port: int) -> None:
+        inv.runtime_port = port
+        inv.started = time.monotonic()
+        inv.deadline_ms = int(time.time() * 1000) + self.cfg.timeout_seconds * 1000
+        self._outstanding = inv
+        inv.delivered.set_result(None)
+        self._emit(inv, wire.start_line(inv.request_id, self.cfg.function_version, self.cfg.log_format,
+                                        time.time()))
+
+    async def _complete(self, inv: Invocation, outcome: wire.Outcome) -> wire.Outcome:
+        ended = time.monotonic()
+        if inv.max_memory_mb is None:
+            inv.max_memory_mb = self._runtime_rss(inv)
+        if inv.tail is not None and inv.delivered.done():
+            while (time.monotonic() - max(self._last_log, ended) < _TAIL_QUIET_S
+                   and time.monotonic() - ended < _TAIL_MAX_WAIT_S):
+                await asyncio.sleep(_TAIL_QUIET_S / 2)
+        now = time.time()
+        if inv.delivered.done():
+            duration_ms = (ended - inv.started) * 1000
+            report = wire.Report(
+                request_id=inv.request_id, duration_ms=duration_ms, memory_size_mb=self.cfg.memory_mb,
+                max_memory_used_mb=inv.max_memory_mb,
+                init_duration_ms=self._init_duration_ms, status=outcome.status)
+            self._init_duration_ms = None
+            self._emit(inv, wire.end_line(inv.request_id, self.cfg.log_format, now))
+            self._emit(inv, wire.report_line(report, self.cfg.log_format, now))
+        return outcome
+
+    def _runtime_rss(self, inv: Invocation) -> int | None:
+        pid = self._ports.get(inv.runtime_port) if inv.runtime_port is not None else None
+        return procs.max_rss_mb(pid) if pid else None
+
+    def _emit(self, inv: Invocation, line: str) -> None:
+        self._out.write(line + "\n")
+        self._out.flush()
+        if inv.tail is not None:
+            inv.tail.add_line(line)
+
+    async def _reset(self, inv: Invocation) -> None:
+        """Kill the runtime that ran past its timeout, so the next invocation gets a fresh one."""
+        port = inv.runtime_port
+        if port is None:
+            return
+        self._condemned.add(port)
+        self._runtime_initialized = False
+        self._init_started = time.monotonic()
+        pid = self._ports.get(port)
+        if pid is None:
+            pid = await asyncio.to_thread(procs.find_peer_pid, port, self._server_port)
+        if pid is None:
+            # It keeps running the old handler; its next Runtime API call is refused (403), which ends it.
+            log.warning("runtime for request %s not found; it will be refused on its next call", inv.request_id)
+            return
+        log.info("resetting the execution environment: SIGKILL runtime pid %d after a timeout", pid)
+        procs.kill_runtime(pid)
+
+    # --- runtime side --------------------------------------------------------------------------------------
+    async def next_invocation(self, port: int, is_gone: Callable[[], bool]) -> Invocation:
+        """The runtime's GET /next: the next invocation, once there is one."""
+        if port in self._condemned:
+            raise RuntimeApiError(403, "InvalidStateTransition",
+                                  "The execution environment was reset after a timeout; this runtime must exit")
+        out = self._outstanding
+        if out is not None:
+            if out.runtime_port == port:
+                raise RuntimeApiError(403, "InvalidStateTransition",
+                                      f"Invocation {out.request_id} has not been answered (post a response or error)")
+            # A different connection asks for work: the runtime that held the invocation has gone.
+            self._fail_outstanding(out, None)
+        self._note_runtime(port)
+        self._runtime_port = port
+        if not self._runtime_initialized:
+            self._runtime_initialized = True
+            self._ever_ready = True
+            self.init_error = None
+            self._init_duration_ms = (time.monotonic() - self._init_started) * 1000
+        inv = self._pending
+        if inv is not None:
+            self._pending = None
+            self._deliver(inv, port)
+            return inv
+        fut: asyncio.Future[Invocation] = asyncio.get_running_loop().create_future()
+        w = _Waiter(fut, port, is_gone)
+        self._waiter = w
+        try:
+            return await fut
+        finally:
+            if self._waiter is w:
+                self._waiter = None
+
+    def check_answer(self, request_id: str, port: int) -> Invocation:
+        """Validate a /response or /error post for request_id; Lambda's 400/403 when it is not acceptable."""
+        out = self._outstanding
+        if out is not None and out.request_id == request_id and port not in self._condemned:
+            return out
+        if request_id in self._recent or (out is not None and out.request_id == request_id):
+            raise RuntimeApiError(403, "InvalidStateTransition",
+                                  f"Invocation {request_id} is no longer in progress")
+        raise RuntimeApiError(400, "InvalidRequestID", f"Invalid request ID: {request_id}")
+
+    def finish(self, inv: Invocation, outcome: wire.Outcome) -> None:
+        """The runtime answered inv (response, error, or a response refused as too large)."""
+        if self._outstanding is inv:
+            self._outstanding = None
+        if not inv.outcome.done():
+            inv.outcome.set_result(outcome)
+
+    def init_failed(self, body: bytes, header_type: str | None) -> None:
+        """The runtime's POST /init/error: remember it, and answer a waiting invocation with it."""
+        if self._runtime_initialized:
+            raise RuntimeApiError(403, "InvalidStateTransition", "Init error posted after init completed")
+        self.init_error = wire.function_error_outcome(body, header_type)
+        inv = self._pending
+        if inv is not None and not inv.outcome.done():
+            self._pending = None
+            inv.outcome.set_result(self.init_error)
+
+    def add_log(self, data: bytes) -> None:
+        """Runtime output from the log stream: it belongs to the invocation in progress, if any."""
+        self._last_log = time.monotonic()
+        inv = self.current
+        if inv is not None and inv.tail is not None and inv.delivered.done():
+            inv.tail.add(data)
+
+    def report_exit(self, pid: int, reason: str) -> None:
+        """The runtime's supervisor (bootstrap or exec mode) says pid exited, and how."""
+        self._exit_reasons[pid] = reason
+        self.runtime_exited(pid)
+
+    def runtime_exited(self, pid: int) -> None:
+        """The runtime process pid is gone: fail its invocation (Runtime.ExitError) and forget its connections."""
+        ports = [p for p, q in self._ports.items() if q == pid]
+        if not ports:
+            return
+        reason = self._exit_reasons.pop(pid, None)
+        for p in ports:
+            del self._ports[p]
+        self._watched.discard(pid)
+        if self._runtime_port in ports:  # the current runtime: the next one starts its init now
+            self._runtime_initialized = False
+            self._init_started = time.monotonic()
+        out = self._outstanding
+        if out is not None and out.runtime_port in ports:
+            self._fail_outstanding(out, reason)
+        w = self._waiter
+        if w is not None and w.port in ports:
+            self._waiter = None
+            w.future.cancel()
+
+    def _fail_outstanding(self, out: Invocation, reason: str | None) -> None:
+        self._outstanding = None
+        if not out.outcome.done():
+            out.outcome.set_result(wire.exit_outcome(out.request_id, reason))
+
+    # --- finding and watching the runtime process ----------------------------------------------------------
+    def _note_runtime(self, port: int) -> None:
+        if port in self._ports:
+            return
+        self._ports[port] = None
+        self._spawn(self._identify(port))
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _identify(self, port: int) -> None:
+        pid = await asyncio.to_thread(procs.find_peer_pid, port, self._server_port)
+        if pid is None or port not in self._ports:
+            return
+        self._ports[port] = pid
+        if pid in self._watched:
+            return
+        fd = procs.open_pidfd(pid)
+        if fd is None:
+            return
+        self._watched.add(pid)
+        loop = asyncio.get_running_loop()
+
+        def on_exit() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            self._spawn(self._after_exit(pid))
+
+        loop.add_reader(fd, on_exit)
+
+    async def _after_exit(self, pid: int) -> None:
+        deadline = time.monotonic() + _EXIT_REPORT_WAIT_S
+        while pid not in self._exit_reasons and time.monotonic() < deadline:
+            if not any(q == pid for q in self._ports.values()):
+                return  # the supervisor's report already handled it
+            await asyncio.sleep(0.01)
+        self.runtime_exited(pid)

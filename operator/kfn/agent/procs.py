@@ -1,0 +1,108 @@
+"""Finding and resetting the runtime process from the agent.
+
+The agent does not start the runtime in a pod (it runs in the `function` container; the pod shares one PID
+namespace), so it identifies the runtime by the TCP connection the runtime uses for the Runtime API: the
+connection's client port -> the socket inode in /proc/net/tcp{,6} -> the process holding that inode in
+/proc/<pid>/fd. Parsing is pure; the /proc reads are thin wrappers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Iterable
+
+log = logging.getLogger(__name__)
+
+_TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
+
+
+def socket_inodes(table_text: str, local_port: int, remote_port: int) -> list[int]:
+    """Inodes of the sockets in a /proc/net/tcp table with the given local and remote ports."""
+    found = []
+    for line in table_text.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) < 10:
+            continue
+        try:
+            lport = int(cols[1].rsplit(":", 1)[1], 16)
+            rport = int(cols[2].rsplit(":", 1)[1], 16)
+            inode = int(cols[9])
+        except (IndexError, ValueError):
+            continue
+        if lport == local_port and rport == remote_port and inode:
+            found.append(inode)
+    return found
+
+
+def pids_holding(inodes: Iterable[int], proc: str = "/proc") -> list[int]:
+    """PIDs of the processes with an open file descriptor on one of the socket inodes."""
+    wanted = {f"socket:[{i}]" for i in inodes}
+    if not wanted:
+        return []
+    me = os.getpid()
+    pids = []
+    for entry in os.listdir(proc):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        fd_dir = f"{proc}/{entry}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:  # gone, or not ours to read
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"{fd_dir}/{fd}") in wanted:
+                    pids.append(int(entry))
+                    break
+            except OSError:
+                continue
+    return pids
+
+
+def find_peer_pid(client_port: int, server_port: int) -> int | None:
+    """The PID of the local process whose TCP connection from client_port reaches our server_port."""
+    inodes: list[int] = []
+    for table in _TCP_TABLES:
+        try:
+            with open(table) as f:
+                inodes += socket_inodes(f.read(), client_port, server_port)
+        except OSError:
+            continue
+    pids = pids_holding(inodes)
+    # A forked child may share the socket; the lowest PID is the process that opened it.
+    return min(pids) if pids else None
+
+
+def kill_runtime(pid: int) -> None:
+    """SIGKILL the runtime process, and its process group when it leads one that is not ours."""
+    try:
+        pgid = os.getpgid(pid)
+        if pgid == pid and pgid != os.getpgid(0):
+            os.killpg(pgid, signal.SIGKILL)  # handler subprocesses go too, as in a fresh Lambda sandbox
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def max_rss_mb(pid: int) -> int | None:
+    """The process's peak resident memory (VmHWM) in MB, for REPORT's Max Memory Used."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return max(1, round(int(line.split()[1]) / 1024))
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def open_pidfd(pid: int) -> int | None:
+    """A pidfd that becomes readable when the process exits (works for non-children in a shared PID namespace)."""
+    try:
+        return os.pidfd_open(pid)
+    except OSError as e:
+        log.warning("cannot watch runtime pid %d for exit: %s", pid, e)
+        return None

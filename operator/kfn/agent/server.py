@@ -266,7 +266,10 @@ async def supervise(cmd: Sequence[str], cfg: AgentConfig, env: ExecutionEnvironm
     backoff = 0.0
     while not stop.is_set():
         started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(*cmd, env=child_env, start_new_session=True)
+        # Lambda runs the runtime in the task root (/var/task), which is also where `python -m` imports from.
+        task_root = os.environ.get("LAMBDA_TASK_ROOT")
+        cwd = task_root if task_root and os.path.isdir(task_root) else None
+        proc = await asyncio.create_subprocess_exec(*cmd, env=child_env, cwd=cwd, start_new_session=True)
         waiter = asyncio.ensure_future(proc.wait())
         stopper = asyncio.ensure_future(stop.wait())
         await asyncio.wait((waiter, stopper), return_when=asyncio.FIRST_COMPLETED)

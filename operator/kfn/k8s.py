@@ -35,6 +35,8 @@ KINDS: dict[str, tuple[str, str]] = {
     names.FUNCTION_KIND: (names.API_VERSION, names.FUNCTION_PLURAL),
     names.FUNCTION_VERSION_KIND: (names.API_VERSION, names.FUNCTION_VERSION_PLURAL),
     names.ALIAS_KIND: (names.API_VERSION, names.ALIAS_PLURAL),
+    "CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions"),
+    "ClusterKopfPeering": ("kopf.dev/v1", "clusterkopfpeerings"),
 }
 
 
@@ -76,6 +78,11 @@ def configure(kubeconfig: str | None = None, context: str | None = None, pool_si
         # Handlers run in a thread pool: one connection per worker avoids pool-full churn.
         config.connection_pool_maxsize = pool_size
         _client = kubernetes.client.ApiClient(config)
+
+
+def configuration() -> kubernetes.client.Configuration:
+    """The loaded client configuration (server, credentials), e.g. for Kopf's login."""
+    return _api().configuration
 
 
 def _api() -> kubernetes.client.ApiClient:

@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     # "name": ("kfn.cli.name", "help"),  -- each component adds its line
     "crds": ("kfn.cli.crds", "print or write the CRDs generated from the API models"),
     "agent": ("kfn.cli.agent", "in-pod agent: Lambda Runtime API for the function, invoke endpoint for the gateway"),
+    "operator": ("kfn.cli.operator", "the Kopf operator: reconciles Functions, FunctionVersions and Aliases into Kubernetes objects"),
 }
 
 

@@ -1,0 +1,79 @@
+"""``kfn operator``: run the Kopf operator (on a host with a kubeconfig, or in-cluster)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+
+from kfn.resources.environment import Images
+
+log = logging.getLogger("kfn.operator")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    p.add_argument("--kubeconfig", default=env("KUBECONFIG"), help="kubeconfig file (default: in-cluster, else $KUBECONFIG/~/.kube/config)")
+    p.add_argument("--context", default=env("KFN_KUBE_CONTEXT"), help="kubeconfig context")
+    p.add_argument("--namespace", "-n", action="append", default=[], help="watch only this namespace (repeatable; default: all)")
+    p.add_argument("--standalone", action="store_true", help="no peering: this replica is always active (tests, one replica)")
+    p.add_argument("--peering", default=env("KFN_PEERING", "kfn"), help="ClusterKopfPeering name shared by replicas (default: kfn)")
+    p.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    p.add_argument("--install-peering", action="store_true", help="create the peering CRD and object if missing")
+    p.add_argument("--liveness", default=env("KFN_LIVENESS", "http://0.0.0.0:8080/healthz"), help="liveness endpoint URL ('' to disable)")
+    p.add_argument("--metrics-port", type=int, default=int(env("KFN_METRICS_PORT", "9090")), help="Prometheus /metrics port (0 disables)")
+    p.add_argument("--resync-seconds", type=float, default=float(env("KFN_RESYNC_SECONDS", "30")), help="re-reconcile every object this often (bounds drift repair)")
+    p.add_argument("--workers", type=int, default=int(env("KFN_WORKERS", "8")), help="handler threads")
+    p.add_argument("--agent-image", default=env("KFN_AGENT_IMAGE", Images.agent))
+    p.add_argument("--runtime-image-template", default=env("KFN_RUNTIME_IMAGE_TEMPLATE", Images.runtime_template), help="managed runtime image; {runtime} is replaced")
+    p.add_argument("--provided-image", default=env("KFN_PROVIDED_IMAGE", Images.provided), help="image for provided* runtimes")
+    p.add_argument("--log-format", choices=["json", "text"], default=env("KFN_LOG_FORMAT", "json"))
+    p.add_argument("--verbose", "-v", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    import kopf
+
+    from kfn import k8s, metrics
+    from kfn.handlers import OperatorConfig, register
+    from kfn.resources.peering import make_peering, make_peering_crd
+
+    kopf.configure(
+        verbose=args.verbose,
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
+        log_refkey="object",
+    )
+    k8s.configure(args.kubeconfig, args.context, pool_size=args.workers + 4)
+    if args.install_peering and not args.standalone:
+        k8s.apply(make_peering_crd())
+        k8s.apply(make_peering(args.peering))
+    cfg = OperatorConfig(
+        images=Images(agent=args.agent_image, runtime_template=args.runtime_image_template, provided=args.provided_image),
+        resync_seconds=args.resync_seconds,
+    )
+    registry = kopf.OperatorRegistry()
+    register(registry, cfg)
+    settings = kopf.OperatorSettings()
+    settings.posting.enabled = False  # kfn posts its own Events, only on condition transitions
+    settings.execution.max_workers = args.workers
+    settings.peering.name = args.peering
+    settings.peering.priority = args.priority
+    settings.peering.standalone = args.standalone
+    settings.peering.clusterwide = not args.namespace
+    settings.peering.mandatory = not args.standalone
+    settings.watching.server_timeout = 300
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    log.info("kfn operator starting", extra={"standalone": args.standalone, "peering": args.peering})
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            settings=settings,
+            standalone=args.standalone,
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            liveness_endpoint=args.liveness or None,
+        )
+    )
+    return 0

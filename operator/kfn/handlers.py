@@ -1,0 +1,167 @@
+"""Kopf registrations only: which events run which reconciler.
+
+* create/update/resume of Function, FunctionVersion and Alias -> the kind's
+  reconciler (level-based, so one function serves all three);
+* a timer per object every ``resync_seconds`` -> the same reconciler, so a
+  child edited by hand is put back within that bound;
+* deletion of a child kfn made -> its owner's reconciler at once.
+
+Outcomes map to Kopf's error taxonomy: a temporary problem retries after a
+delay, an invalid spec is a permanent error (status already says why).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from kfn import k8s, metrics, names
+from kfn.reconcilers.alias import reconcile_alias
+from kfn.reconcilers.common import Outcome
+from kfn.reconcilers.function import reconcile_function, versions_of
+from kfn.reconcilers.version import reconcile_version
+from kfn.resources import Images
+
+log = logging.getLogger("kfn.operator")
+
+CHILD_KINDS = {
+    "Deployment": ("apps", "v1", "deployments"),
+    "Service": ("", "v1", "services"),
+    "ServiceAccount": ("", "v1", "serviceaccounts"),
+    "ConfigMap": ("", "v1", "configmaps"),
+    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
+}
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """What the operator's command line decides."""
+
+    images: Images = field(default_factory=Images)
+    resync_seconds: float = 30.0
+    watch_children: bool = True
+    retry_backoff: float = 5.0
+
+
+def plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A Kopf body as a plain dict (reconcilers are Kopf-agnostic)."""
+    return {k: v for k, v in dict(body).items()}
+
+
+def _result(outcome: Outcome) -> str:
+    if outcome.skipped:
+        return "skipped"
+    if outcome.permanent:
+        return "invalid"
+    if outcome.retry_after:
+        return "retry"
+    return "ready" if outcome.ready else "not_ready"
+
+
+def run(kind: str, reconcile: Callable[[], Outcome], raise_errors: bool) -> Outcome:
+    """Run one pass with metrics; turn its outcome into Kopf's temporary/permanent errors."""
+    with metrics.timed(kind):
+        outcome = reconcile()
+    metrics.RECONCILES.labels(kind, _result(outcome)).inc()
+    if raise_errors:
+        if outcome.permanent:
+            raise kopf.PermanentError(outcome.permanent)
+        if outcome.retry_after:
+            raise kopf.TemporaryError("waiting for a dependency (see status.conditions)", delay=outcome.retry_after)
+    return outcome
+
+
+def reconcile_by_name(kind: str, namespace: str, name: str, cfg: OperatorConfig) -> None:
+    """Reconcile an object read fresh from the API (used outside Kopf's own triggers)."""
+    body = k8s.get(kind, namespace, name)
+    if body is None:
+        return
+    if kind == names.FUNCTION_KIND:
+        run(kind, lambda: reconcile_function(body, cfg.images), raise_errors=False)
+    elif kind == names.FUNCTION_VERSION_KIND:
+        run(kind, lambda: reconcile_version(body, cfg.images), raise_errors=False)
+
+
+def refresh_version(cfg: OperatorConfig) -> Callable[[str, str, str], None]:
+    """Re-reconcile a version so it picks up its provisioned floor from aliases."""
+
+    def refresh(namespace: str, function: str, version: str) -> None:
+        if version == names.LATEST:
+            reconcile_by_name(names.FUNCTION_KIND, namespace, function, cfg)
+            return
+        for v in versions_of(namespace, function):
+            if str(v["spec"]["version"]) == version:
+                run(names.FUNCTION_VERSION_KIND, lambda v=v: reconcile_version(v, cfg.images), raise_errors=False)
+
+    return refresh
+
+
+def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
+    """Register every handler of the operator into *registry*."""
+    group, version = names.GROUP, names.VERSION
+
+    def reconcilers() -> dict[str, tuple[str, Callable[[dict[str, Any]], Outcome]]]:
+        return {
+            names.FUNCTION_KIND: (names.FUNCTION_PLURAL, lambda b: reconcile_function(b, cfg.images)),
+            names.FUNCTION_VERSION_KIND: (names.FUNCTION_VERSION_PLURAL, lambda b: reconcile_version(b, cfg.images)),
+            names.ALIAS_KIND: (names.ALIAS_PLURAL, lambda b: reconcile_alias(b, refresh_version(cfg))),
+        }
+
+    for kind, (plural, reconcile) in reconcilers().items():
+
+        def handler(body: kopf.Body, _kind: str = kind, _reconcile: Any = reconcile, **_: Any) -> None:
+            run(_kind, lambda: _reconcile(plain(body)), raise_errors=True)
+
+        def resync(body: kopf.Body, _kind: str = kind, _reconcile: Any = reconcile, **_: Any) -> None:
+            # A timer never raises: a failing pass is reported in status and retried next tick.
+            try:
+                run(_kind, lambda: _reconcile(plain(body)), raise_errors=False)
+            except k8s.ApiError as e:
+                log.warning("resync of %s %s failed: %s", _kind, body.get("metadata", {}).get("name"), e)
+
+        for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
+            decorator(group, version, plural, id="reconcile", registry=registry, backoff=cfg.retry_backoff)(handler)
+        kopf.timer(
+            group, version, plural, id="resync", interval=cfg.resync_seconds, initial_delay=cfg.resync_seconds, registry=registry
+        )(resync)
+
+    if cfg.watch_children:
+        selector = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: names.COMPONENT_FUNCTION}
+        for child_kind, (cgroup, cversion, cplural) in CHILD_KINDS.items():
+
+            def on_child(type: str | None, body: kopf.Body, _child_kind: str = child_kind, **_: Any) -> None:
+                if type != "DELETED":
+                    return  # edits are put back by the resync timer
+                meta = body.get("metadata", {})
+                for ref in meta.get("ownerReferences") or []:
+                    if ref.get("apiVersion") == names.API_VERSION and ref.get("controller"):
+                        metrics.CHILD_REPAIRS.labels(_child_kind).inc()
+                        try:
+                            reconcile_by_name(ref["kind"], meta["namespace"], ref["name"], cfg)
+                        except k8s.ApiError as e:
+                            log.warning("repairing %s %s failed: %s", _child_kind, meta.get("name"), e)
+
+            kopf.on.event(
+                cgroup, cversion, cplural, id=f"child-{child_kind.lower()}", labels=selector, registry=registry
+            )(on_child)
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        # One source of credentials for Kopf and k8s.py (kubeconfig+context or in-cluster).
+        c = k8s.configuration()
+        header = c.get_api_key_with_prefix("BearerToken") or c.get_api_key_with_prefix("authorization")
+        parts = header.split(" ", 1) if header else []
+        scheme, token = (None, None) if not parts else ((None, parts[0]) if len(parts) == 1 else (parts[0], parts[1]))
+        return kopf.ConnectionInfo(
+            server=c.host,
+            ca_path=c.ssl_ca_cert,
+            insecure=not c.verify_ssl,
+            scheme=scheme,
+            token=token,
+            certificate_path=c.cert_file,
+            private_key_path=c.key_file,
+        )

@@ -1,0 +1,90 @@
+"""Reconcile an Alias: check its targets, resolve weights into status, set provisioned floors.
+
+The gateway routes by ``status.functionVersion`` and
+``status.additionalVersionWeights`` (only written once the targets exist).
+Provisioned concurrency is a floor on the target versions' environments: the
+version reconcilers sum it over all aliases (see ``provisioned_floor``), so
+after an alias changes, its old and new targets are reconciled again here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kfn import conditions as cond
+from kfn import k8s, names
+from kfn.models.alias import parse_alias_spec
+from kfn.models.base import SpecError
+from kfn.reconcilers.common import WAIT_SECONDS, Outcome, being_deleted, finish
+from kfn.reconcilers.function import versions_of
+
+
+def resolve_weights(primary: str, additional: Mapping[str, float]) -> dict[str, float]:
+    """Every target version and its share of traffic (the primary gets the rest)."""
+    weights = {primary: round(1.0 - sum(additional.values()), 6)}
+    weights.update({str(k): float(v) for k, v in additional.items()})
+    return weights
+
+
+def targets_of(status: Mapping[str, Any] | None) -> set[str]:
+    """Versions an alias pointed at when its status was last written."""
+    status = status or {}
+    out = {str(status["functionVersion"])} if status.get("functionVersion") else set()
+    return out | set((status.get("additionalVersionWeights") or {}).keys())
+
+
+def reconcile_alias(body: Mapping[str, Any], refresh_version: Callable[[str, str, str], None] | None = None) -> Outcome:
+    """One level-based pass over an Alias; *refresh_version(namespace, function, version)* re-applies floors."""
+    if being_deleted(body):
+        return Outcome(skipped=True)
+    meta = body["metadata"]
+    namespace = meta["namespace"]
+    try:
+        spec = parse_alias_spec(body.get("spec") or {})
+    except SpecError as e:
+        return finish(body, Outcome(conditions=[cond.false(cond.READY, cond.INVALID_SPEC, f"{e}; fix the Alias spec")], permanent=str(e)))
+    function = spec.function_name
+    weights = resolve_weights(spec.function_version, spec.routing.additional_version_weights if spec.routing else {})
+    if sum(weights.values()) > 1.0 + 1e-9 or weights[spec.function_version] < 0:
+        msg = f"spec.routing.additionalVersionWeights: weights add up to more than 1 ({sum(weights.values()) - weights[spec.function_version]})"
+        return finish(body, Outcome(conditions=[cond.false(cond.READY, cond.INVALID_SPEC, msg)], permanent=msg))
+
+    outcome = Outcome()
+    fn = k8s.get(names.FUNCTION_KIND, namespace, function)
+    if fn is None:
+        c = cond.false(cond.TARGETS_READY, cond.FUNCTION_NOT_FOUND, f"spec.functionName: Function {namespace}/{function} does not exist; create it")
+        outcome.conditions = [cond.summarize([c]), c]
+        outcome.retry_after = WAIT_SECONDS
+        return finish(body, outcome)
+    by_number = {str(v["spec"]["version"]): v for v in versions_of(namespace, function)}
+    missing = sorted(v for v in weights if v != names.LATEST and v not in by_number)
+    if missing:
+        c = cond.false(
+            cond.TARGETS_READY,
+            cond.VERSION_NOT_FOUND,
+            f"version(s) {', '.join(missing)} of {function} do not exist; publish them (bump spec.publish on the Function)",
+        )
+        outcome.conditions = [cond.summarize([c]), c]
+        outcome.retry_after = WAIT_SECONDS
+        return finish(body, outcome)
+
+    targets = {v: (fn if v == names.LATEST else by_number[v]) for v in weights}
+    not_ready = sorted(v for v, t in targets.items() if not cond.is_ready(t.get("status")))
+    if not_ready:
+        c = cond.false(cond.TARGETS_READY, cond.TARGET_NOT_READY, f"version(s) {', '.join(not_ready)} of {function} not Ready yet")
+        outcome.retry_after = 5.0
+    else:
+        c = cond.true(cond.TARGETS_READY, cond.TARGETS_RESOLVED, ", ".join(f"{v}: {w:g}" for v, w in weights.items()))
+    outcome.conditions = [c]
+    primary = targets[spec.function_version]
+    outcome.status = {
+        "functionVersion": spec.function_version,
+        "additionalVersionWeights": {v: w for v, w in weights.items() if v != spec.function_version} or None,
+        "endpoint": (primary.get("status") or {}).get("endpoint"),
+    }
+    if refresh_version is not None:
+        for v in sorted(set(weights) | targets_of(body.get("status"))):
+            refresh_version(namespace, function, v)
+    outcome.conditions.insert(0, cond.summarize(outcome.conditions, f"{spec.name} -> {function}:{spec.function_version}"))
+    return finish(body, outcome)

@@ -1,0 +1,71 @@
+"""What every reconciler shares: the outcome of one pass, and writing it to status and Events."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kfn import conditions as cond
+from kfn import k8s
+
+log = logging.getLogger("kfn.operator")
+
+# Dependency not there yet (a ConfigMap, a version): look again after this long.
+# Long enough that an unsatisfiable spec is not a retry storm.
+WAIT_SECONDS = 15.0
+
+
+@dataclass
+class Outcome:
+    """The result of one reconcile pass of one object."""
+
+    conditions: list[cond.Condition] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)  # kind-specific status fields
+    retry_after: float | None = None  # temporary problem: reconcile again after this delay
+    permanent: str | None = None  # the spec itself is wrong: wait for a change
+    skipped: bool = False  # nothing to do (object gone or being deleted)
+
+    @property
+    def ready(self) -> bool:
+        return any(c.type == cond.READY and c.is_true for c in self.conditions)
+
+
+def being_deleted(body: Mapping[str, Any] | None) -> bool:
+    return body is None or bool(body.get("metadata", {}).get("deletionTimestamp"))
+
+
+def finish(body: Mapping[str, Any], outcome: Outcome) -> Outcome:
+    """Write the outcome into the object's status and post Events for condition transitions."""
+    if outcome.skipped:
+        return outcome
+    meta = body["metadata"]
+    old = (body.get("status") or {}).get("conditions") or []
+    generation = meta.get("generation")
+    status = dict(outcome.status)
+    status["observedGeneration"] = generation
+    status["conditions"] = cond.to_status(outcome.conditions, old, generation)
+    previous = {k: v for k, v in (body.get("status") or {}).items()}
+    changed = any(previous.get(k) != v for k, v in status.items() if k != "conditions") or _conditions_changed(
+        old, status["conditions"]
+    )
+    if changed:
+        try:
+            k8s.patch_status(body["kind"], meta["namespace"], meta["name"], status)
+        except k8s.NotFound:
+            return outcome  # deleted meanwhile: nothing to report on
+    for t in cond.transitions(outcome.conditions, old):
+        c = t.condition
+        reason = c.reason
+        message = f"{c.type} is {c.status}: {c.message}" if c.message else f"{c.type} is {c.status}"
+        try:
+            k8s.post_event(body, t.event_type, reason, message)
+        except k8s.ApiError as e:  # an Event is best effort; status already says it
+            log.warning("could not post event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], e)
+    return outcome
+
+
+def _conditions_changed(old: list[Mapping[str, Any]], new: list[Mapping[str, Any]]) -> bool:
+    key = lambda c: (c.get("type"), c.get("status"), c.get("reason"), c.get("message"), c.get("observedGeneration"))  # noqa: E731
+    return sorted(map(key, old)) != sorted(map(key, new))

@@ -1,0 +1,180 @@
+"""Reconcile one version's execution environments (shared by $LATEST and published versions).
+
+Level-based: build every desired child, server-side apply each (kfn owns only
+the fields it sends, so replicas stay with the scaler), read the Deployment's
+state back, and raise replicas to the provisioned-concurrency floor.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from kfn import conditions as cond
+from kfn import k8s, names
+from kfn.resources import EnvironmentInput, build_environment
+from kfn.resources.code import CodeError, bytes_sha256, config_sha256, image_sha256, inline_sha256
+from kfn.resources.environment import endpoint
+
+
+class CodeUnavailable(Exception):
+    """The code a spec points at cannot be read (yet); carries the condition to report."""
+
+    def __init__(self, condition: cond.Condition):
+        self.condition = condition
+        super().__init__(condition.message)
+
+
+def read_zip(namespace: str, ref_kind: str, name: str, key: str, field_path: str) -> bytes:
+    """The bytes of a zip stored in a ConfigMap (binaryData) or Secret."""
+    obj = k8s.get(ref_kind, namespace, name)
+    if obj is None:
+        raise CodeUnavailable(
+            cond.false(cond.CODE_READY, cond.CODE_NOT_FOUND, f"{field_path}: {ref_kind} {namespace}/{name} does not exist; create it")
+        )
+    data = (obj.get("binaryData") or {}) if ref_kind == "ConfigMap" else (obj.get("data") or {})
+    if key not in data:
+        keys = ", ".join(sorted(set(obj.get("binaryData") or {}) | set(obj.get("data") or {}))) or "none"
+        raise CodeUnavailable(
+            cond.false(
+                cond.CODE_READY,
+                cond.CODE_NOT_FOUND,
+                f"{field_path}: {ref_kind} {name} has no binary key {key!r} (keys: {keys})",
+            )
+        )
+    return base64.b64decode(data[key])
+
+
+def code_sha256(namespace: str, spec: Mapping[str, Any]) -> str:
+    """The digest of a spec's code (reads a referenced zip; URL and image digests come from the spec)."""
+    code = spec.get("code") or {}
+    if "inline" in code:
+        return inline_sha256(code["inline"]["files"])
+    if "image" in code:
+        return image_sha256(code["image"])
+    z = code["zip"]
+    if "url" in z:
+        return str(z["sha256"])
+    ref_kind, ref = ("ConfigMap", z["configMapRef"]) if "configMapRef" in z else ("Secret", z["secretRef"])
+    data = read_zip(namespace, ref_kind, ref["name"], ref["key"], f"spec.code.zip.{'configMapRef' if ref_kind == 'ConfigMap' else 'secretRef'}")
+    digest = bytes_sha256(data)
+    if z.get("sha256") and z["sha256"] != digest:
+        raise CodeUnavailable(
+            cond.false(
+                cond.CODE_READY,
+                cond.CODE_CHANGED,
+                f"spec.code.zip: {ref_kind} {ref['name']} holds a zip with sha256 {digest}, not the {z['sha256']} the spec expects",
+            )
+        )
+    return digest
+
+
+def version_config_sha256(config: Mapping[str, Any], code_digest: str) -> str:
+    """What makes two versions equal: configuration and code."""
+    return config_sha256({"config": config, "codeSha256": code_digest})
+
+
+def provisioned_floor(aliases: list[Mapping[str, Any]], function: str, version: str) -> int:
+    """Environments to keep initialised for a version: each alias's provisioned concurrency times its weight."""
+    total = 0
+    for alias in aliases:
+        spec = alias.get("spec") or {}
+        if spec.get("functionName") != function:
+            continue
+        provisioned = int(spec.get("provisionedConcurrency") or 0)
+        if provisioned <= 0:
+            continue
+        weights = ((spec.get("routing") or {}).get("additionalVersionWeights")) or {}
+        primary = str(spec.get("functionVersion"))
+        share = {primary: 1.0 - sum(float(w) for w in weights.values()), **{str(k): float(w) for k, w in weights.items()}}
+        if version in share and share[version] > 0:
+            total += math.ceil(provisioned * share[version] - 1e-9)
+    return total
+
+
+def deployment_conditions(deployment: Mapping[str, Any]) -> tuple[cond.Condition, cond.Condition]:
+    """DeploymentReady (gating) and Available (informational) from a Deployment's status."""
+    status = deployment.get("status") or {}
+    meta = deployment.get("metadata") or {}
+    for c in status.get("conditions") or []:
+        if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
+            msg = f"Deployment {meta.get('name')}: {c.get('message')}; check its pods (kubectl describe pods -l {names.LABEL_FUNCTION}=...)"
+            return cond.false(cond.DEPLOYMENT_READY, cond.DEPLOYMENT_FAILED, msg), _available(status, deployment)
+        if c.get("type") == "ReplicaFailure" and c.get("status") == "True":
+            msg = f"Deployment {meta.get('name')}: {c.get('message')}"
+            return cond.false(cond.DEPLOYMENT_READY, cond.DEPLOYMENT_FAILED, msg), _available(status, deployment)
+    desired = (deployment.get("spec") or {}).get("replicas", 1)
+    caught_up = status.get("observedGeneration", 0) >= meta.get("generation", 0)
+    if caught_up and status.get("updatedReplicas", 0) >= desired and status.get("replicas", 0) == desired:
+        ready = cond.true(cond.DEPLOYMENT_READY, cond.ROLLED_OUT, f"Deployment {meta.get('name')} is rolled out")
+    else:
+        ready = cond.true(
+            cond.DEPLOYMENT_READY,
+            cond.ROLLING_OUT,
+            f"Deployment {meta.get('name')}: {status.get('updatedReplicas', 0)} of {desired} environments updated",
+        )
+    return ready, _available(status, deployment)
+
+
+def _available(status: Mapping[str, Any], deployment: Mapping[str, Any]) -> cond.Condition:
+    desired = (deployment.get("spec") or {}).get("replicas", 1)
+    ready = status.get("readyReplicas", 0)
+    if desired == 0:
+        return cond.true(cond.AVAILABLE, cond.SCALED_TO_ZERO, "no execution environments: scaled to zero")
+    if ready > 0:
+        return cond.true(cond.AVAILABLE, cond.ENVIRONMENTS_READY, f"{ready} of {desired} execution environments ready")
+    return cond.false(cond.AVAILABLE, cond.NO_ENVIRONMENTS, f"0 of {desired} execution environments ready yet")
+
+
+def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], dict[str, Any], float | None]:
+    """Apply every child of one version. Returns child conditions, status fields and a retry delay."""
+    try:
+        children = build_environment(inp)
+    except CodeError as e:
+        return [cond.false(cond.CODE_READY, cond.CODE_TOO_LARGE, str(e))], {}, None
+    conditions: list[cond.Condition] = []
+    status: dict[str, Any] = {"endpoint": endpoint(inp)}
+    retry: float | None = None
+    deployment_state: dict[str, Any] | None = None
+    for condition_type, objects in children.items():
+        failure = None
+        for obj in objects:
+            try:
+                applied = k8s.apply(obj)
+            except k8s.Invalid as e:
+                failure = cond.false(condition_type, cond.APPLY_FAILED, f"{obj['kind']} {obj['metadata']['name']} refused: {e.message}")
+                break
+            except k8s.ApiError as e:
+                failure = cond.false(condition_type, cond.APPLY_FAILED, f"{obj['kind']} {obj['metadata']['name']}: {e}")
+                retry = retry or 5.0
+                break
+            if obj["kind"] == "Deployment":
+                deployment_state = applied
+        if failure is not None:
+            conditions.append(failure)
+        elif condition_type == cond.DEPLOYMENT_READY and deployment_state is not None:
+            deployment_state = _raise_to_floor(deployment_state, inp.provisioned)
+            ready, available = deployment_conditions(deployment_state)
+            conditions += [ready, available]
+            st = deployment_state.get("status") or {}
+            status["replicas"] = st.get("replicas", 0)
+            status["readyReplicas"] = st.get("readyReplicas", 0)
+        else:
+            conditions.append(cond.true(condition_type, cond.RECONCILED))
+    if not children[cond.CODE_READY] and inp.version == names.LATEST:
+        # Code is no longer inline: the ConfigMap kfn made for it must go.
+        k8s.delete("ConfigMap", inp.namespace, names.code_name(inp.function, inp.version))
+    return conditions, status, retry
+
+
+def _raise_to_floor(deployment: dict[str, Any], floor: int) -> dict[str, Any]:
+    """Raise replicas to the provisioned floor, never lower them (the scaler owns replicas)."""
+    current = (deployment.get("spec") or {}).get("replicas", 1)
+    if floor <= current:
+        return deployment
+    meta = deployment["metadata"]
+    return k8s.merge_patch(
+        "Deployment", meta["namespace"], meta["name"], {"spec": {"replicas": floor}}, field_manager=names.FLOOR_FIELD_MANAGER
+    )

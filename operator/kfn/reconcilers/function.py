@@ -1,0 +1,246 @@
+"""Reconcile a Function: its $LATEST environments, declarative publishing, version retention.
+
+Publishing (see docs/versions.md): bumping ``spec.publish`` asks for one new
+FunctionVersion; ``spec.autoPublish`` asks for one whenever code or
+configuration differ from the newest version. Like Lambda's PublishVersion,
+nothing is published when the newest version already matches $LATEST. The
+request a version answered is recorded on it (annotation
+``kfn.dev/publish-request``), so a crash between creating a version and writing
+status never publishes twice.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from typing import Any
+
+from kfn import conditions as cond
+from kfn import k8s, names
+from kfn.models.base import SpecError
+from kfn.models.function import parse_function_spec
+from kfn.reconcilers.common import WAIT_SECONDS, Outcome, being_deleted, finish, log
+from kfn.reconcilers.environment import (
+    CodeUnavailable,
+    code_sha256,
+    provisioned_floor,
+    read_zip,
+    reconcile_environment,
+    version_config_sha256,
+)
+from kfn.resources import EnvironmentInput, Images, Owner
+from kfn.resources.code import ZIP_KEY
+from kfn.resources.common import owner_reference
+
+
+def versions_of(namespace: str, function: str) -> list[dict[str, Any]]:
+    """Every FunctionVersion of a function (made by kfn or by users), oldest first."""
+    items = [v for v in k8s.list_objects(names.FUNCTION_VERSION_KIND, namespace) if (v.get("spec") or {}).get("functionName") == function]
+    return sorted(items, key=lambda v: int((v.get("spec") or {}).get("version") or 0))
+
+
+def aliases_of(namespace: str, function: str) -> list[dict[str, Any]]:
+    return [a for a in k8s.list_objects(names.ALIAS_KIND, namespace) if (a.get("spec") or {}).get("functionName") == function]
+
+
+def referenced_versions(aliases: list[Mapping[str, Any]]) -> set[str]:
+    """Version numbers some alias points at (never garbage-collected)."""
+    out: set[str] = set()
+    for a in aliases:
+        spec = a.get("spec") or {}
+        out.add(str(spec.get("functionVersion")))
+        out.update(str(k) for k in ((spec.get("routing") or {}).get("additionalVersionWeights") or {}))
+    return out
+
+
+def versions_to_delete(
+    versions: list[Mapping[str, Any]], referenced: set[str], retention: int, owner_uid: str
+) -> list[Mapping[str, Any]]:
+    """Published versions past the retention setting: kfn-made, unreferenced, and never the newest."""
+    if not versions:
+        return []
+    newest = versions[-1]
+    candidates = [
+        v
+        for v in versions
+        if v is not newest
+        and str(v["spec"]["version"]) not in referenced
+        and any(r.get("uid") == owner_uid for r in v["metadata"].get("ownerReferences") or [])
+    ]
+    # The newest always stays; when unreferenced it counts towards the retention.
+    newest_counts = str(newest["spec"]["version"]) not in referenced
+    keep = max(retention - (1 if newest_counts else 0), 0)
+    return candidates[: max(len(candidates) - keep, 0)]
+
+
+def snapshot_name(function: str, version: int) -> str:
+    return names.child_name(names.environment_name(function, version), "zip")
+
+
+def make_function_version(
+    body: Mapping[str, Any], number: int, config: dict[str, Any], code_digest: str, config_digest: str, request: int
+) -> dict[str, Any]:
+    """The FunctionVersion that snapshots $LATEST as version *number*."""
+    meta = body["metadata"]
+    function = meta["name"]
+    spec: dict[str, Any] = {"functionName": function, "version": number, "codeSha256": code_digest, "config": config}
+    if config.get("description"):
+        spec["description"] = config["description"]
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.FUNCTION_VERSION_KIND,
+        "metadata": {
+            "name": names.version_object_name(function, number),
+            "namespace": meta["namespace"],
+            "labels": names.function_labels(function, number),
+            "annotations": {names.ANN_PUBLISH_REQUEST: str(request), names.ANN_CONFIG_SHA256: config_digest},
+            "ownerReferences": [owner_reference(Owner.of(body))],
+        },
+        "spec": spec,
+    }
+
+
+def _snapshot_code(body: Mapping[str, Any], number: int, config: dict[str, Any]) -> dict[str, Any]:
+    """Copy a zip held in a ConfigMap/Secret into an immutable one of the version's own.
+
+    The user's ConfigMap may change after publishing; the version must not.
+    Returns the config with its zip reference pointing at the snapshot.
+    """
+    z = (config.get("code") or {}).get("zip") or {}
+    if "configMapRef" not in z and "secretRef" not in z:
+        return config
+    meta = body["metadata"]
+    ref_kind, field = ("ConfigMap", "configMapRef") if "configMapRef" in z else ("Secret", "secretRef")
+    data = read_zip(meta["namespace"], ref_kind, z[field]["name"], z[field]["key"], f"spec.code.zip.{field}")
+    name = snapshot_name(meta["name"], number)
+    encoded = base64.b64encode(data).decode()
+    obj: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": ref_kind,
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": names.function_labels(meta["name"], number),
+            "ownerReferences": [owner_reference(Owner.of(body))],
+        },
+        "immutable": True,
+        ("binaryData" if ref_kind == "ConfigMap" else "data"): {ZIP_KEY: encoded},
+    }
+    k8s.apply(obj)
+    new_zip = {field: {"name": name, "key": ZIP_KEY}}
+    return {**config, "code": {"zip": new_zip}}
+
+
+def publish(
+    body: Mapping[str, Any], spec: Any, config: dict[str, Any], code_digest: str, versions: list[dict[str, Any]]
+) -> tuple[cond.Condition | None, int | None]:
+    """Publish a version if one is asked for. Returns the VersionPublished condition and the newest number."""
+    meta = body["metadata"]
+    status = body.get("status") or {}
+    newest = versions[-1] if versions else None
+    newest_number = int(newest["spec"]["version"]) if newest else None
+    answered = max((int((v["metadata"].get("annotations") or {}).get(names.ANN_PUBLISH_REQUEST, 0)) for v in versions), default=0)
+    requested = spec.publish > answered
+    if not requested and not spec.auto_publish:
+        if spec.publish == 0 and not versions:
+            return None, newest_number
+        return cond.true(cond.VERSION_PUBLISHED, cond.NOTHING_TO_PUBLISH, f"newest version: {newest_number}"), newest_number
+    digest = version_config_sha256(config, code_digest)
+    if newest is not None and (newest["metadata"].get("annotations") or {}).get(names.ANN_CONFIG_SHA256) == digest:
+        if requested:
+            # Record that this request was answered by the existing version (like PublishVersion).
+            k8s.merge_patch(
+                names.FUNCTION_VERSION_KIND,
+                meta["namespace"],
+                newest["metadata"]["name"],
+                {"metadata": {"annotations": {names.ANN_PUBLISH_REQUEST: str(spec.publish)}}},
+            )
+        return (
+            cond.true(cond.VERSION_PUBLISHED, cond.UNCHANGED, f"version {newest_number} already matches $LATEST"),
+            newest_number,
+        )
+    number = max(int(status.get("latestVersion") or 0), newest_number or 0) + 1
+    snapshot = _snapshot_code(body, number, config)
+    fv = make_function_version(body, number, snapshot, code_digest, digest, spec.publish)
+    try:
+        k8s.create(fv)
+    except k8s.Conflict:
+        log.info("version %s of %s/%s exists already", number, meta["namespace"], meta["name"])
+    k8s.post_event(body, "Normal", cond.PUBLISHED, f"published version {number} (code sha256 {code_digest[:12]})")
+    return cond.true(cond.VERSION_PUBLISHED, cond.PUBLISHED, f"published version {number}"), number
+
+
+def collect_garbage(body: Mapping[str, Any], versions: list[dict[str, Any]], aliases: list[dict[str, Any]], retention: int) -> None:
+    meta = body["metadata"]
+    for v in versions_to_delete(versions, referenced_versions(aliases), retention, meta["uid"]):
+        number = int(v["spec"]["version"])
+        k8s.delete(names.FUNCTION_VERSION_KIND, meta["namespace"], v["metadata"]["name"])
+        for kind in ("ConfigMap", "Secret"):
+            k8s.delete(kind, meta["namespace"], snapshot_name(meta["name"], number))
+        k8s.post_event(body, "Normal", cond.VERSION_DELETED, f"deleted version {number}: past versionRetention {retention} and no alias points at it")
+
+
+def reconcile_function(body: Mapping[str, Any], images: Images) -> Outcome:
+    """One level-based pass over a Function; writes status and Events."""
+    if being_deleted(body):
+        return Outcome(skipped=True)
+    meta = body["metadata"]
+    namespace, function = meta["namespace"], meta["name"]
+    try:
+        spec = parse_function_spec(body.get("spec") or {})
+    except SpecError as e:
+        out = Outcome(
+            conditions=[cond.false(cond.READY, cond.INVALID_SPEC, f"{e}; fix the Function spec")],
+            status={"state": "Failed"},
+            permanent=str(e),
+        )
+        return finish(body, out)
+    config = spec.config().to_api()
+    token = (meta.get("annotations") or {}).get(names.ANN_SERVICE_ACCOUNT_TOKEN) == "true"
+    outcome = Outcome()
+    try:
+        digest = code_sha256(namespace, config)
+    except CodeUnavailable as e:
+        outcome.conditions = [e.condition]
+        outcome.retry_after = WAIT_SECONDS
+        outcome.status = {"state": "Pending"}
+        outcome.conditions.insert(0, cond.summarize(outcome.conditions))
+        return finish(body, outcome)
+    aliases = aliases_of(namespace, function)
+    inp = EnvironmentInput(
+        namespace=namespace,
+        function=function,
+        version=names.LATEST,
+        owner=Owner.of(body),
+        spec=config,
+        code_sha256=digest,
+        images=images,
+        provisioned=provisioned_floor(aliases, function, names.LATEST),
+        service_account_token=token,
+    )
+    children, status, retry = reconcile_environment(inp)
+    outcome.conditions = children
+    outcome.status = {**status, "codeSha256": digest}
+    outcome.retry_after = retry
+    if any(c.reason == cond.CODE_TOO_LARGE for c in children):
+        outcome.permanent = children[0].message
+
+    versions = versions_of(namespace, function)
+    try:
+        published, newest = publish(body, spec, config, digest, versions)
+    except CodeUnavailable as e:
+        published, newest = cond.false(cond.VERSION_PUBLISHED, e.condition.reason, e.condition.message), None
+        outcome.retry_after = WAIT_SECONDS
+    if published is not None:
+        outcome.conditions.append(published)
+    latest = max(int((body.get("status") or {}).get("latestVersion") or 0), newest or 0)
+    if latest:
+        outcome.status["latestVersion"] = latest
+    if published is not None and published.reason == cond.PUBLISHED:
+        versions = versions_of(namespace, function)
+    collect_garbage(body, versions, aliases, spec.version_retention)
+
+    ready = cond.summarize(outcome.conditions, f"$LATEST serves at {status.get('endpoint', '')}")
+    outcome.conditions.insert(0, ready)
+    outcome.status["state"] = "Active" if ready.is_true else ("Failed" if outcome.permanent else "Pending")
+    return finish(body, outcome)

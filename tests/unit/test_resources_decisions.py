@@ -1,0 +1,105 @@
+"""Pure decisions of the reconcilers: readiness, events, floors, version retention, weights."""
+
+from __future__ import annotations
+
+import pytest
+
+from kfn import conditions as cond
+from kfn.reconcilers.alias import resolve_weights, targets_of
+from kfn.reconcilers.environment import deployment_conditions, provisioned_floor
+from kfn.reconcilers.function import referenced_versions, versions_to_delete
+
+
+def test_ready_takes_reason_and_message_of_the_first_failing_child():
+    ready = cond.summarize(
+        [
+            cond.true(cond.CODE_READY, cond.RECONCILED),
+            cond.false(cond.DEPLOYMENT_READY, cond.DEPLOYMENT_FAILED, "pods crash"),
+            cond.false(cond.AVAILABLE, cond.NO_ENVIRONMENTS, "0 of 1"),
+        ]
+    )
+    assert (ready.status, ready.reason) == ("False", cond.DEPLOYMENT_FAILED)
+    assert "pods crash" in ready.message
+
+
+def test_available_never_gates_ready():
+    ready = cond.summarize([cond.true(cond.CODE_READY, cond.RECONCILED), cond.false(cond.AVAILABLE, cond.NO_ENVIRONMENTS, "0")])
+    assert ready.is_true
+
+
+def test_events_only_on_transitions_and_times_kept():
+    first = [cond.true(cond.READY, cond.READY_REASON), cond.true(cond.CODE_READY, cond.RECONCILED)]
+    status = cond.to_status(first, None, 1, now="2026-01-01T00:00:00Z")
+    assert [t.condition.type for t in cond.transitions(first, None)] == [cond.READY]
+    assert cond.transitions(first, status) == []
+    again = cond.to_status(first, status, 2, now="2026-01-02T00:00:00Z")
+    assert again[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    broken = [cond.false(cond.READY, cond.CODE_NOT_FOUND, "x"), cond.false(cond.CODE_READY, cond.CODE_NOT_FOUND, "x")]
+    ts = cond.transitions(broken, status)
+    assert [(t.condition.type, t.event_type) for t in ts] == [(cond.READY, "Warning"), (cond.CODE_READY, "Warning")]
+    assert cond.to_status(broken, status, 2, now="2026-01-03T00:00:00Z")[0]["lastTransitionTime"] == "2026-01-03T00:00:00Z"
+
+
+def alias(version, weights=None, provisioned=0, function="hello"):
+    spec = {"functionName": function, "functionVersion": version, "provisionedConcurrency": provisioned}
+    if weights:
+        spec["routing"] = {"additionalVersionWeights": weights}
+    return {"spec": spec}
+
+
+@pytest.mark.parametrize(
+    ("aliases", "version", "floor"),
+    [
+        ([alias("1", {"2": 0.1}, 10)], "1", 9),
+        ([alias("1", {"2": 0.1}, 10)], "2", 1),
+        ([alias("1", None, 3), alias("1", None, 2)], "1", 5),
+        ([alias("1", None, 3, function="other")], "1", 0),
+        ([alias("$LATEST", None, 2)], "$LATEST", 2),
+        ([alias("1", {"2": 0.5}, 0)], "1", 0),
+    ],
+)
+def test_provisioned_floor_splits_by_weight(aliases, version, floor):
+    assert provisioned_floor(aliases, "hello", version) == floor
+
+
+def fv(n, owner="uid-1"):
+    return {"spec": {"version": n}, "metadata": {"name": f"hello-v{n}", "ownerReferences": [{"uid": owner}]}}
+
+
+def test_retention_keeps_newest_and_referenced_versions():
+    versions = [fv(n) for n in range(1, 7)]
+    deleted = versions_to_delete(versions, referenced={"1"}, retention=2, owner_uid="uid-1")
+    assert [v["spec"]["version"] for v in deleted] == [2, 3, 4]  # keeps 1 (alias), 5, 6 (newest)
+    assert versions_to_delete(versions, referenced=set(), retention=0, owner_uid="uid-1")[-1]["spec"]["version"] == 5
+    assert versions_to_delete(versions, set(), retention=10, owner_uid="uid-1") == []
+
+
+def test_retention_never_deletes_versions_users_wrote():
+    versions = [fv(1, owner="someone-else"), fv(2), fv(3)]
+    assert [v["spec"]["version"] for v in versions_to_delete(versions, set(), 1, "uid-1")] == [2]
+
+
+def test_referenced_versions_include_weighted_targets():
+    assert referenced_versions([alias("1", {"2": 0.1}), alias("$LATEST")]) == {"1", "2", "$LATEST"}
+
+
+def test_weights_resolve_with_the_primary_taking_the_rest():
+    assert resolve_weights("1", {"2": 0.1}) == {"1": 0.9, "2": 0.1}
+    assert resolve_weights("3", {}) == {"3": 1.0}
+    assert targets_of({"functionVersion": "1", "additionalVersionWeights": {"2": 0.1}}) == {"1", "2"}
+
+
+def deployment(spec_replicas=1, **status):
+    return {"metadata": {"name": "hello-latest", "generation": 2}, "spec": {"replicas": spec_replicas}, "status": status}
+
+
+def test_deployment_conditions():
+    ready, available = deployment_conditions(deployment(observedGeneration=2, replicas=1, updatedReplicas=1, readyReplicas=1))
+    assert (ready.reason, available.status) == (cond.ROLLED_OUT, "True")
+    ready, available = deployment_conditions(deployment(observedGeneration=1))
+    assert (ready.status, ready.reason, available.status) == ("True", cond.ROLLING_OUT, "False")
+    failed = deployment(conditions=[{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "stuck"}])
+    ready, _ = deployment_conditions(failed)
+    assert (ready.status, ready.reason) == ("False", cond.DEPLOYMENT_FAILED) and "stuck" in ready.message
+    _, available = deployment_conditions(deployment(0, observedGeneration=2))
+    assert available.reason == cond.SCALED_TO_ZERO

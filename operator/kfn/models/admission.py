@@ -121,18 +121,18 @@ def _openapi_errors(obj: Any, schema: Mapping[str, Any]) -> list[str]:
         path = _path(err.absolute_path)
         kind, limit, inst = err.validator, err.validator_value, err.instance
         if kind == "minimum":
-            errors.append(f"{path}: Invalid value: {_go(inst)}: {path} in body should be greater than or equal to {limit}")
+            errors.append(f"{path}: Invalid value: {_go(inst)}: {path} in body should be greater than or equal to {_go(limit)}")
         elif kind == "maximum":
-            errors.append(f"{path}: Invalid value: {_go(inst)}: {path} in body should be less than or equal to {limit}")
+            errors.append(f"{path}: Invalid value: {_go(inst)}: {path} in body should be less than or equal to {_go(limit)}")
         elif kind == "pattern":
             errors.append(f"{path}: Invalid value: {_go(inst)}: {path} in body should match '{limit}'")
         elif kind == "enum":
             allowed = ", ".join(json.dumps(v) for v in limit)
             errors.append(f"{path}: Unsupported value: {_go(inst)}: supported values: {allowed}")
         elif kind in ("maxItems", "maxProperties"):
-            errors.append(f"{path}: Too many: {len(inst)}: must have at most {limit} items")
+            errors.append(f"{path}: Too many: {len(inst)}: must have at most {limit} item{'' if limit == 1 else 's'}")
         elif kind == "maxLength":
-            errors.append(f"{path}: Too long: may not be more than {limit} bytes")
+            errors.append(f"{path}: Too long: may not be more than {limit} byte{'' if limit == 1 else 's'}")
         elif kind == "minLength":
             errors.append(f"{path}: Invalid value: {_go(inst)}: {path} in body should be at least {limit} chars long")
         elif kind in ("minItems", "minProperties"):
@@ -163,8 +163,11 @@ def _cel_errors(value: Any, schema: Mapping[str, Any], path: list[Any]) -> list[
                 errors.append(f"{where}: Required value: {rule['message']}")
             elif reason == "FieldValueForbidden":
                 errors.append(f"{where}: Forbidden: {rule['message']}")
+            elif isinstance(value, (dict, list)):
+                # kube-apiserver omits the value of an object or array (field.OmitValueType)
+                errors.append(f"{where}: Invalid value: {rule['message']}")
             else:
-                errors.append(f"{where}: Invalid value: {_go(_type_name(value))}: {rule['message']}")
+                errors.append(f"{where}: Invalid value: {_go(value)}: {rule['message']}")
     if isinstance(value, dict):
         props = schema.get("properties") or {}
         extra = schema.get("additionalProperties")

@@ -46,7 +46,9 @@ FUNCTION_NAME_RULE_TEXT = (
     "digits and '-', starting and ending with a letter or digit, at most 63 characters"
 )
 
-RuleReason = Literal["FieldValueInvalid", "FieldValueRequired", "FieldValueForbidden", "FieldValueDuplicate"]
+# FieldValueDuplicate is left out on purpose: kube-apiserver then prints the
+# value instead of the rule's message.
+RuleReason = Literal["FieldValueInvalid", "FieldValueRequired", "FieldValueForbidden"]
 
 
 # --------------------------------------------------------------------------- errors
@@ -182,23 +184,23 @@ class Range:
         self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
         js = handler(schema)
-        lo = min([self.lo, *self.also]) if self.also and self.lo is not None else self.lo
-        if lo is not None:
-            js["minimum"] = _num(lo)
-        if self.hi is not None:
-            js["maximum"] = _num(self.hi)
-        if self.also:
-            # The OpenAPI bounds above admit the gap between the extra values and
-            # the range; a CEL rule closes it at admission.
-            alts = " || ".join(f"self == {a}" for a in self.also)
-            cond = []
+        if not self.also:
             if self.lo is not None:
-                cond.append(f"self >= {_num(self.lo)}")
+                js["minimum"] = _num(self.lo)
             if self.hi is not None:
-                cond.append(f"self <= {_num(self.hi)}")
-            js.setdefault("x-kubernetes-validations", []).append(
-                {"rule": f"{alts} || ({' && '.join(cond)})", "message": self.text()}
-            )
+                js["maximum"] = _num(self.hi)
+            return js
+        # OpenAPI cannot say "-1 or 60..604800": one CEL rule says it all, so the
+        # API server answers with the same single message as kfn.
+        alts = " || ".join(f"self == {a}" for a in self.also)
+        cond = []
+        if self.lo is not None:
+            cond.append(f"self >= {_num(self.lo)}")
+        if self.hi is not None:
+            cond.append(f"self <= {_num(self.hi)}")
+        js.setdefault("x-kubernetes-validations", []).append(
+            {"rule": f"{alts} || ({' && '.join(cond)})", "message": self.text()}
+        )
         return js
 
 

@@ -323,7 +323,6 @@ class FunctionConfig(SpecModel):
             cel="!has(self.layers) || self.layers.all(l, self.layers.exists_one(m, m.name == l.name))",
             message="layer names must be unique",
             field_path=".layers",
-            reason="FieldValueDuplicate",
             check=lambda s: len({layer.name for layer in s.layers}) == len(s.layers),
         ),
     )

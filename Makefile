@@ -30,5 +30,15 @@ unit: venv ## run the fast unit tests only
 crds: venv ## regenerate crds/ and charts/kfn/crds/ from the pydantic models
 	$(KFN) crds --write crds --write charts/kfn/crds
 
+CONTROL_PLANE_ONLY ?= 0
+cluster-up: ## start the test bed (a single-node Kubernetes; CONTROL_PLANE_ONLY=1: API server only, seconds)
+	@CONTROL_PLANE_ONLY=$(CONTROL_PLANE_ONLY) bash testbed/up.sh
+
+cluster-down: ## stop the test bed and remove everything it made (built binaries and images stay cached)
+	@bash testbed/down.sh
+
+images: venv ## build kfn's container images without a registry and load them into the test bed
+	@bash testbed/images.sh
+
 clean:
 	rm -rf $(VENV) .pytest_cache

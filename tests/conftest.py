@@ -1,1 +1,176 @@
-"""Shared pytest configuration."""
+"""Shared pytest configuration: the cluster fixtures every integration and e2e test uses.
+
+Tests marked ``integration`` (need a real API server) or ``e2e`` (need real pods
+on a node) get kfn's test bed, started on demand once per session (full node by
+default), unless ``--kube-context``/``--kubeconfig`` or a ``KUBECONFIG`` that is
+not the test bed's points at another cluster. Fixtures: ``cluster``,
+``crds_installed``, ``namespace``, ``testbed_images``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from testbed import (
+    REPO,
+    Cluster,
+    ClusterSetupError,
+    external_cluster,
+    pinned_kubectl,
+    run_script,
+    start_testbed,
+    testbed_settings,
+)
+
+DESTRUCTIVE = "testbed_destructive"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("kfn cluster")
+    group.addoption("--kube-context", default=None,
+                    help="run integration/e2e tests against this kubeconfig context instead of the test bed")
+    group.addoption("--kubeconfig", default=None,
+                    help="kubeconfig file for --kube-context (default: $KUBECONFIG or ~/.kube/config)")
+    group.addoption("--testbed-mode", choices=("full", "control-plane"), default="full",
+                    help="how the test bed starts when no cluster is running: a full node (default) or "
+                         "the API server only (faster; e2e tests still add the node when they run)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{DESTRUCTIVE}: stops or kills test-bed components; runs last, only on kfn's own test bed"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tests that tear the test bed down run after everything else that needs it.
+    items.sort(key=lambda item: item.get_closest_marker(DESTRUCTIVE) is not None)
+
+
+def _say(config: pytest.Config, line: str) -> None:
+    """Show a progress line now, even while pytest captures output."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is None:
+        print(line, file=sys.stderr, flush=True)
+        return
+    with capman.global_and_fixture_disabled():
+        print(line, file=sys.stderr, flush=True)
+
+
+def _wants_testbed(config: pytest.Config, settings: dict[str, str]) -> bool:
+    if config.getoption("--kube-context") or config.getoption("--kubeconfig"):
+        return False
+    env = os.environ.get("KUBECONFIG")
+    return not env or os.path.realpath(env) == os.path.realpath(settings["KUBECONFIG_PATH"])
+
+
+@pytest.fixture(scope="session")
+def cluster(pytestconfig: pytest.Config) -> Cluster:
+    """The cluster under test: kfn's test bed (started if needed) or the chosen context."""
+    settings = testbed_settings()
+    if not _wants_testbed(pytestconfig, settings):
+        try:
+            c = external_cluster(pytestconfig.getoption("--kubeconfig") or None,
+                                 pytestconfig.getoption("--kube-context"), settings)
+        except ClusterSetupError as e:
+            pytest.fail(str(e), pytrace=False)
+        _say(pytestconfig, f"[kfn] using cluster {c.context or '(current context)'}; full node: {c.full_node}")
+        return c
+    full = pytestconfig.getoption("--testbed-mode") == "full"
+    _say(pytestconfig, f"[kfn] bringing the test bed up ({'full node' if full else 'control plane only'}); "
+                       "a cold machine builds Kubernetes first")
+    try:
+        kubeconfig = start_testbed(full=full, write=lambda line: _say(pytestconfig, line))
+    except ClusterSetupError as e:
+        pytest.fail(str(e), pytrace=False)
+    kubectl = pinned_kubectl(settings)
+    assert kubectl, "testbed/up.sh finished without building kubectl"
+    c = Cluster(kubeconfig=kubeconfig, context=None, full_node=full, kubectl_path=kubectl, is_testbed=True,
+                settings=settings)
+    if not full:
+        c.full_node = c.has_ready_node()
+    return c
+
+
+def ensure_full_node(c: Cluster, config: pytest.Config) -> None:
+    """Make sure real pods can run: add the node to a control-plane-only test bed, or skip."""
+    if c.full_node:
+        return
+    if not c.is_testbed:
+        pytest.skip(f"cluster {c.context or '(current context)'} has no Ready node for e2e tests")
+    _say(config, "[kfn] an e2e test needs the node: adding it to the test bed")
+    try:
+        start_testbed(full=True, write=lambda line: _say(config, line))
+    except ClusterSetupError as e:
+        pytest.fail(str(e), pytrace=False)
+    c.full_node = True
+
+
+@pytest.fixture(scope="session")
+def testbed_images(cluster: Cluster, pytestconfig: pytest.Config) -> list[str]:
+    """kfn's images (kfn/kfn:dev, kfn/python3.11:dev …) built and loaded into the test bed's node.
+
+    Other clusters must have them already (e.g. `kind load docker-image`).
+    """
+    names = ["docker.io/kfn/kfn:dev", "docker.io/kfn/python3.11:dev"]
+    if not cluster.is_testbed:
+        return names
+    ensure_full_node(cluster, pytestconfig)
+    _say(pytestconfig, "[kfn] building and loading kfn's images (testbed/images.sh; rebuilt only on change)")
+    try:
+        run_script("images.sh", write=lambda line: _say(pytestconfig, line))
+    except ClusterSetupError as e:
+        pytest.fail(str(e), pytrace=False)
+    return names
+
+
+@pytest.fixture(autouse=True)
+def _cluster_for_marked_tests(request: pytest.FixtureRequest) -> None:
+    """Tests marked integration/e2e bring the cluster up even if they do not ask for it."""
+    marks = {m.name for m in request.node.iter_markers()}
+    if not marks & {"integration", "e2e"}:
+        return
+    c: Cluster = request.getfixturevalue("cluster")
+    if "e2e" in marks:
+        ensure_full_node(c, request.config)
+        request.getfixturevalue("testbed_images")
+    if DESTRUCTIVE in marks and not c.is_testbed:
+        pytest.skip("stops test-bed components: runs only on kfn's own test bed, not on another cluster")
+
+
+@pytest.fixture(scope="session")
+def crds_installed(cluster: Cluster) -> list[str]:
+    """kfn's CRDs from crds/ applied, each Established; returns their names."""
+    crd_dir = REPO / "crds"
+    files = sorted(p for p in crd_dir.glob("*.yaml") if p.is_file())
+    if not files:
+        pytest.fail("crds/ holds no CRD files (run `make crds`)", pytrace=False)
+    out = cluster.kubectl("apply", "--server-side", "--force-conflicts", "-o", "name",
+                          *[arg for f in files for arg in ("-f", str(f))])
+    names = [line.split("/", 1)[1] for line in out.stdout.split() if "/" in line]
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    *[f"crd/{n}" for n in names])
+    return names
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace ``kfn-t-<random>`` for one test, deleted (without waiting) afterwards."""
+    name = f"kfn-t-{secrets.token_hex(4)}"
+    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("label", "namespace", name, "kfn.dev/test=true")
+    try:
+        yield name
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    ctx = config.getoption("--kube-context")
+    return f"kfn cluster: {'context ' + ctx if ctx else 'kfn test bed (on demand)'}"
+

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Build kfn's container images without a registry and load them into the test
+# bed's containerd (`make images`).
+#
+#   base      Debian bookworm made with debootstrap (cached as a tarball), with
+#             python3 and python3-venv: stands in for the public python base.
+#   kfn       images/kfn/Dockerfile: kfn and its dependencies (operator,
+#             gateway, agent), from a wheel of the working tree.
+#   python3.11  images/python3.11/Dockerfile (the agent engineer's runtime
+#             image), or a placeholder until that exists.
+#   pause, coredns  the node's own images, FROM scratch with binaries built by
+#             testbed/build-extras.sh.
+#
+# Dockerfiles for users start with `ARG BASE=<public image>` / `FROM ${BASE}`;
+# here they are built with `buildah bud --build-arg BASE=<local base>`, so what
+# users get is exactly what is tested. Each build context is a copy of the
+# image's folder plus `wheels/`: the kfn wheel and its dependencies for kfn,
+# and wheels of `requirements.txt` where the folder has one. An image is rebuilt
+# only when the hash of its inputs changes; archives live in the cache.
+#
+# --node: only what the node needs to start (pause, CoreDNS), plus importing
+# kfn images already built; used by testbed/up.sh.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+. "$here/env.sh"
+NODE_ONLY=0
+[ "${1:-}" = --node ] && NODE_ONLY=1
+[ "$(id -u)" = 0 ] || die "building images needs root (buildah, debootstrap)"
+bash "$here/deps.sh"
+mkdir -p "$IMAGE_CACHE/ctx"
+exec 8>"$CACHE/images.lock"
+flock -n 8 || { log "another image build holds $CACHE/images.lock; waiting"; flock 8; }
+
+BUILDAH=(buildah --root "$CACHE/buildah/root" --runroot "$CACHE/buildah/run" --storage-driver overlay)
+PIP=("$repo/.venv/bin/python" -m pip)
+[ -x "$repo/.venv/bin/python" ] || PIP=(python3 -m pip)
+
+# hash_dir DIR: a content hash of a build context (file names, modes and
+# bytes; wheels by their unpacked contents, since zip timestamps vary).
+hash_dir() {
+  python3 - "$1" <<'EOF'
+import hashlib, os, stat, sys, zipfile
+root = sys.argv[1]
+h = hashlib.sha256()
+for dirpath, dirnames, filenames in os.walk(root):
+    dirnames.sort()
+    for name in sorted(filenames):
+        path = os.path.join(dirpath, name)
+        rel = os.path.relpath(path, root)
+        h.update(f"{rel}\0{stat.S_IMODE(os.stat(path).st_mode):o}\0".encode())
+        if name.endswith(".whl"):
+            with zipfile.ZipFile(path) as z:
+                for info in sorted(z.infolist(), key=lambda i: i.filename):
+                    h.update(info.filename.encode() + b"\0" + z.read(info))
+        else:
+            with open(path, "rb") as f:
+                h.update(f.read())
+print(h.hexdigest())
+EOF
+}
+
+# build NAME CONTEXT [BASE]: buildah bud CONTEXT into docker.io/kfn/NAME:dev and
+# an archive in the cache, unless the inputs are unchanged.
+build() {
+  local name=$1 ctx=$2 base=${3:-} ref="docker.io/kfn/$1:dev"
+  local archive="$IMAGE_CACHE/$name.tar" hash
+  hash=$( { hash_dir "$ctx"; if [ -n "$base" ]; then cat "$IMAGE_CACHE/base.hash"; fi; } | sha256sum | cut -c1-32)
+  if [ -f "$archive" ] && [ "$(cat "$IMAGE_CACHE/$name.hash" 2>/dev/null)" = "$hash" ]; then
+    log "image $ref is up to date"
+    return 0
+  fi
+  log "building image $ref"
+  local t0=$SECONDS args=(bud --isolation chroot --pull-never --format docker -t "$ref" -f "$ctx/Dockerfile")
+  [ -n "$base" ] && args+=(--build-arg "BASE=$base")
+  "${BUILDAH[@]}" "${args[@]}" "$ctx" > "$IMAGE_CACHE/$name.build.log" 2>&1 \
+    || { tail -n 30 "$IMAGE_CACHE/$name.build.log" >&2; die "building $ref failed (log: $IMAGE_CACHE/$name.build.log)"; }
+  rm -f "$archive.tmp"
+  "${BUILDAH[@]}" push -q "$ref" "docker-archive:$archive.tmp:$ref" >/dev/null
+  mv "$archive.tmp" "$archive"
+  echo "$hash" > "$IMAGE_CACHE/$name.hash"
+  log "built $ref ($(du -m "$archive" | cut -f1) MB) in $((SECONDS - t0)) s"
+}
+
+# load NAME: import the archive into the node's containerd if it is running
+# and does not have this build yet.
+load() {
+  local name=$1 archive="$IMAGE_CACHE/$1.tar" mark="$RUN_DIR/imported/$1"
+  [ -f "$archive" ] || return 0
+  if ! [ -S "$CONTAINERD_SOCK" ] || ! ctr -a "$CONTAINERD_SOCK" version >/dev/null 2>&1; then
+    log "containerd of the test bed is not running: kfn/$name:dev will be loaded by make cluster-up"
+    return 0
+  fi
+  if [ "$(cat "$mark" 2>/dev/null)" = "$(cat "$IMAGE_CACHE/$name.hash")" ] \
+    && ctr -a "$CONTAINERD_SOCK" -n k8s.io images ls -q | grep -qx "docker.io/kfn/$name:dev"; then
+    return 0
+  fi
+  local t0=$SECONDS
+  ctr -a "$CONTAINERD_SOCK" -n k8s.io images import "$archive" >/dev/null
+  mkdir -p "$RUN_DIR/imported"
+  cp "$IMAGE_CACHE/$name.hash" "$mark"
+  log "loaded docker.io/kfn/$name:dev into containerd ($((SECONDS - t0)) s)"
+}
+
+# context NAME SRC-DIR: a fresh copy of SRC-DIR to build from.
+context() {
+  local ctx="$IMAGE_CACHE/ctx/$1"
+  rm -rf "$ctx"; mkdir -p "$ctx"
+  cp -a "$2/." "$ctx/"
+  echo "$ctx"
+}
+
+# ------------------------------------------------------------ node images
+ctx=$(context pause "$repo/images/pause")
+cp "$(readlink -f "$TOOLS_BIN/pause")" "$ctx/pause"
+build pause "$ctx"
+ctx=$(context coredns "$here/images/coredns")
+cp "$TOOLS_BIN/coredns-$COREDNS_VERSION" "$ctx/coredns"
+build coredns "$ctx"
+
+if [ "$NODE_ONLY" = 0 ]; then
+  # ---------------------------------------------------------- base
+  rootfs_tar="$IMAGE_CACHE/base-bookworm-rootfs.tar"
+  if [ ! -f "$rootfs_tar" ]; then
+    mirror=$(awk '/^URIs:/ {print $2; exit} /^deb / {print $2; exit}' \
+      /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | head -n1)
+    [ -n "$mirror" ] || die "no Debian mirror found in the apt sources for debootstrap"
+    log "debootstrap bookworm (minbase + python3) from the machine's apt mirror; about a minute"
+    t0=$SECONDS
+    root="$CACHE/build/base-rootfs"
+    rm -rf "$root"
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$root" "$mirror" \
+      > "$IMAGE_CACHE/debootstrap.log" 2>&1 \
+      || { tail -n 30 "$IMAGE_CACHE/debootstrap.log" >&2; die "debootstrap failed (log: $IMAGE_CACHE/debootstrap.log)"; }
+    # Trim what an image never uses (docs, man pages, apt lists and caches).
+    rm -rf "$root"/usr/share/{doc,man,info,locale}/* "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* \
+      "$root"/var/log/*
+    tar -C "$root" --numeric-owner -cf "$rootfs_tar.tmp" .
+    mv "$rootfs_tar.tmp" "$rootfs_tar"
+    rm -rf "$root"
+    log "base root filesystem ready ($(du -m "$rootfs_tar" | cut -f1) MB) in $((SECONDS - t0)) s"
+  fi
+  base_hash=$(sha256sum "$rootfs_tar" | cut -c1-32)
+  if [ "$(cat "$IMAGE_CACHE/base.hash" 2>/dev/null)" != "$base_hash" ] \
+    || ! "${BUILDAH[@]}" inspect --type image localhost/kfn/base:dev >/dev/null 2>&1; then
+    log "committing localhost/kfn/base:dev"
+    c=$("${BUILDAH[@]}" from scratch)
+    m=$("${BUILDAH[@]}" mount "$c")
+    tar -C "$m" --numeric-owner -xf "$rootfs_tar"
+    "${BUILDAH[@]}" umount "$c" >/dev/null
+    "${BUILDAH[@]}" config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+      --env LANG=C.UTF-8 --cmd python3 "$c"
+    "${BUILDAH[@]}" commit -q --rm "$c" localhost/kfn/base:dev >/dev/null
+    echo "$base_hash" > "$IMAGE_CACHE/base.hash"
+  fi
+  BASE=localhost/kfn/base:dev
+
+  # ---------------------------------------------------------- kfn
+  ctx=$(context kfn "$repo/images/kfn")
+  log "building the kfn wheel from the working tree, with its dependencies"
+  "${PIP[@]}" wheel -q --disable-pip-version-check --wheel-dir "$ctx/wheels" "$repo" \
+    > "$IMAGE_CACHE/kfn.wheels.log" 2>&1 \
+    || { tail -n 30 "$IMAGE_CACHE/kfn.wheels.log" >&2; die "pip wheel of kfn failed"; }
+  build kfn "$ctx" "$BASE"
+
+  # ---------------------------------------------------------- python3.11 (agent engineer's contents)
+  src="$repo/images/python3.11"
+  if [ ! -f "$src/Dockerfile" ]; then
+    log "images/python3.11/Dockerfile not there yet: building the placeholder runtime image"
+    src="$here/images/python3.11-placeholder"
+  fi
+  ctx=$(context python3.11 "$src")
+  if [ -f "$ctx/requirements.txt" ]; then
+    "${PIP[@]}" wheel -q --disable-pip-version-check --wheel-dir "$ctx/wheels" -r "$ctx/requirements.txt" \
+      > "$IMAGE_CACHE/python3.11.wheels.log" 2>&1 \
+      || { tail -n 30 "$IMAGE_CACHE/python3.11.wheels.log" >&2; die "pip wheel for python3.11 failed"; }
+  fi
+  build python3.11 "$ctx" "$BASE"
+fi
+
+for name in pause coredns kfn python3.11; do load "$name"; done

@@ -1,0 +1,343 @@
+#!/usr/bin/env bash
+# Bring the kfn test bed up: a real single-node Kubernetes from upstream parts,
+# no Docker. Idempotent: whatever already runs is kept, whatever died (a crash,
+# kill -9, a reboot) is started again. CONTROL_PLANE_ONLY=1 starts only etcd,
+# the API server, the controller-manager and the scheduler (seconds); the
+# default adds containerd, kubelet, kube-proxy, kube-router and CoreDNS.
+# The last line printed is `export KUBECONFIG=<path>`.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/env.sh"
+FULL=1
+[ "${CONTROL_PLANE_ONLY:-0}" = 1 ] && FULL=0
+[ "$(id -u)" = 0 ] || die "the test bed needs root (network devices, mounts, iptables)"
+t_start=$SECONDS
+
+PKI="$RUN_DIR/pki"
+LOGS="$RUN_DIR/logs"
+PIDS="$RUN_DIR/pids"
+CONF="$RUN_DIR/conf"
+
+bash "$here/deps.sh"
+if [ "$FULL" = 1 ]; then bash "$here/build.sh"; else bash "$here/build.sh" --control-plane; fi
+mkdir -p "$RUN_DIR" "$PKI" "$LOGS" "$PIDS" "$CONF" "$STATE_DIR"
+
+# ---------------------------------------------------------------- sysctls
+# Remember the values we (or the kubelet and kube-proxy) change, once, so
+# cluster-down can put them back.
+SYSCTLS="net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables net.ipv4.conf.all.route_localnet
+  vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys
+  kernel.keys.root_maxbytes"
+if [ ! -f "$RUN_DIR/sysctl.saved" ]; then
+  for s in $SYSCTLS; do
+    v=$(sysctl -n "$s" 2>/dev/null) && printf '%s=%s\n' "$s" "$v"
+  done > "$RUN_DIR/sysctl.saved.tmp"
+  mv "$RUN_DIR/sysctl.saved.tmp" "$RUN_DIR/sysctl.saved"
+fi
+
+# ---------------------------------------------------------------- network
+# The node address lives on an interface of its own: a stable, non-loopback
+# address the API server can advertise and pods reach through the `kubernetes`
+# Service. A bridge without ports serves, since this kernel has no dummy driver.
+if ! ip link show "$NODE_IF" >/dev/null 2>&1; then
+  log "creating interface $NODE_IF with $NODE_IP"
+  ip link add "$NODE_IF" type bridge
+fi
+ip addr replace "$NODE_IP/32" dev "$NODE_IF"
+ip link set "$NODE_IF" up
+if [ "$FULL" = 1 ]; then
+  sysctl -qw net.ipv4.ip_forward=1
+  [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ] || modprobe br_netfilter 2>/dev/null || true
+  [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ] \
+    || die "br_netfilter is not available: Services and NetworkPolicies need bridged traffic to pass iptables"
+  sysctl -qw net.bridge.bridge-nf-call-iptables=1
+fi
+
+# ---------------------------------------------------------------- PKI
+# cert NAME CN [O] [SANS]: an EC key and a certificate signed by the test-bed CA.
+cert() {
+  local name=$1 cn=$2 org=${3:-} sans=${4:-} subj="/CN=$2"
+  [ -n "$org" ] && subj="/O=$org/CN=$cn"
+  openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/$name.key" 2>/dev/null
+  openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
+  {
+    echo "basicConstraints=CA:FALSE"
+    echo "keyUsage=critical,digitalSignature,keyEncipherment"
+    echo "extendedKeyUsage=serverAuth,clientAuth"
+    [ -n "$sans" ] && echo "subjectAltName=$sans"
+  } > "$PKI/$name.ext"
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+    -days 3650 -sha256 -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null
+  rm -f "$PKI/$name.csr" "$PKI/$name.ext"
+}
+# kubeconfig FILE CERT-NAME: a kubeconfig that authenticates with PKI/CERT-NAME.{crt,key}.
+kubeconfig() {
+  cat > "$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: kfn-testbed
+  cluster:
+    server: https://$NODE_IP:$API_PORT
+    certificate-authority-data: $(base64 -w0 "$PKI/ca.crt")
+users:
+- name: $2
+  user:
+    client-certificate-data: $(base64 -w0 "$PKI/$2.crt")
+    client-key-data: $(base64 -w0 "$PKI/$2.key")
+contexts:
+- name: kfn-testbed
+  context: {cluster: kfn-testbed, user: $2}
+current-context: kfn-testbed
+EOF
+}
+if [ ! -f "$PKI/.complete" ]; then
+  log "creating certificates in $PKI"
+  openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/ca.key" 2>/dev/null
+  openssl req -x509 -new -key "$PKI/ca.key" -subj "/CN=kfn-testbed-ca" -days 3650 -sha256 \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -out "$PKI/ca.crt" 2>/dev/null
+  cert apiserver kube-apiserver "" "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.$CLUSTER_DOMAIN,DNS:localhost,IP:$API_SERVICE_IP,IP:$NODE_IP,IP:127.0.0.1"
+  cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
+  cert admin kfn-testbed-admin system:masters
+  cert controller-manager system:kube-controller-manager
+  cert scheduler system:kube-scheduler
+  cert kubelet-client "system:node:$NODE_NAME" system:nodes
+  cert kubelet "$NODE_NAME" "" "DNS:$NODE_NAME,IP:$NODE_IP"
+  cert kube-proxy system:kube-proxy
+  # kube-router reads pods, namespaces and policies cluster-wide; a bound role
+  # would add nothing on a throw-away single-user cluster.
+  cert kube-router kfn-testbed-kube-router system:masters
+  openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+  for c in admin controller-manager scheduler kubelet-client kube-proxy kube-router; do
+    kubeconfig "$CONF/$c.kubeconfig" "$c"
+  done
+  touch "$PKI/.complete"
+fi
+cp "$CONF/admin.kubeconfig" "$KUBECONFIG_PATH.tmp" && mv "$KUBECONFIG_PATH.tmp" "$KUBECONFIG_PATH"
+
+# ---------------------------------------------------------------- processes
+# start NAME BINARY ARGS...: start BINARY detached unless NAME already runs.
+# The pid file plus /proc/PID/exe tell a live component from a reused pid.
+running() {
+  local pidf="$PIDS/$1.pid" pid
+  [ -f "$pidf" ] || return 1
+  pid=$(cat "$pidf")
+  [ -d "/proc/$pid" ] && [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(cat "$PIDS/$1.exe" 2>/dev/null)" ]
+}
+start() {
+  local name=$1; shift
+  if running "$name"; then
+    log "$name is running (pid $(cat "$PIDS/$name.pid"))"
+    return 0
+  fi
+  log "starting $name (log: $LOGS/$name.log)"
+  printf '\n==== %s start %s\n' "$(date -u +%FT%TZ)" "$name" >> "$LOGS/$name.log"
+  # setsid: the component outlives the shell (make, pytest) that started it.
+  setsid "$@" >> "$LOGS/$name.log" 2>&1 < /dev/null &
+  echo $! > "$PIDS/$name.pid"
+  readlink -f "$1" > "$PIDS/$name.exe"
+}
+# wait_for WHAT SECONDS COMMAND...: poll COMMAND until it succeeds, with progress.
+wait_for() {
+  local what=$1 limit=$2 t0=$SECONDS next=10; shift 2
+  until "$@" >/dev/null 2>&1; do
+    if (( SECONDS - t0 >= limit )); then
+      log "timed out after ${limit}s waiting for $what"
+      return 1
+    fi
+    if (( SECONDS - t0 >= next )); then log "still waiting for $what ($((SECONDS - t0))s)"; next=$((next + 10)); fi
+    sleep 0.5
+  done
+  log "$what: ok ($((SECONDS - t0))s)"
+}
+failed() { # NAME: show why a component did not come up, then fail
+  log "last lines of $LOGS/$1.log:"
+  tail -n 25 "$LOGS/$1.log" >&2 || true
+  die "$1 did not become ready"
+}
+alive() { running "$1" || { log "$1 exited"; return 1; }; }
+KUBECTL_ADMIN=("$KUBECTL" --kubeconfig "$KUBECONFIG_PATH")
+
+start etcd "$ETCD_BIN/etcd" --name default --data-dir "$RUN_DIR/etcd" \
+  --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+  --initial-cluster default=http://127.0.0.1:2380 --listen-metrics-urls "" \
+  --unsafe-no-fsync --log-level warn
+# --unsafe-no-fsync: a throw-away test cluster on a disk shared with builds; durability buys nothing here.
+wait_for "etcd health" 60 curl -fsS http://127.0.0.1:2379/health || failed etcd
+
+start kube-apiserver "$K8S_BIN/kube-apiserver" \
+  --etcd-servers=http://127.0.0.1:2379 \
+  --bind-address="$NODE_IP" --advertise-address="$NODE_IP" --secure-port="$API_PORT" \
+  --service-cluster-ip-range="$SERVICE_CIDR" \
+  --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+  --client-ca-file="$PKI/ca.crt" \
+  --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+  --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+  --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
+  --service-account-issuer="https://kubernetes.default.svc.$CLUSTER_DOMAIN" \
+  --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+  --allow-privileged=true --profiling=false --event-ttl=1h
+wait_for "kube-apiserver /readyz" 120 curl -fsS --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" \
+  --key "$PKI/admin.key" "https://$NODE_IP:$API_PORT/readyz" || failed kube-apiserver
+
+start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
+  --kubeconfig="$CONF/controller-manager.kubeconfig" \
+  --authentication-kubeconfig="$CONF/controller-manager.kubeconfig" \
+  --authorization-kubeconfig="$CONF/controller-manager.kubeconfig" \
+  --bind-address=127.0.0.1 --leader-elect=false --use-service-account-credentials=true \
+  --root-ca-file="$PKI/ca.crt" --service-account-private-key-file="$PKI/sa.key" \
+  --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
+  --allocate-node-cidrs=true --cluster-cidr="$CLUSTER_CIDR" --node-cidr-mask-size=24 \
+  --service-cluster-ip-range="$SERVICE_CIDR" --profiling=false
+start kube-scheduler "$K8S_BIN/kube-scheduler" \
+  --kubeconfig="$CONF/scheduler.kubeconfig" \
+  --authentication-kubeconfig="$CONF/scheduler.kubeconfig" \
+  --authorization-kubeconfig="$CONF/scheduler.kubeconfig" \
+  --bind-address=127.0.0.1 --leader-elect=false --profiling=false
+wait_for "kube-controller-manager /healthz" 60 curl -fsSk https://127.0.0.1:10257/healthz \
+  || failed kube-controller-manager
+wait_for "kube-scheduler /healthz" 60 curl -fsSk https://127.0.0.1:10259/healthz || failed kube-scheduler
+# The default ServiceAccount is what the operator's tests create pods and RBAC against.
+wait_for "default ServiceAccount" 60 "${KUBECTL_ADMIN[@]}" -n default get serviceaccount default \
+  || failed kube-controller-manager
+
+if [ "$FULL" = 1 ]; then
+  # -------------------------------------------------------------- containerd
+  mkdir -p "$RUN_DIR/cni/net.d" "$RUN_DIR/cni/ipam"
+  cat > "$CONF/containerd.toml" <<EOF
+version = 2
+root = "$RUN_DIR/containerd"
+state = "$STATE_DIR/containerd"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+[grpc]
+  address = "$CONTAINERD_SOCK"
+[ttrpc]
+  address = "$STATE_DIR/containerd/containerd.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$RUN_DIR/containerd-opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  # Built by testbed/images.sh and imported below: nothing is ever pulled.
+  sandbox_image = "docker.io/kfn/pause:dev"
+  stream_server_address = "127.0.0.1"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$RUN_DIR/cni/net.d"
+EOF
+  # CNI: one bridge, addresses from this node's pod CIDR, hairpin so a pod can
+  # reach itself through its Service. No masquerade: nothing leaves the machine.
+  cat > "$RUN_DIR/cni/net.d/10-kfn.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "kfn",
+  "plugins": [
+    {
+      "type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+      "ipam": {
+        "type": "host-local", "dataDir": "$RUN_DIR/cni/ipam",
+        "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$POD_GATEWAY"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    },
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+EOF
+  # /run/netns is made (and mounted) by containerd on first use; remember if
+  # it is ours so cluster-down can remove it.
+  [ -f "$RUN_DIR/netns-mount-made" ] || mountpoint -q /run/netns 2>/dev/null || touch "$RUN_DIR/netns-mount-made"
+  start containerd /usr/bin/containerd --config "$CONF/containerd.toml"
+  wait_for "containerd socket" 60 ctr -a "$CONTAINERD_SOCK" version || failed containerd
+
+  # Images: pause and CoreDNS are needed by the node itself; kfn's images are
+  # imported too when `make images` has built them.
+  bash "$here/images.sh" --node
+
+  # -------------------------------------------------------------- kubelet
+  printf '# cluster DNS only: pods never get the host resolvers\n' > "$RUN_DIR/resolv.conf"
+  cat > "$CONF/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+# This machine is cgroup v1 (hybrid); from 1.35 the kubelet refuses v1 unless told (KEP-5573).
+failCgroupV1: false
+cgroupDriver: cgroupfs
+containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
+address: $NODE_IP
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $PKI/ca.crt}
+authorization: {mode: Webhook}
+tlsCertFile: $PKI/kubelet.crt
+tlsPrivateKeyFile: $PKI/kubelet.key
+clusterDomain: $CLUSTER_DOMAIN
+clusterDNS: [$DNS_SERVICE_IP]
+resolvConf: $RUN_DIR/resolv.conf
+# Images cannot be pulled again here: never garbage-collect them, and only evict
+# when the disk is really full.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
+serializeImagePulls: false
+hairpinMode: hairpin-veth
+shutdownGracePeriod: 0s
+EOF
+  start kubelet "$K8S_BIN/kubelet" --config="$CONF/kubelet.yaml" \
+    --kubeconfig="$CONF/kubelet-client.kubeconfig" --root-dir="$RUN_DIR/kubelet" \
+    --hostname-override="$NODE_NAME" --node-ip="$NODE_IP"
+
+  # -------------------------------------------------------------- kube-proxy
+  cat > "$CONF/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+clientConnection: {kubeconfig: $CONF/kube-proxy.kubeconfig}
+hostnameOverride: $NODE_NAME
+clusterCIDR: $CLUSTER_CIDR
+bindAddress: $NODE_IP
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+# 0 = leave the machine's conntrack settings alone.
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+EOF
+  start kube-proxy "$K8S_BIN/kube-proxy" --config="$CONF/kube-proxy.yaml"
+
+  # -------------------------------------------------------------- kube-router
+  # NetworkPolicy enforcement only (iptables + ipset); routing and service
+  # proxying stay with the bridge and kube-proxy.
+  start kube-router "$TOOLS_BIN/kube-router-$KUBE_ROUTER_VERSION" \
+    --kubeconfig="$CONF/kube-router.kubeconfig" --hostname-override="$NODE_NAME" \
+    --run-firewall=true --run-router=false --run-service-proxy=false \
+    --metrics-port=0 --health-port=20244 --iptables-sync-period=30s
+
+  wait_for "node $NODE_NAME Ready" 180 bash -c \
+    "[ \"\$('${KUBECTL}' --kubeconfig '$KUBECONFIG_PATH' get node '$NODE_NAME' \
+      -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}')\" = True ]" || failed kubelet
+  wait_for "kube-proxy /healthz" 60 curl -fsS http://127.0.0.1:10256/healthz || failed kube-proxy
+  wait_for "kube-router /healthz" 60 curl -fsS http://127.0.0.1:20244/healthz || failed kube-router
+
+  # -------------------------------------------------------------- CoreDNS
+  sed -e "s|@DNS_SERVICE_IP@|$DNS_SERVICE_IP|g" -e "s|@CLUSTER_DOMAIN@|$CLUSTER_DOMAIN|g" \
+    "$here/manifests/coredns.yaml" | "${KUBECTL_ADMIN[@]}" apply -f - >/dev/null
+  wait_for "CoreDNS ready" 120 "${KUBECTL_ADMIN[@]}" -n kube-system rollout status deployment/coredns \
+    --timeout=5s || { "${KUBECTL_ADMIN[@]}" -n kube-system get pods -o wide >&2; die "CoreDNS did not become ready"; }
+  for c in containerd kubelet kube-proxy kube-router; do alive "$c" || failed "$c"; done
+fi
+
+for c in etcd kube-apiserver kube-controller-manager kube-scheduler; do alive "$c" || failed "$c"; done
+mode="full node"; [ "$FULL" = 1 ] || mode="control plane only"
+log "test bed is up ($mode) in $((SECONDS - t_start)) s; logs in $LOGS"
+echo "export KUBECONFIG=$KUBECONFIG_PATH"

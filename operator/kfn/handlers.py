@@ -133,9 +133,7 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
         selector = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: names.COMPONENT_FUNCTION}
         for child_kind, (cgroup, cversion, cplural) in CHILD_KINDS.items():
 
-            def on_child(type: str | None, body: kopf.Body, _child_kind: str = child_kind, **_: Any) -> None:
-                if type != "DELETED":
-                    return  # edits are put back by the resync timer
+            def on_child(body: kopf.Body, _child_kind: str = child_kind, **_: Any) -> None:
                 meta = body.get("metadata", {})
                 for ref in meta.get("ownerReferences") or []:
                     if ref.get("apiVersion") == names.API_VERSION and ref.get("controller"):
@@ -145,8 +143,15 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
                         except k8s.ApiError as e:
                             log.warning("repairing %s %s failed: %s", _child_kind, meta.get("name"), e)
 
+            # Only deletions: edits are put back by the resync timer.
             kopf.on.event(
-                cgroup, cversion, cplural, id=f"child-{child_kind.lower()}", labels=selector, registry=registry
+                cgroup,
+                cversion,
+                cplural,
+                id=f"child-{child_kind.lower()}",
+                labels=selector,
+                when=lambda type, **_: type == "DELETED",
+                registry=registry,
             )(on_child)
 
     @kopf.on.login(registry=registry)

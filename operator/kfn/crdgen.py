@@ -64,7 +64,8 @@ KIND_INFOS: tuple[KindInfo, ...] = (
             {
                 "rule": f"self.metadata.name.matches('{FUNCTION_NAME_PATTERN}') "
                 f"&& size(self.metadata.name) <= {FUNCTION_NAME_MAX}",
-                "message": f"metadata.name {FUNCTION_NAME_RULE_TEXT}",
+                "message": FUNCTION_NAME_RULE_TEXT,
+                "fieldPath": ".metadata.name",
             },
         ),
     ),
@@ -208,7 +209,9 @@ def make_crd(info: KindInfo) -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            # Kubernetes allows a schema for name and generateName only; declaring
+            # name lets the root rule point its error at metadata.name.
+            "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
             "spec": model_schema(spec_model),
             "status": model_schema(status_model),
         },

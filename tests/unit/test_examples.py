@@ -65,3 +65,11 @@ def test_canary_alias_example_splits_90_10() -> None:
     alias = next(d for d in documents(EXAMPLES / "alias-canary.yaml") if d["kind"] == "Alias")
     assert alias["spec"]["functionVersion"] == "1"
     assert alias["spec"]["routing"]["additionalVersionWeights"] == {"2": 0.1}
+
+
+def test_offline_admission_accepts_ordinary_metadata_and_refuses_unknown_spec_fields() -> None:
+    (doc,) = documents(EXAMPLES / "hello-world.yaml")
+    doc["metadata"].update(namespace="team-a", labels={"app": "hello"}, annotations={"note": "x"})
+    assert admission_errors(doc) == []
+    doc["spec"]["memorySize"] = 256
+    assert admission_errors(doc) == ['unknown field "spec.memorySize"']

@@ -106,16 +106,17 @@ def _type_name(value: Any) -> str:
 def _openapi_errors(obj: Any, schema: Mapping[str, Any]) -> list[str]:
     import jsonschema
 
-    def strip(node: Any) -> Any:
+    def strip(node: Any, path: tuple[str, ...]) -> Any:
         if isinstance(node, Mapping):
-            out = {k: strip(v) for k, v in node.items() if k in _SCHEMA_KEYS}
+            out = {k: strip(v, (*path, k)) for k, v in node.items() if k in _SCHEMA_KEYS}
             if "properties" in node:
-                out["properties"] = {k: strip(v) for k, v in node["properties"].items()}
-                out["additionalProperties"] = False  # kubectl apply validates strictly
+                out["properties"] = {k: strip(v, (*path, k)) for k, v in node["properties"].items()}
+                # kubectl apply validates strictly, except ObjectMeta (its schema is the API server's own)
+                out["additionalProperties"] = path == ("metadata",)
             return out
         return node
 
-    validator = jsonschema.Draft7Validator(strip(schema))
+    validator = jsonschema.Draft7Validator(strip(schema, ()))
     errors = []
     for err in sorted(validator.iter_errors(obj), key=lambda e: (list(map(str, e.absolute_path)), e.validator)):
         path = _path(err.absolute_path)
@@ -156,9 +157,8 @@ def _cel_errors(value: Any, schema: Mapping[str, Any], path: list[Any]) -> list[
         if "oldSelf" in rule["rule"]:
             continue  # transition rules need the stored object
         if not _cel_true(rule["rule"], value):
-            where = _path(path) + rule.get("fieldPath", "")
+            where = (_path(path) + rule.get("fieldPath", "")).lstrip(".") or "<nil>"
             reason = rule.get("reason", "FieldValueInvalid")
-            where = where or "<nil>"
             if reason == "FieldValueRequired":
                 errors.append(f"{where}: Required value: {rule['message']}")
             elif reason == "FieldValueForbidden":

@@ -1,0 +1,119 @@
+"""The real API server refuses invalid kfn objects itself, with kfn's field-level messages.
+
+Applies the generated CRDs to the cluster under test, then every example in
+examples/ (accepted) and every example in examples/invalid/ (refused with the
+message in its ``# api-server:`` comment). No operator runs: this is admission
+only — what a user sees from ``kubectl apply`` or Argo CD before kfn even looks.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+VALID = sorted(EXAMPLES.glob("*.yaml"))
+INVALID = sorted((EXAMPLES / "invalid").glob("*.yaml"))
+
+
+def expected(path: Path) -> str:
+    prefix = "# api-server: "
+    return next(line[len(prefix) :] for line in path.read_text().splitlines() if line.startswith(prefix))
+
+
+@pytest.fixture(scope="module")
+def shared_namespace(cluster: Any, crds_installed: list[str]) -> Iterator[str]:
+    """One namespace for the refusals: nothing gets created in it, so 40+ namespaces would be waste."""
+    name = f"kfn-t-{secrets.token_hex(4)}"
+    cluster.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
+def test_invalid_example_is_refused_with_its_message(cluster: Any, shared_namespace: str, path: Path) -> None:
+    proc = cluster.kubectl("apply", "-n", shared_namespace, "-f", str(path), check=False)
+    assert proc.returncode != 0, f"the API server accepted {path.name}:\n{proc.stdout}"
+    assert expected(path) in proc.stderr
+
+
+def test_nothing_invalid_was_stored(cluster: Any, shared_namespace: str) -> None:
+    for path in INVALID:
+        cluster.kubectl("apply", "-n", shared_namespace, "-f", str(path), check=False)
+    out = cluster.kubectl("get", "kfn", "-n", shared_namespace, "-o", "name")
+    assert out.stdout.strip() == ""
+
+
+def test_examples_are_accepted_and_defaulted(cluster: Any, crds_installed: list[str], namespace: str) -> None:
+    for path in VALID:
+        cluster.kubectl("apply", "-n", namespace, "-f", str(path))
+    hello = json.loads(cluster.kubectl("get", "function", "hello", "-n", namespace, "-o", "json").stdout)
+    # Lambda's defaults, filled in by the API server from the CRD schema
+    spec = hello["spec"]
+    assert (spec["memoryMB"], spec["timeoutSeconds"], spec["ephemeralStorageMB"]) == (128, 3, 512)
+    assert spec["architecture"] == "amd64"
+    image = json.loads(cluster.kubectl("get", "fn", "thumbnailer", "-n", namespace, "-o", "json").stdout)
+    assert image["spec"]["asyncInvokeConfig"] == {"maximumRetryAttempts": 1, "maximumEventAgeSeconds": 3600}
+    names = cluster.kubectl("get", "kfn", "-n", namespace, "-o", "name").stdout.split()
+    assert sorted(names) == sorted(
+        [
+            "function.kfn.dev/hello",
+            "function.kfn.dev/thumbnailer",
+            "function.kfn.dev/checkout",
+            "functionversion.kfn.dev/checkout-v1",
+            "functionversion.kfn.dev/checkout-v2",
+            "alias.kfn.dev/checkout-live",
+            "eventsourcemapping.kfn.dev/orders-to-checkout",
+        ]
+    )
+
+
+def test_printer_columns_and_short_names(cluster: Any, crds_installed: list[str], namespace: str) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "alias-canary.yaml"))
+    header = cluster.kubectl("get", "fn", "-n", namespace).stdout.splitlines()[0].split()
+    assert header[:6] == ["NAME", "READY", "STATE", "LATEST-VERSION", "REPLICAS", "READY-REPLICAS"]
+    assert header[-1] == "AGE"
+    rows = cluster.kubectl("get", "fna", "-n", namespace).stdout.splitlines()
+    assert rows[0].split()[:5] == ["NAME", "FUNCTION", "ALIAS", "VERSION", "WEIGHTS"]
+    assert rows[1].split()[:5] == ["checkout-live", "checkout", "live", "1", '{"2":0.1}']
+    versions = cluster.kubectl("get", "fnv", "-n", namespace).stdout.splitlines()
+    assert [r.split()[:3] for r in versions[1:]] == [["checkout-v1", "checkout", "1"], ["checkout-v2", "checkout", "2"]]
+
+
+def test_function_version_spec_is_immutable_but_status_is_not(
+    cluster: Any, crds_installed: list[str], namespace: str
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "alias-canary.yaml"))
+    proc = cluster.kubectl(
+        "patch", "fnv", "checkout-v1", "-n", namespace, "--type", "merge",
+        "-p", '{"spec": {"config": {"memoryMB": 512}}}', check=False,
+    )
+    assert proc.returncode != 0
+    assert "spec: Invalid value: spec is immutable: publish a new version instead" in proc.stderr
+    # the operator still reports on a version through the status subresource
+    cluster.kubectl(
+        "patch", "fnv", "checkout-v1", "-n", namespace, "--subresource", "status", "--type", "merge",
+        "-p", '{"status": {"state": "Active", "replicas": 1}}',
+    )
+    got = json.loads(cluster.kubectl("get", "fnv", "checkout-v1", "-n", namespace, "-o", "json").stdout)
+    assert got["status"]["state"] == "Active" and got["spec"]["config"].get("memoryMB", 128) == 128
+
+
+def test_alias_can_move_to_a_new_version(cluster: Any, crds_installed: list[str], namespace: str) -> None:
+    # unlike a FunctionVersion, an Alias is meant to change: shifting traffic is an update
+    cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "alias-canary.yaml"))
+    cluster.kubectl(
+        "patch", "fna", "checkout-live", "-n", namespace, "--type", "merge",
+        "-p", '{"spec": {"functionVersion": "2", "routing": null}}',
+    )
+    got = json.loads(cluster.kubectl("get", "fna", "checkout-live", "-n", namespace, "-o", "json").stdout)
+    assert got["spec"]["functionVersion"] == "2" and "routing" not in got["spec"]

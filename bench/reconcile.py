@@ -1,0 +1,213 @@
+"""Benchmark: the operator reconciling N Functions vs a raw ``kubectl apply`` of the same children.
+
+On the control-plane-only test bed (or --kubeconfig): apply N Functions and
+time until every one is Ready (observedGeneration current), with the real
+``kfn operator`` process; then ``kubectl apply`` the equivalent child objects
+(built by kfn's own builders) into a fresh namespace and time that. Prints a
+table with the ratio and the operator's peak RSS, and writes
+bench/results/reconcile.json.
+
+    python bench/reconcile.py            # N=200 (CI)
+    python bench/reconcile.py --n 1000   # by hand
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "operator"))
+
+from kfn.reconcilers.environment import code_sha256  # noqa: E402
+from kfn.resources import EnvironmentInput, Owner, build_environment  # noqa: E402
+
+HANDLER = "import json\n\ndef handler(event, context):\n    return {'statusCode': 200, 'body': json.dumps(event)}\n"
+
+
+def function(i: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "kfn.dev/v1alpha1",
+        "kind": "Function",
+        "metadata": {"name": f"bench-{i:04d}"},
+        "spec": {"runtime": "python3.11", "handler": "app.handler", "code": {"inline": {"files": {"app.py": HANDLER}}}},
+    }
+
+
+def raw_children(namespace: str, i: int) -> list[dict[str, Any]]:
+    """What the operator would create for one Function, minus the owner reference (no owner exists)."""
+    fn = function(i)
+    spec = {**fn["spec"], "memoryMB": 128, "timeoutSeconds": 3, "ephemeralStorageMB": 512, "architecture": "amd64"}
+    inp = EnvironmentInput(namespace, fn["metadata"]["name"], "$LATEST", Owner("v1", "None", "none", "none"), spec, code_sha256(namespace, spec))
+    objs = [o for group in build_environment(inp).values() for o in group]
+    for o in objs:
+        o["metadata"].pop("ownerReferences", None)
+    return objs
+
+
+class Kubectl:
+    def __init__(self, kubectl: str, kubeconfig: str):
+        self.kubectl, self.kubeconfig = kubectl, kubeconfig
+
+    def __call__(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run([self.kubectl, "--kubeconfig", self.kubeconfig, *args], input=input, capture_output=True, text=True, timeout=1800)
+        if check and p.returncode:
+            raise SystemExit(f"kubectl {' '.join(args[:3])} failed: {p.stderr}")
+        return p
+
+
+def testbed(kubeconfig: str | None) -> tuple[str, str]:
+    """(kubectl, kubeconfig): the given cluster, or the control-plane-only test bed brought up."""
+    settings = dict(
+        line.split("=", 1) for line in subprocess.run(["bash", str(REPO / "testbed/env.sh"), "print"], capture_output=True, text=True, check=True).stdout.split("\n") if "=" in line
+    )
+    kubectl = settings.get("KUBECTL") or "kubectl"
+    if kubeconfig:
+        return kubectl, kubeconfig
+    print("==> test bed (control plane only): testbed/up.sh", flush=True)
+    out = subprocess.run(["bash", str(REPO / "testbed/up.sh")], env={**os.environ, "CONTROL_PLANE_ONLY": "1"}, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"testbed/up.sh failed:\n{out.stderr[-3000:]}")
+    last = out.stdout.strip().splitlines()[-1]
+    return kubectl, last.removeprefix("export KUBECONFIG=")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def ready_count(k: Kubectl, namespace: str) -> int:
+    items = json.loads(k("get", "functions", "-n", namespace, "-o", "json").stdout)["items"]
+    n = 0
+    for f in items:
+        st = f.get("status") or {}
+        if st.get("observedGeneration") == f["metadata"]["generation"] and any(
+            c["type"] == "Ready" and c["status"] == "True" for c in st.get("conditions") or []
+        ):
+            n += 1
+    return n
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=int(os.environ.get("BENCH_N", "200")))
+    p.add_argument("--kubeconfig", default=None, help="another cluster (default: the control-plane-only test bed)")
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--out", default=str(REPO / "bench/results/reconcile.json"))
+    args = p.parse_args()
+    kubectl, kubeconfig = testbed(args.kubeconfig)
+    k = Kubectl(kubectl, kubeconfig)
+    k("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    k("wait", "--for=condition=Established", "--timeout=60s", "crd/functions.kfn.dev")
+    tag = secrets.token_hex(3)
+    ns_op, ns_raw = f"kfn-bench-op-{tag}", f"kfn-bench-raw-{tag}"
+    for ns in (ns_op, ns_raw):
+        k("create", "namespace", ns)
+    tmp = Path(tempfile.mkdtemp(prefix="kfn-bench-"))
+    result: dict[str, Any] = {"n": args.n}
+    op = None
+    try:
+        # 1. The operator.
+        live, metrics = free_port(), free_port()
+        log = open(tmp / "operator.log", "wb")
+        op = subprocess.Popen(
+            [sys.executable, "-m", "kfn.cli.main", "operator", "--standalone", "-n", ns_op, "--workers", str(args.workers),
+             "--liveness", f"http://127.0.0.1:{live}/healthz", "--metrics-port", str(metrics), "--resync-seconds", "3600"],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": kubeconfig},
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{live}/healthz", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or op.poll() is not None:
+                    raise SystemExit(f"operator did not start; log in {tmp / 'operator.log'}")
+                time.sleep(0.3)
+        (tmp / "functions.yaml").write_text(yaml.safe_dump_all([function(i) for i in range(args.n)]))
+        print(f"==> operator: applying {args.n} Functions and waiting until all are Ready", flush=True)
+        t0 = time.monotonic()
+        k("apply", "-n", ns_op, "-f", str(tmp / "functions.yaml"))
+        t_apply_fn = time.monotonic() - t0
+        last_print = 0.0
+        while (ready := ready_count(k, ns_op)) < args.n:
+            if time.monotonic() - t0 > args.timeout:
+                raise SystemExit(f"only {ready}/{args.n} Ready after {args.timeout}s")
+            if time.monotonic() - last_print > 10:
+                print(f"    {ready}/{args.n} Ready after {time.monotonic() - t0:.0f}s", flush=True)
+                last_print = time.monotonic()
+            time.sleep(1)
+        t_op = time.monotonic() - t0
+        rss = peak_rss_mb(op.pid)
+        op.terminate()
+        op.wait(30)
+
+        # 2. The same children applied raw.
+        raw = [o for i in range(args.n) for o in raw_children(ns_raw, i)]
+        (tmp / "children.yaml").write_text(yaml.safe_dump_all(raw))
+        print(f"==> raw: kubectl apply of the {len(raw)} equivalent child objects", flush=True)
+        t0 = time.monotonic()
+        k("apply", "-n", ns_raw, "-f", str(tmp / "children.yaml"))
+        t_raw = time.monotonic() - t0
+
+        result.update(
+            {
+                "objects_per_function": len(raw) // args.n,
+                "operator_seconds": round(t_op, 2),
+                "operator_apply_functions_seconds": round(t_apply_fn, 2),
+                "raw_kubectl_apply_seconds": round(t_raw, 2),
+                "ratio_operator_to_raw": round(t_op / t_raw, 2),
+                "functions_per_second": round(args.n / t_op, 1),
+                "operator_peak_rss_mb": round(rss, 1),
+                "workers": args.workers,
+            }
+        )
+    finally:
+        if op is not None and op.poll() is None:
+            op.kill()
+        for ns in (ns_op, ns_raw):
+            k("delete", "namespace", ns, "--wait=false", check=False)
+    rows = [
+        ("Functions", str(args.n)),
+        ("child objects per Function", str(result["objects_per_function"])),
+        ("operator: apply + all Ready (s)", f"{result['operator_seconds']:.1f}"),
+        ("  of which kubectl apply of Functions (s)", f"{result['operator_apply_functions_seconds']:.1f}"),
+        ("raw kubectl apply of the children (s)", f"{result['raw_kubectl_apply_seconds']:.1f}"),
+        ("ratio operator / raw", f"{result['ratio_operator_to_raw']:.2f}"),
+        ("Functions reconciled per second", f"{result['functions_per_second']:.1f}"),
+        ("operator peak RSS (MB)", f"{result['operator_peak_rss_mb']:.0f}"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print("\nreconcile benchmark")
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value:>8}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

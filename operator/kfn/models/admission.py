@@ -13,6 +13,7 @@ API server: the integration tests hold it to the real one.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +37,7 @@ _SCHEMA_KEYS = (
 )
 
 
+@functools.cache
 def crd_schema(kind: str) -> dict[str, Any]:
     """The openAPIV3Schema of *kind*'s CRD, freshly generated from the models."""
     from kfn import crdgen
@@ -181,16 +183,23 @@ def _cel_errors(value: Any, schema: Mapping[str, Any], path: list[Any]) -> list[
     return errors
 
 
-def _cel_true(expr: str, value: Any) -> bool:
+@functools.cache
+def _cel_program(expr: str) -> Any:
     import celpy
     from celpy import celtypes
 
     def cel_sum(items: Any) -> Any:
+        # Kubernetes' CEL lists library has sum(); cel-python does not.
         return sum(items, celtypes.IntType(0))
 
     env = celpy.Environment()
-    program = env.program(env.compile(expr), functions={"sum": cel_sum})
-    return bool(program.evaluate({"self": celpy.json_to_cel(value)}))
+    return env.program(env.compile(expr), functions={"sum": cel_sum})
+
+
+def _cel_true(expr: str, value: Any) -> bool:
+    import celpy
+
+    return bool(_cel_program(expr).evaluate({"self": celpy.json_to_cel(value)}))
 
 
 def admission_errors(obj: Mapping[str, Any]) -> list[str]:

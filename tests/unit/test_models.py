@@ -295,3 +295,15 @@ def test_alias_spec_exposes_weights() -> None:
     spec = parse_alias_spec(alias(routing={"additionalVersionWeights": {"2": 0.1}}))
     assert isinstance(spec, AliasSpec)
     assert spec.routing is not None and spec.routing.additional_version_weights == {"2": 0.1}
+
+
+def test_the_import_package_is_kfn_and_operator_stays_the_standard_library() -> None:
+    import operator
+    from pathlib import Path
+
+    import kfn.models
+
+    root = Path(__file__).resolve().parents[2]
+    assert not (root / "operator" / "__init__.py").exists()
+    assert Path(kfn.models.__file__).is_relative_to(root / "operator" / "kfn")
+    assert operator.add(2, 3) == 5 and not Path(getattr(operator, "__file__", "/")).is_relative_to(root)

@@ -82,7 +82,11 @@ REFUSED = [
     (parse_function_spec, fn(code={"zip": {"configMapRef": {"name": "a"}, "secretRef": {"name": "a"}}}),
      "spec.code.zip: must set exactly one of configMapRef, secretRef or url"),
     (parse_function_spec, fn(code={"inline": {"files": {"lib/../../etc/passwd": "x"}}}),
-     "spec.code.inline.files: file names must be relative paths without '.' or '..' segments"),
+     "spec.code.inline.files: file names must be relative paths without '.' or '..' segments, at most 253 characters"),
+    (parse_function_spec, fn(code={"inline": {"files": {"a" * 254: "x"}}}),
+     "spec.code.inline.files: file names must be relative paths without '.' or '..' segments, at most 253 characters"),
+    (parse_alias_spec, alias(routing={"additionalVersionWeights": {2: 0.1}}),
+     "spec.routing.additionalVersionWeights: key 2: must be a string, got 2"),
     (parse_function_spec, fn(code={"inline": {"files": {"a.py": "x" * 200_000, "b.py": "y" * 100_000}}}),
      "spec.code.inline.files: inline code must be at most 262144 characters in total"),
     # Function: layers

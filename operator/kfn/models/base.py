@@ -138,10 +138,14 @@ def spec_error_from(exc: ValidationError, prefix: str = "spec") -> SpecError:
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
         ctx = err.get("ctx") or {}
+        message = _message(err)
+        if loc and loc[-1] == "[key]":
+            # a bad map key: name the map and the key, not a path through the key
+            loc, message = loc[:-2], f"key {_show(loc[-2])}: {message}"
         # A model-level rule names its own field (``.handler``) relative to the model.
         extra = ctx.get("field_path") or ""
         path = _loc_to_path(prefix, loc) + extra
-        errors.append(FieldError(path, _message(err)))
+        errors.append(FieldError(path, message))
     return SpecError(errors)
 
 

@@ -119,8 +119,9 @@ class InlineSource(SpecModel):
 
     __rules__ = (
         Rule(
-            cel="self.files.all(f, f.matches('" + INLINE_PATH_PATTERN + "') && !f.matches('(^|/)[.][.]?(/|$)'))",
-            message="file names must be relative paths without '.' or '..' segments",
+            cel="self.files.all(f, size(f) <= 253 && f.matches('" + INLINE_PATH_PATTERN + "') "
+            "&& !f.matches('(^|/)[.][.]?(/|$)'))",
+            message="file names must be relative paths without '.' or '..' segments, at most 253 characters",
             field_path=".files",
             check=lambda s: all(_inline_path_ok(f) for f in s.files),
         ),
@@ -132,13 +133,13 @@ class InlineSource(SpecModel):
         ),
     )
 
-    files: dict[Annotated[StrictStr, Field(max_length=253)], Annotated[StrictStr, Field(max_length=INLINE_MAX_CHARS)]] = (
+    files: dict[StrictStr, Annotated[StrictStr, Field(max_length=INLINE_MAX_CHARS)]] = (
         Field(min_length=1, max_length=INLINE_MAX_FILES, description="File path (relative to /var/task) -> content.")
     )
 
 
 def _inline_path_ok(path: str) -> bool:
-    return bool(re.fullmatch(INLINE_PATH_PATTERN, path)) and not re.search(r"(^|/)[.][.]?(/|$)", path)
+    return len(path) <= 253 and bool(re.fullmatch(INLINE_PATH_PATTERN, path)) and not re.search(r"(^|/)[.][.]?(/|$)", path)
 
 
 class Code(SpecModel):
@@ -210,7 +211,8 @@ class Environment(SpecModel):
     )
 
     variables: Annotated[
-        dict[Annotated[StrictStr, Field(max_length=128)], Annotated[StrictStr, Field(max_length=ENV_MAX_BYTES)]],
+        # no per-name limit: Lambda only limits the total (4 KB), checked below
+        dict[StrictStr, Annotated[StrictStr, Field(max_length=ENV_MAX_BYTES)]],
         Field(max_length=ENV_MAX_VARIABLES),
     ] = Field(default_factory=dict, description="Name -> value; at most 4 KB in total.")
     secret_refs: Annotated[list[SecretEnvRef], Field(max_length=16)] = Field(

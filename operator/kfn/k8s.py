@@ -37,6 +37,7 @@ KINDS: dict[str, tuple[str, str]] = {
     names.ALIAS_KIND: (names.API_VERSION, names.ALIAS_PLURAL),
     "CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions"),
     "ClusterKopfPeering": ("kopf.dev/v1", "clusterkopfpeerings"),
+    "KopfPeering": ("kopf.dev/v1", "kopfpeerings"),
 }
 
 

@@ -36,8 +36,10 @@ def free_port() -> int:
 class Operator:
     """A real ``kfn operator`` process watching one namespace."""
 
-    def __init__(self, cluster: Any, namespace: str, log_dir: Path, *extra: str):
+    def __init__(self, cluster: Any, namespace: str, log_dir: Path, *extra: str, standalone: bool = True):
         self.cluster, self.namespace, self.log_dir, self.extra = cluster, namespace, log_dir, extra
+        self.standalone = standalone
+        log_dir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -46,7 +48,7 @@ class Operator:
         self.starts += 1
         self.log = self.log_dir / f"operator-{self.starts}.log"
         cmd = [
-            sys.executable, "-m", "kfn.cli.main", "operator", "--standalone", "-n", self.namespace,
+            sys.executable, "-m", "kfn.cli.main", "operator", *(["--standalone"] if self.standalone else []), "-n", self.namespace,
             "--liveness", f"http://127.0.0.1:{self.live_port}/healthz",
             "--metrics-port", str(self.metrics_port),
             "--resync-seconds", str(RESYNC_SECONDS), *self.extra,
@@ -67,6 +69,10 @@ class Operator:
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
             return r.read().decode()
+
+    def reconciles(self) -> float:
+        """Reconcile passes this process has made so far (any kind, any result)."""
+        return sum(float(line.split()[-1]) for line in self.metrics().splitlines() if line.startswith("kfn_operator_reconcile_total{"))
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:
@@ -386,3 +392,22 @@ def test_a_hundred_functions_at_once_converge(operator: Operator, api: Api) -> N
     print(f"{n} Functions Ready in {time.monotonic() - start:.1f}s")
     assert len(api.names("deployments")) == n
     assert len(api.names("services")) == n
+
+
+def test_peering_keeps_one_replica_active_and_fails_over(cluster: Any, crds_installed: list[str], namespace: str, tmp_path: Path, api: Api) -> None:
+    common = ("--install-peering", "--peering", "kfn-test", "--peering-lifetime", "8")
+    high = Operator(cluster, namespace, tmp_path / "high", *common, "--priority", "100", standalone=False).start()
+    low = Operator(cluster, namespace, tmp_path / "low", *common, "--priority", "10", standalone=False).start()
+    try:
+        api.apply([function("peer-a")])
+        api.wait_ready("function", "peer-a")
+        time.sleep(RESYNC_SECONDS)
+        assert high.reconciles() > 0
+        assert low.reconciles() == 0, "the lower-priority replica must stay paused"
+        high.kill(signal.SIGKILL)
+        api.apply([function("peer-b")])
+        api.wait_ready("function", "peer-b", timeout=90)
+        assert low.reconciles() > 0
+    finally:
+        high.stop()
+        low.stop()

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import random
 
 from kfn.resources.environment import Images
 
@@ -19,7 +20,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--namespace", "-n", action="append", default=[], help="watch only this namespace (repeatable; default: all)")
     p.add_argument("--standalone", action="store_true", help="no peering: this replica is always active (tests, one replica)")
     p.add_argument("--peering", default=env("KFN_PEERING", "kfn"), help="ClusterKopfPeering name shared by replicas (default: kfn)")
-    p.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    p.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority; the highest live replica is active (default: random, as Kopf pauses all replicas of equal priority)",
+    )
+    p.add_argument("--peering-lifetime", type=int, default=60, help="seconds a silent peer counts as alive (failover time)")
     p.add_argument("--install-peering", action="store_true", help="create the peering CRD and object if missing")
     p.add_argument("--liveness", default=env("KFN_LIVENESS", "http://0.0.0.0:8080/healthz"), help="liveness endpoint URL ('' to disable)")
     p.add_argument("--metrics-port", type=int, default=int(env("KFN_METRICS_PORT", "9090")), help="Prometheus /metrics port (0 disables)")
@@ -32,12 +39,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", "-v", action="store_true")
 
 
+def install_peering(name: str, namespaces: list[str]) -> None:
+    """Create the peering CRD and object the replicas share (cluster-wide, or one per namespace)."""
+    import time
+
+    from kfn import k8s
+    from kfn.resources.peering import make_peering, make_peering_crd
+
+    k8s.apply(make_peering_crd(clusterwide=not namespaces))
+    for attempt in range(30):  # the new CRD takes a moment to be served
+        try:
+            for obj in [make_peering(name)] if not namespaces else [make_peering(name, ns) for ns in namespaces]:
+                k8s.apply(obj)
+            return
+        except k8s.NotFound:
+            time.sleep(0.5)
+    raise SystemExit("the Kopf peering CRD was not served within 15 s")
+
+
 def run(args: argparse.Namespace) -> int:
     import kopf
 
     from kfn import k8s, metrics
     from kfn.handlers import OperatorConfig, register
-    from kfn.resources.peering import make_peering, make_peering_crd
 
     kopf.configure(
         verbose=args.verbose,
@@ -46,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
     )
     k8s.configure(args.kubeconfig, args.context, pool_size=args.workers + 4)
     if args.install_peering and not args.standalone:
-        k8s.apply(make_peering_crd())
-        k8s.apply(make_peering(args.peering))
+        install_peering(args.peering, args.namespace)
     cfg = OperatorConfig(
         images=Images(agent=args.agent_image, runtime_template=args.runtime_image_template, provided=args.provided_image),
         resync_seconds=args.resync_seconds,
@@ -58,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     settings.posting.enabled = False  # kfn posts its own Events, only on condition transitions
     settings.execution.max_workers = args.workers
     settings.peering.name = args.peering
-    settings.peering.priority = args.priority
+    # Kopf pauses every replica when two share a priority: pick distinct ones unless told.
+    settings.peering.priority = args.priority if args.priority is not None else random.randint(1, 2**30)
+    settings.peering.lifetime = args.peering_lifetime
     settings.peering.standalone = args.standalone
     settings.peering.clusterwide = not args.namespace
     settings.peering.mandatory = not args.standalone

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-PEERING_CRD_NAME = "clusterkopfpeerings.kopf.dev"
-
-
-def make_peering_crd() -> dict[str, Any]:
-    """The ClusterKopfPeering CRD (schema as Kopf ships it: status free-form)."""
+def make_peering_crd(clusterwide: bool = True) -> dict[str, Any]:
+    """The ClusterKopfPeering (or namespaced KopfPeering) CRD, schema as Kopf ships it: status free-form."""
+    kind = "ClusterKopfPeering" if clusterwide else "KopfPeering"
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": PEERING_CRD_NAME},
+        "metadata": {"name": f"{kind.lower()}s.kopf.dev"},
         "spec": {
-            "scope": "Cluster",
+            "scope": "Cluster" if clusterwide else "Namespaced",
             "group": "kopf.dev",
-            "names": {"kind": "ClusterKopfPeering", "plural": "clusterkopfpeerings", "singular": "clusterkopfpeering"},
+            "names": {"kind": kind, "plural": f"{kind.lower()}s", "singular": kind.lower()},
             "versions": [
                 {
                     "name": "v1",
@@ -38,6 +36,8 @@ def make_peering_crd() -> dict[str, Any]:
     }
 
 
-def make_peering(name: str) -> dict[str, Any]:
-    """The peering object the operator replicas share."""
-    return {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}
+def make_peering(name: str, namespace: str | None = None) -> dict[str, Any]:
+    """The peering object the operator replicas share (namespaced when the operator watches namespaces)."""
+    if namespace is None:
+        return {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}
+    return {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": name, "namespace": namespace}}

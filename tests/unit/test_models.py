@@ -39,6 +39,15 @@ def esm(**over: Any) -> dict[str, Any]:
 STREAM = {"redis": {"address": "127.0.0.1:6379", "stream": "orders"}}
 
 
+def str_keys(value: Any) -> list[Any]:
+    """Every mapping key inside *value* (YAML/JSON objects only ever have string keys)."""
+    if isinstance(value, dict):
+        return [*value, *(k for v in value.values() for k in str_keys(v))]
+    if isinstance(value, list):
+        return [k for v in value for k in str_keys(v)]
+    return []
+
+
 def refusal(parse: Any, spec: Any) -> str:
     with pytest.raises(SpecError) as info:
         parse(spec)
@@ -156,8 +165,14 @@ REFUSED = [
     (parse_event_source_mapping_spec, esm(source=STREAM),
      "spec.startingPosition: startingPosition is required for stream sources (kafka, redis, nats)"),
     (parse_event_source_mapping_spec, esm(maximumRetryAttempts=1),
-     "spec: startingPosition, maximumRetryAttempts, maximumRecordAgeSeconds and bisectBatchOnFunctionError "
-     "apply only to stream sources (kafka, redis, nats)"),
+     "spec.maximumRetryAttempts: maximumRetryAttempts applies only to stream sources (kafka, redis, nats)"),
+    (parse_event_source_mapping_spec, esm(startingPosition="LATEST"),
+     "spec.startingPosition: startingPosition applies only to stream sources (kafka, redis, nats)"),
+    (parse_event_source_mapping_spec, esm(source={"rabbitmq": {"urlSecretRef": {"name": "mq", "key": "url"}, "queue": "q"}},
+                                          maximumRecordAgeSeconds=60),
+     "spec.maximumRecordAgeSeconds: maximumRecordAgeSeconds applies only to stream sources (kafka, redis, nats)"),
+    (parse_event_source_mapping_spec, esm(bisectBatchOnFunctionError=False),
+     "spec.bisectBatchOnFunctionError: bisectBatchOnFunctionError applies only to stream sources (kafka, redis, nats)"),
     (parse_event_source_mapping_spec, esm(source=STREAM, startingPosition="AT_TIMESTAMP"),
      "spec.startingPositionTimestamp: startingPositionTimestamp is required with AT_TIMESTAMP and allowed only with it"),
     (parse_event_source_mapping_spec, esm(source=STREAM, startingPosition="LATEST", startingPositionTimestamp="2026-01-01T00:00:00Z"),
@@ -311,3 +326,28 @@ def test_the_import_package_is_kfn_and_operator_stays_the_standard_library() -> 
     assert not (root / "operator" / "__init__.py").exists()
     assert Path(kfn.models.__file__).is_relative_to(root / "operator" / "kfn")
     assert operator.add(2, 3) == 5 and not Path(getattr(operator, "__file__", "/")).is_relative_to(root)
+
+
+KIND_OF = {
+    parse_function_spec: ("Function", "shop"),
+    parse_function_version_spec: ("FunctionVersion", "shop-v1"),
+    parse_alias_spec: ("Alias", "shop-live"),
+    parse_event_source_mapping_spec: ("EventSourceMapping", "shop-orders"),
+}
+
+
+def as_object(parse: Any, spec: Any) -> dict[str, Any]:
+    kind, name = KIND_OF[parse]
+    return {"apiVersion": "kfn.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+
+
+@pytest.mark.parametrize(
+    ("parse", "spec", "refused"),
+    [(p, s, True) for p, s, _ in REFUSED if isinstance(s, dict) and all(isinstance(k, str) for k in str_keys(s))]
+    + [(p, s, False) for p, s in ACCEPTED],
+)
+def test_the_api_server_and_kfn_agree(parse: Any, spec: dict[str, Any], refused: bool) -> None:
+    # The CRD (OpenAPI + CEL, evaluated offline) and the models are twins: same verdict on every case above.
+    from kfn.models.admission import admission_errors
+
+    assert bool(admission_errors(as_object(parse, spec))) == refused

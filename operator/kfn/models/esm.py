@@ -142,6 +142,13 @@ def _stream(source: Source) -> bool:
     return source.type in STREAM_SOURCES
 
 
+# settings Lambda has only for stream sources: (camelCase, attribute)
+STREAM_ONLY = (
+    ("startingPosition", "starting_position"),
+    ("maximumRetryAttempts", "maximum_retry_attempts"),
+    ("maximumRecordAgeSeconds", "maximum_record_age_seconds"),
+    ("bisectBatchOnFunctionError", "bisect_batch_on_function_error"),
+)
 _STREAM_CEL = " || ".join(f"has(self.source.{t})" for t in STREAM_SOURCES)
 
 
@@ -172,22 +179,15 @@ class EventSourceMappingSpec(SpecModel):
             reason="FieldValueRequired",
             check=lambda m: not _stream(m.source) or m.starting_position is not None,
         ),
-        Rule(
-            cel=f"({_STREAM_CEL}) || (!has(self.startingPosition) && !has(self.maximumRetryAttempts) "
-            "&& !has(self.maximumRecordAgeSeconds) && !has(self.bisectBatchOnFunctionError))",
-            message="startingPosition, maximumRetryAttempts, maximumRecordAgeSeconds and "
-            "bisectBatchOnFunctionError apply only to stream sources (kafka, redis, nats)",
-            reason="FieldValueForbidden",
-            check=lambda m: _stream(m.source)
-            or all(
-                x is None
-                for x in (
-                    m.starting_position,
-                    m.maximum_retry_attempts,
-                    m.maximum_record_age_seconds,
-                    m.bisect_batch_on_function_error,
-                )
-            ),
+        *(
+            Rule(
+                cel=f"({_STREAM_CEL}) || !has(self.{name})",
+                message=f"{name} applies only to stream sources (kafka, redis, nats)",
+                field_path=f".{name}",
+                reason="FieldValueForbidden",
+                check=lambda m, attr=attr: _stream(m.source) or getattr(m, attr) is None,
+            )
+            for name, attr in STREAM_ONLY
         ),
         Rule(
             cel="has(self.startingPosition) && self.startingPosition == 'AT_TIMESTAMP' "

@@ -178,8 +178,11 @@ def structural(node: Any, defs: dict[str, Any]) -> Any:
         "minProperties",
         "maxProperties",
         "required",
+        "format",
+        "x-kubernetes-list-type",
+        "x-kubernetes-list-map-keys",
     ):
-        if key in node and key in _KEEP:
+        if key in node and (key in _KEEP or key.startswith("x-kubernetes-list")):
             out[key] = node[key]
     if "properties" in node:
         out["type"] = "object"

@@ -102,10 +102,23 @@ def test_function_version_spec_is_immutable_but_status_is_not(
     # the operator still reports on a version through the status subresource
     cluster.kubectl(
         "patch", "fnv", "checkout-v1", "-n", namespace, "--subresource", "status", "--type", "merge",
-        "-p", '{"status": {"state": "Active", "replicas": 1}}',
+        "-p", json.dumps({"status": {"state": "Active", "replicas": 1, "conditions": [
+            {"type": "Ready", "status": "True", "reason": "Ready", "message": "",
+             "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]}}),
     )
     got = json.loads(cluster.kubectl("get", "fnv", "checkout-v1", "-n", namespace, "-o", "json").stdout)
     assert got["status"]["state"] == "Active" and got["spec"]["config"].get("memoryMB", 128) == 128
+    assert got["status"]["conditions"][0]["type"] == "Ready"
+    # READY column reads the Ready condition
+    row = cluster.kubectl("get", "fnv", "checkout-v1", "-n", namespace).stdout.splitlines()[1].split()
+    assert row[:5] == ["checkout-v1", "checkout", "1", "True", "Active"]
+    # one condition per type: the API server refuses a duplicate
+    dup = {"type": "Ready", "status": "False", "reason": "X", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    proc = cluster.kubectl(
+        "patch", "fnv", "checkout-v1", "-n", namespace, "--subresource", "status", "--type", "merge",
+        "-p", json.dumps({"status": {"conditions": [dup, dup]}}), check=False,
+    )
+    assert proc.returncode != 0 and "Duplicate value" in proc.stderr
 
 
 def test_alias_can_move_to_a_new_version(cluster: Any, crds_installed: list[str], namespace: str) -> None:

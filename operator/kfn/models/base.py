@@ -334,7 +334,12 @@ class CommonStatus(StatusModel):
     observed_generation: int | None = Field(
         None, alias="observedGeneration", description="metadata.generation the operator last acted on."
     )
-    conditions: list[Condition] = Field(default_factory=list, description="Ready plus one condition per child.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready plus one condition per child.",
+        # one entry per type, merged by type (metav1.Condition lists do the same)
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
 
 
 # --------------------------------------------------------------------- parsing

@@ -86,6 +86,26 @@ def reconcile_by_name(kind: str, namespace: str, name: str, cfg: OperatorConfig)
         run(kind, lambda: reconcile_version(body, cfg.images), raise_errors=False)
 
 
+def controller_of(meta: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(kind, name) of the kfn resource controlling a child, if any."""
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("apiVersion") == names.API_VERSION and ref.get("controller"):
+            return ref["kind"], ref["name"]
+    return None
+
+
+def environments_changed(deployment: Mapping[str, Any], owner: tuple[str, str], namespace: str) -> bool:
+    """Whether a Deployment's environments differ from what its owner's status reports."""
+    status = deployment.get("status") or {}
+    if status.get("observedGeneration", 0) < deployment.get("metadata", {}).get("generation", 0):
+        return False  # the controller has not caught up yet; another event follows
+    body = k8s.get(owner[0], namespace, owner[1])
+    if body is None:
+        return False
+    reported = body.get("status") or {}
+    return (reported.get("replicas"), reported.get("readyReplicas")) != (status.get("replicas", 0), status.get("readyReplicas", 0))
+
+
 def refresh_version(cfg: OperatorConfig) -> Callable[[str, str, str], None]:
     """Re-reconcile a version so it picks up its provisioned floor from aliases."""
 
@@ -133,24 +153,32 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
         selector = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: names.COMPONENT_FUNCTION}
         for child_kind, (cgroup, cversion, cplural) in CHILD_KINDS.items():
 
-            def on_child(body: kopf.Body, _child_kind: str = child_kind, **_: Any) -> None:
+            def on_child(body: kopf.Body, type: str | None, _child_kind: str = child_kind, **_: Any) -> None:
                 meta = body.get("metadata", {})
-                for ref in meta.get("ownerReferences") or []:
-                    if ref.get("apiVersion") == names.API_VERSION and ref.get("controller"):
+                owner = controller_of(meta)
+                if owner is None:
+                    return
+                try:
+                    if type == "DELETED":
                         metrics.CHILD_REPAIRS.labels(_child_kind).inc()
-                        try:
-                            reconcile_by_name(ref["kind"], meta["namespace"], ref["name"], cfg)
-                        except k8s.ApiError as e:
-                            log.warning("repairing %s %s failed: %s", _child_kind, meta.get("name"), e)
+                        reconcile_by_name(owner[0], meta["namespace"], owner[1], cfg)
+                    elif environments_changed(plain(body), owner, meta["namespace"]):
+                        reconcile_by_name(owner[0], meta["namespace"], owner[1], cfg)
+                except k8s.ApiError as e:
+                    log.warning("following %s %s failed: %s", _child_kind, meta.get("name"), e)
 
-            # Only deletions: edits are put back by the resync timer.
+            # Deletions of any child are repaired at once; Deployments' state changes
+            # refresh the owner's status (replicas, Available). Edits are put back
+            # by the resync timer.
             kopf.on.event(
                 cgroup,
                 cversion,
                 cplural,
                 id=f"child-{child_kind.lower()}",
                 labels=selector,
-                when=lambda type, **_: type == "DELETED",
+                when=(lambda type, **_: type == "DELETED")
+                if child_kind != "Deployment"
+                else (lambda type, **_: type in ("DELETED", "MODIFIED")),
                 registry=registry,
             )(on_child)
 

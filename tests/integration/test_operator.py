@@ -298,6 +298,22 @@ def test_missing_code_is_not_ready_until_it_appears(operator: Operator, api: Api
     pod = api.get("deployment", "zipped-latest")["spec"]["template"]["spec"]  # type: ignore[index]
     assert pod["initContainers"][0]["name"] == "code"
 
+    # Publishing snapshots the zip: a later change of the user's ConfigMap changes $LATEST, not v1.
+    fn["spec"]["publish"] = 1
+    api.apply([fn])
+    v1 = api.wait_ready("functionversion", "zipped-v1")
+    assert v1["spec"]["config"]["code"]["zip"]["configMapRef"]["name"] == "zipped-v1-zip"
+    assert v1["spec"]["codeSha256"] == hashlib.sha256(buf.getvalue()).hexdigest()
+    with zipfile.ZipFile(buf := io.BytesIO(), "w") as z:
+        z.writestr("app.py", "def handler(e, c):\n    return 2\n")
+    cm["binaryData"]["code.zip"] = base64.b64encode(buf.getvalue()).decode()
+    api.apply([cm])
+    new_sha = hashlib.sha256(buf.getvalue()).hexdigest()
+    wait_until(lambda: api.get("function", "zipped")["status"]["codeSha256"] == new_sha, RESYNC_SECONDS * 5,  # type: ignore[index]
+               "$LATEST follows the changed zip")  # fmt: skip
+    assert api.ready("functionversion", "zipped-v1")
+    assert api.get("configmap", "zipped-v1-zip")["immutable"] is True  # type: ignore[index]
+
 
 def test_drift_is_repaired_and_delete_cascades(operator: Operator, api: Api) -> None:
     api.apply([function("drift", timeoutSeconds=20, publish=1)])

@@ -24,6 +24,14 @@ gobuild() {
   log "built $out in $((SECONDS - t0)) s"
 }
 
+pause_src="$here/pause/pause.c"
+pause_out="$TOOLS_BIN/pause-$(sha256sum "$pause_src" | cut -c1-12)"
+if [ ! -x "$pause_out" ]; then
+  log "cc pause (static)"
+  gcc -static -Os -Wall -Wextra -o "$pause_out" "$pause_src"
+fi
+ln -sfn "$(basename "$pause_out")" "$TOOLS_BIN/pause"
+
 # CoreDNS: our own main package (testbed/coredns/main.go) in the throw-away module.
 mkdir -p "$CACHE/build/coredns-$COREDNS_VERSION"
 cp "$here/coredns/main.go" "$CACHE/build/coredns-$COREDNS_VERSION/main.go"
@@ -34,11 +42,4 @@ gobuild kube-router "$KUBE_ROUTER_VERSION" "github.com/cloudnativelabs/kube-rout
   github.com/cloudnativelabs/kube-router/v2/cmd/kube-router \
   "-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=v$KUBE_ROUTER_VERSION"
 
-pause_src="$here/pause/pause.c"
-pause_out="$TOOLS_BIN/pause-$(sha256sum "$pause_src" | cut -c1-12)"
-if [ ! -x "$pause_out" ]; then
-  log "cc pause (static)"
-  gcc -static -Os -Wall -Wextra -o "$pause_out" "$pause_src"
-fi
-ln -sfn "$(basename "$pause_out")" "$TOOLS_BIN/pause"
 log "extras ready in $TOOLS_BIN"

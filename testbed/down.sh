@@ -10,6 +10,9 @@ here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/env.sh"
 [ "$(id -u)" = 0 ] || die "tearing the test bed down needs root"
 PIDS="$RUN_DIR/pids"
+mkdir -p "$CACHE"
+exec 7>"$CACHE/cluster.lock"
+flock -n 7 || { log "another cluster-up/cluster-down is running; waiting for it"; flock 7; }
 
 # our_pids: every live process that belongs to the test bed.
 our_pids() {

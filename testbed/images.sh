@@ -88,7 +88,8 @@ load() {
   local name=$1 archive="$IMAGE_CACHE/$1.tar" mark="$RUN_DIR/imported/$1"
   [ -f "$archive" ] || return 0
   if ! [ -S "$CONTAINERD_SOCK" ] || ! ctr -a "$CONTAINERD_SOCK" version >/dev/null 2>&1; then
-    log "containerd of the test bed is not running: kfn/$name:dev will be loaded by make cluster-up"
+    [ -n "${said_not_running:-}" ] || log "the test bed's containerd is not running: make cluster-up loads the images"
+    said_not_running=1
     return 0
   fi
   if [ "$(cat "$mark" 2>/dev/null)" = "$(cat "$IMAGE_CACHE/$name.hash")" ] \

@@ -12,6 +12,10 @@ FULL=1
 [ "${CONTROL_PLANE_ONLY:-0}" = 1 ] && FULL=0
 [ "$(id -u)" = 0 ] || die "the test bed needs root (network devices, mounts, iptables)"
 t_start=$SECONDS
+# One cluster-up/cluster-down at a time: tests of several people share this machine.
+mkdir -p "$CACHE"
+exec 7>"$CACHE/cluster.lock"
+flock -n 7 || { log "another cluster-up/cluster-down is running; waiting for it"; flock 7; }
 
 PKI="$RUN_DIR/pki"
 LOGS="$RUN_DIR/logs"
@@ -117,6 +121,13 @@ if [ ! -f "$PKI/.complete" ]; then
 fi
 cp "$CONF/admin.kubeconfig" "$KUBECONFIG_PATH.tmp" && mv "$KUBECONFIG_PATH.tmp" "$KUBECONFIG_PATH"
 
+# put FILE: write stdin to FILE only if it differs (kube-proxy exits when its
+# configuration file changes, and containerd reloads on a CNI config write).
+put() {
+  cat > "$1.new"
+  if cmp -s "$1.new" "$1"; then rm -f "$1.new"; else mv "$1.new" "$1"; CHANGED="${CHANGED:-} $1"; fi
+}
+
 # ---------------------------------------------------------------- processes
 # start NAME BINARY ARGS...: start BINARY detached unless NAME already runs.
 # The pid file plus /proc/PID/exe tell a live component from a reused pid.
@@ -126,18 +137,36 @@ running() {
   pid=$(cat "$pidf")
   [ -d "/proc/$pid" ] && [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(cat "$PIDS/$1.exe" 2>/dev/null)" ]
 }
+# restart_if_changed NAME FILE: stop NAME if it runs with an older FILE (the
+# next `start` brings it back with the new one; containers survive this).
+restart_if_changed() {
+  case " ${CHANGED:-} " in *" $2 "*) ;; *) return 0 ;; esac
+  running "$1" || return 0
+  local pid; pid=$(cat "$PIDS/$1.pid")
+  log "${2#args:} changed: restarting $1"
+  kill -TERM "$pid"
+  for _ in $(seq 100); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
 start() {
   local name=$1; shift
+  local sig; sig=$(printf "%s\n" "$@" | sha256sum | cut -c1-16)
   if running "$name"; then
-    log "$name is running (pid $(cat "$PIDS/$name.pid"))"
-    return 0
+    if [ "$(cat "$PIDS/$name.args" 2>/dev/null)" = "$sig" ]; then
+      log "$name is running (pid $(cat "$PIDS/$name.pid"))"
+      return 0
+    fi
+    CHANGED="${CHANGED:-} args:$name"
+    restart_if_changed "$name" "args:$name"
   fi
   log "starting $name (log: $LOGS/$name.log)"
   printf '\n==== %s start %s\n' "$(date -u +%FT%TZ)" "$name" >> "$LOGS/$name.log"
   # setsid: the component outlives the shell (make, pytest) that started it.
-  setsid "$@" >> "$LOGS/$name.log" 2>&1 < /dev/null &
+  # 7>&-: the component must not inherit (and hold forever) the cluster lock.
+  setsid "$@" >> "$LOGS/$name.log" 2>&1 < /dev/null 7>&- &
   echo $! > "$PIDS/$name.pid"
   readlink -f "$1" > "$PIDS/$name.exe"
+  echo "$sig" > "$PIDS/$name.args"
 }
 # wait_for WHAT SECONDS COMMAND...: poll COMMAND until it succeeds, with progress.
 wait_for() {
@@ -178,6 +207,7 @@ start kube-apiserver "$K8S_BIN/kube-apiserver" \
   --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
   --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
   --service-account-issuer="https://kubernetes.default.svc.$CLUSTER_DOMAIN" \
+  --kubelet-preferred-address-types=InternalIP \
   --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
   --allow-privileged=true --profiling=false --event-ttl=1h
 wait_for "kube-apiserver /readyz" 120 curl -fsS --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" \
@@ -207,7 +237,7 @@ wait_for "default ServiceAccount" 60 "${KUBECTL_ADMIN[@]}" -n default get servic
 if [ "$FULL" = 1 ]; then
   # -------------------------------------------------------------- containerd
   mkdir -p "$RUN_DIR/cni/net.d" "$RUN_DIR/cni/ipam"
-  cat > "$CONF/containerd.toml" <<EOF
+  put "$CONF/containerd.toml" <<EOF
 version = 2
 root = "$RUN_DIR/containerd"
 state = "$STATE_DIR/containerd"
@@ -223,6 +253,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   # Built by testbed/images.sh and imported below: nothing is ever pulled.
   sandbox_image = "docker.io/kfn/pause:dev"
   stream_server_address = "127.0.0.1"
+  # This machine withholds CAP_SYS_RESOURCE even from root, so the negative
+  # oom_score_adj the kubelet asks for (critical and Guaranteed pods) cannot be
+  # set; clamp to containerd's own instead of failing every sandbox.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -230,13 +264,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        # runc's state under ours, not the machine's default /run/containerd.
+        Root = "$STATE_DIR/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$RUN_DIR/cni/net.d"
 EOF
   # CNI: one bridge, addresses from this node's pod CIDR, hairpin so a pod can
   # reach itself through its Service. No masquerade: nothing leaves the machine.
-  cat > "$RUN_DIR/cni/net.d/10-kfn.conflist" <<EOF
+  put "$RUN_DIR/cni/net.d/10-kfn.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "kfn",
@@ -256,6 +292,7 @@ EOF
   # /run/netns is made (and mounted) by containerd on first use; remember if
   # it is ours so cluster-down can remove it.
   [ -f "$RUN_DIR/netns-mount-made" ] || mountpoint -q /run/netns 2>/dev/null || touch "$RUN_DIR/netns-mount-made"
+  restart_if_changed containerd "$CONF/containerd.toml"
   start containerd /usr/bin/containerd --config "$CONF/containerd.toml"
   wait_for "containerd socket" 60 ctr -a "$CONTAINERD_SOCK" version || failed containerd
 
@@ -264,8 +301,8 @@ EOF
   bash "$here/images.sh" --node
 
   # -------------------------------------------------------------- kubelet
-  printf '# cluster DNS only: pods never get the host resolvers\n' > "$RUN_DIR/resolv.conf"
-  cat > "$CONF/kubelet.yaml" <<EOF
+  printf '# cluster DNS only: pods never get the host resolvers\n' | put "$RUN_DIR/resolv.conf"
+  put "$CONF/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 # This machine is cgroup v1 (hybrid); from 1.35 the kubelet refuses v1 unless told (KEP-5573).
@@ -295,12 +332,13 @@ serializeImagePulls: false
 hairpinMode: hairpin-veth
 shutdownGracePeriod: 0s
 EOF
+  restart_if_changed kubelet "$CONF/kubelet.yaml"
   start kubelet "$K8S_BIN/kubelet" --config="$CONF/kubelet.yaml" \
     --kubeconfig="$CONF/kubelet-client.kubeconfig" --root-dir="$RUN_DIR/kubelet" \
     --hostname-override="$NODE_NAME" --node-ip="$NODE_IP"
 
   # -------------------------------------------------------------- kube-proxy
-  cat > "$CONF/kube-proxy.yaml" <<EOF
+  put "$CONF/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: iptables
@@ -310,22 +348,26 @@ clusterCIDR: $CLUSTER_CIDR
 bindAddress: $NODE_IP
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
+nodePortAddresses: ["$NODE_IP/32"]
 # 0 = leave the machine's conntrack settings alone.
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 EOF
+  restart_if_changed kube-proxy "$CONF/kube-proxy.yaml"
   start kube-proxy "$K8S_BIN/kube-proxy" --config="$CONF/kube-proxy.yaml"
 
+  wait_for "node $NODE_NAME Ready" 180 bash -c \
+    "[ \"\$('${KUBECTL}' --kubeconfig '$KUBECONFIG_PATH' get node '$NODE_NAME' \
+      -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}')\" = True ]" || failed kubelet
   # -------------------------------------------------------------- kube-router
+  # After the node registered: kube-router finds its node by name at start.
   # NetworkPolicy enforcement only (iptables + ipset); routing and service
   # proxying stay with the bridge and kube-proxy.
   start kube-router "$TOOLS_BIN/kube-router-$KUBE_ROUTER_VERSION" \
     --kubeconfig="$CONF/kube-router.kubeconfig" --hostname-override="$NODE_NAME" \
     --run-firewall=true --run-router=false --run-service-proxy=false \
+    --service-cluster-ip-range="$SERVICE_CIDR" --enable-pod-egress=false \
     --metrics-port=0 --health-port=20244 --iptables-sync-period=30s
 
-  wait_for "node $NODE_NAME Ready" 180 bash -c \
-    "[ \"\$('${KUBECTL}' --kubeconfig '$KUBECONFIG_PATH' get node '$NODE_NAME' \
-      -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}')\" = True ]" || failed kubelet
   wait_for "kube-proxy /healthz" 60 curl -fsS http://127.0.0.1:10256/healthz || failed kube-proxy
   wait_for "kube-router /healthz" 60 curl -fsS http://127.0.0.1:20244/healthz || failed kube-router
 

@@ -140,3 +140,52 @@ def external_cluster(kubeconfig: str | None, context: str | None,
                       is_testbed=False, settings=settings)
     cluster.full_node = cluster.has_ready_node()
     return cluster
+
+
+def find_leftovers(settings: dict[str, str]) -> list[str]:
+    """What the test bed left on this machine: processes, mounts, network namespaces,
+    devices, iptables chains, ipsets, run directories. Empty after a clean cluster-down."""
+    found: list[str] = []
+    bins = (settings["K8S_BIN"], settings["ETCD_BIN"], settings["TOOLS_BIN"])
+    marks = (settings["CONTAINERD_SOCK"], settings["RUN_DIR"])
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            exe = os.readlink(proc / "exe")
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if exe.startswith(bins) or any(m in cmdline for m in marks):
+            found.append(f"process {proc.name}: {cmdline.strip()}")
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mountpoint = line.split()[4]
+        if mountpoint.startswith((settings["RUN_DIR"], settings["STATE_DIR"])):
+            found.append(f"mount {mountpoint}")
+    for ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split("\n"):
+        name = ns.split(" ")[0]
+        if name:
+            addrs = subprocess.run(["ip", "-n", name, "-4", "-o", "addr"], capture_output=True, text=True).stdout
+            if " 198.18." in addrs or " 198.19." in addrs:
+                found.append(f"network namespace {name}")
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    for dev in (settings["BRIDGE"], settings["NODE_IF"]):
+        if f": {dev}:" in links or f": {dev}@" in links:
+            found.append(f"network device {dev}")
+    if f"master {settings['BRIDGE']}" in links:
+        found.append(f"veths attached to {settings['BRIDGE']}")
+    addrs = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    for line in addrs.splitlines():
+        if " 198.18." in line or " 198.19." in line:
+            found.append(f"address {line.split()[3]} on {line.split()[1]}")
+    for tool in ("iptables-save", "ip6tables-save"):
+        dump = subprocess.run([tool], capture_output=True, text=True).stdout
+        for line in dump.splitlines():
+            if line.startswith((":KUBE-", ":CNI-")) or "kube-router" in line:
+                found.append(f"{tool.removesuffix('-save')} chain/rule {line.split()[0]}")
+    sets = subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True).stdout.split()
+    found += [f"ipset {s}" for s in sets if s.startswith(("KUBE-", "kube-router"))]
+    for d in (settings["RUN_DIR"], settings["STATE_DIR"]):
+        if Path(d).exists():
+            found.append(f"directory {d}")
+    return found

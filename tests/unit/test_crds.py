@@ -146,3 +146,11 @@ def test_lambda_defaults_are_schema_defaults() -> None:
     assert spec["ephemeralStorageMB"]["default"] == 512
     assert spec["architecture"]["enum"] == ["amd64", "arm64"]
     assert spec["layers"]["maxItems"] == 5
+
+
+@pytest.mark.parametrize("kind", CRDS)
+def test_every_spec_field_is_described_for_kubectl_explain(kind: str) -> None:
+    spec = CRDS[kind]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    undocumented = [path for path, node in nodes(spec, "spec") if path != "spec" and not path.endswith(("[]", "[*]"))
+                    and not node.get("description")]
+    assert undocumented == []

@@ -29,8 +29,8 @@ FUNCTION_REF_PATTERN = FUNCTION_NAME_PATTERN[:-1] + r"(:(\$LATEST|[a-zA-Z0-9_-]{
 class SecretKeyRef(SpecModel):
     """A key of a Secret holding a credential (password, connection URL)."""
 
-    name: KubeName
-    key: Str
+    name: KubeName = Field(description="Secret in the mapping's namespace.")
+    key: Str = Field(description="Key in the Secret.")
 
 
 class SqsSource(SpecModel):
@@ -38,7 +38,7 @@ class SqsSource(SpecModel):
 
     queue_url: Str = Field(alias="queueUrl", description="Queue URL.")
     endpoint_url: Str | None = Field(None, alias="endpointUrl", description="SQS API endpoint (compatible servers).")
-    region: Annotated[StrictStr, Field(max_length=64)] | None = None
+    region: Annotated[StrictStr, Field(max_length=64)] | None = Field(None, description="Region for request signing.")
     credentials_secret_ref: KubeName | None = Field(
         None, alias="credentialsSecretRef", description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY."
     )
@@ -47,10 +47,10 @@ class SqsSource(SpecModel):
 class KafkaSource(SpecModel):
     """Kafka topic read by a consumer group (Lambda self-managed Kafka)."""
 
-    bootstrap_servers: Servers = Field(alias="bootstrapServers")
-    topic: Annotated[StrictStr, Field(min_length=1, max_length=249)]
+    bootstrap_servers: Servers = Field(alias="bootstrapServers", description="host:port of the brokers.")
+    topic: Annotated[StrictStr, Field(min_length=1, max_length=249)] = Field(description="The one topic to read.")
     consumer_group_id: Annotated[StrictStr, Field(min_length=1, max_length=200)] | None = Field(
-        None, alias="consumerGroupId"
+        None, alias="consumerGroupId", description="Consumer group (default: derived from the mapping)."
     )
 
 
@@ -58,25 +58,29 @@ class RabbitMqSource(SpecModel):
     """A RabbitMQ queue (Lambda Amazon MQ for RabbitMQ)."""
 
     url_secret_ref: SecretKeyRef = Field(alias="urlSecretRef", description="Secret key with the amqp:// URL.")
-    queue: Annotated[StrictStr, Field(min_length=1, max_length=1000)]
-    virtual_host: Annotated[StrictStr, Field(max_length=200)] | None = Field(None, alias="virtualHost")
+    queue: Annotated[StrictStr, Field(min_length=1, max_length=1000)] = Field(description="Queue to consume.")
+    virtual_host: Annotated[StrictStr, Field(max_length=200)] | None = Field(
+        None, alias="virtualHost", description="RabbitMQ virtual host."
+    )
 
 
 class RedisSource(SpecModel):
     """A Redis stream read by a consumer group."""
 
     address: Str = Field(description="host:port of the Redis server.")
-    stream: Str
-    consumer_group: Str = Field("kfn", alias="consumerGroup")
-    password_secret_ref: SecretKeyRef | None = Field(None, alias="passwordSecretRef")
+    stream: Str = Field(description="Stream key.")
+    consumer_group: Str = Field("kfn", alias="consumerGroup", description="Consumer group (created if missing).")
+    password_secret_ref: SecretKeyRef | None = Field(
+        None, alias="passwordSecretRef", description="Secret key with the password."
+    )
 
 
 class NatsSource(SpecModel):
     """A NATS JetStream stream (durable consumer)."""
 
-    servers: Servers
-    stream: Str
-    subject: Str | None = None
+    servers: Servers = Field(description="nats:// URLs of the servers.")
+    stream: Str = Field(description="JetStream stream name.")
+    subject: Str | None = Field(None, description="Subject filter within the stream.")
     consumer: Str | None = Field(None, description="Durable consumer name (default: derived from the mapping).")
 
 
@@ -87,8 +91,8 @@ class ScheduleSource(SpecModel):
         StrictStr,
         Field(max_length=256),
         Matches(r"^(cron\(.+\)|rate\(\d+ (minute|minutes|hour|hours|day|days)\))$", "must be cron(...) or rate(N unit)"),
-    ]
-    timezone: Annotated[StrictStr, Field(max_length=64)] = "UTC"
+    ] = Field(description="cron(min hour day-of-month month day-of-week year) or rate(N minutes|hours|days).")
+    timezone: Annotated[StrictStr, Field(max_length=64)] = Field("UTC", description="IANA time zone of cron().")
     input: Annotated[StrictStr, Field(max_length=8192)] | None = Field(None, description="Event JSON to send.")
 
 
@@ -119,23 +123,29 @@ class Source(SpecModel):
 class Filter(SpecModel):
     """One Lambda event filter pattern (JSON)."""
 
-    pattern: Annotated[StrictStr, Field(min_length=1, max_length=4096)]
+    pattern: Annotated[StrictStr, Field(min_length=1, max_length=4096)] = Field(
+        description='Lambda filter pattern (JSON), e.g. {"data": {"status": ["paid"]}}.'
+    )
 
 
 class FilterCriteria(SpecModel):
     """Events matching any filter are sent; others are dropped."""
 
-    filters: Annotated[list[Filter], Field(max_length=5)] = Field(default_factory=list)
+    filters: Annotated[list[Filter], Field(max_length=5)] = Field(default_factory=list, description="At most 5 filters.")
 
 
 class OnFailure(SpecModel):
-    destination: Annotated[StrictStr, Field(min_length=1, max_length=350)]
+    """Where records of a batch that failed every retry go."""
+
+    destination: Annotated[StrictStr, Field(min_length=1, max_length=350)] = Field(
+        description="Queue, topic or stream reference."
+    )
 
 
 class EsmDestinationConfig(SpecModel):
     """Where records of failed batches go."""
 
-    on_failure: OnFailure | None = Field(None, alias="onFailure")
+    on_failure: OnFailure | None = Field(None, alias="onFailure", description="Destination for failed batches.")
 
 
 def _stream(source: Source) -> bool:

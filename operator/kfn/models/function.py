@@ -171,10 +171,14 @@ class ImageConfig(SpecModel):
     """Overrides of a container image's settings (Lambda ImageConfig)."""
 
     entry_point: Annotated[list[Annotated[StrictStr, Field(max_length=1024)]], Field(max_length=16)] | None = Field(
-        None, alias="entryPoint"
+        None, alias="entryPoint", description="Replaces the image's ENTRYPOINT."
     )
-    command: Annotated[list[Annotated[StrictStr, Field(max_length=1024)]], Field(max_length=16)] | None = None
-    working_directory: Annotated[StrictStr, Field(max_length=1000)] | None = Field(None, alias="workingDirectory")
+    command: Annotated[list[Annotated[StrictStr, Field(max_length=1024)]], Field(max_length=16)] | None = Field(
+        None, description="Replaces the image's CMD (for Lambda base images: the handler)."
+    )
+    working_directory: Annotated[StrictStr, Field(max_length=1000)] | None = Field(
+        None, alias="workingDirectory", description="Replaces the image's WORKDIR."
+    )
 
 
 # -------------------------------------------------------------------- settings
@@ -183,7 +187,7 @@ class ImageConfig(SpecModel):
 class SecretEnvRef(SpecModel):
     """All keys of a Secret become environment variables."""
 
-    name: KubeName
+    name: KubeName = Field(description="Secret in the function's namespace.")
 
 
 class Environment(SpecModel):
@@ -247,9 +251,11 @@ class DestinationConfig(SpecModel):
 class AsyncInvokeConfig(SpecModel):
     """Retries and age limit of asynchronous invocations (Lambda PutFunctionEventInvokeConfig)."""
 
-    maximum_retry_attempts: Annotated[StrictInt, Range(0, 2)] = Field(2, alias="maximumRetryAttempts")
+    maximum_retry_attempts: Annotated[StrictInt, Range(0, 2)] = Field(
+        2, alias="maximumRetryAttempts", description="Retries after a failed asynchronous invocation (0-2)."
+    )
     maximum_event_age_seconds: Annotated[StrictInt, Range(60, 21600, "seconds")] = Field(
-        21600, alias="maximumEventAgeSeconds"
+        21600, alias="maximumEventAgeSeconds", description="Events older than this are dropped (60-21600 s)."
     )
     destination_config: DestinationConfig | None = Field(None, alias="destinationConfig")
 
@@ -257,7 +263,7 @@ class AsyncInvokeConfig(SpecModel):
 class DeadLetterConfig(SpecModel):
     """Where failed asynchronous events go after the last retry."""
 
-    target_arn: Destination = Field(alias="targetArn")
+    target_arn: Destination = Field(alias="targetArn", description="Queue or topic for events that failed every retry.")
 
 
 class LoggingConfig(SpecModel):
@@ -272,18 +278,22 @@ class LoggingConfig(SpecModel):
         ),
     )
 
-    log_format: Literal["Text", "JSON"] = Field("Text", alias="logFormat")
+    log_format: Literal["Text", "JSON"] = Field("Text", alias="logFormat", description="Text or JSON log lines.")
     application_log_level: Literal["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"] | None = Field(
-        None, alias="applicationLogLevel"
+        None, alias="applicationLogLevel", description="Lowest level of the function's logs kept (JSON only)."
     )
-    system_log_level: Literal["DEBUG", "INFO", "WARN"] | None = Field(None, alias="systemLogLevel")
+    system_log_level: Literal["DEBUG", "INFO", "WARN"] | None = Field(
+        None, alias="systemLogLevel", description="Lowest level of the platform's logs kept (JSON only)."
+    )
 
 
 class FunctionUrl(SpecModel):
     """A function URL: a dedicated HTTP endpoint."""
 
-    auth_type: Literal["NONE", "AWS_IAM"] = Field(alias="authType")
-    invoke_mode: Literal["BUFFERED", "RESPONSE_STREAM"] = Field("BUFFERED", alias="invokeMode")
+    auth_type: Literal["NONE", "AWS_IAM"] = Field(alias="authType", description="NONE (public) or AWS_IAM (signed).")
+    invoke_mode: Literal["BUFFERED", "RESPONSE_STREAM"] = Field(
+        "BUFFERED", alias="invokeMode", description="BUFFERED or RESPONSE_STREAM."
+    )
 
 
 # ------------------------------------------------------------------------ spec

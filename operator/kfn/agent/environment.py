@@ -24,10 +24,10 @@ from kfn.agent.config import AgentConfig
 
 log = logging.getLogger(__name__)
 
-# With LogType=Tail, wait for the runtime's last output to arrive over the log stream: it travels through the
-# bootstrap's pipe, so it may land just after the runtime's /response. Stop once the stream has been quiet.
-_TAIL_QUIET_S = 0.01
-_TAIL_MAX_WAIT_S = 0.2
+# With LogType=Tail, the runtime's last output travels through the bootstrap's pipe and may land just after its
+# /response; wait for the pipe to drain and the log stream to go quiet, at most _TAIL_MAX_WAIT_S.
+_TAIL_QUIET_S = 0.005
+_TAIL_MAX_WAIT_S = 0.5
 # A pidfd says a runtime exited; the bootstrap's exit report (with the exit status) may follow shortly.
 _EXIT_REPORT_WAIT_S = 0.5
 
@@ -61,6 +61,8 @@ class Invocation:
     runtime_port: int | None = None
     tail: wire.LogTail | None = None
     max_memory_mb: int | None = None
+    ended: float = 0.0
+    reported: bool = False
     outcome: asyncio.Future[wire.Outcome] = field(init=False)
     delivered: asyncio.Future[None] = field(init=False)
 
@@ -102,6 +104,7 @@ class ExecutionEnvironment:
         self._exit_reasons: dict[int, str] = {}
         self._recent = collections.deque[str](maxlen=64)
         self._last_log = 0.0
+        self.log_streams = 0  # connected bootstrap log streams
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- state seen from outside -------------------------------------------------------------------------
@@ -112,38 +115,58 @@ class ExecutionEnvironment:
 
     # --- invoke side ---------------------------------------------------------------------------------------
     async def invoke(self, inv: Invocation) -> wire.Outcome:
-        """Run one invocation to its outcome; raise EnvironmentBusy if another one is running."""
+        """Run one invocation to its outcome; raise EnvironmentBusy if another one is running.
+
+        The END/REPORT lines are written here only for LogType=Tail (they belong in the tail); otherwise the
+        caller writes them with write_report() after answering, to keep log I/O off the invocation's path.
+        """
         if self.current is not None:
             raise EnvironmentBusy
         self.current = inv
         try:
-            self._offer(inv)
-            if not inv.delivered.done():
-                await asyncio.wait((inv.delivered, inv.outcome), timeout=self.cfg.init_timeout_seconds,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                if inv.outcome.done():  # an init error answered it
-                    return await self._complete(inv, inv.outcome.result())
-                if not inv.delivered.done():
-                    self._pending = None
-                    return await self._complete(
-                        inv, self.init_error or wire.init_timeout_outcome(self.cfg.init_timeout_seconds))
-            remaining = self.cfg.timeout_seconds - (time.monotonic() - inv.started)
-            try:
-                outcome = await asyncio.wait_for(asyncio.shield(inv.outcome), timeout=max(remaining, 0))
-            except TimeoutError:
-                if self._outstanding is inv:
-                    self._outstanding = None
-                self._emit(inv, wire.timeout_log_line(inv.request_id, self.cfg.timeout_seconds,
-                                                      self.cfg.log_format, time.time()))
-                outcome = wire.timeout_outcome(inv.request_id, self.cfg.timeout_seconds)
-                inv.max_memory_mb = self._runtime_rss(inv)  # before the reset takes the process away
-                await self._reset(inv)
-            return await self._complete(inv, outcome)
+            outcome = await self._run(inv)
         finally:
             self._recent.append(inv.request_id)
             self.current = None
             if self._pending is inv:
                 self._pending = None
+        if inv.tail is not None:
+            await self._settle_tail(inv)
+            self.write_report(inv, outcome)
+        return outcome
+
+    async def _run(self, inv: Invocation) -> wire.Outcome:
+        self._offer(inv)
+        if not inv.delivered.done():
+            await asyncio.wait((inv.delivered, inv.outcome), timeout=self.cfg.init_timeout_seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if inv.outcome.done():  # an init error answered it
+                return inv.outcome.result()
+            if not inv.delivered.done():
+                self._pending = None
+                return self.init_error or wire.init_timeout_outcome(self.cfg.init_timeout_seconds)
+        # A plain timer instead of wait_for(): fewer tasks and loop turns on every invocation's path.
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(max(0.0, self.cfg.timeout_seconds - (time.monotonic() - inv.started)),
+                                self._time_out, inv)
+        try:
+            outcome = await inv.outcome
+        finally:
+            timer.cancel()
+        inv.ended = time.monotonic()
+        if outcome.status == "timeout":
+            await self._reset(inv)
+        return outcome
+
+    def _time_out(self, inv: Invocation) -> None:
+        if inv.outcome.done():
+            return
+        if self._outstanding is inv:
+            self._outstanding = None
+        self._emit(inv, wire.timeout_log_line(inv.request_id, self.cfg.timeout_seconds,
+                                              self.cfg.log_format, time.time()))
+        inv.max_memory_mb = self._runtime_rss(inv)  # before the reset takes the process away
+        inv.outcome.set_result(wire.timeout_outcome(inv.request_id, self.cfg.timeout_seconds))
 
     def _offer(self, inv: Invocation) -> None:
         w = self._waiter
@@ -164,35 +187,45 @@ class ExecutionEnvironment:
         self._emit(inv, wire.start_line(inv.request_id, self.cfg.function_version, self.cfg.log_format,
                                         time.time()))
 
-    async def _complete(self, inv: Invocation, outcome: wire.Outcome) -> wire.Outcome:
-        ended = time.monotonic()
+    async def _settle_tail(self, inv: Invocation) -> None:
+        """Wait until the runtime's output up to now has reached us: its stdout pipe is drained by the bootstrap
+        and the log stream has gone quiet (bounded, so a stuck log path never holds an answer for long)."""
+        if not inv.delivered.done() or not self.log_streams:
+            return
+        ended = inv.ended or time.monotonic()
+        pid = self._ports.get(inv.runtime_port) if inv.runtime_port is not None else None
+        while time.monotonic() - ended < _TAIL_MAX_WAIT_S:
+            unread = procs.unread_output(pid) if pid else None
+            if not unread and time.monotonic() - max(self._last_log, ended) >= _TAIL_QUIET_S:
+                return
+            await asyncio.sleep(0.002)
+
+    def write_report(self, inv: Invocation, outcome: wire.Outcome) -> None:
+        """Write the invocation's END and REPORT lines (once; nothing if it never reached the runtime)."""
+        if inv.reported or not inv.delivered.done():
+            return
+        inv.reported = True
         if inv.max_memory_mb is None:
             inv.max_memory_mb = self._runtime_rss(inv)
-        if inv.tail is not None and inv.delivered.done():
-            while (time.monotonic() - max(self._last_log, ended) < _TAIL_QUIET_S
-                   and time.monotonic() - ended < _TAIL_MAX_WAIT_S):
-                await asyncio.sleep(_TAIL_QUIET_S / 2)
         now = time.time()
-        if inv.delivered.done():
-            duration_ms = (ended - inv.started) * 1000
-            report = wire.Report(
-                request_id=inv.request_id, duration_ms=duration_ms, memory_size_mb=self.cfg.memory_mb,
-                max_memory_used_mb=inv.max_memory_mb,
-                init_duration_ms=self._init_duration_ms, status=outcome.status)
-            self._init_duration_ms = None
-            self._emit(inv, wire.end_line(inv.request_id, self.cfg.log_format, now))
-            self._emit(inv, wire.report_line(report, self.cfg.log_format, now))
-        return outcome
+        report = wire.Report(
+            request_id=inv.request_id, duration_ms=((inv.ended or time.monotonic()) - inv.started) * 1000,
+            memory_size_mb=self.cfg.memory_mb, max_memory_used_mb=inv.max_memory_mb,
+            init_duration_ms=self._init_duration_ms, status=outcome.status)
+        self._init_duration_ms = None
+        self._emit(inv, wire.end_line(inv.request_id, self.cfg.log_format, now),
+                   wire.report_line(report, self.cfg.log_format, now))
 
     def _runtime_rss(self, inv: Invocation) -> int | None:
         pid = self._ports.get(inv.runtime_port) if inv.runtime_port is not None else None
         return procs.max_rss_mb(pid) if pid else None
 
-    def _emit(self, inv: Invocation, line: str) -> None:
-        self._out.write(line + "\n")
+    def _emit(self, inv: Invocation, *lines: str) -> None:
+        text = "".join(line + "\n" for line in lines)
+        self._out.write(text)
         self._out.flush()
         if inv.tail is not None:
-            inv.tail.add_line(line)
+            inv.tail.add(text.encode())
 
     async def _reset(self, inv: Invocation) -> None:
         """Kill the runtime that ran past its timeout, so the next invocation gets a fresh one."""
@@ -283,6 +316,11 @@ class ExecutionEnvironment:
     def report_exit(self, pid: int, reason: str) -> None:
         """The runtime's supervisor (bootstrap or exec mode) says pid exited, and how."""
         self._exit_reasons[pid] = reason
+        port = self._runtime_port
+        if pid not in self._ports.values() and port is not None and self._ports.get(port) is None:
+            # The supervisor runs one runtime at a time and reports before starting the next, so a pid we have
+            # not identified yet (a runtime that died within moments of connecting) is the current runtime's.
+            self._ports[port] = pid
         self.runtime_exited(pid)
 
     def runtime_exited(self, pid: int) -> None:
@@ -324,8 +362,8 @@ class ExecutionEnvironment:
 
     async def _identify(self, port: int) -> None:
         pid = await asyncio.to_thread(procs.find_peer_pid, port, self._server_port)
-        if pid is None or port not in self._ports:
-            return
+        if pid is None or self._ports.get(port, -1) is not None:
+            return  # not found (gone already), or the connection was forgotten/identified meanwhile
         self._ports[port] = pid
         if pid in self._watched:
             return

@@ -8,9 +8,12 @@ connection's client port -> the socket inode in /proc/net/tcp{,6} -> the process
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
+import struct
+import termios
 from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
@@ -36,17 +39,18 @@ def socket_inodes(table_text: str, local_port: int, remote_port: int) -> list[in
     return found
 
 
-def pids_holding(inodes: Iterable[int], proc: str = "/proc") -> list[int]:
-    """PIDs of the processes with an open file descriptor on one of the socket inodes."""
+def pids_holding(inodes: Iterable[int], proc: str = "/proc", first_only: bool = False) -> list[int]:
+    """PIDs of the processes with an open file descriptor on one of the socket inodes (newest first)."""
     wanted = {f"socket:[{i}]" for i in inodes}
     if not wanted:
         return []
     me = os.getpid()
     pids = []
-    for entry in os.listdir(proc):
-        if not entry.isdigit() or int(entry) == me:
+    # Newest first: the runtime is usually among the most recent processes, so the scan ends early.
+    for pid in sorted((int(e) for e in os.listdir(proc) if e.isdigit()), reverse=True):
+        if pid == me:
             continue
-        fd_dir = f"{proc}/{entry}/fd"
+        fd_dir = f"{proc}/{pid}/fd"
         try:
             fds = os.listdir(fd_dir)
         except OSError:  # gone, or not ours to read
@@ -54,10 +58,12 @@ def pids_holding(inodes: Iterable[int], proc: str = "/proc") -> list[int]:
         for fd in fds:
             try:
                 if os.readlink(f"{fd_dir}/{fd}") in wanted:
-                    pids.append(int(entry))
+                    pids.append(pid)
                     break
             except OSError:
                 continue
+        if pids and first_only:
+            break
     return pids
 
 
@@ -70,9 +76,10 @@ def find_peer_pid(client_port: int, server_port: int) -> int | None:
                 inodes += socket_inodes(f.read(), client_port, server_port)
         except OSError:
             continue
-    pids = pids_holding(inodes)
-    # A forked child may share the socket; the lowest PID is the process that opened it.
-    return min(pids) if pids else None
+    # The newest holder: a forked child sharing the socket is rare (Python closes fds on exec), and ending the
+    # scan early keeps this cheap on a busy machine.
+    pids = pids_holding(inodes, first_only=True)
+    return pids[0] if pids else None
 
 
 def kill_runtime(pid: int) -> None:
@@ -106,3 +113,24 @@ def open_pidfd(pid: int) -> int | None:
     except OSError as e:
         log.warning("cannot watch runtime pid %d for exit: %s", pid, e)
         return None
+
+
+def unread_output(pid: int) -> int | None:
+    """Bytes the runtime wrote to its stdout pipe that nobody has read yet (None if stdout is not a pipe).
+
+    The bootstrap forwards that pipe to the agent's log stream; an empty pipe means the runtime's output so far
+    is on its way or arrived, which is what LogType=Tail waits for.
+    """
+    path = f"/proc/{pid}/fd/1"
+    try:
+        if not os.readlink(path).startswith("pipe:"):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)

@@ -63,8 +63,10 @@ async def next_invocation(request: web.Request) -> web.StreamResponse:
 
 async def _read_limited(request: web.Request) -> bytes | None:
     """The request body, or None when it exceeds Lambda's payload limit."""
-    if request.content_length is not None and request.content_length > wire.MAX_PAYLOAD_BYTES:
-        return None
+    if request.content_length is not None:
+        if request.content_length > wire.MAX_PAYLOAD_BYTES:
+            return None
+        return await request.read()
     body = bytearray()
     async for chunk in request.content.iter_chunked(1 << 20):
         body += chunk
@@ -119,11 +121,14 @@ async def init_error(request: web.Request) -> web.Response:
 async def log_stream(request: web.Request) -> web.Response:
     """kfn extension: the bootstrap streams the runtime's stdout/stderr here (chunked) for LogType=Tail."""
     env = request.app[ENV_KEY]
+    env.log_streams += 1
     try:
         async for chunk in request.content.iter_any():
             env.add_log(chunk)
     except ConnectionResetError:
         pass  # the bootstrap went away (container stopping); nothing to answer
+    finally:
+        env.log_streams -= 1
     return web.Response(status=202)
 
 
@@ -226,8 +231,14 @@ async def invoke(request: web.Request) -> web.Response:
     if inv.tail is not None:
         headers["X-Amz-Log-Result"] = inv.tail.result()
     if inv_type == "Event":
-        return web.Response(status=202, headers=headers)
-    return web.Response(body=outcome.body, headers=headers, content_type=outcome.content_type)
+        resp = web.Response(status=202, headers=headers)
+    else:
+        resp = web.Response(body=outcome.body, headers=headers, content_type=outcome.content_type)
+    # Answer first, then write END/REPORT: log I/O stays off the caller's latency.
+    await resp.prepare(request)
+    await resp.write_eof()
+    env.write_report(inv, outcome)
+    return resp
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Benchmark: kfn's agent vs AWS's Runtime Interface Emulator, the same trivial handler behind each.
+
+Both run the real awslambdaric runtime as their child (`kfn agent -- python -m awslambdaric ...` and
+`aws-lambda-rie python -m awslambdaric ...`) and are invoked over HTTP keep-alive from one client, one
+invocation at a time (an execution environment serves one at a time). Rounds alternate between the two so
+machine noise hits both alike. Prints a table and writes bench/results/agent_vs_rie.json.
+
+The emulator is built from the Go module proxy and cached under ~/.cache/kfn-bench/.
+Usage: python bench/agent_vs_rie.py [--rounds 10] [--per-round 200] [--warmup 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RIE_MODULE = "github.com/aws/aws-lambda-runtime-interface-emulator/cmd/aws-lambda-rie"
+# No tagged releases on the proxy: pin the pseudo-version this benchmark was measured with.
+RIE_VERSION = "v0.0.0-20261030222936-bef5c4ba774d"
+CACHE = Path(os.environ.get("KFN_BENCH_CACHE", Path.home() / ".cache" / "kfn-bench"))
+HANDLER = "def handler(event, context):\n    return event\n"
+PAYLOAD = json.dumps({"hello": "world"}).encode()
+
+
+def build_rie() -> Path:
+    binary = CACHE / RIE_VERSION / "aws-lambda-rie"
+    if binary.exists():
+        return binary
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    print(f"==> building the Runtime Interface Emulator {RIE_VERSION} (once; cached in {binary.parent})", flush=True)
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "GOBIN": str(binary.parent), "GOFLAGS": "-mod=mod"}
+    subprocess.run([go, "install", f"{RIE_MODULE}@{RIE_VERSION}"], env=env, check=True, cwd=tempfile.gettempdir())
+    return binary
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Target:
+    """One runtime host (kfn agent or RIE) with a keep-alive client connection."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], cwd: Path, port: int, path: str) -> None:
+        self.name, self.port, self.path = name, port, path
+        self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.conn: http.client.HTTPConnection | None = None
+        self.latencies: list[float] = []
+        self.busy_seconds = 0.0
+
+    def invoke(self) -> float:
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        t0 = time.perf_counter()
+        self.conn.request("POST", self.path, body=PAYLOAD, headers={"Content-Type": "application/json"})
+        resp = self.conn.getresponse()
+        body = resp.read()
+        dt = time.perf_counter() - t0
+        if resp.status != 200 or body != PAYLOAD:
+            raise RuntimeError(f"{self.name}: unexpected answer {resp.status} {body[:200]!r}")
+        return dt
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}")
+            try:
+                self.invoke()
+                return
+            except (OSError, RuntimeError, http.client.HTTPException):
+                self.conn = None
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def round(self, n: int) -> None:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.latencies.append(self.invoke())
+        self.busy_seconds += time.perf_counter() - t0
+
+    def stop(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stats(self) -> dict[str, float]:
+        ms = sorted(x * 1000 for x in self.latencies)
+        return {
+            "invocations": len(ms),
+            "p50_ms": round(statistics.median(ms), 3),
+            "p99_ms": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 3),
+            "mean_ms": round(statistics.fmean(ms), 3),
+            "throughput_per_s": round(len(ms) / self.busy_seconds, 1),
+        }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--per-round", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "agent_vs_rie.json"))
+    args = ap.parse_args()
+
+    rie = build_rie()
+    task = Path(tempfile.mkdtemp(prefix="kfn-bench-"))
+    (task / "bench_app.py").write_text(HANDLER)
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KFN_", "_HANDLER"))}
+    base_env.update({"AWS_LAMBDA_FUNCTION_NAME": "function", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
+                     "AWS_REGION": "us-east-1", "LAMBDA_TASK_ROOT": str(task), "PYTHONPATH": str(task),
+                     "KFN_TIMEOUT_SECONDS": "30", "AWS_LAMBDA_FUNCTION_TIMEOUT": "30",
+                     "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "LOG_LEVEL": "error"})
+    runtime = [sys.executable, "-m", "awslambdaric", "bench_app.handler"]
+    kfn_port, rie_port = free_port(), free_port()
+    targets = [
+        Target("kfn agent", [sys.executable, "-m", "kfn.cli.main", "agent", "--runtime-api",
+                             f"127.0.0.1:{free_port()}", "--listen", f"127.0.0.1:{kfn_port}", "--", *runtime],
+               base_env, task, kfn_port, "/2015-03-31/functions/function/invocations"),
+        Target("AWS RIE", [str(rie), "--runtime-api-address", f"127.0.0.1:{free_port()}",
+                           "--runtime-interface-emulator-address", f"127.0.0.1:{rie_port}", *runtime],
+               base_env, task, rie_port, "/2015-03-31/functions/function/invocations"),
+    ]
+    try:
+        for t in targets:
+            t.wait_ready()
+            for _ in range(args.warmup):
+                t.invoke()
+        for r in range(args.rounds):
+            order = targets if r % 2 == 0 else targets[::-1]
+            for t in order:
+                t.round(args.per_round)
+        kfn, aws = (t.stats() for t in targets)
+    finally:
+        for t in targets:
+            t.stop()
+        shutil.rmtree(task, ignore_errors=True)
+
+    ratios = {
+        "p50": round(kfn["p50_ms"] / aws["p50_ms"], 3),
+        "p99": round(kfn["p99_ms"] / aws["p99_ms"], 3),
+        "throughput": round(kfn["throughput_per_s"] / aws["throughput_per_s"], 3),
+    }
+    print(f"\nsame trivial handler, awslambdaric runtime, 1 client, keep-alive; "
+          f"{args.rounds} interleaved rounds x {args.per_round} invocations each")
+    print(f"{'':12}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}{'invokes/s':>12}")
+    for name, s in (("kfn agent", kfn), ("AWS RIE", aws)):
+        print(f"{name:12}{s['p50_ms']:>10.3f}{s['p99_ms']:>10.3f}{s['mean_ms']:>10.3f}{s['throughput_per_s']:>12.1f}")
+    print(f"{'kfn / RIE':12}{ratios['p50']:>9.2f}x{ratios['p99']:>9.2f}x{'':>10}{ratios['throughput']:>11.2f}x")
+    goal = ratios["p50"] <= 1.0
+    print(f"goal kfn <= 1.0x RIE at p50: {'met' if goal else 'NOT met'}")
+    result = {"benchmark": "agent_vs_rie", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+              "rie_version": RIE_VERSION, "rounds": args.rounds, "per_round": args.per_round,
+              "kfn_agent": kfn, "aws_rie": aws, "ratio_kfn_over_rie": ratios, "goal_p50_met": goal}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -48,6 +48,21 @@ def build_rie() -> Path:
     return binary
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (not its children)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -64,6 +79,8 @@ class Target:
         self.conn: http.client.HTTPConnection | None = None
         self.latencies: list[float] = []
         self.busy_seconds = 0.0
+        self.host_cpu = 0.0  # CPU of the agent / emulator process itself, load-independent
+        self.runtime_cpu = 0.0
 
     def invoke(self) -> float:
         if self.conn is None:
@@ -92,10 +109,14 @@ class Target:
                 time.sleep(0.2)
 
     def round(self, n: int) -> None:
+        kids = children(self.proc.pid)
+        h0, r0 = cpu_seconds(self.proc.pid), sum(cpu_seconds(k) for k in kids)
         t0 = time.perf_counter()
         for _ in range(n):
             self.latencies.append(self.invoke())
         self.busy_seconds += time.perf_counter() - t0
+        self.host_cpu += cpu_seconds(self.proc.pid) - h0
+        self.runtime_cpu += sum(cpu_seconds(k) for k in kids) - r0
 
     def stop(self) -> None:
         if self.conn is not None:
@@ -115,6 +136,8 @@ class Target:
             "p99_ms": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 3),
             "mean_ms": round(statistics.fmean(ms), 3),
             "throughput_per_s": round(len(ms) / self.busy_seconds, 1),
+            "host_cpu_us_per_invoke": round(self.host_cpu / len(ms) * 1e6),
+            "runtime_cpu_us_per_invoke": round(self.runtime_cpu / len(ms) * 1e6),
         }
 
 
@@ -163,17 +186,23 @@ def main() -> int:
         "p50": round(kfn["p50_ms"] / aws["p50_ms"], 3),
         "p99": round(kfn["p99_ms"] / aws["p99_ms"], 3),
         "throughput": round(kfn["throughput_per_s"] / aws["throughput_per_s"], 3),
+        "host_cpu": round(kfn["host_cpu_us_per_invoke"] / max(1, aws["host_cpu_us_per_invoke"]), 3),
     }
     print(f"\nsame trivial handler, awslambdaric runtime, 1 client, keep-alive; "
           f"{args.rounds} interleaved rounds x {args.per_round} invocations each")
-    print(f"{'':12}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}{'invokes/s':>12}")
+    print(f"{'':12}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}{'invokes/s':>12}{'host CPU us':>13}")
     for name, s in (("kfn agent", kfn), ("AWS RIE", aws)):
-        print(f"{name:12}{s['p50_ms']:>10.3f}{s['p99_ms']:>10.3f}{s['mean_ms']:>10.3f}{s['throughput_per_s']:>12.1f}")
-    print(f"{'kfn / RIE':12}{ratios['p50']:>9.2f}x{ratios['p99']:>9.2f}x{'':>10}{ratios['throughput']:>11.2f}x")
+        print(f"{name:12}{s['p50_ms']:>10.3f}{s['p99_ms']:>10.3f}{s['mean_ms']:>10.3f}{s['throughput_per_s']:>12.1f}"
+              f"{s['host_cpu_us_per_invoke']:>13}")
+    print(f"{'kfn / RIE':12}{ratios['p50']:>9.2f}x{ratios['p99']:>9.2f}x{'':>10}{ratios['throughput']:>11.2f}x"
+          f"{ratios['host_cpu']:>12.2f}x")
+    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+          "(latency ratios on a loaded machine mostly measure scheduling; host CPU per invoke does not)")
     goal = ratios["p50"] <= 1.0
     print(f"goal kfn <= 1.0x RIE at p50: {'met' if goal else 'NOT met'}")
     result = {"benchmark": "agent_vs_rie", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "loadavg_1m": round(os.getloadavg()[0], 1)},
               "rie_version": RIE_VERSION, "rounds": args.rounds, "per_round": args.per_round,
               "kfn_agent": kfn, "aws_rie": aws, "ratio_kfn_over_rie": ratios, "goal_p50_met": goal}
     out = Path(args.out)

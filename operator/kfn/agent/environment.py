@@ -65,11 +65,13 @@ class Invocation:
     reported: bool = False
     outcome: asyncio.Future[wire.Outcome] = field(init=False)
     delivered: asyncio.Future[None] = field(init=False)
+    answered: asyncio.Future[None] = field(init=False)  # the caller has its answer
 
     def __post_init__(self) -> None:
         loop = asyncio.get_running_loop()
         self.outcome = loop.create_future()
         self.delivered = loop.create_future()
+        self.answered = loop.create_future()
         if self.want_tail:
             self.tail = wire.LogTail()
 
@@ -332,6 +334,7 @@ class ExecutionEnvironment:
         for p in ports:
             del self._ports[p]
         self._watched.discard(pid)
+        procs.forget(pid)
         if self._runtime_port in ports:  # the current runtime: the next one starts its init now
             self._runtime_initialized = False
             self._init_started = time.monotonic()

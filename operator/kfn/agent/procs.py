@@ -94,16 +94,37 @@ def kill_runtime(pid: int) -> None:
         pass
 
 
+_status_fds: dict[int, int] = {}
+
+
 def max_rss_mb(pid: int) -> int | None:
-    """The process's peak resident memory (VmHWM) in MB, for REPORT's Max Memory Used."""
+    """The process's peak resident memory (VmHWM) in MB, for REPORT's Max Memory Used.
+
+    Read on every invocation, so the status file stays open and is re-read with pread (procfs regenerates it).
+    """
+    fd = _status_fds.get(pid)
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return max(1, round(int(line.split()[1]) / 1024))
-    except (OSError, ValueError, IndexError):
+        if fd is None:
+            fd = _status_fds[pid] = os.open(f"/proc/{pid}/status", os.O_RDONLY)
+        data = os.pread(fd, 4096, 0)
+    except OSError:  # the process is gone
+        if fd is not None:
+            os.close(_status_fds.pop(pid))
         return None
-    return None
+    at = data.find(b"VmHWM:")
+    if at < 0:
+        return None
+    try:
+        return max(1, round(int(data[at + 6:data.index(b"kB", at)]) / 1024))
+    except ValueError:
+        return None
+
+
+def forget(pid: int) -> None:
+    """Drop what is kept open for a process that has exited."""
+    fd = _status_fds.pop(pid, None)
+    if fd is not None:
+        os.close(fd)
 
 
 def open_pidfd(pid: int) -> int | None:

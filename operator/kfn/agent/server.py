@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
@@ -22,14 +22,11 @@ from kfn.agent.environment import EnvironmentBusy, ExecutionEnvironment, Invocat
 
 log = logging.getLogger(__name__)
 
-ENV_KEY = web.AppKey("environment", ExecutionEnvironment)
-CFG_KEY = web.AppKey("config", AgentConfig)
-
 _INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
 _JSON = "application/json"
 
 
-def _peer_port(request: web.Request) -> int:
+def _peer_port(request: web.BaseRequest) -> int:
     peer = request.transport.get_extra_info("peername") if request.transport else None
     return int(peer[1]) if peer else 0
 
@@ -39,8 +36,7 @@ def _runtime_error(e: RuntimeApiError) -> web.Response:
 
 
 # --- Runtime API (127.0.0.1:9001) -------------------------------------------------------------------------------
-async def next_invocation(request: web.Request) -> web.StreamResponse:
-    env = request.app[ENV_KEY]
+async def next_invocation(env: ExecutionEnvironment, request: web.BaseRequest) -> web.StreamResponse:
     transport = request.transport
     try:
         inv = await env.next_invocation(
@@ -61,7 +57,7 @@ async def next_invocation(request: web.Request) -> web.StreamResponse:
     return web.Response(body=inv.payload, headers=headers)
 
 
-async def _read_limited(request: web.Request) -> bytes | None:
+async def _read_limited(request: web.BaseRequest) -> bytes | None:
     """The request body, or None when it exceeds Lambda's payload limit."""
     if request.content_length is not None:
         if request.content_length > wire.MAX_PAYLOAD_BYTES:
@@ -78,10 +74,9 @@ async def _read_limited(request: web.Request) -> bytes | None:
 _ACCEPTED = json.dumps({"status": "OK"}).encode()
 
 
-async def invocation_response(request: web.Request) -> web.Response:
-    env = request.app[ENV_KEY]
+async def invocation_response(env: ExecutionEnvironment, request: web.BaseRequest, request_id: str) -> web.Response:
     try:
-        inv = env.check_answer(request.match_info["request_id"], _peer_port(request))
+        inv = env.check_answer(request_id, _peer_port(request))
     except RuntimeApiError as e:
         return _runtime_error(e)
     body = await _read_limited(request)
@@ -90,13 +85,13 @@ async def invocation_response(request: web.Request) -> web.Response:
         return web.Response(status=413, content_type=_JSON, body=wire.runtime_api_error(
             "RequestEntityTooLarge", f"Exceeded maximum allowed payload size ({wire.MAX_PAYLOAD_BYTES} bytes)."))
     env.finish(inv, wire.Outcome(body, content_type=request.content_type or _JSON))
+    await inv.answered  # the caller's answer goes out before the runtime's turn (on a busy CPU, it may preempt us)
     return web.Response(status=202, body=_ACCEPTED, content_type=_JSON)
 
 
-async def invocation_error(request: web.Request) -> web.Response:
-    env = request.app[ENV_KEY]
+async def invocation_error(env: ExecutionEnvironment, request: web.BaseRequest, request_id: str) -> web.Response:
     try:
-        inv = env.check_answer(request.match_info["request_id"], _peer_port(request))
+        inv = env.check_answer(request_id, _peer_port(request))
     except RuntimeApiError as e:
         return _runtime_error(e)
     body = await _read_limited(request)
@@ -105,11 +100,11 @@ async def invocation_error(request: web.Request) -> web.Response:
         return web.Response(status=413, content_type=_JSON, body=wire.runtime_api_error(
             "RequestEntityTooLarge", f"Exceeded maximum allowed payload size ({wire.MAX_PAYLOAD_BYTES} bytes)."))
     env.finish(inv, wire.function_error_outcome(body, request.headers.get("Lambda-Runtime-Function-Error-Type")))
+    await inv.answered
     return web.Response(status=202, body=_ACCEPTED, content_type=_JSON)
 
 
-async def init_error(request: web.Request) -> web.Response:
-    env = request.app[ENV_KEY]
+async def init_error(env: ExecutionEnvironment, request: web.BaseRequest) -> web.Response:
     body = await _read_limited(request)
     try:
         env.init_failed(body or b"", request.headers.get("Lambda-Runtime-Function-Error-Type"))
@@ -118,9 +113,8 @@ async def init_error(request: web.Request) -> web.Response:
     return web.Response(status=202, body=_ACCEPTED, content_type=_JSON)
 
 
-async def log_stream(request: web.Request) -> web.Response:
+async def log_stream(env: ExecutionEnvironment, request: web.BaseRequest) -> web.Response:
     """kfn extension: the bootstrap streams the runtime's stdout/stderr here (chunked) for LogType=Tail."""
-    env = request.app[ENV_KEY]
     env.log_streams += 1
     try:
         async for chunk in request.content.iter_any():
@@ -132,7 +126,7 @@ async def log_stream(request: web.Request) -> web.Response:
     return web.Response(status=202)
 
 
-async def runtime_exited(request: web.Request) -> web.Response:
+async def runtime_exited(env: ExecutionEnvironment, request: web.BaseRequest) -> web.Response:
     """kfn extension: the bootstrap reports that the runtime process exited, with its exit status."""
     try:
         doc = await request.json()
@@ -140,22 +134,41 @@ async def runtime_exited(request: web.Request) -> web.Response:
     except (ValueError, KeyError, TypeError):
         return web.Response(status=400, content_type=_JSON, body=wire.runtime_api_error(
             "InvalidRequest", 'body must be {"pid": <int>, "reason": "<text>"}'))
-    request.app[ENV_KEY].report_exit(pid, reason)
+    env.report_exit(pid, reason)
     return web.Response(status=202, body=_ACCEPTED, content_type=_JSON)
 
 
-def make_runtime_app(env: ExecutionEnvironment) -> web.Application:
-    """The Lambda Runtime API, served to the runtime on 127.0.0.1."""
-    app = web.Application(client_max_size=wire.MAX_PAYLOAD_BYTES + 1)
-    app[ENV_KEY] = env
+def _no_route(request: web.BaseRequest) -> web.Response:
+    return web.Response(status=404, content_type=_JSON, body=wire.runtime_api_error(
+        "NotFound", f"no route for {request.method} {request.path}"))
+
+
+def runtime_api_handler(env: ExecutionEnvironment) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    """The Lambda Runtime API, served to the runtime on 127.0.0.1 (routed by hand: it is on every invocation's
+    path, and aiohttp's low-level server skips the application router's per-request work)."""
     p = wire.RUNTIME_API_PREFIX
-    app.router.add_get(f"{p}/invocation/next", next_invocation)
-    app.router.add_post(f"{p}/invocation/{{request_id}}/response", invocation_response)
-    app.router.add_post(f"{p}/invocation/{{request_id}}/error", invocation_error)
-    app.router.add_post(f"{p}/init/error", init_error)
-    app.router.add_post("/2018-06-01/kfn/logs", log_stream)
-    app.router.add_post("/2018-06-01/kfn/runtime/exited", runtime_exited)
-    return app
+    nxt, inv_prefix, init = f"{p}/invocation/next", f"{p}/invocation/", f"{p}/init/error"
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        path, method = request.path, request.method
+        if path == nxt and method == "GET":
+            return await next_invocation(env, request)
+        if method == "POST":
+            if path.startswith(inv_prefix):
+                request_id, _, action = path[len(inv_prefix):].partition("/")
+                if action == "response":
+                    return await invocation_response(env, request, request_id)
+                if action == "error":
+                    return await invocation_error(env, request, request_id)
+            elif path == init:
+                return await init_error(env, request)
+            elif path == "/2018-06-01/kfn/logs":
+                return await log_stream(env, request)
+            elif path == "/2018-06-01/kfn/runtime/exited":
+                return await runtime_exited(env, request)
+        return _no_route(request)
+
+    return handle
 
 
 # --- invoke endpoint and probes (0.0.0.0:8080) -------------------------------------------------------------------
@@ -176,9 +189,8 @@ def split_function_name(name: str) -> tuple[str, str | None]:
     return fn, (qualifier or None)
 
 
-async def invoke(request: web.Request) -> web.Response:
-    env, cfg = request.app[ENV_KEY], request.app[CFG_KEY]
-    fn, qualifier = split_function_name(request.match_info["name"])
+async def invoke(env: ExecutionEnvironment, cfg: AgentConfig, request: web.BaseRequest, name: str) -> web.Response:
+    fn, qualifier = split_function_name(name)
     qualifier = request.query.get("Qualifier") or qualifier
     if fn != cfg.function_name:
         arn = cfg.arn[: cfg.arn.rfind(":") + 1] + fn
@@ -220,46 +232,63 @@ async def invoke(request: web.Request) -> web.Response:
     try:
         outcome = await env.invoke(inv)
     except EnvironmentBusy:
+        inv.answered.set_result(None)
         # Answered at once, never queued: the gateway tries another execution environment.
         return web.Response(
             status=429, body=wire.invoke_error_body("The execution environment is busy with another invocation",
                                                     Reason="ExecutionEnvironmentBusy"),
             headers={**wire.invoke_error_headers("TooManyRequestsException"), wire.BUSY_HEADER: "true"})
-    headers = {"X-Amz-Executed-Version": cfg.function_version, "X-Amzn-RequestId": inv.request_id}
-    if outcome.function_error:
-        headers["X-Amz-Function-Error"] = outcome.function_error
-    if inv.tail is not None:
-        headers["X-Amz-Log-Result"] = inv.tail.result()
-    if inv_type == "Event":
-        resp = web.Response(status=202, headers=headers)
-    else:
-        resp = web.Response(body=outcome.body, headers=headers, content_type=outcome.content_type)
-    # Answer first, then write END/REPORT: log I/O stays off the caller's latency.
-    await resp.prepare(request)
-    await resp.write_eof()
-    env.write_report(inv, outcome)
+    except BaseException:
+        inv.answered.set_result(None)
+        raise
+    # Answer the caller first; the runtime's 202 (see invocation_response) and END/REPORT come after, so
+    # neither the runtime's next turn nor log I/O sits in the caller's latency.
+    try:
+        headers = {"X-Amz-Executed-Version": cfg.function_version, "X-Amzn-RequestId": inv.request_id}
+        if outcome.function_error:
+            headers["X-Amz-Function-Error"] = outcome.function_error
+        if inv.tail is not None:
+            headers["X-Amz-Log-Result"] = inv.tail.result()
+        if inv_type == "Event":
+            resp = web.Response(status=202, headers=headers)
+        else:
+            resp = web.Response(body=outcome.body, headers=headers, content_type=outcome.content_type)
+        await resp.prepare(request)
+        await resp.write_eof()
+    finally:
+        inv.answered.set_result(None)
+        asyncio.get_running_loop().call_soon(env.write_report, inv, outcome)
     return resp
 
 
-async def readyz(request: web.Request) -> web.Response:
-    if request.app[ENV_KEY].ready:
-        return web.Response(text="ok\n")
-    return web.Response(status=503, text="runtime not initialised\n")
+_INVOKE_PREFIX, _INVOKE_SUFFIX = "/2015-03-31/functions/", "/invocations"
 
 
-async def healthz(_request: web.Request) -> web.Response:
-    return web.Response(text="ok\n")
-
-
-def make_invoke_app(env: ExecutionEnvironment, cfg: AgentConfig) -> web.Application:
+def invoke_handler(env: ExecutionEnvironment, cfg: AgentConfig) -> Callable[[web.BaseRequest],
+                                                                            Awaitable[web.StreamResponse]]:
     """The invoke endpoint (Lambda Invoke wire format) and the probes."""
-    app = web.Application(client_max_size=wire.MAX_PAYLOAD_BYTES + 1)
-    app[ENV_KEY] = env
-    app[CFG_KEY] = cfg
-    app.router.add_post("/2015-03-31/functions/{name}/invocations", invoke)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/healthz", healthz)
-    return app
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        path, method = request.path, request.method
+        if method == "POST" and path.startswith(_INVOKE_PREFIX) and path.endswith(_INVOKE_SUFFIX):
+            return await invoke(env, cfg, request, path[len(_INVOKE_PREFIX):-len(_INVOKE_SUFFIX)])
+        if method == "GET" and path == "/readyz":
+            if env.ready:
+                return web.Response(text="ok\n")
+            return web.Response(status=503, text="runtime not initialised\n")
+        if method == "GET" and path == "/healthz":
+            return web.Response(text="ok\n")
+        return _invoke_error(404, "ResourceNotFoundException", f"no route for {method} {path}")
+
+    return handle
+
+
+def _server(handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]) -> web.Server:
+    def request_factory(message, payload, protocol, writer, task):  # type: ignore[no-untyped-def]
+        return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
+                               client_max_size=wire.MAX_PAYLOAD_BYTES + 1)
+
+    return web.Server(handler, request_factory=request_factory, access_log=None)
 
 
 # --- running it ---------------------------------------------------------------------------------------------------
@@ -302,9 +331,9 @@ async def serve(cfg: AgentConfig, cmd: Sequence[str] = ()) -> None:
     rt_host, rt_port = cfg.runtime_api_addr
     env = ExecutionEnvironment(cfg, rt_port)
     runners = []
-    for app, (host, port) in ((make_runtime_app(env), (rt_host, rt_port)),
-                              (make_invoke_app(env, cfg), cfg.listen_addr)):
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    for handler, (host, port) in ((runtime_api_handler(env), (rt_host, rt_port)),
+                                  (invoke_handler(env, cfg), cfg.listen_addr)):
+        runner = web.ServerRunner(_server(handler), handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         await web.TCPSite(runner, host, port, reuse_address=True).start()
         runners.append(runner)

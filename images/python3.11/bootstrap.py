@@ -53,6 +53,8 @@ def runtime_env() -> dict[str, str]:
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = ":".join(paths)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # awslambdaric would fork that many workers into one environment; kfn runs one invocation at a time.
+    env.pop("AWS_LAMBDA_MAX_CONCURRENCY", None)
     return env
 
 

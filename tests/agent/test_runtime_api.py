@@ -159,3 +159,25 @@ def test_exec_mode_supervises_awslambdaric(rig_factory) -> None:
     wait_for(rig.ready, 20, "exec-mode runtime readiness")
     first, second = rig.invoke({}).json(), rig.invoke({}).json()
     assert (first["invocations"], second["invocations"]) == (1, 2)
+
+
+def test_image_function_runtime_without_bootstrap_is_reset_by_kill(rig_factory) -> None:
+    """A container-image function: awslambdaric is the container's own entrypoint (no kfn bootstrap), reached
+    through AWS_LAMBDA_RUNTIME_API. A timeout kills it; restarting it is the kubelet's job."""
+    import subprocess
+
+    rig = rig_factory(timeout=1)
+    proc = subprocess.Popen([sys.executable, "-m", "awslambdaric", "app.dispatch"], env=rig.env,
+                            cwd=rig.task_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    rig.procs.append(proc)
+    assert rig.invoke({"op": "echo", "image": True}).json() == {"image": True}
+    assert rig.ready()
+    reply = rig.invoke({"op": "sleep", "seconds": 5})
+    assert reply.json()["errorType"] == "Sandbox.Timedout"
+    assert proc.wait(5) == -9, "the runtime that ran past its timeout is killed (SIGKILL)"
+    # The "kubelet" restarts the container: the environment serves again with fresh module state.
+    rig.procs.append(subprocess.Popen([sys.executable, "-m", "awslambdaric", "app.dispatch"], env=rig.env,
+                                      cwd=rig.task_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True))
+    assert rig.invoke({"op": "count"}).json()["invocations"] == 1

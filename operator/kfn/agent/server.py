@@ -303,6 +303,7 @@ def exit_reason(returncode: int) -> str:
 async def supervise(cmd: Sequence[str], cfg: AgentConfig, env: ExecutionEnvironment, stop: asyncio.Event) -> None:
     """Exec mode: run the runtime as a child, restart it when it exits (at once after a reset, else backed off)."""
     child_env = {**os.environ, "AWS_LAMBDA_RUNTIME_API": cfg.runtime_api}
+    child_env.pop("AWS_LAMBDA_MAX_CONCURRENCY", None)  # one invocation at a time per environment
     backoff = 0.0
     while not stop.is_set():
         started = time.monotonic()

@@ -40,5 +40,23 @@ cluster-down: ## stop the test bed and remove everything it made (built binaries
 images: venv ## build kfn's container images without a registry and load them into the test bed
 	@bash testbed/images.sh
 
+KUBECTL_BIN = $$(bash testbed/env.sh print | sed -n 's/^KUBECTL=//p')
+KUBECONFIG_TB = $$(bash testbed/env.sh print | sed -n 's/^KUBECONFIG_PATH=//p')
+run: venv ## bring up the local cluster, install kfn, deploy the hello-world example and invoke it
+	@$(MAKE) --no-print-directory cluster-up
+	@$(MAKE) --no-print-directory images
+	@export KUBECONFIG=$(KUBECONFIG_TB); kubectl=$(KUBECTL_BIN); set -e; \
+	  echo "==> installing kfn (CRDs, RBAC, operator in kfn-system)"; \
+	  $(KFN) install --apply; \
+	  $$kubectl -n kfn-system rollout status deploy/kfn-operator --timeout=180s; \
+	  echo "==> deploying examples/hello-world.yaml"; \
+	  $$kubectl apply -f examples/hello-world.yaml; \
+	  echo "==> waiting for the function to be Ready (first start pulls nothing: images are local)"; \
+	  $$kubectl wait --for=condition=Ready function/hello --timeout=300s; \
+	  $$kubectl get kfn; \
+	  echo "==> kfn invoke hello --payload '{\"name\": \"kfn\"}' --log-type Tail"; \
+	  $(KFN) invoke hello --payload '{"name": "kfn"}' --log-type Tail; \
+	  echo; echo "kfn is running. Try:  export KUBECONFIG=$$KUBECONFIG; $(KFN) invoke hello -p '{}'"
+
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -38,6 +38,10 @@ KINDS: dict[str, tuple[str, str]] = {
     "CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions"),
     "ClusterKopfPeering": ("kopf.dev/v1", "clusterkopfpeerings"),
     "KopfPeering": ("kopf.dev/v1", "kopfpeerings"),
+    # what `kfn install --apply` creates
+    "Namespace": ("v1", "namespaces"),
+    "ClusterRole": ("rbac.authorization.k8s.io/v1", "clusterroles"),
+    "ClusterRoleBinding": ("rbac.authorization.k8s.io/v1", "clusterrolebindings"),
 }
 
 
@@ -229,3 +233,26 @@ def post_event(
         "count": 1,
     }
     _request("POST", path("Event", namespace), body=event)
+
+
+def proxy_post(
+    namespace: str, pod: str, port: int, subpath: str, body: bytes, headers: Mapping[str, str], timeout: float = 960
+) -> tuple[int, dict[str, str], bytes]:
+    """POST through the API server's pod proxy; returns status, headers and body as the pod answered.
+
+    This reaches an execution environment from anywhere the kubeconfig works
+    (a laptop, CI), without a route to the pod network.
+    """
+    api = _api()
+    url = f"{path('Pod', namespace, f'{pod}:{port}', 'proxy')}/{subpath.lstrip('/')}"
+    request = api.param_serialize(
+        "POST", url, header_params=dict(headers), body=None, auth_settings=["BearerToken"]
+    )
+    method, full_url, hdrs, _, _ = request
+    # the generated client would re-encode the body as JSON; the payload goes as the bytes it is
+    response = api.rest_client.pool_manager.request(method, full_url, headers=hdrs, body=body, timeout=timeout)
+    if response.status >= 400 and response.headers.get("Content-Type", "").startswith("application/json"):
+        status = json.loads(response.data or b"{}")
+        if status.get("kind") == "Status":  # the API server's own refusal, not the function's answer
+            raise _error(response.status, response.data)
+    return response.status, dict(response.headers.items()), response.data

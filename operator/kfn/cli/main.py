@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("kfn.cli.crds", "print or write the CRDs generated from the API models"),
     "agent": ("kfn.cli.agent", "in-pod agent: Lambda Runtime API for the function, invoke endpoint for the gateway"),
     "operator": ("kfn.cli.operator", "the Kopf operator: reconciles Functions, FunctionVersions and Aliases into Kubernetes objects"),
+    "install": ("kfn.cli.install", "print or apply the manifests that install kfn (CRDs, RBAC, operator)"),
+    "invoke": ("kfn.cli.invoke", "invoke a function like `aws lambda invoke` and show its answer"),
 }
 
 

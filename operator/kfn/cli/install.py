@@ -1,0 +1,80 @@
+"""``kfn install``: print (or apply) the manifests that install kfn into a cluster."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import yaml
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from kfn.install import DEFAULT_IMAGE, DEFAULT_NAMESPACE
+
+    parser.add_argument("--namespace", default=DEFAULT_NAMESPACE, help=f"namespace of the operator (default: {DEFAULT_NAMESPACE})")
+    parser.add_argument("--image", default=DEFAULT_IMAGE, help=f"kfn image the operator runs (default: {DEFAULT_IMAGE})")
+    parser.add_argument(
+        "--watch-namespace",
+        action="append",
+        default=[],
+        help="reconcile only this namespace (repeatable; one standalone replica); default: all namespaces",
+    )
+    parser.add_argument(
+        "--apply",
+        action="store_true",
+        help="apply to the cluster (server-side apply, CRDs established first) instead of printing YAML",
+    )
+    parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+    parser.add_argument("--context", default=None, help="kubeconfig context")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kfn import install
+
+    objects = install.make_install_manifests(args.namespace, args.image, tuple(args.watch_namespace))
+    if not args.apply:
+        # The peering object needs its CRD established first, so it cannot ride in
+        # the same `kubectl apply`: printed YAML leaves it out and says so.
+        sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
+        if not args.watch_namespace:
+            print(
+                "kfn install: after `kubectl apply`, also apply the peering object: "
+                "kubectl apply -f - <<< '{\"apiVersion\": \"kopf.dev/v1\", \"kind\": \"ClusterKopfPeering\", "
+                "\"metadata\": {\"name\": \"kfn\"}}'  (or use kfn install --apply)",
+                file=sys.stderr,
+            )
+        return 0
+
+    from kfn import k8s
+
+    k8s.configure(args.kubeconfig, args.context)
+    crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
+    for obj in crds:
+        k8s.apply(obj, field_manager="kfn-install")
+        print(f"applied {obj['kind']}/{obj['metadata']['name']}", file=sys.stderr)
+    _wait_established([c["metadata"]["name"] for c in crds])
+    rest = [o for o in objects if o["kind"] != "CustomResourceDefinition"]
+    if not args.watch_namespace:
+        rest.append(install.make_peering_object())
+    for obj in rest:
+        k8s.apply(obj, field_manager="kfn-install")
+        print(f"applied {obj['kind']}/{obj['metadata']['name']}", file=sys.stderr)
+    return 0
+
+
+def _wait_established(names: list[str], timeout: float = 60) -> None:
+    from kfn import k8s
+
+    deadline = time.monotonic() + timeout
+    pending = set(names)
+    while pending:
+        for name in sorted(pending):
+            crd = k8s.get("CustomResourceDefinition", None, name) or {}
+            conditions = (crd.get("status") or {}).get("conditions") or []
+            if any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
+                pending.discard(name)
+        if pending:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"kfn install: CRDs not established after {timeout:.0f}s: {', '.join(sorted(pending))}")
+            time.sleep(0.5)

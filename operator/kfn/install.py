@@ -1,0 +1,118 @@
+"""Builds the manifests that install kfn into a cluster: CRDs, RBAC and the operator.
+
+``kfn install | kubectl apply -f -`` is the chart-free way to install; the
+objects here are pure functions of their inputs, like every other builder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kfn import crdgen, names
+from kfn.resources.peering import make_peering, make_peering_crd
+from kfn.resources.rbac import make_cluster_role
+
+DEFAULT_NAMESPACE = "kfn-system"
+DEFAULT_IMAGE = "kfn/kfn:dev"
+OPERATOR_NAME = "kfn-operator"
+PEERING_NAME = "kfn"
+HEALTH_PORT = 8080
+METRICS_PORT = 9090
+
+
+def _labels() -> dict[str, str]:
+    return {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: names.COMPONENT_OPERATOR}
+
+
+def make_operator_deployment(
+    namespace: str, image: str, replicas: int = 1, watch_namespaces: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The operator Deployment: Kopf peering keeps one replica active however many run.
+
+    With *watch_namespaces* the operator reconciles only those namespaces and
+    runs standalone (one replica), as cluster-wide peering would not apply.
+    """
+    labels = _labels()
+    scope = [a for ns in watch_namespaces for a in ("--namespace", ns)]
+    peering = ["--standalone"] if watch_namespaces else ["--peering", PEERING_NAME]
+    probe = {"httpGet": {"path": "/healthz", "port": "health"}, "periodSeconds": 10, "timeoutSeconds": 5}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": OPERATOR_NAME, "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": 1 if watch_namespaces else replicas,
+            "selector": {"matchLabels": labels},
+            # never two active writers during a rollout: the old pod stops before the new one starts
+            "strategy": {"type": "Recreate"},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "serviceAccountName": OPERATOR_NAME,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532},
+                    "containers": [
+                        {
+                            "name": "operator",
+                            "image": image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "args": [
+                                "kfn", "operator",
+                                *peering,
+                                *scope,
+                                "--liveness", f"http://0.0.0.0:{HEALTH_PORT}/healthz",
+                                "--metrics-port", str(METRICS_PORT),
+                            ],
+                            "ports": [
+                                {"name": "health", "containerPort": HEALTH_PORT},
+                                {"name": "metrics", "containerPort": METRICS_PORT},
+                            ],
+                            "livenessProbe": {**probe, "initialDelaySeconds": 30, "failureThreshold": 6},
+                            "readinessProbe": probe,
+                            "resources": {
+                                "requests": {"cpu": "100m", "memory": "128Mi"},
+                                "limits": {"memory": "512Mi"},
+                            },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                        }
+                    ],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                },
+            },
+        },
+    }
+
+
+def make_install_manifests(
+    namespace: str = DEFAULT_NAMESPACE, image: str = DEFAULT_IMAGE, watch_namespaces: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """Everything ``kubectl apply`` needs to run kfn, CRDs first so later objects find their kinds."""
+    labels = _labels()
+    return [
+        *crdgen.make_crds(),
+        make_peering_crd(clusterwide=True),
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": OPERATOR_NAME, "namespace": namespace, "labels": labels},
+        },
+        make_cluster_role(OPERATOR_NAME),
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": OPERATOR_NAME, "labels": labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_NAME},
+            "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_NAME, "namespace": namespace}],
+        },
+        make_operator_deployment(namespace, image, watch_namespaces=watch_namespaces),
+    ]
+
+
+def make_peering_object() -> dict[str, Any]:
+    """The peering object; applied after its CRD is established (a separate step of ``kfn install``)."""
+    return make_peering(PEERING_NAME)

@@ -1,0 +1,64 @@
+"""The install manifests: what `kfn install` puts in a cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from kfn import crdgen, install
+
+
+def _by_kind(objects: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for o in objects:
+        out.setdefault(o["kind"], []).append(o)
+    return out
+
+
+def test_crds_come_first_so_later_objects_find_their_kinds() -> None:
+    objects = install.make_install_manifests()
+    kinds = [o["kind"] for o in objects]
+    last_crd = max(i for i, k in enumerate(kinds) if k == "CustomResourceDefinition")
+    assert all(k == "CustomResourceDefinition" for k in kinds[: last_crd + 1])
+    names = {o["metadata"]["name"] for o in objects if o["kind"] == "CustomResourceDefinition"}
+    assert {c["metadata"]["name"] for c in crdgen.make_crds()} <= names
+    assert "clusterkopfpeerings.kopf.dev" in names
+
+
+def test_operator_runs_as_its_service_account_bound_to_its_role() -> None:
+    k = _by_kind(install.make_install_manifests(namespace="ops", image="example/kfn:1"))
+    (sa,) = k["ServiceAccount"]
+    (binding,) = k["ClusterRoleBinding"]
+    (role,) = k["ClusterRole"]
+    (deploy,) = k["Deployment"]
+    assert sa["metadata"]["namespace"] == "ops" == deploy["metadata"]["namespace"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "ops"}]
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+    (container,) = pod["containers"]
+    assert container["image"] == "example/kfn:1"
+    assert container["args"][:2] == ["kfn", "operator"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+@pytest.mark.parametrize(
+    ("watch", "expect_args", "absent"),
+    [
+        ((), ["--peering", "kfn"], "--standalone"),
+        (("team-a",), ["--standalone", "--namespace", "team-a"], "--peering"),
+    ],
+)
+def test_operator_scope_and_peering(watch: tuple[str, ...], expect_args: list[str], absent: str) -> None:
+    deploy = install.make_operator_deployment("kfn-system", "kfn/kfn:dev", watch_namespaces=watch)
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    joined = " ".join(args)
+    assert " ".join(expect_args) in joined
+    assert absent not in args
+
+
+def test_role_can_manage_every_child_kind_the_operator_builds() -> None:
+    (role,) = _by_kind(install.make_install_manifests())["ClusterRole"]
+    granted = {(g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    for needed in [("apps", "deployments"), ("", "services"), ("", "configmaps"), ("networking.k8s.io", "networkpolicies")]:
+        assert needed in granted

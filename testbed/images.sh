@@ -71,7 +71,7 @@ build() {
     return 0
   fi
   log "building image $ref"
-  local t0=$SECONDS args=(bud --isolation chroot --pull-never --format docker -t "$ref" -f "$ctx/Dockerfile")
+  local t0=$SECONDS args=(bud --isolation chroot --pull-never --layers --format docker -t "$ref" -f "$ctx/Dockerfile")
   [ -n "$base" ] && args+=(--build-arg "BASE=$base")
   "${BUILDAH[@]}" "${args[@]}" "$ctx" > "$IMAGE_CACHE/$name.build.log" 2>&1 \
     || { tail -n 30 "$IMAGE_CACHE/$name.build.log" >&2; die "building $ref failed (log: $IMAGE_CACHE/$name.build.log)"; }
@@ -158,10 +158,32 @@ if [ "$NODE_ONLY" = 0 ]; then
 
   # ---------------------------------------------------------- kfn
   ctx=$(context kfn "$repo/images/kfn")
-  log "building the kfn wheel from the working tree, with its dependencies"
-  "${PIP[@]}" wheel -q --disable-pip-version-check --wheel-dir "$ctx/wheels" "$repo" \
-    > "$IMAGE_CACHE/kfn.wheels.log" 2>&1 \
-    || { tail -n 30 "$IMAGE_CACHE/kfn.wheels.log" >&2; die "pip wheel of kfn failed"; }
+  # Dependencies: a wheelhouse per pyproject.toml, made once; kfn itself: a
+  # fresh wheel of the working tree every time (seconds).
+  wheelhouse="$IMAGE_CACHE/wheelhouse/kfn-$(sha256sum "$repo/pyproject.toml" | cut -c1-16)"
+  if [ ! -d "$wheelhouse" ]; then
+    log "collecting wheels of kfn's dependencies (once per pyproject.toml)"
+    rm -rf "$wheelhouse.tmp"
+    "${PIP[@]}" wheel -q --disable-pip-version-check --wheel-dir "$wheelhouse.tmp" "$repo" \
+      > "$IMAGE_CACHE/kfn.wheels.log" 2>&1 \
+      || { tail -n 30 "$IMAGE_CACHE/kfn.wheels.log" >&2; die "pip wheel of kfn's dependencies failed"; }
+    rm -f "$wheelhouse.tmp"/kfn-*.whl
+    mv "$wheelhouse.tmp" "$wheelhouse"
+  fi
+  mkdir -p "$ctx/wheels/deps" "$ctx/wheels/kfn"
+  cp "$wheelhouse"/*.whl "$ctx/wheels/deps/"
+  log "building the kfn wheel from the working tree"
+  # A build venv of our own (setuptools, wheel) saves pip's isolated build
+  # environment: this wheel is rebuilt on every `make images`.
+  buildvenv="$CACHE/build/wheel-venv"
+  if ! "$buildvenv/bin/python" -c "import setuptools, wheel" 2>/dev/null; then
+    python3 -m venv "$buildvenv"
+    "$buildvenv/bin/pip" install -q --disable-pip-version-check "setuptools>=68" wheel \
+      > "$IMAGE_CACHE/wheel-venv.log" 2>&1 || die "could not make $buildvenv (log: $IMAGE_CACHE/wheel-venv.log)"
+  fi
+  "$buildvenv/bin/pip" wheel -q --disable-pip-version-check --no-deps --no-build-isolation \
+    --wheel-dir "$ctx/wheels/kfn" "$repo" > "$IMAGE_CACHE/kfn.wheel.log" 2>&1 \
+    || { tail -n 30 "$IMAGE_CACHE/kfn.wheel.log" >&2; die "pip wheel of kfn failed"; }
   build kfn "$ctx" "$BASE"
 
   # ---------------------------------------------------------- python3.11 (agent engineer's contents)

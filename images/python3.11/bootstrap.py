@@ -88,8 +88,7 @@ class LogForwarder(threading.Thread):
             data = os.read(self.read_fd, 65536)
             if not data:
                 return
-            out.write(data)
-            out.flush()
+            # To the agent first: it waits for this pipe to drain before it cuts an invocation's log tail.
             if self.sock is None:
                 self._connect()
             if self.sock is not None:
@@ -98,6 +97,8 @@ class LogForwarder(threading.Thread):
                 except OSError:
                     self.sock.close()
                     self.sock = None
+            out.write(data)
+            out.flush()
 
 
 def report_exit(pid: int, reason: str) -> None:

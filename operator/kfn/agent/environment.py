@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # With LogType=Tail, the runtime's last output travels through the bootstrap's pipe and may land just after its
 # /response; wait for the pipe to drain and the log stream to go quiet, at most _TAIL_MAX_WAIT_S.
-_TAIL_QUIET_S = 0.005
+_TAIL_QUIET_S = 0.015
 _TAIL_MAX_WAIT_S = 0.5
 # A pidfd says a runtime exited; the bootstrap's exit report (with the exit status) may follow shortly.
 _EXIT_REPORT_WAIT_S = 0.5
@@ -102,6 +102,7 @@ class ExecutionEnvironment:
         self._init_duration_ms: float | None = None
         self._ports: dict[int, int | None] = {}  # runtime connection's client port -> pid (None: looking)
         self._watched: set[int] = set()
+        self._identifying: set[int] = set()  # runtime connections whose pid is being looked up
         self._condemned: set[int] = set()
         self._exit_reasons: dict[int, str] = {}
         self._recent = collections.deque[str](maxlen=64)
@@ -186,8 +187,10 @@ class ExecutionEnvironment:
         inv.deadline_ms = int(time.time() * 1000) + self.cfg.timeout_seconds * 1000
         self._outstanding = inv
         inv.delivered.set_result(None)
-        self._emit(inv, wire.start_line(inv.request_id, self.cfg.function_version, self.cfg.log_format,
-                                        time.time()))
+        # After the runtime has its invocation: the write stays off the path to the runtime (and precedes any
+        # output of the handler, which reaches us later through the log stream).
+        asyncio.get_running_loop().call_soon(self._emit, inv, wire.start_line(
+            inv.request_id, self.cfg.function_version, self.cfg.log_format, time.time()))
 
     async def _settle_tail(self, inv: Invocation) -> None:
         """Wait until the runtime's output up to now has reached us: its stdout pipe is drained by the bootstrap
@@ -195,8 +198,12 @@ class ExecutionEnvironment:
         if not inv.delivered.done() or not self.log_streams:
             return
         ended = inv.ended or time.monotonic()
-        pid = self._ports.get(inv.runtime_port) if inv.runtime_port is not None else None
+        port = inv.runtime_port
         while time.monotonic() - ended < _TAIL_MAX_WAIT_S:
+            if port in self._identifying:  # the runtime's first invocation: its pid is being looked up
+                await asyncio.sleep(0.002)
+                continue
+            pid = self._ports.get(port) if port is not None else None
             unread = procs.unread_output(pid) if pid else None
             if not unread and time.monotonic() - max(self._last_log, ended) >= _TAIL_QUIET_S:
                 return
@@ -356,6 +363,7 @@ class ExecutionEnvironment:
         if port in self._ports:
             return
         self._ports[port] = None
+        self._identifying.add(port)
         self._spawn(self._identify(port))
 
     def _spawn(self, coro: object) -> None:
@@ -364,7 +372,10 @@ class ExecutionEnvironment:
         task.add_done_callback(self._tasks.discard)
 
     async def _identify(self, port: int) -> None:
-        pid = await asyncio.to_thread(procs.find_peer_pid, port, self._server_port)
+        try:
+            pid = await asyncio.to_thread(procs.find_peer_pid, port, self._server_port)
+        finally:
+            self._identifying.discard(port)
         if pid is None or self._ports.get(port, -1) is not None:
             return  # not found (gone already), or the connection was forgotten/identified meanwhile
         self._ports[port] = pid

@@ -105,7 +105,8 @@ def decode_client_context(value: str | None) -> str | None:
 def new_trace_id(now: float | None = None) -> str:
     """Build an X-Ray style trace header for invocations that arrive without one."""
     epoch = int(now if now is not None else time.time())
-    return f"Root=1-{epoch:08x}-{os.urandom(12).hex()};Parent={os.urandom(8).hex()};Sampled=0"
+    rand = os.urandom(20).hex()
+    return f"Root=1-{epoch:08x}-{rand[:24]};Parent={rand[24:]};Sampled=0"
 
 
 def invoked_function_arn(function_arn: str, qualifier: str | None) -> str:

@@ -14,7 +14,6 @@ import logging
 import os
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -55,7 +54,7 @@ class Invocation:
     cognito_identity: str | None = None
     content_type: str = "application/json"
     want_tail: bool = False
-    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    request_id: str = field(default_factory=lambda: wire.new_request_id())
     deadline_ms: int = 0
     started: float = 0.0
     runtime_port: int | None = None

@@ -7,6 +7,7 @@ Also the optional exec mode, where the agent supervises the runtime as its own c
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -340,6 +341,8 @@ async def serve(cfg: AgentConfig, cmd: Sequence[str] = ()) -> None:
         runners.append(runner)
     log.info("kfn agent for %s (%s): Runtime API on %s:%d, invoke endpoint on %s:%d",
              cfg.function_name, cfg.function_version, rt_host, rt_port, *cfg.listen_addr)
+    # Everything alive now lives as long as the agent: keep it out of the cyclic GC's passes.
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -58,5 +58,14 @@ run: venv ## bring up the local cluster, install kfn, deploy the hello-world exa
 	  $(KFN) invoke hello --payload '{"name": "kfn"}' --log-type Tail; \
 	  echo; echo "kfn is running. Try:  export KUBECONFIG=$$KUBECONFIG; $(KFN) invoke hello -p '{}'"
 
+BENCH_N ?= 200
+bench: venv ## benchmarks as ratios against a baseline run alongside: agent vs AWS's emulator, operator vs raw kubectl apply
+	@echo "==> agent vs AWS Runtime Interface Emulator"
+	$(PY) bench/agent_vs_rie.py
+	@echo "==> reconciling $(BENCH_N) Functions vs raw kubectl apply of their children"
+	$(PY) bench/reconcile.py --n $(BENCH_N)
+	@echo; echo "==> summary (bench/results/*.json)"
+	@$(PY) bench/summary.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache

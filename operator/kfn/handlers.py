@@ -2,8 +2,7 @@
 
 * create/update/resume of Function, FunctionVersion and Alias -> the kind's
   reconciler (level-based, so one function serves all three);
-* a timer per object every ``resync_seconds`` -> the same reconciler, so a
-  child edited by hand is put back within that bound;
+* (the periodic resync is not a Kopf timer: see ``kfn.reconcilers.resync``);
 * deletion of a child kfn made -> its owner's reconciler at once.
 
 Outcomes map to Kopf's error taxonomy: a temporary problem retries after a
@@ -106,6 +105,20 @@ def environments_changed(deployment: Mapping[str, Any], owner: tuple[str, str], 
     return (reported.get("replicas"), reported.get("readyReplicas")) != (status.get("replicas", 0), status.get("readyReplicas", 0))
 
 
+def reconcile_any(cfg: OperatorConfig) -> Callable[[str, dict[str, Any]], None]:
+    """Reconcile an object of any kfn kind (for the resync loop)."""
+
+    def reconcile(kind: str, body: dict[str, Any]) -> None:
+        if kind == names.ALIAS_KIND:
+            run(kind, lambda: reconcile_alias(body, refresh_version(cfg)), raise_errors=False)
+        elif kind == names.FUNCTION_KIND:
+            run(kind, lambda: reconcile_function(body, cfg.images), raise_errors=False)
+        else:
+            run(kind, lambda: reconcile_version(body, cfg.images), raise_errors=False)
+
+    return reconcile
+
+
 def refresh_version(cfg: OperatorConfig) -> Callable[[str, str, str], None]:
     """Re-reconcile a version so it picks up its provisioned floor from aliases."""
 
@@ -136,18 +149,8 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
         def handler(body: kopf.Body, _kind: str = kind, _reconcile: Any = reconcile, **_: Any) -> None:
             run(_kind, lambda: _reconcile(plain(body)), raise_errors=True)
 
-        def resync(body: kopf.Body, _kind: str = kind, _reconcile: Any = reconcile, **_: Any) -> None:
-            # A timer never raises: a failing pass is reported in status and retried next tick.
-            try:
-                run(_kind, lambda: _reconcile(plain(body)), raise_errors=False)
-            except k8s.ApiError as e:
-                log.warning("resync of %s %s failed: %s", _kind, body.get("metadata", {}).get("name"), e)
-
         for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
             decorator(group, version, plural, id="reconcile", registry=registry, backoff=cfg.retry_backoff)(handler)
-        kopf.timer(
-            group, version, plural, id="resync", interval=cfg.resync_seconds, initial_delay=cfg.resync_seconds, registry=registry
-        )(resync)
 
     if cfg.watch_children:
         selector = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: names.COMPONENT_FUNCTION}
@@ -169,7 +172,7 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
 
             # Deletions of any child are repaired at once; Deployments' state changes
             # refresh the owner's status (replicas, Available). Edits are put back
-            # by the resync timer.
+            # by the periodic resync.
             kopf.on.event(
                 cgroup,
                 cversion,

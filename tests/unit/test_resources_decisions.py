@@ -103,3 +103,18 @@ def test_deployment_conditions():
     assert (ready.status, ready.reason) == ("False", cond.DEPLOYMENT_FAILED) and "stuck" in ready.message
     _, available = deployment_conditions(deployment(0, observedGeneration=2))
     assert available.reason == cond.SCALED_TO_ZERO
+
+
+def test_only_the_highest_live_peer_is_active():
+    import datetime
+
+    from kfn.reconcilers.resync import is_active
+
+    now = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
+    alive = {"lastseen": "2026-01-01T11:59:55+00:00", "lifetime": 60}
+    dead = {"lastseen": "2026-01-01T11:00:00+00:00", "lifetime": 60}
+    assert is_active({"me": {**alive, "priority": 5}}, "me", 5, now)
+    assert not is_active({"other": {**alive, "priority": 9}}, "me", 5, now)
+    assert not is_active({"other": {**alive, "priority": 5}}, "me", 5, now)  # Kopf pauses both on a tie
+    assert is_active({"other": {**dead, "priority": 9}}, "me", 5, now)
+    assert is_active({"other": {**alive, "priority": 1}}, "me", 5, now)

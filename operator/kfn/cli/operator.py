@@ -7,6 +7,8 @@ import asyncio
 import logging
 import os
 import random
+import secrets
+import socket
 
 from kfn.resources.environment import Images
 
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     from kfn import k8s, metrics
-    from kfn.handlers import OperatorConfig, register
+    from kfn.handlers import OperatorConfig, reconcile_any, register
+    from kfn.reconcilers.resync import Resync
 
     kopf.configure(
         verbose=args.verbose,
@@ -82,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     settings.execution.max_workers = args.workers
     settings.peering.name = args.peering
     # Kopf pauses every replica when two share a priority: pick distinct ones unless told.
-    settings.peering.priority = args.priority if args.priority is not None else random.randint(1, 2**30)
+    priority = args.priority if args.priority is not None else random.randint(1, 2**30)
+    settings.peering.priority = priority
     settings.peering.lifetime = args.peering_lifetime
     settings.peering.standalone = args.standalone
     settings.peering.clusterwide = not args.namespace
@@ -91,14 +95,29 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_port:
         metrics.serve(args.metrics_port)
     log.info("kfn operator starting", extra={"standalone": args.standalone, "peering": args.peering})
-    asyncio.run(
-        kopf.operator(
-            registry=registry,
-            settings=settings,
-            standalone=args.standalone,
-            clusterwide=not args.namespace,
-            namespaces=args.namespace,
-            liveness_endpoint=args.liveness or None,
-        )
+    identity = kopf.Identity(f"kfn-operator@{socket.gethostname()}/{os.getpid()}-{secrets.token_hex(4)}")
+    resync = Resync(
+        args.resync_seconds,
+        reconcile_any(cfg),
+        args.namespace,
+        workers=max(1, args.workers // 2),  # leave threads for Kopf's own handlers
+        peering=None if args.standalone else (args.peering, identity, priority),
     )
+
+    async def main() -> None:
+        loop = asyncio.create_task(resync.run_forever())
+        try:
+            await kopf.operator(
+                registry=registry,
+                settings=settings,
+                identity=identity,
+                standalone=args.standalone,
+                clusterwide=not args.namespace,
+                namespaces=args.namespace,
+                liveness_endpoint=args.liveness or None,
+            )
+        finally:
+            loop.cancel()
+
+    asyncio.run(main())
     return 0

@@ -1,0 +1,102 @@
+"""Periodic resync: every object is reconciled again every ``interval`` seconds.
+
+This bounds how long a hand edit of a child (or a changed zip in a referenced
+ConfigMap) can last. It is one loop per operator process rather than a Kopf
+timer per object, because Kopf keeps a finalizer on every object that has a
+timer, and a finalizer blocks deleting a Function while no operator runs.
+
+With peering, only the active replica resyncs: the one no live peer outranks
+(the same rule Kopf applies to its own handlers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from kfn import k8s, names
+
+log = logging.getLogger("kfn.operator")
+
+KINDS = (names.FUNCTION_KIND, names.FUNCTION_VERSION_KIND, names.ALIAS_KIND)
+
+
+def is_active(peers: Mapping[str, Any], identity: str, priority: int, now: datetime.datetime) -> bool:
+    """Whether this replica is the active one: no live peer has an equal or higher priority."""
+    for ident, info in peers.items():
+        if ident == identity or not isinstance(info, Mapping):
+            continue
+        try:
+            lastseen = datetime.datetime.fromisoformat(str(info["lastseen"]))
+            if lastseen.tzinfo is None:
+                lastseen = lastseen.replace(tzinfo=datetime.timezone.utc)
+            deadline = lastseen + datetime.timedelta(seconds=int(info.get("lifetime", 60)))
+        except (KeyError, ValueError):
+            continue
+        if deadline <= now:
+            continue  # a dead peer
+        if int(info.get("priority", 0)) >= priority:
+            return False
+    return True
+
+
+class Resync:
+    """The resync loop of one operator process."""
+
+    def __init__(
+        self,
+        interval: float,
+        reconcile: Callable[[str, dict[str, Any]], None],
+        namespaces: list[str],
+        workers: int,
+        peering: tuple[str, str, int] | None,  # (peering name, own identity, own priority); None = standalone
+    ):
+        self.interval, self.reconcile, self.namespaces = interval, reconcile, namespaces
+        self.peering = peering
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="kfn-resync")
+
+    def active(self) -> bool:
+        if self.peering is None:
+            return True
+        name, identity, priority = self.peering
+        obj = (
+            k8s.get("ClusterKopfPeering", None, name)
+            if not self.namespaces
+            else k8s.get("KopfPeering", self.namespaces[0], name)
+        )
+        peers = (obj or {}).get("status") or {}
+        return is_active(peers, identity, priority, datetime.datetime.now(datetime.timezone.utc))
+
+    def objects(self) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for kind in KINDS:
+            for ns in self.namespaces or [None]:
+                out += [(kind, o) for o in k8s.list_objects(kind, ns)]
+        return out
+
+    def one(self, kind: str, body: dict[str, Any]) -> None:
+        try:
+            self.reconcile(kind, body)
+        except k8s.ApiError as e:
+            meta = body.get("metadata", {})
+            log.warning("resync of %s %s/%s failed: %s", kind, meta.get("namespace"), meta.get("name"), e)
+
+    def pass_once(self) -> int:
+        """Reconcile every object once (if this replica is active); returns how many."""
+        if not self.active():
+            return 0
+        objs = self.objects()
+        list(self.pool.map(lambda kb: self.one(*kb), objs))
+        return len(objs)
+
+    async def run_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await asyncio.to_thread(self.pass_once)
+            except k8s.ApiError as e:
+                log.warning("resync pass failed: %s", e)

@@ -19,7 +19,7 @@ gobuild() {
   local t0=$SECONDS
   ( cd "$work"
     [ -f go.mod ] || printf 'module kfn.dev/testbed/%s\n\ngo 1.25.0\n\nrequire %s\n' "$name" "$req" > go.mod
-    GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$out.tmp" "$pkg" )
+    GOFLAGS=-mod=mod CGO_ENABLED=0 heartbeat "building $name" go build -trimpath -ldflags "$ld" -o "$out.tmp" "$pkg" )
   mv "$out.tmp" "$out"
   log "built $out in $((SECONDS - t0)) s"
 }

@@ -2,10 +2,8 @@
 # Build the pinned upstream Kubernetes components (and etcd) from the Go module
 # proxy into a cache outside the repository. Reuses what is already built.
 set -euo pipefail
-K8S_VERSION="${K8S_VERSION:-1.35.4}"
-ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
-CACHE="${KFN_TESTBED_CACHE:-$HOME/.cache/kfn-testbed}"
-BIN="$CACHE/bin/k8s-$K8S_VERSION"
+. "$(dirname "$0")/env.sh"   # versions, cache paths, heartbeat
+BIN="$K8S_BIN"
 COMPONENTS="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl"
 log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 mkdir -p "$BIN"
@@ -38,7 +36,8 @@ if [ -n "$missing" ]; then
   done
   for c in $missing; do
     log "go build $c (first build of the shared packages takes a while on 2 cores)"
-    GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$BIN/$c" "k8s.io/kubernetes/cmd/$c"
+    GOFLAGS=-mod=mod CGO_ENABLED=0 heartbeat "building $c" \
+      go build -trimpath -ldflags "$ld" -o "$BIN/$c" "k8s.io/kubernetes/cmd/$c"
     log "built $BIN/$c"
   done
 fi
@@ -51,7 +50,8 @@ if [ ! -x "$EBIN/etcd" ]; then
     printf 'package main\n' > doc.go
   fi
   log "go build etcd v$ETCD_VERSION"
-  GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$EBIN/etcd" go.etcd.io/etcd/server/v3
+  GOFLAGS=-mod=mod CGO_ENABLED=0 heartbeat "building etcd" \
+    go build -trimpath -ldflags "-s -w" -o "$EBIN/etcd" go.etcd.io/etcd/server/v3
   log "built $EBIN/etcd"
 fi
 log "binaries ready in $BIN and $EBIN"

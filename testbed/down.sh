@@ -112,16 +112,22 @@ OUR_CHAINS='(KUBE-[A-Z0-9-]*|CNI-[A-Za-z0-9-]*)'
 for ipt in iptables ip6tables; do
   command -v "$ipt-save" >/dev/null || continue
   for table in filter nat mangle raw; do
-    dump=$("$ipt-save" -t "$table" 2>/dev/null) || continue
-    echo "$dump" | grep -Eq "^:$OUR_CHAINS |-j $OUR_CHAINS( |$)|kube-router" || continue
-    echo "$dump" | grep -Ev "^:$OUR_CHAINS |^-A $OUR_CHAINS |-[jg] $OUR_CHAINS( |$)|kube-router" \
-      | "$ipt-restore" -T "$table" 2>/dev/null \
-      && log "removed test-bed chains from $ipt table $table" \
-      || log "could not clean $ipt table $table"
+    # Retried: a restore fails if another program changes the table meanwhile.
+    for attempt in 1 2 3 4 5; do
+      dump=$("$ipt-save" -t "$table" 2>/dev/null) || break
+      echo "$dump" | grep -Eq "^:$OUR_CHAINS |-[jg] $OUR_CHAINS( |$)|kube-router" || break
+      if err=$(echo "$dump" | grep -Ev "^:$OUR_CHAINS |^-A $OUR_CHAINS |-[jg] $OUR_CHAINS( |$)|kube-router" \
+        | "$ipt-restore" -T "$table" 2>&1); then
+        log "removed test-bed chains from $ipt table $table"
+      else
+        log "could not clean $ipt table $table (attempt $attempt): $err"
+        sleep 1
+      fi
+    done
   done
 done
 for set in $(ipset list -n 2>/dev/null | grep -E '^(KUBE-|kube-router)'); do
-  ipset destroy "$set" 2>/dev/null
+  ipset destroy "$set" 2>/dev/null || log "could not destroy ipset $set: $(ipset destroy "$set" 2>&1)"
 done
 command -v conntrack >/dev/null && conntrack -D -d 198.18.0.0/15 >/dev/null 2>&1
 command -v conntrack >/dev/null && conntrack -D -s 198.18.0.0/15 >/dev/null 2>&1

@@ -42,6 +42,21 @@ CLUSTER_DOMAIN="cluster.local"
 API_PORT=6443
 
 log() { printf '[testbed %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+# heartbeat WHAT COMMAND...: run COMMAND, saying every 30 s that WHAT still runs
+# (a cold Go build of kube-apiserver is minutes of silence otherwise).
+heartbeat() {
+  local what=$1 t0=$SECONDS pid rc; shift
+  "$@" & pid=$!
+  while ! wait_pid_for 30 "$pid"; do log "still $what ($((SECONDS - t0)) s)"; done
+  wait "$pid"; rc=$?
+  return $rc
+}
+# wait_pid_for SECONDS PID: true once PID has exited, false if it still runs after SECONDS.
+wait_pid_for() {
+  local i
+  for ((i = 0; i < $1 * 2; i++)); do kill -0 "$2" 2>/dev/null || return 0; sleep 0.5; done
+  ! kill -0 "$2" 2>/dev/null
+}
 die() { printf '[testbed %s] ERROR: %s\n' "$(date +%H:%M:%S)" "$*" >&2; exit 1; }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ] && [ "${1:-}" = "print" ]; then

@@ -93,7 +93,7 @@ load() {
     return 0
   fi
   if [ "$(cat "$mark" 2>/dev/null)" = "$(cat "$IMAGE_CACHE/$name.hash")" ] \
-    && ctr -a "$CONTAINERD_SOCK" -n k8s.io images ls -q | grep -qx "docker.io/kfn/$name:dev"; then
+    && [[ $'\n'$(ctr -a "$CONTAINERD_SOCK" -n k8s.io images ls -q)$'\n' == *$'\n'"docker.io/kfn/$name:dev"$'\n'* ]]; then
     return 0
   fi
   local t0=$SECONDS

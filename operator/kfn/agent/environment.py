@@ -254,8 +254,9 @@ class ExecutionEnvironment:
         procs.kill_runtime(pid)
 
     # --- runtime side --------------------------------------------------------------------------------------
-    async def next_invocation(self, port: int, is_gone: Callable[[], bool]) -> Invocation:
-        """The runtime's GET /next: the next invocation, once there is one."""
+    def next_invocation(self, port: int, is_gone: Callable[[], bool]) -> Invocation | asyncio.Future[Invocation]:
+        """The runtime's GET /next: the next invocation if one is waiting, else a future of it (cancelled when
+        the runtime exits meanwhile). A plain call, not a coroutine: no task on the invocation's path."""
         if port in self._condemned:
             raise RuntimeApiError(403, "InvalidStateTransition",
                                   "The execution environment was reset after a timeout; this runtime must exit")
@@ -279,13 +280,8 @@ class ExecutionEnvironment:
             self._deliver(inv, port)
             return inv
         fut: asyncio.Future[Invocation] = asyncio.get_running_loop().create_future()
-        w = _Waiter(fut, port, is_gone)
-        self._waiter = w
-        try:
-            return await fut
-        finally:
-            if self._waiter is w:
-                self._waiter = None
+        self._waiter = _Waiter(fut, port, is_gone)
+        return fut
 
     def check_answer(self, request_id: str, port: int) -> Invocation:
         """Validate a /response or /error post for request_id; Lambda's 400/403 when it is not acceptable."""

@@ -1,6 +1,9 @@
-"""The agent's two HTTP faces (aiohttp): the Lambda Runtime API for the runtime, the invoke endpoint for the gateway.
+"""The agent's two HTTP faces: the Lambda Runtime API for the runtime, the invoke endpoint for the gateway.
 
 Thin entry points: parse the request, call the ExecutionEnvironment, map its answers to Lambda's wire shapes.
+Both ports are served by `httpserver` (httptools under a plain asyncio Protocol): handlers are plain calls from
+the connection's data callback and answer at once or from a callback, so a warm invocation's path has one task
+(the invocation's own) and no per-request framework objects.
 Also the optional exec mode, where the agent supervises the runtime as its own child process.
 """
 
@@ -13,169 +16,171 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
-
-from aiohttp import web
+from collections.abc import Callable, Sequence
 
 from kfn.agent import wire
 from kfn.agent.config import AgentConfig
 from kfn.agent.environment import EnvironmentBusy, ExecutionEnvironment, Invocation, RuntimeApiError
+from kfn.agent.httpserver import Connection, Handler, Request, encode_headers
 
 log = logging.getLogger(__name__)
 
 _INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
-_JSON = "application/json"
+_JSON_H = b"Content-Type: application/json\r\n"
+_TEXT_H = b"Content-Type: text/plain; charset=utf-8\r\n"
+_ACCEPTED = json.dumps({"status": "OK"}).encode()
+_LOGS_PATH, _EXITED_PATH = "/2018-06-01/kfn/logs", "/2018-06-01/kfn/runtime/exited"
 
 
-def _peer_port(request: web.BaseRequest) -> int:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    return int(peer[1]) if peer else 0
+def _runtime_error(req: Request, e: RuntimeApiError) -> None:
+    req.respond(e.status, _JSON_H, wire.runtime_api_error(e.error_type, e.message))
 
 
-def _runtime_error(e: RuntimeApiError) -> web.Response:
-    return web.Response(status=e.status, body=wire.runtime_api_error(e.error_type, e.message), content_type=_JSON)
+def _accepted(req: Request) -> None:
+    req.respond(202, _JSON_H, _ACCEPTED)
+
+
+def _too_large(req: Request) -> None:
+    req.respond(413, _JSON_H, wire.runtime_api_error(
+        "RequestEntityTooLarge", f"Exceeded maximum allowed payload size ({wire.MAX_PAYLOAD_BYTES} bytes)."))
 
 
 # --- Runtime API (127.0.0.1:9001) -------------------------------------------------------------------------------
-async def next_invocation(env: ExecutionEnvironment, request: web.BaseRequest) -> web.StreamResponse:
-    transport = request.transport
-    try:
-        inv = await env.next_invocation(
-            _peer_port(request), lambda: transport is None or transport.is_closing())
-    except RuntimeApiError as e:
-        return _runtime_error(e)
-    headers = {
-        "Lambda-Runtime-Aws-Request-Id": inv.request_id,
-        "Lambda-Runtime-Deadline-Ms": str(inv.deadline_ms),
-        "Lambda-Runtime-Invoked-Function-Arn": inv.invoked_arn,
-        "Lambda-Runtime-Trace-Id": inv.trace_id,
-        "Content-Type": inv.content_type,
-    }
+def _next_headers(inv: Invocation) -> bytes:
+    h = (f"Lambda-Runtime-Aws-Request-Id: {inv.request_id}\r\n"
+         f"Lambda-Runtime-Deadline-Ms: {inv.deadline_ms}\r\n"
+         f"Lambda-Runtime-Invoked-Function-Arn: {inv.invoked_arn}\r\n"
+         f"Lambda-Runtime-Trace-Id: {inv.trace_id}\r\n"
+         f"Content-Type: {inv.content_type}\r\n")
     if inv.client_context is not None:
-        headers["Lambda-Runtime-Client-Context"] = inv.client_context
+        h += f"Lambda-Runtime-Client-Context: {inv.client_context}\r\n"
     if inv.cognito_identity is not None:
-        headers["Lambda-Runtime-Cognito-Identity"] = inv.cognito_identity
-    return web.Response(body=inv.payload, headers=headers)
+        h += f"Lambda-Runtime-Cognito-Identity: {inv.cognito_identity}\r\n"
+    return h.encode("latin-1")
 
 
-async def _read_limited(request: web.BaseRequest) -> bytes | None:
-    """The request body, or None when it exceeds Lambda's payload limit."""
-    if request.content_length is not None:
-        if request.content_length > wire.MAX_PAYLOAD_BYTES:
-            return None
-        return await request.read()
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(1 << 20):
-        body += chunk
-        if len(body) > wire.MAX_PAYLOAD_BYTES:
-            return None
-    return bytes(body)
-
-
-_ACCEPTED = json.dumps({"status": "OK"}).encode()
-
-
-async def invocation_response(env: ExecutionEnvironment, request: web.BaseRequest, request_id: str) -> web.Response:
+def next_invocation(env: ExecutionEnvironment, req: Request) -> None:
     try:
-        inv = env.check_answer(request_id, _peer_port(request))
+        got = env.next_invocation(req.peer_port, req.is_gone)
     except RuntimeApiError as e:
-        return _runtime_error(e)
-    body = await _read_limited(request)
-    if body is None:
-        env.finish(inv, wire.response_too_large_outcome(request.content_length))
-        return web.Response(status=413, content_type=_JSON, body=wire.runtime_api_error(
-            "RequestEntityTooLarge", f"Exceeded maximum allowed payload size ({wire.MAX_PAYLOAD_BYTES} bytes)."))
-    env.finish(inv, wire.Outcome(body, content_type=request.content_type or _JSON))
-    await inv.answered  # the caller's answer goes out before the runtime's turn (on a busy CPU, it may preempt us)
-    return web.Response(status=202, body=_ACCEPTED, content_type=_JSON)
+        return _runtime_error(req, e)
+    if isinstance(got, Invocation):
+        return req.respond(200, _next_headers(got), got.payload)
+
+    def deliver(fut: asyncio.Future[Invocation]) -> None:
+        if fut.cancelled():  # the runtime exited while it waited: nothing to answer
+            req.close()
+        else:
+            inv = fut.result()
+            req.respond(200, _next_headers(inv), inv.payload)
+
+    got.add_done_callback(deliver)
 
 
-async def invocation_error(env: ExecutionEnvironment, request: web.BaseRequest, request_id: str) -> web.Response:
+def _answer_after_caller(req: Request, inv: Invocation) -> None:
+    # The caller's answer goes out before the runtime's turn (on a busy CPU, the runtime may preempt us).
+    if inv.answered.done():
+        _accepted(req)
+    else:
+        inv.answered.add_done_callback(lambda _: _accepted(req))
+
+
+def invocation_response(env: ExecutionEnvironment, req: Request, request_id: str) -> None:
     try:
-        inv = env.check_answer(request_id, _peer_port(request))
+        inv = env.check_answer(request_id, req.peer_port)
     except RuntimeApiError as e:
-        return _runtime_error(e)
-    body = await _read_limited(request)
-    if body is None:
-        env.finish(inv, wire.response_too_large_outcome(request.content_length))
-        return web.Response(status=413, content_type=_JSON, body=wire.runtime_api_error(
-            "RequestEntityTooLarge", f"Exceeded maximum allowed payload size ({wire.MAX_PAYLOAD_BYTES} bytes)."))
-    env.finish(inv, wire.function_error_outcome(body, request.headers.get("Lambda-Runtime-Function-Error-Type")))
-    await inv.answered
-    return web.Response(status=202, body=_ACCEPTED, content_type=_JSON)
+        return _runtime_error(req, e)
+    if req.body is None:
+        env.finish(inv, wire.response_too_large_outcome(req.content_length))
+        return _too_large(req)
+    env.finish(inv, wire.Outcome(req.body, content_type=req.content_type))
+    _answer_after_caller(req, inv)
 
 
-async def init_error(env: ExecutionEnvironment, request: web.BaseRequest) -> web.Response:
-    body = await _read_limited(request)
+def invocation_error(env: ExecutionEnvironment, req: Request, request_id: str) -> None:
     try:
-        env.init_failed(body or b"", request.headers.get("Lambda-Runtime-Function-Error-Type"))
+        inv = env.check_answer(request_id, req.peer_port)
     except RuntimeApiError as e:
-        return _runtime_error(e)
-    return web.Response(status=202, body=_ACCEPTED, content_type=_JSON)
+        return _runtime_error(req, e)
+    if req.body is None:
+        env.finish(inv, wire.response_too_large_outcome(req.content_length))
+        return _too_large(req)
+    env.finish(inv, wire.function_error_outcome(req.body, req.headers.get("lambda-runtime-function-error-type")))
+    _answer_after_caller(req, inv)
 
 
-async def log_stream(env: ExecutionEnvironment, request: web.BaseRequest) -> web.Response:
-    """kfn extension: the bootstrap streams the runtime's stdout/stderr here (chunked) for LogType=Tail."""
-    env.log_streams += 1
+def init_error(env: ExecutionEnvironment, req: Request) -> None:
     try:
-        async for chunk in request.content.iter_any():
-            env.add_log(chunk)
-    except ConnectionResetError:
-        pass  # the bootstrap went away (container stopping); nothing to answer
-    finally:
-        env.log_streams -= 1
-    return web.Response(status=202)
+        env.init_failed(req.body or b"", req.headers.get("lambda-runtime-function-error-type"))
+    except RuntimeApiError as e:
+        return _runtime_error(req, e)
+    _accepted(req)
 
 
-async def runtime_exited(env: ExecutionEnvironment, request: web.BaseRequest) -> web.Response:
+def runtime_exited(env: ExecutionEnvironment, req: Request) -> None:
     """kfn extension: the bootstrap reports that the runtime process exited, with its exit status."""
     try:
-        doc = await request.json()
+        doc = json.loads(req.body or b"")
         pid, reason = int(doc["pid"]), str(doc["reason"])
     except (ValueError, KeyError, TypeError):
-        return web.Response(status=400, content_type=_JSON, body=wire.runtime_api_error(
+        return req.respond(400, _JSON_H, wire.runtime_api_error(
             "InvalidRequest", 'body must be {"pid": <int>, "reason": "<text>"}'))
     env.report_exit(pid, reason)
-    return web.Response(status=202, body=_ACCEPTED, content_type=_JSON)
+    _accepted(req)
 
 
-def _no_route(request: web.BaseRequest) -> web.Response:
-    return web.Response(status=404, content_type=_JSON, body=wire.runtime_api_error(
-        "NotFound", f"no route for {request.method} {request.path}"))
+def _no_route(req: Request) -> None:
+    req.respond(404, _JSON_H, wire.runtime_api_error("NotFound", f"no route for {req.method} {req.path}"))
 
 
-def runtime_api_handler(env: ExecutionEnvironment) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
-    """The Lambda Runtime API, served to the runtime on 127.0.0.1 (routed by hand: it is on every invocation's
-    path, and aiohttp's low-level server skips the application router's per-request work)."""
+def runtime_api_handler(env: ExecutionEnvironment) -> Handler:
+    """The Lambda Runtime API, served to the runtime on 127.0.0.1."""
     p = wire.RUNTIME_API_PREFIX
     nxt, inv_prefix, init = f"{p}/invocation/next", f"{p}/invocation/", f"{p}/init/error"
 
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        path, method = request.path, request.method
+    def handle(req: Request) -> None:
+        path, method = req.path, req.method
         if path == nxt and method == "GET":
-            return await next_invocation(env, request)
+            return next_invocation(env, req)
         if method == "POST":
             if path.startswith(inv_prefix):
                 request_id, _, action = path[len(inv_prefix):].partition("/")
                 if action == "response":
-                    return await invocation_response(env, request, request_id)
+                    return invocation_response(env, req, request_id)
                 if action == "error":
-                    return await invocation_error(env, request, request_id)
+                    return invocation_error(env, req, request_id)
             elif path == init:
-                return await init_error(env, request)
-            elif path == "/2018-06-01/kfn/logs":
-                return await log_stream(env, request)
-            elif path == "/2018-06-01/kfn/runtime/exited":
-                return await runtime_exited(env, request)
-        return _no_route(request)
+                return init_error(env, req)
+            elif path == _LOGS_PATH:  # the stream has ended (its chunks went to env.add_log as they came)
+                env.log_streams -= 1
+                return req.respond(202)
+            elif path == _EXITED_PATH:
+                return runtime_exited(env, req)
+        return _no_route(req)
 
     return handle
 
 
+def runtime_api_connections(env: ExecutionEnvironment) -> Callable[[], Connection]:
+    """Runtime API connections. The bootstrap's log stream (kfn extension, one long chunked POST of the
+    runtime's stdout/stderr for LogType=Tail) goes straight to env.add_log, chunk by chunk."""
+
+    def sink_for(req: Request) -> Callable[[bytes], None] | None:
+        if req.method == "POST" and req.path == _LOGS_PATH:
+            env.log_streams += 1
+            return env.add_log
+        return None
+
+    def on_lost(req: Request) -> None:  # the bootstrap went away mid-stream (container stopping)
+        env.log_streams -= 1
+
+    handle = runtime_api_handler(env)
+    return lambda: Connection(handle, wire.MAX_PAYLOAD_BYTES, sink_for, on_lost)
+
+
 # --- invoke endpoint and probes (0.0.0.0:8080) -------------------------------------------------------------------
-def _invoke_error(status: int, error_type: str, message: str, **extra: str) -> web.Response:
-    return web.Response(status=status, body=wire.invoke_error_body(message, **extra),
-                        headers=wire.invoke_error_headers(error_type))
+def _invoke_error(req: Request, status: int, error_type: str, message: str, **extra: str) -> None:
+    req.respond(status, encode_headers(wire.invoke_error_headers(error_type)), wire.invoke_error_body(message, **extra))
 
 
 def split_function_name(name: str) -> tuple[str, str | None]:
@@ -190,106 +195,113 @@ def split_function_name(name: str) -> tuple[str, str | None]:
     return fn, (qualifier or None)
 
 
-async def invoke(env: ExecutionEnvironment, cfg: AgentConfig, request: web.BaseRequest, name: str) -> web.Response:
-    fn, qualifier = split_function_name(name)
-    qualifier = request.query.get("Qualifier") or qualifier
-    if fn != cfg.function_name:
-        arn = cfg.arn[: cfg.arn.rfind(":") + 1] + fn
-        return _invoke_error(404, "ResourceNotFoundException",
-                             f"Function not found: {wire.invoked_function_arn(arn, qualifier)}")
-    inv_type = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
-    if inv_type not in _INVOCATION_TYPES:
-        return _invoke_error(400, "InvalidParameterValueException",
-                             f"X-Amz-Invocation-Type: must be one of {', '.join(_INVOCATION_TYPES)} (got {inv_type!r})")
-    if request.content_length is not None and request.content_length > wire.MAX_PAYLOAD_BYTES:
-        return _invoke_error(413, "RequestTooLargeException",
-                             f"Request must be smaller than {wire.MAX_PAYLOAD_BYTES} bytes for the Invoke operation")
-    try:
-        payload = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _invoke_error(413, "RequestTooLargeException",
-                             f"Request must be smaller than {wire.MAX_PAYLOAD_BYTES} bytes for the Invoke operation")
-    if not payload:
-        payload = b"{}"
-    else:
-        try:
-            json.loads(payload)
-        except ValueError:
-            return _invoke_error(400, "InvalidRequestContentException", "Could not parse request body into json")
-    try:
-        client_context = wire.decode_client_context(request.headers.get("X-Amz-Client-Context"))
-    except wire.BadClientContext as e:
-        return _invoke_error(400, "InvalidRequestContentException", str(e))
-    if inv_type == "DryRun":
-        return web.Response(status=204, headers={"X-Amz-Executed-Version": cfg.function_version})
-    inv = Invocation(
-        payload=payload,
-        invoked_arn=wire.invoked_function_arn(cfg.arn, qualifier),
-        trace_id=request.headers.get("X-Amzn-Trace-Id") or wire.new_trace_id(),
-        client_context=client_context,
-        cognito_identity=request.headers.get("X-Kfn-Cognito-Identity"),
-        want_tail=request.headers.get("X-Amz-Log-Type") == "Tail",
-    )
-    try:
-        outcome = await env.invoke(inv)
-    except EnvironmentBusy:
-        inv.answered.set_result(None)
-        # Answered at once, never queued: the gateway tries another execution environment.
-        return web.Response(
-            status=429, body=wire.invoke_error_body("The execution environment is busy with another invocation",
-                                                    Reason="ExecutionEnvironmentBusy"),
-            headers={**wire.invoke_error_headers("TooManyRequestsException"), wire.BUSY_HEADER: "true"})
-    except BaseException:
-        inv.answered.set_result(None)
-        raise
-    # Answer the caller first; the runtime's 202 (see invocation_response) and END/REPORT come after, so
-    # neither the runtime's next turn nor log I/O sits in the caller's latency.
-    try:
-        headers = {"X-Amz-Executed-Version": cfg.function_version, "X-Amzn-RequestId": inv.request_id}
-        if outcome.function_error:
-            headers["X-Amz-Function-Error"] = outcome.function_error
-        if inv.tail is not None:
-            headers["X-Amz-Log-Result"] = inv.tail.result()
-        if inv_type == "Event":
-            resp = web.Response(status=202, headers=headers)
+_BUSY_BODY = wire.invoke_error_body("The execution environment is busy with another invocation",
+                                    Reason="ExecutionEnvironmentBusy")
+_BUSY_H = encode_headers({**wire.invoke_error_headers("TooManyRequestsException"), wire.BUSY_HEADER: "true"})
+
+
+class Invoker:
+    """The invoke endpoint: validates a Lambda Invoke request, runs it in the environment, answers like Lambda."""
+
+    def __init__(self, env: ExecutionEnvironment, cfg: AgentConfig) -> None:
+        self.env, self.cfg = env, cfg
+        self._version_h = f"X-Amz-Executed-Version: {cfg.function_version}\r\n".encode("latin-1")
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, req: Request, name: str) -> None:
+        cfg, env = self.cfg, self.env
+        fn, qualifier = split_function_name(name)
+        qualifier = req.query("Qualifier") or qualifier
+        if fn != cfg.function_name:
+            arn = cfg.arn[: cfg.arn.rfind(":") + 1] + fn
+            return _invoke_error(req, 404, "ResourceNotFoundException",
+                                 f"Function not found: {wire.invoked_function_arn(arn, qualifier)}")
+        headers = req.headers
+        inv_type = headers.get("x-amz-invocation-type", "RequestResponse")
+        if inv_type not in _INVOCATION_TYPES:
+            return _invoke_error(req, 400, "InvalidParameterValueException",
+                                 f"X-Amz-Invocation-Type: must be one of {', '.join(_INVOCATION_TYPES)} "
+                                 f"(got {inv_type!r})")
+        payload = req.body
+        if payload is None:
+            return _invoke_error(req, 413, "RequestTooLargeException",
+                                 f"Request must be smaller than {wire.MAX_PAYLOAD_BYTES} bytes for the Invoke operation")
+        if not payload:
+            payload = b"{}"
         else:
-            resp = web.Response(body=outcome.body, headers=headers, content_type=outcome.content_type)
-        await resp.prepare(request)
-        await resp.write_eof()
-    finally:
-        inv.answered.set_result(None)
-        asyncio.get_running_loop().call_soon(env.write_report, inv, outcome)
-    return resp
+            try:
+                json.loads(payload)
+            except ValueError:
+                return _invoke_error(req, 400, "InvalidRequestContentException",
+                                     "Could not parse request body into json")
+        try:
+            client_context = wire.decode_client_context(headers.get("x-amz-client-context"))
+        except wire.BadClientContext as e:
+            return _invoke_error(req, 400, "InvalidRequestContentException", str(e))
+        if inv_type == "DryRun":
+            return req.respond(204, self._version_h)
+        if env.current is not None:
+            # Answered at once, never queued: the gateway tries another execution environment.
+            return req.respond(429, _BUSY_H, _BUSY_BODY)
+        inv = Invocation(
+            payload=payload,
+            invoked_arn=wire.invoked_function_arn(cfg.arn, qualifier),
+            trace_id=headers.get("x-amzn-trace-id") or wire.new_trace_id(),
+            client_context=client_context,
+            cognito_identity=headers.get("x-kfn-cognito-identity"),
+            want_tail=headers.get("x-amz-log-type") == "Tail",
+        )
+        task = asyncio.get_running_loop().create_task(self._run(req, inv, inv_type))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, req: Request, inv: Invocation, inv_type: str) -> None:
+        env = self.env
+        try:
+            outcome = await env.invoke(inv)
+        except EnvironmentBusy:
+            inv.answered.set_result(None)
+            return req.respond(429, _BUSY_H, _BUSY_BODY)
+        except BaseException:
+            inv.answered.set_result(None)
+            raise
+        # Answer the caller first; the runtime's 202 (see invocation_response) and END/REPORT come after, so
+        # neither the runtime's next turn nor log I/O sits in the caller's latency.
+        try:
+            h = self._version_h + f"X-Amzn-RequestId: {inv.request_id}\r\n".encode()
+            if outcome.function_error:
+                h += f"X-Amz-Function-Error: {outcome.function_error}\r\n".encode()
+            if inv.tail is not None:
+                h += f"X-Amz-Log-Result: {inv.tail.result()}\r\n".encode()
+            if inv_type == "Event":
+                req.respond(202, h)
+            else:
+                req.respond(200, h + f"Content-Type: {outcome.content_type}\r\n".encode("latin-1"), outcome.body)
+        finally:
+            inv.answered.set_result(None)
+            asyncio.get_running_loop().call_soon(env.write_report, inv, outcome)
 
 
 _INVOKE_PREFIX, _INVOKE_SUFFIX = "/2015-03-31/functions/", "/invocations"
 
 
-def invoke_handler(env: ExecutionEnvironment, cfg: AgentConfig) -> Callable[[web.BaseRequest],
-                                                                            Awaitable[web.StreamResponse]]:
+def invoke_handler(env: ExecutionEnvironment, cfg: AgentConfig) -> Handler:
     """The invoke endpoint (Lambda Invoke wire format) and the probes."""
+    invoke = Invoker(env, cfg)
 
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        path, method = request.path, request.method
+    def handle(req: Request) -> None:
+        path, method = req.path, req.method
         if method == "POST" and path.startswith(_INVOKE_PREFIX) and path.endswith(_INVOKE_SUFFIX):
-            return await invoke(env, cfg, request, path[len(_INVOKE_PREFIX):-len(_INVOKE_SUFFIX)])
+            return invoke(req, path[len(_INVOKE_PREFIX):-len(_INVOKE_SUFFIX)])
         if method == "GET" and path == "/readyz":
             if env.ready:
-                return web.Response(text="ok\n")
-            return web.Response(status=503, text="runtime not initialised\n")
+                return req.respond(200, _TEXT_H, b"ok\n")
+            return req.respond(503, _TEXT_H, b"runtime not initialised\n")
         if method == "GET" and path == "/healthz":
-            return web.Response(text="ok\n")
-        return _invoke_error(404, "ResourceNotFoundException", f"no route for {method} {path}")
+            return req.respond(200, _TEXT_H, b"ok\n")
+        return _invoke_error(req, 404, "ResourceNotFoundException", f"no route for {method} {path}")
 
     return handle
-
-
-def _server(handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]) -> web.Server:
-    def request_factory(message, payload, protocol, writer, task):  # type: ignore[no-untyped-def]
-        return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
-                               client_max_size=wire.MAX_PAYLOAD_BYTES + 1)
-
-    return web.Server(handler, request_factory=request_factory, access_log=None)
 
 
 # --- running it ---------------------------------------------------------------------------------------------------
@@ -332,24 +344,23 @@ async def serve(cfg: AgentConfig, cmd: Sequence[str] = ()) -> None:
     """Run the agent until SIGTERM/SIGINT."""
     rt_host, rt_port = cfg.runtime_api_addr
     env = ExecutionEnvironment(cfg, rt_port)
-    runners = []
-    for handler, (host, port) in ((runtime_api_handler(env), (rt_host, rt_port)),
-                                  (invoke_handler(env, cfg), cfg.listen_addr)):
-        runner = web.ServerRunner(_server(handler), handle_signals=False, shutdown_timeout=1.0)
-        await runner.setup()
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
-        runners.append(runner)
+    loop = asyncio.get_running_loop()
+    invoke = invoke_handler(env, cfg)
+    servers = [
+        await loop.create_server(runtime_api_connections(env), rt_host, rt_port, reuse_address=True),
+        await loop.create_server(lambda: Connection(invoke, wire.MAX_PAYLOAD_BYTES), *cfg.listen_addr,
+                                 reuse_address=True),
+    ]
     log.info("kfn agent for %s (%s): Runtime API on %s:%d, invoke endpoint on %s:%d",
              cfg.function_name, cfg.function_version, rt_host, rt_port, *cfg.listen_addr)
     # Everything alive now lives as long as the agent: keep it out of the cyclic GC's passes.
     gc.freeze()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     supervisor = asyncio.ensure_future(supervise(cmd, cfg, env, stop)) if cmd else None
     await stop.wait()
     if supervisor is not None:
         await supervisor
-    for runner in reversed(runners):
-        await runner.cleanup()
+    for server in servers:
+        server.close()

@@ -9,6 +9,7 @@ import os
 import random
 import secrets
 import socket
+from typing import Any
 
 from kfn.resources.environment import Images
 
@@ -95,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_port:
         metrics.serve(args.metrics_port)
     log.info("kfn operator starting", extra={"standalone": args.standalone, "peering": args.peering})
-    identity = kopf.Identity(f"kfn-operator@{socket.gethostname()}/{os.getpid()}-{secrets.token_hex(4)}")
+    # Known up front, so the resync loop can find itself among the peers.
+    identity: Any = f"kfn-operator@{socket.gethostname()}/{os.getpid()}-{secrets.token_hex(4)}"
     resync = Resync(
         args.resync_seconds,
         reconcile_any(cfg),

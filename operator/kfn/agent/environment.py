@@ -65,6 +65,8 @@ class Invocation:
     outcome: asyncio.Future[wire.Outcome] = field(init=False)
     delivered: asyncio.Future[None] = field(init=False)
     answered: asyncio.Future[None] = field(init=False)  # the caller has its answer
+    on_done: Callable[[Invocation, wire.Outcome], None] | None = field(default=None, repr=False)
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)  # init wait, then the function's timeout
 
     def __post_init__(self) -> None:
         loop = asyncio.get_running_loop()
@@ -77,9 +79,11 @@ class Invocation:
 
 @dataclass(eq=False)
 class _Waiter:
-    future: asyncio.Future[Invocation]
+    """A runtime's /next waiting for work: deliver(inv) hands it over, deliver(None) if the runtime is gone."""
+
     port: int
     is_gone: Callable[[], bool]
+    deliver: Callable[[Invocation | None], None]
 
 
 class ExecutionEnvironment:
@@ -116,49 +120,66 @@ class ExecutionEnvironment:
         return self._ever_ready and self.init_error is None
 
     # --- invoke side ---------------------------------------------------------------------------------------
-    async def invoke(self, inv: Invocation) -> wire.Outcome:
-        """Run one invocation to its outcome; raise EnvironmentBusy if another one is running.
+    def start(self, inv: Invocation, on_done: Callable[[Invocation, wire.Outcome], None]) -> None:
+        """Start one invocation; raise EnvironmentBusy if another one is running.
 
-        The END/REPORT lines are written here only for LogType=Tail (they belong in the tail); otherwise the
-        caller writes them with write_report() after answering, to keep log I/O off the invocation's path.
+        on_done(inv, outcome) is called exactly once, when the outcome is known — for a plain invocation
+        synchronously from whatever settled it (the runtime's /response, usually), so the caller's answer leaves
+        without a turn of the loop. END/REPORT are written before on_done only for LogType=Tail (they belong in
+        the tail); otherwise the caller writes them with write_report() after answering, off the path.
         """
         if self.current is not None:
             raise EnvironmentBusy
         self.current = inv
+        inv.on_done = on_done
+        self._offer(inv)
+        if not inv.delivered.done():  # no runtime waiting: wait for one's /next, at most the init timeout
+            inv.timer = asyncio.get_running_loop().call_later(self.cfg.init_timeout_seconds,
+                                                              self._init_timed_out, inv)
+
+    def _init_timed_out(self, inv: Invocation) -> None:
+        if inv.delivered.done() or inv.outcome.done():
+            return
+        if self._pending is inv:
+            self._pending = None
+        self._settle(inv, self.init_error or wire.init_timeout_outcome(self.cfg.init_timeout_seconds))
+
+    def _settle(self, inv: Invocation, outcome: wire.Outcome) -> None:
+        """inv has its outcome: stop its timer, free the environment, and tell the caller (once)."""
+        if inv.outcome.done():
+            return
+        inv.outcome.set_result(outcome)
+        if inv.timer is not None:
+            inv.timer.cancel()
+            inv.timer = None
+        if inv.delivered.done():
+            inv.ended = time.monotonic()
+        if outcome.status == "timeout" or inv.tail is not None:
+            self._spawn(self._settle_slowly(inv, outcome))
+            return
+        self._release(inv)
+        if inv.on_done is not None:
+            inv.on_done(inv, outcome)
+
+    async def _settle_slowly(self, inv: Invocation, outcome: wire.Outcome) -> None:
         try:
-            outcome = await self._run(inv)
+            # A timeout: the runtime is reset before the environment takes the next invocation.
+            if outcome.status == "timeout":
+                await self._reset(inv)
         finally:
-            self._recent.append(inv.request_id)
-            self.current = None
-            if self._pending is inv:
-                self._pending = None
+            self._release(inv)
         if inv.tail is not None:
             await self._settle_tail(inv)
             self.write_report(inv, outcome)
-        return outcome
+        if inv.on_done is not None:
+            inv.on_done(inv, outcome)
 
-    async def _run(self, inv: Invocation) -> wire.Outcome:
-        self._offer(inv)
-        if not inv.delivered.done():
-            await asyncio.wait((inv.delivered, inv.outcome), timeout=self.cfg.init_timeout_seconds,
-                               return_when=asyncio.FIRST_COMPLETED)
-            if inv.outcome.done():  # an init error answered it
-                return inv.outcome.result()
-            if not inv.delivered.done():
-                self._pending = None
-                return self.init_error or wire.init_timeout_outcome(self.cfg.init_timeout_seconds)
-        # A plain timer instead of wait_for(): fewer tasks and loop turns on every invocation's path.
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(max(0.0, self.cfg.timeout_seconds - (time.monotonic() - inv.started)),
-                                self._time_out, inv)
-        try:
-            outcome = await inv.outcome
-        finally:
-            timer.cancel()
-        inv.ended = time.monotonic()
-        if outcome.status == "timeout":
-            await self._reset(inv)
-        return outcome
+    def _release(self, inv: Invocation) -> None:
+        self._recent.append(inv.request_id)
+        if self.current is inv:
+            self.current = None
+        if self._pending is inv:
+            self._pending = None
 
     def _time_out(self, inv: Invocation) -> None:
         if inv.outcome.done():
@@ -168,15 +189,15 @@ class ExecutionEnvironment:
         self._emit(inv, wire.timeout_log_line(inv.request_id, self.cfg.timeout_seconds,
                                               self.cfg.log_format, time.time()))
         inv.max_memory_mb = self._runtime_rss(inv)  # before the reset takes the process away
-        inv.outcome.set_result(wire.timeout_outcome(inv.request_id, self.cfg.timeout_seconds))
+        self._settle(inv, wire.timeout_outcome(inv.request_id, self.cfg.timeout_seconds))
 
     def _offer(self, inv: Invocation) -> None:
         w = self._waiter
         if w is not None:
             self._waiter = None
-            if not w.future.done() and not w.is_gone():
+            if not w.is_gone():
                 self._deliver(inv, w.port)
-                w.future.set_result(inv)
+                w.deliver(inv)
                 return
         self._pending = inv
 
@@ -186,9 +207,13 @@ class ExecutionEnvironment:
         inv.deadline_ms = int(time.time() * 1000) + self.cfg.timeout_seconds * 1000
         self._outstanding = inv
         inv.delivered.set_result(None)
+        loop = asyncio.get_running_loop()
+        if inv.timer is not None:  # the init wait is over
+            inv.timer.cancel()
+        inv.timer = loop.call_later(self.cfg.timeout_seconds, self._time_out, inv)
         # After the runtime has its invocation: the write stays off the path to the runtime (and precedes any
         # output of the handler, which reaches us later through the log stream).
-        asyncio.get_running_loop().call_soon(self._emit, inv, wire.start_line(
+        loop.call_soon(self._emit, inv, wire.start_line(
             inv.request_id, self.cfg.function_version, self.cfg.log_format, time.time()))
 
     async def _settle_tail(self, inv: Invocation) -> None:
@@ -254,9 +279,10 @@ class ExecutionEnvironment:
         procs.kill_runtime(pid)
 
     # --- runtime side --------------------------------------------------------------------------------------
-    def next_invocation(self, port: int, is_gone: Callable[[], bool]) -> Invocation | asyncio.Future[Invocation]:
-        """The runtime's GET /next: the next invocation if one is waiting, else a future of it (cancelled when
-        the runtime exits meanwhile). A plain call, not a coroutine: no task on the invocation's path."""
+    def next_invocation(self, port: int, is_gone: Callable[[], bool],
+                        deliver: Callable[[Invocation | None], None]) -> Invocation | None:
+        """The runtime's GET /next: the next invocation if one is waiting; else None, and deliver(inv) is called
+        (synchronously, from the invoke) when one arrives, deliver(None) if the runtime exits meanwhile."""
         if port in self._condemned:
             raise RuntimeApiError(403, "InvalidStateTransition",
                                   "The execution environment was reset after a timeout; this runtime must exit")
@@ -279,9 +305,8 @@ class ExecutionEnvironment:
             self._pending = None
             self._deliver(inv, port)
             return inv
-        fut: asyncio.Future[Invocation] = asyncio.get_running_loop().create_future()
-        self._waiter = _Waiter(fut, port, is_gone)
-        return fut
+        self._waiter = _Waiter(port, is_gone, deliver)
+        return None
 
     def check_answer(self, request_id: str, port: int) -> Invocation:
         """Validate a /response or /error post for request_id; Lambda's 400/403 when it is not acceptable."""
@@ -297,8 +322,7 @@ class ExecutionEnvironment:
         """The runtime answered inv (response, error, or a response refused as too large)."""
         if self._outstanding is inv:
             self._outstanding = None
-        if not inv.outcome.done():
-            inv.outcome.set_result(outcome)
+        self._settle(inv, outcome)
 
     def init_failed(self, body: bytes, header_type: str | None) -> None:
         """The runtime's POST /init/error: remember it, and answer a waiting invocation with it."""
@@ -308,7 +332,7 @@ class ExecutionEnvironment:
         inv = self._pending
         if inv is not None and not inv.outcome.done():
             self._pending = None
-            inv.outcome.set_result(self.init_error)
+            self._settle(inv, self.init_error)
 
     def add_log(self, data: bytes) -> None:
         """Runtime output from the log stream: it belongs to the invocation in progress, if any."""
@@ -346,12 +370,11 @@ class ExecutionEnvironment:
         w = self._waiter
         if w is not None and w.port in ports:
             self._waiter = None
-            w.future.cancel()
+            w.deliver(None)
 
     def _fail_outstanding(self, out: Invocation, reason: str | None) -> None:
         self._outstanding = None
-        if not out.outcome.done():
-            out.outcome.set_result(wire.exit_outcome(out.request_id, reason))
+        self._settle(out, wire.exit_outcome(out.request_id, reason))
 
     # --- finding and watching the runtime process ----------------------------------------------------------
     def _note_runtime(self, port: int) -> None:

@@ -2,8 +2,9 @@
 
 Thin entry points: parse the request, call the ExecutionEnvironment, map its answers to Lambda's wire shapes.
 Both ports are served by `httpserver` (httptools under a plain asyncio Protocol): handlers are plain calls from
-the connection's data callback and answer at once or from a callback, so a warm invocation's path has one task
-(the invocation's own) and no per-request framework objects.
+the connection's data callback and answer at once or from a callback. A warm invocation runs without a task or a
+turn of the loop: the invoke request's callback writes the runtime's /next answer, and the runtime's /response
+callback writes the caller's answer, then the runtime's 202.
 Also the optional exec mode, where the agent supervises the runtime as its own child process.
 """
 
@@ -60,21 +61,18 @@ def _next_headers(inv: Invocation) -> bytes:
 
 
 def next_invocation(env: ExecutionEnvironment, req: Request) -> None:
-    try:
-        got = env.next_invocation(req.peer_port, req.is_gone)
-    except RuntimeApiError as e:
-        return _runtime_error(req, e)
-    if isinstance(got, Invocation):
-        return req.respond(200, _next_headers(got), got.payload)
-
-    def deliver(fut: asyncio.Future[Invocation]) -> None:
-        if fut.cancelled():  # the runtime exited while it waited: nothing to answer
+    def deliver(inv: Invocation | None) -> None:
+        if inv is None:  # the runtime exited while it waited: nothing to answer
             req.close()
         else:
-            inv = fut.result()
             req.respond(200, _next_headers(inv), inv.payload)
 
-    got.add_done_callback(deliver)
+    try:
+        inv = env.next_invocation(req.peer_port, req.is_gone, deliver)
+    except RuntimeApiError as e:
+        return _runtime_error(req, e)
+    if inv is not None:
+        deliver(inv)
 
 
 def _answer_after_caller(req: Request, inv: Invocation) -> None:
@@ -206,7 +204,6 @@ class Invoker:
     def __init__(self, env: ExecutionEnvironment, cfg: AgentConfig) -> None:
         self.env, self.cfg = env, cfg
         self._version_h = f"X-Amz-Executed-Version: {cfg.function_version}\r\n".encode("latin-1")
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def __call__(self, req: Request, name: str) -> None:
         cfg, env = self.cfg, self.env
@@ -240,9 +237,6 @@ class Invoker:
             return _invoke_error(req, 400, "InvalidRequestContentException", str(e))
         if inv_type == "DryRun":
             return req.respond(204, self._version_h)
-        if env.current is not None:
-            # Answered at once, never queued: the gateway tries another execution environment.
-            return req.respond(429, _BUSY_H, _BUSY_BODY)
         inv = Invocation(
             payload=payload,
             invoked_arn=wire.invoked_function_arn(cfg.arn, qualifier),
@@ -251,22 +245,21 @@ class Invoker:
             cognito_identity=headers.get("x-kfn-cognito-identity"),
             want_tail=headers.get("x-amz-log-type") == "Tail",
         )
-        task = asyncio.get_running_loop().create_task(self._run(req, inv, inv_type))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, req: Request, inv: Invocation, inv_type: str) -> None:
-        env = self.env
+        def answer(inv: Invocation, outcome: wire.Outcome) -> None:
+            self._answer(req, inv, inv_type, outcome)
+
         try:
-            outcome = await env.invoke(inv)
+            env.start(inv, answer)
         except EnvironmentBusy:
+            # Answered at once, never queued: the gateway tries another execution environment.
             inv.answered.set_result(None)
-            return req.respond(429, _BUSY_H, _BUSY_BODY)
-        except BaseException:
-            inv.answered.set_result(None)
-            raise
-        # Answer the caller first; the runtime's 202 (see invocation_response) and END/REPORT come after, so
-        # neither the runtime's next turn nor log I/O sits in the caller's latency.
+            req.respond(429, _BUSY_H, _BUSY_BODY)
+
+    def _answer(self, req: Request, inv: Invocation, inv_type: str, outcome: wire.Outcome) -> None:
+        # Called as soon as the outcome is known (from the runtime's /response, usually): the caller is answered
+        # first; the runtime's 202 (see invocation_response) and END/REPORT come after, so neither the
+        # runtime's next turn nor log I/O sits in the caller's latency.
         try:
             h = self._version_h + f"X-Amzn-RequestId: {inv.request_id}\r\n".encode()
             if outcome.function_error:
@@ -279,7 +272,7 @@ class Invoker:
                 req.respond(200, h + f"Content-Type: {outcome.content_type}\r\n".encode("latin-1"), outcome.body)
         finally:
             inv.answered.set_result(None)
-            asyncio.get_running_loop().call_soon(env.write_report, inv, outcome)
+            asyncio.get_running_loop().call_soon(self.env.write_report, inv, outcome)
 
 
 _INVOKE_PREFIX, _INVOKE_SUFFIX = "/2015-03-31/functions/", "/invocations"

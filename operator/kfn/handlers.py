@@ -2,8 +2,12 @@
 
 * create/update/resume of Function, FunctionVersion and Alias -> the kind's
   reconciler (level-based, so one function serves all three);
-* (the periodic resync is not a Kopf timer: see ``kfn.reconcilers.resync``);
-* deletion of a child kfn made -> its owner's reconciler at once.
+* deletion of a child kfn made -> its owner's reconciler at once;
+* a Deployment whose environments (replicas, readiness) changed -> its owner's
+  reconciler, so status follows the pods.
+
+The periodic resync that puts back hand edits is not a Kopf timer (see
+``kfn.reconcilers.resync``).
 
 Outcomes map to Kopf's error taxonomy: a temporary problem retries after a
 delay, an invalid spec is a permanent error (status already says why).
@@ -41,14 +45,13 @@ class OperatorConfig:
     """What the operator's command line decides."""
 
     images: Images = field(default_factory=Images)
-    resync_seconds: float = 30.0
     watch_children: bool = True
     retry_backoff: float = 5.0
 
 
 def plain(body: Mapping[str, Any]) -> dict[str, Any]:
     """A Kopf body as a plain dict (reconcilers are Kopf-agnostic)."""
-    return {k: v for k, v in dict(body).items()}
+    return dict(body)
 
 
 def _result(outcome: Outcome) -> str:

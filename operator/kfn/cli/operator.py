@@ -77,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
         install_peering(args.peering, args.namespace)
     cfg = OperatorConfig(
         images=Images(agent=args.agent_image, runtime_template=args.runtime_image_template, provided=args.provided_image),
-        resync_seconds=args.resync_seconds,
     )
     registry = kopf.OperatorRegistry()
     register(registry, cfg)

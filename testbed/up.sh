@@ -374,8 +374,23 @@ EOF
   # -------------------------------------------------------------- CoreDNS
   sed -e "s|@DNS_SERVICE_IP@|$DNS_SERVICE_IP|g" -e "s|@CLUSTER_DOMAIN@|$CLUSTER_DOMAIN|g" \
     "$here/manifests/coredns.yaml" | "${KUBECTL_ADMIN[@]}" apply -f - >/dev/null
-  wait_for "CoreDNS ready" 120 "${KUBECTL_ADMIN[@]}" -n kube-system rollout status deployment/coredns \
-    --timeout=5s || { "${KUBECTL_ADMIN[@]}" -n kube-system get pods -o wide >&2; die "CoreDNS did not become ready"; }
+  # Asked for real (a status can be stale right after a restart): an A query
+  # for the API's Service name, sent to the DNS Service IP from the host.
+  dns_probe='
+import socket, struct, sys
+server, name = sys.argv[1], sys.argv[2]
+query = struct.pack(">HHHHHH", 0x6b66, 0x0100, 1, 0, 0, 0)
+query += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1)
+s.sendto(query, (server, 53))
+reply = s.recv(512)
+ident, flags, _, answers = struct.unpack(">HHHH", reply[:8])
+sys.exit(0 if ident == 0x6b66 and flags & 0xF == 0 and answers > 0 else 1)
+'
+  wait_for "cluster DNS answering at $DNS_SERVICE_IP" 120 \
+    python3 -c "$dns_probe" "$DNS_SERVICE_IP" "kubernetes.default.svc.$CLUSTER_DOMAIN" \
+    || { "${KUBECTL_ADMIN[@]}" -n kube-system get pods -o wide >&2; die "CoreDNS did not become ready"; }
   for c in containerd kubelet kube-proxy kube-router; do alive "$c" || failed "$c"; done
 fi
 

@@ -111,6 +111,7 @@ class ExecutionEnvironment:
         self._recent = collections.deque[str](maxlen=64)
         self._last_log = 0.0
         self.log_streams = 0  # connected bootstrap log streams
+        self._tailing: Invocation | None = None  # answered by the runtime, its Tail still collecting output
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- state seen from outside -------------------------------------------------------------------------
@@ -169,7 +170,12 @@ class ExecutionEnvironment:
         finally:
             self._release(inv)
         if inv.tail is not None:
-            await self._settle_tail(inv)
+            self._tailing = inv
+            try:
+                await self._settle_tail(inv)
+            finally:
+                if self._tailing is inv:
+                    self._tailing = None
             self.write_report(inv, outcome)
         if inv.on_done is not None:
             inv.on_done(inv, outcome)
@@ -335,9 +341,10 @@ class ExecutionEnvironment:
             self._settle(inv, self.init_error)
 
     def add_log(self, data: bytes) -> None:
-        """Runtime output from the log stream: it belongs to the invocation in progress, if any."""
+        """Runtime output from the log stream: it belongs to the invocation in progress (or whose Tail is
+        settling: the runtime's last output may arrive just after its /response), if any."""
         self._last_log = time.monotonic()
-        inv = self.current
+        inv = self._tailing or self.current
         if inv is not None and inv.tail is not None and inv.delivered.done():
             inv.tail.add(data)
 

@@ -67,9 +67,11 @@ class Invocation:
     answered: asyncio.Future[None] = field(init=False)  # the caller has its answer
     on_done: Callable[[Invocation, wire.Outcome], None] | None = field(default=None, repr=False)
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)  # init wait, then the function's timeout
+    # Passed in by the server: asyncio.get_running_loop() costs a getpid() syscall on every call in 3.11.
+    loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = self.loop or asyncio.get_running_loop()
         self.outcome = loop.create_future()
         self.delivered = loop.create_future()
         self.answered = loop.create_future()
@@ -91,6 +93,7 @@ class ExecutionEnvironment:
 
     def __init__(self, cfg: AgentConfig, runtime_api_port: int, out: TextIO | None = None) -> None:
         self.cfg = cfg
+        self._loop = asyncio.get_running_loop()  # once: in 3.11 each call costs a getpid() syscall
         self._server_port = runtime_api_port
         self._out = out or sys.stdout
         self.current: Invocation | None = None
@@ -135,8 +138,7 @@ class ExecutionEnvironment:
         inv.on_done = on_done
         self._offer(inv)
         if not inv.delivered.done():  # no runtime waiting: wait for one's /next, at most the init timeout
-            inv.timer = asyncio.get_running_loop().call_later(self.cfg.init_timeout_seconds,
-                                                              self._init_timed_out, inv)
+            inv.timer = self._loop.call_later(self.cfg.init_timeout_seconds, self._init_timed_out, inv)
 
     def _init_timed_out(self, inv: Invocation) -> None:
         if inv.delivered.done() or inv.outcome.done():
@@ -213,7 +215,7 @@ class ExecutionEnvironment:
         inv.deadline_ms = int(time.time() * 1000) + self.cfg.timeout_seconds * 1000
         self._outstanding = inv
         inv.delivered.set_result(None)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if inv.timer is not None:  # the init wait is over
             inv.timer.cancel()
         inv.timer = loop.call_later(self.cfg.timeout_seconds, self._time_out, inv)

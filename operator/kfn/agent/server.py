@@ -204,6 +204,7 @@ class Invoker:
     def __init__(self, env: ExecutionEnvironment, cfg: AgentConfig) -> None:
         self.env, self.cfg = env, cfg
         self._version_h = f"X-Amz-Executed-Version: {cfg.function_version}\r\n".encode("latin-1")
+        self._loop = asyncio.get_running_loop()  # once: in 3.11 each call costs a getpid() syscall
 
     def __call__(self, req: Request, name: str) -> None:
         cfg, env = self.cfg, self.env
@@ -244,6 +245,7 @@ class Invoker:
             client_context=client_context,
             cognito_identity=headers.get("x-kfn-cognito-identity"),
             want_tail=headers.get("x-amz-log-type") == "Tail",
+            loop=self._loop,
         )
 
         def answer(inv: Invocation, outcome: wire.Outcome) -> None:
@@ -272,7 +274,7 @@ class Invoker:
                 req.respond(200, h + f"Content-Type: {outcome.content_type}\r\n".encode("latin-1"), outcome.body)
         finally:
             inv.answered.set_result(None)
-            asyncio.get_running_loop().call_soon(self.env.write_report, inv, outcome)
+            self._loop.call_soon(self.env.write_report, inv, outcome)
 
 
 _INVOKE_PREFIX, _INVOKE_SUFFIX = "/2015-03-31/functions/", "/invocations"

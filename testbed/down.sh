@@ -115,7 +115,9 @@ for ipt in iptables ip6tables; do
     # Retried: a restore fails if another program changes the table meanwhile.
     for attempt in 1 2 3 4 5; do
       dump=$("$ipt-save" -t "$table" 2>/dev/null) || break
-      echo "$dump" | grep -Eq "^:$OUR_CHAINS |-[jg] $OUR_CHAINS( |$)|kube-router" || break
+      # A here-string, not `echo | grep -q`: grep stopping early would SIGPIPE
+      # echo and, under pipefail, turn a match into a failure.
+      grep -Eq "^:$OUR_CHAINS |-[jg] $OUR_CHAINS( |$)|kube-router" <<< "$dump" || break
       if err=$(echo "$dump" | grep -Ev "^:$OUR_CHAINS |^-A $OUR_CHAINS |-[jg] $OUR_CHAINS( |$)|kube-router" \
         | "$ipt-restore" -T "$table" 2>&1); then
         log "removed test-bed chains from $ipt table $table"

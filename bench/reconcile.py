@@ -73,7 +73,7 @@ class Kubectl:
     def __call__(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         p = subprocess.run([self.kubectl, "--kubeconfig", self.kubeconfig, *args], input=input, capture_output=True, text=True, timeout=1800)
         if check and p.returncode:
-            raise SystemExit(f"kubectl {' '.join(args[:3])} failed ({p.returncode}): {p.stderr}{p.stdout[-2000:]}")
+            raise SystemExit(f"kubectl {' '.join(args[:3])} failed ({p.returncode}): {p.stderr[-1500:]}")
         return p
 
 

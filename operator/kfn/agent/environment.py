@@ -29,6 +29,9 @@ _TAIL_QUIET_S = 0.015
 _TAIL_MAX_WAIT_S = 0.5
 # A pidfd says a runtime exited; the bootstrap's exit report (with the exit status) may follow shortly.
 _EXIT_REPORT_WAIT_S = 0.5
+# END/REPORT of an answered invocation wait for the next invocation's START (one write, at a moment when the
+# runtime is busy and the agent idle), or at most this long.
+_REPORT_DELAY_S = 0.05
 
 
 class EnvironmentBusy(Exception):
@@ -61,6 +64,7 @@ class Invocation:
     tail: wire.LogTail | None = None
     max_memory_mb: int | None = None
     ended: float = 0.0
+    init_duration_ms: float | None = None  # the runtime's init, reported with its first invocation
     reported: bool = False
     outcome: asyncio.Future[wire.Outcome] = field(init=False)
     delivered: asyncio.Future[None] = field(init=False)
@@ -114,6 +118,8 @@ class ExecutionEnvironment:
         self._recent = collections.deque[str](maxlen=64)
         self._last_log = 0.0
         self.log_streams = 0  # connected bootstrap log streams
+        self._unreported: list[tuple[Invocation, wire.Outcome]] = []
+        self._report_timer: asyncio.TimerHandle | None = None
         self._tailing: Invocation | None = None  # answered by the runtime, its Tail still collecting output
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -219,10 +225,19 @@ class ExecutionEnvironment:
         if inv.timer is not None:  # the init wait is over
             inv.timer.cancel()
         inv.timer = loop.call_later(self.cfg.timeout_seconds, self._time_out, inv)
+        inv.init_duration_ms, self._init_duration_ms = self._init_duration_ms, None
         # After the runtime has its invocation: the write stays off the path to the runtime (and precedes any
-        # output of the handler, which reaches us later through the log stream).
-        loop.call_soon(self._emit, inv, wire.start_line(
+        # output of the handler, which reaches us later through the log stream). The previous invocation's
+        # END/REPORT, if still waiting, go out in the same write.
+        loop.call_soon(self._started, inv, wire.start_line(
             inv.request_id, self.cfg.function_version, self.cfg.log_format, time.time()))
+
+    def _started(self, inv: Invocation, start: str) -> None:
+        lines = self._take_reports()
+        lines.append(start)
+        self._emit(None, *lines)
+        if inv.tail is not None:  # only its own START: the earlier lines belong to earlier invocations
+            inv.tail.add_line(start)
 
     async def _settle_tail(self, inv: Invocation) -> None:
         """Wait until the runtime's output up to now has reached us: its stdout pipe is drained by the bootstrap
@@ -242,30 +257,61 @@ class ExecutionEnvironment:
             await asyncio.sleep(0.002)
 
     def write_report(self, inv: Invocation, outcome: wire.Outcome) -> None:
-        """Write the invocation's END and REPORT lines (once; nothing if it never reached the runtime)."""
+        """Write the invocation's END and REPORT lines now (once; nothing if it never reached the runtime)."""
+        lines = self._report_lines(inv, outcome)
+        if lines:
+            self._emit(inv, *lines)
+
+    def report_later(self, inv: Invocation, outcome: wire.Outcome) -> None:
+        """Write the END and REPORT lines of an answered invocation soon: with the next invocation's START, or
+        after _REPORT_DELAY_S, whichever comes first (both keep the log's order)."""
+        self._unreported.append((inv, outcome))
+        if self._report_timer is None:
+            self._report_timer = self._loop.call_later(_REPORT_DELAY_S, self._flush_reports)
+
+    def flush_reports(self) -> None:
+        """Write the END/REPORT lines still waiting (at shutdown)."""
+        self._flush_reports()
+
+    def _flush_reports(self) -> None:
+        lines = self._take_reports()
+        if lines:
+            self._emit(None, *lines)
+
+    def _take_reports(self) -> list[str]:
+        if self._report_timer is not None:
+            self._report_timer.cancel()
+            self._report_timer = None
+        lines: list[str] = []
+        for inv, outcome in self._unreported:
+            lines += self._report_lines(inv, outcome)
+        self._unreported.clear()
+        return lines
+
+    def _report_lines(self, inv: Invocation, outcome: wire.Outcome) -> list[str]:
         if inv.reported or not inv.delivered.done():
-            return
+            return []
         inv.reported = True
         if inv.max_memory_mb is None:
             inv.max_memory_mb = self._runtime_rss(inv)
-        now = time.time()
+        ended = inv.ended or time.monotonic()
+        now = time.time() - (time.monotonic() - ended)  # when it ended, not when the line is written
         report = wire.Report(
-            request_id=inv.request_id, duration_ms=((inv.ended or time.monotonic()) - inv.started) * 1000,
+            request_id=inv.request_id, duration_ms=(ended - inv.started) * 1000,
             memory_size_mb=self.cfg.memory_mb, max_memory_used_mb=inv.max_memory_mb,
-            init_duration_ms=self._init_duration_ms, status=outcome.status)
-        self._init_duration_ms = None
-        self._emit(inv, wire.end_line(inv.request_id, self.cfg.log_format, now),
-                   wire.report_line(report, self.cfg.log_format, now))
+            init_duration_ms=inv.init_duration_ms, status=outcome.status)
+        return [wire.end_line(inv.request_id, self.cfg.log_format, now),
+                wire.report_line(report, self.cfg.log_format, now)]
 
     def _runtime_rss(self, inv: Invocation) -> int | None:
         pid = self._ports.get(inv.runtime_port) if inv.runtime_port is not None else None
         return procs.max_rss_mb(pid) if pid else None
 
-    def _emit(self, inv: Invocation, *lines: str) -> None:
+    def _emit(self, inv: Invocation | None, *lines: str) -> None:
         text = "".join(line + "\n" for line in lines)
         self._out.write(text)
         self._out.flush()
-        if inv.tail is not None:
+        if inv is not None and inv.tail is not None:
             inv.tail.add(text.encode())
 
     async def _reset(self, inv: Invocation) -> None:

@@ -274,7 +274,7 @@ class Invoker:
                 req.respond(200, h + f"Content-Type: {outcome.content_type}\r\n".encode("latin-1"), outcome.body)
         finally:
             inv.answered.set_result(None)
-            self._loop.call_soon(self.env.write_report, inv, outcome)
+            self.env.report_later(inv, outcome)
 
 
 _INVOKE_PREFIX, _INVOKE_SUFFIX = "/2015-03-31/functions/", "/invocations"
@@ -355,6 +355,7 @@ async def serve(cfg: AgentConfig, cmd: Sequence[str] = ()) -> None:
         loop.add_signal_handler(sig, stop.set)
     supervisor = asyncio.ensure_future(supervise(cmd, cfg, env, stop)) if cmd else None
     await stop.wait()
+    env.flush_reports()
     if supervisor is not None:
         await supervisor
     for server in servers:

@@ -74,7 +74,11 @@ def deploy_web(cluster: Cluster, namespace: str) -> Web:
     cluster.kubectl("-n", namespace, "apply", "-f", "-", input=web_manifests(token))
     cluster.kubectl("-n", namespace, "rollout", "status", "deployment/web", "--timeout=120s", timeout=150)
     cluster.kubectl("-n", namespace, "wait", "--for=condition=Ready", "pod/client", "--timeout=120s", timeout=150)
-    return Web(cluster, namespace, token)
+    web = Web(cluster, namespace, token)
+    # Ready pods are not yet a programmed Service: kube-proxy and DNS follow within seconds.
+    reachable = wait_until(lambda: web.from_client("http://web/", timeout=2) == (0, token), timeout=60)
+    assert reachable, f"Service web in {namespace} did not answer within 60 s of its pods being Ready"
+    return web
 
 
 @pytest.fixture(scope="module")

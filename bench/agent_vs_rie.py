@@ -78,6 +78,7 @@ class Target:
                                      start_new_session=True)
         self.conn: http.client.HTTPConnection | None = None
         self.latencies: list[float] = []
+        self.round_p50s: list[float] = []  # one per round: pairs with the other target's round next to it
         self.busy_seconds = 0.0
         self.host_cpu = 0.0  # CPU of the agent / emulator process itself, load-independent
         self.runtime_cpu = 0.0
@@ -112,9 +113,10 @@ class Target:
         kids = children(self.proc.pid)
         h0, r0 = cpu_seconds(self.proc.pid), sum(cpu_seconds(k) for k in kids)
         t0 = time.perf_counter()
-        for _ in range(n):
-            self.latencies.append(self.invoke())
+        this = [self.invoke() for _ in range(n)]
         self.busy_seconds += time.perf_counter() - t0
+        self.latencies += this
+        self.round_p50s.append(statistics.median(this))
         self.host_cpu += cpu_seconds(self.proc.pid) - h0
         self.runtime_cpu += sum(cpu_seconds(k) for k in kids) - r0
 
@@ -177,6 +179,9 @@ def main() -> int:
             for t in order:
                 t.round(args.per_round)
         kfn, aws = (t.stats() for t in targets)
+        # Adjacent rounds share the machine's load of the moment: their ratio shows how much of the spread
+        # between runs is load rather than either side.
+        per_round = sorted(a / b for a, b in zip(targets[0].round_p50s, targets[1].round_p50s))
     finally:
         for t in targets:
             t.stop()
@@ -196,6 +201,8 @@ def main() -> int:
               f"{s['host_cpu_us_per_invoke']:>13}")
     print(f"{'kfn / RIE':12}{ratios['p50']:>9.2f}x{ratios['p99']:>9.2f}x{'':>10}{ratios['throughput']:>11.2f}x"
           f"{ratios['host_cpu']:>12.2f}x")
+    print(f"p50 ratio per round pair: min {per_round[0]:.2f}x, median {statistics.median(per_round):.2f}x, "
+          f"max {per_round[-1]:.2f}x")
     print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
           "(latency ratios on a loaded machine mostly measure scheduling; host CPU per invoke does not)")
     goal = ratios["p50"] <= 1.0
@@ -204,7 +211,10 @@ def main() -> int:
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "loadavg_1m": round(os.getloadavg()[0], 1)},
               "rie_version": RIE_VERSION, "rounds": args.rounds, "per_round": args.per_round,
-              "kfn_agent": kfn, "aws_rie": aws, "ratio_kfn_over_rie": ratios, "goal_p50_met": goal}
+              "kfn_agent": kfn, "aws_rie": aws, "ratio_kfn_over_rie": ratios,
+              "p50_ratio_per_round": {"min": round(per_round[0], 3), "median": round(statistics.median(per_round), 3),
+                                      "max": round(per_round[-1], 3)},
+              "goal_p50_met": goal}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -232,8 +232,10 @@ class Connection(asyncio.Protocol):
         if t is None or t.is_closing():
             return
         keep = req._keep_alive
+        # RFC 9110: no Content-Length on a 204 (it has no body).
+        length = b"Content-Length: %d\r\n" % len(body) if status != 204 else b""
         head = b"".join((b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"")), _date.get(), headers,
-                         b"Content-Length: %d\r\n" % len(body), _KEEP if keep else _CLOSE, b"\r\n"))
+                         length, _KEEP if keep else _CLOSE, b"\r\n"))
         if len(body) < 65536:
             t.write(head + body)  # one segment on the wire
         else:

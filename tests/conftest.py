@@ -39,6 +39,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--testbed-mode", choices=("full", "control-plane"), default="full",
                     help="how the test bed starts when no cluster is running: a full node (default) or "
                          "the API server only (faster; e2e tests still add the node when they run)")
+    group.addoption("--testbed-destructive", action="store_true", default=bool(os.environ.get("CI")),
+                    help="run the tests that kill and tear down the test bed (default: on when $CI is set; "
+                         "off otherwise, since the test bed on a machine is shared)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -48,8 +51,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Tests that tear the test bed down run after everything else that needs it.
+    # Tests that tear the test bed down run after everything else that needs it,
+    # and only where nobody else is using it (CI) unless asked for.
     items.sort(key=lambda item: item.get_closest_marker(DESTRUCTIVE) is not None)
+    if not config.getoption("--testbed-destructive"):
+        skip = pytest.mark.skip(
+            reason="kills and tears down the shared test bed: runs in CI ($CI set) or with --testbed-destructive")
+        for item in items:
+            if item.get_closest_marker(DESTRUCTIVE) is not None:
+                item.add_marker(skip)
 
 
 def _say(config: pytest.Config, line: str) -> None:
@@ -141,6 +151,7 @@ def _cluster_for_marked_tests(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("testbed_images")
     if DESTRUCTIVE in marks and not c.is_testbed:
         pytest.skip("stops test-bed components: runs only on kfn's own test bed, not on another cluster")
+
 
 
 @pytest.fixture(scope="session")

@@ -171,7 +171,8 @@ def main() -> int:
             time.sleep(1)
         t_op = time.monotonic() - t0
         rss = peak_rss_mb(op.pid)
-        op.terminate()
+        print(f"    all {args.n} Ready after {t_op:.1f}s; operator peak RSS {rss:.0f} MB", flush=True)
+        op.kill()  # measured; a graceful stop with a full queue can take long and proves nothing here
         op.wait(30)
 
         # 2. The same children applied raw.

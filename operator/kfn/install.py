@@ -55,7 +55,8 @@ def make_operator_deployment(
                             "name": "operator",
                             "image": image,
                             "imagePullPolicy": "IfNotPresent",
-                            "args": [
+                            # command, not args: independent of the image's entrypoint
+                            "command": [
                                 "kfn", "operator",
                                 *peering,
                                 *scope,

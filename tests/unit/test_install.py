@@ -37,7 +37,7 @@ def test_operator_runs_as_its_service_account_bound_to_its_role() -> None:
     assert pod["serviceAccountName"] == sa["metadata"]["name"]
     (container,) = pod["containers"]
     assert container["image"] == "example/kfn:1"
-    assert container["args"][:2] == ["kfn", "operator"]
+    assert container["command"][:2] == ["kfn", "operator"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
 
@@ -51,7 +51,7 @@ def test_operator_runs_as_its_service_account_bound_to_its_role() -> None:
 )
 def test_operator_scope_and_peering(watch: tuple[str, ...], expect_args: list[str], absent: str) -> None:
     deploy = install.make_operator_deployment("kfn-system", "kfn/kfn:dev", watch_namespaces=watch)
-    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["command"]
     joined = " ".join(args)
     assert " ".join(expect_args) in joined
     assert absent not in args

@@ -49,6 +49,8 @@ def make_operator_deployment(
                 "metadata": {"labels": labels},
                 "spec": {
                     "serviceAccountName": OPERATOR_NAME,
+                    # a graceful stop finishes the passes in flight; with a long queue that takes a while
+                    "terminationGracePeriodSeconds": 60,
                     "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532},
                     "containers": [
                         {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,12 +42,28 @@ def finish(body: Mapping[str, Any], outcome: Outcome) -> Outcome:
     if outcome.skipped:
         return outcome
     meta = body["metadata"]
-    old = (body.get("status") or {}).get("conditions") or []
+    # Passes of one object can overlap (a Kopf handler, the resync loop, a child's
+    # event) and each carries the body it started from. Compare against the
+    # status as it is now, one pass at a time, so a transition is announced once.
+    with _STATUS_LOCKS[hash((body["kind"], meta["namespace"], meta["name"])) % len(_STATUS_LOCKS)]:
+        current = k8s.get(body["kind"], meta["namespace"], meta["name"])
+        if current is None:
+            return outcome  # deleted meanwhile: nothing to report on
+        return _write(body, current.get("status") or {}, outcome)
+
+
+# striped, so the number of locks stays fixed however many objects come and go
+_STATUS_LOCKS = [threading.Lock() for _ in range(64)]
+
+
+def _write(body: Mapping[str, Any], current: Mapping[str, Any], outcome: Outcome) -> Outcome:
+    meta = body["metadata"]
+    old = current.get("conditions") or []
     generation = meta.get("generation")
     status = dict(outcome.status)
     status["observedGeneration"] = generation
     status["conditions"] = cond.to_status(outcome.conditions, old, generation)
-    previous = {k: v for k, v in (body.get("status") or {}).items()}
+    previous = dict(current)
     changed = any(previous.get(k) != v for k, v in status.items() if k != "conditions") or _conditions_changed(
         old, status["conditions"]
     )

@@ -184,9 +184,18 @@ def make_deployment(inp: EnvironmentInput, plan: CodePlan) -> dict[str, Any]:
             "periodSeconds": 1,
             "failureThreshold": 1,
         },
+        # The agent may take a while to start on a busy node: liveness counts only
+        # after the startup probe passed, so a slow start is not a restart loop.
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": AGENT_PORT},
+            "periodSeconds": 1,
+            "timeoutSeconds": 5,
+            "failureThreshold": 120,
+        },
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": AGENT_PORT},
             "periodSeconds": 10,
+            "timeoutSeconds": 5,
             "failureThreshold": 3,
         },
         "resources": {"requests": dict(agent_resources), "limits": dict(agent_resources)},

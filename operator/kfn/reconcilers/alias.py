@@ -16,7 +16,7 @@ from kfn import conditions as cond
 from kfn import k8s, names
 from kfn.models.alias import parse_alias_spec
 from kfn.models.base import SpecError
-from kfn.reconcilers.common import WAIT_SECONDS, Outcome, being_deleted, finish
+from kfn.reconcilers.common import WAIT_SECONDS, Outcome, being_deleted, finish, invalid_spec
 from kfn.reconcilers.function import versions_of
 
 
@@ -43,7 +43,7 @@ def reconcile_alias(body: Mapping[str, Any], refresh_version: Callable[[str, str
     try:
         spec = parse_alias_spec(body.get("spec") or {})
     except SpecError as e:
-        return finish(body, Outcome(conditions=[cond.false(cond.READY, cond.INVALID_SPEC, f"{e}; fix the Alias spec")], permanent=str(e)))
+        return invalid_spec(body, e, "fix the Alias spec", state=None)
     function = spec.function_name
     weights = resolve_weights(spec.function_version, spec.routing.additional_version_weights if spec.routing else {})
     if sum(weights.values()) > 1.0 + 1e-9 or weights[spec.function_version] < 0:

@@ -33,6 +33,16 @@ class Outcome:
         return any(c.type == cond.READY and c.is_true for c in self.conditions)
 
 
+def invalid_spec(body: Mapping[str, Any], error: object, hint: str, state: str | None = "Failed") -> Outcome:
+    """Report a spec that cannot work as Ready=False/InvalidSpec, a permanent error (no retry storm)."""
+    out = Outcome(
+        conditions=[cond.false(cond.READY, cond.INVALID_SPEC, f"{error}; {hint}")],
+        status={"state": state} if state else {},
+        permanent=str(error),
+    )
+    return finish(body, out)
+
+
 def being_deleted(body: Mapping[str, Any] | None) -> bool:
     return body is None or bool(body.get("metadata", {}).get("deletionTimestamp"))
 

@@ -19,7 +19,7 @@ from kfn import conditions as cond
 from kfn import k8s, names
 from kfn.models.base import SpecError
 from kfn.models.function import parse_function_spec
-from kfn.reconcilers.common import WAIT_SECONDS, Outcome, being_deleted, finish, log
+from kfn.reconcilers.common import WAIT_SECONDS, Outcome, being_deleted, finish, invalid_spec, log
 from kfn.reconcilers.environment import (
     CodeUnavailable,
     code_sha256,
@@ -189,12 +189,7 @@ def reconcile_function(body: Mapping[str, Any], images: Images) -> Outcome:
     try:
         spec = parse_function_spec(body.get("spec") or {})
     except SpecError as e:
-        out = Outcome(
-            conditions=[cond.false(cond.READY, cond.INVALID_SPEC, f"{e}; fix the Function spec")],
-            status={"state": "Failed"},
-            permanent=str(e),
-        )
-        return finish(body, out)
+        return invalid_spec(body, e, "fix the Function spec")
     config = spec.config().to_api()
     token = (meta.get("annotations") or {}).get(names.ANN_SERVICE_ACCOUNT_TOKEN) == "true"
     outcome = Outcome()

@@ -9,7 +9,7 @@ from kfn import conditions as cond
 from kfn import names
 from kfn.models.base import SpecError
 from kfn.models.version import parse_function_version_spec
-from kfn.reconcilers.common import WAIT_SECONDS, Outcome, being_deleted, finish
+from kfn.reconcilers.common import WAIT_SECONDS, Outcome, being_deleted, finish, invalid_spec
 from kfn.reconcilers.environment import CodeUnavailable, code_sha256, provisioned_floor, reconcile_environment
 from kfn.reconcilers.function import aliases_of
 from kfn.resources import EnvironmentInput, Images, Owner
@@ -24,12 +24,7 @@ def reconcile_version(body: Mapping[str, Any], images: Images) -> Outcome:
     try:
         spec = parse_function_version_spec(body.get("spec") or {})
     except SpecError as e:
-        out = Outcome(
-            conditions=[cond.false(cond.READY, cond.INVALID_SPEC, f"{e}; write a new FunctionVersion (versions are immutable)")],
-            status={"state": "Failed"},
-            permanent=str(e),
-        )
-        return finish(body, out)
+        return invalid_spec(body, e, "write a new FunctionVersion (versions are immutable)")
     function = spec.function_name
     version = str(spec.version)
     config = spec.config.to_api()

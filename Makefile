@@ -51,8 +51,9 @@ run: venv ## bring up the local cluster, install kfn, deploy the hello-world exa
 	  $$kubectl -n kfn-system rollout status deploy/kfn-operator --timeout=180s; \
 	  echo "==> deploying examples/hello-world.yaml"; \
 	  $$kubectl apply -f examples/hello-world.yaml; \
-	  echo "==> waiting for the function to be Ready (first start pulls nothing: images are local)"; \
+	  echo "==> waiting for an execution environment of hello to be up (images are local: nothing to pull)"; \
 	  $$kubectl wait --for=condition=Ready function/hello --timeout=300s; \
+	  $$kubectl wait --for=condition=Available function/hello --timeout=300s; \
 	  $$kubectl get kfn; \
 	  echo "==> kfn invoke hello --payload '{\"name\": \"kfn\"}' --log-type Tail"; \
 	  $(KFN) invoke hello --payload '{"name": "kfn"}' --log-type Tail; \

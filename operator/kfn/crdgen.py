@@ -116,28 +116,28 @@ KIND_INFOS: tuple[KindInfo, ...] = (
     ),
 )
 
+# Keys that constrain a value: what the API server (and kfn's offline admission check) validates.
+VALIDATION_KEYS = frozenset(
+    {
+        "type",
+        "properties",
+        "required",
+        "items",
+        "additionalProperties",
+        "enum",
+        "minimum",
+        "maximum",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "minItems",
+        "maxItems",
+        "minProperties",
+        "maxProperties",
+    }
+)
 # Keys a structural schema may carry (everything else from pydantic is dropped).
-_KEEP = {
-    "type",
-    "description",
-    "properties",
-    "required",
-    "items",
-    "additionalProperties",
-    "enum",
-    "default",
-    "minimum",
-    "maximum",
-    "minLength",
-    "maxLength",
-    "pattern",
-    "minItems",
-    "maxItems",
-    "minProperties",
-    "maxProperties",
-    "format",
-    "nullable",
-}
+_KEEP = VALIDATION_KEYS | {"description", "default", "format", "nullable"}
 
 
 def structural(node: Any, defs: dict[str, Any]) -> Any:

@@ -18,24 +18,6 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-_SCHEMA_KEYS = (
-    "type",
-    "properties",
-    "required",
-    "items",
-    "additionalProperties",
-    "enum",
-    "minimum",
-    "maximum",
-    "minLength",
-    "maxLength",
-    "pattern",
-    "minItems",
-    "maxItems",
-    "minProperties",
-    "maxProperties",
-)
-
 
 @functools.cache
 def crd_schema(kind: str) -> dict[str, Any]:
@@ -108,9 +90,11 @@ def _type_name(value: Any) -> str:
 def _openapi_errors(obj: Any, schema: Mapping[str, Any]) -> list[str]:
     import jsonschema
 
+    from kfn.crdgen import VALIDATION_KEYS  # here: crdgen imports the models
+
     def strip(node: Any, path: tuple[str, ...]) -> Any:
         if isinstance(node, Mapping):
-            out = {k: strip(v, (*path, k)) for k, v in node.items() if k in _SCHEMA_KEYS}
+            out = {k: strip(v, (*path, k)) for k, v in node.items() if k in VALIDATION_KEYS}
             if "properties" in node:
                 out["properties"] = {k: strip(v, (*path, k)) for k, v in node["properties"].items()}
                 # kubectl apply validates strictly, except ObjectMeta (its schema is the API server's own)

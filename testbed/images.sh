@@ -32,6 +32,14 @@ mkdir -p "$IMAGE_CACHE/ctx"
 exec 8>"$CACHE/images.lock"
 flock -n 8 || { log "another image build holds $CACHE/images.lock; waiting"; flock 8; }
 
+# Tag of kfn's own images (kfn, python3.11): KFN_IMAGE_TAG=NAME builds and loads
+# docker.io/kfn/kfn:NAME, so several working trees can share one node; the
+# node's own images (pause, coredns) are always :dev.
+TAG="${KFN_IMAGE_TAG:-dev}"
+tag_of() { case $1 in pause|coredns) echo dev ;; *) echo "$TAG" ;; esac; }
+# archive/hash/mark file stem of an image: NAME for :dev, NAME-TAG otherwise
+stem_of() { local t; t=$(tag_of "$1"); [ "$t" = dev ] && echo "$1" || echo "$1-$t"; }
+
 BUILDAH=(buildah --root "$CACHE/buildah/root" --runroot "$CACHE/buildah/run" --storage-driver overlay)
 PIP=("$repo/.venv/bin/python" -m pip)
 [ -x "$repo/.venv/bin/python" ] || PIP=(python3 -m pip)
@@ -60,13 +68,14 @@ print(h.hexdigest())
 EOF
 }
 
-# build NAME CONTEXT [BASE]: buildah bud CONTEXT into docker.io/kfn/NAME:dev and
+# build NAME CONTEXT [BASE]: buildah bud CONTEXT into docker.io/kfn/NAME:TAG and
 # an archive in the cache, unless the inputs are unchanged.
 build() {
-  local name=$1 ctx=$2 base=${3:-} ref="docker.io/kfn/$1:dev"
-  local archive="$IMAGE_CACHE/$name.tar" hash
+  local name=$1 ctx=$2 base=${3:-} ref="docker.io/kfn/$1:$(tag_of "$1")" stem
+  stem=$(stem_of "$1")
+  local archive="$IMAGE_CACHE/$stem.tar" hash
   hash=$( { hash_dir "$ctx"; if [ -n "$base" ]; then cat "$IMAGE_CACHE/base.hash"; fi; } | sha256sum | cut -c1-32)
-  if [ -f "$archive" ] && [ "$(cat "$IMAGE_CACHE/$name.hash" 2>/dev/null)" = "$hash" ]; then
+  if [ -f "$archive" ] && [ "$(cat "$IMAGE_CACHE/$stem.hash" 2>/dev/null)" = "$hash" ]; then
     log "image $ref is up to date"
     return 0
   fi
@@ -78,34 +87,36 @@ build() {
   rm -f "$archive.tmp"
   "${BUILDAH[@]}" push -q "$ref" "docker-archive:$archive.tmp:$ref" >/dev/null
   mv "$archive.tmp" "$archive"
-  echo "$hash" > "$IMAGE_CACHE/$name.hash"
+  echo "$hash" > "$IMAGE_CACHE/$stem.hash"
   log "built $ref ($(du -m "$archive" | cut -f1) MB) in $((SECONDS - t0)) s"
 }
 
 # load NAME: import the archive into the node's containerd if it is running
 # and does not have this build yet.
 load() {
-  local name=$1 archive="$IMAGE_CACHE/$1.tar" mark="$RUN_DIR/imported/$1"
+  local name=$1 stem ref
+  stem=$(stem_of "$1"); ref="docker.io/kfn/$1:$(tag_of "$1")"
+  local archive="$IMAGE_CACHE/$stem.tar" mark="$RUN_DIR/imported/$stem"
   [ -f "$archive" ] || return 0
   if ! [ -S "$CONTAINERD_SOCK" ] || ! ctr -a "$CONTAINERD_SOCK" version >/dev/null 2>&1; then
     [ -n "${said_not_running:-}" ] || log "the test bed's containerd is not running: make cluster-up loads the images"
     said_not_running=1
     return 0
   fi
-  if [ "$(cat "$mark" 2>/dev/null)" = "$(cat "$IMAGE_CACHE/$name.hash")" ] \
-    && [[ $'\n'$(ctr -a "$CONTAINERD_SOCK" -n k8s.io images ls -q)$'\n' == *$'\n'"docker.io/kfn/$name:dev"$'\n'* ]]; then
+  if [ "$(cat "$mark" 2>/dev/null)" = "$(cat "$IMAGE_CACHE/$stem.hash")" ] \
+    && [[ $'\n'$(ctr -a "$CONTAINERD_SOCK" -n k8s.io images ls -q)$'\n' == *$'\n'"$ref"$'\n'* ]]; then
     return 0
   fi
   local t0=$SECONDS
   ctr -a "$CONTAINERD_SOCK" -n k8s.io images import "$archive" >/dev/null
   mkdir -p "$RUN_DIR/imported"
-  cp "$IMAGE_CACHE/$name.hash" "$mark"
-  log "loaded docker.io/kfn/$name:dev into containerd ($((SECONDS - t0)) s)"
+  cp "$IMAGE_CACHE/$stem.hash" "$mark"
+  log "loaded $ref into containerd ($((SECONDS - t0)) s)"
 }
 
 # context NAME SRC-DIR: a fresh copy of SRC-DIR to build from.
 context() {
-  local ctx="$IMAGE_CACHE/ctx/$1"
+  local ctx="$IMAGE_CACHE/ctx/$(stem_of "$1")"
   rm -rf "$ctx"; mkdir -p "$ctx"
   cp -a "$2/." "$ctx/"
   echo "$ctx"

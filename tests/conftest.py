@@ -123,11 +123,13 @@ def ensure_full_node(c: Cluster, config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def testbed_images(cluster: Cluster, pytestconfig: pytest.Config) -> list[str]:
-    """kfn's images (kfn/kfn:dev, kfn/python3.11:dev …) built and loaded into the test bed's node.
+    """kfn's images (kfn/kfn:dev, kfn/python3.11:dev …; $KFN_IMAGE_TAG for another tag) built and loaded
+    into the test bed's node.
 
     Other clusters must have them already (e.g. `kind load docker-image`).
     """
-    names = ["docker.io/kfn/kfn:dev", "docker.io/kfn/python3.11:dev"]
+    tag = os.environ.get("KFN_IMAGE_TAG", "dev")  # several working trees can share one node, a tag each
+    names = [f"docker.io/kfn/kfn:{tag}", f"docker.io/kfn/python3.11:{tag}"]
     if not cluster.is_testbed:
         return names
     ensure_full_node(cluster, pytestconfig)

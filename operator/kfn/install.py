@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from kfn import crdgen, names
+from kfn.resources.environment import IMAGE_TAG
 from kfn.resources.peering import make_peering, make_peering_crd
 from kfn.resources.rbac import make_cluster_role
 
 DEFAULT_NAMESPACE = "kfn-system"
-DEFAULT_IMAGE = "kfn/kfn:dev"
+DEFAULT_IMAGE = f"kfn/kfn:{IMAGE_TAG}"
 OPERATOR_NAME = "kfn-operator"
 PEERING_NAME = "kfn"
 HEALTH_PORT = 8080
@@ -62,6 +63,7 @@ def make_operator_deployment(
                                 "kfn", "operator",
                                 *peering,
                                 *scope,
+                                *image_flags(image),
                                 "--liveness", f"http://0.0.0.0:{HEALTH_PORT}/healthz",
                                 "--metrics-port", str(METRICS_PORT),
                             ],
@@ -88,6 +90,20 @@ def make_operator_deployment(
             },
         },
     }
+
+
+def image_flags(image: str) -> list[str]:
+    """Operator flags that take the function images from where the operator's own image comes from.
+
+    ``registry/kfn/kfn:TAG`` runs agents from the same image and managed runtimes
+    from ``registry/kfn/<runtime>:TAG``, so one tag pins every kfn image.
+    """
+    repo, sep, tag = image.rpartition(":")
+    if not sep or "/" in tag or not repo.endswith("/kfn"):
+        return ["--agent-image", image]
+    prefix = repo[: -len("kfn")]
+    return ["--agent-image", image, "--runtime-image-template", f"{prefix}{{runtime}}:{tag}",
+            "--provided-image", f"{prefix}python3.11:{tag}"]
 
 
 def make_install_manifests(

@@ -22,7 +22,7 @@ from testbed import Cluster, run_script, start_testbed, find_leftovers
 
 pytestmark = pytest.mark.e2e
 
-IMAGE = "docker.io/kfn/kfn:dev"  # a locally built image with Python: serves HTTP with the stdlib
+IMAGE = f"docker.io/kfn/kfn:{os.environ.get('KFN_IMAGE_TAG', 'dev')}"  # a locally built image with Python: serves HTTP with the stdlib
 
 
 def web_manifests(token: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,13 +29,17 @@ DEFAULT_REGION = "us-east-1"
 ACCOUNT_ID = "000000000000"
 
 
+# Tag of kfn's own images; KFN_IMAGE_TAG lets several builds of kfn share one node (each its own tag).
+IMAGE_TAG = os.environ.get("KFN_IMAGE_TAG", "dev")
+
+
 @dataclass(frozen=True)
 class Images:
     """Images of the execution environment (operator flags/env can change them)."""
 
-    agent: str = "kfn/kfn:dev"
-    runtime_template: str = "kfn/{runtime}:dev"  # managed runtimes: python3.11 -> kfn/python3.11:dev
-    provided: str = "kfn/python3.11:dev"  # base for provided* runtimes (runs /var/task/bootstrap)
+    agent: str = f"kfn/kfn:{IMAGE_TAG}"
+    runtime_template: str = "kfn/{runtime}:" + IMAGE_TAG  # managed runtimes: python3.11 -> kfn/python3.11:dev
+    provided: str = f"kfn/python3.11:{IMAGE_TAG}"  # base for provided* runtimes (runs /var/task/bootstrap)
     pull_policy: str = "IfNotPresent"  # images are loaded into the node, never pulled
     agent_cpu: str = "50m"
     agent_memory: str = "64Mi"

@@ -9,7 +9,7 @@ import pytest
 
 from kfn.agent import procs, wire
 from kfn.agent.config import ConfigError, load_config
-from kfn.agent.server import exit_reason, split_function_name
+from kfn.agent.server import returncode_reason, split_function_name
 
 
 def test_timeout_payload_is_lambdas() -> None:
@@ -114,10 +114,13 @@ def test_split_function_name(path: str, expected: tuple[str, str | None]) -> Non
     assert split_function_name(path) == expected
 
 
-@pytest.mark.parametrize("code,text", [(3, "exit status 3"), (0, "exit status 0"), (-9, "signal: killed"),
-                                       (-15, "signal: term")])
-def test_exit_reason(code: int, text: str) -> None:
-    assert exit_reason(code) == text
+@pytest.mark.parametrize("code,text", [(3, "exit status 3"), (0, None), (-9, "signal: killed"),
+                                       (-15, "signal: terminated"), (-11, "signal: segmentation fault"),
+                                       (-6, "signal: aborted"), (-7, "signal: bus error"),
+                                       (-24, "signal: CPU time limit exceeded"), (-34, "signal: signal 34")])
+def test_exit_reason_in_gos_words(code: int, text: str | None) -> None:
+    """Lambda prints Go's os.ProcessState wording (the emulator's ProcessTermination.String())."""
+    assert returncode_reason(code) == text
 
 
 def test_config_from_the_pod_contract_environment() -> None:

@@ -3,7 +3,14 @@
 It enforces Lambda's unit of concurrency (one invocation at a time; a second one is refused at once with
 EnvironmentBusy, never queued or run alongside), hands invocations to the runtime's /next long-poll, applies
 the timeout and resets the runtime after it, turns runtime exits and init errors into the invocation's
-answer, and writes Lambda's START/END/REPORT lines. No HTTP here: the servers in `server.py` call in.
+answer, and writes Lambda's platform lines (INIT_START, INIT_REPORT, START/END/REPORT). No HTTP here: the
+servers in `server.py` call in.
+
+Init as Lambda runs it ("Lambda execution environment lifecycle"): the init phase has `init_timeout_seconds`
+(10 s); an init still running then is reported (INIT_REPORT ... Status: timeout) and goes on inside the first
+invocation, charged to the function's timeout. A runtime that fails its init (an /init/error post, or an exit
+before its first /next) answers a waiting invocation at once; the runtime's supervisor (bootstrap or exec mode)
+is then held until the next invocation arrives, which retries the init — never a restart loop while idle.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import asyncio
 import collections
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -58,7 +66,9 @@ class Invocation:
     content_type: str = "application/json"
     want_tail: bool = False
     request_id: str = field(default_factory=lambda: wire.new_request_id())
+    next_headers: bytes = b""  # the /next answer's header lines but the deadline (built and checked up front)
     deadline_ms: int = 0
+    accepted: float = field(default_factory=time.monotonic)
     started: float = 0.0
     runtime_port: int | None = None
     tail: wire.LogTail | None = None
@@ -92,29 +102,77 @@ class _Waiter:
     deliver: Callable[[Invocation | None], None]
 
 
+class LogSink:
+    """Where the agent's platform lines go (its stdout), without blocking the event loop.
+
+    On a pipe or socket (a container's stdout) the lines go through an asyncio write transport: the loop writes
+    what the pipe takes and buffers the rest, so a slow log reader never stalls an invocation. Elsewhere (a
+    file, a terminal, /dev/null) a plain write does not block for long and is kept.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream or sys.stdout
+        self._transport: asyncio.WriteTransport | None = None
+
+    async def start(self) -> None:
+        """Switch to a non-blocking transport when the stream is a pipe or a socket."""
+        try:
+            fd = self._stream.fileno()
+            mode = os.fstat(fd).st_mode
+        except (AttributeError, OSError, ValueError):  # not a real file (a test's StringIO)
+            return
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            return
+        self._stream.flush()
+        pipe = os.fdopen(os.dup(fd), "wb", buffering=0)
+        transport, _ = await asyncio.get_running_loop().connect_write_pipe(asyncio.BaseProtocol, pipe)
+        self._transport = transport  # type: ignore[assignment]
+
+    def write(self, text: str) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(text.encode())
+        else:
+            self._stream.write(text)
+            self._stream.flush()
+
+    async def close(self, grace: float = 2.0) -> None:
+        """Let buffered lines reach the pipe (at most `grace` seconds), then close the transport."""
+        t = self._transport
+        if t is None:
+            return
+        deadline = time.monotonic() + grace
+        while t.get_write_buffer_size() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        t.close()
+
+
 class ExecutionEnvironment:
     """The agent's view of the one runtime it serves."""
 
-    def __init__(self, cfg: AgentConfig, runtime_api_port: int, out: TextIO | None = None) -> None:
+    def __init__(self, cfg: AgentConfig, runtime_api_port: int, out: TextIO | LogSink | None = None) -> None:
         self.cfg = cfg
         self._loop = asyncio.get_running_loop()  # once: in 3.11 each call costs a getpid() syscall
         self._server_port = runtime_api_port
-        self._out = out or sys.stdout
+        self._out = out if isinstance(out, LogSink) else LogSink(out)
         self.current: Invocation | None = None
         self._pending: Invocation | None = None
         self._outstanding: Invocation | None = None
         self._waiter: _Waiter | None = None
-        self.init_error: wire.Outcome | None = None
+        self.init_error: wire.Outcome | None = None  # the last init's /init/error, until an init succeeds
         self._ever_ready = False
-        self._runtime_initialized = False
+        self._runtime_initialized = False  # the current runtime has polled /next
         self._runtime_port: int | None = None
         self._init_started = time.monotonic()
+        self._init_phase = "init"  # Lambda's phase of the init in progress: init, or invoke (charged to one)
+        self._init_reported = False  # INIT_REPORT written for the init in progress (error or timeout)
+        self._init_timer: asyncio.TimerHandle | None = None
         self._init_duration_ms: float | None = None
+        self._held_restart: Callable[[], None] | None = None  # a supervisor waiting to start the next runtime
         self._ports: dict[int, int | None] = {}  # runtime connection's client port -> pid (None: looking)
         self._watched: set[int] = set()
         self._identifying: set[int] = set()  # runtime connections whose pid is being looked up
         self._condemned: set[int] = set()
-        self._exit_reasons: dict[int, str] = {}
+        self._exit_reasons: dict[int, tuple[str | None, bool]] = {}  # pid -> (reason, out of memory)
         self._recent = collections.deque[str](maxlen=64)
         self._last_log = 0.0
         self.log_streams = 0  # connected bootstrap log streams
@@ -122,12 +180,57 @@ class ExecutionEnvironment:
         self._report_timer: asyncio.TimerHandle | None = None
         self._tailing: Invocation | None = None  # answered by the runtime, its Tail still collecting output
         self._tasks: set[asyncio.Task[None]] = set()
+        self._begin_init("init")
 
     # --- state seen from outside -------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        """Init has finished (the runtime polled /next) and no init error was reported since."""
-        return self._ever_ready and self.init_error is None
+        """The environment can take an invocation: its runtime finished init (and posted no init error since),
+        or a failed init waits to be retried by the next invocation (as Lambda retries it)."""
+        return (self._ever_ready and self.init_error is None) or self._held_restart is not None
+
+    # --- init ------------------------------------------------------------------------------------------------
+    def _begin_init(self, phase: str) -> None:
+        """A runtime's init starts now (the supervisor starts it): INIT_START, and the init phase's clock."""
+        self._runtime_initialized = False
+        self._init_started = time.monotonic()
+        self._init_phase = phase
+        self._init_reported = False
+        if self._init_timer is not None:
+            self._init_timer.cancel()
+        self._init_timer = (self._loop.call_later(self.cfg.init_timeout_seconds, self._init_phase_timed_out)
+                            if phase == "init" else None)
+        self._emit(None, wire.init_start_line(
+            wire.runtime_version(self.cfg.execution_env), self.cfg.function_name, self.cfg.function_version,
+            self.cfg.initialization_type, phase, self.cfg.log_format, time.time()))
+
+    def _init_phase_timed_out(self) -> None:
+        # Lambda: "If all three tasks don't complete within 10 seconds, Lambda retries the Init phase at the
+        # time of the first function invocation with the configured function timeout." kfn lets the same init
+        # go on, charged to the invocation that waits for it (its timer is the function's timeout).
+        self._init_timer = None
+        if self._runtime_initialized or self._init_reported:
+            return
+        self._report_init("timeout", None)
+        self._init_phase = "invoke"
+
+    def _report_init(self, status: str, error_type: str | None) -> None:
+        """INIT_REPORT for the init in progress (once): it failed (error) or ran out of its phase (timeout)."""
+        if self._init_reported:
+            return
+        self._init_reported = True
+        duration_ms = (time.monotonic() - self._init_started) * 1000
+        self._emit(None, wire.init_report_line(duration_ms, self._init_phase, status, error_type,
+                                               self.cfg.initialization_type, self.cfg.log_format, time.time()))
+
+    def _release_runtime(self, phase: str) -> None:
+        """Let a held supervisor start the next runtime (its init begins now)."""
+        restart, self._held_restart = self._held_restart, None
+        if restart is None:
+            return
+        self.init_error = None  # this init is the retry; its own outcome decides
+        self._begin_init(phase)
+        restart()
 
     # --- invoke side ---------------------------------------------------------------------------------------
     def start(self, inv: Invocation, on_done: Callable[[Invocation, wire.Outcome], None]) -> None:
@@ -142,16 +245,35 @@ class ExecutionEnvironment:
             raise EnvironmentBusy
         self.current = inv
         inv.on_done = on_done
-        self._offer(inv)
-        if not inv.delivered.done():  # no runtime waiting: wait for one's /next, at most the init timeout
-            inv.timer = self._loop.call_later(self.cfg.init_timeout_seconds, self._init_timed_out, inv)
-
-    def _init_timed_out(self, inv: Invocation) -> None:
+        try:
+            self._offer(inv)
+        except BaseException:
+            # Nothing between accepting an invocation and handing it over may leave the environment busy.
+            self._abandon(inv)
+            raise
         if inv.delivered.done() or inv.outcome.done():
             return
-        if self._pending is inv:
+        if self._held_restart is not None:  # a failed init: this invocation retries it
+            self._release_runtime("invoke")
+        elif self.init_error is not None and not self._runtime_initialized:
+            # The last init failed and no supervisor of ours will retry it (a runtime without the bootstrap,
+            # restarted by the kubelet, or one that posted /init/error and carried on): answer with its error.
             self._pending = None
-        self._settle(inv, self.init_error or wire.init_timeout_outcome(self.cfg.init_timeout_seconds))
+            self._settle(inv, self.init_error)
+            return
+        # No runtime waiting: the invocation waits for one's /next, charged to the function's timeout.
+        inv.timer = self._loop.call_later(self.cfg.timeout_seconds, self._time_out, inv)
+
+    def _abandon(self, inv: Invocation) -> None:
+        if inv.timer is not None:
+            inv.timer.cancel()
+            inv.timer = None
+        if self._outstanding is inv:
+            self._outstanding = None
+        self._release(inv)
+        for fut in (inv.outcome, inv.answered):
+            if not fut.done():
+                fut.cancel()
 
     def _settle(self, inv: Invocation, outcome: wire.Outcome) -> None:
         """inv has its outcome: stop its timer, free the environment, and tell the caller (once)."""
@@ -161,8 +283,7 @@ class ExecutionEnvironment:
         if inv.timer is not None:
             inv.timer.cancel()
             inv.timer = None
-        if inv.delivered.done():
-            inv.ended = time.monotonic()
+        inv.ended = time.monotonic()
         if outcome.status == "timeout" or inv.tail is not None:
             self._spawn(self._settle_slowly(inv, outcome))
             return
@@ -200,10 +321,15 @@ class ExecutionEnvironment:
             return
         if self._outstanding is inv:
             self._outstanding = None
-        self._emit(inv, wire.timeout_log_line(inv.request_id, self.cfg.timeout_seconds,
-                                              self.cfg.log_format, time.time()))
-        inv.max_memory_mb = self._runtime_rss(inv)  # before the reset takes the process away
+        if self._pending is inv:  # still waiting for the runtime's init
+            self._pending = None
+        if inv.delivered.done():
+            self._emit(inv, self._timeout_line(inv))
+            inv.max_memory_mb = self._runtime_rss(inv)  # before the reset takes the process away
         self._settle(inv, wire.timeout_outcome(inv.request_id, self.cfg.timeout_seconds))
+
+    def _timeout_line(self, inv: Invocation) -> str:
+        return wire.timeout_log_line(inv.request_id, self.cfg.timeout_seconds, self.cfg.log_format, time.time())
 
     def _offer(self, inv: Invocation) -> None:
         w = self._waiter
@@ -222,7 +348,7 @@ class ExecutionEnvironment:
         self._outstanding = inv
         inv.delivered.set_result(None)
         loop = self._loop
-        if inv.timer is not None:  # the init wait is over
+        if inv.timer is not None:  # the wait for init is over: the handler gets the whole timeout
             inv.timer.cancel()
         inv.timer = loop.call_later(self.cfg.timeout_seconds, self._time_out, inv)
         inv.init_duration_ms, self._init_duration_ms = self._init_duration_ms, None
@@ -257,7 +383,7 @@ class ExecutionEnvironment:
             await asyncio.sleep(0.002)
 
     def write_report(self, inv: Invocation, outcome: wire.Outcome) -> None:
-        """Write the invocation's END and REPORT lines now (once; nothing if it never reached the runtime)."""
+        """Write the invocation's END and REPORT lines now (once)."""
         lines = self._report_lines(inv, outcome)
         if lines:
             self._emit(inv, *lines)
@@ -289,19 +415,31 @@ class ExecutionEnvironment:
         return lines
 
     def _report_lines(self, inv: Invocation, outcome: wire.Outcome) -> list[str]:
-        if inv.reported or not inv.delivered.done():
+        if inv.reported:
             return []
         inv.reported = True
-        if inv.max_memory_mb is None:
-            inv.max_memory_mb = self._runtime_rss(inv)
         ended = inv.ended or time.monotonic()
         now = time.time() - (time.monotonic() - ended)  # when it ended, not when the line is written
+        cfg = self.cfg
+        lines = []
+        if inv.delivered.done():
+            began = inv.started
+            if inv.max_memory_mb is None:
+                inv.max_memory_mb = self._runtime_rss(inv)
+        else:
+            # Answered without reaching a runtime (its init failed or ran out of time): Lambda still writes
+            # the invocation's START/END/REPORT, Duration from its arrival.
+            began = inv.accepted
+            lines.append(wire.start_line(inv.request_id, cfg.function_version, cfg.log_format, now))
+            if outcome.status == "timeout":
+                lines.append(wire.timeout_log_line(inv.request_id, cfg.timeout_seconds, cfg.log_format, now))
         report = wire.Report(
-            request_id=inv.request_id, duration_ms=(ended - inv.started) * 1000,
-            memory_size_mb=self.cfg.memory_mb, max_memory_used_mb=inv.max_memory_mb,
-            init_duration_ms=inv.init_duration_ms, status=outcome.status)
-        return [wire.end_line(inv.request_id, self.cfg.log_format, now),
-                wire.report_line(report, self.cfg.log_format, now)]
+            request_id=inv.request_id, duration_ms=(ended - began) * 1000,
+            memory_size_mb=cfg.memory_mb, max_memory_used_mb=inv.max_memory_mb,
+            init_duration_ms=inv.init_duration_ms, status=outcome.status, error_type=outcome.error_type)
+        lines += [wire.end_line(inv.request_id, cfg.log_format, now, outcome.status, outcome.error_type),
+                  wire.report_line(report, cfg.log_format, now)]
+        return lines
 
     def _runtime_rss(self, inv: Invocation) -> int | None:
         pid = self._ports.get(inv.runtime_port) if inv.runtime_port is not None else None
@@ -310,7 +448,6 @@ class ExecutionEnvironment:
     def _emit(self, inv: Invocation | None, *lines: str) -> None:
         text = "".join(line + "\n" for line in lines)
         self._out.write(text)
-        self._out.flush()
         if inv is not None and inv.tail is not None:
             inv.tail.add(text.encode())
 
@@ -321,7 +458,6 @@ class ExecutionEnvironment:
             return
         self._condemned.add(port)
         self._runtime_initialized = False
-        self._init_started = time.monotonic()
         pid = self._ports.get(port)
         if pid is None:
             pid = await asyncio.to_thread(procs.find_peer_pid, port, self._server_port)
@@ -345,14 +481,20 @@ class ExecutionEnvironment:
             if out.runtime_port == port:
                 raise RuntimeApiError(403, "InvalidStateTransition",
                                       f"Invocation {out.request_id} has not been answered (post a response or error)")
-            # A different connection asks for work: the runtime that held the invocation has gone.
-            self._fail_outstanding(out, None)
+            # Another connection asks for work while an invocation is out (a runtime client that reconnected):
+            # Lambda's Runtime API hands back the same invocation; its answer may come from either connection.
+            self._note_runtime(port)
+            out.runtime_port = port
+            return out
         self._note_runtime(port)
         self._runtime_port = port
         if not self._runtime_initialized:
             self._runtime_initialized = True
             self._ever_ready = True
             self.init_error = None
+            if self._init_timer is not None:
+                self._init_timer.cancel()
+                self._init_timer = None
             self._init_duration_ms = (time.monotonic() - self._init_started) * 1000
         inv = self._pending
         if inv is not None:
@@ -379,10 +521,11 @@ class ExecutionEnvironment:
         self._settle(inv, outcome)
 
     def init_failed(self, body: bytes, header_type: str | None) -> None:
-        """The runtime's POST /init/error: remember it, and answer a waiting invocation with it."""
+        """The runtime's POST /init/error: INIT_REPORT, remember it, and answer a waiting invocation with it."""
         if self._runtime_initialized:
             raise RuntimeApiError(403, "InvalidStateTransition", "Init error posted after init completed")
-        self.init_error = wire.function_error_outcome(body, header_type)
+        self.init_error = wire.function_error_outcome(body, header_type, init=True)
+        self._report_init("error", self.init_error.error_type)
         inv = self._pending
         if inv is not None and not inv.outcome.done():
             self._pending = None
@@ -396,40 +539,64 @@ class ExecutionEnvironment:
         if inv is not None and inv.tail is not None and inv.delivered.done():
             inv.tail.add(data)
 
-    def report_exit(self, pid: int, reason: str) -> None:
-        """The runtime's supervisor (bootstrap or exec mode) says pid exited, and how."""
-        self._exit_reasons[pid] = reason
+    def report_exit(self, pid: int, reason: str | None, out_of_memory: bool = False,
+                    restart: Callable[[], None] | None = None) -> None:
+        """The runtime's supervisor (bootstrap or exec mode) says pid exited, and how (reason in Lambda's words,
+        None for exit status 0). restart() is called when the environment wants the next runtime: at once after
+        a runtime that had initialised, else (a failed init) when the next invocation arrives."""
+        self._exit_reasons[pid] = (reason, out_of_memory)
         port = self._runtime_port
-        if pid not in self._ports.values() and port is not None and self._ports.get(port) is None:
+        if pid not in self._ports.values() and port is not None and self._ports.get(port, 0) is None:
             # The supervisor runs one runtime at a time and reports before starting the next, so a pid we have
             # not identified yet (a runtime that died within moments of connecting) is the current runtime's.
             self._ports[port] = pid
-        self.runtime_exited(pid)
+        if self.runtime_exited(pid):
+            if restart is not None:
+                self._held_restart = restart
+                self._release_runtime("invoke" if self.current is not None else "init")
+            return
+        # It never polled /next: its init failed (crashed, or exited after its /init/error).
+        self._exit_reasons.pop(pid, None)
+        self._init_exited(reason, out_of_memory)
+        if restart is not None:
+            self._held_restart = restart
+            if self.current is not None and not self.current.outcome.done():
+                self._release_runtime("invoke")
 
-    def runtime_exited(self, pid: int) -> None:
-        """The runtime process pid is gone: fail its invocation (Runtime.ExitError) and forget its connections."""
+    def _init_exited(self, reason: str | None, out_of_memory: bool) -> None:
+        outcome_type = "Runtime.OutOfMemory" if out_of_memory else "Runtime.ExitError"
+        self._report_init("error", outcome_type)
+        if self._init_timer is not None:
+            self._init_timer.cancel()
+            self._init_timer = None
+        inv = self._pending
+        if inv is not None and not inv.outcome.done():
+            self._pending = None
+            self._settle(inv, wire.exit_outcome(inv.request_id, reason, out_of_memory))
+
+    def runtime_exited(self, pid: int) -> bool:
+        """The runtime process pid is gone: fail its invocation (Runtime.ExitError) and forget its connections.
+        False if pid never connected (it is not a runtime we know)."""
         ports = [p for p, q in self._ports.items() if q == pid]
         if not ports:
-            return
-        reason = self._exit_reasons.pop(pid, None)
+            return False
+        reason, out_of_memory = self._exit_reasons.pop(pid, (None, False))
         for p in ports:
             del self._ports[p]
         self._watched.discard(pid)
         procs.forget(pid)
-        if self._runtime_port in ports:  # the current runtime: the next one starts its init now
+        if self._runtime_port in ports:  # the current runtime: the next one's init starts when it is started
             self._runtime_initialized = False
-            self._init_started = time.monotonic()
+            self._runtime_port = None
         out = self._outstanding
         if out is not None and out.runtime_port in ports:
-            self._fail_outstanding(out, reason)
+            self._outstanding = None
+            self._settle(out, wire.exit_outcome(out.request_id, reason, out_of_memory))
         w = self._waiter
         if w is not None and w.port in ports:
             self._waiter = None
             w.deliver(None)
-
-    def _fail_outstanding(self, out: Invocation, reason: str | None) -> None:
-        self._outstanding = None
-        self._settle(out, wire.exit_outcome(out.request_id, reason))
+        return True
 
     # --- finding and watching the runtime process ----------------------------------------------------------
     def _note_runtime(self, port: int) -> None:
@@ -442,7 +609,12 @@ class ExecutionEnvironment:
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # never lose a failure silently
+            log.error("agent task failed", exc_info=task.exception())
 
     async def _identify(self, port: int) -> None:
         try:
@@ -473,4 +645,9 @@ class ExecutionEnvironment:
             if not any(q == pid for q in self._ports.values()):
                 return  # the supervisor's report already handled it
             await asyncio.sleep(0.01)
-        self.runtime_exited(pid)
+        if pid in self._exit_reasons:
+            return  # the supervisor's report is being handled (it carries the restart)
+        # No supervisor of ours reported it (a runtime without the bootstrap): its replacement, started by the
+        # kubelet, begins a new init.
+        if self.runtime_exited(pid):
+            self._begin_init("invoke" if self.current is not None else "init")

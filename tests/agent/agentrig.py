@@ -54,6 +54,16 @@ HANDLERS = {
         def leave(event, context):
             sys.exit(event.get("code", 3))
 
+        def signal_self(event, context):
+            os.kill(os.getpid(), event["signal"])
+            time.sleep(5)
+
+        def hog(event, context):
+            chunks = []
+            for _ in range(event["mb"]):
+                chunks.append(bytearray(1024 * 1024))  # zero-filled: every page is touched
+            return len(chunks)
+
         def big(event, context):
             return "a" * event["n"]
 
@@ -86,6 +96,22 @@ HANDLERS = {
 
         def handler(event, context):
             return "unreachable"
+    ''',
+    # Dies while importing (no /init/error: the process just ends); each attempt leaves a line in starts.log.
+    "crash_init.py": '''
+        import os
+        with open(os.path.join(os.environ["LAMBDA_TASK_ROOT"], "starts.log"), "a") as f:
+            f.write("start\\n")
+        os._exit(2)
+    ''',
+    # An init longer than Lambda's 10 s init phase (seconds in slow_init.txt, read at import).
+    "slow_init.py": '''
+        import os, time
+        with open(os.path.join(os.environ["LAMBDA_TASK_ROOT"], "slow_init.txt")) as f:
+            time.sleep(float(f.read()))
+
+        def handler(event, context):
+            return {"initialised": True}
     ''',
 }
 
@@ -158,18 +184,29 @@ class Rig:
             aws_access_key_id="test", aws_secret_access_key="test",
             config=Config(retries={"max_attempts": 0}, read_timeout=30))
 
-    def start_runtime(self, handler: str | None = None, args: list[str] | None = None) -> subprocess.Popen:
+    def start_runtime(self, handler: str | None = None, args: list[str] | None = None,
+                      preexec_fn=None) -> subprocess.Popen:
         env = dict(self.env)
         if handler:
             env["_HANDLER"] = handler
         proc = subprocess.Popen([sys.executable, str(BOOTSTRAP), *(args or [])], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=preexec_fn)
         self.runtime = proc
         self.procs.append(proc)
         return proc
 
     def agent_output(self) -> str:
         return self.agent_log.read_text()
+
+    def platform_lines(self) -> list[str]:
+        """The agent's Lambda platform lines (Text format), in order."""
+        kinds = ("INIT_START", "INIT_REPORT", "START", "END", "REPORT")
+        return [line for line in self.agent_output().splitlines() if line.startswith(kinds)]
+
+    def platform_records(self) -> list[dict]:
+        """The agent's Lambda platform records (JSON format), in order."""
+        return [json.loads(line) for line in self.agent_output().splitlines() if line.startswith('{"time"')]
 
     def stop(self) -> None:
         for proc in [*self.procs, self.agent]:

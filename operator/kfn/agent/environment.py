@@ -200,9 +200,12 @@ class ExecutionEnvironment:
             self._init_timer.cancel()
         self._init_timer = (self._loop.call_later(self.cfg.init_timeout_seconds, self._init_phase_timed_out)
                             if phase == "init" else None)
-        self._emit(None, wire.init_start_line(
-            wire.runtime_version(self.cfg.execution_env), self.cfg.function_name, self.cfg.function_version,
-            self.cfg.initialization_type, phase, self.cfg.log_format, time.time()))
+        # Text logs show INIT_START for the init phase only; a suppressed init (phase invoke) shows as its
+        # INIT_REPORT. JSON (the Telemetry API's records) has platform.initStart for both phases.
+        if phase == "init" or self.cfg.log_format == "JSON":
+            self._emit(None, wire.init_start_line(
+                wire.runtime_version(self.cfg.execution_env), self.cfg.function_name, self.cfg.function_version,
+                self.cfg.initialization_type, phase, self.cfg.log_format, time.time()))
 
     def _init_phase_timed_out(self) -> None:
         # Lambda: "If all three tasks don't complete within 10 seconds, Lambda retries the Init phase at the

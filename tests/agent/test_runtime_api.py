@@ -91,22 +91,6 @@ def test_runtime_api_refuses_bad_ids_wrong_state_and_oversized_responses(rig_fac
     assert call.result().json()["errorType"] == "Function.ResponseSizeTooLarge"
 
 
-def test_import_error_answers_with_the_init_error_and_stays_unready(rig_factory) -> None:
-    rig = rig_factory(timeout=1)
-    rig.start_runtime("broken.handler")
-    reply = rig.invoke({})
-    assert reply.status == 200
-    assert reply.headers["x-amz-function-error"] == "Unhandled"
-    err = reply.json()
-    assert err["errorType"] == "Runtime.ImportModuleError"
-    assert "a_module_that_does_not_exist" in err["errorMessage"]
-    assert not rig.ready()
-    # Fixing the code (here: the module on disk) and the runtime's next start makes the environment ready.
-    (rig.task_root / "broken.py").write_text("def handler(event, context):\n    return 'fixed'\n")
-    wait_for(rig.ready, 10, "readiness after the import error is fixed")
-    assert rig.invoke({}).json() == "fixed"
-
-
 def test_json_log_format(rig_factory) -> None:
     rig = rig_factory(extra_env={"AWS_LAMBDA_LOG_FORMAT": "JSON"})
     rig.start_runtime("app.count")
@@ -159,6 +143,17 @@ def test_exec_mode_supervises_awslambdaric(rig_factory) -> None:
     wait_for(rig.ready, 20, "exec-mode runtime readiness")
     first, second = rig.invoke({}).json(), rig.invoke({}).json()
     assert (first["invocations"], second["invocations"]) == (1, 2)
+
+
+def test_exec_mode_retries_a_crashed_init_with_the_next_invocation(rig_factory) -> None:
+    rig = rig_factory(timeout=30, agent_args=["--", sys.executable, "-m", "awslambdaric", "crash_init.handler"])
+    wait_for(lambda: (rig.task_root / "starts.log").exists(), 20, "the first init attempt")
+    reply = rig.invoke({})
+    assert reply.seconds < 5
+    rid = reply.headers["x-amzn-requestid"]
+    assert reply.json() == {"errorType": "Runtime.ExitError",
+                            "errorMessage": f"RequestId: {rid} Error: Runtime exited with error: exit status 2"}
+    assert (rig.task_root / "starts.log").read_text().count("start") == 2
 
 
 def test_image_function_runtime_without_bootstrap_is_reset_by_kill(rig_factory) -> None:

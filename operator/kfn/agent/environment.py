@@ -207,6 +207,16 @@ class ExecutionEnvironment:
                 wire.runtime_version(self.cfg.execution_env), self.cfg.function_name, self.cfg.function_version,
                 self.cfg.initialization_type, phase, self.cfg.log_format, time.time()))
 
+    def bootstrap_connected(self) -> None:
+        """The managed image's bootstrap opened its log stream, just before it starts the first runtime: in a pod
+        that is when the first init really begins (the runtime image may have been pulled for a while)."""
+        if self._ever_ready or self._ports or self._init_reported or self._init_phase != "init":
+            return
+        self._init_started = time.monotonic()
+        if self._init_timer is not None:
+            self._init_timer.cancel()
+        self._init_timer = self._loop.call_later(self.cfg.init_timeout_seconds, self._init_phase_timed_out)
+
     def _init_phase_timed_out(self) -> None:
         # Lambda: "If all three tasks don't complete within 10 seconds, Lambda retries the Init phase at the
         # time of the first function invocation with the configured function timeout." kfn lets the same init

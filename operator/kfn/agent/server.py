@@ -173,6 +173,7 @@ def runtime_api_connections(env: ExecutionEnvironment) -> Callable[[], Connectio
     def sink_for(req: Request) -> Callable[[bytes], None] | None:
         if req.method == "POST" and req.path == _LOGS_PATH:
             env.log_streams += 1
+            env.bootstrap_connected()
             return env.add_log
         return None
 

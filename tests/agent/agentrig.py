@@ -218,10 +218,12 @@ class Rig:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 def start_rig(tmp: Path, *, timeout: int = 1, extra_env: dict[str, str] | None = None,
-              agent_args: list[str] | None = None) -> Rig:
+              agent_args: list[str] | None = None, agent_stdout: int | None = None) -> Rig:
     task = tmp / "task"
     task.mkdir(exist_ok=True)
     for name, text in HANDLERS.items():
@@ -246,8 +248,10 @@ def start_rig(tmp: Path, *, timeout: int = 1, extra_env: dict[str, str] | None =
     }
     log = tmp / "agent.log"
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-        agent = subprocess.Popen([*KFN, "agent", *(agent_args or [])], env=env, stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+        # agent_stdout: e.g. a pipe nobody reads (stderr, the agent's own log, still goes to the file)
+        agent = subprocess.Popen([*KFN, "agent", *(agent_args or [])], env=env,
+                                 stdout=out if agent_stdout is None else agent_stdout,
+                                 stderr=subprocess.STDOUT if agent_stdout is None else out, start_new_session=True)
     rig = Rig(invoke_port, runtime_port, task, env, agent, log)
 
     def healthy() -> bool:

@@ -319,3 +319,24 @@ def test_out_of_memory_is_runtime_out_of_memory(rig_factory) -> None:
                 break
             except OSError:
                 time.sleep(0.1)
+
+
+# --- the event loop never waits for the log -----------------------------------------------------------------------
+def test_a_log_reader_that_never_reads_does_not_stall_invocations(rig_factory) -> None:
+    """The agent's stdout is a pipe (as a container's is) that nobody reads: its 64 KiB fill up after a few
+    hundred invocations' START/END/REPORT lines; a blocking write on the event loop would hang every invocation
+    from then on."""
+    import subprocess
+
+    rig = rig_factory(timeout=3, agent_stdout=subprocess.PIPE)
+    rig.start_runtime("app.echo")
+    wait_for(rig.ready, 20, "the runtime's first /next (readyz)")
+    t0 = time.monotonic()
+    for i in range(1200):  # ~250 bytes of platform lines each: well past the pipe's capacity
+        reply = rig.invoke({"i": i})
+        assert reply.json() == {"i": i}
+    assert time.monotonic() - t0 < 60
+    # What was buffered reaches the reader once it reads.
+    assert rig.agent.stdout is not None
+    first = rig.agent.stdout.read(4096).decode()
+    assert first.startswith("INIT_START") and "START RequestId: " in first

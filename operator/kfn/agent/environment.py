@@ -115,14 +115,25 @@ class LogSink:
         self._transport: asyncio.WriteTransport | None = None
 
     async def start(self) -> None:
-        """Switch to a non-blocking transport when the stream is a pipe or a socket."""
+        """Switch to a non-blocking transport when the stream is a pipe or a socket of its own.
+
+        O_NONBLOCK belongs to the open file, which children and dup'ed descriptors share: so not when stderr is
+        the same pipe (the log module writes there with plain blocking writes), and not in exec mode (the
+        runtime child inherits stdout; call start() only without children that share it).
+        """
         try:
             fd = self._stream.fileno()
-            mode = os.fstat(fd).st_mode
+            st = os.fstat(fd)
         except (AttributeError, OSError, ValueError):  # not a real file (a test's StringIO)
             return
-        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        if not (stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
             return
+        try:
+            err = os.fstat(2)
+            if (err.st_dev, err.st_ino) == (st.st_dev, st.st_ino):
+                return
+        except OSError:
+            pass  # no stderr: nothing shares the pipe
         self._stream.flush()
         pipe = os.fdopen(os.dup(fd), "wb", buffering=0)
         transport, _ = await asyncio.get_running_loop().connect_write_pipe(asyncio.BaseProtocol, pipe)

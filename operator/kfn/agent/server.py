@@ -348,7 +348,8 @@ async def serve(cfg: AgentConfig, cmd: Sequence[str] = ()) -> None:
     """Run the agent until SIGTERM/SIGINT."""
     rt_host, rt_port = cfg.runtime_api_addr
     sink = LogSink()
-    await sink.start()
+    if not cmd:  # exec mode's runtime inherits our stdout: keep it blocking for them
+        await sink.start()
     env = ExecutionEnvironment(cfg, rt_port, sink)
     loop = asyncio.get_running_loop()
     invoke = invoke_handler(env, cfg)

@@ -107,6 +107,8 @@ HANDLERS = {
     # An init longer than Lambda's 10 s init phase (seconds in slow_init.txt, read at import).
     "slow_init.py": '''
         import os, time
+        with open(os.path.join(os.environ["LAMBDA_TASK_ROOT"], "starts.log"), "a") as f:
+            f.write("start\\n")
         with open(os.path.join(os.environ["LAMBDA_TASK_ROOT"], "slow_init.txt")) as f:
             time.sleep(float(f.read()))
 

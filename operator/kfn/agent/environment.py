@@ -7,10 +7,13 @@ answer, and writes Lambda's platform lines (INIT_START, INIT_REPORT, START/END/R
 servers in `server.py` call in.
 
 Init as Lambda runs it ("Lambda execution environment lifecycle"): the init phase has `init_timeout_seconds`
-(10 s); an init still running then is reported (INIT_REPORT ... Status: timeout) and goes on inside the first
-invocation, charged to the function's timeout. A runtime that fails its init (an /init/error post, or an exit
-before its first /next) answers a waiting invocation at once; the runtime's supervisor (bootstrap or exec mode)
-is then held until the next invocation arrives, which retries the init — never a restart loop while idle.
+(10 s, not charged to anyone); an init still running then is reported (INIT_REPORT ... Status: timeout) and
+stopped, and the first invocation retries it, charged to the function's timeout (a "suppressed init", phase
+invoke). A runtime that fails its init (an /init/error post, or an exit before its first /next) answers a
+waiting invocation at once. After a failed or stopped init the runtime's supervisor (bootstrap or exec mode) is
+held until the next invocation arrives, which retries the init — never a restart loop while idle. An init is
+stopped by killing the bootstrap's child (found through the bootstrap's log stream connection); a runtime
+without the bootstrap cannot be found before it calls the Runtime API, so its init goes on instead.
 """
 
 from __future__ import annotations
@@ -179,6 +182,8 @@ class ExecutionEnvironment:
         self._init_timer: asyncio.TimerHandle | None = None
         self._init_duration_ms: float | None = None
         self._held_restart: Callable[[], None] | None = None  # a supervisor waiting to start the next runtime
+        self._bootstrap_port: int | None = None  # client port of the bootstrap's log stream (finds its pid)
+        self._init_killed = False  # the init in progress was stopped by us (timeout), not failed
         self._ports: dict[int, int | None] = {}  # runtime connection's client port -> pid (None: looking)
         self._watched: set[int] = set()
         self._identifying: set[int] = set()  # runtime connections whose pid is being looked up
@@ -207,6 +212,7 @@ class ExecutionEnvironment:
         self._init_started = time.monotonic()
         self._init_phase = phase
         self._init_reported = False
+        self._init_killed = False
         if self._init_timer is not None:
             self._init_timer.cancel()
         self._init_timer = (self._loop.call_later(self.cfg.init_timeout_seconds, self._init_phase_timed_out)
@@ -218,9 +224,11 @@ class ExecutionEnvironment:
                 wire.runtime_version(self.cfg.execution_env), self.cfg.function_name, self.cfg.function_version,
                 self.cfg.initialization_type, phase, self.cfg.log_format, time.time()))
 
-    def bootstrap_connected(self) -> None:
-        """The managed image's bootstrap opened its log stream, just before it starts the first runtime: in a pod
-        that is when the first init really begins (the runtime image may have been pulled for a while)."""
+    def bootstrap_connected(self, port: int) -> None:
+        """The managed image's bootstrap opened its log stream (from client port `port`), just before it starts
+        the first runtime: in a pod that is when the first init really begins (the image may have been pulled
+        for a while)."""
+        self._bootstrap_port = port
         if self._ever_ready or self._ports or self._init_reported or self._init_phase != "init":
             return
         self._init_started = time.monotonic()
@@ -230,13 +238,32 @@ class ExecutionEnvironment:
 
     def _init_phase_timed_out(self) -> None:
         # Lambda: "If all three tasks don't complete within 10 seconds, Lambda retries the Init phase at the
-        # time of the first function invocation with the configured function timeout." kfn lets the same init
-        # go on, charged to the invocation that waits for it (its timer is the function's timeout).
+        # time of the first function invocation with the configured function timeout."
         self._init_timer = None
         if self._runtime_initialized or self._init_reported:
             return
         self._report_init("timeout", None)
         self._init_phase = "invoke"
+        inv = self._pending
+        if inv is not None and inv.timer is None:  # its invoke phase starts now
+            inv.timer = self._loop.call_later(self.cfg.timeout_seconds, self._time_out, inv)
+        self._spawn(self._stop_init())
+
+    async def _stop_init(self) -> None:
+        """Kill the runtime whose init is in progress (the bootstrap's child); the bootstrap's exit report then
+        holds or restarts it (see report_exit). Without a bootstrap to find, the init goes on."""
+        port = self._bootstrap_port
+        if self._runtime_initialized:
+            return
+        # The bootstrap's children; in exec mode (no bootstrap), our own child is the runtime.
+        supervisor = os.getpid() if port is None else await asyncio.to_thread(
+            procs.find_peer_pid, port, self._server_port)
+        if supervisor is None or self._runtime_initialized:
+            return
+        for child in procs.children(supervisor):
+            self._init_killed = True
+            log.info("stopping the runtime's init (pid %d) after its time ran out", child)
+            procs.kill_runtime(child)
 
     def _report_init(self, status: str, error_type: str | None) -> None:
         """INIT_REPORT for the init in progress (once): it failed (error) or ran out of its phase (timeout)."""
@@ -285,6 +312,8 @@ class ExecutionEnvironment:
             self._pending = None
             self._settle(inv, self.init_error)
             return
+        if self._init_timer is not None and not self._runtime_initialized:
+            return  # the init phase is still on (not charged): the invoke phase and its timeout start after it
         # No runtime waiting: the invocation waits for one's /next, charged to the function's timeout.
         inv.timer = self._loop.call_later(self.cfg.timeout_seconds, self._time_out, inv)
 
@@ -317,9 +346,13 @@ class ExecutionEnvironment:
 
     async def _settle_slowly(self, inv: Invocation, outcome: wire.Outcome) -> None:
         try:
-            # A timeout: the runtime is reset before the environment takes the next invocation.
+            # A timeout: the runtime is reset before the environment takes the next invocation (an init that
+            # the invocation waited for is stopped; the next invocation retries it).
             if outcome.status == "timeout":
-                await self._reset(inv)
+                if inv.delivered.done():
+                    await self._reset(inv)
+                else:
+                    await self._stop_init()
         finally:
             self._release(inv)
         if inv.tail is not None:
@@ -588,6 +621,10 @@ class ExecutionEnvironment:
                 self._release_runtime("invoke")
 
     def _init_exited(self, reason: str | None, out_of_memory: bool) -> None:
+        if self._init_killed:  # we stopped it: its time ran out (the waiting invocation, if any, retries it)
+            self._init_killed = False
+            self._report_init("timeout", None)
+            return
         outcome_type = "Runtime.OutOfMemory" if out_of_memory else "Runtime.ExitError"
         self._report_init("error", outcome_type)
         if self._init_timer is not None:

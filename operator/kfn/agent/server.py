@@ -173,7 +173,7 @@ def runtime_api_connections(env: ExecutionEnvironment) -> Callable[[], Connectio
     def sink_for(req: Request) -> Callable[[bytes], None] | None:
         if req.method == "POST" and req.path == _LOGS_PATH:
             env.log_streams += 1
-            env.bootstrap_connected()
+            env.bootstrap_connected(req.peer_port)
             return env.add_log
         return None
 

@@ -232,8 +232,7 @@ class Invoker:
                                  f"(got {inv_type!r})")
         payload = req.body
         if payload is None:
-            return _invoke_error(req, 413, "RequestTooLargeException",
-                                 f"Request must be smaller than {wire.MAX_REQUEST_BYTES} bytes for the Invoke operation")
+            return _invoke_error(req, 413, "RequestTooLargeException", wire.REQUEST_TOO_LARGE_MESSAGE)
         if not payload:
             payload = b"{}"
         else:

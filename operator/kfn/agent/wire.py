@@ -20,6 +20,8 @@ from dataclasses import dataclass
 # most 6 MiB plus 100 bytes of slack, as the Runtime Interface Emulator has it.
 MAX_REQUEST_BYTES = 6 * 1024 * 1024
 MAX_RESPONSE_BYTES = 6 * 1024 * 1024 + 100
+# Lambda's answer to an Invoke body over MAX_REQUEST_BYTES (413 RequestTooLargeException).
+REQUEST_TOO_LARGE_MESSAGE = f"Request must be smaller than {MAX_REQUEST_BYTES} bytes for the Invoke operation"
 # LogType=Tail returns the last 4 KB of the invocation's log.
 LOG_TAIL_BYTES = 4096
 
@@ -176,7 +178,6 @@ def trace_header(value: str | None) -> str:
 
 # The Invoke API's Qualifier (botocore's NumericLatestPublishedOrAliasQualifier shape).
 _QUALIFIER = re.compile(r"\$(LATEST(\.PUBLISHED)?)|[a-zA-Z0-9-_$]+")
-_QUALIFIER_PATTERN = r"\$(LATEST(\.PUBLISHED)?)|[a-zA-Z0-9-_$]+"
 
 
 def qualifier_problem(qualifier: str) -> str | None:
@@ -186,7 +187,7 @@ def qualifier_problem(qualifier: str) -> str | None:
     if len(qualifier) > 128:
         rule = "Member must have length less than or equal to 128"
     else:
-        rule = f"Member must satisfy regular expression pattern: {_QUALIFIER_PATTERN}"
+        rule = f"Member must satisfy regular expression pattern: {_QUALIFIER.pattern}"
     return f"1 validation error detected: Value '{qualifier}' at 'qualifier' failed to satisfy constraint: {rule}"
 
 

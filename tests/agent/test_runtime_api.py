@@ -147,7 +147,8 @@ def test_exec_mode_supervises_awslambdaric(rig_factory) -> None:
 
 def test_exec_mode_retries_a_crashed_init_with_the_next_invocation(rig_factory) -> None:
     rig = rig_factory(timeout=30, agent_args=["--", sys.executable, "-m", "awslambdaric", "crash_init.handler"])
-    wait_for(lambda: (rig.task_root / "starts.log").exists(), 20, "the first init attempt")
+    wait_for(lambda: any(line.startswith("INIT_REPORT") for line in rig.platform_lines()), 20,
+             "the first init's failure")
     reply = rig.invoke({})
     assert reply.seconds < 5
     rid = reply.headers["x-amzn-requestid"]
@@ -176,3 +177,40 @@ def test_image_function_runtime_without_bootstrap_is_reset_by_kill(rig_factory) 
                                       cwd=rig.task_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                       start_new_session=True))
     assert rig.invoke({"op": "count"}).json()["invocations"] == 1
+
+
+INIT_ERROR = {"errorType": "Runtime.ImportModuleError", "errorMessage": "Unable to import module 'app': boom"}
+
+
+def test_a_failed_init_is_held_until_an_invocation_asks_for_the_retry(rig_factory) -> None:
+    """The bootstrap's side of the contract, played by the test: after an init fails, its exit report is
+    answered (the go-ahead to start the next runtime) only when an invocation arrives; that invocation gets
+    the retried init's outcome."""
+    rig = rig_factory(timeout=5)
+    assert runtime(rig, "POST", f"{P}/init/error", json.dumps(INIT_ERROR).encode()).status == 202
+    exited: dict[str, Reply] = {}
+    supervisor = threading.Thread(target=lambda: exited.update(r=runtime(
+        rig, "POST", "/2018-06-01/kfn/runtime/exited",
+        json.dumps({"pid": 999999, "exitStatus": 1, "signal": None, "outOfMemory": False}).encode())))
+    supervisor.start()
+    wait_for(rig.ready, 10, "readiness of an environment whose failed init waits for a retry")
+    assert "r" not in exited, "no go-ahead while no invocation asks for the init's retry"
+    call = InvokeInBackground(rig, {"k": 1})
+    supervisor.join(10)
+    assert exited["r"].status == 202, "the invocation released the supervisor"
+    nxt = runtime(rig, "GET", f"{P}/invocation/next")  # the retried init succeeds
+    rid = nxt.headers["lambda-runtime-aws-request-id"]
+    assert runtime(rig, "POST", f"{P}/invocation/{rid}/response", b'"retried"').status == 202
+    assert call.result().body == b'"retried"'
+
+
+def test_an_init_error_nobody_retries_answers_the_invocation_with_it(rig_factory) -> None:
+    """A runtime without the bootstrap (a code.image function) posted /init/error: no supervisor reports its
+    end, so an invocation gets that init's error (after a short wait for a report), not a timeout."""
+    rig = rig_factory(timeout=5)
+    body = json.dumps(INIT_ERROR).encode()
+    assert runtime(rig, "POST", f"{P}/init/error", body).status == 202
+    reply = rig.invoke({})
+    assert reply.seconds < 2
+    assert reply.headers["x-amz-function-error"] == "Unhandled"
+    assert reply.body == body

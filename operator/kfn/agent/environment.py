@@ -246,7 +246,7 @@ class ExecutionEnvironment:
         self._init_phase = "invoke"
         inv = self._pending
         if inv is not None and inv.timer is None:  # its invoke phase starts now
-            inv.timer = self._loop.call_later(self.cfg.timeout_seconds, self._time_out, inv)
+            self._charge(inv)
         self._spawn(self._stop_init())
 
     async def _stop_init(self) -> None:
@@ -281,6 +281,9 @@ class ExecutionEnvironment:
             return
         self.init_error = None  # this init is the retry; its own outcome decides
         self._begin_init(phase)
+        inv = self._pending
+        if inv is not None and not inv.outcome.done():
+            self._charge(inv)  # the retried init is charged to the invocation that asked for it
         restart()
 
     # --- invoke side ---------------------------------------------------------------------------------------
@@ -306,16 +309,33 @@ class ExecutionEnvironment:
             return
         if self._held_restart is not None:  # a failed init: this invocation retries it
             self._release_runtime("invoke")
-        elif self.init_error is not None and not self._runtime_initialized:
-            # The last init failed and no supervisor of ours will retry it (a runtime without the bootstrap,
-            # restarted by the kubelet, or one that posted /init/error and carried on): answer with its error.
-            self._pending = None
-            self._settle(inv, self.init_error)
+            return
+        if self.init_error is not None and not self._runtime_initialized:
+            # The last init failed and its runtime has not been reported gone yet: the supervisor's report
+            # (which lets this invocation retry the init) normally follows at once; wait for it a moment.
+            inv.timer = self._loop.call_later(_EXIT_REPORT_WAIT_S, self._init_error_stands, inv)
             return
         if self._init_timer is not None and not self._runtime_initialized:
             return  # the init phase is still on (not charged): the invoke phase and its timeout start after it
-        # No runtime waiting: the invocation waits for one's /next, charged to the function's timeout.
+        self._charge(inv)
+
+    def _charge(self, inv: Invocation) -> None:
+        """inv waits for a runtime's /next from now on, charged to the function's timeout."""
+        if inv.timer is not None:
+            inv.timer.cancel()
         inv.timer = self._loop.call_later(self.cfg.timeout_seconds, self._time_out, inv)
+
+    def _init_error_stands(self, inv: Invocation) -> None:
+        inv.timer = None
+        if inv.outcome.done() or self._pending is not inv:
+            return
+        if self.init_error is not None and not self._runtime_initialized and self._held_restart is None:
+            # No supervisor of ours retries it (a runtime without the bootstrap, restarted by the kubelet, or
+            # one that posted /init/error and carried on): answer with the init's error, as its retry would.
+            self._pending = None
+            self._settle(inv, self.init_error)
+        else:
+            self._charge(inv)
 
     def _abandon(self, inv: Invocation) -> None:
         if inv.timer is not None:
@@ -621,15 +641,17 @@ class ExecutionEnvironment:
                 self._release_runtime("invoke")
 
     def _init_exited(self, reason: str | None, out_of_memory: bool) -> None:
+        if self._init_timer is not None:  # this init is over
+            self._init_timer.cancel()
+            self._init_timer = None
         if self._init_killed:  # we stopped it: its time ran out (the waiting invocation, if any, retries it)
             self._init_killed = False
             self._report_init("timeout", None)
             return
+        if self.init_error is not None:
+            return  # it exited after posting its /init/error (as awslambdaric does): that was the report
         outcome_type = "Runtime.OutOfMemory" if out_of_memory else "Runtime.ExitError"
         self._report_init("error", outcome_type)
-        if self._init_timer is not None:
-            self._init_timer.cancel()
-            self._init_timer = None
         inv = self._pending
         if inv is not None and not inv.outcome.done():
             self._pending = None

@@ -40,8 +40,8 @@ _TAIL_QUIET_S = 0.015
 _TAIL_MAX_WAIT_S = 0.5
 # A pidfd says a runtime exited; the bootstrap's exit report (with the exit status) may follow shortly.
 _EXIT_REPORT_WAIT_S = 0.5
-# END/REPORT of an answered invocation wait for the next invocation's START (one write, at a moment when the
-# runtime is busy and the agent idle), or at most this long.
+# Platform lines are written in batches, at most this long after the first of them: one write (and one read of
+# the runtime's peak memory) per batch, none on an invocation's path.
 _REPORT_DELAY_S = 0.05
 
 
@@ -192,8 +192,11 @@ class ExecutionEnvironment:
         self._recent = collections.deque[str](maxlen=64)
         self._last_log = 0.0
         self.log_streams = 0  # connected bootstrap log streams
-        self._unreported: list[tuple[Invocation, wire.Outcome]] = []
-        self._report_timer: asyncio.TimerHandle | None = None
+        # Platform lines waiting for the next batch, in order: text, or an invocation whose END/REPORT are
+        # formatted when the batch is written.
+        self._log_items: list[str | tuple[Invocation, wire.Outcome]] = []
+        self._log_timer: asyncio.TimerHandle | None = None
+        self._rss_memo: dict[int, int | None] | None = None  # peak memory per pid, within one batch
         self._tailing: Invocation | None = None  # answered by the runtime, its Tail still collecting output
         self._tasks: set[asyncio.Task[None]] = set()
         self._begin_init("init")
@@ -429,16 +432,13 @@ class ExecutionEnvironment:
             inv.timer.cancel()
         inv.timer = loop.call_later(self.cfg.timeout_seconds, self._time_out, inv)
         inv.init_duration_ms, self._init_duration_ms = self._init_duration_ms, None
-        # After the runtime has its invocation: the write stays off the path to the runtime (and precedes any
-        # output of the handler, which reaches us later through the log stream). The previous invocation's
-        # END/REPORT, if still waiting, go out in the same write.
+        # After the runtime has its invocation: START stays off the path to the runtime (and precedes any
+        # output of the handler, which reaches us later through the log stream, in the Tail).
         loop.call_soon(self._started, inv, wire.start_line(
             inv.request_id, self.cfg.function_version, self.cfg.log_format, time.time()))
 
     def _started(self, inv: Invocation, start: str) -> None:
-        lines = self._take_reports()
-        lines.append(start)
-        self._emit(None, *lines)
+        self._emit(None, start)
         if inv.tail is not None:  # only its own START: the earlier lines belong to earlier invocations
             inv.tail.add_line(start)
 
@@ -460,36 +460,44 @@ class ExecutionEnvironment:
             await asyncio.sleep(0.002)
 
     def write_report(self, inv: Invocation, outcome: wire.Outcome) -> None:
-        """Write the invocation's END and REPORT lines now (once)."""
+        """Write the invocation's END and REPORT lines now (once), with the lines waiting before them: for
+        LogType=Tail, whose caller sees them in its answer."""
         lines = self._report_lines(inv, outcome)
         if lines:
             self._emit(inv, *lines)
+        self.flush_reports()
 
     def report_later(self, inv: Invocation, outcome: wire.Outcome) -> None:
-        """Write the END and REPORT lines of an answered invocation soon: with the next invocation's START, or
-        after _REPORT_DELAY_S, whichever comes first (both keep the log's order)."""
-        self._unreported.append((inv, outcome))
-        if self._report_timer is None:
-            self._report_timer = self._loop.call_later(_REPORT_DELAY_S, self._flush_reports)
+        """Write the END and REPORT lines of an answered invocation with the next batch of platform lines
+        (formatted then: nothing of it on the invocation's path)."""
+        self._log_items.append((inv, outcome))
+        self._arm_flush()
+
+    def _arm_flush(self) -> None:
+        if self._log_timer is None:
+            self._log_timer = self._loop.call_later(_REPORT_DELAY_S, self.flush_reports)
 
     def flush_reports(self) -> None:
-        """Write the END/REPORT lines still waiting (at shutdown)."""
-        self._flush_reports()
-
-    def _flush_reports(self) -> None:
-        lines = self._take_reports()
-        if lines:
-            self._emit(None, *lines)
-
-    def _take_reports(self) -> list[str]:
-        if self._report_timer is not None:
-            self._report_timer.cancel()
-            self._report_timer = None
-        lines: list[str] = []
-        for inv, outcome in self._unreported:
-            lines += self._report_lines(inv, outcome)
-        self._unreported.clear()
-        return lines
+        """Write the platform lines waiting for their batch, in order (also at shutdown)."""
+        if self._log_timer is not None:
+            self._log_timer.cancel()
+            self._log_timer = None
+        items, self._log_items = self._log_items, []
+        if not items:
+            return
+        # One read of the runtime's peak memory (VmHWM, monotonic) serves every REPORT of the batch: it may
+        # count growth up to _REPORT_DELAY_S after an earlier invocation of the batch ended.
+        self._rss_memo = {}
+        try:
+            parts = []
+            for item in items:
+                if isinstance(item, str):
+                    parts.append(item)
+                else:
+                    parts += (line + "\n" for line in self._report_lines(*item))
+        finally:
+            self._rss_memo = None
+        self._out.write("".join(parts))
 
     def _report_lines(self, inv: Invocation, outcome: wire.Outcome) -> list[str]:
         if inv.reported:
@@ -520,11 +528,20 @@ class ExecutionEnvironment:
 
     def _runtime_rss(self, inv: Invocation) -> int | None:
         pid = self._ports.get(inv.runtime_port) if inv.runtime_port is not None else None
-        return procs.max_rss_mb(pid) if pid else None
+        if not pid:
+            return None
+        memo = self._rss_memo
+        if memo is None:
+            return procs.max_rss_mb(pid)
+        if pid not in memo:
+            memo[pid] = procs.max_rss_mb(pid)
+        return memo[pid]
 
     def _emit(self, inv: Invocation | None, *lines: str) -> None:
+        """Queue platform lines for the next batch (and the invocation's Tail, at once)."""
         text = "".join(line + "\n" for line in lines)
-        self._out.write(text)
+        self._log_items.append(text)
+        self._arm_flush()
         if inv is not None and inv.tail is not None:
             inv.tail.add(text.encode())
 

@@ -189,6 +189,7 @@ class ExecutionEnvironment:
         self._identifying: set[int] = set()  # runtime connections whose pid is being looked up
         self._condemned: set[int] = set()
         self._exit_reasons: dict[int, tuple[str | None, bool]] = {}  # pid -> (reason, out of memory)
+        self._gone = collections.deque[int](maxlen=16)  # runtimes whose exit was handled (before any report)
         self._recent = collections.deque[str](maxlen=64)
         self._last_log = 0.0
         self.log_streams = 0  # connected bootstrap log streams
@@ -644,7 +645,8 @@ class ExecutionEnvironment:
             # The supervisor runs one runtime at a time and reports before starting the next, so a pid we have
             # not identified yet (a runtime that died within moments of connecting) is the current runtime's.
             self._ports[port] = pid
-        if self.runtime_exited(pid):
+        if self.runtime_exited(pid) or pid in self._gone:  # (its pidfd may have been first, on a busy machine)
+            self._exit_reasons.pop(pid, None)
             if restart is not None:
                 self._held_restart = restart
                 self._release_runtime("invoke" if self.current is not None else "init")
@@ -683,6 +685,7 @@ class ExecutionEnvironment:
         reason, out_of_memory = self._exit_reasons.pop(pid, (None, False))
         for p in ports:
             del self._ports[p]
+        self._gone.append(pid)
         self._watched.discard(pid)
         procs.forget(pid)
         if self._runtime_port in ports:  # the current runtime: the next one's init starts when it is started

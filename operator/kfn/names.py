@@ -122,3 +122,4 @@ def function_labels(function: str, version: str | int) -> dict[str, str]:
         LABEL_COMPONENT: COMPONENT_FUNCTION,
         LABEL_MANAGED_BY: MANAGED_BY,
     }
+

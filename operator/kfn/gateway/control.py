@@ -18,4 +18,4 @@ class ApiSettings:
 
 def handle(method: str, path: str, query: dict[str, list[str]], view: CatalogView,
            settings: ApiSettings) -> tuple[int, dict[str, str], bytes]:
-    return errors.wire(errors.ResourceNotFoundException(f"no route for {method} {path}"))
+    return errors.wire(errors.UnknownOperationException(f"no operation for {method} {path}"))

@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, quote
@@ -28,14 +26,15 @@ from kfn.agent.httpserver import Connection, Request, encode_headers
 from kfn.gateway import arn, control, errors, metrics, routing
 from kfn.gateway.agentclient import AgentUnreachable, Answer
 from kfn.gateway.catalog import Catalog, VersionKey
-from kfn.gateway.coldstart import PENDING, SCALE, THROTTLE, WAIT, ScaleUp, Snapshot, decide, unreserved_limit
+from kfn.gateway.coldstart import (ACCOUNT_LIMIT, PENDING, RESERVED_LIMIT, SCALE, THROTTLE, WAIT, ScaleUp, Snapshot,
+                                   decide, unreserved_limit)
 from kfn.gateway.pool import EnvironmentPool, Lease
 
 log = logging.getLogger("kfn.gateway")
 
 INVOKE_PREFIX, INVOKE_SUFFIX = "/2015-03-31/functions/", "/invocations"
 # Lambda's synchronous invocation payload limit (Invoke API): 6 MB.
-MAX_SYNC_PAYLOAD = 6_291_456
+MAX_SYNC_PAYLOAD = errors.MAX_SYNC_REQUEST_BYTES
 BUSY_HEADER = "x-kfn-environment-busy"
 REQUEST_ID_HEADER = "X-Kfn-Request-Id"
 INVOCATION_TYPES = ("Event", "RequestResponse", "DryRun")
@@ -66,27 +65,24 @@ class AsyncNotAvailable(errors.ServiceException):
     """Event invocations need the durable async queue (a later issue): answered 501, never a fake 202."""
 
     status = 501
+    error_type = "ServiceException"
 
 
 def validation_error(value: str, member: str, allowed: tuple[str, ...]) -> errors.ValidationException:
     """AWS's enum validation message."""
-    return errors.ValidationException(
-        f"1 validation error detected: Value '{value}' at '{member}' failed to satisfy constraint: "
-        f"Member must satisfy enum value set: [{', '.join(allowed)}]")
+    return errors.validation(errors.violation(value, member, errors.enum_rule(allowed)))
 
 
 def invalid_json(payload: bytes, e: ValueError) -> errors.InvalidRequestContentException:
     """Lambda's message for a payload that is not JSON (its parser's detail follows the fixed prefix)."""
-    detail = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
-    position = f"line: {e.lineno}, column: {e.colno}" if isinstance(e, json.JSONDecodeError) else "line: 1, column: 1"
-    source = payload[:64].decode("utf-8", "replace").replace('"', '\\"')
-    return errors.InvalidRequestContentException(
-        "Could not parse request body into json: Could not parse payload into json: "
-        f"{detail}\n at [Source: (byte[])\"{source}\"; {position}]")
+    if isinstance(e, json.JSONDecodeError):
+        source = payload[:64].decode("utf-8", "replace").replace('"', '\\"')
+        return errors.invalid_json(f"{e.msg}\n at [Source: (byte[])\"{source}\"; line: {e.lineno}, column: {e.colno}]")
+    return errors.invalid_json(str(e))
 
 
-def function_arn(region: str, account: str, function: str, qualifier: str | None = None) -> str:
-    return f"arn:aws:lambda:{region}:{account}:function:{function}" + (f":{qualifier}" if qualifier else "")
+def internal_error() -> errors.ServiceException:
+    return errors.ServiceException("The Lambda service encountered an internal error.")
 
 
 @dataclass(frozen=True)
@@ -98,9 +94,6 @@ class Target:
     timeout: float  # the function's timeout, seconds
 
 
-_QUALIFIER = re.compile(r"^(|[a-zA-Z0-9$_-]+)$")
-
-
 class Gateway:
     """Request handler for the gateway's port."""
 
@@ -110,7 +103,6 @@ class Gateway:
         self.health = health  # None when healthy, else why not
         self.loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._accounts: dict[str, str] = {}
 
     # --- routing of requests ---------------------------------------------------------------------------------------
     def __call__(self, req: Request) -> None:
@@ -127,20 +119,20 @@ class Gateway:
             return req.respond(503, _TEXT_H, f"{problem}\n".encode())
         if method == "GET" and path == "/metrics":
             return req.respond(200, f"Content-Type: {CONTENT_TYPE_LATEST}\r\n".encode(), generate_latest())
-        request_id = str(uuid.uuid4())
+        request_id = errors.new_request_id()
         try:
             query = parse_qs(req.raw_query, keep_blank_values=True) if req.raw_query else {}
             status, headers, body = control.handle(method, path, query, self.catalog, self.settings.api)
         except errors.LambdaError as e:
-            status, headers, body = errors.wire(e)
+            status, headers, body = errors.wire(e, request_id)
         except Exception:  # noqa: BLE001 - a bug must still be answered in Lambda's shape
             log.exception("control-plane request failed", extra={"requestId": request_id, "path": path})
-            status, headers, body = errors.wire(errors.ServiceException("The Lambda service encountered an internal error."))
-        req.respond(status, encode_headers({**headers, "x-amzn-RequestId": request_id}), body)
+            status, headers, body = errors.wire(internal_error(), request_id)
+        req.respond(status, encode_headers(headers), body)
 
     # --- invoke ------------------------------------------------------------------------------------------------------
     async def _invoke(self, req: Request, name: str) -> None:
-        request_id = str(uuid.uuid4())
+        request_id = errors.new_request_id()
         started = time.monotonic()
         labels = ("", "")
         try:
@@ -149,15 +141,15 @@ class Gateway:
             answer = await self._run(req, target, request_id, started)
         except errors.LambdaError as e:
             self._count_error(labels, e)
-            status, headers, body = errors.wire(e)
-            req.respond(status, encode_headers({**headers, "x-amzn-RequestId": request_id}), body)
+            status, headers, body = errors.wire(e, request_id)
+            req.respond(status, encode_headers(headers), body)
             return
         except Exception:  # noqa: BLE001 - a bug must still be answered in Lambda's shape, and logged
             log.exception("invoke failed", extra={"requestId": request_id})
-            e = errors.ServiceException("The Lambda service encountered an internal error.")
+            e = internal_error()
             self._count_error(labels, e)
-            status, headers, body = errors.wire(e)
-            req.respond(status, encode_headers({**headers, "x-amzn-RequestId": request_id}), body)
+            status, headers, body = errors.wire(e, request_id)
+            req.respond(status, encode_headers(headers), body)
             return
         if answer is None:  # DryRun
             req.respond(204, encode_headers({"x-amzn-RequestId": request_id,
@@ -184,15 +176,6 @@ class Gateway:
         if isinstance(e, errors.TooManyRequestsException):
             metrics.THROTTLES.labels(ns, fn, str(e.extra.get("Reason", ""))).inc()
 
-    def _namespace(self, account: str | None) -> str | None:
-        if account is None:
-            return self.settings.api.default_namespace
-        ns = self._accounts.get(account)
-        if ns is None or ns not in self.catalog.namespaces():
-            self._accounts = {names.account_id(n): n for n in self.catalog.namespaces()}
-            ns = self._accounts.get(account)
-        return ns
-
     def _resolve(self, req: Request, name: str) -> Target:
         """Every check an invoke makes before it runs (DryRun stops after these)."""
         headers = req.headers
@@ -203,31 +186,28 @@ class Gateway:
         if log_type not in LOG_TYPES:
             raise validation_error(log_type, "logType", LOG_TYPES)
         query_qualifier = req.query("Qualifier") if req.raw_query else None
-        if query_qualifier is not None and (not _QUALIFIER.match(query_qualifier) or len(query_qualifier) > 128):
-            raise errors.ValidationException(
-                f"1 validation error detected: Value '{query_qualifier}' at 'qualifier' failed to satisfy "
-                "constraint: Member must satisfy regular expression pattern: (|[a-zA-Z0-9$_-]+)")
-        ref = arn.parse_function_name(name, query_qualifier or None)
-        region = ref.region or self.settings.api.region
-        namespace = self._namespace(ref.account)
-        account = ref.account or names.account_id(self.settings.api.default_namespace)
+        ref = arn.parse_function_name(name, query_qualifier)
+        api = self.settings.api
+        region = api.region
+        namespace = arn.resolve_namespace(ref, self.catalog, api.default_namespace, region=region)
+        account = names.account_id(namespace)
         qualifier = ref.qualifier
-        if namespace is None or self.catalog.function(namespace, ref.function) is None:
-            raise errors.not_found_function(function_arn(region, account, ref.function, qualifier))
-        fn_obj = self.catalog.function(namespace, ref.function) or {}
+        fn_obj = self.catalog.function(namespace, ref.function)
+        if fn_obj is None:
+            raise errors.not_found_function(names.function_arn(region, account, ref.function, qualifier))
         if qualifier is None or qualifier == names.LATEST:
             version = names.LATEST
             spec = fn_obj.get("spec") or {}
         elif qualifier.isdigit():
             obj = self.catalog.version(namespace, ref.function, qualifier)
             if obj is None:
-                raise errors.not_found_function(function_arn(region, account, ref.function, qualifier))
+                raise errors.not_found_function(names.function_arn(region, account, ref.function, qualifier))
             version = qualifier
             spec = (obj.get("spec") or {}).get("config") or {}
         else:
             alias = self.catalog.alias(namespace, ref.function, qualifier)
             if alias is None:
-                raise errors.not_found_function(function_arn(region, account, ref.function, qualifier))
+                raise errors.not_found_function(names.function_arn(region, account, ref.function, qualifier))
             try:
                 version = names.lambda_version(routing.resolve_alias(alias.get("status"), qualifier))
             except routing.RoutingError as e:
@@ -238,8 +218,7 @@ class Gateway:
             spec = ((obj or {}).get("spec") or {}).get("config") or (fn_obj.get("spec") or {})
         payload = req.body
         if payload is None:
-            raise errors.RequestTooLargeException(
-                f"Request must be smaller than {MAX_SYNC_PAYLOAD} bytes for the Invoke operation")
+            raise errors.request_too_large(MAX_SYNC_PAYLOAD)
         if payload:
             try:
                 json.loads(payload)
@@ -258,7 +237,7 @@ class Gateway:
                 "Asynchronous invocation (InvocationType Event) is not available in this kfn gateway yet; "
                 "invoke with RequestResponse")
         if self.catalog.reserved(namespace, ref.function) == 0:
-            raise errors.TooManyRequestsException("Rate Exceeded.", "ReservedFunctionConcurrentInvocationLimitExceeded")
+            raise errors.throttled(RESERVED_LIMIT)
         return Target(VersionKey(namespace, ref.function, version), qualifier,
                       float(spec.get("timeoutSeconds", 3) or 3))
 
@@ -281,7 +260,7 @@ class Gateway:
                 if e.sent:
                     # The invocation may have run: never send it again (no double run caused by the gateway).
                     log.warning("agent %s failed mid-invocation: %s", lease.address, e, extra={"requestId": request_id})
-                    raise errors.ServiceException("The Lambda service encountered an internal error.") from e
+                    raise internal_error() from e
                 tried.add(lease.address)
                 continue
             finally:
@@ -295,9 +274,7 @@ class Gateway:
 
     def _throttle(self, version: VersionKey) -> errors.TooManyRequestsException:
         reserved = self.catalog.reserved(version.namespace, version.function)
-        reason = ("ReservedFunctionConcurrentInvocationLimitExceeded" if reserved is not None
-                  else "ConcurrentInvocationLimitExceeded")
-        return errors.TooManyRequestsException("Rate Exceeded.", reason)
+        return errors.throttled(RESERVED_LIMIT if reserved is not None else ACCOUNT_LIMIT)
 
     async def _cold(self, version: VersionKey, started: float) -> Lease:
         """No free environment: wait for one starting, ask for one more, or throttle at once."""
@@ -311,7 +288,7 @@ class Gateway:
             pool_used=pool_used, pool_limit=unreserved_limit(api.pool_size, reservations, api.unreserved_min))
         decision = decide(snapshot)
         if decision.action == THROTTLE:
-            raise errors.TooManyRequestsException("Rate Exceeded.", decision.reason or "")
+            raise errors.throttled(decision.reason or ACCOUNT_LIMIT)
         if decision is PENDING:
             raise errors.ResourceConflictException(
                 "The operation cannot be performed at this time. The function is currently in the following "
@@ -366,8 +343,7 @@ class GatewayConnection(Connection):
         if t is None or t.is_closing():
             return
         _, headers, body = errors.wire(errors.ValidationException(message.decode("latin-1").strip()))
-        head = encode_headers({**headers, "x-amzn-RequestId": str(uuid.uuid4()), "Content-Length": str(len(body)),
-                               "Connection": "close"})
+        head = encode_headers({**headers, "Content-Length": str(len(body)), "Connection": "close"})
         t.write(b"HTTP/1.1 400 Bad Request\r\n" + head + b"\r\n" + body)
         t.close()
 

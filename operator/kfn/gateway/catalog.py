@@ -24,6 +24,8 @@ from kfn import k8s, names
 
 log = logging.getLogger("kfn.gateway.catalog")
 
+AGENT_PORT = 8080  # the agent's invoke port (resources/environment.py), when a slice does not name it
+
 # Kinds the gateway watches, with the label selector that narrows each watch.
 FUNCTION_SELECTOR = f"{names.LABEL_COMPONENT}={names.COMPONENT_FUNCTION}"
 WATCHED: tuple[tuple[str, str | None], ...] = (
@@ -50,7 +52,9 @@ def _key(obj: dict[str, Any]) -> tuple[str, str]:
 
 
 def ready_addresses(endpoint_slice: dict[str, Any]) -> list[str]:
-    """The addresses of an EndpointSlice's ready, not terminating endpoints (one per execution environment)."""
+    """``ip:port`` of an EndpointSlice's ready, not terminating endpoints (one per execution environment)."""
+    ports = endpoint_slice.get("ports") or []
+    port = next((p.get("port") for p in ports if p.get("name") == "http"), None) or AGENT_PORT
     out = []
     for ep in endpoint_slice.get("endpoints") or []:
         conditions = ep.get("conditions") or {}
@@ -58,7 +62,8 @@ def ready_addresses(endpoint_slice: dict[str, Any]) -> list[str]:
             continue
         addresses = ep.get("addresses") or []
         if addresses:
-            out.append(str(addresses[0]))
+            address = str(addresses[0])
+            out.append(f"[{address}]:{port}" if ":" in address else f"{address}:{port}")
     return out
 
 

@@ -20,7 +20,6 @@ from kfn.gateway import agentclient
 from kfn.gateway.agentclient import AgentConnection, AgentUnreachable, Answer
 from kfn.gateway.catalog import VersionKey
 
-AGENT_PORT = 8080
 CONNECT_TIMEOUT = 3.0
 IDLE_CONNECTIONS = 2  # per environment and gateway: one invocation at a time needs one, a spare for a retry
 
@@ -28,10 +27,12 @@ IDLE_CONNECTIONS = 2  # per environment and gateway: one invocation at a time ne
 class Environment:
     """One execution environment as this gateway sees it."""
 
-    __slots__ = ("address", "port", "busy", "gone", "idle")
+    __slots__ = ("address", "host", "port", "busy", "gone", "idle")
 
-    def __init__(self, address: str, port: int = AGENT_PORT) -> None:
-        self.address, self.port = address, port
+    def __init__(self, address: str) -> None:
+        self.address = address  # host:port ([v6]:port)
+        host, _, port = address.rpartition(":")
+        self.host, self.port = host.strip("[]"), int(port)
         self.busy = False  # leased by this gateway
         self.gone = False  # no longer a ready endpoint
         self.idle: list[AgentConnection] = []
@@ -68,7 +69,7 @@ class Lease:
                 conn = candidate
                 break
         if conn is None:
-            conn = await agentclient.connect(loop, env.address, env.port, CONNECT_TIMEOUT)
+            conn = await agentclient.connect(loop, env.host, env.port, CONNECT_TIMEOUT)
         waiter = conn.send(head, body, loop)
 
         def expire() -> None:

@@ -290,3 +290,17 @@ def test_bad_requests_get_lambdas_4xx(method: str, path: str, query: dict, statu
     got_status, headers, body = call(method, path, query)
     assert (got_status, headers["x-amzn-ErrorType"]) == (status, error_type)
     assert body["Type"] == "User" and (body.get("message") or body.get("Message"))
+
+
+def test_code_not_there_yet_is_pending_not_failed() -> None:
+    """`kubectl apply -f dir/` may create the Function before its code ConfigMap: the operator retries, so boto3's
+    waiter must keep waiting (Pending) instead of failing (Failed)."""
+    fn = fx.function("hello", conditions=[fx.ready("False", "CodeNotFound", "CodeReady: ConfigMap code not found")])
+    _, _, cfg = call("GET", "/2015-03-31/functions/hello/configuration", view=StaticCatalog(objects=[fn]))
+    assert (cfg["State"], cfg["StateReason"]) == ("Pending", "CodeReady: ConfigMap code not found")
+
+
+def test_operator_verdict_failed_is_failed() -> None:
+    fn = fx.function("hello", conditions=[fx.ready("False", "SomethingNew", "no environment can start")], state="Failed")
+    _, _, cfg = call("GET", "/2015-03-31/functions/hello/configuration", view=StaticCatalog(objects=[fn]))
+    assert (cfg["State"], cfg["StateReasonCode"], cfg["LastUpdateStatus"]) == ("Failed", "InternalError", "Failed")

@@ -51,11 +51,12 @@ TOTAL_CODE_SIZE = 80530636800  # 75 GB
 CODE_SIZE_UNZIPPED = 262144000  # 250 MB
 CODE_SIZE_ZIPPED = 52428800  # 50 MB
 
-# Ready reasons that mean "cannot serve until someone changes something" -> State Failed, with Lambda's code.
+# Ready reasons the operator treats as permanent (a person must change something) -> State Failed, with Lambda's
+# reason code. Temporary ones (code not there yet, children rolling out) stay Pending, as the operator retries them:
+# a `kubectl apply -f dir/` that creates the Function before its code ConfigMap must not fail boto3's waiter.
 _FAILED_REASON_CODES = {
     cond.INVALID_SPEC: "InvalidConfiguration",
     cond.CODE_TOO_LARGE: "InvalidConfiguration",
-    cond.CODE_NOT_FOUND: "InvalidZipFileException",
     cond.DEPLOYMENT_FAILED: "FunctionError",
 }
 
@@ -146,9 +147,9 @@ def lambda_state(obj: Mapping[str, Any]) -> dict[str, str]:
     - no Ready yet (operator has not seen it) -> ``Pending``/``Creating``, update ``InProgress``;
     - Ready=True -> ``Active``; update ``Successful`` once Ready's observedGeneration is the object's generation,
       ``InProgress`` before (Lambda keeps State Active during an update);
-    - Ready=False for a reason that needs a change (invalid spec, code missing or too large, Deployment failed),
-      or ``status.state: Failed`` -> ``Failed`` with Lambda's reason code and Ready's message;
-    - otherwise -> ``Pending`` (rolling out, children not ready).
+    - Ready=False for a reason that needs a change (invalid spec, code too large, Deployment failed), or
+      ``status.state: Failed`` (the operator's verdict) -> ``Failed`` with Lambda's reason code and Ready's message;
+    - otherwise -> ``Pending`` with Ready's message (rolling out, code not there yet: the operator retries).
     """
     meta, status = obj.get("metadata") or {}, obj.get("status") or {}
     ready = cond.find(status.get("conditions"), cond.READY)

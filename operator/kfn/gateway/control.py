@@ -38,6 +38,7 @@ from typing import Any
 from kfn import conditions as cond
 from kfn import names
 from kfn.gateway import arn, errors
+from kfn.gateway.coldstart import unreserved_limit
 from kfn.gateway.view import CatalogView
 
 Query = Mapping[str, list[str]]
@@ -544,8 +545,8 @@ def get_account_settings(r: _Resolver, query: Query) -> dict[str, Any]:
             "CodeSizeUnzipped": CODE_SIZE_UNZIPPED,
             "CodeSizeZipped": CODE_SIZE_ZIPPED,
             "ConcurrentExecutions": r.settings.pool_size,
-            # at least unreserved_min always stays unreserved: reservations beyond that are not honoured
-            "UnreservedConcurrentExecutions": max(r.settings.pool_size - reserved, r.settings.unreserved_min),
+            # the same rule the cold-start decision throttles by
+            "UnreservedConcurrentExecutions": unreserved_limit(r.settings.pool_size, reserved, r.settings.unreserved_min),
         },
         "AccountUsage": {"TotalCodeSize": code, "FunctionCount": len(functions)},
     }

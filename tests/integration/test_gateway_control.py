@@ -25,6 +25,7 @@ from test_operator import NO_NODE_ARCH, REPO, Api, Operator, free_port, function
 pytestmark = pytest.mark.integration
 
 REGION = "us-east-1"
+COLD_START_SECONDS = 150
 
 
 class GatewayProcess:
@@ -35,7 +36,9 @@ class GatewayProcess:
         self.log = log_dir / "gateway.log"
         log_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "kfn.cli.main", "gateway", "--listen", f"127.0.0.1:{self.port}",
-               "-n", namespace, "--default-namespace", namespace, "--region", REGION, "--log-format", "json"]
+               "-n", namespace, "--default-namespace", namespace, "--region", REGION, "--log-format", "json", "--verbose",
+               # a pod start on a busy two-core test bed can take a minute: hold a cold start longer than that
+               "--cold-start-timeout", str(COLD_START_SECONDS)]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=cluster.env)
         wait_until(self.healthy, 60, "the gateway answers /healthz")
@@ -94,7 +97,22 @@ def api(cluster: Any, namespace: str) -> Api:
 
 def lambda_client(gw: GatewayProcess) -> Any:
     return boto3.client("lambda", endpoint_url=gw.endpoint, region_name=REGION, aws_access_key_id="any",
-                        aws_secret_access_key="any", config=Config(retries={"total_max_attempts": 1}))
+                        aws_secret_access_key="any",
+                        config=Config(retries={"total_max_attempts": 1}, read_timeout=COLD_START_SECONDS + 30))
+
+
+def wait_active(lam: Any, name: str) -> None:
+    """What a script does after ``kubectl apply``: wait until the gateway's watch has the function (it answers
+    404 until then, for milliseconds usually, seconds on a loaded test bed), then boto3's function_active_v2."""
+    def known() -> bool:
+        try:
+            lam.get_function(FunctionName=name)
+        except lam.exceptions.ResourceNotFoundException:
+            return False
+        return True
+
+    wait_until(known, 60, f"the gateway's catalog has the Function {name}")
+    lam.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 90})
 
 
 def status_arn(api: Api, name: str) -> str:
@@ -129,7 +147,7 @@ def test_function_active_v2_waiter_and_every_read_call(operator: Operator, gatew
     fn = no_pods(function("hello", memoryMB=256, timeoutSeconds=7, reservedConcurrency=3,
                           environment={"variables": {"STAGE": "test"}}, publish=1))
     api.apply([fn])
-    lam.get_waiter("function_active_v2").wait(FunctionName="hello", WaiterConfig={"Delay": 1, "MaxAttempts": 90})
+    wait_active(lam, "hello")
     api.wait_ready("fnv", "hello-v1", timeout=90)
     api.apply([{"apiVersion": "kfn.dev/v1alpha1", "kind": "Alias", "metadata": {"name": "hello-live"},
                 "spec": {"functionName": "hello", "name": "live", "functionVersion": "1"}}])
@@ -199,9 +217,9 @@ def test_invoke_by_full_arn_reaches_the_function_with_its_account(operator: Oper
     the same ARN in its context."""
     lam = lambda_client(gateway)
     api.apply([function("whoami", "return {'arn': context.invoked_function_arn}", publish=1)])
-    lam.get_waiter("function_active_v2").wait(FunctionName="whoami", WaiterConfig={"Delay": 1, "MaxAttempts": 90})
+    wait_active(lam, "whoami")
     arn = f"arn:aws:lambda:{REGION}:{names.account_id(namespace)}:function:whoami"  # kubectl get fn's ARN column
-    reply = lam.invoke(FunctionName=arn, Payload=b"{}")
+    reply = lam.invoke(FunctionName=arn, Payload=b"{}")  # a cold start: the gateway holds it while a pod starts
     assert reply["StatusCode"] == 200 and "FunctionError" not in reply, reply
     assert json.loads(reply["Payload"].read()) == {"arn": arn}
 
@@ -219,6 +237,7 @@ def test_invoke_by_full_arn_reaches_the_function_with_its_account(operator: Oper
 
     got = wait_until(provisioned, 120, "provisioned concurrency of whoami:live is READY")
     assert (got["RequestedProvisionedConcurrentExecutions"], got["AvailableProvisionedConcurrentExecutions"]) == (1, 1)
+    api.wait_ready("fna", "whoami-live", timeout=60)  # the operator resolved the alias: it routes
     reply = lam.invoke(FunctionName=f"{arn}:live", Payload=b"{}")
     assert reply["ExecutedVersion"] == "1"
     assert json.loads(reply["Payload"].read()) == {"arn": f"{arn}:live"}

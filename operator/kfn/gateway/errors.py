@@ -27,9 +27,10 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-# Lambda's synchronous request limit (Invoke body): 6 MiB exactly. Responses get 100 bytes more
-# (agent/wire.MAX_PAYLOAD_BYTES); the request limit is its own number, as Lambda measures it.
-MAX_SYNC_REQUEST_BYTES = 6 * 1024 * 1024
+from kfn.agent.wire import MAX_REQUEST_BYTES
+
+# Lambda's synchronous request limit (Invoke body): 6 MiB exactly, the agent's number (responses get 100 bytes more).
+MAX_SYNC_REQUEST_BYTES = MAX_REQUEST_BYTES
 # Asynchronous invocations (X-Amz-Invocation-Type: Event): 1 MB since 2025 (256 KB before).
 MAX_ASYNC_REQUEST_BYTES = 1024 * 1024
 

@@ -132,16 +132,15 @@ def unreachable_requests(op: Operator) -> float:
 
 
 def edit_and_delete_are_repaired(api: Api, name: str) -> None:
-    """A hand edit (only the resync loop puts those back) and a hand deletion (the child watch) are both repaired."""
-    dep = f"{name}-latest"
-    grace = api.get("deployment", dep)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]  # type: ignore[index]
-    api.kubectl("patch", "deployment", dep, "--type=merge", "-p",
-                '{"spec":{"template":{"spec":{"terminationGracePeriodSeconds":1}}}}')  # fmt: skip
-    uid = api.get("networkpolicy", f"{dep}-egress")["metadata"]["uid"]  # type: ignore[index]
-    api.kubectl("delete", "networkpolicy", f"{dep}-egress")
-    wait_until(lambda: api.get("deployment", dep)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace,  # type: ignore[index]
+    """A hand edit (of a Service: only the resync loop puts those back) and a hand deletion (the child watch) are repaired."""
+    svc = f"{name}-latest"
+    api.kubectl("patch", "service", svc, "--type=merge", "-p", '{"spec":{"selector":{"kfn.dev/version":"9"}}}')
+    wait_until(lambda: api.get("service", svc)["spec"]["selector"]["kfn.dev/version"] == "latest",  # type: ignore[index]
                RESYNC_SECONDS * 10, "the resync loop puts the hand edit back")  # fmt: skip
-    wait_until(lambda: (api.get("networkpolicy", f"{dep}-egress") or {}).get("metadata", {}).get("uid") not in (None, uid),
+    # (a deletion's repair re-applies the owner's other children too: so the edit is checked first)
+    uid = api.get("networkpolicy", f"{svc}-egress")["metadata"]["uid"]  # type: ignore[index]
+    api.kubectl("delete", "networkpolicy", f"{svc}-egress")
+    wait_until(lambda: (api.get("networkpolicy", f"{svc}-egress") or {}).get("metadata", {}).get("uid") not in (None, uid),
                60, "the deleted NetworkPolicy is recreated")  # fmt: skip
 
 

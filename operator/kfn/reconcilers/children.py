@@ -20,19 +20,15 @@ import hashlib
 import json
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
+from dataclasses import dataclass
 
 from kfn import names
-
-_KEY_FIELDS = ("generation", "annotations", "name", "namespace")
-
 
 @dataclass(frozen=True)
 class Applied:
     desired: str  # digest of the object kfn sent
     owned: str  # digest of the fields kfn's manager owns in the API server's answer
-    state: dict[str, Any] | None  # Deployments: the fields status is computed from
 
 
 def digest(obj: Mapping[str, Any]) -> str:
@@ -47,18 +43,6 @@ def owned_fields(live: Mapping[str, Any], manager: str = names.FIELD_MANAGER) ->
         if m.get("manager") == manager and m.get("operation") == "Apply" and not m.get("subresource")
     ]
     return digest({"owned": entries})
-
-
-def deployment_state(live: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a Deployment that status and the provisioned floor are computed from."""
-    meta = live.get("metadata") or {}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {k: meta[k] for k in _KEY_FIELDS if k in meta},
-        "spec": {"replicas": (live.get("spec") or {}).get("replicas")},
-        "status": dict(live.get("status") or {}),
-    }
 
 
 def _key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -86,24 +70,23 @@ class AppliedChildren:
                 self._absent.add((kind, namespace, name))
                 self._entries.pop((kind, namespace, name), None)
 
-    def unchanged(self, desired: Mapping[str, Any]) -> Applied | None:
-        """The entry if *desired* was applied already and still stands, else None (apply it)."""
+    def unchanged(self, desired: Mapping[str, Any]) -> bool:
+        """Whether *desired* was applied already and still stands (else: apply it)."""
         if not self.enabled:
-            return None
+            return False
         with self._lock:
             entry = self._entries.get(_key(desired))
-        return entry if entry is not None and entry.desired == digest(desired) else None
+        return entry is not None and entry.desired == digest(desired)
 
     def record(self, desired: Mapping[str, Any], answer: Mapping[str, Any]) -> None:
         """Remember an apply and the API server's answer to it."""
         if not self.enabled:
             return
-        state = deployment_state(answer) if desired["kind"] == "Deployment" else None
         with self._lock:
-            self._entries[_key(desired)] = Applied(digest(desired), owned_fields(answer), state)
+            self._entries[_key(desired)] = Applied(digest(desired), owned_fields(answer))
 
     def observe(self, event_type: str | None, live: Mapping[str, Any]) -> None:
-        """Follow a watch event of a child: forget it when deleted or edited, refresh a Deployment's state."""
+        """Follow a watch event of a child: forget it when deleted or edited."""
         key = _key({"kind": live.get("kind"), "metadata": live.get("metadata") or {}})
         with self._lock:
             if event_type != "DELETED":
@@ -113,16 +96,6 @@ class AppliedChildren:
                 return
             if event_type == "DELETED" or owned_fields(live) != entry.owned:
                 del self._entries[key]
-            elif entry.state is not None:
-                self._entries[key] = Applied(entry.desired, entry.owned, deployment_state(live))
-
-    def update_state(self, answer: Mapping[str, Any]) -> None:
-        """A Deployment changed by kfn's other field manager (the floor): keep its state, not its digests."""
-        key = _key(answer)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries[key] = Applied(entry.desired, entry.owned, deployment_state(answer))
 
     def __len__(self) -> int:
         return len(self._entries)

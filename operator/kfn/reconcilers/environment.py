@@ -142,12 +142,15 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
     for condition_type, objects in children.items():
         failure = None
         for obj in objects:
-            known = APPLIED.unchanged(obj)
-            if known is not None:
+            if APPLIED.unchanged(obj):
                 # Applied before and nobody changed it since: sending it again would be a write for nothing.
-                if obj["kind"] == "Deployment":
-                    deployment_state = dict(known.state or {})
-                continue
+                if obj["kind"] != "Deployment":
+                    continue
+                # its state (replicas, conditions) is read fresh: status must not follow a remembered copy
+                live = k8s.get("Deployment", inp.namespace, obj["metadata"]["name"])
+                if live is not None:
+                    deployment_state = live
+                    continue
             try:
                 applied = k8s.apply(obj)
                 APPLIED.record(obj, applied)
@@ -213,6 +216,4 @@ def _apply_floor(deployment: dict[str, Any], floor: int) -> dict[str, Any]:
     patch: dict[str, Any] = {"metadata": {"annotations": {names.ANN_FLOOR_APPLIED: str(floor)}}}
     if target is not None:
         patch["spec"] = {"replicas": target}
-    answer = k8s.merge_patch("Deployment", meta["namespace"], meta["name"], patch, field_manager=names.FLOOR_FIELD_MANAGER)
-    APPLIED.update_state(answer)
-    return answer
+    return k8s.merge_patch("Deployment", meta["namespace"], meta["name"], patch, field_manager=names.FLOOR_FIELD_MANAGER)

@@ -46,8 +46,8 @@ _NAMESPACED: dict[tuple[str, str], tuple[str, ...]] = {
     ("", "configmaps"): ("get", "list", "watch", "create", "patch", "delete"),
     ("", "services"): ("list", "watch", "create", "patch"),
     ("", "serviceaccounts"): ("list", "watch", "create", "patch"),
-    # Deployments: + patch by the provisioned-floor field manager.
-    ("apps", "deployments"): ("list", "watch", "create", "patch"),
+    # Deployments: + patch by the provisioned-floor field manager; get reads the state of one applied before.
+    ("apps", "deployments"): ("get", "list", "watch", "create", "patch"),
     ("networking.k8s.io", "networkpolicies"): ("list", "watch", "create", "patch"),
     ("", "secrets"): ("get", "create", "delete"),
     # publish() pins an image function's tag to the digest its $LATEST pods report.

@@ -1,0 +1,56 @@
+{{/* Names and labels of kfn's own objects. Cluster-scoped objects carry the
+release name, so two releases (or a `kfn install`) never fight over one. */}}
+{{- define "kfn.fullname" -}}
+{{- if hasPrefix "kfn" .Release.Name -}}{{ .Release.Name | trunc 50 | trimSuffix "-" }}{{- else -}}{{ printf "kfn-%s" .Release.Name | trunc 50 | trimSuffix "-" }}{{- end -}}
+{{- end -}}
+
+{{- define "kfn.operatorName" -}}{{ include "kfn.fullname" . }}-operator{{- end -}}
+
+{{/* the labels `kfn install` puts on the operator (kfn/names.py), plus Helm's */}}
+{{- define "kfn.operatorSelector" -}}
+app.kubernetes.io/managed-by: kfn
+kfn.dev/component: operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "kfn.labels" -}}
+app.kubernetes.io/name: kfn
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* argocd.argoproj.io/sync-wave annotation: CRDs -10, kfn's components 0 */}}
+{{- define "kfn.wave" -}}
+{{- if .root.Values.argocd.syncWaves }}
+argocd.argoproj.io/sync-wave: {{ .wave | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "kfn.image" -}}{{ .Values.image.repository }}:{{ .Values.image.tag }}{{- end -}}
+
+{{/* The operator's image flags, as kfn.install.image_flags builds them:
+agents from the operator's image, managed runtimes from <prefix>/<runtime>:<tag>. */}}
+{{- define "kfn.imageFlags" -}}
+{{- $repo := .Values.image.repository -}}
+- --agent-image
+- {{ include "kfn.image" . }}
+{{- if hasSuffix "/kfn" $repo }}
+{{- $prefix := trimSuffix "kfn" $repo }}
+- --runtime-image-template
+- {{ printf "%s{runtime}:%s" $prefix .Values.image.tag }}
+- --provided-image
+- {{ printf "%spython3.11:%s" $prefix .Values.image.tag }}
+{{- end }}
+{{- end -}}
+
+{{/* Pod Security "restricted" for every container kfn's chart runs. */}}
+{{- define "kfn.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}

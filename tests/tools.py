@@ -10,26 +10,16 @@ from __future__ import annotations
 
 import functools
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import _say as say  # progress lines past pytest's capture
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "kfn"
 # the Kubernetes version the test bed pins (testbed/env.sh): offline renders assume it
 KUBE_VERSION = "1.35.4"
-
-
-def say(config: pytest.Config, line: str) -> None:
-    """Show a progress line now, even while pytest captures output."""
-    capman = config.pluginmanager.getplugin("capturemanager")
-    if capman is None:
-        print(line, file=sys.stderr, flush=True)
-        return
-    with capman.global_and_fixture_disabled():
-        print(line, file=sys.stderr, flush=True)
 
 
 _built: dict[str, str] = {}

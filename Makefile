@@ -69,11 +69,13 @@ run: venv ## bring up the local cluster, install kfn, deploy the hello-world exa
 	  echo "$$aws_line"
 
 BENCH_N ?= 200
-bench: venv ## benchmarks as ratios against a baseline run alongside: agent vs AWS's emulator, operator vs raw kubectl apply
+bench: venv ## benchmarks as ratios against a baseline run alongside: agent vs AWS's emulator, operator vs raw kubectl apply, gateway vs direct and nginx
 	@echo "==> agent vs AWS Runtime Interface Emulator"
 	$(PY) bench/agent_vs_rie.py
 	@echo "==> reconciling $(BENCH_N) Functions vs raw kubectl apply of their children"
 	$(PY) bench/reconcile.py --n $(BENCH_N)
+	@echo "==> gateway hop vs direct-to-agent vs nginx on one function pod; cold start vs raw pod start"
+	$(PY) bench/gateway.py
 	@echo; echo "==> summary (bench/results/*.json)"
 	@$(PY) bench/summary.py
 

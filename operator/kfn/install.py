@@ -124,6 +124,17 @@ def _gateway_labels() -> dict[str, str]:
     return {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: names.COMPONENT_GATEWAY}
 
 
+def make_binding(name: str, role: str, namespace: str, labels: dict[str, str]) -> dict[str, Any]:
+    """A ClusterRoleBinding of the ClusterRole *role* to the ServiceAccount of the same name in *namespace*."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name, "labels": labels},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": role, "namespace": namespace}],
+    }
+
+
 def gateway_binding_name(namespace: str) -> str:
     """One ClusterRoleBinding per install namespace, so two installs never take each other's grant."""
     return GATEWAY_NAME if namespace == DEFAULT_NAMESPACE else names.child_name(GATEWAY_NAME, namespace)
@@ -192,13 +203,7 @@ def make_gateway_objects(
          "metadata": {"name": GATEWAY_NAME, "namespace": namespace, "labels": labels}},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
          "metadata": {"name": GATEWAY_NAME, "labels": labels}, "rules": GATEWAY_RULES},
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": gateway_binding_name(namespace), "labels": labels},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": GATEWAY_NAME},
-            "subjects": [{"kind": "ServiceAccount", "name": GATEWAY_NAME, "namespace": namespace}],
-        },
+        make_binding(gateway_binding_name(namespace), GATEWAY_NAME, namespace, labels),
         make_gateway_deployment(namespace, image, replicas, watch_namespaces),
         {
             "apiVersion": "v1",
@@ -226,13 +231,7 @@ def make_install_manifests(
             "metadata": {"name": OPERATOR_NAME, "namespace": namespace, "labels": labels},
         },
         make_cluster_role(OPERATOR_NAME),
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": OPERATOR_NAME, "labels": labels},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_NAME},
-            "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_NAME, "namespace": namespace}],
-        },
+        make_binding(OPERATOR_NAME, OPERATOR_NAME, namespace, labels),
         make_operator_deployment(namespace, image, watch_namespaces=watch_namespaces),
         *(make_gateway_objects(namespace, image, gateway_replicas, watch_namespaces) if gateway_replicas else []),
     ]

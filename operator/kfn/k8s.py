@@ -244,17 +244,19 @@ def proxy_post(
     This reaches an execution environment from anywhere the kubeconfig works
     (a laptop, CI), without a route to the pod network.
     """
-    api = _api()
     url = f"{path('Pod', namespace, f'{pod}:{port}', 'proxy')}/{subpath.lstrip('/')}"
-    request = api.param_serialize(
-        "POST", url, header_params=dict(headers), body=None, auth_settings=["BearerToken"]
-    )
-    method, full_url, hdrs, _, _ = request
+    return _proxy_post(url, body, headers, timeout)
+
+
+def _proxy_post(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> tuple[int, dict[str, str], bytes]:
+    api = _api()
+    method, full_url, hdrs, _, _ = api.param_serialize(
+        "POST", url, header_params=dict(headers), body=None, auth_settings=["BearerToken"])
     # the generated client would re-encode the body as JSON; the payload goes as the bytes it is
     response = api.rest_client.pool_manager.request(method, full_url, headers=hdrs, body=body, timeout=timeout)
     if response.status >= 400 and response.headers.get("Content-Type", "").startswith("application/json"):
         status = json.loads(response.data or b"{}")
-        if status.get("kind") == "Status":  # the API server's own refusal, not the function's answer
+        if status.get("kind") == "Status":  # the API server's own refusal, not the proxied answer
             raise _error(response.status, response.data)
     return response.status, dict(response.headers.items()), response.data
 
@@ -343,13 +345,5 @@ def service_proxy_post(
     timeout: float = 960,
 ) -> tuple[int, dict[str, str], bytes]:
     """POST through the API server's service proxy; returns status, headers and body as the Service answered."""
-    api = _api()
     url = f"{path('Service', namespace, f'{service}:{port}', 'proxy')}/{subpath.lstrip('/')}"
-    method, full_url, hdrs, _, _ = api.param_serialize(
-        "POST", url, header_params=dict(headers), body=None, auth_settings=["BearerToken"])
-    response = api.rest_client.pool_manager.request(method, full_url, headers=hdrs, body=body, timeout=timeout)
-    if response.status >= 400 and response.headers.get("Content-Type", "").startswith("application/json"):
-        status = json.loads(response.data or b"{}")
-        if status.get("kind") == "Status":  # the API server's own refusal, not the gateway's answer
-            raise _error(response.status, response.data)
-    return response.status, dict(response.headers.items()), response.data
+    return _proxy_post(url, body, headers, timeout)

@@ -86,12 +86,12 @@ def fn(name: str, code: str, **spec: Any) -> dict[str, Any]:
                      "code": {"inline": {"files": {"app.py": code}}}, **spec}}
 
 
-class GatewayProcess:
-    """A real ``kfn gateway`` on the host, serving only the test's namespace."""
+class GatewayProcess(Operator):
+    """A real ``kfn gateway`` on the host, serving only the test's namespace (kill/stop as the operator rig's)."""
 
     def __init__(self, cluster: Any, namespace: str, log: Path) -> None:
-        self.cluster, self.namespace, self.log = cluster, namespace, log
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(cluster, namespace, log.parent)
+        self.log = log
 
     def start(self) -> GatewayProcess:
         self.port = free_port()
@@ -117,20 +117,6 @@ class GatewayProcess:
     def metrics(self) -> str:
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as r:
             return r.read().decode()
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 def lambda_client(url: str, read_timeout: float = 30) -> Any:

@@ -214,8 +214,9 @@ def not_found_function(arn: str) -> ResourceNotFoundException:
 
 
 def not_found_alias(arn: str) -> ResourceNotFoundException:
-    """``Alias not found: <alias ARN>`` (GetAlias of an unknown alias of a known function)."""
-    return ResourceNotFoundException(f"Alias not found: {arn}")
+    """``Cannot find alias arn: <alias ARN>`` (GetAlias of an unknown alias of a known function; the text
+    Terraform's AWS provider matches on)."""
+    return ResourceNotFoundException(f"Cannot find alias arn: {arn}")
 
 
 def throttled(reason: str, retry_after_seconds: int | None = None) -> TooManyRequestsException:

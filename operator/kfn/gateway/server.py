@@ -122,7 +122,7 @@ class Gateway:
         request_id = errors.new_request_id()
         try:
             query = parse_qs(req.raw_query, keep_blank_values=True) if req.raw_query else {}
-            status, headers, body = control.handle(method, path, query, self.catalog, self.settings.api)
+            status, headers, body = control.handle(method, path, query, self.catalog, self.settings.api, request_id)
         except errors.LambdaError as e:
             status, headers, body = errors.wire(e, request_id)
         except Exception:  # noqa: BLE001 - a bug must still be answered in Lambda's shape

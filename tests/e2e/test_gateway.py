@@ -423,3 +423,13 @@ def test_a_timeout_is_lambdas_sandbox_timedout(client: Any) -> None:
     c.close()
     assert (out["StatusCode"], out["FunctionError"], body["errorType"]) == (200, "Unhandled", "Sandbox.Timedout")
     assert body["errorMessage"].endswith("Task timed out after 3.00 seconds")
+
+
+def test_read_only_control_plane_and_the_active_waiter(world: World, client: Any) -> None:
+    client.get_waiter("function_active_v2").wait(FunctionName="echo", WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    config = client.get_function(FunctionName="echo")["Configuration"]
+    assert (config["FunctionName"], config["State"]) == ("echo", "Active")
+    assert config["FunctionArn"] == f"arn:aws:lambda:us-east-1:{names.account_id(world.ns)}:function:echo"
+    assert {f["FunctionName"] for f in client.list_functions()["Functions"]} >= {"echo", "one", "two"}
+    assert [a["Name"] for a in client.list_aliases(FunctionName="echo")["Aliases"]] == ["live"]
+    assert client.get_function_concurrency(FunctionName="two")["ReservedConcurrentExecutions"] == 2

@@ -65,16 +65,27 @@ run: venv ## bring up the local cluster, install kfn, deploy the hello-world exa
 	  $$kubectl wait --for=condition=Ready function/hello --timeout=300s; \
 	  $$kubectl wait --for=condition=Available function/hello --timeout=300s; \
 	  $$kubectl get kfn; \
-	  echo "==> kfn invoke hello --payload '{\"name\": \"kfn\"}' --log-type Tail"; \
+	  $$kubectl -n kfn-system rollout status deploy/kfn-gateway --timeout=180s; \
+	  echo "==> kfn invoke hello --payload '{\"name\": \"kfn\"}' --log-type Tail   (through the gateway)"; \
 	  $(KFN) invoke hello --payload '{"name": "kfn"}' --log-type Tail; \
-	  echo; echo "kfn is running. Try:  export KUBECONFIG=$$KUBECONFIG; $(KFN) invoke hello -p '{}'"
+	  gw=$$($$kubectl -n kfn-system get service kfn-gateway -o jsonpath='{.spec.clusterIP}'); \
+	  boto3_line="$(abspath $(PY)) -c \"import boto3; c = boto3.client('lambda', endpoint_url='http://$$gw', region_name='us-east-1', aws_access_key_id='any', aws_secret_access_key='any'); print(c.invoke(FunctionName='hello', Payload=b'{\\\"name\\\": \\\"boto3\\\"}')['Payload'].read().decode())\""; \
+	  aws_line="AWS_ACCESS_KEY_ID=any AWS_SECRET_ACCESS_KEY=any $(abspath $(VENV))/bin/aws lambda invoke --endpoint-url http://$$gw --region us-east-1 --function-name hello --cli-binary-format raw-in-base64-out --payload '{\"name\": \"aws\"}' /dev/stdout"; \
+	  echo "==> the gateway's Service (kfn-system/kfn-gateway) at http://$$gw speaks the Lambda API:"; \
+	  echo "$$boto3_line"; eval "$$boto3_line"; \
+	  echo "$$aws_line"; eval "$$aws_line"; \
+	  echo; echo "kfn is running. Try:  export KUBECONFIG=$$KUBECONFIG; $(KFN) invoke hello -p '{}'"; \
+	  echo "$$boto3_line"; \
+	  echo "$$aws_line"
 
 BENCH_N ?= 200
-bench: venv ## benchmarks as ratios against a baseline run alongside: agent vs AWS's emulator, operator vs raw kubectl apply
+bench: venv ## benchmarks as ratios against a baseline run alongside: agent vs AWS's emulator, operator vs raw kubectl apply, gateway vs direct and nginx
 	@echo "==> agent vs AWS Runtime Interface Emulator"
 	$(PY) bench/agent_vs_rie.py
 	@echo "==> reconciling $(BENCH_N) Functions vs raw kubectl apply of their children"
 	$(PY) bench/reconcile.py --n $(BENCH_N)
+	@echo "==> gateway hop vs direct-to-agent vs nginx on one function pod; cold start vs raw pod start"
+	$(PY) bench/gateway.py
 	@echo; echo "==> summary (bench/results/*.json)"
 	@$(PY) bench/summary.py
 

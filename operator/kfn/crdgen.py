@@ -54,6 +54,7 @@ KIND_INFOS: tuple[KindInfo, ...] = (
             {"name": "Ready", "type": "string", "jsonPath": READY},
             {"name": "State", "type": "string", "jsonPath": ".status.state"},
             {"name": "Latest-Version", "type": "integer", "jsonPath": ".status.latestVersion"},
+            {"name": "ARN", "type": "string", "jsonPath": ".status.functionArn"},
             {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
             {"name": "Ready-Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
             {"name": "Runtime", "type": "string", "jsonPath": ".spec.runtime", "priority": 1},

@@ -1,4 +1,4 @@
-"""Builds the manifests that install kfn into a cluster: CRDs, RBAC and the operator.
+"""Builds the manifests that install kfn into a cluster: CRDs, RBAC, the operator and the gateway.
 
 ``kfn install | kubectl apply -f -`` is the chart-free way to install; the
 objects here are pure functions of their inputs, like every other builder.
@@ -16,6 +16,9 @@ from kfn.resources.rbac import make_cluster_role
 DEFAULT_NAMESPACE = "kfn-system"
 DEFAULT_IMAGE = f"kfn/kfn:{IMAGE_TAG}"
 OPERATOR_NAME = "kfn-operator"
+GATEWAY_NAME = "kfn-gateway"  # Deployment, Service (port 80), ServiceAccount, ClusterRole
+GATEWAY_PORT = 8080
+GATEWAY_REPLICAS = 2
 PEERING_NAME = "kfn"
 HEALTH_PORT = 8080
 METRICS_PORT = 9090
@@ -106,8 +109,115 @@ def image_flags(image: str) -> list[str]:
             "--provided-image", f"{prefix}python3.11:{tag}"]
 
 
+# Exactly what `kfn gateway` does with the API: list and watch the catalog, raise a version's replicas.
+GATEWAY_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [names.GROUP], "resources": [names.FUNCTION_PLURAL, names.FUNCTION_VERSION_PLURAL, names.ALIAS_PLURAL],
+     "verbs": ["list", "watch"]},
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "watch"]},
+    {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "update"]},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+]
+
+
+def _gateway_labels() -> dict[str, str]:
+    # kfn.dev/component: gateway is also what the functions' ingress NetworkPolicy admits.
+    return {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: names.COMPONENT_GATEWAY}
+
+
+def make_binding(name: str, role: str, namespace: str, labels: dict[str, str]) -> dict[str, Any]:
+    """A ClusterRoleBinding of the ClusterRole *role* to the ServiceAccount of the same name in *namespace*."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name, "labels": labels},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": role, "namespace": namespace}],
+    }
+
+
+def gateway_binding_name(namespace: str) -> str:
+    """One ClusterRoleBinding per install namespace, so two installs never take each other's grant."""
+    return GATEWAY_NAME if namespace == DEFAULT_NAMESPACE else names.child_name(GATEWAY_NAME, namespace)
+
+
+def make_gateway_deployment(
+    namespace: str, image: str, replicas: int = GATEWAY_REPLICAS, watch_namespaces: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The gateway Deployment: N stateless replicas (caps hold without a shared counter, docs/architecture.md).
+
+    With *watch_namespaces* it serves only those namespaces, and names without an account reach the first.
+    """
+    labels = _gateway_labels()
+    scope = [a for ns in watch_namespaces for a in ("--namespace", ns)]
+    if watch_namespaces:
+        scope += ["--default-namespace", watch_namespaces[0]]
+    probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5, "timeoutSeconds": 3}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": GATEWAY_NAME, "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "serviceAccountName": GATEWAY_NAME,
+                    # invocations in flight finish before the pod goes (bounded by --grace-seconds)
+                    "terminationGracePeriodSeconds": 45,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "gateway",
+                        "image": image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": ["kfn", "gateway", "--listen", f"0.0.0.0:{GATEWAY_PORT}", "--grace-seconds", "30",
+                                    *scope],
+                        "ports": [{"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
+                        "livenessProbe": {**probe, "initialDelaySeconds": 10, "failureThreshold": 6},
+                        "readinessProbe": probe,
+                        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+                        "securityContext": {
+                            "allowPrivilegeEscalation": False,
+                            "readOnlyRootFilesystem": True,
+                            "runAsNonRoot": True,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                    }],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+                },
+            },
+        },
+    }
+
+
+def make_gateway_objects(
+    namespace: str, image: str, replicas: int = GATEWAY_REPLICAS, watch_namespaces: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """The gateway: ServiceAccount, ClusterRole/Binding (exactly the verbs it uses), Deployment, Service."""
+    labels = _gateway_labels()
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": GATEWAY_NAME, "namespace": namespace, "labels": labels}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": GATEWAY_NAME, "labels": labels}, "rules": GATEWAY_RULES},
+        make_binding(gateway_binding_name(namespace), GATEWAY_NAME, namespace, labels),
+        make_gateway_deployment(namespace, image, replicas, watch_namespaces),
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": GATEWAY_NAME, "namespace": namespace, "labels": labels},
+            "spec": {"selector": labels,
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]},
+        },
+    ]
+
+
 def make_install_manifests(
-    namespace: str = DEFAULT_NAMESPACE, image: str = DEFAULT_IMAGE, watch_namespaces: tuple[str, ...] = ()
+    namespace: str = DEFAULT_NAMESPACE, image: str = DEFAULT_IMAGE, watch_namespaces: tuple[str, ...] = (),
+    gateway_replicas: int = GATEWAY_REPLICAS,
 ) -> list[dict[str, Any]]:
     """Everything ``kubectl apply`` needs to run kfn, CRDs first so later objects find their kinds."""
     labels = _labels()
@@ -121,14 +231,9 @@ def make_install_manifests(
             "metadata": {"name": OPERATOR_NAME, "namespace": namespace, "labels": labels},
         },
         make_cluster_role(OPERATOR_NAME),
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": OPERATOR_NAME, "labels": labels},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_NAME},
-            "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_NAME, "namespace": namespace}],
-        },
+        make_binding(OPERATOR_NAME, OPERATOR_NAME, namespace, labels),
         make_operator_deployment(namespace, image, watch_namespaces=watch_namespaces),
+        *(make_gateway_objects(namespace, image, gateway_replicas, watch_namespaces) if gateway_replicas else []),
     ]
 
 

@@ -14,7 +14,7 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import kubernetes
@@ -31,6 +31,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "Event": ("v1", "events"),
     "Pod": ("v1", "pods"),
     "Deployment": ("apps/v1", "deployments"),
+    "EndpointSlice": ("discovery.k8s.io/v1", "endpointslices"),
     "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
     names.FUNCTION_KIND: (names.API_VERSION, names.FUNCTION_PLURAL),
     names.FUNCTION_VERSION_KIND: (names.API_VERSION, names.FUNCTION_VERSION_PLURAL),
@@ -139,7 +140,7 @@ def _error(status: int, raw: Any) -> ApiError:
         body = {"message": str(raw)}
     reason = body.get("reason", "") if isinstance(body, dict) else ""
     message = body.get("message", str(raw)) if isinstance(body, dict) else str(raw)
-    cls = {404: NotFound, 409: Conflict, 422: Invalid}.get(status, ApiError)
+    cls = {404: NotFound, 409: Conflict, 410: Gone, 422: Invalid}.get(status, ApiError)
     return cls(status, reason, message)
 
 
@@ -243,16 +244,106 @@ def proxy_post(
     This reaches an execution environment from anywhere the kubeconfig works
     (a laptop, CI), without a route to the pod network.
     """
-    api = _api()
     url = f"{path('Pod', namespace, f'{pod}:{port}', 'proxy')}/{subpath.lstrip('/')}"
-    request = api.param_serialize(
-        "POST", url, header_params=dict(headers), body=None, auth_settings=["BearerToken"]
-    )
-    method, full_url, hdrs, _, _ = request
+    return _proxy_post(url, body, headers, timeout)
+
+
+def _proxy_post(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> tuple[int, dict[str, str], bytes]:
+    api = _api()
+    method, full_url, hdrs, _, _ = api.param_serialize(
+        "POST", url, header_params=dict(headers), body=None, auth_settings=["BearerToken"])
     # the generated client would re-encode the body as JSON; the payload goes as the bytes it is
     response = api.rest_client.pool_manager.request(method, full_url, headers=hdrs, body=body, timeout=timeout)
     if response.status >= 400 and response.headers.get("Content-Type", "").startswith("application/json"):
         status = json.loads(response.data or b"{}")
-        if status.get("kind") == "Status":  # the API server's own refusal, not the function's answer
+        if status.get("kind") == "Status":  # the API server's own refusal, not the proxied answer
             raise _error(response.status, response.data)
     return response.status, dict(response.headers.items()), response.data
+
+
+def list_with_version(
+    kind: str, namespace: str | None, label_selector: str | None = None
+) -> tuple[list[dict[str, Any]], str]:
+    """Objects of a kind and the list's resourceVersion (where a watch resumes)."""
+    query = [("labelSelector", label_selector)] if label_selector else []
+    answer = _request("GET", path(kind, namespace), query=query)
+    return list(answer.get("items") or []), str((answer.get("metadata") or {}).get("resourceVersion") or "")
+
+
+class Gone(ApiError):
+    """410: the watch's resourceVersion is too old; list again."""
+
+
+def watch(
+    kind: str, namespace: str | None, resource_version: str, label_selector: str | None = None,
+    timeout_seconds: int = 300,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Watch events ``(type, object)`` after *resource_version*: ADDED, MODIFIED, DELETED (BOOKMARK skipped).
+
+    Ends when the server closes the watch (about *timeout_seconds*); raises :class:`Gone` when the version
+    is too old (list again) and :class:`ApiError` for other refusals.
+    """
+    api = _api()
+    query: list[tuple[str, Any]] = [("watch", "true"), ("resourceVersion", resource_version),
+                                    ("allowWatchBookmarks", "true"), ("timeoutSeconds", timeout_seconds)]
+    if label_selector:
+        query.append(("labelSelector", label_selector))
+    request = api.param_serialize("GET", path(kind, namespace), query_params=query,
+                                  header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+    try:
+        response = api.call_api(*request, _request_timeout=(10, timeout_seconds + 30))
+    except ApiException as e:
+        raise _error(e.status or 0, e.body) from e
+    raw = response.response  # the urllib3 response, read as a stream of JSON lines
+    try:
+        if not 200 <= raw.status <= 299:
+            raise _error(raw.status, raw.data)
+        buffer = b""
+        for chunk in raw.stream(65536, decode_content=True):
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                etype, obj = event.get("type"), event.get("object") or {}
+                if etype == "ERROR":
+                    code = int(obj.get("code") or 0)
+                    if code == 410:
+                        raise Gone(410, str(obj.get("reason", "Expired")), str(obj.get("message", "")))
+                    raise _error(code, json.dumps(obj))
+                if etype == "BOOKMARK":
+                    continue
+                yield str(etype), obj
+    finally:
+        raw.release_conn()
+
+
+def get_scale(namespace: str, deployment: str) -> dict[str, Any]:
+    """The Deployment's scale subresource (``spec.replicas``, ``metadata.resourceVersion``)."""
+    return _request("GET", path("Deployment", namespace, deployment, "scale"))
+
+
+def replace_scale(namespace: str, deployment: str, replicas: int, resource_version: str,
+                  field_manager: str = names.FIELD_MANAGER) -> dict[str, Any]:
+    """Set a Deployment's replicas only if its scale is still at *resource_version*; raises Conflict if not.
+
+    Optimistic concurrency: two writers that read the same scale cannot both raise it.
+    """
+    body = {
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {"name": deployment, "namespace": namespace, "resourceVersion": resource_version},
+        "spec": {"replicas": replicas},
+    }
+    return _request("PUT", path("Deployment", namespace, deployment, "scale"), body=body,
+                    query=[("fieldManager", field_manager)])
+
+
+def service_proxy_post(
+    namespace: str, service: str, port: int | str, subpath: str, body: bytes, headers: Mapping[str, str],
+    timeout: float = 960,
+) -> tuple[int, dict[str, str], bytes]:
+    """POST through the API server's service proxy; returns status, headers and body as the Service answered."""
+    url = f"{path('Service', namespace, f'{service}:{port}', 'proxy')}/{subpath.lstrip('/')}"
+    return _proxy_post(url, body, headers, timeout)

@@ -7,9 +7,13 @@ import pytest
 from kfn import crdgen, install
 
 
-def _by_kind(objects: list[dict]) -> dict[str, list[dict]]:
+def _by_kind(objects: list[dict], component: str = "operator") -> dict[str, list[dict]]:
+    """Objects by kind, of one component (the operator unless told; the gateway has its own)."""
     out: dict[str, list[dict]] = {}
     for o in objects:
+        labels = o["metadata"].get("labels") or {}
+        if o["kind"] not in ("CustomResourceDefinition", "Namespace") and labels.get("kfn.dev/component") != component:
+            continue
         out.setdefault(o["kind"], []).append(o)
     return out
 
@@ -62,3 +66,34 @@ def test_role_can_manage_every_child_kind_the_operator_builds() -> None:
     granted = {(g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
     for needed in [("apps", "deployments"), ("", "services"), ("", "configmaps"), ("networking.k8s.io", "networkpolicies")]:
         assert needed in granted
+
+
+def test_gateway_is_installed_restricted_with_exactly_the_verbs_it_uses() -> None:
+    objects = install.make_install_manifests(namespace="ops", image="example/kfn:1", gateway_replicas=3)
+    k = _by_kind(objects, "gateway")
+    (deploy,), (service,), (role,), (binding,) = k["Deployment"], k["Service"], k["ClusterRole"], k["ClusterRoleBinding"]
+    assert deploy["spec"]["replicas"] == 3
+    assert service["metadata"]["name"] == "kfn-gateway" and service["spec"]["ports"][0]["port"] == 80
+    assert service["spec"]["selector"] == deploy["spec"]["template"]["metadata"]["labels"]
+    # the functions' ingress NetworkPolicy admits pods labelled kfn.dev/component: gateway
+    assert deploy["spec"]["template"]["metadata"]["labels"]["kfn.dev/component"] == "gateway"
+    pod = deploy["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"][:2] == ["kfn", "gateway"]
+    # Pod Security "restricted"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    verbs = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    assert verbs[("apps", "deployments/scale")] == {"get", "update"}
+    assert verbs[("discovery.k8s.io", "endpointslices")] == {"list", "watch"}
+    assert not any(v & {"create", "delete", "patch"} for v in verbs.values())
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kfn-gateway", "namespace": "ops"}]
+    assert binding["metadata"]["name"] != "kfn-gateway"  # one binding per install namespace
+
+
+def test_no_gateway_when_asked_for_none() -> None:
+    objects = install.make_install_manifests(gateway_replicas=0)
+    assert not [o for o in objects if (o["metadata"].get("labels") or {}).get("kfn.dev/component") == "gateway"]

@@ -7,6 +7,7 @@ import copy
 import pytest
 
 from kfn import conditions as cond
+from kfn import names
 from kfn.resources import EnvironmentInput, Images, Owner, build_environment
 from kfn.resources.code import CodeError, inline_sha256, image_sha256
 from kfn.resources.environment import cpu_millicores
@@ -97,7 +98,8 @@ def test_lambda_environment_variables():
     assert container(dep, "function")["envFrom"] == [{"secretRef": {"name": "db"}}]
     agent = env_of(container(dep, "agent"))
     assert agent["KFN_TIMEOUT_SECONDS"] == "30"
-    assert agent["KFN_FUNCTION_ARN"] == "arn:aws:lambda:us-east-1:000000000000:function:hello"
+    # the function sees its namespace's account in context.invoked_function_arn, as the gateway's ARNs show it
+    assert agent["KFN_FUNCTION_ARN"] == f"arn:aws:lambda:us-east-1:{names.account_id('ns')}:function:hello"
     assert "STAGE" not in agent
 
 

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable, Sequence
 
 from kfn.agent import wire
@@ -193,6 +194,16 @@ def split_function_name(name: str) -> tuple[str, str | None]:
     return fn, (qualifier or None)
 
 
+def _gateway_request_id(value: str | None) -> str | None:
+    """The request id the gateway chose (X-Kfn-Request-Id), if it is a UUID; else None."""
+    if not value or len(value) != 36:
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
 _BUSY_BODY = wire.invoke_error_body("The execution environment is busy with another invocation",
                                     Reason="ExecutionEnvironmentBusy")
 _BUSY_H = encode_headers({**wire.invoke_error_headers("TooManyRequestsException"), wire.BUSY_HEADER: "true"})
@@ -240,6 +251,8 @@ class Invoker:
             return req.respond(204, self._version_h)
         inv = Invocation(
             payload=payload,
+            # The gateway names the request (so the caller's x-amzn-RequestId is the function's aws_request_id).
+            request_id=_gateway_request_id(headers.get("x-kfn-request-id")) or wire.new_request_id(),
             invoked_arn=wire.invoked_function_arn(cfg.arn, qualifier),
             trace_id=headers.get("x-amzn-trace-id") or wire.new_trace_id(),
             client_context=client_context,

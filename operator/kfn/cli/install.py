@@ -1,4 +1,4 @@
-"""``kfn install``: print (or apply) the manifests that install kfn into a cluster."""
+"""``kfn install``: print (or apply) the manifests that install kfn into a cluster (CRDs, RBAC, operator, gateway)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="reconcile only this namespace (repeatable; one standalone replica); default: all namespaces",
     )
+    parser.add_argument("--gateway-replicas", type=int, default=2,
+                        help="replicas of the gateway (the Lambda Invoke API, Service kfn-gateway port 80); 0: none")
     parser.add_argument(
         "--apply",
         action="store_true",
@@ -32,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from kfn import install
 
-    objects = install.make_install_manifests(args.namespace, args.image, tuple(args.watch_namespace))
+    objects = install.make_install_manifests(args.namespace, args.image, tuple(args.watch_namespace),
+                                             gateway_replicas=args.gateway_replicas)
     if not args.apply:
         # The peering object needs its CRD established first, so it cannot ride in
         # the same `kubectl apply`: printed YAML leaves it out and says so.

@@ -1,10 +1,12 @@
 """``kfn invoke``: invoke a function the way ``aws lambda invoke`` does, and show what Lambda would.
 
-With ``--endpoint-url`` it speaks the Lambda Invoke API to that address (an
-agent or, later, the gateway). Without it, it finds a ready execution
-environment of the function (or of the version an alias picks) through the
-Kubernetes API and reaches it through the API server's pod proxy, so it works
-from anywhere the kubeconfig does.
+With ``--endpoint-url`` it speaks the Lambda Invoke API to that address (the
+gateway, or one agent). Without it, it goes through the API server's service
+proxy to the installed gateway (Service ``kfn-gateway`` in ``kfn-system``),
+naming the function by a partial ARN with its namespace's account id; where no
+gateway is installed (or it has no ready replica), it finds a ready execution
+environment of the function (or of the version an alias picks) and reaches it
+through the API server's pod proxy. Both work from anywhere the kubeconfig does.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import urllib.request
 INVOKE_PATH = "/2015-03-31/functions/{name}/invocations"
 AGENT_PORT = 8080
 BUSY_HEADER = "X-Kfn-Environment-Busy"
+GATEWAY_SERVICE = "kfn-gateway"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint-url", default=None, help="a Lambda Invoke API endpoint (agent or gateway)")
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     parser.add_argument("--context", default=None, help="kubeconfig context")
+    parser.add_argument("--gateway-namespace", default="kfn-system",
+                        help="namespace of the installed gateway (Service kfn-gateway); default: kfn-system")
 
 
 def _payload(args: argparse.Namespace) -> bytes:
@@ -93,10 +98,33 @@ def _version_for(args: argparse.Namespace) -> str:
     raise SystemExit(f"kfn invoke: function {args.function} has no alias {q} in namespace {args.namespace}")
 
 
+def _invoke_through_gateway(args: argparse.Namespace, body: bytes) -> tuple[int, dict[str, str], bytes] | None:
+    """Through the installed gateway (the API server's service proxy); None when there is no gateway to use."""
+    from kfn import k8s, names
+
+    if k8s.get("Service", args.gateway_namespace, GATEWAY_SERVICE) is None:
+        return None
+    # A partial ARN names the namespace (its account id) whatever the gateway's default namespace is.
+    name = f"{names.account_id(args.namespace)}:function:{args.function}"
+    subpath = INVOKE_PATH.format(name=urllib.parse.quote(name, safe=":"))
+    if args.qualifier:
+        subpath += "?Qualifier=" + urllib.parse.quote(args.qualifier)
+    try:
+        return k8s.service_proxy_post(args.gateway_namespace, GATEWAY_SERVICE, "http", subpath, body, _headers(args))
+    except k8s.ApiError as e:
+        if e.status in (502, 503):  # the API server found no ready gateway replica: use the pod proxy
+            print(f"kfn invoke: gateway unavailable ({e.message}); invoking an environment directly", file=sys.stderr)
+            return None
+        raise
+
+
 def _invoke_in_cluster(args: argparse.Namespace, body: bytes) -> tuple[int, dict[str, str], bytes]:
     from kfn import k8s
 
     k8s.configure(args.kubeconfig, args.context)
+    through_gateway = _invoke_through_gateway(args, body)
+    if through_gateway is not None:
+        return through_gateway
     version = _version_for(args)
     pods = _ready_pods(args.namespace, args.function, version)
     if not pods:

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("kfn.cli.agent", "in-pod agent: Lambda Runtime API for the function, invoke endpoint for the gateway"),
     "operator": ("kfn.cli.operator", "the Kopf operator: reconciles Functions, FunctionVersions and Aliases into Kubernetes objects"),
     "install": ("kfn.cli.install", "print or apply the manifests that install kfn (CRDs, RBAC, operator)"),
+    "gateway": ("kfn.cli.gateway", "the Lambda Invoke API in front of the execution environments (in-cluster or on a host)"),
     "invoke": ("kfn.cli.invoke", "invoke a function like `aws lambda invoke` and show its answer"),
 }
 

@@ -406,6 +406,9 @@ class FunctionStatus(CommonStatus):
     replicas: int | None = Field(None, description="Execution environments of $LATEST.")
     ready_replicas: int | None = Field(None, alias="readyReplicas", description="Initialised environments.")
     code_sha256: str | None = Field(None, alias="codeSha256", description="SHA-256 of the code (Lambda CodeSha256).")
+    function_arn: str | None = Field(
+        None, alias="functionArn", description="Lambda ARN; its account is the namespace's (docs/lambda-api.md)."
+    )
 
 
 def parse_function_spec(data: Any) -> FunctionSpec:

@@ -180,6 +180,11 @@ def collect_garbage(body: Mapping[str, Any], versions: list[dict[str, Any]], ali
         k8s.post_event(body, "Normal", cond.VERSION_DELETED, f"deleted version {number}: past versionRetention {retention} and no alias points at it")
 
 
+def _arn(namespace: str, function: str) -> str:
+    """The function's unqualified ARN: the namespace's account id, kfn's region (docs/lambda-api.md)."""
+    return names.function_arn(names.DEFAULT_REGION, names.account_id(namespace), function)
+
+
 def reconcile_function(body: Mapping[str, Any], images: Images) -> Outcome:
     """One level-based pass over a Function; writes status and Events."""
     if being_deleted(body):
@@ -198,7 +203,7 @@ def reconcile_function(body: Mapping[str, Any], images: Images) -> Outcome:
     except CodeUnavailable as e:
         outcome.conditions = [e.condition]
         outcome.retry_after = WAIT_SECONDS
-        outcome.status = {"state": "Pending"}
+        outcome.status = {"state": "Pending", "functionArn": _arn(namespace, function)}
         outcome.conditions.insert(0, cond.summarize(outcome.conditions))
         return finish(body, outcome)
     aliases = aliases_of(namespace, function)
@@ -215,7 +220,7 @@ def reconcile_function(body: Mapping[str, Any], images: Images) -> Outcome:
     )
     children, status, retry = reconcile_environment(inp)
     outcome.conditions = children
-    outcome.status = {**status, "codeSha256": digest}
+    outcome.status = {**status, "codeSha256": digest, "functionArn": _arn(namespace, function)}
     outcome.retry_after = retry
     if any(c.reason == cond.CODE_TOO_LARGE for c in children):
         outcome.permanent = children[0].message

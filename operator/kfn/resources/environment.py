@@ -180,7 +180,7 @@ def make_deployment(inp: EnvironmentInput, plan: CodePlan) -> dict[str, Any]:
         "env": [
             *env,
             {"name": "KFN_TIMEOUT_SECONDS", "value": str(timeout)},
-            {"name": "KFN_FUNCTION_ARN", "value": function_arn(inp.function, inp.region)},
+            {"name": "KFN_FUNCTION_ARN", "value": names.function_arn(inp.region, names.account_id(inp.namespace), inp.function)},
         ],
         "ports": [{"name": "http", "containerPort": AGENT_PORT, "protocol": "TCP"}],
         # Ready only once the runtime's init has finished (its first /next).

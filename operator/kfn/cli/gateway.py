@@ -1,0 +1,119 @@
+"""``kfn gateway``: the Lambda Invoke API in front of the execution environments (in-cluster or on a host).
+
+Learns Functions, FunctionVersions, Aliases, version Deployments and their ready environments from watches,
+then serves ``POST /2015-03-31/functions/{FunctionName}/invocations`` (plus the read-only control plane,
+``/healthz`` and ``/metrics``) on one port. SIGTERM stops accepting, lets invocations in flight finish (bounded),
+then exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and any ``extra`` fields (requestId …)."""
+
+    _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+               "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        doc.update({k: v for k, v in vars(record).items() if k not in self._STANDARD})
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    p.add_argument("--kubeconfig", default=env("KUBECONFIG"), help="kubeconfig file (default: in-cluster, else $KUBECONFIG/~/.kube/config)")
+    p.add_argument("--context", default=env("KFN_KUBE_CONTEXT"), help="kubeconfig context")
+    p.add_argument("--listen", default=env("KFN_GATEWAY_LISTEN", "0.0.0.0:8080"), help="address:port to serve on")
+    p.add_argument("--namespace", "-n", action="append", default=[], help="serve only functions of this namespace (repeatable; default: all)")
+    p.add_argument("--default-namespace", default=env("KFN_DEFAULT_NAMESPACE", "default"),
+                   help="namespace of functions named without an account id (default: default)")
+    p.add_argument("--region", default=env("KFN_REGION", "us-east-1"), help="region in the ARNs the gateway reports")
+    p.add_argument("--pool-size", type=int, default=int(env("KFN_POOL_SIZE", "1000")),
+                   help="execution environments of the whole cluster (Lambda's account concurrency, default 1000)")
+    p.add_argument("--unreserved-min", type=int, default=int(env("KFN_UNRESERVED_MIN", "100")),
+                   help="environments always left to functions without a reservation (default 100)")
+    p.add_argument("--cold-start-timeout", type=float, default=float(env("KFN_COLD_START_TIMEOUT", "60")),
+                   help="seconds an invocation waits for a new execution environment")
+    p.add_argument("--max-waiting", type=int, default=100, help="invocations of one version held for a cold start")
+    p.add_argument("--grace-seconds", type=float, default=30.0, help="on SIGTERM, how long invocations in flight may finish")
+    p.add_argument("--log-format", choices=["json", "text"], default=env("KFN_LOG_FORMAT", "json"))
+    p.add_argument("--verbose", "-v", action="store_true")
+
+
+def _logging(fmt: str, verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    # One line per invocation only when asked: on every request's path otherwise.
+    logging.getLogger("kfn.gateway").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    from kfn import k8s
+    from kfn.agent.httpserver import _date  # noqa: F401 - warm the Date header cache
+    from kfn.gateway import catalog as catalog_mod
+    from kfn.gateway import control, metrics
+    from kfn.gateway.coldstart import DeploymentScaleUp
+    from kfn.gateway.pool import EnvironmentPool
+    from kfn.gateway.server import Gateway, GatewaySettings, connection_factory
+
+    log = logging.getLogger("kfn.gateway.main")
+    k8s.configure(args.kubeconfig, args.context, pool_size=16)
+    loop = asyncio.get_running_loop()
+    catalog = catalog_mod.Catalog()
+    pool = EnvironmentPool(loop)
+    catalog.on_environments.append(pool.update)
+    watchers = catalog_mod.start_watchers(catalog, loop, tuple(args.namespace))
+
+    def health() -> str | None:
+        dead = [f"watch of {w.kind} is dead ({w.dead})" for w in watchers if w.dead or not w.thread.is_alive()]
+        metrics.WATCHES_ALIVE.set(len(watchers) - len(dead))
+        return "; ".join(dead) or None
+
+    # Serve only once every first list is in: before that a known function would be answered 404.
+    deadline = time.monotonic() + 120
+    while not all(w.synced.is_set() for w in watchers):
+        if health() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"kfn gateway: the catalog did not load: {health() or 'timed out after 120 s'}")
+        await asyncio.sleep(0.05)
+    settings = GatewaySettings(
+        api=control.ApiSettings(region=args.region, default_namespace=args.default_namespace,
+                                pool_size=args.pool_size, unreserved_min=args.unreserved_min),
+        cold_start_timeout=args.cold_start_timeout, max_waiting=args.max_waiting)
+    gateway = Gateway(catalog, pool, DeploymentScaleUp(), settings, health)
+    host, _, port = args.listen.rpartition(":")
+    server = await loop.create_server(connection_factory(gateway), host or "0.0.0.0", int(port), reuse_address=True,
+                                      backlog=1024)
+    log.info("kfn gateway serving", extra={"listen": args.listen, "namespaces": args.namespace or "all",
+                                           "defaultNamespace": args.default_namespace})
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
+    await gateway.drain(args.grace_seconds)
+    for w in watchers:
+        w.stopping.set()
+
+
+def run(args: argparse.Namespace) -> int:
+    _logging(args.log_format, args.verbose)
+    import uvloop
+
+    uvloop.run(serve(args))
+    return 0

@@ -1,0 +1,599 @@
+"""Lambda's read-only control-plane API over kfn's custom resources, as pure functions of a request and a view.
+
+Served (paths, query names and response shapes from botocore's service model, lambda 2015-03-31):
+
+========================================  ======  =====================================================
+operation                                 method  path
+========================================  ======  =====================================================
+GetFunction                               GET     /2015-03-31/functions/{FunctionName}
+GetFunctionConfiguration                  GET     /2015-03-31/functions/{FunctionName}/configuration
+ListFunctions                             GET     /2015-03-31/functions/
+ListVersionsByFunction                    GET     /2015-03-31/functions/{FunctionName}/versions
+ListAliases                               GET     /2015-03-31/functions/{FunctionName}/aliases
+GetAlias                                  GET     /2015-03-31/functions/{FunctionName}/aliases/{Name}
+GetFunctionConcurrency                    GET     /2019-09-30/functions/{FunctionName}/concurrency
+GetProvisionedConcurrencyConfig           GET     /2019-09-30/functions/{FunctionName}/provisioned-concurrency
+GetAccountSettings                        GET     /2016-08-19/account-settings/
+========================================  ======  =====================================================
+
+Anything else answers 404 ``UnknownOperationException``; Invoke is the server's (it never reaches here).
+Every answer is ``(status, headers, body)``; errors are :mod:`kfn.gateway.errors` shapes. How CR fields become
+Lambda's (State from the Ready condition, CodeSha256, RevisionId, Role, …) is in docs/lambda-api.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import hashlib
+import json
+import re
+import urllib.parse
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kfn import conditions as cond
+from kfn import names
+from kfn.gateway import arn, errors
+from kfn.gateway.view import CatalogView
+
+Query = Mapping[str, list[str]]
+Answer = tuple[int, dict[str, str], bytes]
+
+PAGE_MAX = 50  # ListFunctions/ListVersionsByFunction "return a maximum of 50 items in each response" (Lambda API docs)
+MAX_ITEMS_MAX = 10000  # MaxListItems in the service model
+
+# Lambda's per-account code quotas (GetAccountSettings reports them; kfn's own limits are stricter per object).
+TOTAL_CODE_SIZE = 80530636800  # 75 GB
+CODE_SIZE_UNZIPPED = 262144000  # 250 MB
+CODE_SIZE_ZIPPED = 52428800  # 50 MB
+
+# Ready reasons the operator treats as permanent (a person must change something) -> State Failed, with Lambda's
+# reason code. Temporary ones (code not there yet, children rolling out) stay Pending, as the operator retries them:
+# a `kubectl apply -f dir/` that creates the Function before its code ConfigMap must not fail boto3's waiter.
+_FAILED_REASON_CODES = {
+    cond.INVALID_SPEC: "InvalidConfiguration",
+    cond.CODE_TOO_LARGE: "InvalidConfiguration",
+    cond.DEPLOYMENT_FAILED: "FunctionError",
+}
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """What the control-plane answers depend on besides the resources.
+
+    ``region``: the Lambda region the gateway is (ARNs carry it); ``default_namespace``: the account a request
+    without an ARN account reaches; ``pool_size``/``unreserved_min``: the shared concurrency pool and the part
+    reservations may never take (GetAccountSettings).
+    """
+
+    region: str
+    default_namespace: str
+    pool_size: int = 1000
+    unreserved_min: int = 100
+
+
+# --- small pure helpers -----------------------------------------------------------------------------------------
+
+
+def _ok(doc: Mapping[str, Any], request_id: str) -> Answer:
+    headers = {"Content-Type": "application/json", "x-amzn-RequestId": request_id}
+    return 200, headers, json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _first(query: Query, key: str) -> str | None:
+    values = query.get(key)
+    return values[0] if values else None
+
+
+def _lambda_time(stamp: str | None) -> str:
+    """Kubernetes RFC 3339 time -> Lambda's LastModified (``2024-05-01T12:00:00.000+0000``)."""
+    if not stamp:
+        return "1970-01-01T00:00:00.000+0000"
+    try:
+        when = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return "1970-01-01T00:00:00.000+0000"
+    when = when.astimezone(datetime.timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}+0000"
+
+
+def _last_modified(meta: Mapping[str, Any]) -> str:
+    """When the object's spec last changed: the newest non-status managedFields entry, else its creation."""
+    times = [
+        str(e.get("time")) for e in meta.get("managedFields") or []
+        if isinstance(e, Mapping) and e.get("time") and e.get("subresource") != "status"
+    ]
+    return _lambda_time(max(times) if times else meta.get("creationTimestamp"))
+
+
+def revision_id(obj: Mapping[str, Any]) -> str:
+    """A UUID that changes exactly when the object's spec does: a hash of its uid and generation."""
+    meta = obj.get("metadata") or {}
+    digest = hashlib.sha256(f"{meta.get('uid', '')}/{meta.get('generation', 0)}".encode()).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
+
+
+def lambda_code_sha256(value: str | None) -> str:
+    """Lambda's CodeSha256 is base64 of the digest; kfn's status keeps hex (and ``sha256:`` for images)."""
+    if not value:
+        return ""
+    hexdigest = value.split(":", 1)[1] if value.startswith("sha256:") else value
+    try:
+        return base64.b64encode(bytes.fromhex(hexdigest)).decode()
+    except ValueError:
+        return value
+
+
+def _parse_config(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The FunctionConfig with kfn's defaults filled in; the raw dict when it is not valid."""
+    from kfn.models.base import SpecError
+    from kfn.models.function import FunctionConfig, parse_function_spec
+
+    try:
+        if "publish" in spec or "autoPublish" in spec or "versionRetention" in spec:
+            return parse_function_spec(spec).config().to_api()
+        return FunctionConfig.model_validate(dict(spec)).to_api()
+    except (SpecError, ValueError):
+        return dict(spec)
+
+
+def lambda_state(obj: Mapping[str, Any]) -> dict[str, str]:
+    """State/LastUpdateStatus members from the Ready condition and ``status.state``.
+
+    - no Ready yet (operator has not seen it) -> ``Pending``/``Creating``, update ``InProgress``;
+    - Ready=True -> ``Active``; update ``Successful`` once Ready's observedGeneration is the object's generation,
+      ``InProgress`` before (Lambda keeps State Active during an update);
+    - Ready=False for a reason that needs a change (invalid spec, code too large, Deployment failed), or
+      ``status.state: Failed`` (the operator's verdict) -> ``Failed`` with Lambda's reason code and Ready's message;
+    - otherwise -> ``Pending`` with Ready's message (rolling out, code not there yet: the operator retries).
+    """
+    meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+    ready = cond.find(status.get("conditions"), cond.READY)
+    if ready is None:
+        return {"State": "Pending", "StateReason": "The function is being created.", "StateReasonCode": "Creating",
+                "LastUpdateStatus": "InProgress"}
+    reason, message = str(ready.get("reason") or ""), str(ready.get("message") or "")
+    current = ready.get("observedGeneration") in (None, meta.get("generation"))
+    if ready.get("status") == cond.TRUE:
+        out = {"State": "Active", "LastUpdateStatus": "Successful" if current else "InProgress"}
+        if not current:
+            out["LastUpdateStatusReason"] = "The function is being updated."
+        return out
+    failed_code = _FAILED_REASON_CODES.get(reason)
+    if ready.get("status") == cond.FALSE and (failed_code or status.get("state") == "Failed"):
+        code = failed_code or "InternalError"
+        return {"State": "Failed", "StateReason": message, "StateReasonCode": code,
+                "LastUpdateStatus": "Failed", "LastUpdateStatusReason": message, "LastUpdateStatusReasonCode": code}
+    return {"State": "Pending", "StateReason": message or "The function is being created.",
+            "StateReasonCode": "Creating", "LastUpdateStatus": "InProgress"}
+
+
+# --- the Lambda Function view of a Function or FunctionVersion ----------------------------------------------------
+
+
+def function_configuration(ns: str, function: str, version: str, config: Mapping[str, Any], obj: Mapping[str, Any],
+                           code_sha256: str | None, settings: ApiSettings, qualifier: str | None) -> dict[str, Any]:
+    """Lambda's FunctionConfiguration for one version (``$LATEST`` or a number) of a function.
+
+    *config* is the camelCase FunctionConfig (Function spec or FunctionVersion ``spec.config``), *obj* the CR
+    whose status and metadata give State, RevisionId and LastModified; *qualifier* qualifies FunctionArn.
+    """
+    account = names.account_id(ns)
+    code = config.get("code") or {}
+    is_image = bool(code.get("image"))
+    out: dict[str, Any] = {
+        "FunctionName": function,
+        "FunctionArn": arn.function_arn(settings.region, account, function, qualifier),
+    }
+    if not is_image:
+        out["Runtime"] = config.get("runtime") or ""
+        out["Handler"] = config.get("handler") or ""
+    inline = (code.get("inline") or {}).get("files") or {}
+    out.update({
+        "Role": f"arn:aws:iam::{account}:role/{names.service_account_name(function)}",
+        "CodeSize": sum(len(str(v).encode()) for v in inline.values()),
+        "Description": config.get("description") or "",
+        "Timeout": int(config.get("timeoutSeconds") or 3),
+        "MemorySize": int(config.get("memoryMB") or 128),
+        "LastModified": _last_modified(obj.get("metadata") or {}),
+        "CodeSha256": lambda_code_sha256(code_sha256),
+        "Version": names.lambda_version(version),
+        "TracingConfig": {"Mode": "PassThrough"},
+        "RevisionId": revision_id(obj),
+        "PackageType": "Image" if is_image else "Zip",
+        "Architectures": ["arm64" if config.get("architecture") == "arm64" else "x86_64"],
+        "EphemeralStorage": {"Size": int(config.get("ephemeralStorageMB") or 512)},
+        "SnapStart": {"ApplyOn": "None", "OptimizationStatus": "Off"},
+    })
+    variables = (config.get("environment") or {}).get("variables") or {}
+    if variables:
+        out["Environment"] = {"Variables": dict(variables)}
+    vpc = config.get("vpcConfig") or {}
+    if vpc:
+        out["VpcConfig"] = {"SubnetIds": list(vpc.get("subnets") or []),
+                            "SecurityGroupIds": list(vpc.get("securityGroups") or [])}
+    dlq = (config.get("deadLetterConfig") or {}).get("targetArn")
+    if dlq:
+        out["DeadLetterConfig"] = {"TargetArn": dlq}
+    layers = config.get("layers") or []
+    if layers:
+        # kfn's layers are zips in the cluster, not published layer versions: each gets a stable ARN in the
+        # function's account, version 1.
+        out["Layers"] = [{"Arn": f"arn:aws:lambda:{settings.region}:{account}:layer:{layer.get('name')}:1",
+                          "CodeSize": 0} for layer in layers]
+    image_config = config.get("imageConfig") or {}
+    if is_image and image_config:
+        out["ImageConfigResponse"] = {"ImageConfig": {k[0].upper() + k[1:]: v for k, v in image_config.items()}}
+    logging = config.get("loggingConfig") or {}
+    log_format = logging.get("logFormat", "Text")
+    log_out: dict[str, Any] = {"LogFormat": log_format, "LogGroup": f"/aws/lambda/{function}"}
+    if log_format == "JSON":
+        log_out["ApplicationLogLevel"] = logging.get("applicationLogLevel", "INFO")
+        log_out["SystemLogLevel"] = logging.get("systemLogLevel", "INFO")
+    out["LoggingConfig"] = log_out
+    out.update(lambda_state(obj))
+    return out
+
+
+@dataclass(frozen=True)
+class Target:
+    """One resolved version of a function: the CRs behind a Lambda FunctionConfiguration."""
+
+    ns: str
+    function: str
+    version: str  # "$LATEST" or "3"
+    config: dict[str, Any]
+    obj: dict[str, Any]  # the Function ($LATEST) or FunctionVersion
+    code_sha256: str | None
+
+    def configuration(self, settings: ApiSettings, qualifier: str | None) -> dict[str, Any]:
+        return function_configuration(self.ns, self.function, self.version, self.config, self.obj,
+                                      self.code_sha256, settings, qualifier)
+
+
+def _latest(ns: str, fn: dict[str, Any]) -> Target:
+    status = fn.get("status") or {}
+    return Target(ns, fn["metadata"]["name"], names.LATEST, _parse_config(fn.get("spec") or {}), fn,
+                  status.get("codeSha256"))
+
+
+def _version_number(obj: Mapping[str, Any]) -> int | None:
+    value = (obj.get("spec") or {}).get("version")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _published(ns: str, function: str, obj: dict[str, Any]) -> Target:
+    spec = obj.get("spec") or {}
+    return Target(ns, function, str(_version_number(obj)), _parse_config(spec.get("config") or {}), obj,
+                  spec.get("codeSha256") or (obj.get("status") or {}).get("codeSha256"))
+
+
+def _alias_named(view: CatalogView, ns: str, function: str, alias: str) -> dict[str, Any] | None:
+    return next((a for a in view.aliases(ns, function) if (a.get("spec") or {}).get("name") == alias), None)
+
+
+class _Resolver:
+    """Function lookups of one request: FunctionName -> namespace -> CRs, with Lambda's not-found answers."""
+
+    def __init__(self, view: CatalogView, settings: ApiSettings) -> None:
+        self.view, self.settings = view, settings
+
+    def ref(self, name: str, qualifier: str | None, shape: arn.NameShape) -> tuple[arn.FunctionRef, str]:
+        ref = arn.parse_function_name(name, qualifier, shape=shape)
+        ns = arn.resolve_namespace(ref, self.view, self.settings.default_namespace, region=self.settings.region)
+        return ref, ns
+
+    def not_found(self, ns: str, function: str, qualifier: str | None = None) -> errors.ResourceNotFoundException:
+        return errors.not_found_function(
+            arn.function_arn(self.settings.region, names.account_id(ns), function, qualifier))
+
+    def function(self, ns: str, function: str, qualifier: str | None = None) -> dict[str, Any]:
+        fn = self.view.function(ns, function) if ns in self.view.namespaces() else None
+        if fn is None:
+            raise self.not_found(ns, function, qualifier)
+        return fn
+
+    def target(self, ns: str, function: str, qualifier: str | None) -> Target:
+        """The version a qualifier names: none/$LATEST, a number, or an alias (its primary version)."""
+        fn = self.function(ns, function, qualifier)
+        if qualifier in (None, names.LATEST):
+            return _latest(ns, fn)
+        assert qualifier is not None
+        number = qualifier
+        if not qualifier.isdigit():
+            alias = _alias_named(self.view, ns, function, qualifier)
+            if alias is None:
+                raise self.not_found(ns, function, qualifier)
+            number = str((alias.get("spec") or {}).get("functionVersion") or "")
+            if number == names.LATEST:
+                return _latest(ns, fn)
+        for obj in self.view.versions(ns, function):
+            if str(_version_number(obj)) == number:
+                return _published(ns, function, obj)
+        raise self.not_found(ns, function, qualifier)
+
+
+# --- pagination -------------------------------------------------------------------------------------------------
+
+
+def _max_items(query: Query, default: int) -> int:
+    raw = _first(query, "MaxItems")
+    if raw is None:
+        return default
+    try:
+        if not raw.isascii():
+            raise ValueError(raw)
+        value = int(raw)
+    except ValueError:
+        raise errors.validation(errors.violation(raw, "maxItems", "Member must be an integer")) from None
+    if value < 1:
+        raise errors.validation(errors.violation(raw, "maxItems", errors.min_value_rule(1)))
+    if value > MAX_ITEMS_MAX:
+        raise errors.validation(errors.violation(raw, "maxItems", errors.max_value_rule(MAX_ITEMS_MAX)))
+    return value
+
+
+def encode_marker(key: tuple[str, int]) -> str:
+    """An opaque NextMarker: the sort key of the last item returned."""
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
+
+
+def decode_marker(marker: str) -> tuple[str, int]:
+    try:
+        name, order = json.loads(base64.urlsafe_b64decode(marker.encode("ascii")))
+        if not isinstance(name, str) or not isinstance(order, int) or isinstance(order, bool):
+            raise ValueError(marker)
+        return name, order
+    except (ValueError, TypeError, binascii.Error, UnicodeEncodeError):
+        raise errors.InvalidParameterValueException(f"Invalid marker: {marker}") from None
+
+
+def paginate(items: list[tuple[tuple[str, int], Any]], query: Query, page_max: int = PAGE_MAX) -> tuple[list[Any], str | None]:
+    """One page of *items* (sorted by key) after ``Marker``, at most ``MaxItems`` (and *page_max*) long."""
+    size = min(_max_items(query, page_max), page_max)
+    marker = _first(query, "Marker")
+    items = sorted(items, key=lambda kv: kv[0])
+    if marker:
+        after = decode_marker(marker)
+        items = [kv for kv in items if kv[0] > after]
+    page = items[:size]
+    next_marker = encode_marker(page[-1][0]) if len(items) > size else None
+    return [v for _, v in page], next_marker
+
+
+def _version_order(version: str) -> int:
+    return 0 if version == names.LATEST else int(version)
+
+
+# --- operations -------------------------------------------------------------------------------------------------
+
+
+def get_function_configuration(r: _Resolver, name: str, query: Query) -> dict[str, Any]:
+    ref, ns = r.ref(name, _first(query, "Qualifier"), arn.INVOKE_SHAPE)
+    return r.target(ns, ref.function, ref.qualifier).configuration(r.settings, ref.qualifier)
+
+
+def get_function(r: _Resolver, name: str, query: Query) -> dict[str, Any]:
+    ref, ns = r.ref(name, _first(query, "Qualifier"), arn.INVOKE_SHAPE)
+    target = r.target(ns, ref.function, ref.qualifier)
+    code = target.config.get("code") or {}
+    if code.get("image"):
+        location: dict[str, Any] = {"RepositoryType": "ECR", "ImageUri": code["image"]}
+    else:
+        location = {"RepositoryType": "S3"}
+        url = (code.get("zip") or {}).get("url")
+        if url:
+            location["Location"] = url
+    out: dict[str, Any] = {"Configuration": target.configuration(r.settings, ref.qualifier), "Code": location}
+    reserved = _parse_config(r.function(ns, ref.function).get("spec") or {}).get("reservedConcurrency")
+    if isinstance(reserved, int):
+        out["Concurrency"] = {"ReservedConcurrentExecutions": reserved}
+    return out
+
+
+def list_functions(r: _Resolver, query: Query) -> dict[str, Any]:
+    version = _first(query, "FunctionVersion")
+    if version is not None and version != "ALL":
+        raise errors.validation(errors.violation(version, "functionVersion", errors.enum_rule(["ALL"])))
+    master = _first(query, "MasterRegion")
+    if master is not None:
+        if not re.fullmatch(r"ALL|(eusc-)?[a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-\d{1}", master, re.ASCII):
+            raise errors.validation(errors.violation(master, "masterRegion", errors.pattern_rule(
+                r"ALL|(eusc-)?[a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-\d{1}")))
+        return {"Functions": []}  # MasterRegion lists Lambda@Edge replicas: kfn has none
+    ns = r.settings.default_namespace
+    items: list[tuple[tuple[str, int], Any]] = []
+    served = ns in r.view.namespaces()
+    for fn in r.view.functions(ns) if served else []:
+        name = fn["metadata"]["name"]
+        items.append(((name, 0), _latest(ns, fn)))
+        if version == "ALL":
+            for obj in r.view.versions(ns, name):
+                if _version_number(obj) is not None:
+                    items.append(((name, int(_version_number(obj) or 0)), _published(ns, name, obj)))
+    page, marker = paginate(items, query)
+    # Unqualified ARN for $LATEST, qualified for published versions (what Lambda lists).
+    out: dict[str, Any] = {"Functions": [
+        t.configuration(r.settings, None if t.version == names.LATEST else t.version) for t in page]}
+    if marker:
+        out["NextMarker"] = marker
+    return out
+
+
+def list_versions(r: _Resolver, name: str, query: Query) -> dict[str, Any]:
+    ref, ns = r.ref(name, None, arn.INVOKE_SHAPE)
+    fn = r.function(ns, ref.function)
+    items = [((names.LATEST, 0), _latest(ns, fn))]
+    items += [((names.LATEST, int(_version_number(obj) or 0)), _published(ns, ref.function, obj))
+              for obj in r.view.versions(ns, ref.function) if _version_number(obj) is not None]
+    page, marker = paginate(items, query)
+    out: dict[str, Any] = {"Versions": [t.configuration(r.settings, t.version) for t in page]}
+    if marker:
+        out["NextMarker"] = marker
+    return out
+
+
+def alias_configuration(ns: str, function: str, alias: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
+    """Lambda's AliasConfiguration of an Alias CR (what it is configured to point at: its spec)."""
+    spec = alias.get("spec") or {}
+    name = str(spec.get("name") or "")
+    out: dict[str, Any] = {
+        "AliasArn": arn.function_arn(settings.region, names.account_id(ns), function, name),
+        "Name": name,
+        "FunctionVersion": str(spec.get("functionVersion") or ""),
+        "Description": spec.get("description") or "",
+        "RevisionId": revision_id(alias),
+    }
+    weights = (spec.get("routing") or {}).get("additionalVersionWeights") or {}
+    if weights:
+        out["RoutingConfig"] = {"AdditionalVersionWeights": {str(k): float(v) for k, v in weights.items()}}
+    return out
+
+
+def list_aliases(r: _Resolver, name: str, query: Query) -> dict[str, Any]:
+    ref, ns = r.ref(name, None, arn.CONFIG_SHAPE)
+    r.function(ns, ref.function)
+    version = _first(query, "FunctionVersion")
+    if version is not None and (not re.fullmatch(r"(\$LATEST(\.PUBLISHED)?|[0-9]+)", version, re.ASCII)
+                                or len(version) > 1024):
+        raise errors.validation(errors.violation(version, "functionVersion",
+                                                 errors.pattern_rule(r"(\$LATEST(\.PUBLISHED)?|[0-9]+)")))
+    items = []
+    for alias in r.view.aliases(ns, ref.function):
+        spec = alias.get("spec") or {}
+        if version is not None and str(spec.get("functionVersion")) != version:
+            continue
+        items.append(((str(spec.get("name") or ""), 0), alias_configuration(ns, ref.function, alias, r.settings)))
+    page, marker = paginate(items, query, page_max=MAX_ITEMS_MAX)
+    out: dict[str, Any] = {"Aliases": page}
+    if marker:
+        out["NextMarker"] = marker
+    return out
+
+
+_ALIAS_NAME = r"(?!^[0-9]+$)([a-zA-Z0-9-_]+)"
+
+
+def get_alias(r: _Resolver, name: str, alias_name: str, query: Query) -> dict[str, Any]:
+    ref, ns = r.ref(name, None, arn.CONFIG_SHAPE)
+    try:
+        alias_name = urllib.parse.unquote(alias_name, errors="strict")
+    except UnicodeDecodeError:
+        pass
+    problems = []
+    if not re.fullmatch(_ALIAS_NAME, alias_name, re.ASCII):
+        problems.append(errors.violation(alias_name, "name", errors.pattern_rule(_ALIAS_NAME)))
+    if len(alias_name) > 128:
+        problems.append(errors.violation(alias_name, "name", errors.max_length_rule(128)))
+    if problems:
+        raise errors.validation(*problems)
+    r.function(ns, ref.function)
+    alias = _alias_named(r.view, ns, ref.function, alias_name)
+    if alias is None:
+        raise errors.not_found_alias(
+            arn.function_arn(r.settings.region, names.account_id(ns), ref.function, alias_name))
+    return alias_configuration(ns, ref.function, alias, r.settings)
+
+
+def get_function_concurrency(r: _Resolver, name: str, query: Query) -> dict[str, Any]:
+    ref, ns = r.ref(name, None, arn.CONFIG_SHAPE)
+    reserved = _parse_config(r.function(ns, ref.function).get("spec") or {}).get("reservedConcurrency")
+    return {"ReservedConcurrentExecutions": reserved} if isinstance(reserved, int) else {}
+
+
+def get_provisioned_concurrency(r: _Resolver, name: str, query: Query) -> dict[str, Any]:
+    """Provisioned concurrency lives on Alias objects in kfn; a version or $LATEST has none."""
+    ref, ns = r.ref(name, _first(query, "Qualifier"), arn.CONFIG_SHAPE)
+    if ref.qualifier is None:
+        raise errors.validation(errors.violation(None, "qualifier", "Member must not be null"))
+    r.function(ns, ref.function, ref.qualifier)
+    alias = _alias_named(r.view, ns, ref.function, ref.qualifier)
+    requested = int((alias or {}).get("spec", {}).get("provisionedConcurrency") or 0)
+    if alias is None or requested <= 0:
+        raise errors.ProvisionedConcurrencyConfigNotFoundException(
+            "No Provisioned Concurrency Config found for this function")
+    version = str(alias["spec"].get("functionVersion") or names.LATEST)
+    ready = r.view.ready_environments(ns, ref.function, version)
+    available = min(ready, requested)
+    return {
+        "RequestedProvisionedConcurrentExecutions": requested,
+        "AvailableProvisionedConcurrentExecutions": available,
+        "AllocatedProvisionedConcurrentExecutions": available,
+        "Status": "READY" if available >= requested else "IN_PROGRESS",
+        "LastModified": _last_modified(alias.get("metadata") or {}),
+    }
+
+
+def get_account_settings(r: _Resolver, query: Query) -> dict[str, Any]:
+    """The pool across every namespace the gateway serves; usage of the default namespace (the caller's account)."""
+    reserved = 0
+    for ns in r.view.namespaces():
+        for fn in r.view.functions(ns):
+            value = _parse_config(fn.get("spec") or {}).get("reservedConcurrency")
+            reserved += value if isinstance(value, int) else 0
+    ns = r.settings.default_namespace
+    functions = r.view.functions(ns) if ns in r.view.namespaces() else []
+    code = sum(_latest(ns, fn).configuration(r.settings, None)["CodeSize"] for fn in functions)
+    return {
+        "AccountLimit": {
+            "TotalCodeSize": TOTAL_CODE_SIZE,
+            "CodeSizeUnzipped": CODE_SIZE_UNZIPPED,
+            "CodeSizeZipped": CODE_SIZE_ZIPPED,
+            "ConcurrentExecutions": r.settings.pool_size,
+            # at least unreserved_min always stays unreserved: reservations beyond that are not honoured
+            "UnreservedConcurrentExecutions": max(r.settings.pool_size - reserved, r.settings.unreserved_min),
+        },
+        "AccountUsage": {"TotalCodeSize": code, "FunctionCount": len(functions)},
+    }
+
+
+# --- routing ----------------------------------------------------------------------------------------------------
+
+_SEGMENT = r"([^/]+)"
+_ROUTES: list[tuple[str, re.Pattern[str], str, Callable[..., dict[str, Any]]]] = [
+    ("GET", re.compile(r"/2015-03-31/functions/?"), "ListFunctions", list_functions),
+    ("GET", re.compile(rf"/2015-03-31/functions/{_SEGMENT}/?"), "GetFunction", get_function),
+    ("GET", re.compile(rf"/2015-03-31/functions/{_SEGMENT}/configuration/?"), "GetFunctionConfiguration",
+     get_function_configuration),
+    ("GET", re.compile(rf"/2015-03-31/functions/{_SEGMENT}/versions/?"), "ListVersionsByFunction", list_versions),
+    ("GET", re.compile(rf"/2015-03-31/functions/{_SEGMENT}/aliases/?"), "ListAliases", list_aliases),
+    ("GET", re.compile(rf"/2015-03-31/functions/{_SEGMENT}/aliases/{_SEGMENT}/?"), "GetAlias", get_alias),
+    ("GET", re.compile(rf"/2019-09-30/functions/{_SEGMENT}/concurrency/?"), "GetFunctionConcurrency",
+     get_function_concurrency),
+    ("GET", re.compile(rf"/2019-09-30/functions/{_SEGMENT}/provisioned-concurrency/?"),
+     "GetProvisionedConcurrencyConfig", get_provisioned_concurrency),
+    ("GET", re.compile(r"/2016-08-19/account-settings/?"), "GetAccountSettings", get_account_settings),
+]
+
+
+def operation(method: str, path: str) -> str | None:
+    """The name of the served operation at *method* *path* (path without the query), or None."""
+    for m, pattern, name, _ in _ROUTES:
+        if m == method and pattern.fullmatch(path):
+            return name
+    return None
+
+
+def handle(method: str, path: str, query: Query, view: CatalogView, settings: ApiSettings,
+           request_id: str | None = None) -> Answer:
+    """Answer one control-plane request: ``(status, headers, body)``, never an exception.
+
+    *path* is the request path without the query string, as sent (percent-encoding is decoded per segment);
+    *query* the parsed query (``urllib.parse.parse_qs`` shape). Errors are Lambda's (:mod:`errors`); anything
+    unexpected is a programming error and propagates.
+    """
+    rid = request_id or errors.new_request_id()
+    try:
+        for m, pattern, _name, op in _ROUTES:
+            match = pattern.fullmatch(path)
+            if match is None or m != method:
+                continue
+            return _ok(op(_Resolver(view, settings), *match.groups(), query), rid)
+        raise errors.UnknownOperationException(
+            f"Unknown operation {method} {path}: kfn's gateway serves Invoke and the read-only calls in docs/lambda-api.md")
+    except errors.LambdaError as e:
+        return errors.wire(e, rid)

@@ -1,0 +1,352 @@
+"""The gateway's HTTP face: the Lambda Invoke API (and, through ``control.handle``, the read-only control plane).
+
+Thin entry point: parse the request, resolve the function version (pure: :mod:`kfn.gateway.routing`,
+:mod:`kfn.gateway.arn`), claim an execution environment (:mod:`kfn.gateway.pool`, cold starts through
+:mod:`kfn.gateway.coldstart`), relay the invocation to its agent, and map every domain error to Lambda's wire
+shape in one place (``errors.wire``). Served by the agent's httptools server (:mod:`kfn.agent.httpserver`).
+
+Never a 5xx for a function's own failure (clients retry 5xx, which would run the function twice): function
+errors are 200 + ``X-Amz-Function-Error``, as Lambda answers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import parse_qs, quote
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from kfn import names
+from kfn.agent.httpserver import Connection, Request, encode_headers
+from kfn.gateway import arn, control, errors, metrics, routing
+from kfn.gateway.agentclient import AgentUnreachable, Answer
+from kfn.gateway.catalog import Catalog, VersionKey
+from kfn.gateway.coldstart import (ACCOUNT_LIMIT, PENDING, RESERVED_LIMIT, SCALE, THROTTLE, WAIT, ScaleUp, Snapshot,
+                                   decide, unreserved_limit)
+from kfn.gateway.pool import EnvironmentPool, Lease
+
+log = logging.getLogger("kfn.gateway")
+
+INVOKE_PREFIX, INVOKE_SUFFIX = "/2015-03-31/functions/", "/invocations"
+# Lambda's synchronous invocation payload limit (Invoke API): 6 MB.
+MAX_SYNC_PAYLOAD = errors.MAX_SYNC_REQUEST_BYTES
+BUSY_HEADER = "x-kfn-environment-busy"
+REQUEST_ID_HEADER = "X-Kfn-Request-Id"
+INVOCATION_TYPES = ("Event", "RequestResponse", "DryRun")
+LOG_TYPES = ("None", "Tail")
+# Agent answer headers the caller gets, in Lambda's spelling.
+_RELAYED = {
+    "content-type": "Content-Type",
+    "x-amz-function-error": "X-Amz-Function-Error",
+    "x-amz-log-result": "X-Amz-Log-Result",
+    "x-amz-executed-version": "X-Amz-Executed-Version",
+    "x-amzn-errortype": "x-amzn-ErrorType",
+}
+_TEXT_H = b"Content-Type: text/plain; charset=utf-8\r\n"
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """How the gateway behaves (``kfn gateway`` flags)."""
+
+    api: control.ApiSettings
+    cold_start_timeout: float = 60.0  # seconds an invocation may wait for a new execution environment
+    max_waiting: int = 100  # invocations of one version held at once for a cold start; more are throttled
+    attempts: int = 16  # environments tried for one invocation (busy replies, unreachable agents)
+    agent_timeout_extra: float = 15.0  # seconds past the function's timeout before the hop gives up
+
+
+class AsyncNotAvailable(errors.ServiceException):
+    """Event invocations need the durable async queue (a later issue): answered 501, never a fake 202."""
+
+    status = 501
+    error_type = "ServiceException"
+
+
+def validation_error(value: str, member: str, allowed: tuple[str, ...]) -> errors.ValidationException:
+    """AWS's enum validation message."""
+    return errors.validation(errors.violation(value, member, errors.enum_rule(allowed)))
+
+
+def invalid_json(payload: bytes, e: ValueError) -> errors.InvalidRequestContentException:
+    """Lambda's message for a payload that is not JSON (its parser's detail follows the fixed prefix)."""
+    if isinstance(e, json.JSONDecodeError):
+        source = payload[:64].decode("utf-8", "replace").replace('"', '\\"')
+        return errors.invalid_json(f"{e.msg}\n at [Source: (byte[])\"{source}\"; line: {e.lineno}, column: {e.colno}]")
+    return errors.invalid_json(str(e))
+
+
+def internal_error() -> errors.ServiceException:
+    return errors.ServiceException("The Lambda service encountered an internal error.")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an invoke request resolved to."""
+
+    version: VersionKey  # the version that runs
+    qualifier: str | None  # as the caller gave it (ends up in the invoked ARN)
+    timeout: float  # the function's timeout, seconds
+
+
+class Gateway:
+    """Request handler for the gateway's port."""
+
+    def __init__(self, catalog: Catalog, pool: EnvironmentPool, scale_up: ScaleUp, settings: GatewaySettings,
+                 health: Callable[[], str | None]) -> None:
+        self.catalog, self.pool, self.scale_up, self.settings = catalog, pool, scale_up, settings
+        self.health = health  # None when healthy, else why not
+        self.loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- routing of requests ---------------------------------------------------------------------------------------
+    def __call__(self, req: Request) -> None:
+        path, method = req.path, req.method
+        if path.startswith(INVOKE_PREFIX) and path.endswith(INVOKE_SUFFIX) and method == "POST":
+            task = self.loop.create_task(self._invoke(req, path[len(INVOKE_PREFIX):-len(INVOKE_SUFFIX)]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        if method == "GET" and path == "/healthz":
+            problem = self.health()
+            if problem is None:
+                return req.respond(200, _TEXT_H, b"ok\n")
+            return req.respond(503, _TEXT_H, f"{problem}\n".encode())
+        if method == "GET" and path == "/metrics":
+            return req.respond(200, f"Content-Type: {CONTENT_TYPE_LATEST}\r\n".encode(), generate_latest())
+        request_id = errors.new_request_id()
+        try:
+            query = parse_qs(req.raw_query, keep_blank_values=True) if req.raw_query else {}
+            status, headers, body = control.handle(method, path, query, self.catalog, self.settings.api, request_id)
+        except errors.LambdaError as e:
+            status, headers, body = errors.wire(e, request_id)
+        except Exception:  # noqa: BLE001 - a bug must still be answered in Lambda's shape
+            log.exception("control-plane request failed", extra={"requestId": request_id, "path": path})
+            status, headers, body = errors.wire(internal_error(), request_id)
+        req.respond(status, encode_headers(headers), body)
+
+    # --- invoke ------------------------------------------------------------------------------------------------------
+    async def _invoke(self, req: Request, name: str) -> None:
+        request_id = errors.new_request_id()
+        started = time.monotonic()
+        labels = ("", "")
+        try:
+            target = self._resolve(req, name)
+            labels = (target.version.namespace, target.version.function)
+            answer = await self._run(req, target, request_id, started)
+        except errors.LambdaError as e:
+            self._count_error(labels, e)
+            status, headers, body = errors.wire(e, request_id)
+            req.respond(status, encode_headers(headers), body)
+            return
+        except Exception:  # noqa: BLE001 - a bug must still be answered in Lambda's shape, and logged
+            log.exception("invoke failed", extra={"requestId": request_id})
+            e = internal_error()
+            self._count_error(labels, e)
+            status, headers, body = errors.wire(e, request_id)
+            req.respond(status, encode_headers(headers), body)
+            return
+        if answer is None:  # DryRun
+            req.respond(204, encode_headers({"x-amzn-RequestId": request_id,
+                                             "X-Amz-Executed-Version": target.version.version}))
+            return
+        out = {_RELAYED[k]: v for k, v in answer.headers.items() if k in _RELAYED}
+        out["x-amzn-RequestId"] = request_id
+        req.respond(answer.status, encode_headers(out), answer.body)
+        ns, fn = labels
+        if answer.status == 200:
+            metrics.INVOCATIONS.labels(ns, fn, target.version.version).inc()
+            metrics.DURATION.labels(ns, fn, target.version.version).observe(time.monotonic() - started)
+            if "x-amz-function-error" in answer.headers:
+                metrics.ERRORS.labels(ns, fn, "function").inc()
+        elif "x-amzn-errortype" in answer.headers:
+            metrics.ERRORS.labels(ns, fn, answer.headers["x-amzn-errortype"][:64]).inc()
+        log.info("invoke", extra={"requestId": request_id, "namespace": ns, "function": fn,
+                                  "version": target.version.version, "status": answer.status,
+                                  "ms": round((time.monotonic() - started) * 1000, 3)})
+
+    def _count_error(self, labels: tuple[str, str], e: errors.LambdaError) -> None:
+        ns, fn = labels
+        metrics.ERRORS.labels(ns, fn, e.error_type).inc()
+        if isinstance(e, errors.TooManyRequestsException):
+            metrics.THROTTLES.labels(ns, fn, str(e.extra.get("Reason", ""))).inc()
+
+    def _resolve(self, req: Request, name: str) -> Target:
+        """Every check an invoke makes before it runs (DryRun stops after these)."""
+        headers = req.headers
+        inv_type = headers.get("x-amz-invocation-type", "RequestResponse")
+        if inv_type not in INVOCATION_TYPES:
+            raise validation_error(inv_type, "invocationType", INVOCATION_TYPES)
+        log_type = headers.get("x-amz-log-type", "None")
+        if log_type not in LOG_TYPES:
+            raise validation_error(log_type, "logType", LOG_TYPES)
+        query_qualifier = req.query("Qualifier") if req.raw_query else None
+        ref = arn.parse_function_name(name, query_qualifier)
+        api = self.settings.api
+        region = api.region
+        namespace = arn.resolve_namespace(ref, self.catalog, api.default_namespace, region=region)
+        account = names.account_id(namespace)
+        qualifier = ref.qualifier
+        fn_obj = self.catalog.function(namespace, ref.function)
+        if fn_obj is None:
+            raise errors.not_found_function(names.function_arn(region, account, ref.function, qualifier))
+        if qualifier is None or qualifier == names.LATEST:
+            version = names.LATEST
+            spec = fn_obj.get("spec") or {}
+        elif qualifier.isdigit():
+            obj = self.catalog.version(namespace, ref.function, qualifier)
+            if obj is None:
+                raise errors.not_found_function(names.function_arn(region, account, ref.function, qualifier))
+            version = qualifier
+            spec = (obj.get("spec") or {}).get("config") or {}
+        else:
+            alias = self.catalog.alias(namespace, ref.function, qualifier)
+            if alias is None:
+                raise errors.not_found_function(names.function_arn(region, account, ref.function, qualifier))
+            try:
+                version = names.lambda_version(routing.resolve_alias(alias.get("status"), qualifier))
+            except routing.RoutingError as e:
+                raise errors.ResourceConflictException(
+                    "The operation cannot be performed at this time. The function is currently in the following "
+                    "state: Pending") from e
+            obj = self.catalog.version(namespace, ref.function, version)
+            spec = ((obj or {}).get("spec") or {}).get("config") or (fn_obj.get("spec") or {})
+        payload = req.body
+        if payload is None:
+            raise errors.request_too_large(MAX_SYNC_PAYLOAD)
+        if payload:
+            try:
+                json.loads(payload)
+            except ValueError as e:
+                raise invalid_json(payload, e) from None
+        context = headers.get("x-amz-client-context")
+        if context:
+            from kfn.agent import wire  # the agent checks it the same way: one rule
+
+            try:
+                wire.decode_client_context(context)
+            except wire.BadClientContext as e:
+                raise errors.InvalidRequestContentException(str(e)) from None
+        if inv_type == "Event":
+            raise AsyncNotAvailable(
+                "Asynchronous invocation (InvocationType Event) is not available in this kfn gateway yet; "
+                "invoke with RequestResponse")
+        if self.catalog.reserved(namespace, ref.function) == 0:
+            raise errors.throttled(RESERVED_LIMIT)
+        return Target(VersionKey(namespace, ref.function, version), qualifier,
+                      float(spec.get("timeoutSeconds", 3) or 3))
+
+    async def _run(self, req: Request, target: Target, request_id: str, started: float) -> Answer | None:
+        if req.headers.get("x-amz-invocation-type") == "DryRun":
+            return None
+        head = self._agent_head(req, target, request_id)
+        body = req.body or b""
+        version = target.version
+        tried: set[str] = set()
+        gauge = metrics.CONCURRENT.labels(version.namespace, version.function)
+        for _ in range(self.settings.attempts):
+            lease = self.pool.claim(version, tried)
+            if lease is None:
+                lease = await self._cold(version, started)
+            gauge.inc()
+            try:
+                answer = await lease.send(head, body, target.timeout + self.settings.agent_timeout_extra)
+            except AgentUnreachable as e:
+                if e.sent:
+                    # The invocation may have run: never send it again (no double run caused by the gateway).
+                    log.warning("agent %s failed mid-invocation: %s", lease.address, e, extra={"requestId": request_id})
+                    raise internal_error() from e
+                tried.add(lease.address)
+                continue
+            finally:
+                gauge.dec()
+                lease.release()
+            if answer.status == 429 and answer.headers.get(BUSY_HEADER) == "true":
+                tried.add(lease.address)  # another gateway's invocation runs there: try the next one
+                continue
+            return answer
+        raise self._throttle(version)
+
+    def _throttle(self, version: VersionKey) -> errors.TooManyRequestsException:
+        reserved = self.catalog.reserved(version.namespace, version.function)
+        return errors.throttled(RESERVED_LIMIT if reserved is not None else ACCOUNT_LIMIT)
+
+    async def _cold(self, version: VersionKey, started: float) -> Lease:
+        """No free environment: wait for one starting, ask for one more, or throttle at once."""
+        catalog, pool = self.catalog, self.pool
+        reserved = catalog.reserved(version.namespace, version.function)
+        pool_used, reservations = catalog.pool_usage()
+        api = self.settings.api
+        snapshot = Snapshot(
+            replicas=catalog.replicas(version), ready=pool.size(version), waiting=pool.waiting(version),
+            function_replicas=catalog.function_replicas(version.namespace, version.function), reserved=reserved,
+            pool_used=pool_used, pool_limit=unreserved_limit(api.pool_size, reservations, api.unreserved_min))
+        decision = decide(snapshot)
+        if decision.action == THROTTLE:
+            raise errors.throttled(decision.reason or ACCOUNT_LIMIT)
+        if decision is PENDING:
+            raise errors.ResourceConflictException(
+                "The operation cannot be performed at this time. The function is currently in the following "
+                "state: Pending")
+        if pool.waiting(version) >= self.settings.max_waiting:
+            raise self._throttle(version)
+        if decision is SCALE:
+            mine = snapshot.replicas or 0
+            if reserved is not None:  # the function's own cap, over all its versions
+                others, cap = snapshot.function_replicas - mine, reserved
+            else:  # the unreserved pool, shared by every function without a reservation
+                others, cap = pool_used - mine, snapshot.pool_limit
+            if not await self.scale_up.add_environment(version.namespace, version.function, version.version,
+                                                       others, cap):
+                raise self._throttle(version)
+        else:
+            assert decision is WAIT
+        deadline = started + self.settings.cold_start_timeout
+        lease = await pool.wait(version, deadline)
+        if lease is None:
+            raise errors.ResourceConflictException(
+                "The operation cannot be performed at this time. The function is currently in the following "
+                "state: Pending")
+        metrics.COLD_START.labels(version.namespace, version.function).observe(time.monotonic() - started)
+        return lease
+
+    def _agent_head(self, req: Request, target: Target, request_id: str) -> bytes:
+        path = INVOKE_PREFIX + quote(target.version.function) + INVOKE_SUFFIX
+        if target.qualifier:
+            path += "?Qualifier=" + quote(target.qualifier)
+        h = req.headers
+        lines = [f"POST {path} HTTP/1.1", "Host: agent", f"{REQUEST_ID_HEADER}: {request_id}",
+                 "X-Amz-Invocation-Type: RequestResponse",
+                 f"X-Amz-Log-Type: {h.get('x-amz-log-type', 'None')}",
+                 f"Content-Type: {h.get('content-type', 'application/json')}"]
+        for name in ("x-amz-client-context", "x-amzn-trace-id", "x-kfn-cognito-identity"):
+            if name in h:
+                lines.append(f"{name}: {h[name]}")
+        return ("\r\n".join(lines) + "\r\n").encode("latin-1")
+
+    async def drain(self, grace: float) -> None:
+        """Wait (at most *grace* seconds) for the invocations in flight."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
+
+
+class GatewayConnection(Connection):
+    """The agent's connection protocol, with malformed HTTP answered in Lambda's error shape."""
+
+    def _fail(self, status: int, message: bytes) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        _, headers, body = errors.wire(errors.ValidationException(message.decode("latin-1").strip()))
+        head = encode_headers({**headers, "Content-Length": str(len(body)), "Connection": "close"})
+        t.write(b"HTTP/1.1 400 Bad Request\r\n" + head + b"\r\n" + body)
+        t.close()
+
+
+def connection_factory(gateway: Gateway) -> Callable[[], Connection]:
+    return lambda: GatewayConnection(gateway, MAX_SYNC_PAYLOAD)

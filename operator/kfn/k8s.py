@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from kfn import names
@@ -57,6 +58,10 @@ class ApiError(Exception):
 
 class NotFound(ApiError):
     pass
+
+
+class Unreachable(ApiError):
+    """No answer from the API server: connection refused or reset, TLS failure, timeout (status 0)."""
 
 
 class Conflict(ApiError):
@@ -127,6 +132,10 @@ def _request(
         response.read()
     except ApiException as e:
         raise _error(e.status or 0, e.body) from e
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        # The transport's own errors (MaxRetryError, ProtocolError …) become kfn's, so callers
+        # sort one family: an API server restarting is a temporary problem, not a crash.
+        raise Unreachable(0, "Unreachable", f"{method} {url}: {e}") from e
     if not 200 <= response.status <= 299:
         raise _error(response.status, response.data)
     return json.loads(response.data) if response.data else None

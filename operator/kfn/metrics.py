@@ -35,6 +35,16 @@ VERSIONS_PUBLISHED = Counter(
     "kfn_operator_versions_published_total",
     "FunctionVersions created by declarative publishing.",
 )
+TASK_RESTARTS = Counter(
+    "kfn_operator_task_restarts_total",
+    "Restarts of a supervised background task after a transient error (API server unreachable, 5xx, 429), by task.",
+    ["task"],
+)
+TASK_DEATHS = Counter(
+    "kfn_operator_task_deaths_total",
+    "Supervised background tasks that ended for good (health turns red), by task.",
+    ["task"],
+)
 UP = Gauge("kfn_operator_up", "1 while the operator process runs.")
 
 

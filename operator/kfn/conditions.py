@@ -54,6 +54,7 @@ VERSION_NOT_FOUND = "VersionNotFound"
 TARGET_NOT_READY = "TargetNotReady"
 TARGETS_RESOLVED = "TargetsResolved"
 VERSION_DELETED = "VersionDeleted"
+VERSION_CONFLICT = "VersionConflict"  # another FunctionVersion claims the same number
 
 
 @dataclass(frozen=True)

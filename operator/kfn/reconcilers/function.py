@@ -33,14 +33,52 @@ from kfn.resources.code import ZIP_KEY
 from kfn.resources.common import owner_reference
 
 
+def function_selector(function: str) -> str:
+    """The label selector of a function's versions and aliases (see :func:`ensure_function_label`)."""
+    return f"{names.LABEL_FUNCTION}={names.label_value(function)}"
+
+
 def versions_of(namespace: str, function: str) -> list[dict[str, Any]]:
-    """Every FunctionVersion of a function (made by kfn or by users), oldest first."""
-    items = [v for v in k8s.list_objects(names.FUNCTION_VERSION_KIND, namespace) if (v.get("spec") or {}).get("functionName") == function]
-    return sorted(items, key=lambda v: int((v.get("spec") or {}).get("version") or 0))
+    """Every FunctionVersion of a function (made by kfn or by users), oldest first.
+
+    One label-selected list, not the namespace's every version: a reconcile
+    costs the same with 10 or 10,000 functions in the namespace.
+    """
+    items = k8s.list_objects(names.FUNCTION_VERSION_KIND, namespace, function_selector(function))
+    items = [v for v in items if (v.get("spec") or {}).get("functionName") == function]  # long names share hashed labels
+    return sorted(items, key=lambda v: (int((v.get("spec") or {}).get("version") or 0), v["metadata"].get("creationTimestamp") or "", v["metadata"]["name"]))
 
 
 def aliases_of(namespace: str, function: str) -> list[dict[str, Any]]:
-    return [a for a in k8s.list_objects(names.ALIAS_KIND, namespace) if (a.get("spec") or {}).get("functionName") == function]
+    """Every Alias of a function (label-selected, like :func:`versions_of`)."""
+    items = k8s.list_objects(names.ALIAS_KIND, namespace, function_selector(function))
+    return [a for a in items if (a.get("spec") or {}).get("functionName") == function]
+
+
+def by_number(versions: list[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """Each version number and the FunctionVersion that holds it: the oldest claimant wins.
+
+    *versions* as :func:`versions_of` sorts them. A later FunctionVersion with a
+    taken number is refused (``VersionConflict``), so two never fight over one
+    Deployment.
+    """
+    out: dict[str, Mapping[str, Any]] = {}
+    for v in versions:
+        out.setdefault(str(v["spec"]["version"]), v)
+    return out
+
+
+def ensure_function_label(body: Mapping[str, Any], function: str) -> None:
+    """Label a FunctionVersion or Alias with its function, so label-selected lists find it.
+
+    kfn's own versions are born labelled; a user's (from Git) gets the label on
+    its first pass. Only metadata changes: a version's spec stays immutable.
+    """
+    meta = body["metadata"]
+    wanted = names.label_value(function)
+    if (meta.get("labels") or {}).get(names.LABEL_FUNCTION) == wanted:
+        return
+    k8s.merge_patch(body["kind"], meta["namespace"], meta["name"], {"metadata": {"labels": {names.LABEL_FUNCTION: wanted}}})
 
 
 def referenced_versions(aliases: list[Mapping[str, Any]]) -> set[str]:

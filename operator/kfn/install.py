@@ -11,7 +11,7 @@ from typing import Any
 from kfn import crdgen, names
 from kfn.resources.environment import IMAGE_TAG
 from kfn.resources.peering import make_peering, make_peering_crd
-from kfn.resources.rbac import make_cluster_role
+from kfn.resources.rbac import make_binding, make_cluster_role, make_role
 
 DEFAULT_NAMESPACE = "kfn-system"
 DEFAULT_IMAGE = f"kfn/kfn:{IMAGE_TAG}"
@@ -52,7 +52,13 @@ def make_operator_deployment(
                     "serviceAccountName": OPERATOR_NAME,
                     # a graceful stop finishes the passes in flight; with a long queue that takes a while
                     "terminationGracePeriodSeconds": 60,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532},
+                    # Pod Security "restricted": non-root, the runtime's default seccomp profile
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
                     "containers": [
                         {
                             "name": "operator",
@@ -120,16 +126,22 @@ def make_install_manifests(
             "kind": "ServiceAccount",
             "metadata": {"name": OPERATOR_NAME, "namespace": namespace, "labels": labels},
         },
-        make_cluster_role(OPERATOR_NAME),
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": OPERATOR_NAME, "labels": labels},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_NAME},
-            "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_NAME, "namespace": namespace}],
-        },
+        *operator_rbac(namespace, watch_namespaces),
         make_operator_deployment(namespace, image, watch_namespaces=watch_namespaces),
     ]
+
+
+def operator_rbac(namespace: str, watch_namespaces: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The operator's permissions: a ClusterRole when it watches every namespace, else a Role in each one.
+
+    Namespaced operators run standalone (see :func:`make_operator_deployment`): no peering rules.
+    """
+    if not watch_namespaces:
+        return [make_cluster_role(OPERATOR_NAME), make_binding(OPERATOR_NAME, OPERATOR_NAME, namespace)]
+    out: list[dict[str, Any]] = []
+    for ns in watch_namespaces:
+        out += [make_role(OPERATOR_NAME, ns), make_binding(OPERATOR_NAME, OPERATOR_NAME, namespace, ns)]
+    return out
 
 
 def make_peering_object() -> dict[str, Any]:

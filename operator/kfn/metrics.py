@@ -45,6 +45,12 @@ TASK_DEATHS = Counter(
     "Supervised background tasks that ended for good (health turns red), by task.",
     ["task"],
 )
+API_REQUESTS = Counter(
+    "kfn_kube_api_requests_total",
+    "Requests kfn made to the Kubernetes API through kfn.k8s (Kopf's own watches excluded), "
+    "by API group, resource, RBAC verb and HTTP status (0: no answer).",
+    ["group", "resource", "verb", "code"],
+)
 UP = Gauge("kfn_operator_up", "1 while the operator process runs.")
 
 

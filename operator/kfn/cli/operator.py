@@ -93,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
     settings.peering.clusterwide = not args.namespace
     settings.peering.mandatory = not args.standalone
     settings.watching.server_timeout = 300
+    # kfn's CRDs are installed before the operator: no need to list namespaces or watch CRDs
+    # (which would need cluster-wide permissions even for a namespaced operator).
+    settings.scanning.disabled = True
     filter_watches(settings)
     if args.metrics_port:
         metrics.serve(args.metrics_port)

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,9 +41,12 @@ def free_port() -> int:
 class Operator:
     """A real ``kfn operator`` process watching one namespace."""
 
-    def __init__(self, cluster: Any, namespace: str, log_dir: Path, *extra: str, standalone: bool = True):
+    def __init__(self, cluster: Any, namespace: str, log_dir: Path, *extra: str, standalone: bool = True,
+                 kubeconfig: str | None = None):
         self.cluster, self.namespace, self.log_dir, self.extra = cluster, namespace, log_dir, extra
         self.standalone = standalone
+        # another identity (e.g. a ServiceAccount's token) than the cluster's admin kubeconfig
+        self.env = {**cluster.env, "KUBECONFIG": kubeconfig} if kubeconfig else cluster.env
         log_dir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -58,17 +62,33 @@ class Operator:
             "--resync-seconds", str(RESYNC_SECONDS), *self.extra,
         ]  # fmt: skip
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.cluster.env)
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env)
         wait_until(self.healthy, 60, "operator liveness endpoint answers")
         return self
 
     def healthy(self) -> bool:
+        return self.health() == 200
+
+    def health(self) -> int | None:
+        """The liveness endpoint's HTTP status (None: no answer)."""
         assert self.proc is not None and self.proc.poll() is None, f"operator exited:\n{self.log.read_text()[-3000:]}"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.live_port}/healthz", timeout=2) as r:
-                return r.status == 200
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.live_port}/healthz", timeout=5) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
         except OSError:
-            return False
+            return None
+
+    def api_requests(self) -> dict[tuple[str, str, str, str], float]:
+        """Requests the operator made through kfn.k8s: (group, resource, verb, code) -> count."""
+        out: dict[tuple[str, str, str, str], float] = {}
+        for line in self.metrics().splitlines():
+            if line.startswith("kfn_kube_api_requests_total{"):
+                labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1 : line.rindex("}")].split(","))
+                key = tuple(labels[k].strip('"') for k in ("group", "resource", "verb", "code"))
+                out[key] = out.get(key, 0) + float(line.split()[-1])  # type: ignore[index]
+        return out
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:

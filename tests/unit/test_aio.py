@@ -75,3 +75,38 @@ def test_backoff_doubles_up_to_its_maximum_with_bounded_jitter() -> None:
     b = aio.Backoff(initial=1, maximum=60)
     assert [b.delay(n, rand=lambda: 0.0) for n in (1, 2, 3, 7, 8, 20)] == [1, 2, 4, 60, 60, 60]
     assert b.delay(3, rand=lambda: 1.0) == pytest.approx(4.4)
+
+
+@pytest.mark.parametrize(("dead", "status"), [({}, 200), ({"resync": "KeyError: 'spec'"}, 500)])
+async def test_the_operators_healthz_turns_red_when_a_task_died(dead: dict[str, str], status: int) -> None:
+    """Kopf's real liveness endpoint with kfn's handlers registered: a dead loop is a 500, so the kubelet restarts the pod."""
+    import socket
+
+    import aiohttp
+    import kopf
+    from kopf._core.engines.indexing import OperatorIndexers
+    from kopf._core.engines.probing import health_reporter  # Kopf's own /healthz server
+
+    from kfn.handlers import OperatorConfig, register
+
+    tasks = aio.Tasks(dead=dict(dead), running={"resync"} - set(dead))
+    registry = kopf.OperatorRegistry()
+    register(registry, OperatorConfig(), tasks)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ready = asyncio.Event()
+    server = asyncio.create_task(
+        health_reporter(f"http://127.0.0.1:{port}/healthz", memo=kopf.Memo(), indices=OperatorIndexers().indices,
+                        registry=registry, settings=kopf.OperatorSettings(), ready_flag=ready)
+    )
+    try:
+        await asyncio.wait_for(ready.wait(), 5)
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/healthz") as r:
+            assert r.status == status
+            if status == 200:
+                assert (await r.json())["background-tasks"] == {"resync": "running"}
+    finally:
+        server.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await server

@@ -96,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     # kfn's CRDs are installed before the operator: no need to list namespaces or watch CRDs
     # (which would need cluster-wide permissions even for a namespaced operator).
     settings.scanning.disabled = True
+    # Ride out an API-server restart or upgrade (minutes), not only a blip: Kopf gives up on a
+    # request after its backoffs (default ~1 min in all) and then the whole process exits.
+    settings.networking.error_backoffs = (1, 1, 2, 3, 5, 8, 13, 21, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30)
     filter_watches(settings)
     if args.metrics_port:
         metrics.serve(args.metrics_port)

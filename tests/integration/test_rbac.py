@@ -24,7 +24,7 @@ from typing import Any
 import kopf
 import pytest
 import yaml
-from test_operator import NO_NODE_ARCH, Api, Operator, function, wait_until
+from test_operator import NO_NODE_ARCH, Api, Operator, api, function, wait_until  # noqa: F401
 
 from kfn import install
 from kfn.handlers import OperatorConfig, register
@@ -95,10 +95,13 @@ def test_the_operator_as_its_service_account_needs_every_granted_permission_and_
         from_secret["spec"]["code"] = {"zip": {"secretRef": {"name": "zs-code", "key": "code.zip"}}}
         from_cm = function("zc", architecture=NO_NODE_ARCH)
         from_cm["spec"]["code"] = {"zip": {"configMapRef": {"name": "zc-code", "key": "code.zip"}}}
+        # publishing an image looks for the digest its environments run (none run here: it keeps waiting)
+        image = {"apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": "img"},
+                 "spec": {"code": {"image": "kfn-examples/app:1"}, "publish": 1, "architecture": NO_NODE_ARCH}}  # fmt: skip
         api.apply([
             {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "zs-code"}, "data": {"code.zip": base64.b64encode(secret_zip).decode()}},
             {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "zc-code"}, "binaryData": {"code.zip": base64.b64encode(cm_zip).decode()}},
-            function("inl", publish=1, architecture=NO_NODE_ARCH), from_secret, from_cm,
+            function("inl", publish=1, architecture=NO_NODE_ARCH), from_secret, from_cm, image,
             {"apiVersion": "kfn.dev/v1alpha1", "kind": "Alias", "metadata": {"name": "inl-live"},
              "spec": {"functionName": "inl", "name": "live", "functionVersion": "1", "provisionedConcurrency": 1}},
         ])  # fmt: skip
@@ -116,6 +119,8 @@ def test_the_operator_as_its_service_account_needs_every_granted_permission_and_
         wait_until(lambda: (api.get("deployment", "inl-latest") or {}).get("metadata", {}).get("uid") not in (None, uid), 60,
                    "the deleted Deployment is recreated")  # fmt: skip
         assert any(e["reason"] == "Ready" for e in api.events("inl")), "Events are posted"
+        c = wait_until(lambda: api.condition("function", "img", "VersionPublished"), 60, "img's publishing reports")
+        assert c["reason"] == "ImageDigestPending" and "kfn-examples/app:1" in c["message"]
 
         requests = op.api_requests()
         log = op.log.read_text()

@@ -146,3 +146,28 @@ def test_the_oldest_claimant_of_a_version_number_holds_it():
 
     older, newer, other = fv("shop-v1", 1, "2026-01-01T00:00:00Z"), fv("shop-one", 1, "2026-01-02T00:00:00Z"), fv("shop-v2", 2, "2026-01-03T00:00:00Z")
     assert {k: v["metadata"]["name"] for k, v in by_number([older, newer, other]).items()} == {"1": "shop-v1", "2": "shop-v2"}
+
+
+def _pod(image: str, image_id: str, name: str = "function") -> dict:
+    return {"status": {"containerStatuses": [{"name": name, "image": image, "imageID": image_id}]}}
+
+
+@pytest.mark.parametrize(
+    ("image", "pods", "expected"),
+    [
+        # the runtime reports the tag it ran and the digest behind it: the version runs that digest
+        ("kfn/app:1", [_pod("docker.io/kfn/app:1", "docker.io/kfn/app@sha256:" + "a" * 64)], "kfn/app@sha256:" + "a" * 64),
+        ("registry.example:5000/app:v2", [_pod("registry.example:5000/app:v2", "registry.example:5000/app@sha256:" + "b" * 64)],
+         "registry.example:5000/app@sha256:" + "b" * 64),
+        ("nginx", [_pod("docker.io/library/nginx:latest", "docker.io/library/nginx@sha256:" + "c" * 64)], "nginx@sha256:" + "c" * 64),
+        # an environment still running the previous image, or the agent's image, says nothing about this one
+        ("kfn/app:2", [_pod("docker.io/kfn/app:1", "docker.io/kfn/app@sha256:" + "a" * 64)], None),
+        ("kfn/app:1", [_pod("docker.io/kfn/app:1", "docker.io/kfn/app@sha256:" + "a" * 64, name="agent")], None),
+        ("kfn/app:1", [{"status": {}}], None),  # not started yet
+        ("kfn/app@sha256:" + "d" * 64, [], "kfn/app@sha256:" + "d" * 64),  # pinned already
+    ],
+)
+def test_a_published_image_is_pinned_to_the_digest_its_environment_runs(image, pods, expected):
+    from kfn.reconcilers.function import pinned_image
+
+    assert pinned_image(image, pods) == expected

@@ -49,6 +49,8 @@ _NAMESPACED: dict[tuple[str, str], tuple[str, ...]] = {
     ("apps", "deployments"): ("list", "watch", "patch"),
     ("networking.k8s.io", "networkpolicies"): ("list", "watch", "patch"),
     ("", "secrets"): ("get", "patch", "delete"),
+    # publish() pins an image function's tag to the digest its $LATEST pods report.
+    ("", "pods"): ("list",),
     # post_event(): Events on condition transitions (Kopf's own posting is off).
     ("", "events"): ("create",),
 }

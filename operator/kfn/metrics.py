@@ -35,6 +35,10 @@ VERSIONS_PUBLISHED = Counter(
     "kfn_operator_versions_published_total",
     "FunctionVersions created by declarative publishing.",
 )
+RESYNC_PASSES = Counter(
+    "kfn_operator_resync_passes_total",
+    "Completed passes of the periodic resync over every object (by the active replica).",
+)
 TASK_RESTARTS = Counter(
     "kfn_operator_task_restarts_total",
     "Restarts of a supervised background task after a transient error (API server unreachable, 5xx, 429), by task.",

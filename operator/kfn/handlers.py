@@ -24,6 +24,7 @@ import kopf
 
 from kfn import aio, k8s, metrics, names
 from kfn.reconcilers.alias import reconcile_alias
+from kfn.reconcilers.children import APPLIED
 from kfn.reconcilers.common import Outcome
 from kfn.reconcilers.function import reconcile_function, versions_of
 from kfn.reconcilers.version import reconcile_version
@@ -185,11 +186,15 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Ta
             decorator(group, version, plural, id="reconcile", registry=registry, backoff=cfg.retry_backoff)(handler)
 
     if cfg.watch_children:
+        APPLIED.enabled = True  # the watches below tell it about edits and deletions
         selector = CHILD_SELECTOR
         for child_kind, (cgroup, cversion, cplural) in CHILD_KINDS.items():
 
             def on_child(body: kopf.Body, type: str | None, _child_kind: str = child_kind, **_: Any) -> None:
                 meta = body.get("metadata", {})
+                APPLIED.observe(type, plain(body))
+                if type not in ("DELETED", "MODIFIED") or (type == "MODIFIED" and _child_kind != "Deployment"):
+                    return
                 owner = controller_of(meta)
                 if owner is None:
                     return
@@ -202,18 +207,16 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Ta
                 except k8s.ApiError as e:
                     log.warning("following %s %s failed: %s", _child_kind, meta.get("name"), e)
 
-            # Deletions of any child are repaired at once; Deployments' state changes
-            # refresh the owner's status (replicas, Available). Edits are put back
-            # by the periodic resync.
+            # Every event keeps the memory of applied children true (an edit makes the next
+            # pass apply again); deletions of any child are repaired at once; Deployments'
+            # state changes refresh the owner's status (replicas, Available). Edits are put
+            # back by the periodic resync.
             kopf.on.event(
                 cgroup,
                 cversion,
                 cplural,
                 id=f"child-{child_kind.lower()}",
                 labels=selector,
-                when=(lambda type, **_: type == "DELETED")
-                if child_kind != "Deployment"
-                else (lambda type, **_: type in ("DELETED", "MODIFIED")),
                 registry=registry,
             )(on_child)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from kfn import conditions as cond
 from kfn import k8s, names
+from kfn.reconcilers.children import APPLIED
 from kfn.resources import EnvironmentInput, build_environment
 from kfn.resources.code import CodeError, bytes_sha256, config_sha256, image_sha256, inline_sha256
 from kfn.resources.environment import endpoint
@@ -141,8 +142,15 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
     for condition_type, objects in children.items():
         failure = None
         for obj in objects:
+            known = APPLIED.unchanged(obj)
+            if known is not None:
+                # Applied before and nobody changed it since: sending it again would be a write for nothing.
+                if obj["kind"] == "Deployment":
+                    deployment_state = dict(known.state or {})
+                continue
             try:
                 applied = k8s.apply(obj)
+                APPLIED.record(obj, applied)
             except k8s.Invalid as e:
                 failure = cond.false(condition_type, cond.APPLY_FAILED, f"{obj['kind']} {obj['metadata']['name']} refused: {e.message}")
                 break
@@ -165,7 +173,10 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
             conditions.append(cond.true(condition_type, cond.RECONCILED))
     if not children[cond.CODE_READY] and inp.version == names.LATEST:
         # Code is no longer inline: the ConfigMap kfn made for it must go.
-        k8s.delete("ConfigMap", inp.namespace, names.code_name(inp.function, inp.version))
+        code_map = names.code_name(inp.function, inp.version)
+        if not APPLIED.known_absent("ConfigMap", inp.namespace, code_map):
+            k8s.delete("ConfigMap", inp.namespace, code_map)
+            APPLIED.mark_absent("ConfigMap", inp.namespace, code_map)
     return conditions, status, retry
 
 
@@ -202,4 +213,6 @@ def _apply_floor(deployment: dict[str, Any], floor: int) -> dict[str, Any]:
     patch: dict[str, Any] = {"metadata": {"annotations": {names.ANN_FLOOR_APPLIED: str(floor)}}}
     if target is not None:
         patch["spec"] = {"replicas": target}
-    return k8s.merge_patch("Deployment", meta["namespace"], meta["name"], patch, field_manager=names.FLOOR_FIELD_MANAGER)
+    answer = k8s.merge_patch("Deployment", meta["namespace"], meta["name"], patch, field_manager=names.FLOOR_FIELD_MANAGER)
+    APPLIED.update_state(answer)
+    return answer

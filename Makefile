@@ -14,6 +14,10 @@ help:
 venv: $(VENV)/.installed ## create the virtual environment with kfn and its test dependencies
 
 $(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "make venv: kfn needs Python 3.11 or newer as $(PYTHON) (found: $$($(PYTHON) -V 2>&1))"; exit 1; }
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  echo "make venv: $(PYTHON) cannot create virtual environments: install python3-venv (apt-get install python3-venv)"; exit 1; }
 	@echo "==> creating $(VENV) and installing kfn[test]"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -59,7 +63,7 @@ run: venv ## bring up the local cluster, install kfn, deploy the hello-world exa
 	  $(KFN) invoke hello --payload '{"name": "kfn"}' --log-type Tail; \
 	  echo; echo "kfn is running. Try:  export KUBECONFIG=$$KUBECONFIG; $(KFN) invoke hello -p '{}'"
 
-BENCH_N ?= 200
+BENCH_N ?= 1000
 bench: venv ## benchmarks as ratios against a baseline run alongside: agent vs AWS's emulator, operator vs raw kubectl apply
 	@echo "==> agent vs AWS Runtime Interface Emulator"
 	$(PY) bench/agent_vs_rie.py

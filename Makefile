@@ -14,6 +14,10 @@ help:
 venv: $(VENV)/.installed ## create the virtual environment with kfn and its test dependencies
 
 $(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "make venv: kfn needs Python 3.11 or newer as $(PYTHON) (found: $$($(PYTHON) -V 2>&1))"; exit 1; }
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  echo "make venv: $(PYTHON) cannot create virtual environments: install python3-venv (apt-get install python3-venv)"; exit 1; }
 	@echo "==> creating $(VENV) and installing kfn[test]"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -78,7 +82,7 @@ run: venv ## bring up the local cluster, install kfn, deploy the hello-world exa
 	  echo "$$boto3_line"; \
 	  echo "$$aws_line"
 
-BENCH_N ?= 200
+BENCH_N ?= 1000
 bench: venv ## benchmarks as ratios against a baseline run alongside: agent vs AWS's emulator, operator vs raw kubectl apply, gateway vs direct and nginx
 	@echo "==> agent vs AWS Runtime Interface Emulator"
 	$(PY) bench/agent_vs_rie.py

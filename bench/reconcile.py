@@ -8,8 +8,13 @@ table with the ratio and the operator's peak RSS, and writes
 bench/results/reconcile.json. Both sides use ``kubectl apply --server-side``
 (one request per object, as GitOps tools apply).
 
-    python bench/reconcile.py            # N=200 (CI)
-    python bench/reconcile.py --n 1000   # by hand
+Then, with everything Ready and nothing changing, the operator's API requests
+over whole resync passes (``kfn_kube_api_requests_total`` between two
+``kfn_operator_resync_passes_total`` ticks), per Function and pass: reads
+and writes (goal: 0 writes when nothing changed).
+
+    python bench/reconcile.py            # N=1000 (BENCH_N)
+    python bench/reconcile.py --n 200    # quicker
 """
 
 from __future__ import annotations
@@ -119,9 +124,57 @@ def ready_count(k: Kubectl, namespace: str) -> int:
     return n
 
 
+WRITE_VERBS = ("create", "patch", "update", "delete")
+
+
+def scrape(port: int) -> tuple[float, dict[str, float]]:
+    """(completed resync passes, API requests by verb) from the operator's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    passes, by_verb = 0.0, {}
+    for line in text.splitlines():
+        if line.startswith("kfn_operator_resync_passes_total "):
+            passes = float(line.split()[-1])
+        elif line.startswith("kfn_kube_api_requests_total{"):
+            labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1 : line.rindex("}")].split(","))
+            verb = labels["verb"].strip('"')
+            by_verb[verb] = by_verb.get(verb, 0.0) + float(line.split()[-1])
+    return passes, by_verb
+
+
+def idle_resync_requests(port: int, passes: int, n: int, interval: float, op: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """API requests per Function per resync pass while nothing changes (measured from pass tick to pass tick)."""
+
+    def next_pass(after: float) -> tuple[float, dict[str, float]]:
+        deadline = time.monotonic() + interval * 3 + 600
+        while time.monotonic() < deadline and op.poll() is None:
+            done, by_verb = scrape(port)
+            if done > after:
+                return done, by_verb
+            time.sleep(0.5)  # polling the pass counter, with a deadline
+        raise SystemExit("no resync pass completed while idle")
+
+    start, before = next_pass(scrape(port)[0])  # a whole pass begins after this tick
+    end, after = start, before
+    for _ in range(passes):
+        end, after = next_pass(end)
+    counted = end - start
+    delta = {v: after.get(v, 0) - before.get(v, 0) for v in sorted(set(after) | set(before))}
+    delta = {v: d for v, d in delta.items() if d}
+    per = lambda verbs: round(sum(d for v, d in delta.items() if v in verbs) / n / counted, 3)  # noqa: E731
+    return {
+        "passes": counted,
+        "reads_per_function": per(("get", "list")),
+        "writes_per_function": per(WRITE_VERBS),
+        "by_verb": {v: round(d / n / counted, 3) for v, d in delta.items()},
+    }
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=int(os.environ.get("BENCH_N", "200")))
+    p.add_argument("--n", type=int, default=int(os.environ.get("BENCH_N", "1000")))
+    p.add_argument("--resync-seconds", type=float, default=30, help="the operator's resync interval (its default: 30)")
+    p.add_argument("--idle-passes", type=int, default=2, help="resync passes to measure once everything is Ready")
     p.add_argument("--kubeconfig", default=None, help="another cluster (default: the control-plane-only test bed)")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--timeout", type=float, default=1800)
@@ -144,7 +197,8 @@ def main() -> int:
         log = open(tmp / "operator.log", "wb")
         op = subprocess.Popen(
             [sys.executable, "-m", "kfn.cli.main", "operator", "--standalone", "-n", ns_op, "--workers", str(args.workers),
-             "--liveness", f"http://127.0.0.1:{live}/healthz", "--metrics-port", str(metrics), "--resync-seconds", "3600"],
+             "--liveness", f"http://127.0.0.1:{live}/healthz", "--metrics-port", str(metrics),
+             "--resync-seconds", str(args.resync_seconds)],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": kubeconfig},
         )  # fmt: skip
         deadline = time.monotonic() + 60
@@ -172,6 +226,11 @@ def main() -> int:
         t_op = time.monotonic() - t0
         rss = peak_rss_mb(op.pid)
         print(f"    all {args.n} Ready after {t_op:.1f}s; operator peak RSS {rss:.0f} MB", flush=True)
+        idle = idle_resync_requests(metrics, args.idle_passes, args.n, args.resync_seconds, op)
+        print(f"    idle resync, per Function and pass: {idle['reads_per_function']} reads, {idle['writes_per_function']} writes "
+              f"{idle['by_verb']}", flush=True)
+        result["idle_resync"] = idle
+        result["operator_peak_rss_mb_after_idle"] = round(peak_rss_mb(op.pid), 1)
         op.kill()  # measured; a graceful stop with a full queue can take long and proves nothing here
         op.wait(30)
 
@@ -209,6 +268,9 @@ def main() -> int:
         ("ratio operator / raw", f"{result['ratio_operator_to_raw']:.2f}"),
         ("Functions reconciled per second", f"{result['functions_per_second']:.1f}"),
         ("operator peak RSS (MB)", f"{result['operator_peak_rss_mb']:.0f}"),
+        ("idle resync: reads per Function per pass", f"{result['idle_resync']['reads_per_function']}"),
+        ("idle resync: writes per Function per pass", f"{result['idle_resync']['writes_per_function']}"),
+        ("operator peak RSS after idle passes (MB)", f"{result['operator_peak_rss_mb_after_idle']:.0f}"),
     ]
     width = max(len(r[0]) for r in rows)
     print("\nreconcile benchmark")

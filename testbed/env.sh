@@ -41,6 +41,13 @@ DNS_SERVICE_IP="198.19.0.10"
 CLUSTER_DOMAIN="cluster.local"
 API_PORT=6443
 
+# Go: the test bed's binaries need GO_MIN (their go.mod says so). Where the distribution's Go is older,
+# deps.sh puts the Go toolchain from the module proxy (golang.org/toolchain) here, ahead on PATH.
+GO_MIN="1.25"
+GO_TOOLCHAIN_VERSION="1.25.14"
+GO_DIR="$CACHE/go-$GO_TOOLCHAIN_VERSION"
+[ -x "$GO_DIR/bin/go" ] && PATH="$GO_DIR/bin:$PATH" && export GOTOOLCHAIN=local
+
 log() { printf '[testbed %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 # heartbeat WHAT COMMAND...: run COMMAND, saying every 30 s that WHAT still runs
 # (a cold Go build of kube-apiserver is minutes of silence otherwise).

@@ -54,6 +54,8 @@ VERSION_NOT_FOUND = "VersionNotFound"
 TARGET_NOT_READY = "TargetNotReady"
 TARGETS_RESOLVED = "TargetsResolved"
 VERSION_DELETED = "VersionDeleted"
+IMAGE_DIGEST_PENDING = "ImageDigestPending"  # publishing waits to pin an image tag to its digest
+VERSION_CONFLICT = "VersionConflict"  # another FunctionVersion claims the same number
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,9 @@ from typing import Any
 
 import kopf
 
-from kfn import k8s, metrics, names
+from kfn import aio, k8s, metrics, names
 from kfn.reconcilers.alias import reconcile_alias
+from kfn.reconcilers.children import APPLIED
 from kfn.reconcilers.common import Outcome
 from kfn.reconcilers.function import reconcile_function, versions_of
 from kfn.reconcilers.version import reconcile_version
@@ -136,9 +137,38 @@ def refresh_version(cfg: OperatorConfig) -> Callable[[str, str, str], None]:
     return refresh
 
 
-def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
+CHILD_SELECTOR = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: names.COMPONENT_FUNCTION}
+
+
+def child_label_selector() -> str:
+    """The label selector of every child kfn makes (``key=value,…``)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(CHILD_SELECTOR.items()))
+
+
+def filter_watches(settings: kopf.OperatorSettings) -> None:
+    """Have the API server filter the child watches by kfn's labels.
+
+    Kopf's ``labels=`` on a handler filters in the operator, after every
+    ConfigMap and Deployment of the cluster was streamed to it; a selector in
+    the watch request itself keeps other workloads' objects on the server.
+    """
+    for cgroup, _cversion, cplural in CHILD_KINDS.values():
+        settings.watching.label_selectors[cgroup, cplural] = child_label_selector()
+
+
+def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Tasks | None = None) -> None:
     """Register every handler of the operator into *registry*."""
     group, version = names.GROUP, names.VERSION
+
+    if tasks is not None:
+
+        @kopf.on.probe(id="background-tasks", registry=registry)
+        def background_tasks(**_: Any) -> dict[str, str]:
+            # Kopf's /healthz answers 500 when a probe raises: a dead loop restarts the pod.
+            try:
+                return tasks.check()
+            except aio.TaskDied as e:
+                raise kopf.PermanentError(str(e)) from e
 
     def reconcilers() -> dict[str, tuple[str, Callable[[dict[str, Any]], Outcome]]]:
         return {
@@ -156,11 +186,15 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
             decorator(group, version, plural, id="reconcile", registry=registry, backoff=cfg.retry_backoff)(handler)
 
     if cfg.watch_children:
-        selector = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: names.COMPONENT_FUNCTION}
+        APPLIED.enabled = True  # the watches below tell it about edits and deletions
+        selector = CHILD_SELECTOR
         for child_kind, (cgroup, cversion, cplural) in CHILD_KINDS.items():
 
             def on_child(body: kopf.Body, type: str | None, _child_kind: str = child_kind, **_: Any) -> None:
                 meta = body.get("metadata", {})
+                APPLIED.observe(type, plain(body))
+                if type not in ("DELETED", "MODIFIED") or (type == "MODIFIED" and _child_kind != "Deployment"):
+                    return
                 owner = controller_of(meta)
                 if owner is None:
                     return
@@ -173,18 +207,16 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
                 except k8s.ApiError as e:
                     log.warning("following %s %s failed: %s", _child_kind, meta.get("name"), e)
 
-            # Deletions of any child are repaired at once; Deployments' state changes
-            # refresh the owner's status (replicas, Available). Edits are put back
-            # by the periodic resync.
+            # Every event keeps the memory of applied children true (an edit makes the next
+            # pass apply again); deletions of any child are repaired at once; Deployments'
+            # state changes refresh the owner's status (replicas, Available). Edits are put
+            # back by the periodic resync.
             kopf.on.event(
                 cgroup,
                 cversion,
                 cplural,
                 id=f"child-{child_kind.lower()}",
                 labels=selector,
-                when=(lambda type, **_: type == "DELETED")
-                if child_kind != "Deployment"
-                else (lambda type, **_: type in ("DELETED", "MODIFIED")),
                 registry=registry,
             )(on_child)
 

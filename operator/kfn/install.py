@@ -11,7 +11,7 @@ from typing import Any
 from kfn import crdgen, names
 from kfn.resources.environment import IMAGE_TAG
 from kfn.resources.peering import make_peering, make_peering_crd
-from kfn.resources.rbac import make_cluster_role
+from kfn.resources.rbac import make_binding, make_cluster_role, make_role
 
 DEFAULT_NAMESPACE = "kfn-system"
 DEFAULT_IMAGE = f"kfn/kfn:{IMAGE_TAG}"
@@ -33,19 +33,20 @@ def make_operator_deployment(
 ) -> dict[str, Any]:
     """The operator Deployment: Kopf peering keeps one replica active however many run.
 
-    With *watch_namespaces* the operator reconciles only those namespaces and
-    runs standalone (one replica), as cluster-wide peering would not apply.
+    With *watch_namespaces* the operator reconciles only those namespaces; one
+    replica runs standalone, several peer through a ``KopfPeering`` in each
+    watched namespace (so nothing cluster-wide is needed).
     """
     labels = _labels()
     scope = [a for ns in watch_namespaces for a in ("--namespace", ns)]
-    peering = ["--standalone"] if watch_namespaces else ["--peering", PEERING_NAME]
+    peering = ["--standalone"] if watch_namespaces and replicas == 1 else ["--peering", PEERING_NAME]
     probe = {"httpGet": {"path": "/healthz", "port": "health"}, "periodSeconds": 10, "timeoutSeconds": 5}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": OPERATOR_NAME, "namespace": namespace, "labels": labels},
         "spec": {
-            "replicas": 1 if watch_namespaces else replicas,
+            "replicas": replicas,
             "selector": {"matchLabels": labels},
             # never two active writers during a rollout: the old pod stops before the new one starts
             "strategy": {"type": "Recreate"},
@@ -55,7 +56,13 @@ def make_operator_deployment(
                     "serviceAccountName": OPERATOR_NAME,
                     # a graceful stop finishes the passes in flight; with a long queue that takes a while
                     "terminationGracePeriodSeconds": 60,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532},
+                    # Pod Security "restricted": non-root, the runtime's default seccomp profile
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
                     "containers": [
                         {
                             "name": "operator",
@@ -124,7 +131,7 @@ def _gateway_labels() -> dict[str, str]:
     return {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: names.COMPONENT_GATEWAY}
 
 
-def make_binding(name: str, role: str, namespace: str, labels: dict[str, str]) -> dict[str, Any]:
+def make_gateway_binding(name: str, role: str, namespace: str, labels: dict[str, str]) -> dict[str, Any]:
     """A ClusterRoleBinding of the ClusterRole *role* to the ServiceAccount of the same name in *namespace*."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -203,7 +210,7 @@ def make_gateway_objects(
          "metadata": {"name": GATEWAY_NAME, "namespace": namespace, "labels": labels}},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
          "metadata": {"name": GATEWAY_NAME, "labels": labels}, "rules": GATEWAY_RULES},
-        make_binding(gateway_binding_name(namespace), GATEWAY_NAME, namespace, labels),
+        make_gateway_binding(gateway_binding_name(namespace), GATEWAY_NAME, namespace, labels),
         make_gateway_deployment(namespace, image, replicas, watch_namespaces),
         {
             "apiVersion": "v1",
@@ -217,26 +224,48 @@ def make_gateway_objects(
 
 def make_install_manifests(
     namespace: str = DEFAULT_NAMESPACE, image: str = DEFAULT_IMAGE, watch_namespaces: tuple[str, ...] = (),
-    gateway_replicas: int = GATEWAY_REPLICAS,
+    replicas: int = 1, gateway_replicas: int = GATEWAY_REPLICAS,
 ) -> list[dict[str, Any]]:
     """Everything ``kubectl apply`` needs to run kfn, CRDs first so later objects find their kinds."""
     labels = _labels()
     return [
         *crdgen.make_crds(),
-        make_peering_crd(clusterwide=True),
+        *([make_peering_crd(clusterwide=not watch_namespaces)] if not watch_namespaces or replicas > 1 else []),
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}},
         {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
             "metadata": {"name": OPERATOR_NAME, "namespace": namespace, "labels": labels},
         },
-        make_cluster_role(OPERATOR_NAME),
-        make_binding(OPERATOR_NAME, OPERATOR_NAME, namespace, labels),
-        make_operator_deployment(namespace, image, watch_namespaces=watch_namespaces),
+        *operator_rbac(namespace, watch_namespaces, peering=replicas > 1),
+        make_operator_deployment(namespace, image, replicas, watch_namespaces),
         *(make_gateway_objects(namespace, image, gateway_replicas, watch_namespaces) if gateway_replicas else []),
     ]
 
 
+def operator_rbac(namespace: str, watch_namespaces: tuple[str, ...] = (), peering: bool = False) -> list[dict[str, Any]]:
+    """The operator's permissions: a ClusterRole when it watches every namespace, else a Role in each one.
+
+    A cluster-wide operator always peers; a namespaced one only with several replicas (*peering*).
+    """
+    if not watch_namespaces:
+        return [make_cluster_role(OPERATOR_NAME), make_binding(OPERATOR_NAME, OPERATOR_NAME, namespace)]
+    out: list[dict[str, Any]] = []
+    for ns in watch_namespaces:
+        out += [make_role(OPERATOR_NAME, ns, peering), make_binding(OPERATOR_NAME, OPERATOR_NAME, namespace, ns)]
+    return out
+
+
+def make_peering_objects(watch_namespaces: tuple[str, ...] = (), replicas: int = 1) -> list[dict[str, Any]]:
+    """The peering objects; applied after their CRD is established (a separate step of ``kfn install``).
+
+    Cluster-wide: one ``ClusterKopfPeering``; namespaced with several replicas: a ``KopfPeering`` per namespace.
+    """
+    if not watch_namespaces:
+        return [make_peering(PEERING_NAME)]
+    return [make_peering(PEERING_NAME, ns) for ns in watch_namespaces] if replicas > 1 else []
+
+
 def make_peering_object() -> dict[str, Any]:
-    """The peering object; applied after its CRD is established (a separate step of ``kfn install``)."""
+    """The cluster-wide peering object (see :func:`make_peering_objects`)."""
     return make_peering(PEERING_NAME)

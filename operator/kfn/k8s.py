@@ -18,9 +18,10 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from kfn import names
+from kfn import metrics, names
 
 # kind -> (api group path, plural, namespaced)
 KINDS: dict[str, tuple[str, str]] = {
@@ -43,6 +44,8 @@ KINDS: dict[str, tuple[str, str]] = {
     "Namespace": ("v1", "namespaces"),
     "ClusterRole": ("rbac.authorization.k8s.io/v1", "clusterroles"),
     "ClusterRoleBinding": ("rbac.authorization.k8s.io/v1", "clusterrolebindings"),
+    "Role": ("rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": ("rbac.authorization.k8s.io/v1", "rolebindings"),
 }
 
 
@@ -58,6 +61,10 @@ class ApiError(Exception):
 
 class NotFound(ApiError):
     pass
+
+
+class Unreachable(ApiError):
+    """No answer from the API server: connection refused or reset, TLS failure, timeout (status 0)."""
 
 
 class Conflict(ApiError):
@@ -110,6 +117,29 @@ def path(kind: str, namespace: str | None, name: str | None = None, sub: str | N
     return p
 
 
+_VERBS = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+
+
+def request_info(method: str, url: str) -> tuple[str, str, str]:
+    """(API group, resource[/subresource], RBAC verb) of a request, as the API server's authorizer sees it.
+
+    ``GET /api/v1/namespaces/ns/configmaps/x`` -> ``("", "configmaps", "get")``;
+    a GET without a name is a ``list``. Paths are the ones :func:`path` builds.
+    """
+    parts = [p for p in url.split("?", 1)[0].split("/") if p]
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    if len(rest) >= 2 and rest[0] == "namespaces" and len(rest) != 2:
+        rest = rest[2:]  # namespaced resource (a bare /namespaces/<name> is the Namespace itself)
+    resource, name, sub = rest[0], (rest[1] if len(rest) > 1 else None), (rest[2] if len(rest) > 2 else None)
+    verb = ("get" if name else "list") if method == "GET" else _VERBS[method]
+    return group, f"{resource}/{sub}" if sub else resource, verb
+
+
+def _record(method: str, url: str, code: int) -> None:
+    group, resource, verb = request_info(method, url)
+    metrics.API_REQUESTS.labels(group, resource, verb, str(code)).inc()
+
+
 def _request(
     method: str,
     url: str,
@@ -127,7 +157,14 @@ def _request(
         response = api.call_api(*request, _request_timeout=timeout)
         response.read()
     except ApiException as e:
+        _record(method, url, e.status or 0)
         raise _error(e.status or 0, e.body) from e
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        _record(method, url, 0)
+        # The transport's own errors (MaxRetryError, ProtocolError …) become kfn's, so callers
+        # sort one family: an API server restarting is a temporary problem, not a crash.
+        raise Unreachable(0, "Unreachable", f"{method} {url}: {e}") from e
+    _record(method, url, response.status)
     if not 200 <= response.status <= 299:
         raise _error(response.status, response.data)
     return json.loads(response.data) if response.data else None

@@ -35,6 +35,26 @@ VERSIONS_PUBLISHED = Counter(
     "kfn_operator_versions_published_total",
     "FunctionVersions created by declarative publishing.",
 )
+RESYNC_PASSES = Counter(
+    "kfn_operator_resync_passes_total",
+    "Completed passes of the periodic resync over every object (by the active replica).",
+)
+TASK_RESTARTS = Counter(
+    "kfn_operator_task_restarts_total",
+    "Restarts of a supervised background task after a transient error (API server unreachable, 5xx, 429), by task.",
+    ["task"],
+)
+TASK_DEATHS = Counter(
+    "kfn_operator_task_deaths_total",
+    "Supervised background tasks that ended for good (health turns red), by task.",
+    ["task"],
+)
+API_REQUESTS = Counter(
+    "kfn_kube_api_requests_total",
+    "Requests kfn made to the Kubernetes API through kfn.k8s (Kopf's own watches excluded), "
+    "by API group, resource, RBAC verb and HTTP status (0: no answer).",
+    ["group", "resource", "verb", "code"],
+)
 UP = Gauge("kfn_operator_up", "1 while the operator process runs.")
 
 

@@ -41,6 +41,7 @@ LATEST = "$LATEST"  # Lambda's name of the unpublished version
 ANN_CODE_SHA256 = "kfn.dev/code-sha256"  # on pod templates: a code change rolls the Deployment
 ANN_CONFIG_SHA256 = "kfn.dev/config-sha256"
 ANN_PROVISIONED = "kfn.dev/provisioned-concurrency"  # floor of execution environments
+ANN_FLOOR_APPLIED = "kfn.dev/provisioned-floor-applied"  # on Deployments: the floor replicas were last moved to
 ANN_PUBLISH_REQUEST = "kfn.dev/publish-request"  # spec.publish value that created a version
 ANN_SERVICE_ACCOUNT_TOKEN = "kfn.dev/service-account-token"  # "true" mounts the token
 

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,9 +41,12 @@ def free_port() -> int:
 class Operator:
     """A real ``kfn operator`` process watching one namespace."""
 
-    def __init__(self, cluster: Any, namespace: str, log_dir: Path, *extra: str, standalone: bool = True):
+    def __init__(self, cluster: Any, namespace: str, log_dir: Path, *extra: str, standalone: bool = True,
+                 kubeconfig: str | None = None):
         self.cluster, self.namespace, self.log_dir, self.extra = cluster, namespace, log_dir, extra
         self.standalone = standalone
+        # another identity (e.g. a ServiceAccount's token) than the cluster's admin kubeconfig
+        self.env = {**cluster.env, "KUBECONFIG": kubeconfig} if kubeconfig else cluster.env
         log_dir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -58,21 +62,46 @@ class Operator:
             "--resync-seconds", str(RESYNC_SECONDS), *self.extra,
         ]  # fmt: skip
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.cluster.env)
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env)
         wait_until(self.healthy, 60, "operator liveness endpoint answers")
         return self
 
     def healthy(self) -> bool:
+        return self.health() == 200
+
+    def health(self) -> int | None:
+        """The liveness endpoint's HTTP status (None: no answer)."""
         assert self.proc is not None and self.proc.poll() is None, f"operator exited:\n{self.log.read_text()[-3000:]}"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.live_port}/healthz", timeout=2) as r:
-                return r.status == 200
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.live_port}/healthz", timeout=5) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
         except OSError:
-            return False
+            return None
+
+    def api_requests(self) -> dict[tuple[str, str, str, str], float]:
+        """Requests the operator made through kfn.k8s: (group, resource, verb, code) -> count."""
+        out: dict[tuple[str, str, str, str], float] = {}
+        for line in self.metrics().splitlines():
+            if line.startswith("kfn_kube_api_requests_total{"):
+                labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1 : line.rindex("}")].split(","))
+                key = tuple(labels[k].strip('"') for k in ("group", "resource", "verb", "code"))
+                out[key] = out.get(key, 0) + float(line.split()[-1])  # type: ignore[index]
+        return out
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
             return r.read().decode()
+
+    def resync_passes(self) -> float:
+        """Completed resync passes over every object (0 while this replica is paused by peering)."""
+        return sum(float(line.split()[-1]) for line in self.metrics().splitlines() if line.startswith("kfn_operator_resync_passes_total "))
+
+    def wait_resync_passes(self, n: int, timeout: float = RESYNC_SECONDS * 10) -> None:
+        """Wait until *n* more resync passes have completed (each revisits every object once)."""
+        target = self.resync_passes() + n
+        wait_until(lambda: self.resync_passes() >= target, timeout, f"{n} more resync passes")
 
     def reconciles(self) -> float:
         """Reconcile passes this process has made so far (any kind, any result)."""
@@ -345,7 +374,7 @@ def test_drift_is_repaired_and_delete_cascades(operator: Operator, api: Api) -> 
 
     # Replicas belong to the scaler: a changed replica count is not fought over.
     api.kubectl("scale", "deployment", "drift-latest", "--replicas=3")
-    time.sleep(RESYNC_SECONDS * 2)
+    operator.wait_resync_passes(2)  # each pass re-applies drift-latest; none may take the replicas back
     assert api.get("deployment", "drift-latest")["spec"]["replicas"] == 3  # type: ignore[index]
 
     # Deleting the Function removes everything it owns, versions included.
@@ -367,7 +396,7 @@ def test_functions_can_be_deleted_while_no_operator_runs(operator: Operator, api
 def test_events_only_on_transitions_and_metrics(operator: Operator, api: Api) -> None:
     api.apply([function("quiet")])
     api.wait_ready("function", "quiet")
-    time.sleep(RESYNC_SECONDS * 3)  # several resync passes
+    operator.wait_resync_passes(3)  # each pass reconciles quiet again: still one Ready event
     ready_events = [e for e in api.events("quiet") if e["reason"] == "Ready"]
     assert len(ready_events) == 1, ready_events
     text = operator.metrics()
@@ -386,14 +415,13 @@ def test_invalid_spec_is_not_ready_without_a_retry_storm(operator: Operator, api
     c = wait_until(lambda: api.condition("function", "badsha"), 30, "badsha has a Ready condition")
     assert (c["status"], c["reason"]) == ("False", "CodeChanged")
     assert "sha256" in c["message"]
-    before = operator.metrics()
-    time.sleep(6)
-    after = operator.metrics()
-
     def passes(text: str) -> float:
         return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith('kfn_operator_reconcile_total{kind="Function"'))
 
-    assert passes(after) - passes(before) <= 4  # resync and one delayed retry, not a storm
+    before = passes(operator.metrics())
+    operator.wait_resync_passes(2)
+    # One pass per resync, plus at most one delayed retry each (WAIT_SECONDS apart), not a storm.
+    assert passes(operator.metrics()) - before <= 2 * 2 + 2
 
 
 def test_kill_9_mid_reconcile_converges_without_duplicates(operator: Operator, api: Api) -> None:
@@ -439,7 +467,7 @@ def test_peering_keeps_one_replica_active_and_fails_over(cluster: Any, crds_inst
     try:
         api.apply([function("peer-a")])
         api.wait_ready("function", "peer-a")
-        time.sleep(RESYNC_SECONDS)
+        high.wait_resync_passes(2)
         assert high.reconciles() > 0
         assert low.reconciles() == 0, "the lower-priority replica must stay paused"
         high.kill(signal.SIGKILL)
@@ -449,3 +477,34 @@ def test_peering_keeps_one_replica_active_and_fails_over(cluster: Any, crds_inst
     finally:
         high.stop()
         low.stop()
+
+
+def test_auto_publish_makes_a_version_per_change_and_none_without(operator: Operator, api: Api) -> None:
+    api.apply([function("auto", "return 1", autoPublish=True, architecture=NO_NODE_ARCH)])
+    v1 = api.wait_ready("functionversion", "auto-v1")
+    api.apply([function("auto", "return 2", autoPublish=True, architecture=NO_NODE_ARCH)])
+    v2 = api.wait_ready("functionversion", "auto-v2")
+    assert v1["spec"]["codeSha256"] != v2["spec"]["codeSha256"]
+    assert "return 2" in v2["spec"]["config"]["code"]["inline"]["files"]["app.py"]
+    # Nothing changed: however often the Function is reconciled, no third version.
+    operator.wait_resync_passes(3)
+    assert api.names("functionversions") == ["auto-v1", "auto-v2"]
+    assert api.get("function", "auto")["status"]["latestVersion"] == 2  # type: ignore[index]
+
+
+def test_operator_logs_are_json_lines_naming_the_object(operator: Operator, api: Api) -> None:
+    api.apply([function("logged", architecture=NO_NODE_ARCH)])
+    api.wait_ready("function", "logged")
+    operator.wait_resync_passes(1)
+    lines = [line for line in operator.log.read_text().splitlines() if line.strip()]
+    assert lines, "the operator logged nothing"
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            raise AssertionError(f"not a JSON log line: {line!r}") from None
+    assert all(isinstance(r, dict) and r.get("message") and r.get("timestamp") and r.get("severity") for r in records), records[:3]
+    about = [r for r in records if (r.get("object") or {}).get("name") == "logged"]
+    assert about, "no log line names the Function it is about"
+    assert about[0]["object"]["namespace"] == api.ns

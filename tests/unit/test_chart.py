@@ -20,7 +20,8 @@ import yaml
 from tools import CHART, KUBE_VERSION, REPO, build_tool, helm
 
 from kfn import crdgen, install
-from kfn.resources.rbac import OPERATOR_RULES
+from kfn.install import GATEWAY_RULES
+from kfn.resources.rbac import make_role, operator_rules
 
 Render = Callable[..., list[dict[str, Any]]]
 
@@ -58,31 +59,51 @@ def test_helm_lint_is_clean(helm_bin: str) -> None:
     assert "[WARNING]" not in out.stdout and "[ERROR]" not in out.stdout
 
 
-def test_cluster_wide_rbac_is_exactly_kfn_installs(render: Render) -> None:
+def by_component(objs: list[dict[str, Any]], component: str) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for o in objs:
+        if (o["metadata"].get("labels") or {}).get("kfn.dev/component") == component:
+            out.setdefault(o["kind"], []).append(o)
+    return out
+
+
+def rules_of(objects: list[dict[str, Any]], component: str, kind: str) -> list[list[dict[str, Any]]]:
+    return [r["rules"] for r in by_component(objects, component).get(kind, [])]
+
+
+def without_peering(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rules if r["apiGroups"] != ["kopf.dev"]]
+
+
+def test_cluster_wide_rbac_is_kfn_installs(render: Render) -> None:
     objs = render()
-    role = one(objs, "ClusterRole")
-    assert role["rules"] == OPERATOR_RULES == install.make_cluster_role()["rules"]
-    binding = one(objs, "ClusterRoleBinding")
-    sa = one(objs, "ServiceAccount")
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "kfn-system"}]
-    assert one(objs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+    ours = install.make_install_manifests("kfn-system")
+    # the chart's operator is one standalone replica: kfn install's rules without Kopf peering
+    assert rules_of(objs, "operator", "ClusterRole") == [operator_rules(clusterwide=True, peering=False)]
+    assert rules_of(objs, "operator", "ClusterRole") == [without_peering(r) for r in rules_of(ours, "operator", "ClusterRole")]
+    assert rules_of(objs, "gateway", "ClusterRole") == rules_of(ours, "gateway", "ClusterRole") == [GATEWAY_RULES]
+    for component in ("operator", "gateway"):
+        k = by_component(objs, component)
+        (role,), (binding,), (sa,), (deploy,) = k["ClusterRole"], k["ClusterRoleBinding"], k["ServiceAccount"], k["Deployment"]
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "kfn-system"}]
+        assert deploy["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+        assert not k.get("Role") and not k.get("RoleBinding")
 
 
-def test_watching_namespaces_grants_the_rules_only_there(render: Render) -> None:
+def test_watching_namespaces_grants_roles_there_and_nothing_cluster_wide(render: Render) -> None:
     objs = render("operator.watchNamespaces={team-a,team-b}")
-    full = one(objs, "ClusterRole", "kfn-operator")
-    assert full["rules"] == OPERATOR_RULES
-    role_bindings = [o for o in objs if o["kind"] == "RoleBinding"]
-    assert sorted(b["metadata"]["namespace"] for b in role_bindings) == ["team-a", "team-b"]
-    assert all(b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kfn-operator"}
-               for b in role_bindings)
-    # cluster-wide the operator may only read CRDs and namespaces (and the peering object)
-    (crb,) = [o for o in objs if o["kind"] == "ClusterRoleBinding"]
-    cluster = one(objs, "ClusterRole", crb["roleRef"]["name"])
-    granted = {r for rule in cluster["rules"] for r in rule["resources"]}
-    assert granted == {"customresourcedefinitions", "namespaces", "clusterkopfpeerings"}
-    assert all(set(rule["verbs"]) <= {"get", "list", "watch", "patch"} for rule in cluster["rules"])
+    assert not [o for o in objs if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    ours = install.make_install_manifests("kfn-system", watch_namespaces=("team-a", "team-b"))
+    assert rules_of(objs, "operator", "Role") == rules_of(ours, "operator", "Role") == [make_role("x", "team-a")["rules"]] * 2
+    assert rules_of(objs, "gateway", "Role") == [GATEWAY_RULES] * 2
+    for component in ("operator", "gateway"):
+        k = by_component(objs, component)
+        (sa,) = k["ServiceAccount"]
+        assert sorted(r["metadata"]["namespace"] for r in k["Role"]) == ["team-a", "team-b"]
+        for b in k["RoleBinding"]:
+            assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa["metadata"]["name"]}
+            assert b["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "kfn-system"}]
 
 
 @pytest.mark.parametrize("image", ["kfn/kfn:dev", "registry.example:5000/team/kfn/kfn:1.2.3", "example.org/other:7"])
@@ -92,7 +113,9 @@ def test_operator_runs_what_kfn_install_runs(render: Render, image: str, watch: 
     sets = [f"image.repository={repo}", f"string:image.tag={tag}"]
     if watch:
         sets.append("operator.watchNamespaces={" + ",".join(watch) + "}")
-    pod = one(render(*sets), "Deployment")["spec"]["template"]["spec"]
+    objs = render(*sets)
+    (deploy,) = by_component(objs, "operator")["Deployment"]
+    pod = deploy["spec"]["template"]["spec"]
     ours = install.make_operator_deployment("kfn-system", image, watch_namespaces=watch)["spec"]["template"]["spec"]
     (chart_c,), (install_c,) = pod["containers"], ours["containers"]
     # The chart runs one standalone replica (a Recreate Deployment); kfn install
@@ -116,6 +139,32 @@ def test_operator_runs_what_kfn_install_runs(render: Render, image: str, watch: 
     for key in ("ports", "livenessProbe", "readinessProbe", "volumeMounts"):
         assert chart_c[key] == install_c[key], key
     assert pod["volumes"] == ours["volumes"]
+    # the gateway: the same pod as kfn install's, replicas from the values
+    (gw,) = by_component(objs, "gateway")["Deployment"]
+    gw_ours = install.make_gateway_deployment("kfn-system", image, watch_namespaces=watch)
+    (c,), (c_ours,) = gw["spec"]["template"]["spec"]["containers"], gw_ours["spec"]["template"]["spec"]["containers"]
+    for key in ("command", "image", "ports", "livenessProbe", "readinessProbe", "volumeMounts"):
+        assert c[key] == c_ours[key], key
+    for key in ("volumes", "terminationGracePeriodSeconds"):
+        assert gw["spec"]["template"]["spec"][key] == gw_ours["spec"]["template"]["spec"][key], key
+    assert gw["spec"]["strategy"] == gw_ours["spec"]["strategy"]
+    assert gw["spec"]["replicas"] == gw_ours["spec"]["replicas"] == 2
+
+
+def test_gateway_scales_by_replicas_or_cpu_and_keeps_one_through_drains(render: Render) -> None:
+    k = by_component(render("gateway.replicas=3"), "gateway")
+    assert k["Deployment"][0]["spec"]["replicas"] == 3 and "HorizontalPodAutoscaler" not in k
+    (pdb,) = k["PodDisruptionBudget"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= k["Deployment"][0]["spec"]["template"]["metadata"]["labels"].items()
+    k = by_component(render("gateway.autoscaling.enabled=true", "gateway.autoscaling.maxReplicas=7"), "gateway")
+    (hpa,) = k["HorizontalPodAutoscaler"]
+    assert "replicas" not in k["Deployment"][0]["spec"]  # the HPA owns it; an upgrade must not reset it
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 7)
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    # the functions' ingress NetworkPolicy admits exactly these pods
+    assert k["Deployment"][0]["spec"]["template"]["metadata"]["labels"]["kfn.dev/component"] == "gateway"
+    assert not [o for o in render("gateway.enabled=false") if (o["metadata"].get("labels") or {}).get("kfn.dev/component") == "gateway"]
 
 
 def pod_specs(objs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
@@ -174,19 +223,24 @@ def test_sync_waves_put_crds_before_the_operator(render: Render) -> None:
 
 def test_service_monitor_only_where_prometheus_operator_serves_it(render: Render) -> None:
     assert not [o for o in render() if o["kind"] == "ServiceMonitor"]
-    sm = one(render(api_versions=("monitoring.coreos.com/v1/ServiceMonitor",)), "ServiceMonitor")
-    svc = one(render(), "Service")
-    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
-    assert [e["port"] for e in sm["spec"]["endpoints"]] == [p["name"] for p in svc["spec"]["ports"]] == ["metrics"]
+    objs = render(api_versions=("monitoring.coreos.com/v1/ServiceMonitor",))
+    monitors = [o for o in objs if o["kind"] == "ServiceMonitor"]
+    assert len(monitors) == 2
+    for sm in monitors:
+        (svc,) = [s for s in objs if s["kind"] == "Service"
+                  and sm["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
+        (endpoint,) = sm["spec"]["endpoints"]
+        assert endpoint["port"] in [p["name"] for p in svc["spec"]["ports"]]
 
 
-def test_network_policy_opens_only_the_metrics_port_of_the_operator(render: Render) -> None:
+def test_network_policies_open_only_what_kfns_pods_serve(render: Render) -> None:
     objs = render()
-    np = one(objs, "NetworkPolicy")
-    pod_labels = one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
-    assert np["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
-    assert np["spec"]["policyTypes"] == ["Ingress"]
-    assert [p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"]] == [9090]
+    for component, ports in (("operator", [9090]), ("gateway", [8080])):
+        pod_labels = by_component(objs, component)["Deployment"][0]["spec"]["template"]["metadata"]["labels"]
+        (np,) = [o for o in objs if o["kind"] == "NetworkPolicy"
+                 and o["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()]
+        assert np["spec"]["policyTypes"] == ["Ingress"]
+        assert [p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"]] == ports
     assert not [o for o in render("networkPolicy.enabled=false") if o["kind"] == "NetworkPolicy"]
 
 
@@ -217,6 +271,7 @@ def test_committed_plain_manifests_equal_a_fresh_render(helm_bin: str) -> None:
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     kinds = [o["kind"] for o in objs]
     assert kinds.index("Namespace") < kinds.index("CustomResourceDefinition") < kinds.index("Deployment")
+    assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "NetworkPolicy"} <= set(kinds)
 
 
 def test_committed_argocd_snippet_equals_the_chart_option(helm_bin: str) -> None:

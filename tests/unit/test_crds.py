@@ -25,8 +25,22 @@ def test_committed_crds_match_a_fresh_generation(directory: Path) -> None:
         assert committed[name] == text, f"{directory / name} is stale: run `make crds`"
 
 
-def test_generation_is_deterministic() -> None:
-    assert crdgen.render() == crdgen.render()
+def test_generation_is_deterministic_across_processes() -> None:
+    # Two fresh interpreters with different hash seeds: set or dict ordering that leaks into the
+    # output would make `make crds` churn (comparing render() with itself in one process cannot fail).
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = "import json; from kfn import crdgen; print(json.dumps(crdgen.render(), sort_keys=True))"
+    outputs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+        for seed in ("1", "2")
+    ]  # fmt: skip
+    assert outputs[0] == outputs[1]
+    assert json.loads(outputs[0]) == crdgen.render()
 
 
 def test_kfn_crds_write_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -66,6 +66,48 @@ def test_role_can_manage_every_child_kind_the_operator_builds() -> None:
     granted = {(g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
     for needed in [("apps", "deployments"), ("", "services"), ("", "configmaps"), ("networking.k8s.io", "networkpolicies")]:
         assert needed in granted
+    assert ("", "secrets") in granted
+    secrets = {v for rule in role["rules"] if "secrets" in rule["resources"] for v in rule["verbs"]}
+    assert not secrets & {"list", "watch"}, "kfn never reads every Secret"
+
+
+def test_a_namespaced_operator_gets_a_role_per_watched_namespace_and_nothing_cluster_wide() -> None:
+    k = _by_kind(install.make_install_manifests(namespace="ops", watch_namespaces=("team-a", "team-b")))
+    assert "ClusterRole" not in k and "ClusterRoleBinding" not in k
+    assert sorted(r["metadata"]["namespace"] for r in k["Role"]) == ["team-a", "team-b"]
+    for binding in k["RoleBinding"]:
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kfn-operator"}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kfn-operator", "namespace": "ops"}]
+    # standalone: no peering objects to read
+    assert not any("peering" in r for role in k["Role"] for rule in role["rules"] for r in rule["resources"])
+
+
+def test_the_operator_pod_meets_pod_security_restricted() -> None:
+    pod = install.make_operator_deployment("kfn-system", "kfn/kfn:dev")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "expected"),
+    [
+        ("GET", "/api/v1/namespaces/ns/configmaps/x", ("", "configmaps", "get")),
+        ("GET", "/apis/kfn.dev/v1alpha1/namespaces/ns/functions", ("kfn.dev", "functions", "list")),
+        ("GET", "/apis/kfn.dev/v1alpha1/functions", ("kfn.dev", "functions", "list")),
+        ("PATCH", "/apis/kfn.dev/v1alpha1/namespaces/ns/aliases/a/status", ("kfn.dev", "aliases/status", "patch")),
+        ("GET", "/apis/kopf.dev/v1/clusterkopfpeerings/kfn", ("kopf.dev", "clusterkopfpeerings", "get")),
+        ("PATCH", "/api/v1/namespaces/kfn-system", ("", "namespaces", "patch")),
+        ("POST", "/api/v1/namespaces/ns/events", ("", "events", "create")),
+        ("DELETE", "/apis/apps/v1/namespaces/ns/deployments/d?x=1", ("apps", "deployments", "delete")),
+    ],
+)
+def test_each_api_request_is_recorded_as_the_authorizer_sees_it(method: str, url: str, expected: tuple[str, str, str]) -> None:
+    from kfn import k8s
+
+    assert k8s.request_info(method, url) == expected
 
 
 def test_gateway_is_installed_restricted_with_exactly_the_verbs_it_uses() -> None:

@@ -222,3 +222,11 @@ def test_code_digest_on_pod_template_rolls_the_deployment():
     ta = build_environment(a)[cond.DEPLOYMENT_READY][0]["spec"]["template"]
     tb = build_environment(b)[cond.DEPLOYMENT_READY][0]["spec"]["template"]
     assert ta != tb
+
+
+@pytest.mark.parametrize(("reserved", "surge"), [(None, 1), (0, 0), (5, 0)])
+def test_a_rollout_never_runs_more_environments_than_reserved_concurrency(reserved, surge):
+    spec = {**BASE, "reservedConcurrency": reserved} if reserved is not None else BASE
+    rolling = deployment(spec)["spec"]["strategy"]["rollingUpdate"]
+    assert rolling["maxSurge"] == surge
+    assert rolling["maxUnavailable"] == 1 - surge  # a rollout still makes progress

@@ -118,3 +118,56 @@ def test_only_the_highest_live_peer_is_active():
     assert not is_active({"other": {**alive, "priority": 5}}, "me", 5, now)  # Kopf pauses both on a tie
     assert is_active({"other": {**dead, "priority": 9}}, "me", 5, now)
     assert is_active({"other": {**alive, "priority": 1}}, "me", 5, now)
+
+
+@pytest.mark.parametrize(
+    ("replicas", "applied", "floor", "expected"),
+    [
+        (1, 0, 9, 9),  # a new floor raises replicas
+        (9, 9, 3, 3),  # the floor goes down: replicas follow
+        (9, 9, 0, 1),  # no floor left: back to one environment, not zero (scale to zero is the scaler's)
+        (12, 9, 3, None),  # someone scaled past the old floor: their replicas stay
+        (5, 9, 9, 9),  # lowered below the floor by hand: raised again
+        (9, 9, 9, None),  # unchanged floor: no write
+        (3, 0, 0, None),  # no floor ever: replicas are the scaler's
+    ],
+)
+def test_provisioned_floor_moves_replicas_up_and_down(replicas, applied, floor, expected):
+    from kfn.reconcilers.environment import floor_replicas
+
+    assert floor_replicas(replicas, applied, floor) == expected
+
+
+def test_the_oldest_claimant_of_a_version_number_holds_it():
+    from kfn.reconcilers.function import by_number
+
+    def fv(name, number, created):
+        return {"metadata": {"name": name, "creationTimestamp": created}, "spec": {"version": number}}
+
+    older, newer, other = fv("shop-v1", 1, "2026-01-01T00:00:00Z"), fv("shop-one", 1, "2026-01-02T00:00:00Z"), fv("shop-v2", 2, "2026-01-03T00:00:00Z")
+    assert {k: v["metadata"]["name"] for k, v in by_number([older, newer, other]).items()} == {"1": "shop-v1", "2": "shop-v2"}
+
+
+def _pod(image: str, image_id: str, name: str = "function") -> dict:
+    return {"status": {"containerStatuses": [{"name": name, "image": image, "imageID": image_id}]}}
+
+
+@pytest.mark.parametrize(
+    ("image", "pods", "expected"),
+    [
+        # the runtime reports the tag it ran and the digest behind it: the version runs that digest
+        ("kfn/app:1", [_pod("docker.io/kfn/app:1", "docker.io/kfn/app@sha256:" + "a" * 64)], "kfn/app@sha256:" + "a" * 64),
+        ("registry.example:5000/app:v2", [_pod("registry.example:5000/app:v2", "registry.example:5000/app@sha256:" + "b" * 64)],
+         "registry.example:5000/app@sha256:" + "b" * 64),
+        ("nginx", [_pod("docker.io/library/nginx:latest", "docker.io/library/nginx@sha256:" + "c" * 64)], "nginx@sha256:" + "c" * 64),
+        # an environment still running the previous image, or the agent's image, says nothing about this one
+        ("kfn/app:2", [_pod("docker.io/kfn/app:1", "docker.io/kfn/app@sha256:" + "a" * 64)], None),
+        ("kfn/app:1", [_pod("docker.io/kfn/app:1", "docker.io/kfn/app@sha256:" + "a" * 64, name="agent")], None),
+        ("kfn/app:1", [{"status": {}}], None),  # not started yet
+        ("kfn/app@sha256:" + "d" * 64, [], "kfn/app@sha256:" + "d" * 64),  # pinned already
+    ],
+)
+def test_a_published_image_is_pinned_to_the_digest_its_environment_runs(image, pods, expected):
+    from kfn.reconcilers.function import pinned_image
+
+    assert pinned_image(image, pods) == expected

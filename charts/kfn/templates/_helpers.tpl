@@ -5,12 +5,27 @@ release name, so two releases (or a `kfn install`) never fight over one. */}}
 {{- end -}}
 
 {{- define "kfn.operatorName" -}}{{ include "kfn.fullname" . }}-operator{{- end -}}
+{{- define "kfn.gatewayName" -}}{{ include "kfn.fullname" . }}-gateway{{- end -}}
 
 {{/* the labels `kfn install` puts on the operator (kfn/names.py), plus Helm's */}}
 {{- define "kfn.operatorSelector" -}}
 app.kubernetes.io/managed-by: kfn
 kfn.dev/component: operator
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* the labels `kfn install` puts on the gateway: kfn.dev/component: gateway is
+also what every function's ingress NetworkPolicy admits */}}
+{{- define "kfn.gatewaySelector" -}}
+app.kubernetes.io/managed-by: kfn
+kfn.dev/component: gateway
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* chart labels plus a component's selector labels; dict root, component */}}
+{{- define "kfn.componentLabels" -}}
+{{ include "kfn.labels" .root }}
+{{ if eq .component "gateway" }}{{ include "kfn.gatewaySelector" .root }}{{ else }}{{ include "kfn.operatorSelector" .root }}{{ end }}
 {{- end -}}
 
 {{- define "kfn.labels" -}}

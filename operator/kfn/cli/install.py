@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="apply to the cluster (server-side apply, CRDs established first) instead of printing YAML",
     )
+    parser.add_argument("--replicas", type=int, default=1, help="operator replicas (one is active; several peer)")
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     parser.add_argument("--context", default=None, help="kubeconfig context")
 
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from kfn import install
 
-    objects = install.make_install_manifests(args.namespace, args.image, tuple(args.watch_namespace),
+    objects = install.make_install_manifests(args.namespace, args.image, tuple(args.watch_namespace), args.replicas,
                                              gateway_replicas=args.gateway_replicas)
     if not args.apply:
         # The peering object needs its CRD established first, so it cannot ride in
@@ -58,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"applied {obj['kind']}/{obj['metadata']['name']}", file=sys.stderr)
     _wait_established([c["metadata"]["name"] for c in crds])
     rest = [o for o in objects if o["kind"] != "CustomResourceDefinition"]
-    if not args.watch_namespace:
-        rest.append(install.make_peering_object())
+    rest += install.make_peering_objects(tuple(args.watch_namespace), args.replicas)
     for obj in rest:
         k8s.apply(obj, field_manager="kfn-install")
         print(f"applied {obj['kind']}/{obj['metadata']['name']}", file=sys.stderr)

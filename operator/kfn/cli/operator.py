@@ -63,8 +63,8 @@ def install_peering(name: str, namespaces: list[str]) -> None:
 def run(args: argparse.Namespace) -> int:
     import kopf
 
-    from kfn import k8s, metrics
-    from kfn.handlers import OperatorConfig, reconcile_any, register
+    from kfn import aio, k8s, metrics
+    from kfn.handlers import OperatorConfig, filter_watches, reconcile_any, register
     from kfn.reconcilers.resync import Resync
 
     kopf.configure(
@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         images=Images(agent=args.agent_image, runtime_template=args.runtime_image_template, provided=args.provided_image),
     )
     registry = kopf.OperatorRegistry()
-    register(registry, cfg)
+    tasks = aio.Tasks()
+    register(registry, cfg, tasks)
     settings = kopf.OperatorSettings()
     settings.posting.enabled = False  # kfn posts its own Events, only on condition transitions
     settings.execution.max_workers = args.workers
@@ -92,6 +93,13 @@ def run(args: argparse.Namespace) -> int:
     settings.peering.clusterwide = not args.namespace
     settings.peering.mandatory = not args.standalone
     settings.watching.server_timeout = 300
+    # kfn's CRDs are installed before the operator: no need to list namespaces or watch CRDs
+    # (which would need cluster-wide permissions even for a namespaced operator).
+    settings.scanning.disabled = True
+    # Ride out an API-server restart or upgrade (minutes), not only a blip: Kopf gives up on a
+    # request after its backoffs (default ~1 min in all) and then the whole process exits.
+    settings.networking.error_backoffs = (1, 1, 2, 3, 5, 8, 13, 21, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30)
+    filter_watches(settings)
     if args.metrics_port:
         metrics.serve(args.metrics_port)
     log.info("kfn operator starting", extra={"standalone": args.standalone, "peering": args.peering})
@@ -106,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     async def main() -> None:
-        loop = asyncio.create_task(resync.run_forever())
+        loop = asyncio.create_task(aio.guarded(resync.run_forever, "resync", tasks))
         try:
             await kopf.operator(
                 registry=registry,

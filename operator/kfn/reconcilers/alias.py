@@ -17,7 +17,8 @@ from kfn import k8s, names
 from kfn.models.alias import parse_alias_spec
 from kfn.models.base import SpecError
 from kfn.reconcilers.common import WAIT_SECONDS, Outcome, being_deleted, finish, invalid_spec
-from kfn.reconcilers.function import versions_of
+from kfn.reconcilers.function import by_number as numbered
+from kfn.reconcilers.function import ensure_function_label, versions_of
 
 
 def resolve_weights(primary: str, additional: Mapping[str, float]) -> dict[str, float]:
@@ -45,6 +46,7 @@ def reconcile_alias(body: Mapping[str, Any], refresh_version: Callable[[str, str
     except SpecError as e:
         return invalid_spec(body, e, "fix the Alias spec", state=None)
     function = spec.function_name
+    ensure_function_label(body, function)
     weights = resolve_weights(spec.function_version, spec.routing.additional_version_weights if spec.routing else {})
     if sum(weights.values()) > 1.0 + 1e-9 or weights[spec.function_version] < 0:
         msg = f"spec.routing.additionalVersionWeights: weights add up to more than 1 ({sum(weights.values()) - weights[spec.function_version]})"
@@ -57,7 +59,7 @@ def reconcile_alias(body: Mapping[str, Any], refresh_version: Callable[[str, str
         outcome.conditions = [cond.summarize([c]), c]
         outcome.retry_after = WAIT_SECONDS
         return finish(body, outcome)
-    by_number = {str(v["spec"]["version"]): v for v in versions_of(namespace, function)}
+    by_number = numbered(versions_of(namespace, function))
     missing = sorted(v for v in weights if v != names.LATEST and v not in by_number)
     if missing:
         c = cond.false(

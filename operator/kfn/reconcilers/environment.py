@@ -14,6 +14,7 @@ from typing import Any
 
 from kfn import conditions as cond
 from kfn import k8s, names
+from kfn.reconcilers.children import APPLIED
 from kfn.resources import EnvironmentInput, build_environment
 from kfn.resources.code import CodeError, bytes_sha256, config_sha256, image_sha256, inline_sha256
 from kfn.resources.environment import endpoint
@@ -141,8 +142,15 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
     for condition_type, objects in children.items():
         failure = None
         for obj in objects:
+            known = APPLIED.unchanged(obj)
+            if known is not None:
+                # Applied before and nobody changed it since: sending it again would be a write for nothing.
+                if obj["kind"] == "Deployment":
+                    deployment_state = dict(known.state or {})
+                continue
             try:
                 applied = k8s.apply(obj)
+                APPLIED.record(obj, applied)
             except k8s.Invalid as e:
                 failure = cond.false(condition_type, cond.APPLY_FAILED, f"{obj['kind']} {obj['metadata']['name']} refused: {e.message}")
                 break
@@ -155,7 +163,7 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
         if failure is not None:
             conditions.append(failure)
         elif condition_type == cond.DEPLOYMENT_READY and deployment_state is not None:
-            deployment_state = _raise_to_floor(deployment_state, inp.provisioned)
+            deployment_state = _apply_floor(deployment_state, inp.provisioned)
             ready, available = deployment_conditions(deployment_state)
             conditions += [ready, available]
             st = deployment_state.get("status") or {}
@@ -165,16 +173,46 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
             conditions.append(cond.true(condition_type, cond.RECONCILED))
     if not children[cond.CODE_READY] and inp.version == names.LATEST:
         # Code is no longer inline: the ConfigMap kfn made for it must go.
-        k8s.delete("ConfigMap", inp.namespace, names.code_name(inp.function, inp.version))
+        code_map = names.code_name(inp.function, inp.version)
+        if not APPLIED.known_absent("ConfigMap", inp.namespace, code_map):
+            k8s.delete("ConfigMap", inp.namespace, code_map)
+            APPLIED.mark_absent("ConfigMap", inp.namespace, code_map)
     return conditions, status, retry
 
 
-def _raise_to_floor(deployment: dict[str, Any], floor: int) -> dict[str, Any]:
-    """Raise replicas to the provisioned floor, never lower them (the scaler owns replicas)."""
-    current = (deployment.get("spec") or {}).get("replicas", 1)
-    if floor <= current:
-        return deployment
+# Replicas a version keeps when no floor holds it higher and no scaler decides
+# (a Deployment's own default).
+BASELINE_REPLICAS = 1
+
+
+def floor_replicas(replicas: int, applied_floor: int, floor: int) -> int | None:
+    """The replicas to set for a changed provisioned floor, or None to leave them alone.
+
+    Up: never fewer than the floor. Down: only when replicas still stand where
+    the previous floor put them — otherwise someone else (the scaler, a person)
+    set them, and replicas are theirs.
+    """
+    if replicas < floor:
+        return floor
+    if floor < applied_floor and replicas == applied_floor:
+        return max(floor, BASELINE_REPLICAS)
+    return None
+
+
+def _apply_floor(deployment: dict[str, Any], floor: int) -> dict[str, Any]:
+    """Move replicas with the provisioned floor (see :func:`floor_replicas`); records the floor it applied."""
     meta = deployment["metadata"]
-    return k8s.merge_patch(
-        "Deployment", meta["namespace"], meta["name"], {"spec": {"replicas": floor}}, field_manager=names.FLOOR_FIELD_MANAGER
-    )
+    replicas = (deployment.get("spec") or {}).get("replicas", BASELINE_REPLICAS)
+    try:
+        applied = int((meta.get("annotations") or {}).get(names.ANN_FLOOR_APPLIED, "0"))
+    except ValueError:
+        applied = 0
+    target = floor_replicas(replicas, applied, floor)
+    if target is None and applied == floor:
+        return deployment
+    patch: dict[str, Any] = {"metadata": {"annotations": {names.ANN_FLOOR_APPLIED: str(floor)}}}
+    if target is not None:
+        patch["spec"] = {"replicas": target}
+    answer = k8s.merge_patch("Deployment", meta["namespace"], meta["name"], patch, field_manager=names.FLOOR_FIELD_MANAGER)
+    APPLIED.update_state(answer)
+    return answer

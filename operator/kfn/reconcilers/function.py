@@ -29,18 +29,56 @@ from kfn.reconcilers.environment import (
     version_config_sha256,
 )
 from kfn.resources import EnvironmentInput, Images, Owner
-from kfn.resources.code import ZIP_KEY
+from kfn.resources.code import ZIP_KEY, image_sha256
 from kfn.resources.common import owner_reference
 
 
+def function_selector(function: str) -> str:
+    """The label selector of a function's versions and aliases (see :func:`ensure_function_label`)."""
+    return f"{names.LABEL_FUNCTION}={names.label_value(function)}"
+
+
 def versions_of(namespace: str, function: str) -> list[dict[str, Any]]:
-    """Every FunctionVersion of a function (made by kfn or by users), oldest first."""
-    items = [v for v in k8s.list_objects(names.FUNCTION_VERSION_KIND, namespace) if (v.get("spec") or {}).get("functionName") == function]
-    return sorted(items, key=lambda v: int((v.get("spec") or {}).get("version") or 0))
+    """Every FunctionVersion of a function (made by kfn or by users), oldest first.
+
+    One label-selected list, not the namespace's every version: a reconcile
+    costs the same with 10 or 10,000 functions in the namespace.
+    """
+    items = k8s.list_objects(names.FUNCTION_VERSION_KIND, namespace, function_selector(function))
+    items = [v for v in items if (v.get("spec") or {}).get("functionName") == function]  # long names share hashed labels
+    return sorted(items, key=lambda v: (int((v.get("spec") or {}).get("version") or 0), v["metadata"].get("creationTimestamp") or "", v["metadata"]["name"]))
 
 
 def aliases_of(namespace: str, function: str) -> list[dict[str, Any]]:
-    return [a for a in k8s.list_objects(names.ALIAS_KIND, namespace) if (a.get("spec") or {}).get("functionName") == function]
+    """Every Alias of a function (label-selected, like :func:`versions_of`)."""
+    items = k8s.list_objects(names.ALIAS_KIND, namespace, function_selector(function))
+    return [a for a in items if (a.get("spec") or {}).get("functionName") == function]
+
+
+def by_number(versions: list[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """Each version number and the FunctionVersion that holds it: the oldest claimant wins.
+
+    *versions* as :func:`versions_of` sorts them. A later FunctionVersion with a
+    taken number is refused (``VersionConflict``), so two never fight over one
+    Deployment.
+    """
+    out: dict[str, Mapping[str, Any]] = {}
+    for v in versions:
+        out.setdefault(str(v["spec"]["version"]), v)
+    return out
+
+
+def ensure_function_label(body: Mapping[str, Any], function: str) -> None:
+    """Label a FunctionVersion or Alias with its function, so label-selected lists find it.
+
+    kfn's own versions are born labelled; a user's (from Git) gets the label on
+    its first pass. Only metadata changes: a version's spec stays immutable.
+    """
+    meta = body["metadata"]
+    wanted = names.label_value(function)
+    if (meta.get("labels") or {}).get(names.LABEL_FUNCTION) == wanted:
+        return
+    k8s.merge_patch(body["kind"], meta["namespace"], meta["name"], {"metadata": {"labels": {names.LABEL_FUNCTION: wanted}}})
 
 
 def referenced_versions(aliases: list[Mapping[str, Any]]) -> set[str]:
@@ -131,10 +169,58 @@ def _snapshot_code(body: Mapping[str, Any], number: int, config: dict[str, Any])
     return {**config, "code": {"zip": new_zip}}
 
 
+def _normalized(image: str) -> str:
+    """An image reference as the container runtime reports it (``nginx`` -> ``docker.io/library/nginx:latest``)."""
+    name, _, digest = image.partition("@")
+    first, _, rest = name.partition("/")
+    if not rest or ("." not in first and ":" not in first and first != "localhost"):
+        name = f"docker.io/{name}" if rest else f"docker.io/library/{name}"
+    if not digest and ":" not in name.rsplit("/", 1)[-1]:
+        name += ":latest"
+    return f"{name}@{digest}" if digest else name
+
+
+def pinned_image(image: str, pods: list[Mapping[str, Any]]) -> str | None:
+    """*image* pinned to the digest a running $LATEST environment reports for it, or None if none does yet.
+
+    kfn has no registry client: the node's container runtime resolved the tag when
+    it pulled (or found) the image, and reports the digest in the pod's
+    ``containerStatuses[].imageID`` (``docker.io/org/app@sha256:…``). Already pinned
+    references come back as they are.
+    """
+    if "@sha256:" in image:
+        return image
+    wanted = _normalized(image)
+    repo = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            if cs.get("name") != "function" or _normalized(cs.get("image") or "") != wanted:
+                continue
+            image_id = cs.get("imageID") or ""
+            if "@sha256:" in image_id:
+                return f"{repo}@sha256:{image_id.rsplit('@sha256:', 1)[1]}"
+    return None
+
+
+def pin_image(namespace: str, function: str, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The config with its code image pinned to a digest (None while no environment reports one)."""
+    image = (config.get("code") or {}).get("image")
+    if not image or "@sha256:" in image:
+        return config
+    selector = ",".join(f"{k}={v}" for k, v in names.selector_labels(function, names.LATEST).items())
+    pinned = pinned_image(image, k8s.list_objects("Pod", namespace, selector))
+    return None if pinned is None else {**config, "code": {**config["code"], "image": pinned}}
+
+
 def publish(
     body: Mapping[str, Any], spec: Any, config: dict[str, Any], code_digest: str, versions: list[dict[str, Any]]
 ) -> tuple[cond.Condition | None, int | None]:
-    """Publish a version if one is asked for. Returns the VersionPublished condition and the newest number."""
+    """Publish a version if one is asked for. Returns the VersionPublished condition and the newest number.
+
+    An image function's version runs ``image@sha256:…``, never a moving tag (Lambda
+    resolves the tag when a version is published); until an environment of
+    $LATEST reports the digest, publishing waits (:class:`CodeUnavailable`).
+    """
     meta = body["metadata"]
     status = body.get("status") or {}
     newest = versions[-1] if versions else None
@@ -145,6 +231,18 @@ def publish(
         if spec.publish == 0 and not versions:
             return None, newest_number
         return cond.true(cond.VERSION_PUBLISHED, cond.NOTHING_TO_PUBLISH, f"newest version: {newest_number}"), newest_number
+    pinned = pin_image(meta["namespace"], meta["name"], config)
+    if pinned is None:
+        raise CodeUnavailable(
+            cond.false(
+                cond.VERSION_PUBLISHED,
+                cond.IMAGE_DIGEST_PENDING,
+                f"spec.code.image: waiting for an execution environment of $LATEST to report the digest of "
+                f"{config['code']['image']}; the version will run that digest, not the tag",
+            )
+        )
+    config = pinned
+    code_digest = image_sha256(config["code"]["image"]) if "image" in (config.get("code") or {}) else code_digest
     digest = version_config_sha256(config, code_digest)
     if newest is not None and (newest["metadata"].get("annotations") or {}).get(names.ANN_CONFIG_SHA256) == digest:
         if requested:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from kfn import k8s, names
+from kfn import k8s, metrics, names
 
 log = logging.getLogger("kfn.operator")
 
@@ -91,6 +91,7 @@ class Resync:
             return 0
         objs = self.objects()
         list(self.pool.map(lambda kb: self.one(*kb), objs))
+        metrics.RESYNC_PASSES.inc()
         return len(objs)
 
     async def run_forever(self) -> None:

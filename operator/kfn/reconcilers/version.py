@@ -11,7 +11,7 @@ from kfn.models.base import SpecError
 from kfn.models.version import parse_function_version_spec
 from kfn.reconcilers.common import WAIT_SECONDS, Outcome, being_deleted, finish, invalid_spec
 from kfn.reconcilers.environment import CodeUnavailable, code_sha256, provisioned_floor, reconcile_environment
-from kfn.reconcilers.function import aliases_of
+from kfn.reconcilers.function import aliases_of, by_number, ensure_function_label, versions_of
 from kfn.resources import EnvironmentInput, Images, Owner
 
 
@@ -29,6 +29,20 @@ def reconcile_version(body: Mapping[str, Any], images: Images) -> Outcome:
     version = str(spec.version)
     config = spec.config.to_api()
     outcome = Outcome()
+    ensure_function_label(body, function)
+    holder = by_number(versions_of(namespace, function)).get(version)
+    if holder is not None and holder["metadata"]["uid"] != meta["uid"]:
+        # One number, one Deployment: the later claimant stands aside instead of taking it over.
+        c = cond.false(
+            cond.READY,
+            cond.VERSION_CONFLICT,
+            f"spec.version: version {version} of {function} is FunctionVersion {holder['metadata']['name']} already; "
+            "delete this one or give it a free number",
+        )
+        outcome.conditions = [c]
+        outcome.status = {"state": "Failed"}
+        outcome.permanent = c.message
+        return finish(body, outcome)
     try:
         digest = code_sha256(namespace, config)
     except CodeUnavailable as e:

@@ -263,10 +263,23 @@ def make_deployment(inp: EnvironmentInput, plan: CodePlan) -> dict[str, Any]:
             # No replicas: the scaler owns them (server-side apply keeps them out of our field set).
             "selector": {"matchLabels": names.selector_labels(inp.function, inp.version)},
             "revisionHistoryLimit": 2,
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "strategy": rollout_strategy(spec.get("reservedConcurrency")),
             "template": {"metadata": {"labels": template_labels, "annotations": annotations}, "spec": pod_spec},
         },
     }
+
+
+def rollout_strategy(reserved: int | None) -> dict[str, Any]:
+    """How a Deployment replaces environments on a change.
+
+    Without a reservation one extra environment may start first (no capacity
+    dip). With reserved concurrency N no extra one may: the gateway's exact
+    concurrency relies on "concurrency <= environments <= N", so a rollout takes
+    one old environment down before it starts a new one.
+    """
+    if reserved is None:
+        return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
 
 
 def make_service(inp: EnvironmentInput) -> dict[str, Any]:

@@ -1,4 +1,24 @@
-"""The Kubernetes permissions ``kfn operator`` needs (least privilege), for the chart's ClusterRole."""
+"""The Kubernetes permissions ``kfn operator`` needs — exactly those, nothing more.
+
+Each rule names the code that uses it. ``tests/integration/test_rbac.py``
+runs the operator as its real ServiceAccount with these rules and fails on a
+permission that is missing (a 403) or granted but unused, so this table and
+the code cannot drift apart.
+
+Two scopes (:func:`operator_rules`):
+
+* cluster-wide: one ClusterRole (+ ClusterRoleBinding), peering through a
+  ``ClusterKopfPeering``;
+* some namespaces only: the same rules as a Role (+ RoleBinding) in each
+  watched namespace, and nothing cluster-wide — the operator runs with Kopf's
+  cluster scanning off, so it needs neither namespaces nor CRDs.
+
+Secrets: ``get`` reads a zip a Function points at (``spec.code.zip.secretRef``),
+``patch`` writes a published version's immutable snapshot of it (server-side
+apply), ``delete`` removes that snapshot with its version. kfn never lists or
+watches Secrets; in cluster-wide mode the ``get`` is cluster-wide because any
+namespace's Function may name a Secret of its own namespace.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +26,94 @@ from typing import Any
 
 from kfn import names
 
-_RW = ["get", "list", "watch", "create", "patch", "update", "delete"]
+KFN = names.GROUP
 
-OPERATOR_RULES: list[dict[str, Any]] = [
-    {"apiGroups": [names.GROUP], "resources": [names.FUNCTION_PLURAL, names.ALIAS_PLURAL], "verbs": ["get", "list", "watch", "patch"]},
-    {"apiGroups": [names.GROUP], "resources": [names.FUNCTION_VERSION_PLURAL], "verbs": _RW},
-    {
-        "apiGroups": [names.GROUP],
-        "resources": [f"{p}/status" for p in (names.FUNCTION_PLURAL, names.FUNCTION_VERSION_PLURAL, names.ALIAS_PLURAL)],
-        "verbs": ["get", "patch", "update"],
-    },
-    {"apiGroups": [""], "resources": ["configmaps", "services", "serviceaccounts"], "verbs": _RW},
-    # Secrets: read a zip a Function points at, and write a version's snapshot of it.
-    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch", "delete"]},
-    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": _RW},
-    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": _RW},
-    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-    # Kopf: peering (one active replica) and discovery of the resources it watches.
-    {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings", "kopfpeerings"], "verbs": ["get", "list", "watch", "patch"]},
-    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
-]
+# (group, resource) -> verbs, with the callers that need them.
+_NAMESPACED: dict[tuple[str, str], tuple[str, ...]] = {
+    # get: k8s.get in finish() and child events; list: resync, versions_of/aliases_of,
+    # Kopf's initial list; watch: Kopf; patch: Kopf's progress annotations, ensure_function_label.
+    (KFN, names.FUNCTION_PLURAL): ("get", "list", "watch", "patch"),
+    (KFN, names.ALIAS_PLURAL): ("get", "list", "watch", "patch"),
+    # + create: publish(); delete: collect_garbage().
+    (KFN, names.FUNCTION_VERSION_PLURAL): ("get", "list", "watch", "patch", "create", "delete"),
+    # finish() writes status through the status subresource; so does Kopf's progress storage.
+    (KFN, f"{names.FUNCTION_PLURAL}/status"): ("patch",),
+    (KFN, f"{names.ALIAS_PLURAL}/status"): ("patch",),
+    (KFN, f"{names.FUNCTION_VERSION_PLURAL}/status"): ("patch",),
+    # Children: server-side apply (patch, which also creates), Kopf's child watches (list, watch).
+    # ConfigMaps: get reads a zip (configMapRef); delete drops inline code's ConfigMap and snapshots.
+    ("", "configmaps"): ("get", "list", "watch", "patch", "delete"),
+    ("", "services"): ("list", "watch", "patch"),
+    ("", "serviceaccounts"): ("list", "watch", "patch"),
+    # Deployments: + patch by the provisioned-floor field manager.
+    ("apps", "deployments"): ("list", "watch", "patch"),
+    ("networking.k8s.io", "networkpolicies"): ("list", "watch", "patch"),
+    ("", "secrets"): ("get", "patch", "delete"),
+    # publish() pins an image function's tag to the digest its $LATEST pods report.
+    ("", "pods"): ("list",),
+    # post_event(): Events on condition transitions (Kopf's own posting is off).
+    ("", "events"): ("create",),
+}
+
+# Peering (several replicas, one active): Kopf lists, watches and patches the
+# peering object's status; the resync loop gets it to find the active replica.
+_PEERING_VERBS = ("get", "list", "watch", "patch")
 
 
-def make_cluster_role(name: str = "kfn-operator") -> dict[str, Any]:
-    """The operator's ClusterRole."""
+def operator_rules(clusterwide: bool, peering: bool) -> list[dict[str, Any]]:
+    """PolicyRules for the operator: one rule per resource, verbs sorted (stable diffs).
+
+    *clusterwide* adds ``clusterkopfpeerings`` when *peering*; namespaced
+    peering uses ``kopfpeerings`` in each watched namespace.
+    """
+    table = dict(_NAMESPACED)
+    if peering:
+        table[("kopf.dev", "clusterkopfpeerings" if clusterwide else "kopfpeerings")] = _PEERING_VERBS
+    return [
+        {"apiGroups": [group], "resources": [resource], "verbs": sorted(verbs)}
+        for (group, resource), verbs in sorted(table.items())
+    ]
+
+
+def granted(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """Every (group, resource, verb) a list of PolicyRules grants (no wildcards in kfn's rules)."""
+    return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+def _labels() -> dict[str, str]:
+    return {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: names.COMPONENT_OPERATOR}
+
+
+def make_cluster_role(name: str = "kfn-operator", peering: bool = True) -> dict[str, Any]:
+    """The operator's ClusterRole (cluster-wide mode)."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
-        "metadata": {"name": name, "labels": {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: names.COMPONENT_OPERATOR}},
-        "rules": OPERATOR_RULES,
+        "metadata": {"name": name, "labels": _labels()},
+        "rules": operator_rules(clusterwide=True, peering=peering),
+    }
+
+
+def make_role(name: str, namespace: str, peering: bool = False) -> dict[str, Any]:
+    """The operator's Role in one watched namespace (namespaced mode)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": name, "namespace": namespace, "labels": _labels()},
+        "rules": operator_rules(clusterwide=False, peering=peering),
+    }
+
+
+def make_binding(name: str, service_account: str, sa_namespace: str, namespace: str | None = None) -> dict[str, Any]:
+    """Bind the operator's ServiceAccount to its role: a RoleBinding in *namespace*, else a ClusterRoleBinding."""
+    kind = "RoleBinding" if namespace else "ClusterRoleBinding"
+    meta: dict[str, Any] = {"name": name, "labels": _labels()}
+    if namespace:
+        meta["namespace"] = namespace
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": kind,
+        "metadata": meta,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role" if namespace else "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": sa_namespace}],
     }

@@ -1,0 +1,131 @@
+"""What kfn last applied to each child, and whether it still stands — so an idle resync writes nothing.
+
+A resync that server-side applies every child of every function again is a
+write request per child per pass (N x 6 PATCHes every 30 s at N functions),
+even when nothing changed. Instead, after each apply kfn remembers a digest of
+what it sent and a digest of the fields its field manager owns in the
+answer (``metadata.managedFields``). The label-selected child watches keep that
+up to date: when someone edits a field kfn owns, the API server moves that
+field to the editor's manager, kfn's owned-field digest changes, and the next
+pass applies again (drift repaired); a deletion drops the entry. A child whose
+desired digest and owned fields are both unchanged is not sent again.
+
+Only enabled when the child watches run (``kfn operator`` default); without
+them nothing would notice an edit, so every pass applies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kfn import names
+
+_KEY_FIELDS = ("generation", "annotations", "name", "namespace")
+
+
+@dataclass(frozen=True)
+class Applied:
+    desired: str  # digest of the object kfn sent
+    owned: str  # digest of the fields kfn's manager owns in the API server's answer
+    state: dict[str, Any] | None  # Deployments: the fields status is computed from
+
+
+def digest(obj: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def owned_fields(live: Mapping[str, Any], manager: str = names.FIELD_MANAGER) -> str:
+    """Digest of the fields *manager* owns through server-side apply (``managedFields``)."""
+    entries = [
+        m.get("fieldsV1")
+        for m in (live.get("metadata") or {}).get("managedFields") or []
+        if m.get("manager") == manager and m.get("operation") == "Apply" and not m.get("subresource")
+    ]
+    return digest({"owned": entries})
+
+
+def deployment_state(live: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a Deployment that status and the provisioned floor are computed from."""
+    meta = live.get("metadata") or {}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {k: meta[k] for k in _KEY_FIELDS if k in meta},
+        "spec": {"replicas": (live.get("spec") or {}).get("replicas")},
+        "status": dict(live.get("status") or {}),
+    }
+
+
+def _key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
+    meta = obj["metadata"]
+    return obj["kind"], meta.get("namespace") or "", meta["name"]
+
+
+class AppliedChildren:
+    """Thread-safe memory of the children kfn applied (handlers and the resync run in threads)."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self._entries: dict[tuple[str, str, str], Applied] = {}
+        self._absent: set[tuple[str, str, str]] = set()
+        self._lock = threading.Lock()
+
+    def known_absent(self, kind: str, namespace: str, name: str) -> bool:
+        """Whether kfn deleted this child and no watch event has shown it since (no need to delete again)."""
+        with self._lock:
+            return self.enabled and (kind, namespace, name) in self._absent
+
+    def mark_absent(self, kind: str, namespace: str, name: str) -> None:
+        if self.enabled:
+            with self._lock:
+                self._absent.add((kind, namespace, name))
+                self._entries.pop((kind, namespace, name), None)
+
+    def unchanged(self, desired: Mapping[str, Any]) -> Applied | None:
+        """The entry if *desired* was applied already and still stands, else None (apply it)."""
+        if not self.enabled:
+            return None
+        with self._lock:
+            entry = self._entries.get(_key(desired))
+        return entry if entry is not None and entry.desired == digest(desired) else None
+
+    def record(self, desired: Mapping[str, Any], answer: Mapping[str, Any]) -> None:
+        """Remember an apply and the API server's answer to it."""
+        if not self.enabled:
+            return
+        state = deployment_state(answer) if desired["kind"] == "Deployment" else None
+        with self._lock:
+            self._entries[_key(desired)] = Applied(digest(desired), owned_fields(answer), state)
+
+    def observe(self, event_type: str | None, live: Mapping[str, Any]) -> None:
+        """Follow a watch event of a child: forget it when deleted or edited, refresh a Deployment's state."""
+        key = _key({"kind": live.get("kind"), "metadata": live.get("metadata") or {}})
+        with self._lock:
+            if event_type != "DELETED":
+                self._absent.discard(key)
+            entry = self._entries.get(key)
+            if entry is None:
+                return
+            if event_type == "DELETED" or owned_fields(live) != entry.owned:
+                del self._entries[key]
+            elif entry.state is not None:
+                self._entries[key] = Applied(entry.desired, entry.owned, deployment_state(live))
+
+    def update_state(self, answer: Mapping[str, Any]) -> None:
+        """A Deployment changed by kfn's other field manager (the floor): keep its state, not its digests."""
+        key = _key(answer)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries[key] = Applied(entry.desired, entry.owned, deployment_state(answer))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+APPLIED = AppliedChildren()

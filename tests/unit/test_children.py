@@ -1,0 +1,63 @@
+"""The memory of applied children: an idle resync writes nothing, yet every edit or deletion is applied again."""
+
+from __future__ import annotations
+
+from kfn.reconcilers.children import AppliedChildren
+
+
+def desired(replicas_hint: str = "a") -> dict:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "f-latest", "namespace": "ns", "annotations": {"x": replicas_hint}}}
+
+
+def live(owned: dict, manager: str = "kfn-operator") -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "f-latest", "namespace": "ns",
+                     "managedFields": [{"manager": manager, "operation": "Apply", "fieldsV1": owned}]},
+    }  # fmt: skip
+
+
+def memory() -> AppliedChildren:
+    m = AppliedChildren()
+    m.enabled = True
+    m.record(desired(), live({"f:spec": {"f:selector": {}}}))
+    return m
+
+
+def test_an_applied_child_that_still_stands_is_not_sent_again() -> None:
+    m = memory()
+    assert m.unchanged(desired()) is not None
+    m.observe("MODIFIED", live({"f:spec": {"f:selector": {}}}))  # e.g. the controller wrote status
+    assert m.unchanged(desired()) is not None
+
+
+def test_a_changed_desired_object_is_applied() -> None:
+    assert memory().unchanged(desired("b")) is None
+
+
+def test_a_hand_edit_takes_a_field_from_kfn_so_the_next_pass_applies_again() -> None:
+    m = memory()
+    m.observe("MODIFIED", live({"f:spec": {}}))  # kubectl patch moved f:selector to its own manager
+    assert m.unchanged(desired()) is None
+
+
+def test_a_deleted_child_is_applied_again() -> None:
+    m = memory()
+    m.observe("DELETED", live({"f:spec": {"f:selector": {}}}))
+    assert m.unchanged(desired()) is None
+
+
+def test_without_child_watches_every_pass_applies() -> None:
+    m = AppliedChildren()
+    m.record(desired(), live({}))
+    assert m.unchanged(desired()) is None
+    assert not m.known_absent("ConfigMap", "ns", "f-latest-code")
+
+
+def test_a_deleted_child_is_not_deleted_again_until_it_reappears() -> None:
+    m = memory()
+    m.mark_absent("ConfigMap", "ns", "code")
+    assert m.known_absent("ConfigMap", "ns", "code")
+    m.observe("ADDED", {"kind": "ConfigMap", "metadata": {"name": "code", "namespace": "ns"}})
+    assert not m.known_absent("ConfigMap", "ns", "code")

@@ -176,23 +176,29 @@ def test_invalid_values_fail_before_anything_is_created(
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
     assert rel.run("list", "-q").stdout.strip() == ""
     for kind in ("deployments", "serviceaccounts", "networkpolicies", "configmaps", "secrets"):
-        objs = [o for o in Api(cluster, namespace).list(kind) if o["metadata"]["name"] != "kube-root-ca.crt"]
+        # what Kubernetes itself puts in every namespace does not count
+        objs = [o for o in Api(cluster, namespace).list(kind) if o["metadata"]["name"] not in ("kube-root-ca.crt", "default")]
         assert not objs, f"{kind} created by a failed install: {[o['metadata']['name'] for o in objs]}"
     assert not [r for r in cluster.kubectl("get", "clusterroles", "-o", "name").stdout.split() if namespace in r]
 
 
+@pytest.mark.parametrize(("scope", "rbac_kind"), [("cluster-wide", "ClusterRole"), ("namespaced", "Role")])
 def test_rendered_manifests_pass_the_api_servers_dry_run(helm_bin: str, cluster: Any, crds_installed: list[str],
-                                                         namespace: str) -> None:
+                                                         namespace: str, scope: str, rbac_kind: str) -> None:
     # every object the chart renders, as the pinned API server validates it (schema, defaults, admission)
     args = ["template", namespace, str(CHART), "--namespace", namespace, "--kube-version", "1.35.4",
-            "--set", f"operator.watchNamespaces={{{namespace}}}", "--set", "argocd.healthChecks.enabled=true",
-            "--set", f"argocd.healthChecks.namespace={namespace}"]  # fmt: skip
+            "--set", "argocd.healthChecks.enabled=true", "--set", f"argocd.healthChecks.namespace={namespace}",
+            "--set", "gateway.autoscaling.enabled=true"]  # fmt: skip
+    if scope == "namespaced":
+        args += ["--set", f"operator.watchNamespaces={{{namespace}}}"]
     rendered = helm(helm_bin, *args).stdout
-    kinds = sorted({d["kind"] for d in yaml.safe_load_all(rendered) if d})
-    assert {"CustomResourceDefinition", "Deployment", "ClusterRole", "NetworkPolicy", "ConfigMap"} <= set(kinds)
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    kinds = {d["kind"] for d in docs}
+    assert {"CustomResourceDefinition", "Deployment", rbac_kind, "NetworkPolicy", "ConfigMap",
+            "PodDisruptionBudget", "HorizontalPodAutoscaler"} <= kinds
     out = cluster.kubectl("apply", "--dry-run=server", "--server-side", "--force-conflicts",
                           "--field-manager", f"dry-run-{namespace}", "-f", "-", input=rendered)
-    assert out.stdout.count("serverside-applied (server dry run)") == len([d for d in yaml.safe_load_all(rendered) if d])
+    assert out.stdout.count("serverside-applied (server dry run)") == len(docs), out.stdout
 
 
 def test_crds_upgrade_with_the_release_and_survive_uninstall(

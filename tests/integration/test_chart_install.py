@@ -241,3 +241,45 @@ def test_crds_upgrade_with_the_release_and_survive_uninstall(
         cluster.kubectl("delete", "crd", "--ignore-not-found", "--wait=false",
                         *[f"{p}.{group}" for p in ("functions", "functionversions", "aliases", "eventsourcemappings")],
                         check=False)
+
+
+def test_service_accounts_can_do_exactly_what_the_code_needs(
+    helm_bin: str, cluster: Any, crds_installed: list[str], namespace: str
+) -> None:
+    # `kubectl auth can-i` as each ServiceAccount, against the API server's own authorizer
+    rel = Release(helm_bin, cluster, namespace)
+    other = "default"  # a namespace the release does not watch
+    try:
+        rel.install(wait=False)
+        operator_sa = f"system:serviceaccount:{namespace}:{namespace}-operator"
+        gateway_sa = f"system:serviceaccount:{namespace}:{namespace}-gateway"
+        matrix = [
+            (operator_sa, "patch", "deployments.apps", namespace, True),
+            (operator_sa, "create", "functionversions.kfn.dev", namespace, True),
+            (operator_sa, "patch", "functions.kfn.dev/status", namespace, True),
+            (operator_sa, "update", "functions.kfn.dev/status", namespace, False),  # patch only
+            (gateway_sa, "patch", "deployments.apps/scale", namespace, False),
+            (operator_sa, "get", "secrets", namespace, True),
+            (operator_sa, "list", "secrets", namespace, False),  # kfn never reads every Secret
+            (operator_sa, "patch", "deployments.apps", other, False),  # only the watched namespace
+            (operator_sa, "list", "namespaces", "", False),  # nothing cluster-wide
+            (operator_sa, "list", "customresourcedefinitions.apiextensions.k8s.io", "", False),
+            (gateway_sa, "list", "functions.kfn.dev", namespace, True),
+            (gateway_sa, "update", "deployments.apps/scale", namespace, True),
+            (gateway_sa, "list", "endpointslices.discovery.k8s.io", namespace, True),
+            (gateway_sa, "patch", "deployments.apps", namespace, False),
+            (gateway_sa, "get", "secrets", namespace, False),
+            (gateway_sa, "create", "functions.kfn.dev", namespace, False),
+            (gateway_sa, "list", "functions.kfn.dev", other, False),
+        ]  # fmt: skip
+        wrong = []
+        for who, verb, resource, ns, allowed in matrix:
+            kind, _, sub = resource.partition("/")  # kind/sub is a subresource, not kind/name
+            args = ["auth", "can-i", verb, kind, "--as", who] + (["--subresource", sub] if sub else [])
+            args += ["-n", ns] if ns else []
+            answer = cluster.kubectl(*args, check=False).stdout.strip()
+            if answer != ("yes" if allowed else "no"):
+                wrong.append(f"{who.rsplit(':', 1)[1]} {verb} {resource} in {ns or 'the cluster'}: {answer}")
+        assert not wrong, "\n".join(wrong)
+    finally:
+        rel.uninstall()

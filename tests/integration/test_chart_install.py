@@ -64,8 +64,8 @@ class Release:
         return self.run("uninstall", self.name, "--wait", "--ignore-not-found", check=False)
 
 
-def lambda_client(address: str) -> Any:
-    return boto3.client("lambda", endpoint_url=f"http://{address}:8080", region_name="us-east-1",
+def lambda_client(address: str, port: int = 8080) -> Any:
+    return boto3.client("lambda", endpoint_url=f"http://{address}:{port}", region_name="us-east-1",
                         aws_access_key_id="x", aws_secret_access_key="x",
                         config=Config(retries={"max_attempts": 1}, read_timeout=30))
 
@@ -105,8 +105,14 @@ def test_install_serves_upgrade_keeps_serving_uninstall_leaves_functions(
         assert f"kubectl -n {namespace} apply -f -" in out.stdout  # NOTES: the first function, in the watched namespace
         (op_pod,) = operator_pods(api)
         api.apply((REPO / "examples" / "hello-world.yaml").read_text())
-        client = lambda_client(ready_address(api, "hello-latest"))
-        assert invoke(client, {"name": "chart"}) == {"statusCode": 200, "body": json.dumps({"hello": "chart"})}
+        api.wait_ready("function", "hello", timeout=120)
+        # boto3 through the chart's gateway Service, as NOTES.txt tells a user
+        gateway = api.get("service", f"{namespace}-gateway")
+        assert gateway is not None
+        client = lambda_client(gateway["spec"]["clusterIP"], port=80)
+        answer = wait_until(lambda: _try(lambda: invoke(client, {"name": "chart"})), 240, "hello answers through the gateway",
+                            interval=1)  # fmt: skip
+        assert answer == {"statusCode": 200, "body": json.dumps({"hello": "chart"})}
         first_invoke = time.monotonic() - t0
 
         # helm upgrade with changed values while a client invokes in a loop: no failed invocation
@@ -125,7 +131,9 @@ def test_install_serves_upgrade_keeps_serving_uninstall_leaves_functions(
         worker = threading.Thread(target=loop)
         worker.start()
         try:
-            rel.upgrade("operator.resyncSeconds=45", "operator.podAnnotations.kfn\\.dev/upgraded=yes")
+            # new pod annotations roll both the operator and the gateways
+            rel.upgrade("operator.resyncSeconds=45", "operator.podAnnotations.kfn\\.dev/upgraded=yes",
+                        "gateway.podAnnotations.kfn\\.dev/upgraded=yes")
             (new_pod,) = wait_until(lambda: [p for p in operator_pods(api) if p["metadata"]["uid"] != op_pod["metadata"]["uid"]
                                              and not p["metadata"].get("deletionTimestamp")], 120, "the upgraded operator runs")
         finally:
@@ -134,20 +142,26 @@ def test_install_serves_upgrade_keeps_serving_uninstall_leaves_functions(
         failed = [r for r in results if r != "ok"]
         assert results and not failed, f"{len(failed)} of {len(results)} invocations failed during helm upgrade: {failed[:3]}"
         assert new_pod["metadata"]["annotations"]["kfn.dev/upgraded"] == "yes"
+        gateways = api.list("pods", "kfn.dev/component=gateway")
+        assert gateways and all((p["metadata"].get("annotations") or {}).get("kfn.dev/upgraded") == "yes"
+                                for p in gateways if not p["metadata"].get("deletionTimestamp"))
         assert "--resync-seconds" in (cmd := new_pod["spec"]["containers"][0]["command"]) and cmd[cmd.index("--resync-seconds") + 1] == "45"
         # the upgraded operator reconciles: a code change reaches the function
         fn = yaml.safe_load((REPO / "examples" / "hello-world.yaml").read_text())
         fn["spec"]["code"]["inline"]["files"]["app.py"] = "def handler(event, context):\n    return {'after': 'upgrade'}\n"
         api.apply([fn])
-        wait_until(lambda: _try(lambda: invoke(lambda_client(ready_address(api, "hello-latest")), {})) == {"after": "upgrade"},
-                   240, "the new code answers", interval=2)  # fmt: skip
+        wait_until(lambda: _try(lambda: invoke(client, {})) == {"after": "upgrade"}, 240, "the new code answers",
+                   interval=2)
 
-        # helm uninstall removes kfn (operator, its RBAC) and leaves users' functions serving
+        # helm uninstall removes kfn (operator, gateway, their RBAC) and leaves users' functions serving
         rel.uninstall()
-        wait_until(lambda: not api.list("deployments", "kfn.dev/component=operator"), 60, "the operator is gone")
+        for component in ("operator", "gateway"):
+            wait_until(lambda: not api.list("deployments", f"kfn.dev/component={component}"), 60, f"the {component} is gone")
+        assert api.get("service", f"{namespace}-gateway") is None
         roles = cluster.kubectl("get", "clusterroles", "-o", "name").stdout.split()
         assert not [r for r in roles if namespace in r]
         assert api.get("function", "hello") is not None
+        # no gateway any more: the function's own environment still answers
         assert invoke(lambda_client(ready_address(api, "hello-latest")), {}) == {"after": "upgrade"}
         print(f"helm install -> first invoke: {first_invoke:.1f} s; {len(results)} invocations during upgrade, 0 failed")
     finally:

@@ -250,6 +250,15 @@ def test_crds_upgrade_with_the_release_and_survive_uninstall(
         assert cluster.kubectl("get", "crd", crd, check=False).returncode == 0
         got = cluster.kubectl("get", f"functions.{group}", "kept", "-n", namespace, "-o", "json")
         assert json.loads(got.stdout)["metadata"]["name"] == "kept"
+
+        # installing again: another release name is refused (the kept CRDs name their release) ...
+        other = Release(helm_bin, cluster, namespace, chart)
+        other.name = f"{namespace}-b"
+        refused = other.install("crds.install=true", wait=False, check=False)
+        assert refused.returncode != 0 and "invalid ownership metadata" in refused.stderr, refused.stderr
+        # ... the same name adopts them, with the users' objects
+        rel.install("crds.install=true", wait=False)
+        assert cluster.kubectl("get", f"functions.{group}", "kept", "-n", namespace, check=False).returncode == 0
     finally:
         rel.uninstall()
         cluster.kubectl("delete", "crd", "--ignore-not-found", "--wait=false",

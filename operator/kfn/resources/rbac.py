@@ -14,8 +14,8 @@ Two scopes (:func:`operator_rules`):
   cluster scanning off, so it needs neither namespaces nor CRDs.
 
 Secrets: ``get`` reads a zip a Function points at (``spec.code.zip.secretRef``),
-``patch`` writes a published version's immutable snapshot of it (server-side
-apply), ``delete`` removes that snapshot with its version. kfn never lists or
+``create`` makes a published version's immutable snapshot of it, ``delete``
+removes that snapshot with its version. kfn never lists or
 watches Secrets; in cluster-wide mode the ``get`` is cluster-wide because any
 namespace's Function may name a Secret of its own namespace.
 """
@@ -40,15 +40,16 @@ _NAMESPACED: dict[tuple[str, str], tuple[str, ...]] = {
     (KFN, f"{names.FUNCTION_PLURAL}/status"): ("patch",),
     (KFN, f"{names.ALIAS_PLURAL}/status"): ("patch",),
     (KFN, f"{names.FUNCTION_VERSION_PLURAL}/status"): ("patch",),
-    # Children: server-side apply (patch, which also creates), Kopf's child watches (list, watch).
+    # Children: server-side apply (patch; create too when the apply creates the object),
+    # Kopf's child watches (list, watch).
     # ConfigMaps: get reads a zip (configMapRef); delete drops inline code's ConfigMap and snapshots.
-    ("", "configmaps"): ("get", "list", "watch", "patch", "delete"),
-    ("", "services"): ("list", "watch", "patch"),
-    ("", "serviceaccounts"): ("list", "watch", "patch"),
+    ("", "configmaps"): ("get", "list", "watch", "create", "patch", "delete"),
+    ("", "services"): ("list", "watch", "create", "patch"),
+    ("", "serviceaccounts"): ("list", "watch", "create", "patch"),
     # Deployments: + patch by the provisioned-floor field manager.
-    ("apps", "deployments"): ("list", "watch", "patch"),
-    ("networking.k8s.io", "networkpolicies"): ("list", "watch", "patch"),
-    ("", "secrets"): ("get", "patch", "delete"),
+    ("apps", "deployments"): ("list", "watch", "create", "patch"),
+    ("networking.k8s.io", "networkpolicies"): ("list", "watch", "create", "patch"),
+    ("", "secrets"): ("get", "create", "delete"),
     # publish() pins an image function's tag to the digest its $LATEST pods report.
     ("", "pods"): ("list",),
     # post_event(): Events on condition transitions (Kopf's own posting is off).

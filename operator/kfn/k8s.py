@@ -137,6 +137,9 @@ def request_info(method: str, url: str) -> tuple[str, str, str]:
 
 def _record(method: str, url: str, code: int) -> None:
     group, resource, verb = request_info(method, url)
+    if verb == "patch" and code == 201:
+        # a server-side apply that created the object: the API server authorised it as a create too
+        verb = "create"
     metrics.API_REQUESTS.labels(group, resource, verb, str(code)).inc()
 
 

@@ -164,7 +164,12 @@ def _snapshot_code(body: Mapping[str, Any], number: int, config: dict[str, Any])
         "immutable": True,
         ("binaryData" if ref_kind == "ConfigMap" else "data"): {ZIP_KEY: encoded},
     }
-    k8s.apply(obj)
+    try:
+        k8s.create(obj)
+    except k8s.Conflict:
+        # made by a pass that crashed before creating the version; immutable, so never rewritten
+        # (should its zip differ from the version's codeSha256, the version reports CodeChanged)
+        log.info("snapshot %s %s/%s exists already", ref_kind, meta["namespace"], name)
     new_zip = {field: {"name": name, "key": ZIP_KEY}}
     return {**config, "code": {"zip": new_zip}}
 

@@ -14,8 +14,8 @@ Two scopes (:func:`operator_rules`):
   cluster scanning off, so it needs neither namespaces nor CRDs.
 
 Secrets: ``get`` reads a zip a Function points at (``spec.code.zip.secretRef``),
-``patch`` writes a published version's immutable snapshot of it (server-side
-apply), ``delete`` removes that snapshot with its version. kfn never lists or
+``create`` makes a published version's immutable snapshot of it, ``delete``
+removes that snapshot with its version. kfn never lists or
 watches Secrets; in cluster-wide mode the ``get`` is cluster-wide because any
 namespace's Function may name a Secret of its own namespace.
 """
@@ -49,7 +49,7 @@ _NAMESPACED: dict[tuple[str, str], tuple[str, ...]] = {
     # Deployments: + patch by the provisioned-floor field manager.
     ("apps", "deployments"): ("list", "watch", "create", "patch"),
     ("networking.k8s.io", "networkpolicies"): ("list", "watch", "create", "patch"),
-    ("", "secrets"): ("get", "create", "patch", "delete"),
+    ("", "secrets"): ("get", "create", "delete"),
     # publish() pins an image function's tag to the digest its $LATEST pods report.
     ("", "pods"): ("list",),
     # post_event(): Events on condition transitions (Kopf's own posting is off).

@@ -41,7 +41,7 @@ Api, Operator, wait_until, free_port = rig.Api, rig.Operator, rig.wait_until, ri
 ECHO = """\
 import time
 
-MARK = "v-MARK"
+MARK = "v-@N@"
 
 
 def handler(event, context):
@@ -155,11 +155,11 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any, tmp_path_facto
     w = World(cluster, ns, log_dir)
     try:
         api = w.api
-        api.apply([fn("echo", ECHO.replace("MARK", "1"), publish=1),
+        api.apply([fn("echo", ECHO.replace("@N@", "1"), publish=1),
                    fn("one", RECORDER, reservedConcurrency=1, timeoutSeconds=5),
                    fn("two", RECORDER, reservedConcurrency=2, timeoutSeconds=10)])
         wait_until(lambda: api.get("functionversion", "echo-v1"), 60, "echo version 1 is published")
-        api.apply([fn("echo", ECHO.replace("MARK", "2"), publish=2)])
+        api.apply([fn("echo", ECHO.replace("@N@", "2"), publish=2)])
         wait_until(lambda: api.get("functionversion", "echo-v2"), 60, "echo version 2 is published")
         api.apply([{"apiVersion": "kfn.dev/v1alpha1", "kind": "Alias", "metadata": {"name": "echo-live"},
                     "spec": {"functionName": "echo", "name": "live", "functionVersion": "1",

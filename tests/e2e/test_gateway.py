@@ -258,7 +258,7 @@ def test_aws_cli_invokes_through_the_gateway(world: World, tmp_path: Path) -> No
            "AWS_DEFAULT_REGION": "us-east-1"}
     aws = str(Path(sys.executable).parent / "aws")
     p = subprocess.run([aws, "lambda", "invoke", "--endpoint-url", world.gateways[0].url, "--function-name", "echo",
-                        "--qualifier", "live", "--cli-binary-format", "raw-in-base64-out",
+                        "--qualifier", "live",
                         "--payload", '{"via": "cli"}', "--log-type", "Tail", str(out)],
                        capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 0, p.stderr

@@ -287,7 +287,8 @@ def test_reserved_concurrency_one_admits_one_of_two_concurrent_invokes(client: A
 def test_three_gateways_never_run_more_than_the_reservation(world: World) -> None:
     while len(world.gateways) < 3:
         world.gateway()
-    clients = [lambda_client(g.url) for g in world.gateways]
+    # a caller may be held for a cold start (a pod starting on a busy node): read timeout above the hold
+    clients = [lambda_client(g.url, read_timeout=150) for g in world.gateways]
     results: list[Any] = []
     lock = threading.Lock()
     go = threading.Barrier(20)
@@ -301,6 +302,8 @@ def test_three_gateways_never_run_more_than_the_reservation(world: World) -> Non
                 r: Any = payload(out)
             except c.exceptions.TooManyRequestsException as e:
                 r = e.response["Reason"]
+            except botocore.exceptions.BotoCoreError as e:  # recorded, so the assertion below names it
+                r = type(e).__name__
             with lock:
                 results.append(r)
 

@@ -74,7 +74,7 @@ run: venv ## bring up the local cluster, install kfn, deploy the hello-world exa
 	  $(KFN) invoke hello --payload '{"name": "kfn"}' --log-type Tail; \
 	  gw=$$($$kubectl -n kfn-system get service kfn-gateway -o jsonpath='{.spec.clusterIP}'); \
 	  boto3_line="$(abspath $(PY)) -c \"import boto3; c = boto3.client('lambda', endpoint_url='http://$$gw', region_name='us-east-1', aws_access_key_id='any', aws_secret_access_key='any'); print(c.invoke(FunctionName='hello', Payload=b'{\\\"name\\\": \\\"boto3\\\"}')['Payload'].read().decode())\""; \
-	  aws_line="AWS_ACCESS_KEY_ID=any AWS_SECRET_ACCESS_KEY=any $(abspath $(VENV))/bin/aws lambda invoke --endpoint-url http://$$gw --region us-east-1 --function-name hello --cli-binary-format raw-in-base64-out --payload '{\"name\": \"aws\"}' /dev/stdout"; \
+	  aws_line="AWS_ACCESS_KEY_ID=any AWS_SECRET_ACCESS_KEY=any $(abspath $(VENV))/bin/aws lambda invoke --endpoint-url http://$$gw --region us-east-1 --function-name hello --payload '{\"name\": \"aws\"}' /dev/stdout"; \
 	  echo "==> the gateway's Service (kfn-system/kfn-gateway) at http://$$gw speaks the Lambda API:"; \
 	  echo "$$boto3_line"; eval "$$boto3_line"; \
 	  echo "$$aws_line"; eval "$$aws_line"; \

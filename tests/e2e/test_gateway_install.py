@@ -57,7 +57,7 @@ def test_installed_gateway_serves_boto3_the_aws_cli_and_kfn_invoke(
         result = tmp_path / "out.json"
         cli = subprocess.run(
             [aws, "lambda", "invoke", "--endpoint-url", f"http://{ip}", "--region", "us-east-1", "--function-name",
-             "hello", "--cli-binary-format", "raw-in-base64-out", "--payload", '{"name": "aws"}', str(result)],
+             "hello", "--payload", '{"name": "aws"}', str(result)],
             capture_output=True, text=True, timeout=60,
             env={**cluster.env, "AWS_ACCESS_KEY_ID": "any", "AWS_SECRET_ACCESS_KEY": "any"})
         assert cli.returncode == 0, cli.stderr

@@ -148,6 +148,10 @@ def test_operator_runs_what_kfn_install_runs(render: Render, image: str, watch: 
     for key in ("volumes", "terminationGracePeriodSeconds"):
         assert gw["spec"]["template"]["spec"][key] == gw_ours["spec"]["template"]["spec"][key], key
     assert gw["spec"]["strategy"] == gw_ours["spec"]["strategy"]
+    # a terminating gateway serves on until kube-proxy has dropped it, then drains within the grace period
+    sleep = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    grace = float(c["command"][c["command"].index("--grace-seconds") + 1])
+    assert 0 < sleep and sleep + grace < gw["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert gw["spec"]["replicas"] == gw_ours["spec"]["replicas"] == 2
 
 

@@ -153,7 +153,7 @@ def test_install_serves_upgrade_keeps_serving_uninstall_leaves_functions(
         wait_until(lambda: _try(lambda: invoke(client, {})) == {"after": "upgrade"}, 240, "the new code answers",
                    interval=2)
         # every environment runs the new code once the rollout is over (the old ones are gone)
-        api.kubectl("rollout", "status", "deployment/hello-latest", "--timeout=240s")
+        api.kubectl("rollout", "status", "deployment/hello-latest", "--timeout=110s")  # within kubectl()'s 120 s
 
         # helm uninstall removes kfn (operator, gateway, their RBAC) and leaves users' functions serving
         rel.uninstall()

@@ -60,6 +60,14 @@ def install_peering(name: str, namespaces: list[str]) -> None:
     raise SystemExit("the Kopf peering CRD was not served within 15 s")
 
 
+class QuietChildEvents(logging.Filter):
+    """Drops Kopf's "Handler 'child-…' succeeded." lines (one per event of every child)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith("Handler 'child-") and msg.endswith("succeeded."))
+
+
 def run(args: argparse.Namespace) -> int:
     import kopf
 
@@ -72,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
         log_refkey="object",
     )
+    # Kopf logs every handler run; the child watches run one per event of every child, which says
+    # nothing (failures still show): keep the log for what happens to kfn's own objects.
+    logging.getLogger("kopf.objects").addFilter(QuietChildEvents())
     k8s.configure(args.kubeconfig, args.context, pool_size=args.workers + 4)
     if args.install_peering and not args.standalone:
         install_peering(args.peering, args.namespace)

@@ -110,6 +110,32 @@ def environments_changed(deployment: Mapping[str, Any], owner: tuple[str, str], 
     return (reported.get("replicas"), reported.get("readyReplicas")) != (status.get("replicas", 0), status.get("readyReplicas", 0))
 
 
+class EnvironmentsSeen:
+    """The environment counts and failure reasons last seen per Deployment, to skip events that change neither."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], tuple[Any, ...]] = {}
+
+    def changed(self, deployment: Mapping[str, Any]) -> bool:
+        meta, status = deployment.get("metadata") or {}, deployment.get("status") or {}
+        if status.get("observedGeneration", 0) < meta.get("generation", 0):
+            return False  # the controller has not caught up yet; another event follows
+        reasons = tuple(sorted((c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or []))
+        now = (status.get("replicas", 0), status.get("readyReplicas", 0), status.get("updatedReplicas", 0), reasons)
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if self._seen.get(key) == now:
+            return False
+        self._seen[key] = now
+        return True
+
+    def forget(self, deployment: Mapping[str, Any]) -> None:
+        meta = deployment.get("metadata") or {}
+        self._seen.pop((meta.get("namespace", ""), meta.get("name", "")), None)
+
+
+ENVIRONMENTS = EnvironmentsSeen()
+
+
 def follow_child(child_kind: str, event_type: str, body: dict[str, Any], owner: tuple[str, str], cfg: OperatorConfig) -> None:
     """Reconcile a child's owner when the child was deleted, or its environments changed."""
     meta = body["metadata"]
@@ -211,6 +237,10 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Ta
                 APPLIED.observe(type, plain(body))
                 if type not in ("DELETED", "MODIFIED") or (type == "MODIFIED" and _child_kind != "Deployment"):
                     return
+                if type == "MODIFIED" and not ENVIRONMENTS.changed(plain(body)):
+                    return  # a status write that changes nothing the owner reports (most of them)
+                if type == "DELETED" and _child_kind == "Deployment":
+                    ENVIRONMENTS.forget(plain(body))
                 owner = controller_of(meta)
                 if owner is None:
                     return

@@ -91,6 +91,15 @@ build() {
   log "built $ref ($(du -m "$archive" | cut -f1) MB) in $((SECONDS - t0)) s"
 }
 
+# digest_ref NAME REF: also name the image repo@sha256:<manifest digest>, as a pull from a registry
+# does; the kubelet then reports that as a pod's imageID, and pods may name it to pin an image
+# (kfn's published versions of image functions do).
+digest_ref() {
+  local digest
+  digest=$(ctr -a "$CONTAINERD_SOCK" -n k8s.io images ls | awk -v r="$2" '$1 == r {print $3}')
+  [ -z "$digest" ] || ctr -a "$CONTAINERD_SOCK" -n k8s.io images tag --force "$2" "docker.io/kfn/$1@$digest" >/dev/null
+}
+
 # load NAME: import the archive into the node's containerd if it is running
 # and does not have this build yet.
 load() {
@@ -105,10 +114,12 @@ load() {
   fi
   if [ "$(cat "$mark" 2>/dev/null)" = "$(cat "$IMAGE_CACHE/$stem.hash")" ] \
     && [[ $'\n'$(ctr -a "$CONTAINERD_SOCK" -n k8s.io images ls -q)$'\n' == *$'\n'"$ref"$'\n'* ]]; then
+    digest_ref "$1" "$ref"
     return 0
   fi
   local t0=$SECONDS
   ctr -a "$CONTAINERD_SOCK" -n k8s.io images import "$archive" >/dev/null
+  digest_ref "$1" "$ref"
   mkdir -p "$RUN_DIR/imported"
   cp "$IMAGE_CACHE/$stem.hash" "$mark"
   log "loaded $ref into containerd ($((SECONDS - t0)) s)"

@@ -15,6 +15,7 @@ delay, an invalid spec is a permanent error (status already says why).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -109,6 +110,45 @@ def environments_changed(deployment: Mapping[str, Any], owner: tuple[str, str], 
     return (reported.get("replicas"), reported.get("readyReplicas")) != (status.get("replicas", 0), status.get("readyReplicas", 0))
 
 
+class EnvironmentsSeen:
+    """The environment counts and failure reasons last seen per Deployment, to skip events that change neither."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], tuple[Any, ...]] = {}
+
+    def changed(self, deployment: Mapping[str, Any]) -> bool:
+        meta, status = deployment.get("metadata") or {}, deployment.get("status") or {}
+        if status.get("observedGeneration", 0) < meta.get("generation", 0):
+            return False  # the controller has not caught up yet; another event follows
+        reasons = tuple(sorted((c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or []))
+        now = (status.get("replicas", 0), status.get("readyReplicas", 0), status.get("updatedReplicas", 0), reasons)
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if self._seen.get(key) == now:
+            return False
+        self._seen[key] = now
+        return True
+
+    def forget(self, deployment: Mapping[str, Any]) -> None:
+        meta = deployment.get("metadata") or {}
+        self._seen.pop((meta.get("namespace", ""), meta.get("name", "")), None)
+
+
+ENVIRONMENTS = EnvironmentsSeen()
+
+
+def follow_child(child_kind: str, event_type: str, body: dict[str, Any], owner: tuple[str, str], cfg: OperatorConfig) -> None:
+    """Reconcile a child's owner when the child was deleted, or its environments changed."""
+    meta = body["metadata"]
+    try:
+        if event_type == "DELETED":
+            metrics.CHILD_REPAIRS.labels(child_kind).inc()
+            reconcile_by_name(owner[0], meta["namespace"], owner[1], cfg)
+        elif environments_changed(body, owner, meta["namespace"]):
+            reconcile_by_name(owner[0], meta["namespace"], owner[1], cfg)
+    except k8s.ApiError as e:
+        log.warning("following %s %s failed: %s", child_kind, meta.get("name"), e)
+
+
 def reconcile_any(cfg: OperatorConfig) -> Callable[[str, dict[str, Any]], None]:
     """Reconcile an object of any kfn kind (for the resync loop)."""
 
@@ -190,22 +230,21 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Ta
         selector = CHILD_SELECTOR
         for child_kind, (cgroup, cversion, cplural) in CHILD_KINDS.items():
 
-            def on_child(body: kopf.Body, type: str | None, _child_kind: str = child_kind, **_: Any) -> None:
+            async def on_child(body: kopf.Body, type: str | None, _child_kind: str = child_kind, **_: Any) -> None:
+                # async: most events only update the memory of applied children, which is not
+                # worth a trip through the handler thread pool; API calls go to a thread.
                 meta = body.get("metadata", {})
                 APPLIED.observe(type, plain(body))
                 if type not in ("DELETED", "MODIFIED") or (type == "MODIFIED" and _child_kind != "Deployment"):
                     return
+                if type == "MODIFIED" and not ENVIRONMENTS.changed(plain(body)):
+                    return  # a status write that changes nothing the owner reports (most of them)
+                if type == "DELETED" and _child_kind == "Deployment":
+                    ENVIRONMENTS.forget(plain(body))
                 owner = controller_of(meta)
                 if owner is None:
                     return
-                try:
-                    if type == "DELETED":
-                        metrics.CHILD_REPAIRS.labels(_child_kind).inc()
-                        reconcile_by_name(owner[0], meta["namespace"], owner[1], cfg)
-                    elif environments_changed(plain(body), owner, meta["namespace"]):
-                        reconcile_by_name(owner[0], meta["namespace"], owner[1], cfg)
-                except k8s.ApiError as e:
-                    log.warning("following %s %s failed: %s", _child_kind, meta.get("name"), e)
+                await asyncio.to_thread(follow_child, _child_kind, type, plain(body), owner, cfg)
 
             # Every event keeps the memory of applied children true (an edit makes the next
             # pass apply again); deletions of any child are repaired at once; Deployments'

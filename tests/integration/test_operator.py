@@ -279,6 +279,10 @@ def test_publish_versions_and_a_weighted_alias(operator: Operator, api: Api) -> 
     wait_until(lambda: (api.get("deployment", "shop-v1") or {}).get("spec", {}).get("replicas") == 9, 30, "v1 has 9 replicas")
     dep2 = api.get("deployment", "shop-v2")
     assert dep2 is not None and dep2["metadata"]["annotations"]["kfn.dev/provisioned-concurrency"] == "1"
+    # Floors go down too: provisioned concurrency 2 at 90/10 keeps 2 and 1.
+    alias["spec"]["provisionedConcurrency"] = 2
+    api.apply([alias])
+    wait_until(lambda: (api.get("deployment", "shop-v1") or {}).get("spec", {}).get("replicas") == 2, 30, "v1 goes down to 2 replicas")
 
     # A published version is immutable: the API server refuses a change.
     refused = api.kubectl("patch", "functionversion", "shop-v1", "--type=merge", "-p", '{"spec":{"config":{"memoryMB":512}}}', check=False)
@@ -508,3 +512,19 @@ def test_operator_logs_are_json_lines_naming_the_object(operator: Operator, api:
     about = [r for r in records if (r.get("object") or {}).get("name") == "logged"]
     assert about, "no log line names the Function it is about"
     assert about[0]["object"]["namespace"] == api.ns
+
+
+def test_two_versions_claiming_one_number_do_not_fight_over_its_deployment(operator: Operator, api: Api) -> None:
+    api.apply([function("dup", publish=1, architecture=NO_NODE_ARCH)])
+    v1 = api.wait_ready("functionversion", "dup-v1")
+    # A second FunctionVersion (e.g. from Git) claims number 1 too.
+    second = {"apiVersion": "kfn.dev/v1alpha1", "kind": "FunctionVersion", "metadata": {"name": "dup-one"},
+              "spec": {"functionName": "dup", "version": 1, "config": v1["spec"]["config"]}}  # fmt: skip
+    api.apply([second])
+    c = wait_until(lambda: api.condition("functionversion", "dup-one"), 60, "dup-one has a Ready condition")
+    assert (c["status"], c["reason"]) == ("False", "VersionConflict")
+    assert "dup-v1" in c["message"]
+    operator.wait_resync_passes(2)
+    owners = api.get("deployment", "dup-v1")["metadata"]["ownerReferences"]  # type: ignore[index]
+    assert [o["name"] for o in owners] == ["dup-v1"], "the Deployment stays with the version that held the number first"
+    assert api.ready("functionversion", "dup-v1")

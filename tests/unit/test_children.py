@@ -61,3 +61,20 @@ def test_a_deleted_child_is_not_deleted_again_until_it_reappears() -> None:
     assert m.known_absent("ConfigMap", "ns", "code")
     m.observe("ADDED", {"kind": "ConfigMap", "metadata": {"name": "code", "namespace": "ns"}})
     assert not m.known_absent("ConfigMap", "ns", "code")
+
+
+def test_deployment_events_that_change_no_environment_count_are_skipped() -> None:
+    from kfn.handlers import EnvironmentsSeen
+
+    seen = EnvironmentsSeen()
+
+    def dep(ready: int, generation: int = 1, observed: int = 1) -> dict:
+        return {"metadata": {"name": "f-latest", "namespace": "ns", "generation": generation},
+                "status": {"observedGeneration": observed, "replicas": 1, "readyReplicas": ready}}  # fmt: skip
+
+    assert seen.changed(dep(0))
+    assert not seen.changed(dep(0)), "the same counts again: nothing for the owner to report"
+    assert not seen.changed(dep(1, generation=2)), "the controller has not caught up yet"
+    assert seen.changed(dep(1))
+    seen.forget(dep(1))
+    assert seen.changed(dep(1))

@@ -148,26 +148,30 @@ def test_the_oldest_claimant_of_a_version_number_holds_it():
     assert {k: v["metadata"]["name"] for k, v in by_number([older, newer, other]).items()} == {"1": "shop-v1", "2": "shop-v2"}
 
 
-def _pod(image: str, image_id: str, name: str = "function") -> dict:
-    return {"status": {"containerStatuses": [{"name": name, "image": image, "imageID": image_id}]}}
+def _pod(image_id: str, code: str = "c1", name: str = "function") -> dict:
+    return {"metadata": {"annotations": {"kfn.dev/code-sha256": code}},
+            "status": {"containerStatuses": [{"name": name, "image": "docker.io/kfn/app:other-tag", "imageID": image_id}]}}  # fmt: skip
+
+
+A, B = "a" * 64, "b" * 64
 
 
 @pytest.mark.parametrize(
     ("image", "pods", "expected"),
     [
-        # the runtime reports the tag it ran and the digest behind it: the version runs that digest
-        ("kfn/app:1", [_pod("docker.io/kfn/app:1", "docker.io/kfn/app@sha256:" + "a" * 64)], "kfn/app@sha256:" + "a" * 64),
-        ("registry.example:5000/app:v2", [_pod("registry.example:5000/app:v2", "registry.example:5000/app@sha256:" + "b" * 64)],
-         "registry.example:5000/app@sha256:" + "b" * 64),
-        ("nginx", [_pod("docker.io/library/nginx:latest", "docker.io/library/nginx@sha256:" + "c" * 64)], "nginx@sha256:" + "c" * 64),
-        # an environment still running the previous image, or the agent's image, says nothing about this one
-        ("kfn/app:2", [_pod("docker.io/kfn/app:1", "docker.io/kfn/app@sha256:" + "a" * 64)], None),
-        ("kfn/app:1", [_pod("docker.io/kfn/app:1", "docker.io/kfn/app@sha256:" + "a" * 64, name="agent")], None),
-        ("kfn/app:1", [{"status": {}}], None),  # not started yet
-        ("kfn/app@sha256:" + "d" * 64, [], "kfn/app@sha256:" + "d" * 64),  # pinned already
+        # the runtime reports the digest behind the tag: the version runs that digest
+        ("kfn/app:1", [_pod("docker.io/kfn/app@sha256:" + A)], "kfn/app@sha256:" + A),
+        ("registry.example:5000/team/app:v2", [_pod("registry.example:5000/team/app@sha256:" + B)], "registry.example:5000/team/app@sha256:" + B),
+        ("nginx", [_pod("docker.io/library/nginx@sha256:" + A)], "nginx@sha256:" + A),
+        # an environment of the previous code (mid-rollout), the agent's container, a runtime without digests
+        ("kfn/app:2", [_pod("docker.io/kfn/app@sha256:" + A, code="c0")], None),
+        ("kfn/app:1", [_pod("docker.io/kfn/app@sha256:" + A, name="agent")], None),
+        ("kfn/app:1", [_pod("sha256:" + A)], None),
+        ("kfn/app:1", [{"metadata": {"annotations": {"kfn.dev/code-sha256": "c1"}}, "status": {}}], None),  # not started yet
+        ("kfn/app@sha256:" + B, [], "kfn/app@sha256:" + B),  # pinned already
     ],
 )
 def test_a_published_image_is_pinned_to_the_digest_its_environment_runs(image, pods, expected):
     from kfn.reconcilers.function import pinned_image
 
-    assert pinned_image(image, pods) == expected
+    assert pinned_image(image, "c1", pods) == expected

@@ -174,46 +174,37 @@ def _snapshot_code(body: Mapping[str, Any], number: int, config: dict[str, Any])
     return {**config, "code": {"zip": new_zip}}
 
 
-def _normalized(image: str) -> str:
-    """An image reference as the container runtime reports it (``nginx`` -> ``docker.io/library/nginx:latest``)."""
-    name, _, digest = image.partition("@")
-    first, _, rest = name.partition("/")
-    if not rest or ("." not in first and ":" not in first and first != "localhost"):
-        name = f"docker.io/{name}" if rest else f"docker.io/library/{name}"
-    if not digest and ":" not in name.rsplit("/", 1)[-1]:
-        name += ":latest"
-    return f"{name}@{digest}" if digest else name
-
-
-def pinned_image(image: str, pods: list[Mapping[str, Any]]) -> str | None:
+def pinned_image(image: str, code_digest: str, pods: list[Mapping[str, Any]]) -> str | None:
     """*image* pinned to the digest a running $LATEST environment reports for it, or None if none does yet.
 
     kfn has no registry client: the node's container runtime resolved the tag when
-    it pulled (or found) the image, and reports the digest in the pod's
-    ``containerStatuses[].imageID`` (``docker.io/org/app@sha256:…``). Already pinned
-    references come back as they are.
+    it pulled the image, and reports the digest in the pod's
+    ``containerStatuses[].imageID`` (``docker.io/org/app@sha256:…``). Only pods of
+    the current code count (their ``kfn.dev/code-sha256`` annotation is
+    *code_digest*); the runtime may name the image by another tag of the same
+    content, so the reported ``image`` is not compared. Pinned references come
+    back as they are.
     """
     if "@sha256:" in image:
         return image
-    wanted = _normalized(image)
     repo = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
     for pod in pods:
+        if ((pod.get("metadata") or {}).get("annotations") or {}).get(names.ANN_CODE_SHA256) != code_digest:
+            continue  # an environment of an earlier image, still running during a rollout
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            if cs.get("name") != "function" or _normalized(cs.get("image") or "") != wanted:
-                continue
             image_id = cs.get("imageID") or ""
-            if "@sha256:" in image_id:
+            if cs.get("name") == "function" and "@sha256:" in image_id:
                 return f"{repo}@sha256:{image_id.rsplit('@sha256:', 1)[1]}"
     return None
 
 
-def pin_image(namespace: str, function: str, config: dict[str, Any]) -> dict[str, Any] | None:
+def pin_image(namespace: str, function: str, config: dict[str, Any], code_digest: str) -> dict[str, Any] | None:
     """The config with its code image pinned to a digest (None while no environment reports one)."""
     image = (config.get("code") or {}).get("image")
     if not image or "@sha256:" in image:
         return config
     selector = ",".join(f"{k}={v}" for k, v in names.selector_labels(function, names.LATEST).items())
-    pinned = pinned_image(image, k8s.list_objects("Pod", namespace, selector))
+    pinned = pinned_image(image, code_digest, k8s.list_objects("Pod", namespace, selector))
     return None if pinned is None else {**config, "code": {**config["code"], "image": pinned}}
 
 
@@ -236,7 +227,7 @@ def publish(
         if spec.publish == 0 and not versions:
             return None, newest_number
         return cond.true(cond.VERSION_PUBLISHED, cond.NOTHING_TO_PUBLISH, f"newest version: {newest_number}"), newest_number
-    pinned = pin_image(meta["namespace"], meta["name"], config)
+    pinned = pin_image(meta["namespace"], meta["name"], config, code_digest)
     if pinned is None:
         raise CodeUnavailable(
             cond.false(

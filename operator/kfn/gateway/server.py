@@ -134,10 +134,9 @@ class Gateway:
     async def _invoke(self, req: Request, name: str) -> None:
         request_id = errors.new_request_id()
         started = time.monotonic()
-        labels = ("", "")
+        labels = ["", ""]  # namespace and function for metrics, once the function is known to exist
         try:
-            target = self._resolve(req, name)
-            labels = (target.version.namespace, target.version.function)
+            target = self._resolve(req, name, labels)
             answer = await self._run(req, target, request_id, started)
         except errors.LambdaError as e:
             self._count_error(labels, e)
@@ -170,13 +169,13 @@ class Gateway:
                                   "version": target.version.version, "status": answer.status,
                                   "ms": round((time.monotonic() - started) * 1000, 3)})
 
-    def _count_error(self, labels: tuple[str, str], e: errors.LambdaError) -> None:
+    def _count_error(self, labels: list[str], e: errors.LambdaError) -> None:
         ns, fn = labels
         metrics.ERRORS.labels(ns, fn, e.error_type).inc()
         if isinstance(e, errors.TooManyRequestsException):
             metrics.THROTTLES.labels(ns, fn, str(e.extra.get("Reason", ""))).inc()
 
-    def _resolve(self, req: Request, name: str) -> Target:
+    def _resolve(self, req: Request, name: str, labels: list[str]) -> Target:
         """Every check an invoke makes before it runs (DryRun stops after these)."""
         headers = req.headers
         inv_type = headers.get("x-amz-invocation-type", "RequestResponse")
@@ -195,6 +194,7 @@ class Gateway:
         fn_obj = self.catalog.function(namespace, ref.function)
         if fn_obj is None:
             raise errors.not_found_function(names.function_arn(region, account, ref.function, qualifier))
+        labels[:] = [namespace, ref.function]  # a function that exists: a bounded label value
         if qualifier is None or qualifier == names.LATEST:
             version = names.LATEST
             spec = fn_obj.get("spec") or {}

@@ -302,7 +302,7 @@ class Gateway:
             else:  # the unreserved pool, shared by every function without a reservation
                 others, cap = pool_used - mine, snapshot.pool_limit
             if not await self.scale_up.add_environment(version.namespace, version.function, version.version,
-                                                       others, cap):
+                                                       others, cap, function_wide=reserved is not None):
                 raise self._throttle(version)
         else:
             assert decision is WAIT

@@ -198,9 +198,27 @@ def test_invoke_by_full_arn_reaches_the_function_with_its_account(operator: Oper
     """The ARN a user copies from ``kubectl get fn`` (checked in the first test) invokes the function, which sees
     the same ARN in its context."""
     lam = lambda_client(gateway)
-    api.apply([function("whoami", "return {'arn': context.invoked_function_arn}")])
+    api.apply([function("whoami", "return {'arn': context.invoked_function_arn}", publish=1)])
     lam.get_waiter("function_active_v2").wait(FunctionName="whoami", WaiterConfig={"Delay": 1, "MaxAttempts": 90})
     arn = f"arn:aws:lambda:{REGION}:{names.account_id(namespace)}:function:whoami"  # kubectl get fn's ARN column
     reply = lam.invoke(FunctionName=arn, Payload=b"{}")
     assert reply["StatusCode"] == 200 and "FunctionError" not in reply, reply
     assert json.loads(reply["Payload"].read()) == {"arn": arn}
+
+    # provisioned concurrency on an alias: boto3 sees it requested, then READY once the environment is up
+    api.wait_ready("fnv", "whoami-v1", timeout=90)
+    api.apply([{"apiVersion": "kfn.dev/v1alpha1", "kind": "Alias", "metadata": {"name": "whoami-live"},
+                "spec": {"functionName": "whoami", "name": "live", "functionVersion": "1", "provisionedConcurrency": 1}}])
+
+    def provisioned() -> dict[str, Any] | None:
+        try:
+            got = lam.get_provisioned_concurrency_config(FunctionName="whoami", Qualifier="live")
+        except lam.exceptions.ProvisionedConcurrencyConfigNotFoundException:
+            return None  # the gateway has not seen the alias yet
+        return got if got["Status"] == "READY" else None
+
+    got = wait_until(provisioned, 120, "provisioned concurrency of whoami:live is READY")
+    assert (got["RequestedProvisionedConcurrentExecutions"], got["AvailableProvisionedConcurrentExecutions"]) == (1, 1)
+    reply = lam.invoke(FunctionName=f"{arn}:live", Payload=b"{}")
+    assert reply["ExecutedVersion"] == "1"
+    assert json.loads(reply["Payload"].read()) == {"arn": f"{arn}:live"}

@@ -31,6 +31,7 @@ from kfn.gateway.coldstart import (ACCOUNT_LIMIT, PENDING, RESERVED_LIMIT, SCALE
 from kfn.gateway.pool import EnvironmentPool, Lease
 
 log = logging.getLogger("kfn.gateway")
+access = logging.getLogger("kfn.gateway.access")  # one line per invocation (INFO; `kfn gateway --verbose`)
 
 INVOKE_PREFIX, INVOKE_SUFFIX = "/2015-03-31/functions/", "/invocations"
 # Lambda's synchronous invocation payload limit (Invoke API): 6 MB.
@@ -165,7 +166,7 @@ class Gateway:
                 metrics.ERRORS.labels(ns, fn, "function").inc()
         elif "x-amzn-errortype" in answer.headers:
             metrics.ERRORS.labels(ns, fn, answer.headers["x-amzn-errortype"][:64]).inc()
-        log.info("invoke", extra={"requestId": request_id, "namespace": ns, "function": fn,
+        access.info("invoke", extra={"requestId": request_id, "namespace": ns, "function": fn,
                                   "version": target.version.version, "status": answer.status,
                                   "ms": round((time.monotonic() - started) * 1000, 3)})
 

@@ -11,14 +11,12 @@ import base64
 import concurrent.futures
 import importlib.util
 import json
-import os
 import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,8 @@ assert _spec and _spec.loader
 rig = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(rig)
 Api, Operator, wait_until, free_port = rig.Api, rig.Operator, rig.wait_until, rig.free_port
+sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
+from test_gateway_catalog import GatewayProcess  # noqa: E402 - the host gateway rig lives with the integration tests
 
 ECHO = """\
 import time
@@ -59,7 +59,6 @@ def handler(event, context):
 # Records every run in the environment's /tmp (start, end), so tests can check overlaps and double runs.
 RECORDER = """\
 import json
-import os
 import time
 
 RUNS = "/tmp/runs.jsonl"
@@ -86,39 +85,6 @@ def fn(name: str, code: str, **spec: Any) -> dict[str, Any]:
                      "code": {"inline": {"files": {"app.py": code}}}, **spec}}
 
 
-class GatewayProcess(Operator):
-    """A real ``kfn gateway`` on the host, serving only the test's namespace (kill/stop as the operator rig's)."""
-
-    def __init__(self, cluster: Any, namespace: str, log: Path) -> None:
-        super().__init__(cluster, namespace, log.parent)
-        self.log = log
-
-    def start(self) -> GatewayProcess:
-        self.port = free_port()
-        cmd = [sys.executable, "-m", "kfn.cli.main", "gateway", "--listen", f"127.0.0.1:{self.port}",
-               "-n", self.namespace, "--default-namespace", self.namespace, "--cold-start-timeout", "90"]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.cluster.env)
-        wait_until(self.healthy, 60, "the gateway answers /healthz")
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def healthy(self) -> bool:
-        assert self.proc is not None and self.proc.poll() is None, f"gateway exited:\n{self.log.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as r:
-            return r.read().decode()
-
-
 def lambda_client(url: str, read_timeout: float = 30) -> Any:
     return boto3.client(
         "lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id="any", aws_secret_access_key="any",
@@ -134,7 +100,8 @@ class World:
         self.gateways: list[GatewayProcess] = []
 
     def gateway(self) -> GatewayProcess:
-        g = GatewayProcess(self.cluster, self.ns, self.log_dir / f"gateway-{len(self.gateways)}.log").start()
+        g = GatewayProcess(self.cluster, self.ns, self.log_dir / f"gateway-{len(self.gateways)}.log",
+                           "--cold-start-timeout", "90").start()
         self.gateways.append(g)
         return g
 

@@ -403,3 +403,23 @@ def test_read_only_control_plane_and_the_active_waiter(world: World, client: Any
     assert {f["FunctionName"] for f in client.list_functions()["Functions"]} >= {"echo", "one", "two"}
     assert [a["Name"] for a in client.list_aliases(FunctionName="echo")["Aliases"]] == ["live"]
     assert client.get_function_concurrency(FunctionName="two")["ReservedConcurrentExecutions"] == 2
+
+
+def test_sigterm_lets_the_invocation_in_flight_finish(world: World) -> None:
+    g = world.gateway()
+    c = lambda_client(g.url)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(c.invoke, FunctionName="echo", Payload=b'{"sleep": 2}')
+
+        def in_flight() -> bool:
+            return any(ln.startswith('kfn_gateway_concurrent_executions{function="echo"') and not ln.endswith(" 0.0")
+                       for ln in g.metrics().splitlines())
+
+        wait_until(in_flight, 10, "the invocation is running", interval=0.05)
+        assert g.proc is not None
+        g.proc.send_signal(signal.SIGTERM)
+        out = running.result(30)
+    c.close()
+    assert out["StatusCode"] == 200 and "FunctionError" not in out
+    assert g.proc.wait(30) == 0  # and then it exits
+    world.gateways.remove(g)

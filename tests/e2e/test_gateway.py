@@ -59,6 +59,7 @@ def handler(event, context):
 # Records every run in the environment's /tmp (start, end), so tests can check overlaps and double runs.
 RECORDER = """\
 import json
+import os
 import time
 
 RUNS = "/tmp/runs.jsonl"

@@ -270,7 +270,9 @@ def test_three_gateways_never_run_more_than_the_reservation(world: World) -> Non
                 r: Any = payload(out)
             except c.exceptions.TooManyRequestsException as e:
                 r = e.response["Reason"]
-            except botocore.exceptions.BotoCoreError as e:  # recorded, so the assertion below names it
+            except botocore.exceptions.ClientError as e:  # recorded, so the assertion below names it
+                r = e.response["Error"]["Code"]
+            except botocore.exceptions.BotoCoreError as e:
                 r = type(e).__name__
             with lock:
                 results.append(r)

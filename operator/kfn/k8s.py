@@ -318,7 +318,8 @@ def watch(
     kind: str, namespace: str | None, resource_version: str, label_selector: str | None = None,
     timeout_seconds: int = 300,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Watch events ``(type, object)`` after *resource_version*: ADDED, MODIFIED, DELETED (BOOKMARK skipped).
+    """Watch events ``(type, object)`` after *resource_version*: ADDED, MODIFIED, DELETED, and BOOKMARK (an object
+    that only carries the resourceVersion to resume from).
 
     Ends when the server closes the watch (about *timeout_seconds*); raises :class:`Gone` when the version
     is too old (list again) and :class:`ApiError` for other refusals.
@@ -352,8 +353,6 @@ def watch(
                     if code == 410:
                         raise Gone(410, str(obj.get("reason", "Expired")), str(obj.get("message", "")))
                     raise _error(code, json.dumps(obj))
-                if etype == "BOOKMARK":
-                    continue
                 yield str(etype), obj
     finally:
         raw.release_conn()

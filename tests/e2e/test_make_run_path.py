@@ -29,8 +29,13 @@ def kfn(cluster: Any, *args: str, timeout: float = 180) -> subprocess.CompletedP
 
 
 def test_installed_operator_runs_hello_world_and_kfn_invoke_answers(
-    cluster: Any, crds_installed: Any, namespace: str
+    cluster: Any, crds_installed: Any, namespace: str, request: pytest.FixtureRequest
 ) -> None:
+    from kfn import install
+
+    # the gateway's ClusterRoleBinding is per install namespace: cluster-scoped, so removed by hand afterwards
+    request.addfinalizer(lambda: cluster.kubectl("delete", "clusterrolebinding", install.gateway_binding_name(namespace),
+                                                 "--ignore-not-found", check=False))
     installed = kfn(cluster, "install", "--apply", "--namespace", namespace, "--watch-namespace", namespace)
     assert installed.returncode == 0, installed.stderr
     assert "applied Deployment/kfn-operator" in installed.stderr

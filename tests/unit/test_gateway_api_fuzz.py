@@ -71,5 +71,8 @@ def test_handle_answers_every_request(method: str, path: str, query: dict[str, l
         assert fx.shape_errors(doc, fx.output_shape(op)) == []
     else:
         assert 400 <= status < 500, (status, doc)
-        assert headers["x-amzn-ErrorType"] in errors.WIRE
+        error_type = headers["x-amzn-ErrorType"]
+        assert error_type in errors.WIRE
         assert doc["Type"] == "User"
+        if error_type in fx.SHAPES:  # modelled: only the shape's members, with its casing
+            assert set(doc) <= set(fx.SHAPES[error_type]["members"]), doc

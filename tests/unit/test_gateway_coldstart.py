@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from kfn import k8s
 from kfn.gateway.coldstart import (
-    ACCOUNT_LIMIT, RESERVED_LIMIT, Snapshot, decide, room_for_one_more, unreserved_limit,
+    ACCOUNT_LIMIT, RESERVED_LIMIT, DeploymentScaleUp, Snapshot, decide, room_for_one_more, unreserved_limit,
 )
 
 
@@ -52,3 +55,56 @@ def test_unreserved_pool_keeps_lambdas_floor() -> None:
 ])
 def test_room_for_one_more_counts_every_version(current: int, others: int, cap: int | None, ok: bool) -> None:
     assert room_for_one_more(current, others, cap) is ok
+
+
+class FakeScales:
+    """Deployments' scale subresources with resourceVersions, as the API server keeps them."""
+
+    def __init__(self, replicas: dict[str, int]) -> None:
+        self.replicas = dict(replicas)
+        self.rv = {name: 1 for name in replicas}
+        self.before_write: list[Any] = []  # callbacks run once, before the next write (a racing replica)
+
+    def get_scale(self, namespace: str, name: str) -> dict[str, Any]:
+        return {"spec": {"replicas": self.replicas[name]}, "metadata": {"resourceVersion": str(self.rv[name])}}
+
+    def replace_scale(self, namespace: str, name: str, replicas: int, rv: str, field_manager: str = "") -> dict[str, Any]:
+        while self.before_write:
+            self.before_write.pop(0)()
+        if str(self.rv[name]) != rv:
+            raise k8s.Conflict(409, "Conflict", "the object has been modified")
+        self.replicas[name], self.rv[name] = replicas, self.rv[name] + 1
+        return {}
+
+    def list_objects(self, kind: str, namespace: str, selector: str | None = None) -> list[dict[str, Any]]:
+        return [{"spec": {"replicas": n}} for n in self.replicas.values()]
+
+
+@pytest.fixture
+def scales(monkeypatch: pytest.MonkeyPatch) -> FakeScales:
+    fake = FakeScales({"fn-latest": 1, "fn-v1": 0})
+    for name in ("get_scale", "replace_scale", "list_objects"):
+        monkeypatch.setattr(k8s, name, getattr(fake, name))
+    return fake
+
+
+def test_two_replicas_that_both_saw_room_cannot_both_add(scales: FakeScales) -> None:
+    # another gateway takes the last slot between our read and our write: our write conflicts, we read again
+    def racer() -> None:
+        scales.replicas["fn-latest"], scales.rv["fn-latest"] = 2, scales.rv["fn-latest"] + 1
+
+    scales.before_write.append(racer)
+    assert DeploymentScaleUp()._add("ns", "fn", "$LATEST", others=0, cap=2, function_wide=True) is False
+    assert scales.replicas["fn-latest"] == 2
+
+
+def test_two_versions_taking_the_last_slot_give_it_back(scales: FakeScales) -> None:
+    # another replica gives version 1 an environment at the same moment: a different Deployment, so no conflict
+    def racer() -> None:
+        scales.replicas["fn-v1"] = 1
+
+    scales.before_write.append(racer)
+    # we saw room ($LATEST 1, version 1 none, reservation 2), and our conditional write succeeds ...
+    assert DeploymentScaleUp()._add("ns", "fn", "$LATEST", others=0, cap=2, function_wide=True) is False
+    # ... but the recount over every version says 3 > 2: ours is given back, the invocation is throttled
+    assert scales.replicas == {"fn-latest": 1, "fn-v1": 1}

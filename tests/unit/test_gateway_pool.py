@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
+
+import pytest
 
 from kfn.gateway.catalog import Catalog, VersionKey, ready_addresses
 from kfn.gateway.pool import EnvironmentPool
@@ -87,3 +90,24 @@ def test_catalog_reads_ready_environments_from_endpoint_slices() -> None:
     assert catalog.environments(V) == ["10.0.0.1:8080"]
     catalog.apply("EndpointSlice", "DELETED", slice_)
     assert catalog.environments(V) == [] and seen[-1] == (V, [])
+
+
+async def test_a_failing_watch_is_listed_again_and_an_unexpected_error_turns_health_red(monkeypatch: Any) -> None:
+    from kfn import k8s
+    from kfn.gateway import catalog as catalog_mod
+
+    calls: list[str] = []
+
+    def flaky_list(kind: str, namespace: str | None, selector: str | None = None) -> tuple[list[Any], str]:
+        calls.append(kind)
+        if len(calls) == 1:
+            raise k8s.ApiError(500, "InternalError", "etcd hiccup")  # temporary: listed again
+        raise RuntimeError("a bug")  # unexpected: the watcher dies and says why
+
+    monkeypatch.setattr(k8s, "list_with_version", flaky_list)
+    monkeypatch.setattr(catalog_mod.Watcher, "RETRY_SECONDS", (0.01,))
+    loop = asyncio.get_running_loop()
+    w = catalog_mod.Watcher(Catalog(), loop, "Function", None, None)
+    with pytest.raises(RuntimeError):
+        w._run()  # run in this thread: the exception reaches the caller after marking the watcher dead
+    assert len(calls) == 2 and w.dead == "RuntimeError: a bug"

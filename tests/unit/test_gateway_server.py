@@ -102,7 +102,7 @@ def deployment(name: str, version: str, replicas: int) -> dict[str, Any]:
 class NoScaleUp:
     calls = 0
 
-    async def add_environment(self, *args: Any) -> bool:
+    async def add_environment(self, *args: Any, **kwargs: Any) -> bool:
         NoScaleUp.calls += 1
         return False
 

@@ -60,7 +60,7 @@ def _logging(fmt: str, verbose: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     # One line per invocation only when asked: on every request's path otherwise.
-    logging.getLogger("kfn.gateway").setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("kfn.gateway.access").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 async def serve(args: argparse.Namespace) -> None:

@@ -241,7 +241,8 @@ class Watcher:
                 while not self.stopping.is_set():
                     for event, obj in k8s.watch(self.kind, self.namespace, rv, self.selector):
                         rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
-                        self.loop.call_soon_threadsafe(self.catalog.apply, self.kind, event, obj)
+                        if event != "BOOKMARK":  # a bookmark only moves where the next watch resumes
+                            self.loop.call_soon_threadsafe(self.catalog.apply, self.kind, event, obj)
             except k8s.Gone:
                 log.info("watch of %s expired; listing again", self.kind)
             except (k8s.ApiError, urllib3.exceptions.HTTPError, OSError, ValueError) as e:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -77,8 +78,12 @@ class ScaleUp(Protocol):
     """The port the scaler replaces: ask for one more execution environment of a version."""
 
     async def add_environment(self, namespace: str, function: str, version: str, others: int,
-                              cap: int | None) -> bool:
-        """True when the version's desired environments went up by one (False: no room under *cap*)."""
+                              cap: int | None, function_wide: bool = False) -> bool:
+        """True when the version's desired environments went up by one (False: no room under *cap*).
+
+        *others*: environments the cap also counts (the function's other versions, or the rest of the pool);
+        *function_wide*: the cap is the function's reservation, to be re-checked over all its versions.
+        """
         ...
 
 
@@ -88,21 +93,39 @@ class DeploymentScaleUp:
     ATTEMPTS = 5
 
     async def add_environment(self, namespace: str, function: str, version: str, others: int,
-                              cap: int | None) -> bool:
-        return await asyncio.to_thread(self._add, namespace, names.environment_name(function, version), others, cap)
+                              cap: int | None, function_wide: bool = False) -> bool:
+        return await asyncio.to_thread(self._add, namespace, function, version, others, cap, function_wide)
 
-    def _add(self, namespace: str, deployment: str, others: int, cap: int | None) -> bool:
+    def _add(self, namespace: str, function: str, version: str, others: int, cap: int | None,
+             function_wide: bool) -> bool:
+        deployment = names.environment_name(function, version)
+        if not self._step(namespace, deployment, +1, lambda current: room_for_one_more(current, others, cap)):
+            return False
+        if function_wide and cap is not None:
+            # Each write is conditional on its own Deployment only: two versions may have taken the last slot at
+            # once. Count every version now; if over the reservation, give ours back (the other side does too).
+            total = sum(int((d.get("spec") or {}).get("replicas") or 0) for d in k8s.list_objects(
+                "Deployment", namespace, f"{names.LABEL_FUNCTION}={names.label_value(function)}"))
+            if total > cap:
+                self._step(namespace, deployment, -1, lambda current: current > 0)
+                log.info("gave back an environment of %s/%s: %d over the reservation of %d", namespace, deployment,
+                         total, cap)
+                return False
+        return True
+
+    def _step(self, namespace: str, deployment: str, delta: int, allowed: Callable[[int], bool]) -> bool:
+        """Change replicas by *delta* if *allowed(current)*, with optimistic concurrency; False if not allowed."""
         for _ in range(self.ATTEMPTS):
             scale = k8s.get_scale(namespace, deployment)
             current = int((scale.get("spec") or {}).get("replicas") or 0)
-            if not room_for_one_more(current, others, cap):
+            if not allowed(current):
                 return False
             try:
-                k8s.replace_scale(namespace, deployment, current + 1, scale["metadata"]["resourceVersion"],
+                k8s.replace_scale(namespace, deployment, current + delta, scale["metadata"]["resourceVersion"],
                                   field_manager=FIELD_MANAGER)
             except k8s.Conflict:
                 continue  # someone else changed replicas since we read them: read again
-            log.info("scaled %s/%s to %d execution environments (cold start)", namespace, deployment, current + 1)
+            log.info("scaled %s/%s to %d execution environments", namespace, deployment, current + delta)
             return True
         return False
 

@@ -38,7 +38,10 @@ from typing import Any
 from kfn import conditions as cond
 from kfn import names
 from kfn.gateway import arn, errors
+from kfn.gateway.coldstart import unreserved_limit
 from kfn.gateway.view import CatalogView
+from kfn.models.base import SpecError
+from kfn.models.function import FunctionConfig, parse_function_spec
 
 Query = Mapping[str, list[str]]
 Answer = tuple[int, dict[str, str], bytes]
@@ -89,6 +92,11 @@ def _first(query: Query, key: str) -> str | None:
     return values[0] if values else None
 
 
+def _int(value: Any, default: int) -> int:
+    """A number from a spec that may be invalid (then shown as kfn's default, as the operator would not run it)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
 def _lambda_time(stamp: str | None) -> str:
     """Kubernetes RFC 3339 time -> Lambda's LastModified (``2024-05-01T12:00:00.000+0000``)."""
     if not stamp:
@@ -130,9 +138,6 @@ def lambda_code_sha256(value: str | None) -> str:
 
 def _parse_config(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The FunctionConfig with kfn's defaults filled in; the raw dict when it is not valid."""
-    from kfn.models.base import SpecError
-    from kfn.models.function import FunctionConfig, parse_function_spec
-
     try:
         if "publish" in spec or "autoPublish" in spec or "versionRetention" in spec:
             return parse_function_spec(spec).config().to_api()
@@ -197,8 +202,8 @@ def function_configuration(ns: str, function: str, version: str, config: Mapping
         "Role": f"arn:aws:iam::{account}:role/{names.service_account_name(function)}",
         "CodeSize": sum(len(str(v).encode()) for v in inline.values()),
         "Description": config.get("description") or "",
-        "Timeout": int(config.get("timeoutSeconds") or 3),
-        "MemorySize": int(config.get("memoryMB") or 128),
+        "Timeout": _int(config.get("timeoutSeconds"), 3),
+        "MemorySize": _int(config.get("memoryMB"), 128),
         "LastModified": _last_modified(obj.get("metadata") or {}),
         "CodeSha256": lambda_code_sha256(code_sha256),
         "Version": names.lambda_version(version),
@@ -206,7 +211,7 @@ def function_configuration(ns: str, function: str, version: str, config: Mapping
         "RevisionId": revision_id(obj),
         "PackageType": "Image" if is_image else "Zip",
         "Architectures": ["arm64" if config.get("architecture") == "arm64" else "x86_64"],
-        "EphemeralStorage": {"Size": int(config.get("ephemeralStorageMB") or 512)},
+        "EphemeralStorage": {"Size": _int(config.get("ephemeralStorageMB"), 512)},
         "SnapStart": {"ApplyOn": "None", "OptimizationStatus": "Off"},
     })
     variables = (config.get("environment") or {}).get("variables") or {}
@@ -365,10 +370,6 @@ def paginate(items: list[tuple[tuple[str, int], Any]], query: Query, page_max: i
     return [v for _, v in page], next_marker
 
 
-def _version_order(version: str) -> int:
-    return 0 if version == names.LATEST else int(version)
-
-
 # --- operations -------------------------------------------------------------------------------------------------
 
 
@@ -512,7 +513,7 @@ def get_provisioned_concurrency(r: _Resolver, name: str, query: Query) -> dict[s
         raise errors.validation(errors.violation(None, "qualifier", "Member must not be null"))
     r.function(ns, ref.function, ref.qualifier)
     alias = _alias_named(r.view, ns, ref.function, ref.qualifier)
-    requested = int((alias or {}).get("spec", {}).get("provisionedConcurrency") or 0)
+    requested = _int(((alias or {}).get("spec") or {}).get("provisionedConcurrency"), 0)
     if alias is None or requested <= 0:
         raise errors.ProvisionedConcurrencyConfigNotFoundException(
             "No Provisioned Concurrency Config found for this function")
@@ -544,8 +545,8 @@ def get_account_settings(r: _Resolver, query: Query) -> dict[str, Any]:
             "CodeSizeUnzipped": CODE_SIZE_UNZIPPED,
             "CodeSizeZipped": CODE_SIZE_ZIPPED,
             "ConcurrentExecutions": r.settings.pool_size,
-            # at least unreserved_min always stays unreserved: reservations beyond that are not honoured
-            "UnreservedConcurrentExecutions": max(r.settings.pool_size - reserved, r.settings.unreserved_min),
+            # the same rule the cold-start decision throttles by
+            "UnreservedConcurrentExecutions": unreserved_limit(r.settings.pool_size, reserved, r.settings.unreserved_min),
         },
         "AccountUsage": {"TotalCodeSize": code, "FunctionCount": len(functions)},
     }

@@ -31,6 +31,7 @@ from kfn.gateway.coldstart import (ACCOUNT_LIMIT, PENDING, RESERVED_LIMIT, SCALE
 from kfn.gateway.pool import EnvironmentPool, Lease
 
 log = logging.getLogger("kfn.gateway")
+access = logging.getLogger("kfn.gateway.access")  # one line per invocation (INFO; `kfn gateway --verbose`)
 
 INVOKE_PREFIX, INVOKE_SUFFIX = "/2015-03-31/functions/", "/invocations"
 # Lambda's synchronous invocation payload limit (Invoke API): 6 MB.
@@ -134,10 +135,9 @@ class Gateway:
     async def _invoke(self, req: Request, name: str) -> None:
         request_id = errors.new_request_id()
         started = time.monotonic()
-        labels = ("", "")
+        labels = ["", ""]  # namespace and function for metrics, once the function is known to exist
         try:
-            target = self._resolve(req, name)
-            labels = (target.version.namespace, target.version.function)
+            target = self._resolve(req, name, labels)
             answer = await self._run(req, target, request_id, started)
         except errors.LambdaError as e:
             self._count_error(labels, e)
@@ -166,17 +166,17 @@ class Gateway:
                 metrics.ERRORS.labels(ns, fn, "function").inc()
         elif "x-amzn-errortype" in answer.headers:
             metrics.ERRORS.labels(ns, fn, answer.headers["x-amzn-errortype"][:64]).inc()
-        log.info("invoke", extra={"requestId": request_id, "namespace": ns, "function": fn,
+        access.info("invoke", extra={"requestId": request_id, "namespace": ns, "function": fn,
                                   "version": target.version.version, "status": answer.status,
                                   "ms": round((time.monotonic() - started) * 1000, 3)})
 
-    def _count_error(self, labels: tuple[str, str], e: errors.LambdaError) -> None:
+    def _count_error(self, labels: list[str], e: errors.LambdaError) -> None:
         ns, fn = labels
         metrics.ERRORS.labels(ns, fn, e.error_type).inc()
         if isinstance(e, errors.TooManyRequestsException):
             metrics.THROTTLES.labels(ns, fn, str(e.extra.get("Reason", ""))).inc()
 
-    def _resolve(self, req: Request, name: str) -> Target:
+    def _resolve(self, req: Request, name: str, labels: list[str]) -> Target:
         """Every check an invoke makes before it runs (DryRun stops after these)."""
         headers = req.headers
         inv_type = headers.get("x-amz-invocation-type", "RequestResponse")
@@ -195,6 +195,7 @@ class Gateway:
         fn_obj = self.catalog.function(namespace, ref.function)
         if fn_obj is None:
             raise errors.not_found_function(names.function_arn(region, account, ref.function, qualifier))
+        labels[:] = [namespace, ref.function]  # a function that exists: a bounded label value
         if qualifier is None or qualifier == names.LATEST:
             version = names.LATEST
             spec = fn_obj.get("spec") or {}
@@ -302,7 +303,7 @@ class Gateway:
             else:  # the unreserved pool, shared by every function without a reservation
                 others, cap = pool_used - mine, snapshot.pool_limit
             if not await self.scale_up.add_environment(version.namespace, version.function, version.version,
-                                                       others, cap):
+                                                       others, cap, function_wide=reserved is not None):
                 raise self._throttle(version)
         else:
             assert decision is WAIT

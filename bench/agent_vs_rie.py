@@ -79,6 +79,7 @@ class Target:
         self.conn: http.client.HTTPConnection | None = None
         self.latencies: list[float] = []
         self.round_p50s: list[float] = []  # one per round: pairs with the other target's round next to it
+        self.round_p99s: list[float] = []
         self.busy_seconds = 0.0
         self.host_cpu = 0.0  # CPU of the agent / emulator process itself, load-independent
         self.runtime_cpu = 0.0
@@ -117,6 +118,7 @@ class Target:
         self.busy_seconds += time.perf_counter() - t0
         self.latencies += this
         self.round_p50s.append(statistics.median(this))
+        self.round_p99s.append(sorted(this)[min(len(this) - 1, int(len(this) * 0.99))])
         self.host_cpu += cpu_seconds(self.proc.pid) - h0
         self.runtime_cpu += sum(cpu_seconds(k) for k in kids) - r0
 
@@ -182,6 +184,9 @@ def main() -> int:
         # Adjacent rounds share the machine's load of the moment: their ratio shows how much of the spread
         # between runs is load rather than either side.
         per_round = sorted(a / b for a, b in zip(targets[0].round_p50s, targets[1].round_p50s))
+        # The tail of one round is where a burst of the machine's other load lands; pairing each round with
+        # the other target's round next to it and taking the median ratio keeps one burst from deciding.
+        per_round_p99 = sorted(a / b for a, b in zip(targets[0].round_p99s, targets[1].round_p99s))
     finally:
         for t in targets:
             t.stop()
@@ -203,10 +208,14 @@ def main() -> int:
           f"{ratios['host_cpu']:>12.2f}x")
     print(f"p50 ratio per round pair: min {per_round[0]:.2f}x, median {statistics.median(per_round):.2f}x, "
           f"max {per_round[-1]:.2f}x")
+    print(f"p99 ratio per round pair: min {per_round_p99[0]:.2f}x, median {statistics.median(per_round_p99):.2f}x, "
+          f"max {per_round_p99[-1]:.2f}x")
     print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
           "(latency ratios on a loaded machine mostly measure scheduling; host CPU per invoke does not)")
     goal = ratios["p50"] <= 1.0
-    print(f"goal kfn <= 1.0x RIE at p50: {'met' if goal else 'NOT met'}")
+    goal_p99 = ratios["p99"] <= 1.0
+    print(f"goal kfn <= 1.0x RIE at p50: {'met' if goal else 'NOT met'}; at p99: {'met' if goal_p99 else 'NOT met'} "
+          f"(median of round pairs {statistics.median(per_round_p99):.2f}x)")
     result = {"benchmark": "agent_vs_rie", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "loadavg_1m": round(os.getloadavg()[0], 1)},
@@ -214,7 +223,10 @@ def main() -> int:
               "kfn_agent": kfn, "aws_rie": aws, "ratio_kfn_over_rie": ratios,
               "p50_ratio_per_round": {"min": round(per_round[0], 3), "median": round(statistics.median(per_round), 3),
                                       "max": round(per_round[-1], 3)},
-              "goal_p50_met": goal}
+              "p99_ratio_per_round": {"min": round(per_round_p99[0], 3),
+                                      "median": round(statistics.median(per_round_p99), 3),
+                                      "max": round(per_round_p99[-1], 3)},
+              "goal_p50_met": goal, "goal_p99_met": goal_p99}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

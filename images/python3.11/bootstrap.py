@@ -5,7 +5,10 @@ Runs the Lambda runtime in a restart loop (awslambdaric for Python handlers, `$L
 for `provided` runtimes, or any command after `--`), so that when the agent kills the runtime after a timeout
 a fresh one is up at once. The runtime's stdout/stderr go through this process: copied to our stdout (the
 kubelet's container log) and streamed to the agent (POST /2018-06-01/kfn/logs, chunked) for LogType=Tail.
-Each runtime exit is reported to the agent with its exit status (POST /2018-06-01/kfn/runtime/exited).
+Each runtime exit is reported to the agent (POST /2018-06-01/kfn/runtime/exited: exit status or signal, and whether
+the memory limit's OOM killer ended it); the agent's answer is the go-ahead for the next runtime, which it gives at
+once after a runtime that served, and after a failed init only when an invocation arrives (Lambda retries a failed
+init with the next invocation, it does not loop while idle).
 
 Standard library only: it runs in the runtime image, which has no kfn package.
 Usage: bootstrap.py [python|provided] | bootstrap.py -- CMD [ARGS...]
@@ -101,22 +104,52 @@ class LogForwarder(threading.Thread):
             out.flush()
 
 
-def report_exit(pid: int, reason: str) -> None:
+def report_exit(pid: int, returncode: int, out_of_memory: bool) -> bool:
+    """Tell the agent how the runtime ended and wait for its go-ahead (no timeout: after a failed init it comes
+    with the next invocation). False if the agent could not be reached."""
+    doc = {"pid": pid, "exitStatus": returncode if returncode >= 0 else None,
+           "signal": -returncode if returncode < 0 else None, "outOfMemory": out_of_memory}
     try:
-        conn = http.client.HTTPConnection(API, timeout=2)
-        conn.request("POST", "/2018-06-01/kfn/runtime/exited", json.dumps({"pid": pid, "reason": reason}),
-                     {"Content-Type": "application/json"})
-        conn.getresponse().read()
+        conn = http.client.HTTPConnection(API, timeout=None)
+        conn.request("POST", "/2018-06-01/kfn/runtime/exited", json.dumps(doc), {"Content-Type": "application/json"})
+        ok = conn.getresponse().status == 202
         conn.close()
+        return ok
+    except (OSError, http.client.HTTPException):
+        return False  # the agent may be restarting; its pidfd watch still sees the exit
+
+
+def _memory_cgroup_files() -> list[str]:
+    """This container's memory cgroup event files (v2 memory.events, v1 memory.oom_control): they count the OOM
+    killer's kills under the memory limit, which the runtime process shares with us."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
     except OSError:
-        pass  # the agent may be restarting; its pidfd watch still sees the exit
+        return []
+    files = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2
+            files += [f"/sys/fs/cgroup{path.rstrip('/')}/memory.events", "/sys/fs/cgroup/memory.events"]
+        elif "memory" in controllers.split(","):
+            files += [f"/sys/fs/cgroup/memory{path.rstrip('/')}/memory.oom_control",
+                      "/sys/fs/cgroup/memory/memory.oom_control"]
+    return files
 
 
-def describe(returncode: int) -> str:
-    if returncode < 0:
-        name = signal.Signals(-returncode).name.removeprefix("SIG").lower()
-        return f"signal: {'killed' if name == 'kill' else name}"
-    return f"exit status {returncode}"
+def oom_kills(files: list[str]) -> int | None:
+    """The OOM killer's count in the first readable file (None if there is none)."""
+    for path in files:
+        try:
+            with open(path) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def main(argv: list[str]) -> int:
@@ -135,20 +168,27 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    cgroup_files = _memory_cgroup_files()
     backoff = 0.0
     while not stopping:
         started = time.monotonic()
+        kills_before = oom_kills(cgroup_files)
         # Own session: the agent's reset kills the runtime's whole process group, never this loop.
         child = subprocess.Popen(cmd, env=env, cwd=TASK_ROOT if os.path.isdir(TASK_ROOT) else None,
                                  stdout=write_fd, stderr=write_fd, start_new_session=True)
         returncode = child.wait()
         if stopping:
             break
-        report_exit(child.pid, describe(returncode))
+        kills_after = oom_kills(cgroup_files)
+        oom = returncode == -signal.SIGKILL and kills_before is not None and (kills_after or 0) > kills_before
+        if report_exit(child.pid, returncode, oom):
+            backoff = 0.0  # the agent wants the next runtime now
+            continue
+        # No agent to ask: restart on our own, backed off when the runtime dies at once (no spinning).
         if returncode == -signal.SIGKILL or time.monotonic() - started > 1:
-            backoff = 0.0  # a reset, or a runtime that served for a while: restart at once
+            backoff = 0.0
         else:
-            backoff = min(max(backoff * 2, 0.1), 2.0)  # dies at once (init error): do not spin
+            backoff = min(max(backoff * 2, 0.1), 2.0)
         time.sleep(backoff)
     return 0
 

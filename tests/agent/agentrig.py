@@ -54,6 +54,16 @@ HANDLERS = {
         def leave(event, context):
             sys.exit(event.get("code", 3))
 
+        def signal_self(event, context):
+            os.kill(os.getpid(), event["signal"])
+            time.sleep(5)
+
+        def hog(event, context):
+            chunks = []
+            for _ in range(event["mb"]):
+                chunks.append(bytearray(1024 * 1024))  # zero-filled: every page is touched
+            return len(chunks)
+
         def big(event, context):
             return "a" * event["n"]
 
@@ -86,6 +96,24 @@ HANDLERS = {
 
         def handler(event, context):
             return "unreachable"
+    ''',
+    # Dies while importing (no /init/error: the process just ends); each attempt leaves a line in starts.log.
+    "crash_init.py": '''
+        import os
+        with open(os.path.join(os.environ["LAMBDA_TASK_ROOT"], "starts.log"), "a") as f:
+            f.write("start\\n")
+        os._exit(2)
+    ''',
+    # An init longer than Lambda's 10 s init phase (seconds in slow_init.txt, read at import).
+    "slow_init.py": '''
+        import os, time
+        with open(os.path.join(os.environ["LAMBDA_TASK_ROOT"], "starts.log"), "a") as f:
+            f.write("start\\n")
+        with open(os.path.join(os.environ["LAMBDA_TASK_ROOT"], "slow_init.txt")) as f:
+            time.sleep(float(f.read()))
+
+        def handler(event, context):
+            return {"initialised": True}
     ''',
 }
 
@@ -158,18 +186,29 @@ class Rig:
             aws_access_key_id="test", aws_secret_access_key="test",
             config=Config(retries={"max_attempts": 0}, read_timeout=30))
 
-    def start_runtime(self, handler: str | None = None, args: list[str] | None = None) -> subprocess.Popen:
+    def start_runtime(self, handler: str | None = None, args: list[str] | None = None,
+                      preexec_fn=None) -> subprocess.Popen:
         env = dict(self.env)
         if handler:
             env["_HANDLER"] = handler
         proc = subprocess.Popen([sys.executable, str(BOOTSTRAP), *(args or [])], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=preexec_fn)
         self.runtime = proc
         self.procs.append(proc)
         return proc
 
     def agent_output(self) -> str:
         return self.agent_log.read_text()
+
+    def platform_lines(self) -> list[str]:
+        """The agent's Lambda platform lines (Text format), in order."""
+        kinds = ("INIT_START", "INIT_REPORT", "START", "END", "REPORT")
+        return [line for line in self.agent_output().splitlines() if line.startswith(kinds)]
+
+    def platform_records(self) -> list[dict]:
+        """The agent's Lambda platform records (JSON format), in order."""
+        return [json.loads(line) for line in self.agent_output().splitlines() if line.startswith('{"time"')]
 
     def stop(self) -> None:
         for proc in [*self.procs, self.agent]:
@@ -181,10 +220,12 @@ class Rig:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 def start_rig(tmp: Path, *, timeout: int = 1, extra_env: dict[str, str] | None = None,
-              agent_args: list[str] | None = None) -> Rig:
+              agent_args: list[str] | None = None, agent_stdout: int | None = None) -> Rig:
     task = tmp / "task"
     task.mkdir(exist_ok=True)
     for name, text in HANDLERS.items():
@@ -209,8 +250,10 @@ def start_rig(tmp: Path, *, timeout: int = 1, extra_env: dict[str, str] | None =
     }
     log = tmp / "agent.log"
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-        agent = subprocess.Popen([*KFN, "agent", *(agent_args or [])], env=env, stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+        # agent_stdout: e.g. a pipe nobody reads (stderr, the agent's own log, still goes to the file)
+        agent = subprocess.Popen([*KFN, "agent", *(agent_args or [])], env=env,
+                                 stdout=out if agent_stdout is None else agent_stdout,
+                                 stderr=subprocess.STDOUT if agent_stdout is None else out, start_new_session=True)
     rig = Rig(invoke_port, runtime_port, task, env, agent, log)
 
     def healthy() -> bool:

@@ -91,22 +91,6 @@ def test_runtime_api_refuses_bad_ids_wrong_state_and_oversized_responses(rig_fac
     assert call.result().json()["errorType"] == "Function.ResponseSizeTooLarge"
 
 
-def test_import_error_answers_with_the_init_error_and_stays_unready(rig_factory) -> None:
-    rig = rig_factory(timeout=1)
-    rig.start_runtime("broken.handler")
-    reply = rig.invoke({})
-    assert reply.status == 200
-    assert reply.headers["x-amz-function-error"] == "Unhandled"
-    err = reply.json()
-    assert err["errorType"] == "Runtime.ImportModuleError"
-    assert "a_module_that_does_not_exist" in err["errorMessage"]
-    assert not rig.ready()
-    # Fixing the code (here: the module on disk) and the runtime's next start makes the environment ready.
-    (rig.task_root / "broken.py").write_text("def handler(event, context):\n    return 'fixed'\n")
-    wait_for(rig.ready, 10, "readiness after the import error is fixed")
-    assert rig.invoke({}).json() == "fixed"
-
-
 def test_json_log_format(rig_factory) -> None:
     rig = rig_factory(extra_env={"AWS_LAMBDA_LOG_FORMAT": "JSON"})
     rig.start_runtime("app.count")
@@ -161,6 +145,18 @@ def test_exec_mode_supervises_awslambdaric(rig_factory) -> None:
     assert (first["invocations"], second["invocations"]) == (1, 2)
 
 
+def test_exec_mode_retries_a_crashed_init_with_the_next_invocation(rig_factory) -> None:
+    rig = rig_factory(timeout=30, agent_args=["--", sys.executable, "-m", "awslambdaric", "crash_init.handler"])
+    wait_for(lambda: any(line.startswith("INIT_REPORT") for line in rig.platform_lines()), 20,
+             "the first init's failure")
+    reply = rig.invoke({})
+    assert reply.seconds < 5
+    rid = reply.headers["x-amzn-requestid"]
+    assert reply.json() == {"errorType": "Runtime.ExitError",
+                            "errorMessage": f"RequestId: {rid} Error: Runtime exited with error: exit status 2"}
+    assert (rig.task_root / "starts.log").read_text().count("start") == 2
+
+
 def test_image_function_runtime_without_bootstrap_is_reset_by_kill(rig_factory) -> None:
     """A container-image function: awslambdaric is the container's own entrypoint (no kfn bootstrap), reached
     through AWS_LAMBDA_RUNTIME_API. A timeout kills it; restarting it is the kubelet's job."""
@@ -181,3 +177,40 @@ def test_image_function_runtime_without_bootstrap_is_reset_by_kill(rig_factory) 
                                       cwd=rig.task_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                       start_new_session=True))
     assert rig.invoke({"op": "count"}).json()["invocations"] == 1
+
+
+INIT_ERROR = {"errorType": "Runtime.ImportModuleError", "errorMessage": "Unable to import module 'app': boom"}
+
+
+def test_a_failed_init_is_held_until_an_invocation_asks_for_the_retry(rig_factory) -> None:
+    """The bootstrap's side of the contract, played by the test: after an init fails, its exit report is
+    answered (the go-ahead to start the next runtime) only when an invocation arrives; that invocation gets
+    the retried init's outcome."""
+    rig = rig_factory(timeout=5)
+    assert runtime(rig, "POST", f"{P}/init/error", json.dumps(INIT_ERROR).encode()).status == 202
+    exited: dict[str, Reply] = {}
+    supervisor = threading.Thread(target=lambda: exited.update(r=runtime(
+        rig, "POST", "/2018-06-01/kfn/runtime/exited",
+        json.dumps({"pid": 999999, "exitStatus": 1, "signal": None, "outOfMemory": False}).encode())))
+    supervisor.start()
+    wait_for(rig.ready, 10, "readiness of an environment whose failed init waits for a retry")
+    assert "r" not in exited, "no go-ahead while no invocation asks for the init's retry"
+    call = InvokeInBackground(rig, {"k": 1})
+    supervisor.join(10)
+    assert exited["r"].status == 202, "the invocation released the supervisor"
+    nxt = runtime(rig, "GET", f"{P}/invocation/next")  # the retried init succeeds
+    rid = nxt.headers["lambda-runtime-aws-request-id"]
+    assert runtime(rig, "POST", f"{P}/invocation/{rid}/response", b'"retried"').status == 202
+    assert call.result().body == b'"retried"'
+
+
+def test_an_init_error_nobody_retries_answers_the_invocation_with_it(rig_factory) -> None:
+    """A runtime without the bootstrap (a code.image function) posted /init/error: no supervisor reports its
+    end, so an invocation gets that init's error (after a short wait for a report), not a timeout."""
+    rig = rig_factory(timeout=5)
+    body = json.dumps(INIT_ERROR).encode()
+    assert runtime(rig, "POST", f"{P}/init/error", body).status == 202
+    reply = rig.invoke({})
+    assert reply.seconds < 2
+    assert reply.headers["x-amz-function-error"] == "Unhandled"
+    assert reply.body == body

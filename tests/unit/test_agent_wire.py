@@ -9,7 +9,7 @@ import pytest
 
 from kfn.agent import procs, wire
 from kfn.agent.config import ConfigError, load_config
-from kfn.agent.server import exit_reason, split_function_name
+from kfn.agent.server import returncode_reason, split_function_name
 
 
 def test_timeout_payload_is_lambdas() -> None:
@@ -114,10 +114,13 @@ def test_split_function_name(path: str, expected: tuple[str, str | None]) -> Non
     assert split_function_name(path) == expected
 
 
-@pytest.mark.parametrize("code,text", [(3, "exit status 3"), (0, "exit status 0"), (-9, "signal: killed"),
-                                       (-15, "signal: term")])
-def test_exit_reason(code: int, text: str) -> None:
-    assert exit_reason(code) == text
+@pytest.mark.parametrize("code,text", [(3, "exit status 3"), (0, None), (-9, "signal: killed"),
+                                       (-15, "signal: terminated"), (-11, "signal: segmentation fault"),
+                                       (-6, "signal: aborted"), (-7, "signal: bus error"),
+                                       (-24, "signal: CPU time limit exceeded"), (-34, "signal: signal 34")])
+def test_exit_reason_in_gos_words(code: int, text: str | None) -> None:
+    """Lambda prints Go's os.ProcessState wording (the emulator's ProcessTermination.String())."""
+    assert returncode_reason(code) == text
 
 
 def test_config_from_the_pod_contract_environment() -> None:
@@ -155,3 +158,78 @@ def test_socket_inodes_finds_the_client_side_of_a_connection() -> None:
     assert procs.socket_inodes(TCP_TABLE, 41660, 9001) == [2222]
     assert procs.socket_inodes(TCP_TABLE, 9001, 41660) == [3333]
     assert procs.socket_inodes(TCP_TABLE, 1, 2) == []
+
+
+@pytest.mark.parametrize("qualifier,ok", [("live", True), ("7", True), ("$LATEST", True), ("a-b_c$", True),
+                                          ("Zürich", False), ("a b", False), ("", False), ("x" * 129, False)])
+def test_qualifier_is_checked_against_the_invoke_api_pattern(qualifier: str, ok: bool) -> None:
+    problem = wire.qualifier_problem(qualifier)
+    assert (problem is None) == ok
+    if not ok:
+        assert problem.startswith(f"1 validation error detected: Value '{qualifier}' at 'qualifier' failed to "
+                                  "satisfy constraint: Member must ")
+
+
+@pytest.mark.parametrize("text", ['{"a": "Zürich"}', '{\r\n"a":\t1}', '{"a": "\\u00fc"}', '{"e": "🦆"}'])
+def test_header_safe_json_is_printable_ascii_and_the_same_document(text: str) -> None:
+    safe = wire.header_safe_json(text, json.loads(text))
+    assert safe.isascii() and safe.isprintable()
+    assert json.loads(safe) == json.loads(text)
+
+
+def test_printable_ascii_json_is_passed_as_given() -> None:
+    text = '{"custom": {"a": 1}}'
+    assert wire.header_safe_json(text, json.loads(text)) is text
+
+
+@pytest.mark.parametrize("value,kept", [("Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1", True),
+                                        ("Root=1-ü", False), ("Root=\x7f", False), (None, False), ("", False)])
+def test_trace_header_keeps_only_printable_ascii(value: str | None, kept: bool) -> None:
+    got = wire.trace_header(value)
+    assert (got == value) == kept
+    assert got.isascii() and got.isprintable()
+
+
+def test_cognito_identity_must_be_a_utf8_json_object() -> None:
+    raw = '{"cognitoIdentityId": "id-ü"}'.encode().decode("latin-1")  # as the HTTP layer hands it over
+    assert json.loads(wire.decode_cognito_identity(raw)) == {"cognitoIdentityId": "id-ü"}
+    for bad in ("[1]", "not json", b'{"a": "\xff"}'.decode("latin-1")):
+        with pytest.raises(wire.BadHeader, match="X-Kfn-Cognito-Identity"):
+            wire.decode_cognito_identity(bad)
+
+
+def test_report_line_prints_status_and_error_type_for_platform_errors_only() -> None:
+    r = wire.Report("rid", 10, 128, 40, None, "error", "Runtime.OutOfMemory")
+    assert wire.report_line(r, "Text", 0).endswith("Max Memory Used: 40 MB\tStatus: error\t"
+                                                   "Error Type: Runtime.OutOfMemory\t")
+    handled = wire.Report("rid", 10, 128, 40, None, "success", "ValueError")
+    assert "Status" not in wire.report_line(handled, "Text", 0)
+    assert "errorType" not in json.loads(wire.report_line(handled, "JSON", 0))["record"]
+    assert json.loads(wire.report_line(r, "JSON", 0))["record"]["errorType"] == "Runtime.OutOfMemory"
+
+
+def test_init_lines() -> None:
+    assert wire.init_report_line(10000.456, "init", "timeout", None, "on-demand", "Text", 0) == (
+        "INIT_REPORT Init Duration: 10000.46 ms\tPhase: init\tStatus: timeout")
+    assert wire.init_report_line(5, "invoke", "error", "Runtime.ExitError", "on-demand", "Text", 0) == (
+        "INIT_REPORT Init Duration: 5.00 ms\tPhase: invoke\tStatus: error\tError Type: Runtime.ExitError")
+    doc = json.loads(wire.init_report_line(5, "init", "error", "Runtime.ExitError", "on-demand", "JSON", 0))
+    assert doc["type"] == "platform.initReport"
+    assert doc["record"] == {"initializationType": "on-demand", "phase": "init", "status": "error",
+                             "errorType": "Runtime.ExitError", "metrics": {"durationMs": 5}}
+    assert wire.init_start_line("python:3.11", "f", "1", "on-demand", "init", "Text", 0) == (
+        "INIT_START Runtime Version: python:3.11")
+
+
+@pytest.mark.parametrize("env,version", [("AWS_Lambda_python3.11", "python:3.11"),
+                                         ("AWS_Lambda_provided.al2023", "provided:al2023"),
+                                         ("AWS_Lambda_nodejs20.x", "nodejs:20.x"), (None, None), ("x", None)])
+def test_runtime_version_from_the_execution_env(env: str | None, version: str | None) -> None:
+    assert wire.runtime_version(env) == version
+
+
+def test_out_of_memory_payload() -> None:
+    o = wire.exit_outcome("r", "signal: killed", out_of_memory=True)
+    assert json.loads(o.body) == {"errorType": "Runtime.OutOfMemory",
+                                  "errorMessage": "RequestId: r Error: Runtime exited with error: signal: killed"}
+    assert (o.function_error, o.status, o.error_type) == ("Unhandled", "error", "Runtime.OutOfMemory")

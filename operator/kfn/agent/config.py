@@ -31,9 +31,13 @@ class AgentConfig(BaseModel):
     memory_mb: int = Field(128, alias="AWS_LAMBDA_FUNCTION_MEMORY_SIZE", ge=128, le=10240)
     region: str = Field("us-east-1", alias="AWS_REGION")
     timeout_seconds: int = Field(3, alias="KFN_TIMEOUT_SECONDS", ge=1, le=900)
+    # Lambda's init phase limit (10 s): an init still running then is reported (INIT_REPORT Status: timeout)
+    # and goes on charged to the first invocation's timeout.
     init_timeout_seconds: float = Field(10.0, alias="KFN_INIT_TIMEOUT_SECONDS", gt=0, le=900)
     function_arn: str | None = Field(None, alias="KFN_FUNCTION_ARN")
     log_format: Literal["Text", "JSON"] = Field("Text", alias="AWS_LAMBDA_LOG_FORMAT")
+    execution_env: str | None = Field(None, alias="AWS_EXECUTION_ENV")  # AWS_Lambda_python3.11: INIT_START's version
+    initialization_type: str = Field("on-demand", alias="AWS_LAMBDA_INITIALIZATION_TYPE")
 
     @field_validator("log_format", mode="before")
     @classmethod

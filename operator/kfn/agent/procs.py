@@ -94,6 +94,15 @@ def kill_runtime(pid: int) -> None:
         pass
 
 
+def children(pid: int) -> list[int]:
+    """The process's direct children (from /proc/<pid>/task/<pid>/children; empty if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
 _status_fds: dict[int, int] = {}
 
 

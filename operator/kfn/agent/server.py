@@ -16,13 +16,12 @@ import json
 import logging
 import os
 import signal
-import time
 import uuid
 from collections.abc import Callable, Sequence
 
 from kfn.agent import wire
 from kfn.agent.config import AgentConfig
-from kfn.agent.environment import EnvironmentBusy, ExecutionEnvironment, Invocation, RuntimeApiError
+from kfn.agent.environment import EnvironmentBusy, ExecutionEnvironment, Invocation, LogSink, RuntimeApiError
 from kfn.agent.httpserver import Connection, Handler, Request, encode_headers
 
 log = logging.getLogger(__name__)
@@ -44,13 +43,15 @@ def _accepted(req: Request) -> None:
 
 def _too_large(req: Request) -> None:
     req.respond(413, _JSON_H, wire.runtime_api_error(
-        "RequestEntityTooLarge", f"Exceeded maximum allowed payload size ({wire.MAX_PAYLOAD_BYTES} bytes)."))
+        "RequestEntityTooLarge", f"Exceeded maximum allowed payload size ({wire.MAX_RESPONSE_BYTES} bytes)."))
 
 
 # --- Runtime API (127.0.0.1:9001) -------------------------------------------------------------------------------
-def _next_headers(inv: Invocation) -> bytes:
+def next_headers(inv: Invocation) -> bytes:
+    """The /next answer's header lines but the deadline, built when the invocation is accepted: every value is
+    printable ASCII by then (see wire.header_safe_json, wire.trace_header), and encoding them here, before the
+    environment is touched, means no caller's bytes can fail the hand-over to the runtime."""
     h = (f"Lambda-Runtime-Aws-Request-Id: {inv.request_id}\r\n"
-         f"Lambda-Runtime-Deadline-Ms: {inv.deadline_ms}\r\n"
          f"Lambda-Runtime-Invoked-Function-Arn: {inv.invoked_arn}\r\n"
          f"Lambda-Runtime-Trace-Id: {inv.trace_id}\r\n"
          f"Content-Type: {inv.content_type}\r\n")
@@ -58,7 +59,7 @@ def _next_headers(inv: Invocation) -> bytes:
         h += f"Lambda-Runtime-Client-Context: {inv.client_context}\r\n"
     if inv.cognito_identity is not None:
         h += f"Lambda-Runtime-Cognito-Identity: {inv.cognito_identity}\r\n"
-    return h.encode("latin-1")
+    return h.encode("ascii")
 
 
 def next_invocation(env: ExecutionEnvironment, req: Request) -> None:
@@ -66,7 +67,8 @@ def next_invocation(env: ExecutionEnvironment, req: Request) -> None:
         if inv is None:  # the runtime exited while it waited: nothing to answer
             req.close()
         else:
-            req.respond(200, _next_headers(inv), inv.payload)
+            req.respond(200, inv.next_headers + b"Lambda-Runtime-Deadline-Ms: %d\r\n" % inv.deadline_ms,
+                        inv.payload)
 
     try:
         inv = env.next_invocation(req.peer_port, req.is_gone, deliver)
@@ -116,16 +118,21 @@ def init_error(env: ExecutionEnvironment, req: Request) -> None:
     _accepted(req)
 
 
+_EXITED_SHAPE = '{"pid": <int>, "exitStatus": <int|null>, "signal": <int|null>, "outOfMemory": <bool>}'
+
+
 def runtime_exited(env: ExecutionEnvironment, req: Request) -> None:
-    """kfn extension: the bootstrap reports that the runtime process exited, with its exit status."""
+    """kfn extension: the bootstrap reports that the runtime process exited, and how. The 202 is its go-ahead to
+    start the next runtime: at once, or (after a failed init) when the next invocation arrives."""
     try:
         doc = json.loads(req.body or b"")
-        pid, reason = int(doc["pid"]), str(doc["reason"])
-    except (ValueError, KeyError, TypeError):
-        return req.respond(400, _JSON_H, wire.runtime_api_error(
-            "InvalidRequest", 'body must be {"pid": <int>, "reason": "<text>"}'))
-    env.report_exit(pid, reason)
-    _accepted(req)
+        pid = int(doc["pid"])
+        status, sig = doc.get("exitStatus"), doc.get("signal")
+        reason = wire.exit_reason(None if status is None else int(status), None if sig is None else int(sig))
+        oom = bool(doc.get("outOfMemory", False))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return req.respond(400, _JSON_H, wire.runtime_api_error("InvalidRequest", f"body must be {_EXITED_SHAPE}"))
+    env.report_exit(pid, reason, oom, restart=lambda: _accepted(req))
 
 
 def _no_route(req: Request) -> None:
@@ -167,6 +174,7 @@ def runtime_api_connections(env: ExecutionEnvironment) -> Callable[[], Connectio
     def sink_for(req: Request) -> Callable[[bytes], None] | None:
         if req.method == "POST" and req.path == _LOGS_PATH:
             env.log_streams += 1
+            env.bootstrap_connected(req.peer_port)
             return env.add_log
         return None
 
@@ -174,7 +182,7 @@ def runtime_api_connections(env: ExecutionEnvironment) -> Callable[[], Connectio
         env.log_streams -= 1
 
     handle = runtime_api_handler(env)
-    return lambda: Connection(handle, wire.MAX_PAYLOAD_BYTES, sink_for, on_lost)
+    return lambda: Connection(handle, wire.MAX_RESPONSE_BYTES, sink_for, on_lost)
 
 
 # --- invoke endpoint and probes (0.0.0.0:8080) -------------------------------------------------------------------
@@ -221,6 +229,8 @@ class Invoker:
         cfg, env = self.cfg, self.env
         fn, qualifier = split_function_name(name)
         qualifier = req.query("Qualifier") or qualifier
+        if qualifier is not None and (problem := wire.qualifier_problem(qualifier)) is not None:
+            return _invoke_error(req, 400, "ValidationException", problem)
         if fn != cfg.function_name:
             arn = cfg.arn[: cfg.arn.rfind(":") + 1] + fn
             return _invoke_error(req, 404, "ResourceNotFoundException",
@@ -233,8 +243,7 @@ class Invoker:
                                  f"(got {inv_type!r})")
         payload = req.body
         if payload is None:
-            return _invoke_error(req, 413, "RequestTooLargeException",
-                                 f"Request must be smaller than {wire.MAX_PAYLOAD_BYTES} bytes for the Invoke operation")
+            return _invoke_error(req, 413, "RequestTooLargeException", wire.REQUEST_TOO_LARGE_MESSAGE)
         if not payload:
             payload = b"{}"
         else:
@@ -245,7 +254,8 @@ class Invoker:
                                      "Could not parse request body into json")
         try:
             client_context = wire.decode_client_context(headers.get("x-amz-client-context"))
-        except wire.BadClientContext as e:
+            cognito_identity = wire.decode_cognito_identity(headers.get("x-kfn-cognito-identity"))
+        except (wire.BadClientContext, wire.BadHeader) as e:
             return _invoke_error(req, 400, "InvalidRequestContentException", str(e))
         if inv_type == "DryRun":
             return req.respond(204, self._version_h)
@@ -254,12 +264,13 @@ class Invoker:
             # The gateway names the request (so the caller's x-amzn-RequestId is the function's aws_request_id).
             request_id=_gateway_request_id(headers.get("x-kfn-request-id")) or wire.new_request_id(),
             invoked_arn=wire.invoked_function_arn(cfg.arn, qualifier),
-            trace_id=headers.get("x-amzn-trace-id") or wire.new_trace_id(),
+            trace_id=wire.trace_header(headers.get("x-amzn-trace-id")),
             client_context=client_context,
-            cognito_identity=headers.get("x-kfn-cognito-identity"),
+            cognito_identity=cognito_identity,
             want_tail=headers.get("x-amz-log-type") == "Tail",
             loop=self._loop,
         )
+        inv.next_headers = next_headers(inv)
 
         def answer(inv: Invocation, outcome: wire.Outcome) -> None:
             self._answer(req, inv, inv_type, outcome)
@@ -313,50 +324,50 @@ def invoke_handler(env: ExecutionEnvironment, cfg: AgentConfig) -> Handler:
 
 
 # --- running it ---------------------------------------------------------------------------------------------------
-def exit_reason(returncode: int) -> str:
-    """Describe a process's end like Lambda does (Go's ProcessState wording)."""
-    if returncode < 0:
-        name = signal.Signals(-returncode).name.removeprefix("SIG").lower()
-        return f"signal: {'killed' if name == 'kill' else name}"
-    return f"exit status {returncode}"
+def returncode_reason(returncode: int) -> str | None:
+    """A child's returncode (negative: killed by that signal) in Lambda's words (wire.exit_reason)."""
+    return wire.exit_reason(signal=-returncode) if returncode < 0 else wire.exit_reason(exit_status=returncode)
 
 
 async def supervise(cmd: Sequence[str], cfg: AgentConfig, env: ExecutionEnvironment, stop: asyncio.Event) -> None:
-    """Exec mode: run the runtime as a child, restart it when it exits (at once after a reset, else backed off)."""
+    """Exec mode: run the runtime as a child; after it exits, start the next one when the environment wants it
+    (at once after a runtime that had initialised; after a failed init, when the next invocation arrives)."""
     child_env = {**os.environ, "AWS_LAMBDA_RUNTIME_API": cfg.runtime_api}
     child_env.pop("AWS_LAMBDA_MAX_CONCURRENCY", None)  # one invocation at a time per environment
-    backoff = 0.0
-    while not stop.is_set():
-        started = time.monotonic()
-        # Lambda runs the runtime in the task root (/var/task), which is also where `python -m` imports from.
-        task_root = os.environ.get("LAMBDA_TASK_ROOT")
-        cwd = task_root if task_root and os.path.isdir(task_root) else None
-        proc = await asyncio.create_subprocess_exec(*cmd, env=child_env, cwd=cwd, start_new_session=True)
-        waiter = asyncio.ensure_future(proc.wait())
-        stopper = asyncio.ensure_future(stop.wait())
-        await asyncio.wait((waiter, stopper), return_when=asyncio.FIRST_COMPLETED)
-        if not waiter.done():
-            proc.terminate()
-            await waiter
-            return
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            # Lambda runs the runtime in the task root (/var/task), which is also where `python -m` imports from.
+            task_root = os.environ.get("LAMBDA_TASK_ROOT")
+            cwd = task_root if task_root and os.path.isdir(task_root) else None
+            proc = await asyncio.create_subprocess_exec(*cmd, env=child_env, cwd=cwd, start_new_session=True)
+            waiter = asyncio.ensure_future(proc.wait())
+            await asyncio.wait((waiter, stopper), return_when=asyncio.FIRST_COMPLETED)
+            if not waiter.done():
+                proc.terminate()
+                await waiter
+                return
+            wanted = asyncio.Event()
+            env.report_exit(proc.pid, returncode_reason(proc.returncode or 0), restart=wanted.set)
+            go = asyncio.ensure_future(wanted.wait())
+            await asyncio.wait((go, stopper), return_when=asyncio.FIRST_COMPLETED)
+            go.cancel()
+    finally:
         stopper.cancel()
-        env.report_exit(proc.pid, exit_reason(proc.returncode or 0))
-        if proc.returncode == -signal.SIGKILL or time.monotonic() - started > 1:
-            backoff = 0.0
-        else:  # a runtime that dies at once (init error): do not spin
-            backoff = min(max(backoff * 2, 0.1), 2.0)
-        await asyncio.sleep(backoff)
 
 
 async def serve(cfg: AgentConfig, cmd: Sequence[str] = ()) -> None:
     """Run the agent until SIGTERM/SIGINT."""
     rt_host, rt_port = cfg.runtime_api_addr
-    env = ExecutionEnvironment(cfg, rt_port)
+    sink = LogSink()
+    if not cmd:  # exec mode's runtime inherits our stdout: keep it blocking for them
+        await sink.start()
+    env = ExecutionEnvironment(cfg, rt_port, sink)
     loop = asyncio.get_running_loop()
     invoke = invoke_handler(env, cfg)
     servers = [
         await loop.create_server(runtime_api_connections(env), rt_host, rt_port, reuse_address=True),
-        await loop.create_server(lambda: Connection(invoke, wire.MAX_PAYLOAD_BYTES), *cfg.listen_addr,
+        await loop.create_server(lambda: Connection(invoke, wire.MAX_REQUEST_BYTES), *cfg.listen_addr,
                                  reuse_address=True),
     ]
     log.info("kfn agent for %s (%s): Runtime API on %s:%d, invoke endpoint on %s:%d",
@@ -373,3 +384,4 @@ async def serve(cfg: AgentConfig, cmd: Sequence[str] = ()) -> None:
         await supervisor
     for server in servers:
         server.close()
+    await sink.close()

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 KFN := $(VENV)/bin/kfn
 PYTEST_ARGS ?=
 
-.PHONY: help venv test unit crds run cluster-up cluster-down images bench clean
+.PHONY: help venv test unit crds chart run cluster-up cluster-down images bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -31,8 +31,18 @@ test: venv ## run every test: unit, integration and end-to-end (brings up the te
 unit: venv ## run the fast unit tests only
 	@set +e; $(PY) -m pytest tests/unit $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
-crds: venv ## regenerate crds/ and charts/kfn/crds/ from the pydantic models
-	$(KFN) crds --write crds --write charts/kfn/crds
+crds: venv ## regenerate crds/ and the chart's generated files (charts/kfn/files/) from the pydantic models
+	$(KFN) crds --write crds --write charts/kfn/files/crds
+	$(PY) -m kfn.chartgen --write charts/kfn/files
+
+HELM_RENDER = template kfn charts/kfn --namespace kfn-system --kube-version 1.35.4
+chart: venv ## render the plain manifests and the Argo CD snippet from charts/kfn (helm built into the test-bed cache)
+	@helm=$$(bash testbed/build-tools.sh helm); set -e; \
+	  $$helm lint --strict charts/kfn; \
+	  $$helm $(HELM_RENDER) --set createNamespace=true > charts/kfn/manifests/kfn.yaml; \
+	  $$helm $(HELM_RENDER) --set argocd.healthChecks.enabled=true --show-only templates/argocd-health.yaml \
+	    > charts/kfn/argocd/argocd-cm.yaml; \
+	  echo "wrote charts/kfn/manifests/kfn.yaml charts/kfn/argocd/argocd-cm.yaml"
 
 CONTROL_PLANE_ONLY ?= 0
 cluster-up: ## start the test bed (a single-node Kubernetes; CONTROL_PLANE_ONLY=1: API server only, seconds)

@@ -13,7 +13,7 @@ from kfn import crdgen
 from kfn.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD_DIRS = [ROOT / "crds", ROOT / "charts" / "kfn" / "crds"]
+CRD_DIRS = [ROOT / "crds", ROOT / "charts" / "kfn" / "files" / "crds"]
 
 
 @pytest.mark.parametrize("directory", CRD_DIRS, ids=lambda p: str(p.relative_to(ROOT)))

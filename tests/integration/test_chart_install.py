@@ -1,0 +1,311 @@
+"""`helm install` of charts/kfn on the real test bed: what a user of the chart lives through.
+
+Each test installs its own release into a fresh namespace, with the operator
+watching only that namespace (so it coexists with other operators on the
+shared test bed), and removes it. The shared kfn CRDs are left to the
+``crds_installed`` fixture (``crds.install=false``); the CRD lifecycle
+(upgrade with the release, kept on uninstall) is tested on a copy of the chart
+whose CRDs live in a group of their own, so no other test's CRDs change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from botocore.config import Config
+from test_operator import Api, wait_until
+from tools import CHART, REPO, build_tool, helm
+
+pytestmark = pytest.mark.integration
+TAG = os.environ.get("KFN_IMAGE_TAG", "dev")
+
+
+@pytest.fixture(scope="module")
+def helm_bin(pytestconfig: pytest.Config) -> str:
+    return build_tool("helm", pytestconfig)
+
+
+class Release:
+    """One helm release of the chart in a test's namespace, uninstalled at the end."""
+
+    def __init__(self, helm_bin: str, cluster: Any, namespace: str, chart: Path = CHART):
+        self.helm_bin, self.cluster, self.ns, self.chart = helm_bin, cluster, namespace, chart
+        self.name = namespace  # kfn-t-…: cluster-scoped names carry it, so releases never collide
+
+    def values(self, *extra: str) -> list[str]:
+        base = ["crds.install=false", f"operator.watchNamespaces={{{self.ns}}}", "image.repository=docker.io/kfn/kfn",
+                f"image.tag={TAG}", "operator.resyncSeconds=30"]  # fmt: skip
+        return [a for s in (*base, *extra) for a in (("--set-string", s[7:]) if s.startswith("string:") else ("--set", s))]
+
+    def run(self, verb: str, *args: str, check: bool = True, timeout: float = 400) -> Any:
+        return helm(self.helm_bin, verb, *args, "--namespace", self.ns, "--kubeconfig", self.cluster.kubeconfig,
+                    check=check, timeout=timeout)
+
+    def install(self, *extra: str, check: bool = True, wait: bool = True) -> Any:
+        return self.run("install", self.name, str(self.chart), *self.values(*extra),
+                        *(["--wait", "--timeout", "5m"] if wait else []), check=check)
+
+    def upgrade(self, *extra: str, wait: bool = True) -> Any:
+        return self.run("upgrade", self.name, str(self.chart), *self.values(*extra),
+                        *(["--wait", "--timeout", "5m"] if wait else []))
+
+    def uninstall(self) -> Any:
+        return self.run("uninstall", self.name, "--wait", "--ignore-not-found", check=False)
+
+
+def lambda_client(address: str, port: int = 8080) -> Any:
+    return boto3.client("lambda", endpoint_url=f"http://{address}:{port}", region_name="us-east-1",
+                        aws_access_key_id="x", aws_secret_access_key="x",
+                        config=Config(retries={"max_attempts": 1}, read_timeout=30))
+
+
+def invoke(client: Any, payload: dict[str, Any]) -> Any:
+    r = client.invoke(FunctionName="hello", Payload=json.dumps(payload).encode())
+    assert r["StatusCode"] == 200 and "FunctionError" not in r, r
+    return json.loads(r["Payload"].read())
+
+
+def ready_address(api: Api, service: str) -> str:
+    def find() -> str | None:
+        for s in api.list("endpointslices", f"kubernetes.io/service-name={service}"):
+            for ep in s.get("endpoints") or []:
+                if (ep.get("conditions") or {}).get("ready"):
+                    return str(ep["addresses"][0])
+        return None
+
+    return str(wait_until(find, 240, f"{service} has a ready execution environment", interval=1))
+
+
+def operator_pods(api: Api) -> list[dict[str, Any]]:
+    return api.list("pods", "kfn.dev/component=operator")
+
+
+@pytest.mark.e2e
+def test_install_serves_upgrade_keeps_serving_uninstall_leaves_functions(
+    helm_bin: str, cluster: Any, crds_installed: list[str], namespace: str
+) -> None:
+    api = Api(cluster, namespace)
+    # every pod kfn runs here must pass Pod Security "restricted"
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    rel = Release(helm_bin, cluster, namespace)
+    try:
+        t0 = time.monotonic()
+        out = rel.install()
+        assert f"kubectl -n {namespace} apply -f -" in out.stdout  # NOTES: the first function, in the watched namespace
+        (op_pod,) = operator_pods(api)
+        api.apply((REPO / "examples" / "hello-world.yaml").read_text())
+        api.wait_ready("function", "hello", timeout=120)
+        # boto3 through the chart's gateway Service, as NOTES.txt tells a user
+        gateway = api.get("service", f"{namespace}-gateway")
+        assert gateway is not None
+        client = lambda_client(gateway["spec"]["clusterIP"], port=80)
+        expected = {"statusCode": 200, "body": json.dumps({"hello": "chart"})}
+        wait_until(lambda: _try(lambda: invoke(client, {"name": "chart"})) == expected, 240,
+                   "hello answers through the gateway", interval=1)
+        first_invoke = time.monotonic() - t0
+
+        # helm upgrade with changed values while a client invokes in a loop: no failed invocation
+        results: list[str] = []
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set():
+                try:
+                    invoke(client, {"name": "loop"})
+                    results.append("ok")
+                except Exception as e:  # recorded, asserted below
+                    results.append(f"{type(e).__name__}: {e}")
+                time.sleep(0.05)
+
+        worker = threading.Thread(target=loop)
+        worker.start()
+        try:
+            # new pod annotations roll both the operator and the gateways
+            rel.upgrade("operator.resyncSeconds=45", "operator.podAnnotations.kfn\\.dev/upgraded=yes",
+                        "gateway.podAnnotations.kfn\\.dev/upgraded=yes")
+            (new_pod,) = wait_until(lambda: [p for p in operator_pods(api) if p["metadata"]["uid"] != op_pod["metadata"]["uid"]
+                                             and not p["metadata"].get("deletionTimestamp")], 120, "the upgraded operator runs")
+        finally:
+            stop.set()
+            worker.join(60)
+        failed = [r for r in results if r != "ok"]
+        assert results and not failed, f"{len(failed)} of {len(results)} invocations failed during helm upgrade: {failed[:3]}"
+        assert new_pod["metadata"]["annotations"]["kfn.dev/upgraded"] == "yes"
+        gateways = api.list("pods", "kfn.dev/component=gateway")
+        assert gateways and all((p["metadata"].get("annotations") or {}).get("kfn.dev/upgraded") == "yes"
+                                for p in gateways if not p["metadata"].get("deletionTimestamp"))
+        assert "--resync-seconds" in (cmd := new_pod["spec"]["containers"][0]["command"]) and cmd[cmd.index("--resync-seconds") + 1] == "45"
+        # the upgraded operator reconciles: a code change reaches the function
+        fn = yaml.safe_load((REPO / "examples" / "hello-world.yaml").read_text())
+        fn["spec"]["code"]["inline"]["files"]["app.py"] = "def handler(event, context):\n    return {'after': 'upgrade'}\n"
+        api.apply([fn])
+        wait_until(lambda: _try(lambda: invoke(client, {})) == {"after": "upgrade"}, 240, "the new code answers",
+                   interval=2)
+        # every environment runs the new code once the rollout is over (the old ones are gone)
+        api.kubectl("rollout", "status", "deployment/hello-latest", "--timeout=110s")  # within kubectl()'s 120 s
+
+        # helm uninstall removes kfn (operator, gateway, their RBAC) and leaves users' functions serving
+        rel.uninstall()
+        for component in ("operator", "gateway"):
+            wait_until(lambda: not api.list("deployments", f"kfn.dev/component={component}"), 60, f"the {component} is gone")
+        assert api.get("service", f"{namespace}-gateway") is None
+        roles = cluster.kubectl("get", "clusterroles", "-o", "name").stdout.split()
+        assert not [r for r in roles if namespace in r]
+        assert api.get("function", "hello") is not None
+        # no gateway any more: the function's own environment still answers
+        assert invoke(lambda_client(ready_address(api, "hello-latest")), {}) == {"after": "upgrade"}
+        print(f"helm install -> first invoke: {first_invoke:.1f} s; {len(results)} invocations during upgrade, 0 failed")
+    finally:
+        rel.uninstall()
+
+
+def _try(fn: Any) -> Any:
+    """fn's answer, or the error it raised (callers poll until the answer is the expected one)."""
+    try:
+        return fn()
+    except Exception as e:  # compared with an expected answer, never truthy-tested
+        return e
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("operator.resyncSeconds=1", "at '/operator/resyncSeconds': minimum: got 1, want 10"),
+        ("image.pullPolicy=Sometimes", "at '/image/pullPolicy'"),
+    ],
+)
+def test_invalid_values_fail_before_anything_is_created(
+    helm_bin: str, cluster: Any, namespace: str, setting: str, message: str
+) -> None:
+    rel = Release(helm_bin, cluster, namespace)
+    proc = rel.install(setting, check=False, wait=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert rel.run("list", "-q").stdout.strip() == ""
+    for kind in ("deployments", "serviceaccounts", "networkpolicies", "configmaps", "secrets"):
+        # what Kubernetes itself puts in every namespace does not count
+        objs = [o for o in Api(cluster, namespace).list(kind) if o["metadata"]["name"] not in ("kube-root-ca.crt", "default")]
+        assert not objs, f"{kind} created by a failed install: {[o['metadata']['name'] for o in objs]}"
+    assert not [r for r in cluster.kubectl("get", "clusterroles", "-o", "name").stdout.split() if namespace in r]
+
+
+@pytest.mark.parametrize(("scope", "rbac_kind"), [("cluster-wide", "ClusterRole"), ("namespaced", "Role")])
+def test_rendered_manifests_pass_the_api_servers_dry_run(helm_bin: str, cluster: Any, crds_installed: list[str],
+                                                         namespace: str, scope: str, rbac_kind: str) -> None:
+    # every object the chart renders, as the pinned API server validates it (schema, defaults, admission)
+    args = ["template", namespace, str(CHART), "--namespace", namespace, "--kube-version", "1.35.4",
+            "--set", "argocd.healthChecks.enabled=true", "--set", f"argocd.healthChecks.namespace={namespace}",
+            "--set", "gateway.autoscaling.enabled=true"]  # fmt: skip
+    if scope == "namespaced":
+        args += ["--set", f"operator.watchNamespaces={{{namespace}}}"]
+    rendered = helm(helm_bin, *args).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    kinds = {d["kind"] for d in docs}
+    assert {"CustomResourceDefinition", "Deployment", rbac_kind, "NetworkPolicy", "ConfigMap",
+            "PodDisruptionBudget", "HorizontalPodAutoscaler"} <= kinds
+    out = cluster.kubectl("apply", "--dry-run=server", "--server-side", "--force-conflicts",
+                          "--field-manager", f"dry-run-{namespace}", "-f", "-", input=rendered)
+    assert out.stdout.count("serverside-applied (server dry run)") == len(docs), out.stdout
+
+
+def test_crds_upgrade_with_the_release_and_survive_uninstall(
+    helm_bin: str, cluster: Any, namespace: str, tmp_path: Path
+) -> None:
+    # The chart, with its CRDs moved to a group of this test's own.
+    group = f"{namespace}.test.kfn.dev"
+    chart = tmp_path / "kfn"
+    shutil.copytree(CHART, chart)
+    for f in (chart / "files" / "crds").glob("*.yaml"):
+        f.write_text(re.sub(r"\bkfn\.dev\b", group, f.read_text()))
+    crd = f"functions.{group}"
+    rel = Release(helm_bin, cluster, namespace, chart)
+    try:
+        rel.install("crds.install=true", wait=False)
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+        fn = {"apiVersion": f"{group}/v1alpha1", "kind": "Function", "metadata": {"name": "kept", "namespace": namespace},
+              "spec": {"runtime": "python3.11", "handler": "app.handler",
+                       "code": {"inline": {"files": {"app.py": "def handler(e, c):\n    return 1\n"}}}}}  # fmt: skip
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(fn))
+
+        # a changed CRD in the chart (a new printer column) reaches the cluster on helm upgrade
+        path = chart / "files" / "crds" / "kfn.dev_functions.yaml"
+        doc = yaml.safe_load(path.read_text())
+        doc["spec"]["versions"][0]["additionalPrinterColumns"].append(
+            {"name": "Upgraded", "type": "string", "jsonPath": ".spec.description"})
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        rel.upgrade("crds.install=true", wait=False)
+        live = json.loads(cluster.kubectl("get", "crd", crd, "-o", "json").stdout)
+        assert "Upgraded" in [c["name"] for c in live["spec"]["versions"][0]["additionalPrinterColumns"]]
+
+        # helm uninstall keeps the CRDs, so users' Functions stay
+        out = rel.run("uninstall", rel.name, "--wait")
+        assert f"functions.{group}" in out.stdout + out.stderr  # helm names what it kept
+        assert cluster.kubectl("get", "crd", crd, check=False).returncode == 0
+        got = cluster.kubectl("get", f"functions.{group}", "kept", "-n", namespace, "-o", "json")
+        assert json.loads(got.stdout)["metadata"]["name"] == "kept"
+
+        # installing again: another release name is refused (the kept CRDs name their release) ...
+        other = Release(helm_bin, cluster, namespace, chart)
+        other.name = f"{namespace}-b"
+        refused = other.install("crds.install=true", wait=False, check=False)
+        assert refused.returncode != 0 and "invalid ownership metadata" in refused.stderr, refused.stderr
+        # ... the same name adopts them, with the users' objects
+        rel.install("crds.install=true", wait=False)
+        assert cluster.kubectl("get", f"functions.{group}", "kept", "-n", namespace, check=False).returncode == 0
+    finally:
+        rel.uninstall()
+        cluster.kubectl("delete", "crd", "--ignore-not-found", "--wait=false",
+                        *[f"{p}.{group}" for p in ("functions", "functionversions", "aliases", "eventsourcemappings")],
+                        check=False)
+
+
+def test_service_accounts_can_do_exactly_what_the_code_needs(
+    helm_bin: str, cluster: Any, crds_installed: list[str], namespace: str
+) -> None:
+    # `kubectl auth can-i` as each ServiceAccount, against the API server's own authorizer
+    rel = Release(helm_bin, cluster, namespace)
+    other = "default"  # a namespace the release does not watch
+    try:
+        rel.install(wait=False)
+        operator_sa = f"system:serviceaccount:{namespace}:{namespace}-operator"
+        gateway_sa = f"system:serviceaccount:{namespace}:{namespace}-gateway"
+        matrix = [
+            (operator_sa, "patch", "deployments.apps", namespace, True),
+            (operator_sa, "create", "functionversions.kfn.dev", namespace, True),
+            (operator_sa, "patch", "functions.kfn.dev/status", namespace, True),
+            (operator_sa, "update", "functions.kfn.dev/status", namespace, False),  # patch only
+            (gateway_sa, "patch", "deployments.apps/scale", namespace, False),
+            (operator_sa, "get", "secrets", namespace, True),
+            (operator_sa, "list", "secrets", namespace, False),  # kfn never reads every Secret
+            (operator_sa, "patch", "deployments.apps", other, False),  # only the watched namespace
+            (operator_sa, "list", "namespaces", "", False),  # nothing cluster-wide
+            (operator_sa, "list", "customresourcedefinitions.apiextensions.k8s.io", "", False),
+            (gateway_sa, "list", "functions.kfn.dev", namespace, True),
+            (gateway_sa, "update", "deployments.apps/scale", namespace, True),
+            (gateway_sa, "list", "endpointslices.discovery.k8s.io", namespace, True),
+            (gateway_sa, "patch", "deployments.apps", namespace, False),
+            (gateway_sa, "get", "secrets", namespace, False),
+            (gateway_sa, "create", "functions.kfn.dev", namespace, False),
+            (gateway_sa, "list", "functions.kfn.dev", other, False),
+        ]  # fmt: skip
+        wrong = []
+        for who, verb, resource, ns, allowed in matrix:
+            kind, _, sub = resource.partition("/")  # kind/sub is a subresource, not kind/name
+            args = ["auth", "can-i", verb, kind, "--as", who] + (["--subresource", sub] if sub else [])
+            args += ["-n", ns] if ns else []
+            answer = cluster.kubectl(*args, check=False).stdout.strip()
+            if answer != ("yes" if allowed else "no"):
+                wrong.append(f"{who.rsplit(':', 1)[1]} {verb} {resource} in {ns or 'the cluster'}: {answer}")
+        assert not wrong, "\n".join(wrong)
+    finally:
+        rel.uninstall()

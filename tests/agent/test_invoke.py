@@ -149,7 +149,7 @@ def test_six_mb_response_boundary(app_rig: Rig, n: int, ok: bool) -> None:
 def test_request_over_six_mb_is_refused(app_rig: Rig) -> None:
     reply = app_rig.invoke(raw=json.dumps("a" * MAX).encode())
     assert reply.status == 413
-    assert reply.headers["x-amzn-errortype"] == "RequestTooLargeException"
+    assert reply.headers["x-amzn-errortype"] == "RequestEntityTooLargeException"
 
 
 def test_timeout_answers_sandbox_timedout_and_resets_the_environment(app_rig: Rig) -> None:

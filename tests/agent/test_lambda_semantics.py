@@ -259,9 +259,9 @@ def test_request_limit_is_6_mib_exactly(app_rig: Rig, size: int, accepted: bool)
         assert len(reply.json()["p"]) == size - len(head) - len(tail)
     else:
         assert reply.status == 413
-        assert reply.headers["x-amzn-errortype"] == "RequestTooLargeException"
+        assert reply.headers["x-amzn-errortype"] == "RequestEntityTooLargeException"
         assert reply.json() == {"Type": "User",
-                                "message": "Request must be smaller than 6291456 bytes for the Invoke operation"}
+                                "message": "Request must be smaller than 6291456 bytes for the InvokeFunction operation"}
 
 
 # --- the Runtime API as Lambda's own ------------------------------------------------------------------------------

@@ -243,7 +243,7 @@ class Invoker:
                                  f"(got {inv_type!r})")
         payload = req.body
         if payload is None:
-            return _invoke_error(req, 413, "RequestTooLargeException", wire.REQUEST_TOO_LARGE_MESSAGE)
+            return _invoke_error(req, 413, wire.REQUEST_TOO_LARGE_TYPE, wire.REQUEST_TOO_LARGE_MESSAGE)
         if not payload:
             payload = b"{}"
         else:

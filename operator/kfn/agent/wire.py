@@ -20,8 +20,11 @@ from dataclasses import dataclass
 # most 6 MiB plus 100 bytes of slack, as the Runtime Interface Emulator has it.
 MAX_REQUEST_BYTES = 6 * 1024 * 1024
 MAX_RESPONSE_BYTES = 6 * 1024 * 1024 + 100
-# Lambda's answer to an Invoke body over MAX_REQUEST_BYTES (413 RequestTooLargeException).
-REQUEST_TOO_LARGE_MESSAGE = f"Request must be smaller than {MAX_REQUEST_BYTES} bytes for the Invoke operation"
+# Lambda's answer to an Invoke body over MAX_REQUEST_BYTES, as AWS sends it on the wire (413, x-amzn-ErrorType
+# RequestEntityTooLargeException; the service model's RequestTooLargeException is not what clients receive) — the
+# gateway answers the same (gateway/errors.py: request_too_large).
+REQUEST_TOO_LARGE_TYPE = "RequestEntityTooLargeException"
+REQUEST_TOO_LARGE_MESSAGE = f"Request must be smaller than {MAX_REQUEST_BYTES} bytes for the InvokeFunction operation"
 # LogType=Tail returns the last 4 KB of the invocation's log.
 LOG_TAIL_BYTES = 4096
 

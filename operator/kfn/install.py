@@ -185,6 +185,9 @@ def make_gateway_deployment(
                         "ports": [{"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
                         "livenessProbe": {**probe, "initialDelaySeconds": 10, "failureThreshold": 6},
                         "readinessProbe": probe,
+                        # keep accepting until kube-proxy has taken the pod out of the Service (endpoint removal
+                        # is asynchronous); only then SIGTERM. Without it a rollout refuses a few connections.
+                        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
                         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
                         "securityContext": {
                             "allowPrivilegeEscalation": False,

@@ -18,10 +18,11 @@ $(VENV)/.installed: pyproject.toml
 	  echo "make venv: kfn needs Python 3.11 or newer as $(PYTHON) (found: $$($(PYTHON) -V 2>&1))"; exit 1; }
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
 	  echo "make venv: $(PYTHON) cannot create virtual environments: install python3-venv (apt-get install python3-venv)"; exit 1; }
-	@echo "==> creating $(VENV) and installing kfn[test]"
+	@echo "==> creating $(VENV) and installing kfn[test] (boto3, the aws CLI, pytest …; a minute or two the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install --progress-bar off -e '.[test]' | grep --line-buffered -E '^(Collecting|Successfully)' || true
+	@$(PY) -c 'import kfn, boto3' || { echo "make venv: installing kfn[test] failed"; exit 1; }
 	@touch $@
 
 test: venv ## run every test: unit, integration and end-to-end (brings up the test bed as needed)
@@ -74,7 +75,7 @@ run: venv ## bring up the local cluster, install kfn, deploy the hello-world exa
 	  $(KFN) invoke hello --payload '{"name": "kfn"}' --log-type Tail; \
 	  gw=$$($$kubectl -n kfn-system get service kfn-gateway -o jsonpath='{.spec.clusterIP}'); \
 	  boto3_line="$(abspath $(PY)) -c \"import boto3; c = boto3.client('lambda', endpoint_url='http://$$gw', region_name='us-east-1', aws_access_key_id='any', aws_secret_access_key='any'); print(c.invoke(FunctionName='hello', Payload=b'{\\\"name\\\": \\\"boto3\\\"}')['Payload'].read().decode())\""; \
-	  aws_line="AWS_ACCESS_KEY_ID=any AWS_SECRET_ACCESS_KEY=any $(abspath $(VENV))/bin/aws lambda invoke --endpoint-url http://$$gw --region us-east-1 --function-name hello --payload '{\"name\": \"aws\"}' /dev/stdout"; \
+	  aws_line="AWS_ACCESS_KEY_ID=any AWS_SECRET_ACCESS_KEY=any $(abspath $(VENV))/bin/aws lambda invoke --endpoint-url http://$$gw --region us-east-1 --function-name hello --payload '{\"name\": \"aws\"}' /tmp/kfn-hello.json && cat /tmp/kfn-hello.json && echo"; \
 	  echo "==> the gateway's Service (kfn-system/kfn-gateway) at http://$$gw speaks the Lambda API:"; \
 	  echo "$$boto3_line"; eval "$$boto3_line"; \
 	  echo "$$aws_line"; eval "$$aws_line"; \

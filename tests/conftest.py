@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 from collections.abc import Iterator
 
 import pytest
 
 from testbed import (
+    say,
     REPO,
     Cluster,
     ClusterSetupError,
@@ -62,14 +62,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
-def _say(config: pytest.Config, line: str) -> None:
-    """Show a progress line now, even while pytest captures output."""
-    capman = config.pluginmanager.getplugin("capturemanager")
-    if capman is None:
-        print(line, file=sys.stderr, flush=True)
-        return
-    with capman.global_and_fixture_disabled():
-        print(line, file=sys.stderr, flush=True)
+_say = say  # progress lines past pytest's capture (testbed.say)
 
 
 def _wants_testbed(config: pytest.Config, settings: dict[str, str]) -> bool:

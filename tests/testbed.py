@@ -10,10 +10,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TESTBED = REPO / "testbed"
@@ -189,3 +194,13 @@ def find_leftovers(settings: dict[str, str]) -> list[str]:
         if Path(d).exists():
             found.append(f"directory {d}")
     return found
+
+
+def say(config: pytest.Config, line: str) -> None:
+    """Show a progress line now, even while pytest captures output."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is None:
+        print(line, file=sys.stderr, flush=True)
+        return
+    with capman.global_and_fixture_disabled():
+        print(line, file=sys.stderr, flush=True)

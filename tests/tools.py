@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import _say as say  # progress lines past pytest's capture
+from testbed import say  # progress lines past pytest's capture
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "kfn"

@@ -9,6 +9,10 @@ place and its Deployment has not failed: the version can be invoked. It does
 not wait for a pod to be running, because a function scaled to zero is still
 invocable (the gateway starts an execution environment on demand); pods show in
 ``status.replicas``/``status.readyReplicas`` and the ``Available`` condition.
+But when no environment can start (an image that cannot be pulled, code that
+cannot be fetched, a runtime that crashes or fails its init), the gating
+``EnvironmentsHealthy`` condition is False with the runtime's last error, so
+``Ready`` is False and ``status.state`` is ``Failed`` (Lambda's State).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ DEPLOYMENT_READY = "DeploymentReady"
 SERVICE_READY = "ServiceReady"
 NETWORK_POLICY_READY = "NetworkPolicyReady"
 AVAILABLE = "Available"  # informational: at least one execution environment is ready
+# Gating: no execution environment is failing to start (health.py reads the pods and the agent).
+ENVIRONMENTS_HEALTHY = "EnvironmentsHealthy"
 VERSION_PUBLISHED = "VersionPublished"  # Function: the last publish request is done
 TARGETS_READY = "TargetsReady"  # Alias
 
@@ -56,6 +62,13 @@ TARGETS_RESOLVED = "TargetsResolved"
 VERSION_DELETED = "VersionDeleted"
 IMAGE_DIGEST_PENDING = "ImageDigestPending"  # publishing waits to pin an image tag to its digest
 VERSION_CONFLICT = "VersionConflict"  # another FunctionVersion claims the same number
+# EnvironmentsHealthy: why no execution environment can start (each with Lambda's StateReasonCode in status).
+NO_FAILURES = "NoFailures"
+IMAGE_PULL_FAILED = "ImagePullFailed"  # ErrImagePull, ImagePullBackOff … (InvalidImage)
+CODE_FETCH_FAILED = "CodeFetchFailed"  # the code/layers init container fails: fetch, sha256, unzip (InvalidZipFileException)
+RUNTIME_CRASH_LOOP = "RuntimeCrashLoop"  # a container of the environment is in CrashLoopBackOff (FunctionError)
+RUNTIME_INIT_ERROR = "RuntimeInitError"  # the runtime posted /init/error (FunctionError.RuntimeInitError)
+CONTAINER_CONFIG_ERROR = "ContainerConfigError"  # the kubelet cannot create a container (InvalidConfiguration)
 
 
 @dataclass(frozen=True)

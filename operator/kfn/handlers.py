@@ -4,7 +4,10 @@
   reconciler (level-based, so one function serves all three);
 * deletion of a child kfn made -> its owner's reconciler at once;
 * a Deployment whose environments (replicas, readiness) changed -> its owner's
-  reconciler, so status follows the pods.
+  reconciler, so status follows the pods;
+* a function pod that cannot start (image pull, crash loop, code fetch) or
+  whose runtime may have failed its init -> its owner's reconciler, so status
+  says why no environment starts (``kfn.health``).
 
 The periodic resync that puts back hand edits is not a Kopf timer (see
 ``kfn.reconcilers.resync``).
@@ -17,19 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
-from kfn import aio, k8s, metrics, names
+from kfn import aio, health, k8s, metrics, names
 from kfn.reconcilers.alias import reconcile_alias
 from kfn.reconcilers.children import APPLIED
 from kfn.reconcilers.common import Outcome
 from kfn.reconcilers.function import reconcile_function, versions_of
 from kfn.reconcilers.version import reconcile_version
 from kfn.resources import Images
+from kfn.resources.environment import AGENT_PORT
 
 log = logging.getLogger("kfn.operator")
 
@@ -194,6 +199,76 @@ def filter_watches(settings: kopf.OperatorSettings) -> None:
     """
     for cgroup, _cversion, cplural in CHILD_KINDS.values():
         settings.watching.label_selectors[cgroup, cplural] = child_label_selector()
+    settings.watching.label_selectors["", "pods"] = child_label_selector()  # the pod watch (environment health)
+
+
+# How long the pod watch follows a runtime that runs but is not ready, asking its agent whether init failed.
+INIT_WATCH_SECONDS = 60.0
+INIT_POLL_SECONDS = 2.0
+
+
+def pod_owner(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(kind, name) of the Function or FunctionVersion whose execution environment a pod is."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    function, version = labels.get(names.LABEL_FUNCTION), labels.get(names.LABEL_VERSION)
+    if not function or not version:
+        return None
+    deployment = k8s.get("Deployment", meta["namespace"], names.environment_name(function, version))
+    return controller_of(deployment["metadata"]) if deployment else None
+
+
+async def follow_init(pod: Mapping[str, Any]) -> bool:
+    """Follow a starting pod until its runtime is ready (False) or cannot start (True): a problem in the
+    pod's status, or an init error its agent reports. Gives up (False) after INIT_WATCH_SECONDS."""
+    meta = pod["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    deadline = time.monotonic() + INIT_WATCH_SECONDS
+    while time.monotonic() < deadline:
+        await asyncio.sleep(INIT_POLL_SECONDS)  # the runtime is initialising
+        # This handler holds the pod's later events until it returns: read its status afresh.
+        current = await asyncio.to_thread(k8s.get, "Pod", namespace, name)
+        if current is None:
+            return False  # the pod is gone
+        if health.pod_problem(current) is not None:
+            return True
+        if not (health.awaiting_init(current) or health.is_ready(current)):
+            continue  # restarting: the next look tells
+        try:
+            code, body = await asyncio.to_thread(k8s.proxy_get, namespace, name, AGENT_PORT, "/readyz")
+        except k8s.ApiError as e:
+            log.debug("agent of pod %s/%s not reachable yet: %s", namespace, name, e)
+            continue
+        if health.init_error_problem(name, code, body) is not None:
+            return True
+        if code == 200:
+            return False  # ready: the Deployment's watch updates the owner
+    return False
+
+
+def register_pod_watch(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
+    """Follow function pods that cannot start, so the owner's status says why (see kfn.health)."""
+    selector = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: names.COMPONENT_FUNCTION}
+
+    def interesting(body: kopf.Body, **_: Any) -> bool:
+        pod = plain(body)
+        return health.pod_problem(pod) is not None or health.awaiting_init(pod)
+
+    @kopf.on.event("", "v1", "pods", id="environment-health", labels=selector, when=interesting, registry=registry)
+    async def on_pod(body: kopf.Body, **_: Any) -> None:
+        pod = plain(body)
+        if health.pod_problem(pod) is None and not await follow_init(pod):
+            return
+
+        def refresh_owner() -> None:
+            owner = pod_owner(pod)
+            if owner is not None:
+                reconcile_by_name(owner[0], pod["metadata"]["namespace"], owner[1], cfg)
+
+        try:
+            await asyncio.to_thread(refresh_owner)
+        except k8s.ApiError as e:
+            log.warning("following pod %s failed: %s", pod["metadata"].get("name"), e)
 
 
 def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Tasks | None = None) -> None:
@@ -258,6 +333,9 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Ta
                 labels=selector,
                 registry=registry,
             )(on_child)
+
+    if cfg.watch_children:
+        register_pod_watch(registry, cfg)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:

@@ -289,9 +289,14 @@ def proxy_post(
 
 
 def _proxy_post(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> tuple[int, dict[str, str], bytes]:
+    return _proxy("POST", url, body, headers, timeout)
+
+
+def _proxy(method: str, url: str, body: bytes | None, headers: Mapping[str, str],
+           timeout: float) -> tuple[int, dict[str, str], bytes]:
     api = _api()
     method, full_url, hdrs, _, _ = api.param_serialize(
-        "POST", url, header_params=dict(headers), body=None, auth_settings=["BearerToken"])
+        method, url, header_params=dict(headers), body=None, auth_settings=["BearerToken"])
     # the generated client would re-encode the body as JSON; the payload goes as the bytes it is
     response = api.rest_client.pool_manager.request(method, full_url, headers=hdrs, body=body, timeout=timeout)
     if response.status >= 400 and response.headers.get("Content-Type", "").startswith("application/json"):
@@ -386,3 +391,17 @@ def service_proxy_post(
     """POST through the API server's service proxy; returns status, headers and body as the Service answered."""
     url = f"{path('Service', namespace, f'{service}:{port}', 'proxy')}/{subpath.lstrip('/')}"
     return _proxy_post(url, body, headers, timeout)
+
+
+def proxy_get(namespace: str, pod: str, port: int, subpath: str, timeout: float = 5) -> tuple[int, bytes]:
+    """GET through the API server's pod proxy; returns the status and body the pod answered.
+
+    The operator reads an execution environment's ``/readyz`` this way to learn a runtime's init error.
+    Raises ApiError when the API server itself refuses (no such pod, no permission) or cannot reach the pod.
+    """
+    url = f"{path('Pod', namespace, f'{pod}:{port}', 'proxy')}/{subpath.lstrip('/')}"
+    try:
+        status, _, data = _proxy("GET", url, None, {}, timeout)
+    except urllib3.exceptions.HTTPError as e:  # connection refused, timeouts
+        raise ApiError(0, "Unreachable", str(e)) from e
+    return status, data

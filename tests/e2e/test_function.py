@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from podrig import ready_addresses
 
 pytestmark = pytest.mark.e2e
 
@@ -24,17 +25,6 @@ rig = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(rig)
 operator, api = rig.operator, rig.api  # fixtures
 Api, Operator, wait_until, function, EXAMPLES = rig.Api, rig.Operator, rig.wait_until, rig.function, rig.EXAMPLES
-
-
-def ready_addresses(api: Any, service: str) -> list[str]:
-    slices = api.list("endpointslices", f"kubernetes.io/service-name={service}")
-    return [
-        addr
-        for s in slices
-        for ep in s.get("endpoints") or []
-        if (ep.get("conditions") or {}).get("ready")
-        for addr in ep["addresses"]
-    ]
 
 
 def invoke(address: str, function_name: str, payload: Any) -> tuple[int, dict[str, str], Any]:

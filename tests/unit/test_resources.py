@@ -74,6 +74,9 @@ def test_pod_contract_agent_and_function_containers():
     agent = container(dep, "agent")
     assert agent["image"] == "kfn/kfn:dev" and agent["command"] == ["kfn", "agent"]
     assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8080}
+    # The runtime starts after the agent's Runtime API listens (the kubelet waits for postStart, in order).
+    assert [c["name"] for c in pod["containers"]] == ["agent", "function"]
+    assert "127.0.0.1\", 9001" in agent["lifecycle"]["postStart"]["exec"]["command"][-1]
     fn = container(dep, "function")
     assert fn["image"] == "kfn/python3.11:dev"
     for c in (agent, fn):
@@ -152,7 +155,9 @@ def test_zip_code_is_extracted_by_an_init_container(zip_spec, volume_key):
     pod = objs[cond.DEPLOYMENT_READY][0]["spec"]["template"]["spec"]
     init = pod["initContainers"][0]
     items = json.loads(init["command"][-1])
-    assert [i["dest"] for i in items] == ["/var/task", "/opt"]
+    # Layers are staged away from /opt in the init container: /opt of its own image stays visible.
+    assert [i["dest"] for i in items] == ["/var/task", "/kfn/opt"]
+    assert {"name": "opt", "mountPath": "/kfn/opt"} in init["volumeMounts"]
     assert items[1]["sha256"] == "b" * 64
     if volume_key:
         assert any(volume_key in v for v in pod["volumes"])
@@ -168,6 +173,28 @@ def test_image_functions_run_the_users_image():
     fn = container(dep, "function")
     assert fn["image"] == "example/fn:1" and fn["args"] == ["app.handler"]
     assert "command" not in fn
+
+
+@pytest.mark.parametrize("runtime", ["provided", "provided.al2023", "provided.al2"])
+def test_provided_runtimes_keep_the_managed_entrypoint(runtime):
+    # Replacing the entrypoint with /var/task/bootstrap would lose the bootstrap's restart loop and Tail.
+    spec = {**BASE, "runtime": runtime, "handler": "function.handler"}
+    fn = container(deployment(spec), "function")
+    assert fn["image"] == "kfn/python3.11:dev"
+    assert "command" not in fn
+    assert fn["args"] == ["provided"]
+
+
+def test_managed_runtime_keeps_image_entrypoint_and_arguments():
+    fn = container(deployment(), "function")
+    assert "command" not in fn and "args" not in fn
+
+
+def test_a_crashing_runtime_or_code_fetch_leaves_its_output_as_termination_message():
+    spec = {**BASE, "code": {"zip": {"url": "http://127.0.0.1/code.zip", "sha256": "a" * 64}}}
+    pod = deployment(spec)["spec"]["template"]["spec"]
+    assert container(deployment(spec), "function")["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert pod["initContainers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 
 def test_images_are_configurable():

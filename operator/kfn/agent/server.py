@@ -313,9 +313,10 @@ def invoke_handler(env: ExecutionEnvironment, cfg: AgentConfig) -> Handler:
         if method == "POST" and path.startswith(_INVOKE_PREFIX) and path.endswith(_INVOKE_SUFFIX):
             return invoke(req, path[len(_INVOKE_PREFIX):-len(_INVOKE_SUFFIX)])
         if method == "GET" and path == "/readyz":
-            if env.ready:
-                return req.respond(200, _TEXT_H, b"ok\n")
-            return req.respond(503, _TEXT_H, b"runtime not initialised\n")
+            code = 200 if env.ready else 503
+            if env.init_error is not None:  # the last init's /init/error payload: the operator puts it in status
+                return req.respond(code, _JSON_H, env.init_error.body)
+            return req.respond(code, _TEXT_H, b"ok\n" if env.ready else b"runtime not initialised\n")
         if method == "GET" and path == "/healthz":
             return req.respond(200, _TEXT_H, b"ok\n")
         return _invoke_error(req, 404, "ResourceNotFoundException", f"no route for {method} {path}")

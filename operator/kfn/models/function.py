@@ -397,7 +397,21 @@ class FunctionSpec(FunctionConfig):
 FunctionState = Literal["Pending", "Active", "Inactive", "Failed"]
 
 
-class FunctionStatus(CommonStatus):
+class EnvironmentStatus(CommonStatus):
+    """What a Function and a FunctionVersion report about their execution environments, in Lambda's words."""
+
+    state_reason: str | None = Field(
+        None, alias="stateReason", description="Why the state is what it is: the runtime's last error when Failed."
+    )
+    state_reason_code: str | None = Field(
+        None, alias="stateReasonCode", description="Lambda StateReasonCode, e.g. InvalidImage, FunctionError."
+    )
+    last_update_status: Literal["Successful", "Failed", "InProgress"] | None = Field(
+        None, alias="lastUpdateStatus", description="Lambda LastUpdateStatus of the latest code or configuration change."
+    )
+
+
+class FunctionStatus(EnvironmentStatus):
     """Function.status, written by the operator."""
 
     state: FunctionState | None = Field(None, description="Lambda State: Pending, Active, Inactive or Failed.")

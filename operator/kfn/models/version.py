@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictInt, StrictStr
 
-from kfn.models.base import CommonStatus, Range, Rule, SpecModel, check_transition, parse_spec
-from kfn.models.function import FunctionConfig, FunctionName
+from kfn.models.base import Range, Rule, SpecModel, check_transition, parse_spec
+from kfn.models.function import EnvironmentStatus, FunctionConfig, FunctionName
 
 
 class FunctionVersionSpec(SpecModel):
@@ -40,7 +40,7 @@ class FunctionVersionSpec(SpecModel):
 FunctionVersionState = Literal["Pending", "Active", "Inactive", "Failed"]
 
 
-class FunctionVersionStatus(CommonStatus):
+class FunctionVersionStatus(EnvironmentStatus):
     """FunctionVersion.status, written by the operator."""
 
     state: FunctionVersionState | None = Field(None, description="Pending, Active, Inactive or Failed.")

@@ -2,22 +2,28 @@
 
 Level-based: build every desired child, server-side apply each (kfn owns only
 the fields it sends, so replicas stay with the scaler), read the Deployment's
-state back, and raise replicas to the provisioned-concurrency floor.
+state back, and raise replicas to the provisioned-concurrency floor. When no
+execution environment is ready, the pods (and, for a runtime that runs but is
+not ready, the agent's ``/readyz``) say whether one can start at all
+(``kfn.health``).
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
 
 from kfn import conditions as cond
-from kfn import k8s, names
+from kfn import health, k8s, names
 from kfn.reconcilers.children import APPLIED
 from kfn.resources import EnvironmentInput, build_environment
 from kfn.resources.code import CodeError, bytes_sha256, config_sha256, image_sha256, inline_sha256
-from kfn.resources.environment import endpoint
+from kfn.resources.environment import AGENT_PORT, endpoint
+
+log = logging.getLogger("kfn.operator")
 
 
 class CodeUnavailable(Exception):
@@ -168,10 +174,13 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
         elif condition_type == cond.DEPLOYMENT_READY and deployment_state is not None:
             deployment_state = _apply_floor(deployment_state, inp.provisioned)
             ready, available = deployment_conditions(deployment_state)
-            conditions += [ready, available]
+            problem = environments_problem(inp, deployment_state)
+            healthy = problem.condition() if problem else cond.true(cond.ENVIRONMENTS_HEALTHY, cond.NO_FAILURES)
+            conditions += [ready, available, healthy]
             st = deployment_state.get("status") or {}
             status["replicas"] = st.get("replicas", 0)
             status["readyReplicas"] = st.get("readyReplicas", 0)
+            status.update(lambda_update_status(ready, problem))
         else:
             conditions.append(cond.true(condition_type, cond.RECONCILED))
     if not children[cond.CODE_READY] and inp.version == names.LATEST:
@@ -181,6 +190,73 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
             k8s.delete("ConfigMap", inp.namespace, code_map)
             APPLIED.mark_absent("ConfigMap", inp.namespace, code_map)
     return conditions, status, retry
+
+
+# Deployments whose pods were last seen with no problem, keyed by what their status said then: while that is
+# unchanged, a reconcile does not list their pods and ask an agent again (idle resyncs stay cheap).
+_SEEN_HEALTHY: dict[tuple[str, str], tuple[Any, ...]] = {}
+_SEEN_HEALTHY_MAX = 20_000
+# The init error last seen on a Deployment's newest pod (its uid): it stands while the agent only says it
+# is initialising again, or cannot be asked, so status does not flap between Failed and Active.
+_INIT_ERRORS: dict[tuple[str, str], tuple[str | None, health.Problem]] = {}
+
+
+def environments_problem(inp: EnvironmentInput, deployment: Mapping[str, Any]) -> health.Problem | None:
+    """Why no execution environment of a version can start (the newest pod speaks for the version), if any.
+
+    An environment whose init failed stays ready, so that the next invocation retries the init (Lambda's
+    rule); the agent's ``/readyz`` body still tells the init error, so it is asked too.
+    """
+    desired = (deployment.get("spec") or {}).get("replicas", 1)
+    if desired == 0:
+        return None
+    st = deployment.get("status") or {}
+    key = (inp.namespace, inp.name)
+    seen = (deployment["metadata"].get("generation"), st.get("replicas"), st.get("readyReplicas"),
+            st.get("updatedReplicas"), st.get("availableReplicas"))
+    if st.get("readyReplicas", 0) > 0 and _SEEN_HEALTHY.get(key) == seen:
+        return None
+    selector = ",".join(f"{k}={v}" for k, v in names.selector_labels(inp.function, inp.version).items())
+    pods = k8s.list_objects("Pod", inp.namespace, selector)
+    newest = health.newest(pods)
+    # While some environment serves, a pod that cannot start is a rollout's trouble, not the version's.
+    serving = st.get("readyReplicas", 0) > 0
+    problem = health.pod_problem(newest) if newest is not None and not serving else None
+    if problem is None and newest is not None and (health.awaiting_init(newest) or health.is_ready(newest)):
+        name, uid = newest["metadata"]["name"], newest["metadata"].get("uid")
+        last_uid, last_problem = _INIT_ERRORS.get(key, (None, None))
+        try:
+            code, body = k8s.proxy_get(inp.namespace, name, AGENT_PORT, "/readyz")
+        except k8s.ApiError as e:
+            log.info("cannot ask the agent of pod %s/%s about its init: %s", inp.namespace, name, e)
+            return last_problem if last_uid == uid else None  # no news: the last verdict on this pod stands
+        problem = health.init_error_problem(name, code, body)
+        if problem is not None:
+            _INIT_ERRORS[key] = (uid, problem)
+        elif code == 200 or last_uid != uid:
+            _INIT_ERRORS.pop(key, None)
+        else:
+            # Initialising again (the agent retries a failed init): until that init ends, its last one failed.
+            problem = last_problem
+    if problem is None and health.is_ready(newest or {}):
+        if len(_SEEN_HEALTHY) >= _SEEN_HEALTHY_MAX:
+            _SEEN_HEALTHY.clear()
+            _INIT_ERRORS.clear()
+        _SEEN_HEALTHY[key] = seen
+    else:
+        _SEEN_HEALTHY.pop(key, None)
+    return problem
+
+
+def lambda_update_status(deployment_ready: cond.Condition, problem: health.Problem | None) -> dict[str, Any]:
+    """Lambda's LastUpdateStatus and StateReason(Code) for a version (None clears a field)."""
+    if problem is not None:
+        return {"lastUpdateStatus": "Failed", "stateReasonCode": problem.code, "stateReason": problem.message}
+    if not deployment_ready.is_true:
+        update = "Failed"
+    else:
+        update = "Successful" if deployment_ready.reason == cond.ROLLED_OUT else "InProgress"
+    return {"lastUpdateStatus": update, "stateReasonCode": None, "stateReason": None}
 
 
 # Replicas a version keeps when no floor holds it higher and no scaler decides

@@ -336,5 +336,6 @@ def reconcile_function(body: Mapping[str, Any], images: Images) -> Outcome:
 
     ready = cond.summarize(outcome.conditions, f"$LATEST serves at {status.get('endpoint', '')}")
     outcome.conditions.insert(0, ready)
-    outcome.status["state"] = "Active" if ready.is_true else ("Failed" if outcome.permanent else "Pending")
+    failed = outcome.permanent or outcome.status.get("stateReasonCode")  # no environment can start
+    outcome.status["state"] = "Active" if ready.is_true else ("Failed" if failed else "Pending")
     return finish(body, outcome)

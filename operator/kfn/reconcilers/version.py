@@ -82,5 +82,6 @@ def reconcile_version(body: Mapping[str, Any], images: Images) -> Outcome:
         outcome.permanent = children[0].message
     ready = cond.summarize(children, f"version {version} serves at {status.get('endpoint', '')}")
     outcome.conditions.insert(0, ready)
-    outcome.status["state"] = "Active" if ready.is_true else ("Failed" if outcome.permanent else "Pending")
+    failed = outcome.permanent or outcome.status.get("stateReasonCode")  # no environment can start
+    outcome.status["state"] = "Active" if ready.is_true else ("Failed" if failed else "Pending")
     return finish(body, outcome)

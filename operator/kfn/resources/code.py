@@ -5,7 +5,11 @@
   into an emptyDir at /var/task (verifying the sha256 of a URL download);
 * an image -> nothing to mount: the code is in the image.
 
-Layers are zips too; the same init container extracts them under /opt in order.
+Layers are zips too; the same init container extracts them, in order, into an
+emptyDir the function container mounts at /opt (later layers override earlier
+ones, Lambda's rule). Lambda keeps /opt for layers alone, so nothing of the
+platform lives there: the managed runtime image keeps its bootstrap in
+/var/runtime and its interpreter in /var/lang.
 Digests are computed here so that a code change rolls the Deployment and a
 published version records exactly which code it snapshots.
 """
@@ -21,7 +25,9 @@ from typing import Any
 
 
 TASK_ROOT = "/var/task"
-OPT_ROOT = "/opt"
+OPT_ROOT = "/opt"  # where the function sees its layers
+# Where the init container sees the layers volume: not /opt, which would hide whatever its image keeps there.
+LAYERS_STAGING = "/kfn/opt"
 SOURCE_ROOT = "/kfn/src"
 ZIP_KEY = "code.zip"  # key of a zip in a ConfigMap/Secret kfn makes (version snapshots)
 
@@ -30,26 +36,46 @@ CONFIG_MAP_LIMIT = 1_000_000
 
 # Runs in the init container (the agent image, which has Python). Extracts
 # each zip, in order, keeping the unix mode bits (a `bootstrap` must stay
-# executable); URL downloads are checked against their sha256 before use.
+# executable); a file of a later zip replaces the same file of an earlier one
+# (layers override in order). URL downloads are checked against their sha256
+# before use. A failure ends the container with one line naming the field, also
+# written as its termination message, which the operator reports in status.
 EXTRACT_SCRIPT = r"""
-import hashlib, json, os, sys, urllib.request, zipfile, io
+import hashlib, io, json, os, sys, urllib.request, zipfile
+def fail(message):
+    try:
+        with open(os.environ.get("KFN_TERMINATION_LOG", "/dev/termination-log"), "w") as f:
+            f.write(message)
+    except OSError:
+        pass
+    sys.exit(message)
 for item in json.loads(sys.argv[1]):
-    if "url" in item:
-        with urllib.request.urlopen(item["url"], timeout=60) as r:
-            data = r.read()
-    else:
-        with open(item["file"], "rb") as f:
-            data = f.read()
+    where = item["field"]
+    try:
+        if "url" in item:
+            with urllib.request.urlopen(item["url"], timeout=60) as r:
+                data = r.read()
+        else:
+            with open(item["file"], "rb") as f:
+                data = f.read()
+    except Exception as e:
+        fail(f"{where}: cannot fetch the zip: {e}")
     got = hashlib.sha256(data).hexdigest()
     if item.get("sha256") and got != item["sha256"]:
-        sys.exit(f"kfn: {item['what']}: sha256 is {got}, expected {item['sha256']}; refusing the zip")
-    with zipfile.ZipFile(io.BytesIO(data)) as z:
-        for info in z.infolist():
-            path = z.extract(info, item["dest"])
-            mode = info.external_attr >> 16
-            if mode and not info.is_dir():
-                os.chmod(path, mode & 0o777)
-    print(f"kfn: {item['what']}: {len(data)} bytes, sha256 {got}, extracted to {item['dest']}", flush=True)
+        fail(f"{where}: the zip has sha256 {got}, but the spec expects {item['sha256']}; refusing it")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            for info in z.infolist():
+                target = os.path.join(item["dest"], info.filename)
+                if not info.is_dir() and os.path.lexists(target) and not os.path.isdir(target):
+                    os.unlink(target)  # an earlier zip's file, perhaps read-only: the later one wins
+                path = z.extract(info, item["dest"])
+                mode = info.external_attr >> 16
+                if mode and not info.is_dir():
+                    os.chmod(path, mode & 0o777)
+    except (zipfile.BadZipFile, OSError) as e:
+        fail(f"{where}: cannot extract the zip: {e}")
+    print(f"kfn: {where}: {len(data)} bytes, sha256 {got}, extracted", flush=True)
 """
 
 
@@ -173,15 +199,16 @@ def plan_code(spec: Mapping[str, Any], meta: dict[str, Any]) -> CodePlan:
     if layers:
         plan.volumes.append({"name": "opt", "emptyDir": {}})
         plan.function_mounts.append({"name": "opt", "mountPath": OPT_ROOT, "readOnly": True})
-        plan.extract_mounts.append({"name": "opt", "mountPath": OPT_ROOT})
+        plan.extract_mounts.append({"name": "opt", "mountPath": LAYERS_STAGING})
         for i, layer in enumerate(layers):
-            zips.append((zip_ref(layer["zip"], f"layer {layer['name']}", f"spec.layers[{i}].zip"), OPT_ROOT))
+            zips.append((zip_ref(layer["zip"], f"layer {layer['name']}", f"spec.layers[{i}].zip"), LAYERS_STAGING))
     for i, (ref, dest) in enumerate(zips):
-        item: dict[str, Any] = {"what": ref.what, "dest": dest}
+        item: dict[str, Any] = {"field": ref.field_path, "dest": dest}
         if ref.sha256:
             item["sha256"] = ref.sha256
         if ref.url:
             item["url"] = ref.url
+            item["field"] = f"{ref.field_path}.url {ref.url}"
         else:
             vol = f"src-{i}"
             source = ref.config_map or ref.secret

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kfn import names
-from kfn.resources.code import CodePlan, EXTRACT_SCRIPT, OPT_ROOT, TASK_ROOT
+from kfn.resources.code import CodePlan, EXTRACT_SCRIPT, TASK_ROOT
 from kfn.resources.common import Owner, metadata
 
 AGENT_PORT = 8080
@@ -27,6 +27,21 @@ RUN_AS = 1000  # non-root uid shared by agent and runtime (the agent signals the
 GRACE_EXTRA_SECONDS = 10  # a running invocation may finish before the pod goes
 DEFAULT_REGION = "us-east-1"
 ACCOUNT_ID = "000000000000"
+RUNTIME_DIR = "/var/runtime"  # Lambda's place for the runtime; /opt is for layers alone
+
+
+# The agent container's postStart hook: wait (at most 60 s) until the Runtime API accepts connections.
+WAIT_FOR_RUNTIME_API = f"""
+import socket, sys, time
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    try:
+        socket.create_connection(("127.0.0.1", {RUNTIME_API.rsplit(":", 1)[1]}), timeout=1).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.05)
+sys.exit("kfn: the agent's Runtime API did not come up in 60 s")
+"""
 
 
 # Tag of kfn's own images; KFN_IMAGE_TAG lets several builds of kfn share one node (each its own tag).
@@ -39,7 +54,7 @@ class Images:
 
     agent: str = f"kfn/kfn:{IMAGE_TAG}"
     runtime_template: str = "kfn/{runtime}:" + IMAGE_TAG  # managed runtimes: python3.11 -> kfn/python3.11:dev
-    provided: str = f"kfn/python3.11:{IMAGE_TAG}"  # base for provided* runtimes (runs /var/task/bootstrap)
+    provided: str = f"kfn/python3.11:{IMAGE_TAG}"  # provided* runtimes: its bootstrap runs /var/task/bootstrap
     pull_policy: str = "IfNotPresent"  # images are loaded into the node, never pulled
     agent_cpu: str = "50m"
     agent_memory: str = "64Mi"
@@ -99,7 +114,7 @@ def lambda_environment(inp: EnvironmentInput) -> list[dict[str, Any]]:
         {"name": "AWS_DEFAULT_REGION", "value": inp.region},
         {"name": "_HANDLER", "value": spec.get("handler") or ""},
         {"name": "LAMBDA_TASK_ROOT", "value": TASK_ROOT},
-        {"name": "LAMBDA_RUNTIME_DIR", "value": "/var/runtime"},
+        {"name": "LAMBDA_RUNTIME_DIR", "value": RUNTIME_DIR},
         {"name": "AWS_LAMBDA_LOG_GROUP_NAME", "value": f"/aws/lambda/{inp.function}"},
         {"name": "AWS_LAMBDA_LOG_STREAM_NAME", "value": "$(KFN_POD_NAME)"},
         {"name": "AWS_LAMBDA_LOG_FORMAT", "value": log_format},
@@ -125,17 +140,31 @@ def _security_context() -> dict[str, Any]:
     }
 
 
-def function_image(inp: EnvironmentInput) -> tuple[str, list[str] | None]:
-    """The function container's image and command override (None keeps the image's own)."""
+@dataclass(frozen=True)
+class FunctionProcess:
+    """What the function container runs: its image, and overrides of the image's entrypoint and arguments."""
+
+    image: str
+    command: list[str] | None = None  # None keeps the image's ENTRYPOINT
+    args: list[str] | None = None  # None keeps the image's CMD
+
+
+def function_process(inp: EnvironmentInput) -> FunctionProcess:
+    """The function container's process, one contract for every runtime (docs/architecture.md).
+
+    Managed runtimes and ``provided*`` run the managed image's own entrypoint (its bootstrap: restart loop,
+    Tail); ``provided*`` only picks the flavour that runs ``$LAMBDA_TASK_ROOT/bootstrap``. A ``code.image``
+    runs the user's image as built, changed only by ``imageConfig`` (Lambda's ImageConfig).
+    """
     spec = inp.spec
     code = spec.get("code") or {}
     if code.get("image"):
         image_config = spec.get("imageConfig") or {}
-        return code["image"], image_config.get("entryPoint")
+        return FunctionProcess(code["image"], image_config.get("entryPoint"), image_config.get("command"))
     runtime = spec.get("runtime") or "python3.11"
     if runtime.startswith("provided"):
-        return inp.images.provided, [f"{TASK_ROOT}/bootstrap"]
-    return inp.images.runtime_template.format(runtime=runtime), None
+        return FunctionProcess(inp.images.provided, None, ["provided"])
+    return FunctionProcess(inp.images.runtime_template.format(runtime=runtime))
 
 
 def make_deployment(inp: EnvironmentInput, plan: CodePlan) -> dict[str, Any]:
@@ -147,13 +176,15 @@ def make_deployment(inp: EnvironmentInput, plan: CodePlan) -> dict[str, Any]:
     env = lambda_environment(inp)
     user_env = [{"name": k, "value": v} for k, v in sorted(((spec.get("environment") or {}).get("variables") or {}).items())]
     env_from = [{"secretRef": {"name": s["name"]}} for s in (spec.get("environment") or {}).get("secretRefs") or []]
-    image, command = function_image(inp)
+    process = function_process(inp)
     image_config = spec.get("imageConfig") or {}
 
     function_container: dict[str, Any] = {
         "name": "function",
-        "image": image,
+        "image": process.image,
         "imagePullPolicy": inp.images.pull_policy,
+        # A runtime that dies leaves its last output as the termination message, which status reports.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "env": [*env, {"name": "AWS_LAMBDA_RUNTIME_API", "value": RUNTIME_API}, *user_env],
         "resources": {
             "requests": {"memory": f"{memory_mb}Mi", "cpu": f"{cpu_millicores(memory_mb)}m"},
@@ -162,10 +193,10 @@ def make_deployment(inp: EnvironmentInput, plan: CodePlan) -> dict[str, Any]:
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *plan.function_mounts],
         "securityContext": _security_context(),
     }
-    if command:
-        function_container["command"] = command
-    if image_config.get("command"):
-        function_container["args"] = image_config["command"]
+    if process.command:
+        function_container["command"] = process.command
+    if process.args:
+        function_container["args"] = process.args
     if image_config.get("workingDirectory"):
         function_container["workingDir"] = image_config["workingDirectory"]
     if env_from:
@@ -204,6 +235,10 @@ def make_deployment(inp: EnvironmentInput, plan: CodePlan) -> dict[str, Any]:
             "failureThreshold": 3,
         },
         "resources": {"requests": dict(agent_resources), "limits": dict(agent_resources)},
+        # The kubelet starts the containers in order and waits for a postStart hook before the next one: the
+        # runtime starts only once the Runtime API listens (else its first connection is refused, and that
+        # failed init would stand until an invocation retries it).
+        "lifecycle": {"postStart": {"exec": {"command": ["python3", "-c", WAIT_FOR_RUNTIME_API]}}},
         "volumeMounts": [{"name": "agent-tmp", "mountPath": "/tmp"}],
         "securityContext": _security_context(),
     }
@@ -222,6 +257,8 @@ def make_deployment(inp: EnvironmentInput, plan: CodePlan) -> dict[str, Any]:
                 "imagePullPolicy": inp.images.pull_policy,
                 "command": ["python3", "-c", EXTRACT_SCRIPT, json.dumps(plan.extract_items)],
                 "volumeMounts": plan.extract_mounts,
+                # EXTRACT_SCRIPT writes why it failed; a crash's last output stands in otherwise.
+                "terminationMessagePolicy": "FallbackToLogsOnError",
                 "resources": {"requests": dict(agent_resources), "limits": {"cpu": "500m", "memory": "256Mi"}},
                 "securityContext": _security_context(),
             }

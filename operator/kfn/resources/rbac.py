@@ -50,8 +50,13 @@ _NAMESPACED: dict[tuple[str, str], tuple[str, ...]] = {
     ("apps", "deployments"): ("get", "list", "watch", "create", "patch"),
     ("networking.k8s.io", "networkpolicies"): ("list", "watch", "create", "patch"),
     ("", "secrets"): ("get", "create", "delete"),
-    # publish() pins an image function's tag to the digest its $LATEST pods report.
-    ("", "pods"): ("list",),
+    # publish() pins an image function's tag to the digest its $LATEST pods report; status tells the truth:
+    # environments_problem() lists a version's pods, the pod watch (Kopf: list, watch) follows them and
+    # follow_init() gets a starting one afresh.
+    ("", "pods"): ("get", "list", "watch"),
+    # environments_problem() and follow_init() read an agent's /readyz (the runtime's init error) through
+    # the API server's pod proxy.
+    ("", "pods/proxy"): ("get",),
     # post_event(): Events on condition transitions (Kopf's own posting is off).
     ("", "events"): ("create",),
 }

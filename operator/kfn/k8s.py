@@ -402,6 +402,11 @@ def proxy_get(namespace: str, pod: str, port: int, subpath: str, timeout: float 
     url = f"{path('Pod', namespace, f'{pod}:{port}', 'proxy')}/{subpath.lstrip('/')}"
     try:
         status, _, data = _proxy("GET", url, None, {}, timeout)
+    except ApiError as e:
+        _record("GET", url, e.status)
+        raise
     except urllib3.exceptions.HTTPError as e:  # connection refused, timeouts
+        _record("GET", url, 0)
         raise ApiError(0, "Unreachable", str(e)) from e
+    _record("GET", url, status)
     return status, data

@@ -102,6 +102,9 @@ def test_the_operator_as_its_service_account_needs_every_granted_permission_and_
             {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "zs-code"}, "data": {"code.zip": base64.b64encode(secret_zip).decode()}},
             {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "zc-code"}, "binaryData": {"code.zip": base64.b64encode(cm_zip).decode()}},
             function("inl", publish=1, architecture=NO_NODE_ARCH), from_secret, from_cm, image,
+            # one real environment: the operator follows its pod while it starts (get pod, its agent's /readyz
+            # through the pod proxy) so status can tell an init that failed
+            function("real"),
             {"apiVersion": "kfn.dev/v1alpha1", "kind": "Alias", "metadata": {"name": "inl-live"},
              "spec": {"functionName": "inl", "name": "live", "functionVersion": "1", "provisionedConcurrency": 1}},
         ])  # fmt: skip
@@ -125,6 +128,8 @@ def test_the_operator_as_its_service_account_needs_every_granted_permission_and_
         wait_until(lambda: (api.get("deployment", "inl-latest") or {}).get("metadata", {}).get("uid") not in (None, uid), 60,
                    "the deleted Deployment is recreated")  # fmt: skip
         assert any(e["reason"] == "Ready" for e in api.events("inl")), "Events are posted"
+        wait_until(lambda: (api.condition("function", "real", "Available") or {}).get("status") == "True", 240,
+                   "real has a ready execution environment")
         c = wait_until(lambda: api.condition("function", "img", "VersionPublished"), 60, "img's publishing reports")
         assert c["reason"] == "ImageDigestPending" and "kfn-examples/app:1" in c["message"]
 

@@ -53,7 +53,9 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Tests that tear the test bed down run after everything else that needs it,
     # and only where nobody else is using it (CI) unless asked for.
-    items.sort(key=lambda item: item.get_closest_marker(DESTRUCTIVE) is not None)
+    # The test that takes the whole cluster down (etcd wiped, CRDs gone) goes very last, after the other
+    # destructive tests, which rely on session fixtures such as the installed CRDs.
+    items.sort(key=lambda item: (item.get_closest_marker(DESTRUCTIVE) is not None, "cluster_down" in item.name))
     if not config.getoption("--testbed-destructive"):
         skip = pytest.mark.skip(
             reason="kills and tears down the shared test bed: runs in CI ($CI set) or with --testbed-destructive")

@@ -23,7 +23,9 @@ from typing import Any
 
 import pytest
 import yaml
-from test_operator import NO_NODE_ARCH, RESYNC_SECONDS, Api, Operator, api, function, wait_until  # noqa: F401
+from test_operator import (  # noqa: F401 - api and operator are fixtures
+    NO_NODE_ARCH, RESYNC_SECONDS, Api, Operator, api, function, operator, wait_until,
+)
 
 from testbed import start_testbed
 

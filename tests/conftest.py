@@ -53,9 +53,11 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Tests that tear the test bed down run after everything else that needs it,
     # and only where nobody else is using it (CI) unless asked for.
-    # The test that takes the whole cluster down (etcd wiped, CRDs gone) goes very last, after the other
-    # destructive tests, which rely on session fixtures such as the installed CRDs.
-    items.sort(key=lambda item: (item.get_closest_marker(DESTRUCTIVE) is not None, "cluster_down" in item.name))
+    # The test-bed node tests that kill every component and take the cluster down (etcd wiped, the session's
+    # CRDs gone) go very last, after the other destructive tests, and stay together (they share a module fixture).
+    items.sort(key=lambda item: (item.get_closest_marker(DESTRUCTIVE) is not None,
+                                 item.get_closest_marker(DESTRUCTIVE) is not None
+                                 and item.path.name == "test_testbed_node.py"))
     if not config.getoption("--testbed-destructive"):
         skip = pytest.mark.skip(
             reason="kills and tears down the shared test bed: runs in CI ($CI set) or with --testbed-destructive")

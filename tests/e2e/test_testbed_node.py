@@ -85,6 +85,10 @@ def deploy_web(cluster: Cluster, namespace: str) -> Web:
 def web(cluster: Cluster, testbed_images: list[str]) -> Iterator[Web]:
     ns = f"kfn-t-{secrets.token_hex(4)}"
     cluster.kubectl("create", "namespace", ns)
+    # Pods need the namespace's default ServiceAccount, which a controller creates a moment later (longer
+    # right after an API-server restart, as in the destructive tests).
+    assert wait_until(lambda: cluster.kubectl("-n", ns, "get", "serviceaccount", "default", check=False)
+                      .returncode == 0, timeout=60), f"namespace {ns} got no default ServiceAccount"
     try:
         yield deploy_web(cluster, ns)
     finally:

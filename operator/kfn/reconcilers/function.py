@@ -46,7 +46,20 @@ def versions_of(namespace: str, function: str) -> list[dict[str, Any]]:
     """
     items = k8s.list_objects(names.FUNCTION_VERSION_KIND, namespace, function_selector(function))
     items = [v for v in items if (v.get("spec") or {}).get("functionName") == function]  # long names share hashed labels
-    return sorted(items, key=lambda v: (int((v.get("spec") or {}).get("version") or 0), v["metadata"].get("creationTimestamp") or "", v["metadata"]["name"]))
+    return sorted(items, key=lambda v: _claim_order(function, v))
+
+
+def _claim_order(function: str, version: Mapping[str, Any]) -> tuple[int, str, bool, str]:
+    """Sort key of FunctionVersions: by number, then oldest first.
+
+    creationTimestamp has one-second resolution, so two claimants of one number
+    made in the same second tie; kfn's own ``<function>-v<N>`` then wins, so a
+    late claimant never takes over the Deployment of the version kfn published.
+    """
+    number = int((version.get("spec") or {}).get("version") or 0)
+    meta = version["metadata"]
+    return (number, meta.get("creationTimestamp") or "", meta["name"] != names.version_object_name(function, number),
+            meta["name"])
 
 
 def aliases_of(namespace: str, function: str) -> list[dict[str, Any]]:

@@ -3,11 +3,13 @@
 
 Both run the real awslambdaric runtime as their child (`kfn agent -- python -m awslambdaric ...` and
 `aws-lambda-rie python -m awslambdaric ...`) and are invoked over HTTP keep-alive from one client, one
-invocation at a time (an execution environment serves one at a time). Rounds alternate between the two so
-machine noise hits both alike. Prints a table and writes bench/results/agent_vs_rie.json.
+invocation at a time (an execution environment serves one at a time). Many short rounds alternate between the
+two (A B, B A, A B ...), so a burst of the shared machine's other load lands on both alike rather than deciding
+one side's tail; p99 is taken over all invocations of each side. Prints a table and writes
+bench/results/agent_vs_rie.json.
 
 The emulator is built from the Go module proxy and cached under ~/.cache/kfn-bench/.
-Usage: python bench/agent_vs_rie.py [--rounds 10] [--per-round 200] [--warmup 200]
+Usage: python bench/agent_vs_rie.py [--rounds 40] [--per-round 100] [--warmup 200]
 """
 
 from __future__ import annotations
@@ -147,8 +149,8 @@ class Target:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--per-round", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--per-round", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "agent_vs_rie.json"))
     args = ap.parse_args()

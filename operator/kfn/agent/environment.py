@@ -40,8 +40,10 @@ _TAIL_QUIET_S = 0.015
 _TAIL_MAX_WAIT_S = 0.5
 # A pidfd says a runtime exited; the bootstrap's exit report (with the exit status) may follow shortly.
 _EXIT_REPORT_WAIT_S = 0.5
-# Platform lines are written in batches, at most this long after the first of them: one write (and one read of
-# the runtime's peak memory) per batch, none on an invocation's path.
+# Platform lines are written in batches: one write (and one read of the runtime's peak memory) per batch, none on
+# an invocation's path. A batch is due this long after its first line and is written right after the next
+# invocation reaches the runtime (the agent is idle while the handler runs), or one more delay later when none
+# comes: a batch written at a random moment would hold up whichever invocation arrived then (the tail latency).
 _REPORT_DELAY_S = 0.05
 
 
@@ -197,6 +199,7 @@ class ExecutionEnvironment:
         # formatted when the batch is written.
         self._log_items: list[str | tuple[Invocation, wire.Outcome]] = []
         self._log_timer: asyncio.TimerHandle | None = None
+        self._batch_due = False  # the batch waits for the next invocation to reach the runtime
         self._rss_memo: dict[int, int | None] | None = None  # peak memory per pid, within one batch
         self._tailing: Invocation | None = None  # answered by the runtime, its Tail still collecting output
         self._tasks: set[asyncio.Task[None]] = set()
@@ -442,6 +445,8 @@ class ExecutionEnvironment:
         self._emit(None, start)
         if inv.tail is not None:  # only its own START: the earlier lines belong to earlier invocations
             inv.tail.add_line(start)
+        if self._batch_due:  # the runtime has its invocation: the agent has nothing else to do meanwhile
+            self.flush_reports()
 
     async def _settle_tail(self, inv: Invocation) -> None:
         """Wait until the runtime's output up to now has reached us: its stdout pipe is drained by the bootstrap
@@ -476,10 +481,19 @@ class ExecutionEnvironment:
 
     def _arm_flush(self) -> None:
         if self._log_timer is None:
-            self._log_timer = self._loop.call_later(_REPORT_DELAY_S, self.flush_reports)
+            self._log_timer = self._loop.call_later(_REPORT_DELAY_S, self._batch_timer)
+
+    def _batch_timer(self) -> None:
+        self._log_timer = None
+        if self._batch_due:  # no invocation reached the runtime for a whole further delay: idle, write now
+            self.flush_reports()
+            return
+        self._batch_due = True  # written by _started, after the next hand-over to the runtime
+        self._log_timer = self._loop.call_later(_REPORT_DELAY_S, self._batch_timer)
 
     def flush_reports(self) -> None:
         """Write the platform lines waiting for their batch, in order (also at shutdown)."""
+        self._batch_due = False
         if self._log_timer is not None:
             self._log_timer.cancel()
             self._log_timer = None

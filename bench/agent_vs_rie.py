@@ -127,12 +127,17 @@ class Target:
     def stop(self) -> None:
         if self.conn is not None:
             self.conn.close()
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        # The whole group (the runtime too), also when the host itself has already exited.
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
 
     def stats(self) -> dict[str, float]:
         ms = sorted(x * 1000 for x in self.latencies)

@@ -112,8 +112,14 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ready_count(k: Kubectl, namespace: str) -> int:
-    items = json.loads(k("get", "functions", "-n", namespace, "-o", "json").stdout)["items"]
+    items = json.loads(k("get", "functions.kfn.dev", "-n", namespace, "-o", "json").stdout)["items"]
     n = 0
     for f in items:
         st = f.get("status") or {}
@@ -229,7 +235,12 @@ def main() -> int:
             time.sleep(1)
         t_op = time.monotonic() - t0
         rss = peak_rss_mb(op.pid)
-        print(f"    all {args.n} Ready after {t_op:.1f}s; operator peak RSS {rss:.0f} MB", flush=True)
+        cpu = cpu_seconds(op.pid)
+        print(f"    all {args.n} Ready after {t_op:.1f}s; operator peak RSS {rss:.0f} MB, CPU {cpu:.1f}s", flush=True)
+        _, by_verb = scrape(metrics)
+        result["reconcile_requests_per_function"] = {v: round(d / args.n, 2) for v, d in sorted(by_verb.items())}
+        result["operator_cpu_seconds"] = round(cpu, 1)
+        print(f"    API requests per Function until Ready: {result['reconcile_requests_per_function']}", flush=True)
         if args.settle_seconds:
             print(f"    settling {args.settle_seconds:.0f}s before measuring idle passes", flush=True)
             time.sleep(args.settle_seconds)  # a deliberate wait, not a synchronisation

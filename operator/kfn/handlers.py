@@ -32,6 +32,7 @@ from kfn.reconcilers.alias import reconcile_alias
 from kfn.reconcilers.children import APPLIED
 from kfn.reconcilers.common import Outcome
 from kfn.reconcilers.function import reconcile_function, versions_of
+from kfn.reconcilers.resync import RECENT
 from kfn.reconcilers.version import reconcile_version
 from kfn.resources import Images
 from kfn.resources.environment import AGENT_PORT
@@ -71,11 +72,17 @@ def _result(outcome: Outcome) -> str:
     return "ready" if outcome.ready else "not_ready"
 
 
-def run(kind: str, reconcile: Callable[[], Outcome], raise_errors: bool) -> Outcome:
-    """Run one pass with metrics; turn its outcome into Kopf's temporary/permanent errors."""
+def run(kind: str, reconcile: Callable[[], Outcome], raise_errors: bool, body: Mapping[str, Any] | None = None) -> Outcome:
+    """Run one pass with metrics; turn its outcome into Kopf's temporary/permanent errors.
+
+    A pass over *body* that completes is noted in ``resync.RECENT``: the next resync pass leaves the object
+    alone if it was reconciled moments ago (see ``kfn.reconcilers.resync``).
+    """
     with metrics.timed(kind):
         outcome = reconcile()
     metrics.RECONCILES.labels(kind, _result(outcome)).inc()
+    if body is not None and not outcome.skipped:
+        RECENT.note(kind, body)
     if raise_errors:
         if outcome.permanent:
             raise kopf.PermanentError(outcome.permanent)
@@ -87,12 +94,16 @@ def run(kind: str, reconcile: Callable[[], Outcome], raise_errors: bool) -> Outc
 def reconcile_by_name(kind: str, namespace: str, name: str, cfg: OperatorConfig) -> None:
     """Reconcile an object read fresh from the API (used outside Kopf's own triggers)."""
     body = k8s.get(kind, namespace, name)
-    if body is None:
-        return
+    if body is not None:
+        reconcile_body(kind, body, cfg)
+
+
+def reconcile_body(kind: str, body: dict[str, Any], cfg: OperatorConfig) -> None:
+    """Reconcile a Function or FunctionVersion from a body read just now."""
     if kind == names.FUNCTION_KIND:
-        run(kind, lambda: reconcile_function(body, cfg.images), raise_errors=False)
+        run(kind, lambda: reconcile_function(body, cfg.images), raise_errors=False, body=body)
     elif kind == names.FUNCTION_VERSION_KIND:
-        run(kind, lambda: reconcile_version(body, cfg.images), raise_errors=False)
+        run(kind, lambda: reconcile_version(body, cfg.images), raise_errors=False, body=body)
 
 
 def controller_of(meta: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -103,16 +114,18 @@ def controller_of(meta: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def environments_changed(deployment: Mapping[str, Any], owner: tuple[str, str], namespace: str) -> bool:
-    """Whether a Deployment's environments differ from what its owner's status reports."""
+def environments_changed(deployment: Mapping[str, Any], owner: tuple[str, str], namespace: str) -> dict[str, Any] | None:
+    """The owner (read now) if a Deployment's environments differ from what its status reports, else None."""
     status = deployment.get("status") or {}
     if status.get("observedGeneration", 0) < deployment.get("metadata", {}).get("generation", 0):
-        return False  # the controller has not caught up yet; another event follows
+        return None  # the controller has not caught up yet; another event follows
     body = k8s.get(owner[0], namespace, owner[1])
     if body is None:
-        return False
+        return None
     reported = body.get("status") or {}
-    return (reported.get("replicas"), reported.get("readyReplicas")) != (status.get("replicas", 0), status.get("readyReplicas", 0))
+    if (reported.get("replicas"), reported.get("readyReplicas")) == (status.get("replicas", 0), status.get("readyReplicas", 0)):
+        return None
+    return body
 
 
 class EnvironmentsSeen:
@@ -148,8 +161,8 @@ def follow_child(child_kind: str, event_type: str, body: dict[str, Any], owner: 
         if event_type == "DELETED":
             metrics.CHILD_REPAIRS.labels(child_kind).inc()
             reconcile_by_name(owner[0], meta["namespace"], owner[1], cfg)
-        elif environments_changed(body, owner, meta["namespace"]):
-            reconcile_by_name(owner[0], meta["namespace"], owner[1], cfg)
+        elif (owner_body := environments_changed(body, owner, meta["namespace"])) is not None:
+            reconcile_body(owner[0], owner_body, cfg)  # read just now: no second read
     except k8s.ApiError as e:
         log.warning("following %s %s failed: %s", child_kind, meta.get("name"), e)
 
@@ -159,11 +172,11 @@ def reconcile_any(cfg: OperatorConfig) -> Callable[[str, dict[str, Any]], None]:
 
     def reconcile(kind: str, body: dict[str, Any]) -> None:
         if kind == names.ALIAS_KIND:
-            run(kind, lambda: reconcile_alias(body, refresh_version(cfg)), raise_errors=False)
+            run(kind, lambda: reconcile_alias(body, refresh_version(cfg)), raise_errors=False, body=body)
         elif kind == names.FUNCTION_KIND:
-            run(kind, lambda: reconcile_function(body, cfg.images), raise_errors=False)
+            run(kind, lambda: reconcile_function(body, cfg.images), raise_errors=False, body=body)
         else:
-            run(kind, lambda: reconcile_version(body, cfg.images), raise_errors=False)
+            run(kind, lambda: reconcile_version(body, cfg.images), raise_errors=False, body=body)
 
     return reconcile
 
@@ -177,7 +190,7 @@ def refresh_version(cfg: OperatorConfig) -> Callable[[str, str, str], None]:
             return
         for v in versions_of(namespace, function):
             if str(v["spec"]["version"]) == version:
-                run(names.FUNCTION_VERSION_KIND, lambda v=v: reconcile_version(v, cfg.images), raise_errors=False)
+                run(names.FUNCTION_VERSION_KIND, lambda v=v: reconcile_version(v, cfg.images), raise_errors=False, body=v)
 
     return refresh
 
@@ -200,6 +213,39 @@ def filter_watches(settings: kopf.OperatorSettings) -> None:
     for cgroup, _cversion, cplural in CHILD_KINDS.values():
         settings.watching.label_selectors[cgroup, cplural] = child_label_selector()
     settings.watching.label_selectors["", "pods"] = child_label_selector()  # the pod watch (environment health)
+
+
+class MemoryDiffBase(kopf.DiffBaseStorage):
+    """Kopf's last-handled state of each object, kept in the operator's memory instead of an annotation.
+
+    Kopf's default writes the whole spec into an annotation after every handled change: one more write
+    per Function (and a watch event to every watcher), for a record kfn does not need. Its handlers are
+    level-based and create, update and resume run the same reconcile, so after a restart, when the memory
+    is empty and Kopf takes every object for new, the outcome is the same as a resume. Bounded: a
+    forgotten object is at worst reconciled once more.
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:
+        super().__init__()
+        self._essences: dict[str, Any] = {}
+        self._limit = limit
+
+    @staticmethod
+    def _key(body: kopf.Body) -> str:
+        return str(body.metadata.uid or f"{body.metadata.namespace}/{body.metadata.name}")
+
+    def fetch(self, *, body: kopf.Body) -> Any:
+        return self._essences.get(self._key(body))
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        if len(self._essences) >= self._limit:
+            self._essences.pop(next(iter(self._essences)))  # the oldest entry
+        self._essences[self._key(body)] = essence
+
+
+def persistence(settings: kopf.OperatorSettings) -> None:
+    """Kopf's last-handled state in memory (:class:`MemoryDiffBase`): no annotation write per change."""
+    settings.persistence.diffbase_storage = MemoryDiffBase()
 
 
 # How long the pod watch follows a runtime that runs but is not ready, asking its agent whether init failed.
@@ -295,7 +341,8 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Ta
     for kind, (plural, reconcile) in reconcilers().items():
 
         def handler(body: kopf.Body, _kind: str = kind, _reconcile: Any = reconcile, **_: Any) -> None:
-            run(_kind, lambda: _reconcile(plain(body)), raise_errors=True)
+            b = plain(body)
+            run(_kind, lambda: _reconcile(b), raise_errors=True, body=b)
 
         for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
             decorator(group, version, plural, id="reconcile", registry=registry, backoff=cfg.retry_backoff)(handler)

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     from kfn import aio, k8s, metrics
-    from kfn.handlers import OperatorConfig, filter_watches, reconcile_any, register
+    from kfn.handlers import OperatorConfig, filter_watches, persistence, reconcile_any, register
     from kfn.reconcilers.resync import Resync
 
     kopf.configure(
@@ -128,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     # request after its backoffs (default ~1 min in all) and then the whole process exits.
     settings.networking.error_backoffs = (1, 1, 2, 3, 5, 8, 13, 21, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30)
     filter_watches(settings)
+    persistence(settings)
     if args.metrics_port:
         metrics.serve(args.metrics_port)
     log.info("kfn operator starting", extra={"standalone": args.standalone, "peering": args.peering})

@@ -55,8 +55,14 @@ def finish(body: Mapping[str, Any], outcome: Outcome) -> Outcome:
     # Passes of one object can overlap (a Kopf handler, the resync loop, a child's
     # event) and each carries the body it started from. Compare against the
     # status as it is now, one pass at a time, so a transition is announced once.
-    with _STATUS_LOCKS[hash((body["kind"], meta["namespace"], meta["name"])) % len(_STATUS_LOCKS)]:
-        current = k8s.get(body["kind"], meta["namespace"], meta["name"])
+    key = (body["kind"], meta["namespace"], meta["name"])
+    with _STATUS_LOCKS[hash(key) % len(_STATUS_LOCKS)]:
+        if "status" not in body and meta.get("uid") not in _WRITTEN:
+            # Nobody had written a status when this body was read, and no pass of this process has since:
+            # nothing newer to compare against (the first pass over a new object needs no read).
+            current: Mapping[str, Any] | None = body
+        else:
+            current = k8s.get(body["kind"], meta["namespace"], meta["name"])
         if current is None:
             return outcome  # deleted meanwhile: nothing to report on
         return _write(body, current.get("status") or {}, outcome)
@@ -64,6 +70,27 @@ def finish(body: Mapping[str, Any], outcome: Outcome) -> Outcome:
 
 # striped, so the number of locks stays fixed however many objects come and go
 _STATUS_LOCKS = [threading.Lock() for _ in range(64)]
+
+
+class _Uids:
+    """The uids of objects whose status this process has written (bounded: the oldest are forgotten first,
+    which only costs a read)."""
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self._uids: dict[str, None] = {}
+        self._limit = limit
+
+    def add(self, uid: str | None) -> None:
+        if uid and uid not in self._uids:
+            if len(self._uids) >= self._limit:
+                self._uids.pop(next(iter(self._uids)), None)
+            self._uids[uid] = None
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self._uids
+
+
+_WRITTEN = _Uids()
 
 
 def _write(body: Mapping[str, Any], current: Mapping[str, Any], outcome: Outcome) -> Outcome:
@@ -82,6 +109,7 @@ def _write(body: Mapping[str, Any], current: Mapping[str, Any], outcome: Outcome
             k8s.patch_status(body["kind"], meta["namespace"], meta["name"], status)
         except k8s.NotFound:
             return outcome  # deleted meanwhile: nothing to report on
+        _WRITTEN.add(meta.get("uid"))
     for t in cond.transitions(outcome.conditions, old):
         c = t.condition
         reason = c.reason

@@ -216,6 +216,8 @@ def environments_problem(inp: EnvironmentInput, deployment: Mapping[str, Any]) -
             st.get("updatedReplicas"), st.get("availableReplicas"))
     if st.get("readyReplicas", 0) > 0 and _SEEN_HEALTHY.get(key) == seen:
         return None
+    if not st.get("replicas") and not st.get("unavailableReplicas"):
+        return None  # no pod yet (a new Deployment): the status change when the controller makes one brings us back
     selector = ",".join(f"{k}={v}" for k, v in names.selector_labels(inp.function, inp.version).items())
     pods = k8s.list_objects("Pod", inp.namespace, selector)
     newest = health.newest(pods)

@@ -31,6 +31,7 @@ from kfn import aio, health, k8s, metrics, names
 from kfn.reconcilers.alias import reconcile_alias
 from kfn.reconcilers.children import APPLIED
 from kfn.reconcilers.common import Outcome
+from kfn.reconcilers.environment import forget_seen
 from kfn.reconcilers.function import reconcile_function, versions_of
 from kfn.reconcilers.resync import RECENT
 from kfn.reconcilers.version import reconcile_version
@@ -309,6 +310,10 @@ def register_pod_watch(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> 
         def refresh_owner() -> None:
             owner = pod_owner(pod)
             if owner is not None:
+                labels = pod["metadata"].get("labels") or {}
+                # the Deployment's status may not have changed: have the owner's pass look at the pods again
+                forget_seen(pod["metadata"]["namespace"],
+                            names.environment_name(labels[names.LABEL_FUNCTION], labels[names.LABEL_VERSION]))
                 reconcile_by_name(owner[0], pod["metadata"]["namespace"], owner[1], cfg)
 
         try:

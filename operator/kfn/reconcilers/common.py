@@ -57,10 +57,14 @@ def finish(body: Mapping[str, Any], outcome: Outcome) -> Outcome:
     # status as it is now, one pass at a time, so a transition is announced once.
     key = (body["kind"], meta["namespace"], meta["name"])
     with _STATUS_LOCKS[hash(key) % len(_STATUS_LOCKS)]:
-        if "status" not in body and meta.get("uid") not in _WRITTEN:
+        written = _WRITTEN.get(meta.get("uid"))
+        if written is not None and written[0] == meta.get("resourceVersion"):
+            # The body is the object as this process's last status write left it: that is the current status.
+            current: Mapping[str, Any] | None = {"status": written[1]}
+        elif "status" not in body and written is None:
             # Nobody had written a status when this body was read, and no pass of this process has since:
             # nothing newer to compare against (the first pass over a new object needs no read).
-            current: Mapping[str, Any] | None = body
+            current = body
         else:
             current = k8s.get(body["kind"], meta["namespace"], meta["name"])
         if current is None:
@@ -72,25 +76,31 @@ def finish(body: Mapping[str, Any], outcome: Outcome) -> Outcome:
 _STATUS_LOCKS = [threading.Lock() for _ in range(64)]
 
 
-class _Uids:
-    """The uids of objects whose status this process has written (bounded: the oldest are forgotten first,
-    which only costs a read)."""
+class _Written:
+    """The last status this process wrote per object (by uid): the resourceVersion the write left and the status
+    the API server answered. Bounded: the oldest are forgotten first, which only costs a read."""
 
-    def __init__(self, limit: int = 200_000) -> None:
-        self._uids: dict[str, None] = {}
+    def __init__(self, limit: int = 20_000) -> None:
+        self._by_uid: dict[str, tuple[str, dict[str, Any]]] = {}
         self._limit = limit
+        self._lock = threading.Lock()  # passes over different objects hold different status locks
 
-    def add(self, uid: str | None) -> None:
-        if uid and uid not in self._uids:
-            if len(self._uids) >= self._limit:
-                self._uids.pop(next(iter(self._uids)), None)
-            self._uids[uid] = None
+    def add(self, uid: str | None, answer: Mapping[str, Any] | None) -> None:
+        if not uid:
+            return
+        rv = ((answer or {}).get("metadata") or {}).get("resourceVersion") or ""
+        with self._lock:
+            self._by_uid.pop(uid, None)
+            if len(self._by_uid) >= self._limit:
+                self._by_uid.pop(next(iter(self._by_uid)), None)
+            self._by_uid[uid] = (rv, dict((answer or {}).get("status") or {}))
 
-    def __contains__(self, uid: object) -> bool:
-        return uid in self._uids
+    def get(self, uid: str | None) -> tuple[str, dict[str, Any]] | None:
+        with self._lock:
+            return self._by_uid.get(uid) if uid else None
 
 
-_WRITTEN = _Uids()
+_WRITTEN = _Written()
 
 
 def _write(body: Mapping[str, Any], current: Mapping[str, Any], outcome: Outcome) -> Outcome:
@@ -106,10 +116,10 @@ def _write(body: Mapping[str, Any], current: Mapping[str, Any], outcome: Outcome
     )
     if changed:
         try:
-            k8s.patch_status(body["kind"], meta["namespace"], meta["name"], status)
+            answer = k8s.patch_status(body["kind"], meta["namespace"], meta["name"], status)
         except k8s.NotFound:
             return outcome  # deleted meanwhile: nothing to report on
-        _WRITTEN.add(meta.get("uid"))
+        _WRITTEN.add(meta.get("uid"), answer)
     for t in cond.transitions(outcome.conditions, old):
         c = t.condition
         reason = c.reason

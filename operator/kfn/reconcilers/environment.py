@@ -152,8 +152,9 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
                 # Applied before and nobody changed it since: sending it again would be a write for nothing.
                 if obj["kind"] != "Deployment":
                     continue
-                # its state (replicas, conditions) is read fresh: status must not follow a remembered copy
-                live = k8s.get("Deployment", inp.namespace, obj["metadata"]["name"])
+                # its state (replicas, conditions): the newest the Deployment watch has seen, else read
+                live = APPLIED.deployment(inp.namespace, obj["metadata"]["name"]) or k8s.get(
+                    "Deployment", inp.namespace, obj["metadata"]["name"])
                 if live is not None:
                     deployment_state = live
                     continue
@@ -193,7 +194,9 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
 
 
 # Deployments whose pods were last seen with no problem, keyed by what their status said then: while that is
-# unchanged, a reconcile does not list their pods and ask an agent again (idle resyncs stay cheap).
+# unchanged, a reconcile does not list their pods and ask an agent again (idle resyncs stay cheap). Not-ready
+# pods too while the pod watch runs (it forgets the entry when a pod turns bad: see forget_seen), except a
+# runtime that runs but is not ready: its agent is asked on every pass.
 _SEEN_HEALTHY: dict[tuple[str, str], tuple[Any, ...]] = {}
 _SEEN_HEALTHY_MAX = 20_000
 # The init error last seen on a Deployment's newest pod (its uid): it stands while the agent only says it
@@ -214,7 +217,7 @@ def environments_problem(inp: EnvironmentInput, deployment: Mapping[str, Any]) -
     key = (inp.namespace, inp.name)
     seen = (deployment["metadata"].get("generation"), st.get("replicas"), st.get("readyReplicas"),
             st.get("updatedReplicas"), st.get("availableReplicas"))
-    if st.get("readyReplicas", 0) > 0 and _SEEN_HEALTHY.get(key) == seen:
+    if _SEEN_HEALTHY.get(key) == seen:
         return None
     if not st.get("replicas") and not st.get("unavailableReplicas"):
         return None  # no pod yet (a new Deployment): the status change when the controller makes one brings us back
@@ -240,7 +243,8 @@ def environments_problem(inp: EnvironmentInput, deployment: Mapping[str, Any]) -
         else:
             # Initialising again (the agent retries a failed init): until that init ends, its last one failed.
             problem = last_problem
-    if problem is None and health.is_ready(newest or {}):
+    watched = APPLIED.enabled and (newest is None or not health.awaiting_init(newest))
+    if problem is None and (health.is_ready(newest or {}) or watched):
         if len(_SEEN_HEALTHY) >= _SEEN_HEALTHY_MAX:
             _SEEN_HEALTHY.clear()
             _INIT_ERRORS.clear()
@@ -248,6 +252,11 @@ def environments_problem(inp: EnvironmentInput, deployment: Mapping[str, Any]) -
     else:
         _SEEN_HEALTHY.pop(key, None)
     return problem
+
+
+def forget_seen(namespace: str, deployment: str) -> None:
+    """A pod of this Deployment changed in a way its status does not show: the next pass looks at the pods."""
+    _SEEN_HEALTHY.pop((namespace, deployment), None)
 
 
 def lambda_update_status(deployment_ready: cond.Condition, problem: health.Problem | None) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from kfn.reconcilers.alias import reconcile_alias
 from kfn.reconcilers.children import APPLIED
 from kfn.reconcilers.common import Outcome
 from kfn.reconcilers.environment import forget_seen
-from kfn.reconcilers.function import reconcile_function, versions_of
+from kfn.reconcilers.function import RELATED, reconcile_function, versions_of
 from kfn.reconcilers.resync import RECENT
 from kfn.reconcilers.version import reconcile_version
 from kfn.resources import Images
@@ -343,9 +343,27 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Ta
             names.ALIAS_KIND: (names.ALIAS_PLURAL, lambda b: reconcile_alias(b, refresh_version(cfg))),
         }
 
+    # Which functions have versions and aliases at all (kfn.reconcilers.function.Related): Kopf fills its
+    # indexes before any handler runs and hands them to every handler, which passes them on.
+    related = {names.FUNCTION_VERSION_KIND: f"related-{names.FUNCTION_VERSION_PLURAL}",
+               names.ALIAS_KIND: f"related-{names.ALIAS_PLURAL}"}
+    for related_kind, index_id in related.items():
+        plural = names.FUNCTION_VERSION_PLURAL if related_kind == names.FUNCTION_VERSION_KIND else names.ALIAS_PLURAL
+
+        def by_function(namespace: str | None, spec: kopf.Spec, **_: Any) -> dict[tuple[str | None, Any], None]:
+            return {(namespace, spec.get("functionName")): None}
+
+        kopf.index(group, version, plural, id=index_id, registry=registry)(by_function)
+
+    def adopt_indexes(kwargs: Mapping[str, Any]) -> None:
+        for related_kind, index_id in related.items():
+            if index_id in kwargs and related_kind not in RELATED.indexes:
+                RELATED.adopt(related_kind, kwargs[index_id])
+
     for kind, (plural, reconcile) in reconcilers().items():
 
-        def handler(body: kopf.Body, _kind: str = kind, _reconcile: Any = reconcile, **_: Any) -> None:
+        def handler(body: kopf.Body, _kind: str = kind, _reconcile: Any = reconcile, **kwargs: Any) -> None:
+            adopt_indexes(kwargs)
             b = plain(body)
             run(_kind, lambda: _reconcile(b), raise_errors=True, body=b)
 

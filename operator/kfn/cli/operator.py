@@ -100,7 +100,10 @@ def run(args: argparse.Namespace) -> int:
     # Kopf logs every handler run; the child watches run one per event of every child, which says
     # nothing (failures still show): keep the log for what happens to kfn's own objects.
     logging.getLogger("kopf.objects").addFilter(QuietChildEvents())
-    k8s.configure(args.kubeconfig, args.context, pool_size=args.workers + 4)
+    # A connection for every thread that may call the API at once: Kopf's handlers (workers), the resync
+    # (workers // 2) and asyncio's default executor (child and pod events, min(32, CPUs + 4)). A full pool
+    # drops connections, and each new one costs the API server a TLS handshake.
+    k8s.configure(args.kubeconfig, args.context, pool_size=args.workers + args.workers // 2 + min(32, (os.cpu_count() or 1) + 4))
     if args.install_peering and not args.standalone:
         install_peering(args.peering, args.namespace)
     cfg = OperatorConfig(

@@ -38,12 +38,42 @@ def function_selector(function: str) -> str:
     return f"{names.LABEL_FUNCTION}={names.label_value(function)}"
 
 
+class Related:
+    """Which functions have FunctionVersions or Aliases at all, so that a function with none needs no list.
+
+    Fed by Kopf indexes (the watches of both kinds, keyed by ``(namespace, spec.functionName)``; Kopf fills
+    them before any handler runs) plus the versions this process created (seen before their watch event).
+    Until the indexes are handed over (:meth:`adopt`), every question goes to the API server.
+    """
+
+    def __init__(self) -> None:
+        self.indexes: dict[str, Any] = {}
+        self._created: set[tuple[str, str, str]] = set()
+
+    def adopt(self, kind: str, index: Any) -> None:
+        self.indexes[kind] = index
+
+    def created(self, kind: str, namespace: str, function: str) -> None:
+        self._created.add((kind, namespace, function))
+
+    def may_exist(self, kind: str, namespace: str, function: str) -> bool:
+        """False only when the index knows that the function has no object of *kind*."""
+        index = self.indexes.get(kind)
+        return index is None or (namespace, function) in index or (kind, namespace, function) in self._created
+
+
+RELATED = Related()
+
+
 def versions_of(namespace: str, function: str) -> list[dict[str, Any]]:
     """Every FunctionVersion of a function (made by kfn or by users), oldest first.
 
     One label-selected list, not the namespace's every version: a reconcile
-    costs the same with 10 or 10,000 functions in the namespace.
+    costs the same with 10 or 10,000 functions in the namespace; none when the
+    Kopf index knows there is none (:class:`Related`).
     """
+    if not RELATED.may_exist(names.FUNCTION_VERSION_KIND, namespace, function):
+        return []
     items = k8s.list_objects(names.FUNCTION_VERSION_KIND, namespace, function_selector(function))
     items = [v for v in items if (v.get("spec") or {}).get("functionName") == function]  # long names share hashed labels
     return sorted(items, key=lambda v: _claim_order(function, v))
@@ -64,6 +94,8 @@ def _claim_order(function: str, version: Mapping[str, Any]) -> tuple[int, str, b
 
 def aliases_of(namespace: str, function: str) -> list[dict[str, Any]]:
     """Every Alias of a function (label-selected, like :func:`versions_of`)."""
+    if not RELATED.may_exist(names.ALIAS_KIND, namespace, function):
+        return []
     items = k8s.list_objects(names.ALIAS_KIND, namespace, function_selector(function))
     return [a for a in items if (a.get("spec") or {}).get("functionName") == function]
 
@@ -269,6 +301,7 @@ def publish(
     number = max(int(status.get("latestVersion") or 0), newest_number or 0) + 1
     snapshot = _snapshot_code(body, number, config)
     fv = make_function_version(body, number, snapshot, code_digest, digest, spec.publish)
+    RELATED.created(names.FUNCTION_VERSION_KIND, meta["namespace"], meta["name"])  # before its watch event
     try:
         k8s.create(fv)
     except k8s.Conflict:

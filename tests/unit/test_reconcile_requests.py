@@ -1,0 +1,133 @@
+"""The memories that spare the operator API requests: each must answer from memory only when that is exact,
+and fall back to the API server otherwise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from kfn.handlers import MemoryDiffBase
+from kfn.reconcilers.children import AppliedChildren
+from kfn.reconcilers.function import Related
+from kfn.reconcilers.resync import RecentlyReconciled, Resync
+
+
+def deployment(rv: str, ready: int, owned: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "f-latest", "namespace": "ns", "resourceVersion": rv, "generation": 1,
+                     "managedFields": [{"manager": "kfn-operator", "operation": "Apply",
+                                        "fieldsV1": owned if owned is not None else {"f:spec": {}}}]},
+        "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "function"}]}}},
+        "status": {"replicas": 1, "readyReplicas": ready},
+    }  # fmt: skip
+
+
+def applied(answer: dict[str, Any]) -> AppliedChildren:
+    m = AppliedChildren()
+    m.enabled = True
+    m.record({"kind": "Deployment", "metadata": {"name": "f-latest", "namespace": "ns"}}, answer)
+    return m
+
+
+def test_a_deployment_is_read_from_the_newest_watch_event() -> None:
+    m = applied(deployment("10", 0))
+    m.observe("MODIFIED", deployment("12", 1))
+    m.observe("MODIFIED", deployment("11", 0))  # an older event arriving late does not win
+    assert m.deployment("ns", "f-latest")["status"]["readyReplicas"] == 1  # type: ignore[index]
+
+
+def test_a_deployment_edited_or_deleted_is_read_from_the_api_again() -> None:
+    m = applied(deployment("10", 0))
+    m.observe("MODIFIED", deployment("11", 0, owned={}))  # someone took a field from kfn: apply again
+    assert m.deployment("ns", "f-latest") is None
+    m = applied(deployment("10", 0))
+    m.observe("DELETED", deployment("11", 0))
+    assert m.deployment("ns", "f-latest") is None
+
+
+def test_without_watches_every_deployment_is_read_from_the_api() -> None:
+    m = AppliedChildren()
+    m.record({"kind": "Deployment", "metadata": {"name": "f-latest", "namespace": "ns"}}, deployment("10", 1))
+    assert m.deployment("ns", "f-latest") is None
+
+
+def body(name: str, uid: str, spec: dict[str, Any]) -> kopf.Body:
+    return kopf.Body({"apiVersion": "kfn.dev/v1alpha1", "kind": "Function",
+                      "metadata": {"name": name, "namespace": "ns", "uid": uid}, "spec": spec})  # fmt: skip
+
+
+def test_kopf_last_handled_state_is_kept_in_memory_and_bounded() -> None:
+    store = MemoryDiffBase(limit=2)
+    a = body("a", "uid-a", {"memoryMB": 128})
+    assert store.fetch(body=a) is None, "unknown: Kopf takes it for new"
+    patch = kopf.Patch()
+    store.store(body=a, patch=patch, essence=store.build(body=a))
+    assert not patch, "nothing is written to the object"
+    assert store.fetch(body=a) == {"spec": {"memoryMB": 128}}
+    for name in ("b", "c"):
+        store.store(body=body(name, f"uid-{name}", {}), patch=kopf.Patch(), essence={"spec": {}})
+    assert store.fetch(body=a) is None, "the oldest is forgotten first (it is reconciled once more)"
+
+
+def test_the_resync_leaves_out_what_was_reconciled_in_its_last_half_interval() -> None:
+    recent = RecentlyReconciled()
+    fn = {"metadata": {"namespace": "ns", "name": "f"}}
+    assert recent.since("Function", fn) is None
+    recent.note("Function", fn, now=100.0)
+    assert recent.since("Function", fn, now=104.0) == 4.0
+    recent.keep_only([])
+    assert recent.since("Function", fn) is None, "a deleted object is forgotten"
+
+    import kfn.reconcilers.resync as resync
+
+    r = Resync(30, lambda kind, body: None, ["ns"], workers=1, peering=None)
+    resync.RECENT.note("Function", fn)
+    assert r.fresh("Function", fn)
+    assert not r.fresh("Function", {"metadata": {"namespace": "ns", "name": "other"}})
+
+
+def test_versions_and_aliases_are_listed_unless_the_index_knows_there_are_none() -> None:
+    related = Related()
+    assert related.may_exist("Alias", "ns", "f"), "before Kopf hands over its index: ask the API server"
+    related.adopt("Alias", {("ns", "g"): object()})
+    assert not related.may_exist("Alias", "ns", "f")
+    assert related.may_exist("Alias", "ns", "g")
+    related.adopt("FunctionVersion", {})
+    related.created("FunctionVersion", "ns", "f")  # before its watch event reaches the index
+    assert related.may_exist("FunctionVersion", "ns", "f")
+
+
+def test_a_pass_reads_the_object_before_writing_status_only_when_it_changed_since_its_own_write(monkeypatch: Any) -> None:
+    from kfn import conditions as cond
+    from kfn import k8s
+    from kfn.reconcilers import common
+
+    calls: list[str] = []
+    written: dict[str, Any] = {}
+
+    def get(kind: str, namespace: str, name: str) -> dict[str, Any]:
+        calls.append("get")
+        return {"metadata": {"resourceVersion": "3"}, "status": written}
+
+    def patch_status(kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        calls.append("patch")
+        written.update(status)
+        return {"metadata": {"resourceVersion": "2"}, "status": dict(written)}
+
+    monkeypatch.setattr(k8s, "get", get)
+    monkeypatch.setattr(k8s, "patch_status", patch_status)
+    monkeypatch.setattr(k8s, "post_event", lambda *a, **kw: calls.append("event"))
+    meta = {"namespace": "ns", "name": "f", "uid": "uid-finish", "resourceVersion": "1", "generation": 1}
+    outcome = lambda: common.Outcome(conditions=[cond.true(cond.READY, "Ready", "serves")])  # noqa: E731
+
+    common.finish({"kind": "Function", "metadata": meta}, outcome())
+    assert calls == ["patch", "event"], "a new object (no status yet, none written since): no read"
+    calls.clear()
+    common.finish({"kind": "Function", "metadata": {**meta, "resourceVersion": "2"}, "status": dict(written)}, outcome())
+    assert calls == [], "as this process's write left it: nothing to read, nothing to write"
+    calls.clear()
+    common.finish({"kind": "Function", "metadata": {**meta, "resourceVersion": "3"}, "status": {}}, outcome())
+    assert calls == ["get"], "changed since (another writer): the status is read before comparing"

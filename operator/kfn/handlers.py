@@ -19,6 +19,7 @@ delay, an invalid spec is a permanent error (status already says why).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -228,7 +229,7 @@ class MemoryDiffBase(kopf.DiffBaseStorage):
 
     def __init__(self, limit: int = 100_000) -> None:
         super().__init__()
-        self._essences: dict[str, Any] = {}
+        self._essences: dict[str, str] = {}
         self._limit = limit
 
     @staticmethod
@@ -236,12 +237,14 @@ class MemoryDiffBase(kopf.DiffBaseStorage):
         return str(body.metadata.uid or f"{body.metadata.namespace}/{body.metadata.name}")
 
     def fetch(self, *, body: kopf.Body) -> Any:
-        return self._essences.get(self._key(body))
+        encoded = self._essences.get(self._key(body))
+        return None if encoded is None else json.loads(encoded)
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
         if len(self._essences) >= self._limit:
             self._essences.pop(next(iter(self._essences)))  # the oldest entry
-        self._essences[self._key(body)] = essence
+        # as compact JSON (what Kopf's annotation holds): a fraction of the memory of the dicts
+        self._essences[self._key(body)] = json.dumps(essence, separators=(",", ":"))
 
 
 def persistence(settings: kopf.OperatorSettings) -> None:

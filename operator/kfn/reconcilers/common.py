@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Mapping
@@ -81,7 +82,7 @@ class _Written:
     the API server answered. Bounded: the oldest are forgotten first, which only costs a read."""
 
     def __init__(self, limit: int = 20_000) -> None:
-        self._by_uid: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._by_uid: dict[str, tuple[str, str]] = {}  # uid -> (resourceVersion, status as compact JSON)
         self._limit = limit
         self._lock = threading.Lock()  # passes over different objects hold different status locks
 
@@ -93,11 +94,12 @@ class _Written:
             self._by_uid.pop(uid, None)
             if len(self._by_uid) >= self._limit:
                 self._by_uid.pop(next(iter(self._by_uid)), None)
-            self._by_uid[uid] = (rv, dict((answer or {}).get("status") or {}))
+            self._by_uid[uid] = (rv, json.dumps((answer or {}).get("status") or {}, separators=(",", ":")))
 
     def get(self, uid: str | None) -> tuple[str, dict[str, Any]] | None:
         with self._lock:
-            return self._by_uid.get(uid) if uid else None
+            found = self._by_uid.get(uid) if uid else None
+        return None if found is None else (found[0], json.loads(found[1]))
 
 
 _WRITTEN = _Written()

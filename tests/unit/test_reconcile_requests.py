@@ -8,50 +8,8 @@ from typing import Any
 import kopf
 
 from kfn.handlers import MemoryDiffBase
-from kfn.reconcilers.children import AppliedChildren
 from kfn.reconcilers.function import Related
 from kfn.reconcilers.resync import RecentlyReconciled, Resync
-
-
-def deployment(rv: str, ready: int, owned: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "f-latest", "namespace": "ns", "resourceVersion": rv, "generation": 1,
-                     "managedFields": [{"manager": "kfn-operator", "operation": "Apply",
-                                        "fieldsV1": owned if owned is not None else {"f:spec": {}}}]},
-        "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "function"}]}}},
-        "status": {"replicas": 1, "readyReplicas": ready},
-    }  # fmt: skip
-
-
-def applied(answer: dict[str, Any]) -> AppliedChildren:
-    m = AppliedChildren()
-    m.enabled = True
-    m.record({"kind": "Deployment", "metadata": {"name": "f-latest", "namespace": "ns"}}, answer)
-    return m
-
-
-def test_a_deployment_is_read_from_the_newest_watch_event() -> None:
-    m = applied(deployment("10", 0))
-    m.observe("MODIFIED", deployment("12", 1))
-    m.observe("MODIFIED", deployment("11", 0))  # an older event arriving late does not win
-    assert m.deployment("ns", "f-latest")["status"]["readyReplicas"] == 1  # type: ignore[index]
-
-
-def test_a_deployment_edited_or_deleted_is_read_from_the_api_again() -> None:
-    m = applied(deployment("10", 0))
-    m.observe("MODIFIED", deployment("11", 0, owned={}))  # someone took a field from kfn: apply again
-    assert m.deployment("ns", "f-latest") is None
-    m = applied(deployment("10", 0))
-    m.observe("DELETED", deployment("11", 0))
-    assert m.deployment("ns", "f-latest") is None
-
-
-def test_without_watches_every_deployment_is_read_from_the_api() -> None:
-    m = AppliedChildren()
-    m.record({"kind": "Deployment", "metadata": {"name": "f-latest", "namespace": "ns"}}, deployment("10", 1))
-    assert m.deployment("ns", "f-latest") is None
 
 
 def body(name: str, uid: str, spec: dict[str, Any]) -> kopf.Body:

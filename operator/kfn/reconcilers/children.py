@@ -10,11 +10,6 @@ field to the editor's manager, kfn's owned-field digest changes, and the next
 pass applies again (drift repaired); a deletion drops the entry. A child whose
 desired digest and owned fields are both unchanged is not sent again.
 
-The same watches keep the newest state of each Deployment kfn applied
-(:meth:`AppliedChildren.deployment`): a pass that need not apply one reads its
-replicas and conditions from there, not with a GET (what an informer's cache
-does; the watch runs milliseconds behind the API server).
-
 Only enabled when the child watches run (``kfn operator`` default); without
 them nothing would notice an edit, so every pass applies.
 """
@@ -50,28 +45,6 @@ def owned_fields(live: Mapping[str, Any], manager: str = names.FIELD_MANAGER) ->
     return digest({"owned": entries})
 
 
-def _deployment_state(live: Mapping[str, Any]) -> dict[str, Any]:
-    """What a reconcile reads of a Deployment (identity, generation, annotations, replicas, status)."""
-    meta = live.get("metadata") or {}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "generation", "resourceVersion", "annotations") if k in meta},
-        "spec": {"replicas": (live.get("spec") or {}).get("replicas", 1)},
-        "status": live.get("status") or {},
-    }
-
-
-def _newer(a: Mapping[str, Any], b: Mapping[str, Any] | None) -> bool:
-    """Whether *a* is at least as new as *b* (resourceVersions are etcd revisions: compare them as numbers)."""
-    if b is None:
-        return True
-    try:
-        return int(a["metadata"]["resourceVersion"]) >= int(b["metadata"]["resourceVersion"])
-    except (KeyError, TypeError, ValueError):
-        return True
-
-
 def _key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
     meta = obj["metadata"]
     return obj["kind"], meta.get("namespace") or "", meta["name"]
@@ -84,7 +57,6 @@ class AppliedChildren:
         self.enabled = False
         self._entries: dict[tuple[str, str, str], Applied] = {}
         self._absent: set[tuple[str, str, str]] = set()
-        self._deployments: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
 
     def known_absent(self, kind: str, namespace: str, name: str) -> bool:
@@ -97,7 +69,6 @@ class AppliedChildren:
             with self._lock:
                 self._absent.add((kind, namespace, name))
                 self._entries.pop((kind, namespace, name), None)
-                self._deployments.pop((kind, namespace, name), None)
 
     def unchanged(self, desired: Mapping[str, Any]) -> bool:
         """Whether *desired* was applied already and still stands (else: apply it)."""
@@ -113,20 +84,6 @@ class AppliedChildren:
             return
         with self._lock:
             self._entries[_key(desired)] = Applied(digest(desired), owned_fields(answer))
-            if desired["kind"] == "Deployment":
-                self._keep_deployment(_key(desired), answer)
-
-    def _keep_deployment(self, key: tuple[str, str, str], live: Mapping[str, Any]) -> None:
-        if _newer(live, self._deployments.get(key)):
-            self._deployments[key] = _deployment_state(live)
-
-    def deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The newest state seen of a Deployment kfn applied and still stands (None: read it from the API)."""
-        if not self.enabled:
-            return None
-        key = ("Deployment", namespace, name)
-        with self._lock:
-            return self._deployments.get(key) if key in self._entries else None
 
     def observe(self, event_type: str | None, live: Mapping[str, Any]) -> None:
         """Follow a watch event of a child: forget it when deleted or edited."""
@@ -134,16 +91,11 @@ class AppliedChildren:
         with self._lock:
             if event_type != "DELETED":
                 self._absent.discard(key)
-                if key[0] == "Deployment" and key in self._entries:
-                    self._keep_deployment(key, live)
-            else:
-                self._deployments.pop(key, None)
             entry = self._entries.get(key)
             if entry is None:
                 return
             if event_type == "DELETED" or owned_fields(live) != entry.owned:
                 del self._entries[key]
-                self._deployments.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._entries)

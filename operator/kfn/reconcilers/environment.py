@@ -152,9 +152,8 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
                 # Applied before and nobody changed it since: sending it again would be a write for nothing.
                 if obj["kind"] != "Deployment":
                     continue
-                # its state (replicas, conditions): the newest the Deployment watch has seen, else read
-                live = APPLIED.deployment(inp.namespace, obj["metadata"]["name"]) or k8s.get(
-                    "Deployment", inp.namespace, obj["metadata"]["name"])
+                # its state (replicas, conditions) is read fresh: status must not follow a remembered copy
+                live = k8s.get("Deployment", inp.namespace, obj["metadata"]["name"])
                 if live is not None:
                     deployment_state = live
                     continue

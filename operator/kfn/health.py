@@ -37,6 +37,9 @@ class Problem:
     reason: str  # a conditions.py reason constant
     code: str  # Lambda's StateReasonCode / LastUpdateStatusReasonCode
     message: str
+    # The update's problem only: environments of the previous code and configuration still serve (Lambda: State
+    # stays Active, LastUpdateStatus Failed with this reason code).
+    rollout: bool = False
 
     def condition(self) -> cond.Condition:
         return cond.false(cond.ENVIRONMENTS_HEALTHY, self.reason, self.message)

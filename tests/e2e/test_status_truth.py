@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import json
+
 import pytest
-from podrig import RUNTIME_IMAGE, Bed, bed, fn, wait_until
+from podrig import RUNTIME_IMAGE, Bed, bed, fn, invoke, ready_addresses, serving_address, wait_until
 
 pytestmark = pytest.mark.e2e
 __all__ = ["bed"]  # the module-scoped fixture
@@ -33,9 +35,14 @@ FAILING = {
 }
 
 
+# Serves, then gets an update whose environments cannot start (the new code's URL answers nothing).
+SERVING = fn("updated", runtime="python3.11", handler="app.handler",
+             code={"inline": {"files": {"app.py": "def handler(e, c):\n    return {'code': 'first'}\n"}}})
+
+
 @pytest.fixture(scope="module")
 def deployed(bed: Bed) -> Bed:
-    bed.api.apply(list(FAILING.values()))
+    bed.api.apply([*FAILING.values(), SERVING])
     return bed
 
 
@@ -91,3 +98,34 @@ def test_code_that_cannot_be_fetched_is_reported(deployed: Bed) -> None:
     ready = failed_with(deployed.api, "no-code", "CodeFetchFailed", "cannot fetch")
     assert "spec.code.zip.url http://127.0.0.1:9/code.zip: cannot fetch the zip" in ready["message"]
     shows_failed(deployed, "no-code")
+
+
+def test_an_update_that_cannot_start_fails_the_update_while_the_old_code_serves(deployed: Bed) -> None:
+    """Bug caught: a rollout whose new pods cannot bring their code, behind pods that still serve, was shown as
+    `LastUpdateStatus: InProgress` forever (or would turn a serving function Failed). Lambda keeps such a
+    function Active, serving the previous code, and reports LastUpdateStatus Failed with the reason code."""
+    api = deployed.api
+    old = serving_address(deployed, "updated")
+    api.kubectl("patch", "function", "updated", "--type=merge", "-p", json.dumps({"spec": {"code": {
+        "inline": None, "zip": {"url": "http://127.0.0.1:9/code.zip", "sha256": "1" * 64}}}}))
+
+    def update_failed() -> dict[str, Any] | None:
+        status = (api.get("function", "updated") or {}).get("status") or {}
+        return status if status.get("lastUpdateStatus") == "Failed" else None
+
+    try:
+        status = wait_until(update_failed, 180, "the update of `updated` is Failed", interval=1)
+    except AssertionError as e:
+        pods = api.kubectl("get", "pods", "-l", "kfn.dev/function=updated", "-o", "wide", check=False).stdout
+        raise AssertionError(f"{e}\nstatus: {(api.get('function', 'updated') or {}).get('status')}\n{pods}") from None
+    assert status["lastUpdateStatusReasonCode"] == "InvalidZipFileException", status
+    assert "cannot fetch" in status["lastUpdateStatusReason"], status
+    # The function itself is fine: Active, Ready, no state reason, and the old environment still answers.
+    assert status["state"] == "Active" and not status.get("stateReasonCode"), status
+    assert api.condition("function", "updated")["status"] == "True"
+    assert old in ready_addresses(api, "updated-latest")
+    reply = invoke(old, "updated", {})
+    assert reply.status == 200 and reply.json() == {"code": "first"}, reply.body
+    row = api.kubectl("get", "function", "updated", "--no-headers").stdout.split()
+    assert row[1:3] == ["True", "Active"] and "Failed" in row[3:], row
+    deployed.release("updated")

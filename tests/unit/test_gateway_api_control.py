@@ -263,6 +263,18 @@ def test_update_in_progress_keeps_state_active() -> None:
     assert (cfg["State"], cfg["LastUpdateStatus"]) == ("Active", "InProgress")
 
 
+def test_an_update_whose_environments_cannot_start_is_failed_while_the_function_stays_active() -> None:
+    """Bug caught: GetFunctionConfiguration said LastUpdateStatus Successful for an update whose new pods cannot
+    pull their image while the old ones serve. Lambda: State Active, LastUpdateStatus Failed, with the reason."""
+    fn = fx.function("hello", conditions=[fx.ready(generation=1)])
+    fn["status"].update(lastUpdateStatus="Failed", lastUpdateStatusReasonCode="InvalidImage",
+                        lastUpdateStatusReason="pod hello-latest-x: ErrImagePull")
+    _, _, cfg = call("GET", "/2015-03-31/functions/hello/configuration", view=StaticCatalog(objects=[fn]))
+    assert (cfg["State"], cfg["LastUpdateStatus"], cfg["LastUpdateStatusReasonCode"]) == (
+        "Active", "Failed", "InvalidImage")
+    assert cfg["LastUpdateStatusReason"] == "pod hello-latest-x: ErrImagePull"
+
+
 def test_revision_id_changes_with_the_spec_only() -> None:
     a = fx.function("hello", conditions=[fx.ready()], generation=1)
     b = fx.function("hello", conditions=[fx.ready(generation=2)], generation=2)

@@ -144,8 +144,27 @@ def test_lambda_update_status_follows_the_rollout_and_failures():
     rolling = cond.true(cond.DEPLOYMENT_READY, cond.ROLLING_OUT)
     broken = cond.false(cond.DEPLOYMENT_READY, cond.DEPLOYMENT_FAILED, "progress deadline exceeded")
     problem = health.Problem(cond.IMAGE_PULL_FAILED, "InvalidImage", "pod p: container function: ErrImagePull")
-    assert lambda_update_status(rolled, None) == {"lastUpdateStatus": "Successful", "stateReasonCode": None, "stateReason": None}
+    cleared = {"lastUpdateStatusReason": None, "lastUpdateStatusReasonCode": None, "stateReasonCode": None,
+               "stateReason": None}
+    assert lambda_update_status(rolled, None) == {"lastUpdateStatus": "Successful", **cleared}
     assert lambda_update_status(rolling, None)["lastUpdateStatus"] == "InProgress"
-    assert lambda_update_status(broken, None)["lastUpdateStatus"] == "Failed"
+    assert lambda_update_status(broken, None) == {
+        **cleared, "lastUpdateStatus": "Failed", "lastUpdateStatusReason": "progress deadline exceeded"}
+    # No environment can start: the state's reason and the update's.
     assert lambda_update_status(rolled, problem) == {
-        "lastUpdateStatus": "Failed", "stateReasonCode": "InvalidImage", "stateReason": problem.message}
+        "lastUpdateStatus": "Failed", "stateReasonCode": "InvalidImage", "stateReason": problem.message,
+        "lastUpdateStatusReasonCode": "InvalidImage", "lastUpdateStatusReason": problem.message}
+
+
+def test_an_update_that_cannot_start_while_the_old_environments_serve_fails_the_update_only():
+    """Bug caught: a broken rollout behind serving pods was reported Successful/InProgress (or, the other way,
+    turned a serving function Failed). Lambda: State Active, LastUpdateStatus Failed with the reason code."""
+    from dataclasses import replace
+
+    from kfn.reconcilers.environment import lambda_update_status
+
+    rolling = cond.true(cond.DEPLOYMENT_READY, cond.ROLLING_OUT)
+    problem = replace(health.Problem(cond.IMAGE_PULL_FAILED, "InvalidImage", "pod p: ErrImagePull"), rollout=True)
+    assert lambda_update_status(rolling, problem) == {
+        "lastUpdateStatus": "Failed", "lastUpdateStatusReasonCode": "InvalidImage",
+        "lastUpdateStatusReason": "pod p: ErrImagePull", "stateReasonCode": None, "stateReason": None}

@@ -9,7 +9,9 @@
 --                not True for a reason that resolves by itself (rolling out,
 --                targets not ready yet)
 --   Degraded     Ready is False for a reason only a change can fix (the reasons
---                below, from kfn/conditions.py), or status.state is Failed
+--                below, from kfn/conditions.py), or status.state is Failed, or the
+--                latest update failed (status.lastUpdateStatus Failed: its new
+--                environments cannot start while the previous ones still serve)
 --   Suspended    a Function or FunctionVersion with reservedConcurrency 0 (every
 --                invocation is throttled); an EventSourceMapping with
 --                enabled: false or state Disabled
@@ -68,6 +70,12 @@ local message = ready.message or ""
 if ready.status == "False" and (broken[ready.reason] or status.state == "Failed") then
   hs.status = "Degraded"
   hs.message = (ready.reason or "") .. ": " .. message
+  return hs
+end
+if ready.status == "True" and status.lastUpdateStatus == "Failed" then
+  hs.status = "Degraded"
+  hs.message = "The update failed (" .. (status.lastUpdateStatusReasonCode or "") .. "): " ..
+    (status.lastUpdateStatusReason or "") .. "; the previous environments still serve"
   return hs
 end
 local why = suspended()

@@ -158,7 +158,8 @@ def lambda_state(obj: Mapping[str, Any]) -> dict[str, str]:
 
     - no Ready yet (operator has not seen it) -> ``Pending``/``Creating``, update ``InProgress``;
     - Ready=True -> ``Active``; update ``Successful`` once Ready's observedGeneration is the object's generation,
-      ``InProgress`` before (Lambda keeps State Active during an update);
+      ``InProgress`` before (Lambda keeps State Active during an update), ``Failed`` with the operator's
+      ``lastUpdateStatusReason(Code)`` when the update's environments cannot start while the previous ones serve;
     - Ready=False for a reason that needs a change (invalid spec, code too large, Deployment failed), or
       ``status.state: Failed`` (the operator's verdict) -> ``Failed`` with Lambda's reason code and Ready's message;
     - otherwise -> ``Pending`` with Ready's message (rolling out, code not there yet: the operator retries).
@@ -174,6 +175,13 @@ def lambda_state(obj: Mapping[str, Any]) -> dict[str, str]:
         out = {"State": "Active", "LastUpdateStatus": "Successful" if current else "InProgress"}
         if not current:
             out["LastUpdateStatusReason"] = "The function is being updated."
+        elif status.get("lastUpdateStatus") == "Failed":
+            # The update's environments cannot start while the previous ones serve: Active, the update Failed.
+            out["LastUpdateStatus"] = "Failed"
+            for key in ("LastUpdateStatusReason", "LastUpdateStatusReasonCode"):
+                value = status.get(key[0].lower() + key[1:])
+                if value:
+                    out[key] = str(value)
         return out
     failed_code = _FAILED_REASON_CODES.get(reason)
     if ready.get("status") == cond.FALSE and (failed_code or status.get("state") == "Failed"):

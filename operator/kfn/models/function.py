@@ -409,6 +409,12 @@ class EnvironmentStatus(CommonStatus):
     last_update_status: Literal["Successful", "Failed", "InProgress"] | None = Field(
         None, alias="lastUpdateStatus", description="Lambda LastUpdateStatus of the latest code or configuration change."
     )
+    last_update_status_reason: str | None = Field(
+        None, alias="lastUpdateStatusReason", description="Why the latest update failed: the new environments' error."
+    )
+    last_update_status_reason_code: str | None = Field(
+        None, alias="lastUpdateStatusReasonCode", description="Lambda LastUpdateStatusReasonCode, e.g. InvalidImage."
+    )
 
 
 class FunctionStatus(EnvironmentStatus):

@@ -11,6 +11,7 @@ not ready, the agent's ``/readyz``) say whether one can start at all
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping
@@ -175,7 +176,8 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
             deployment_state = _apply_floor(deployment_state, inp.provisioned)
             ready, available = deployment_conditions(deployment_state)
             problem = environments_problem(inp, deployment_state)
-            healthy = problem.condition() if problem else cond.true(cond.ENVIRONMENTS_HEALTHY, cond.NO_FAILURES)
+            version_problem = problem if problem is not None and not problem.rollout else None
+            healthy = version_problem.condition() if version_problem else cond.true(cond.ENVIRONMENTS_HEALTHY, cond.NO_FAILURES)
             conditions += [ready, available, healthy]
             st = deployment_state.get("status") or {}
             status["replicas"] = st.get("replicas", 0)
@@ -223,9 +225,13 @@ def environments_problem(inp: EnvironmentInput, deployment: Mapping[str, Any]) -
     selector = ",".join(f"{k}={v}" for k, v in names.selector_labels(inp.function, inp.version).items())
     pods = k8s.list_objects("Pod", inp.namespace, selector)
     newest = health.newest(pods)
-    # While some environment serves, a pod that cannot start is a rollout's trouble, not the version's.
+    # While some environment serves, a pod that cannot start is the update's trouble, not the version's: the
+    # previous code keeps serving (Lambda: State Active, LastUpdateStatus Failed).
     serving = st.get("readyReplicas", 0) > 0
-    problem = health.pod_problem(newest) if newest is not None and not serving else None
+    problem = health.pod_problem(newest) if newest is not None else None
+    if problem is not None and serving:
+        _SEEN_HEALTHY.pop(key, None)
+        return dataclasses.replace(problem, rollout=True)
     if problem is None and newest is not None and (health.awaiting_init(newest) or health.is_ready(newest)):
         name, uid = newest["metadata"]["name"], newest["metadata"].get("uid")
         last_uid, last_problem = _INIT_ERRORS.get(key, (None, None))
@@ -259,14 +265,26 @@ def forget_seen(namespace: str, deployment: str) -> None:
 
 
 def lambda_update_status(deployment_ready: cond.Condition, problem: health.Problem | None) -> dict[str, Any]:
-    """Lambda's LastUpdateStatus and StateReason(Code) for a version (None clears a field)."""
+    """Lambda's LastUpdateStatus, LastUpdateStatusReason(Code) and StateReason(Code) for a version (None clears
+    a field).
+
+    A problem of the whole version (no environment can start) is the state's reason and the update's; a problem
+    of an update while the previous environments still serve (``problem.rollout``) is the update's only — Lambda
+    keeps such a function ``Active`` and reports ``LastUpdateStatus: Failed`` with the reason
+    (GetFunctionConfiguration's LastUpdateStatusReason/LastUpdateStatusReasonCode).
+    """
     if problem is not None:
-        return {"lastUpdateStatus": "Failed", "stateReasonCode": problem.code, "stateReason": problem.message}
+        update = {"lastUpdateStatus": "Failed", "lastUpdateStatusReasonCode": problem.code,
+                  "lastUpdateStatusReason": problem.message}
+        if problem.rollout:
+            return {**update, "stateReasonCode": None, "stateReason": None}
+        return {**update, "stateReasonCode": problem.code, "stateReason": problem.message}
     if not deployment_ready.is_true:
-        update = "Failed"
-    else:
-        update = "Successful" if deployment_ready.reason == cond.ROLLED_OUT else "InProgress"
-    return {"lastUpdateStatus": update, "stateReasonCode": None, "stateReason": None}
+        return {"lastUpdateStatus": "Failed", "lastUpdateStatusReasonCode": None,
+                "lastUpdateStatusReason": deployment_ready.message, "stateReasonCode": None, "stateReason": None}
+    update = "Successful" if deployment_ready.reason == cond.ROLLED_OUT else "InProgress"
+    return {"lastUpdateStatus": update, "lastUpdateStatusReasonCode": None, "lastUpdateStatusReason": None,
+            "stateReasonCode": None, "stateReason": None}
 
 
 # Replicas a version keeps when no floor holds it higher and no scaler decides

@@ -41,9 +41,10 @@ chart: venv ## render the plain manifests and the Argo CD snippet from charts/kf
 	@helm=$$(bash testbed/build-tools.sh helm); set -e; \
 	  $$helm lint --strict charts/kfn; \
 	  $$helm $(HELM_RENDER) --set createNamespace=true > charts/kfn/manifests/kfn.yaml; \
+	  cp charts/kfn/manifests/kfn.yaml operator/kfn/manifests/kfn.yaml; \
 	  $$helm $(HELM_RENDER) --set argocd.healthChecks.enabled=true --show-only templates/argocd-health.yaml \
 	    > charts/kfn/argocd/argocd-cm.yaml; \
-	  echo "wrote charts/kfn/manifests/kfn.yaml charts/kfn/argocd/argocd-cm.yaml"
+	  echo "wrote charts/kfn/manifests/kfn.yaml (and its copy kfn install prints, operator/kfn/manifests/kfn.yaml) charts/kfn/argocd/argocd-cm.yaml"
 
 CONTROL_PLANE_ONLY ?= 0
 cluster-up: ## start the test bed (a single-node Kubernetes; CONTROL_PLANE_ONLY=1: API server only, seconds)

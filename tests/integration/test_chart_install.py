@@ -144,7 +144,7 @@ def test_install_serves_upgrade_keeps_serving_uninstall_leaves_functions(
         (op_pod,) = live_pods(api, "operator")
         old_gateways = {p["metadata"]["uid"] for p in live_pods(api, "gateway")}
         api.apply((REPO / "examples" / "hello-world.yaml").read_text())
-        api.wait_ready("function", "hello", timeout=120)
+        api.wait_ready("functions.kfn.dev", "hello", timeout=120)  # "function" alone: two kinds here
         # boto3 through the chart's gateway Service, as NOTES.txt tells a user
         gateway = api.get("service", f"{namespace}-gateway")
         assert gateway is not None
@@ -218,7 +218,7 @@ def test_install_serves_upgrade_keeps_serving_uninstall_leaves_functions(
         assert "Upgraded" in printer_columns(cluster, crd)
         got = cluster.kubectl("get", f"functions.{group}", "kept", "-n", namespace, "-o", "json")
         assert json.loads(got.stdout)["metadata"]["name"] == "kept"
-        assert api.get("function", "hello") is not None
+        assert api.get("functions.kfn.dev", "hello") is not None
         # no gateway any more: the function's own environment still answers
         assert invoke(lambda_client(ready_address(api, "hello-latest")), {}) == {"after": "upgrade"}
         print(f"helm install -> first invoke: {first_invoke:.1f} s; helm upgrade -> old gateways gone: {rollout:.1f} s; "

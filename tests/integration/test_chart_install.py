@@ -340,22 +340,69 @@ def test_service_accounts_can_do_exactly_what_the_code_needs(
             (operator_sa, "patch", "deployments.apps", other, False),  # only the watched namespace
             (operator_sa, "list", "namespaces", "", False),  # nothing cluster-wide
             (operator_sa, "list", "customresourcedefinitions.apiextensions.k8s.io", "", False),
-            (gateway_sa, "list", "functions.kfn.dev", namespace, True),
-            (gateway_sa, "update", "deployments.apps/scale", namespace, True),
-            (gateway_sa, "list", "endpointslices.discovery.k8s.io", namespace, True),
-            (gateway_sa, "patch", "deployments.apps", namespace, False),
-            (gateway_sa, "get", "secrets", namespace, False),
-            (gateway_sa, "create", "functions.kfn.dev", namespace, False),
+            *gateway_matrix(gateway_sa, namespace),
             (gateway_sa, "list", "functions.kfn.dev", other, False),
         ]  # fmt: skip
-        wrong = []
-        for who, verb, resource, ns, allowed in matrix:
-            kind, _, sub = resource.partition("/")  # kind/sub is a subresource, not kind/name
-            args = ["auth", "can-i", verb, kind, "--as", who] + (["--subresource", sub] if sub else [])
-            args += ["-n", ns] if ns else []
-            answer = cluster.kubectl(*args, check=False).stdout.strip()
-            if answer != ("yes" if allowed else "no"):
-                wrong.append(f"{who.rsplit(':', 1)[1]} {verb} {resource} in {ns or 'the cluster'}: {answer}")
-        assert not wrong, "\n".join(wrong)
+        assert_can_i(cluster, matrix)
     finally:
         rel.uninstall()
+
+
+def gateway_matrix(sa: str, namespace: str) -> list[tuple[str, str, str, str, bool]]:
+    """What the gateway does in a namespace it serves (read the catalog, scale up a version) and nothing more."""
+    return [
+        (sa, "list", "functions.kfn.dev", namespace, True),
+        (sa, "update", "deployments.apps/scale", namespace, True),
+        (sa, "list", "endpointslices.discovery.k8s.io", namespace, True),
+        (sa, "patch", "deployments.apps", namespace, False),
+        (sa, "get", "secrets", namespace, False),
+        (sa, "create", "functions.kfn.dev", namespace, False),
+    ]
+
+
+def assert_can_i(cluster: Any, matrix: list[tuple[str, str, str, str, bool]]) -> None:
+    """Every row (who, verb, resource[/subresource], namespace or "", allowed) is what the API server answers."""
+    wrong = []
+    for who, verb, resource, ns, allowed in matrix:
+        kind, _, sub = resource.partition("/")  # kind/sub is a subresource, not kind/name
+        args = ["auth", "can-i", verb, kind, "--as", who] + (["--subresource", sub] if sub else [])
+        args += ["-n", ns] if ns else []
+        answer = cluster.kubectl(*args, check=False).stdout.strip()
+        if answer != ("yes" if allowed else "no"):
+            wrong.append(f"{who.rsplit(':', 1)[1]} {verb} {resource} in {ns or 'the cluster'}: {answer}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_cluster_wide_service_accounts_can_do_exactly_what_the_code_needs(
+    helm_bin: str, cluster: Any, crds_installed: list[str], namespace: str
+) -> None:
+    # The chart's default, cluster-wide RBAC, as `helm install` renders it. Only the ServiceAccounts and their
+    # ClusterRoles and bindings are applied: a cluster-wide operator would reconcile other tests' namespaces.
+    rendered = helm(helm_bin, "template", namespace, str(CHART), "--namespace", namespace, "--kube-version",
+                    "1.35.4").stdout
+    rbac = [d for d in yaml.safe_load_all(rendered)
+            if d and d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
+    assert {d["kind"] for d in rbac} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = [f"{d['kind'].lower()}/{d['metadata']['name']}" for d in rbac if d["kind"] != "ServiceAccount"]
+    try:
+        cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac}))
+        operator_sa = f"system:serviceaccount:{namespace}:{namespace}-operator"
+        gateway_sa = f"system:serviceaccount:{namespace}:{namespace}-gateway"
+        anywhere = "default"  # any namespace: the grants are cluster-wide
+        matrix = [
+            (operator_sa, "patch", "deployments.apps", anywhere, True),
+            (operator_sa, "create", "functionversions.kfn.dev", anywhere, True),
+            (operator_sa, "patch", "functions.kfn.dev/status", anywhere, True),
+            (operator_sa, "watch", "functions.kfn.dev", "", True),  # one watch over every namespace
+            (operator_sa, "get", "secrets", anywhere, True),
+            (operator_sa, "list", "secrets", anywhere, False),  # kfn never reads every Secret
+            (operator_sa, "create", "clusterrolebindings.rbac.authorization.k8s.io", "", False),
+            (operator_sa, "delete", "customresourcedefinitions.apiextensions.k8s.io", "", False),
+            (operator_sa, "create", "pods/exec", anywhere, False),
+            *gateway_matrix(gateway_sa, anywhere),
+            (gateway_sa, "watch", "functions.kfn.dev", "", True),  # one watch over every namespace
+            (gateway_sa, "get", "pods/proxy", anywhere, False),
+        ]  # fmt: skip
+        assert_can_i(cluster, matrix)
+    finally:
+        cluster.kubectl("delete", "--ignore-not-found", *cluster_scoped, check=False)

@@ -51,8 +51,11 @@ def test_make_run_installs_with_helm_invokes_and_prints_lines_that_work_then_mak
         clean = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KFN_ENDPOINT")}
         pasted = subprocess.run(["bash", "-c", "\n".join(tail)], capture_output=True, text=True, timeout=120, env=clean)
         assert pasted.returncode == 0, pasted.stderr
-        assert pasted.stdout.splitlines() == [json.dumps({"statusCode": 200, "body": json.dumps({"hello": "boto3"})}),
-                                              json.dumps({"statusCode": 200, "body": json.dumps({"hello": "aws"})})]
+        lines = pasted.stdout.splitlines()
+        assert lines[0] == json.dumps({"statusCode": 200, "body": json.dumps({"hello": "boto3"})}), lines
+        # the aws CLI prints its own summary, then the line cats the payload it wrote
+        assert json.loads("\n".join(lines[1:-1])) == {"StatusCode": 200, "ExecutedVersion": "$LATEST"}, lines
+        assert lines[-1] == json.dumps({"statusCode": 200, "body": json.dumps({"hello": "aws"})}), lines
 
         # a second make run upgrades in place
         again = script(cluster, "run", namespace)

@@ -359,3 +359,7 @@ def test_kfn_install_prints_what_the_chart_renders(helm_bin: str, cli: list[str]
     rendered = helm(helm_bin, *template_args("createNamespace=true", *sets, namespace=namespace)).stdout
     assert printed == [d for d in yaml.safe_load_all(rendered) if d]
     assert out.stderr == ""  # nothing else to apply by hand (the chart's operator needs no peering object)
+    from kfn import k8s
+
+    # `kfn install --apply` reaches every kind it prints
+    assert {d["kind"] for d in printed} <= k8s.KINDS.keys()

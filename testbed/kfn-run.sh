@@ -58,7 +58,11 @@ run() {
   say "helm upgrade --install $RELEASE charts/kfn --namespace $NS (operator, gateway, CRDs, RBAC; images kfn/*:$TAG; serving ${WATCH:-every namespace})"
   "$HELM" upgrade --install "$RELEASE" charts/kfn --namespace "$NS" "${scope[@]}" \
     --set image.repository=docker.io/kfn/kfn --set-string image.tag="$TAG" --set crds.install="$crds" \
-    --wait --timeout 5m | sed -n '1,/^NOTES:/p' | grep -v '^NOTES:'
+    | sed -n '1,/^NOTES:/p' | grep -v '^NOTES:'
+  # rollout status rather than helm's silent --wait: it prints each step
+  kubectl wait --for=condition=Established --timeout=60s crd/functions.kfn.dev
+  kubectl -n "$NS" rollout status "deployment/$RELEASE-operator" --timeout=300s
+  kubectl -n "$NS" rollout status "deployment/$RELEASE-gateway" --timeout=300s
   say "deploying $EXAMPLE into namespace $FN_NS"
   kubectl -n "$FN_NS" apply -f "$EXAMPLE"
   say "waiting for hello's first execution environment (images are local: nothing to pull)"

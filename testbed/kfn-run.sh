@@ -98,7 +98,8 @@ stop() {
   # The example first, while the operator still runs to clean up after it.
   if kubectl get crd functions.kfn.dev >/dev/null 2>&1; then
     say "removing $EXAMPLE from namespace $FN_NS"
-    kubectl -n "$FN_NS" delete -f "$EXAMPLE" --ignore-not-found --wait --timeout=120s
+    # foreground: done only once its execution environments (children, garbage-collected) are gone too
+    kubectl -n "$FN_NS" delete -f "$EXAMPLE" --ignore-not-found --cascade=foreground --wait --timeout=180s
   fi
   say "helm uninstall $RELEASE --namespace $NS"
   "$HELM" uninstall "$RELEASE" --namespace "$NS" --wait --ignore-not-found

@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="apply to the cluster (server-side apply, CRDs established first) instead of printing YAML",
     )
-    parser.add_argument("--replicas", type=int, default=1, help="operator replicas (one is active; several peer through Kopf peering, which the chart does not offer)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="operator replicas (one is active; several peer through Kopf peering, not in the chart)")
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     parser.add_argument("--context", default=None, help="kubeconfig context")
 

@@ -2,10 +2,13 @@
 
 Each test installs its own release into a fresh namespace, with the operator
 watching only that namespace (so it coexists with other operators on the
-shared test bed), and removes it. The shared kfn CRDs are left to the
-``crds_installed`` fixture (``crds.install=false``); the CRD lifecycle
-(upgrade with the release, kept on uninstall) is tested on a copy of the chart
-whose CRDs live in a group of their own, so no other test's CRDs change.
+shared test bed), and removes it. The shared kfn.dev CRDs are left to the
+``crds_installed`` fixture; the CRD lifecycle (upgrade with the release, kept on
+uninstall) is tested on a copy of the chart whose CRDs live in a group of the
+test's own, so no other test's CRDs change. The upgrade test installs that copy:
+its operator and gateway serve kfn.dev Functions while its ``helm upgrade``
+changes values and one of its own CRDs. boto3 clients never retry: a failed
+invocation is a failure.
 """
 
 from __future__ import annotations

@@ -56,9 +56,19 @@ run() {
   local scope=()
   [ -z "$WATCH" ] || scope=(--set "operator.watchNamespaces={$WATCH}")
   say "helm upgrade --install $RELEASE charts/kfn --namespace $NS (operator, gateway, CRDs, RBAC; images kfn/*:$TAG; serving ${WATCH:-every namespace})"
-  "$HELM" upgrade --install "$RELEASE" charts/kfn --namespace "$NS" "${scope[@]}" \
-    --set image.repository=docker.io/kfn/kfn --set-string image.tag="$TAG" --set crds.install="$crds" \
-    | sed -n '1,/^NOTES:/p' | grep -v '^NOTES:'
+  local out
+  if ! out="$("$HELM" upgrade --install "$RELEASE" charts/kfn --namespace "$NS" "${scope[@]}" \
+      --set image.repository=docker.io/kfn/kfn --set-string image.tag="$TAG" --set crds.install="$crds" 2>&1)"; then
+    echo "$out" >&2
+    case "$out" in *"invalid ownership metadata"*)
+      echo "make run: kfn's objects were put there by something else than this release (kfn install?):" \
+           "delete that install's operator and gateway (Deployments, Services, ServiceAccounts in $NS;" \
+           "ClusterRoles and ClusterRoleBindings kfn-operator, kfn-gateway) and run make run again." \
+           "Keep the CRDs: deleting them deletes every Function." >&2 ;;
+    esac
+    exit 1
+  fi
+  echo "$out" | sed -n '1,/^NOTES:/p' | grep -v '^NOTES:'
   # rollout status rather than helm's silent --wait: it prints each step
   kubectl wait --for=condition=Established --timeout=60s crd/functions.kfn.dev
   kubectl -n "$NS" rollout status "deployment/$RELEASE-operator" --timeout=300s

@@ -48,7 +48,9 @@ class Release:
 
     def values(self, *extra: str) -> list[str]:
         base = ["crds.install=false", f"operator.watchNamespaces={{{self.ns}}}", "image.repository=docker.io/kfn/kfn",
-                f"image.tag={TAG}", "operator.resyncSeconds=30"]  # fmt: skip
+                f"image.tag={TAG}", "operator.resyncSeconds=30",
+                # small CPU requests: the shared 2-core node is often nearly fully requested by other sessions
+                "operator.resources.requests.cpu=10m", "gateway.resources.requests.cpu=10m"]  # fmt: skip
         return [a for s in (*base, *extra) for a in (("--set-string", s[7:]) if s.startswith("string:") else ("--set", s))]
 
     def run(self, verb: str, *args: str, check: bool = True, timeout: float = 400) -> Any:

@@ -13,7 +13,8 @@
 # KFN_RUN_NAMESPACE (default kfn-system) is where kfn goes; KFN_RUN_WATCH, if set, is
 # the one namespace kfn then serves and the example goes to (default: kfn serves every
 # namespace, the example goes to `default`). Tests use both, so a run of theirs never
-# meets another kfn on a shared cluster.
+# meets another kfn on a shared cluster. KFN_RUN_SET: more chart values, KEY=VALUE
+# separated by spaces (helm --set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="$(cd "${VENV:-.venv}" && pwd)"
@@ -46,15 +47,16 @@ run() {
     crds=false
     say "kfn's CRDs are already in the cluster and not this release's: leaving them as they are (crds.install=false)"
   fi
-  # The namespace enforces Pod Security "restricted": every pod of kfn's is admitted by it.
-  # `make stop` deletes it only if this created it.
+  # A namespace this creates enforces Pod Security "restricted" (every pod of kfn's is admitted
+  # by it), and `make stop` deletes it; one that was there already is left as it is.
   if ! kubectl get namespace "$NS" >/dev/null 2>&1; then
     kubectl create namespace "$NS" >/dev/null
-    kubectl label namespace "$NS" app.kubernetes.io/created-by=kfn-make-run >/dev/null
+    kubectl label namespace "$NS" app.kubernetes.io/created-by=kfn-make-run \
+      pod-security.kubernetes.io/enforce=restricted >/dev/null
   fi
-  kubectl label namespace "$NS" --overwrite pod-security.kubernetes.io/enforce=restricted >/dev/null
-  local scope=()
+  local scope=() kv
   [ -z "$WATCH" ] || scope=(--set "operator.watchNamespaces={$WATCH}")
+  for kv in ${KFN_RUN_SET:-}; do scope+=(--set "$kv"); done
   say "helm upgrade --install $RELEASE charts/kfn --namespace $NS (operator, gateway, CRDs, RBAC; images kfn/*:$TAG; serving ${WATCH:-every namespace})"
   local out
   if ! out="$("$HELM" upgrade --install "$RELEASE" charts/kfn --namespace "$NS" "${scope[@]}" \

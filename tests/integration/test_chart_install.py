@@ -155,8 +155,7 @@ def test_install_serves_upgrade_keeps_serving_uninstall_leaves_functions(
         assert gateway is not None
         client = lambda_client(gateway["spec"]["clusterIP"], port=80)
         expected = {"statusCode": 200, "body": json.dumps({"hello": "chart"})}
-        wait_until(lambda: _try(lambda: invoke(client, {"name": "chart"})) == expected, 240,
-                   "hello answers through the gateway", interval=1)
+        wait_answer(client, {"name": "chart"}, expected, "hello answers through the gateway")
         first_invoke = time.monotonic() - t0
         kept = {"apiVersion": f"{group}/v1alpha1", "kind": "Function", "metadata": {"name": "kept", "namespace": namespace},
                 "spec": {"runtime": "python3.11", "handler": "app.handler",
@@ -207,8 +206,7 @@ def test_install_serves_upgrade_keeps_serving_uninstall_leaves_functions(
         fn = yaml.safe_load((REPO / "examples" / "hello-world.yaml").read_text())
         fn["spec"]["code"]["inline"]["files"]["app.py"] = "def handler(event, context):\n    return {'after': 'upgrade'}\n"
         api.apply([fn])
-        wait_until(lambda: _try(lambda: invoke(client, {})) == {"after": "upgrade"}, 240, "the new code answers",
-                   interval=2)
+        wait_answer(client, {}, {"after": "upgrade"}, "the new code answers")
         # every environment runs the new code once the rollout is over (the old ones are gone)
         api.kubectl("rollout", "status", "deployment/hello-latest", "--timeout=110s")  # within kubectl()'s 120 s
 
@@ -233,6 +231,20 @@ def test_install_serves_upgrade_keeps_serving_uninstall_leaves_functions(
         cluster.kubectl("delete", "crd", "--ignore-not-found", "--wait=false",
                         *[f"{p}.{group}" for p in ("functions", "functionversions", "aliases", "eventsourcemappings")],
                         check=False)
+
+
+def wait_answer(client: Any, payload: dict[str, Any], expected: Any, what: str, timeout: float = 240) -> None:
+    """Invoke hello until it answers *expected*; fail with the last answer or error otherwise."""
+    last: list[Any] = [None]
+
+    def check() -> bool:
+        last[0] = _try(lambda: invoke(client, payload))
+        return bool(last[0] == expected)
+
+    try:
+        wait_until(check, timeout, what, interval=1)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last answer: {last[0]!r}") from None
 
 
 def _try(fn: Any) -> Any:

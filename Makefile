@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 KFN := $(VENV)/bin/kfn
 PYTEST_ARGS ?=
 
-.PHONY: help venv test unit crds chart run cluster-up cluster-down images bench clean
+.PHONY: help venv test unit crds chart run stop cluster-up cluster-down images bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -41,9 +41,10 @@ chart: venv ## render the plain manifests and the Argo CD snippet from charts/kf
 	@helm=$$(bash testbed/build-tools.sh helm); set -e; \
 	  $$helm lint --strict charts/kfn; \
 	  $$helm $(HELM_RENDER) --set createNamespace=true > charts/kfn/manifests/kfn.yaml; \
+	  cp charts/kfn/manifests/kfn.yaml operator/kfn/manifests/kfn.yaml; \
 	  $$helm $(HELM_RENDER) --set argocd.healthChecks.enabled=true --show-only templates/argocd-health.yaml \
 	    > charts/kfn/argocd/argocd-cm.yaml; \
-	  echo "wrote charts/kfn/manifests/kfn.yaml charts/kfn/argocd/argocd-cm.yaml"
+	  echo "wrote charts/kfn/manifests/kfn.yaml (and its copy kfn install prints, operator/kfn/manifests/kfn.yaml) charts/kfn/argocd/argocd-cm.yaml"
 
 CONTROL_PLANE_ONLY ?= 0
 cluster-up: ## start the test bed (a single-node Kubernetes; CONTROL_PLANE_ONLY=1: API server only, seconds)
@@ -55,33 +56,15 @@ cluster-down: ## stop the test bed and remove everything it made (built binaries
 images: venv ## build kfn's container images without a registry and load them into the test bed
 	@bash testbed/images.sh
 
-KUBECTL_BIN = $$(bash testbed/env.sh print | sed -n 's/^KUBECTL=//p')
-KUBECONFIG_TB = $$(bash testbed/env.sh print | sed -n 's/^KUBECONFIG_PATH=//p')
-run: venv ## bring up the local cluster, install kfn, deploy the hello-world example and invoke it
-	@$(MAKE) --no-print-directory cluster-up
-	@$(MAKE) --no-print-directory images
-	@export KUBECONFIG=$(KUBECONFIG_TB); kubectl=$(KUBECTL_BIN); set -e; \
-	  echo "==> installing kfn (CRDs, RBAC, operator in kfn-system)"; \
-	  $(KFN) install --apply; \
-	  $$kubectl -n kfn-system rollout status deploy/kfn-operator --timeout=180s; \
-	  echo "==> deploying examples/hello-world.yaml"; \
-	  $$kubectl apply -f examples/hello-world.yaml; \
-	  echo "==> waiting for an execution environment of hello to be up (images are local: nothing to pull)"; \
-	  $$kubectl wait --for=condition=Ready function/hello --timeout=300s; \
-	  $$kubectl wait --for=condition=Available function/hello --timeout=300s; \
-	  $$kubectl get kfn; \
-	  $$kubectl -n kfn-system rollout status deploy/kfn-gateway --timeout=180s; \
-	  echo "==> kfn invoke hello --payload '{\"name\": \"kfn\"}' --log-type Tail   (through the gateway)"; \
-	  $(KFN) invoke hello --payload '{"name": "kfn"}' --log-type Tail; \
-	  gw=$$($$kubectl -n kfn-system get service kfn-gateway -o jsonpath='{.spec.clusterIP}'); \
-	  boto3_line="$(abspath $(PY)) -c \"import boto3; c = boto3.client('lambda', endpoint_url='http://$$gw', region_name='us-east-1', aws_access_key_id='any', aws_secret_access_key='any'); print(c.invoke(FunctionName='hello', Payload=b'{\\\"name\\\": \\\"boto3\\\"}')['Payload'].read().decode())\""; \
-	  aws_line="AWS_ACCESS_KEY_ID=any AWS_SECRET_ACCESS_KEY=any $(abspath $(VENV))/bin/aws lambda invoke --endpoint-url http://$$gw --region us-east-1 --function-name hello --payload '{\"name\": \"aws\"}' /tmp/kfn-hello.json && cat /tmp/kfn-hello.json && echo"; \
-	  echo "==> the gateway's Service (kfn-system/kfn-gateway) at http://$$gw speaks the Lambda API:"; \
-	  echo "$$boto3_line"; eval "$$boto3_line"; \
-	  echo "$$aws_line"; eval "$$aws_line"; \
-	  echo; echo "kfn is running. Try:  export KUBECONFIG=$$KUBECONFIG; $(KFN) invoke hello -p '{}'"; \
-	  echo "$$boto3_line"; \
-	  echo "$$aws_line"
+run: ## bring up the local cluster, build kfn's images, helm install kfn, deploy the hello-world example and invoke it
+	@export KFN_RUN_START=$$(date +%s); set -e; \
+	  $(MAKE) --no-print-directory venv; \
+	  $(MAKE) --no-print-directory cluster-up; \
+	  $(MAKE) --no-print-directory images; \
+	  VENV=$(VENV) bash testbed/kfn-run.sh run
+
+stop: ## undo make run: the example and the helm release (the test bed stays: make cluster-down)
+	@VENV=$(VENV) bash testbed/kfn-run.sh stop
 
 BENCH_N ?= 1000
 bench: venv ## benchmarks as ratios against a baseline run alongside: agent vs AWS's emulator, operator vs raw kubectl apply, gateway vs direct and nginx

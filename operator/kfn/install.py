@@ -1,12 +1,22 @@
 """Builds the manifests that install kfn into a cluster: CRDs, RBAC, the operator and the gateway.
 
-``kfn install | kubectl apply -f -`` is the chart-free way to install; the
-objects here are pure functions of their inputs, like every other builder.
+``kfn install | kubectl apply -f -`` is the chart-free way to install. Cluster-wide
+with one operator replica (the default), it prints the Helm chart's own render,
+``charts/kfn/manifests/kfn.yaml`` (shipped as package data ``kfn/manifests/kfn.yaml``
+by ``make chart``), retargeted to the namespace and image asked for
+(:func:`chart_manifests`), so ``kubectl apply``, ``kfn install`` and ``helm
+install`` put in the same objects. Scoped (``--watch-namespace``) or peered
+(``--replicas`` > 1) installs come from the builders below, which the chart's
+unit tests keep equal to the chart's templates. Everything here is a pure
+function of its inputs, like every other builder.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
+
+import yaml
 
 from kfn import crdgen, names
 from kfn.resources.environment import IMAGE_TAG
@@ -273,3 +283,59 @@ def make_peering_objects(watch_namespaces: tuple[str, ...] = (), replicas: int =
 def make_peering_object() -> dict[str, Any]:
     """The cluster-wide peering object (see :func:`make_peering_objects`)."""
     return make_peering(PEERING_NAME)
+
+
+# The chart's render as `kfn install` ships it (package data, written by `make chart`), and what it was rendered with.
+CHART_MANIFESTS = "manifests/kfn.yaml"
+CHART_NAMESPACE = "kfn-system"
+CHART_IMAGE = "kfn/kfn:dev"
+
+
+def chart_manifests(text: str, namespace: str = DEFAULT_NAMESPACE, image: str = DEFAULT_IMAGE,
+                    gateway_replicas: int = GATEWAY_REPLICAS) -> list[dict[str, Any]]:
+    """The chart's plain manifests (*text*: ``charts/kfn/manifests/kfn.yaml``) in *namespace*, running *image*.
+
+    The result is what ``helm template kfn charts/kfn --namespace NAMESPACE
+    --set createNamespace=true`` renders with ``image.repository``/``image.tag``
+    from *image* and ``gateway.replicas`` (0: ``gateway.enabled=false``), object
+    for object, in the chart's order (Namespace, CRDs, then the rest): the
+    namespace moves everywhere it appears (objects, the Namespace itself,
+    binding subjects), the operator's image flags follow *image* as
+    :func:`image_flags` builds them. Cluster-scoped names stay the release's
+    (``kfn-operator``, ``kfn-gateway``), as with ``helm install``: one
+    cluster-wide kfn per cluster. Raises ``ValueError`` when *text* is not the
+    chart's render (a stale or hand-edited file).
+    """
+    out = []
+    for obj in (d for d in yaml.safe_load_all(text) if d):
+        labels = obj["metadata"].get("labels") or {}
+        if not gateway_replicas and labels.get(names.LABEL_COMPONENT) == names.COMPONENT_GATEWAY:
+            continue
+        out.append(_retarget(copy.deepcopy(obj), namespace, image, gateway_replicas))
+    return out
+
+
+def _retarget(obj: dict[str, Any], namespace: str, image: str, gateway_replicas: int) -> dict[str, Any]:
+    meta = obj["metadata"]
+    if meta.get("namespace") == CHART_NAMESPACE:
+        meta["namespace"] = namespace
+    kind = obj["kind"]
+    if kind == "Namespace" and meta["name"] == CHART_NAMESPACE:
+        meta["name"] = namespace
+    if kind in ("ClusterRoleBinding", "RoleBinding"):
+        for subject in obj.get("subjects") or []:
+            if subject.get("namespace") == CHART_NAMESPACE:
+                subject["namespace"] = namespace
+    if kind == "Deployment":
+        if (meta.get("labels") or {}).get(names.LABEL_COMPONENT) == names.COMPONENT_GATEWAY:
+            obj["spec"]["replicas"] = gateway_replicas
+        for c in obj["spec"]["template"]["spec"]["containers"]:
+            if c.get("image") == CHART_IMAGE:
+                c["image"] = image
+            cmd = c.get("command") or []
+            if "--agent-image" in cmd:
+                at, rendered = cmd.index("--agent-image"), image_flags(CHART_IMAGE)
+                if cmd[at:at + len(rendered)] != rendered:
+                    raise ValueError(f"the chart's operator command is not what `make chart` renders: {cmd}")
+                cmd[at:at + len(rendered)] = image_flags(image)
+    return obj

@@ -46,6 +46,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "ClusterRoleBinding": ("rbac.authorization.k8s.io/v1", "clusterrolebindings"),
     "Role": ("rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": ("rbac.authorization.k8s.io/v1", "rolebindings"),
+    "PodDisruptionBudget": ("policy/v1", "poddisruptionbudgets"),  # the chart's gateway (kfn install prints the chart)
 }
 
 

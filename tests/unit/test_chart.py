@@ -327,3 +327,39 @@ def test_dashboard_gateway_metrics_exist_in_the_gateway() -> None:
             for e in dashboard_exprs() for m in re.findall(r"\bkfn_gateway_[a-z_]+", e)}
     missing = sorted(m for m in used if f'"{m}' not in source)
     assert not missing, f"the dashboard queries metrics the gateway does not declare: {missing}"
+
+
+def test_kfn_install_ships_the_committed_plain_manifests() -> None:
+    from importlib.resources import files
+
+    shipped = files("kfn").joinpath(install.CHART_MANIFESTS).read_text()
+    assert shipped == (CHART / "manifests" / "kfn.yaml").read_text(), "operator/kfn/manifests/kfn.yaml is stale: run `make chart`"
+
+
+@pytest.mark.parametrize(
+    ("cli", "sets"),
+    [
+        ([], []),
+        (["--namespace", "ops", "--image", "registry.example:5000/team/kfn/kfn:1.2.3", "--gateway-replicas", "3"],
+         ["image.repository=registry.example:5000/team/kfn/kfn", "string:image.tag=1.2.3", "gateway.replicas=3"]),
+        (["--namespace", "lambda", "--image", "example.org/other:7", "--gateway-replicas", "0"],
+         ["image.repository=example.org/other", "string:image.tag=7", "gateway.enabled=false"]),
+    ],
+)
+def test_kfn_install_prints_what_the_chart_renders(helm_bin: str, cli: list[str], sets: list[str]) -> None:
+    # kfn install (cluster-wide, one operator) and helm install put in the same objects, whatever namespace and image
+    import subprocess
+    import sys
+
+    args = ["install", *cli] + ([] if "--image" in cli else ["--image", "kfn/kfn:dev"])  # not $KFN_IMAGE_TAG's default
+    out = subprocess.run([sys.executable, "-m", "kfn.cli.main", *args], capture_output=True, text=True, timeout=60,
+                         check=True)
+    namespace = cli[cli.index("--namespace") + 1] if "--namespace" in cli else "kfn-system"
+    printed = [d for d in yaml.safe_load_all(out.stdout) if d]
+    rendered = helm(helm_bin, *template_args("createNamespace=true", *sets, namespace=namespace)).stdout
+    assert printed == [d for d in yaml.safe_load_all(rendered) if d]
+    assert out.stderr == ""  # nothing else to apply by hand (the chart's operator needs no peering object)
+    from kfn import k8s
+
+    # `kfn install --apply` reaches every kind it prints
+    assert {d["kind"] for d in printed} <= k8s.KINDS.keys()

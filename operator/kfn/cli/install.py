@@ -1,8 +1,14 @@
-"""``kfn install``: print (or apply) the manifests that install kfn into a cluster (CRDs, RBAC, operator, gateway)."""
+"""``kfn install``: print (or apply) the manifests that install kfn into a cluster (CRDs, RBAC, operator, gateway).
+
+Cluster-wide with one operator replica (the default) these are the Helm chart's
+plain manifests (``charts/kfn/manifests/kfn.yaml``) in the namespace and image
+asked for; see :mod:`kfn.install`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import sys
 import time
 
@@ -18,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--watch-namespace",
         action="append",
         default=[],
-        help="reconcile only this namespace (repeatable; one standalone replica); default: all namespaces",
+        help="reconcile only this namespace (repeatable; one standalone replica); default: all namespaces "
+             "(then the output is the Helm chart's plain manifests, charts/kfn/manifests/kfn.yaml)",
     )
     parser.add_argument("--gateway-replicas", type=int, default=2,
                         help="replicas of the gateway (the Lambda Invoke API, Service kfn-gateway port 80); 0: none")
@@ -27,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="apply to the cluster (server-side apply, CRDs established first) instead of printing YAML",
     )
-    parser.add_argument("--replicas", type=int, default=1, help="operator replicas (one is active; several peer)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="operator replicas (one is active; several peer through Kopf peering, not in the chart)")
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     parser.add_argument("--context", default=None, help="kubeconfig context")
 
@@ -35,13 +43,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from kfn import install
 
-    objects = install.make_install_manifests(args.namespace, args.image, tuple(args.watch_namespace),
-                                             gateway_replicas=args.gateway_replicas, replicas=args.replicas)
+    # Cluster-wide with one operator: the Helm chart's own render (what `helm install` and
+    # `kubectl apply -f charts/kfn/manifests/kfn.yaml` put in). Scoped or peered: the builders.
+    from_chart = not args.watch_namespace and args.replicas == 1
+    if from_chart:
+        text = importlib.resources.files("kfn").joinpath(install.CHART_MANIFESTS).read_text()
+        objects = install.chart_manifests(text, args.namespace, args.image, args.gateway_replicas)
+    else:
+        objects = install.make_install_manifests(args.namespace, args.image, tuple(args.watch_namespace),
+                                                 gateway_replicas=args.gateway_replicas, replicas=args.replicas)
     if not args.apply:
         # The peering object needs its CRD established first, so it cannot ride in
         # the same `kubectl apply`: printed YAML leaves it out and says so.
         sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
-        if not args.watch_namespace:
+        if not from_chart and not args.watch_namespace:
             print(
                 "kfn install: after `kubectl apply`, also apply the peering object: "
                 "kubectl apply -f - <<< '{\"apiVersion\": \"kopf.dev/v1\", \"kind\": \"ClusterKopfPeering\", "
@@ -59,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"applied {obj['kind']}/{obj['metadata']['name']}", file=sys.stderr)
     _wait_established([c["metadata"]["name"] for c in crds])
     rest = [o for o in objects if o["kind"] != "CustomResourceDefinition"]
-    rest += install.make_peering_objects(tuple(args.watch_namespace), args.replicas)
+    if not from_chart:  # the chart's operator is standalone: no peering object
+        rest += install.make_peering_objects(tuple(args.watch_namespace), args.replicas)
     for obj in rest:
         k8s.apply(obj, field_manager="kfn-install")
         print(f"applied {obj['kind']}/{obj['metadata']['name']}", file=sys.stderr)

@@ -135,6 +135,15 @@ def unreserved_limit(pool_size: int, reservations: int, unreserved_min: int) -> 
     return max(pool_size - reservations, unreserved_min)
 
 
+def pool_from_env() -> tuple[int, int]:
+    """(pool size, unreserved minimum) from ``KFN_POOL_SIZE`` and ``KFN_UNRESERVED_MIN`` (the operator's view;
+    the scaler and gateway take the same values as flags, with these variables as their defaults)."""
+    import os
+
+    return (int(os.environ.get("KFN_POOL_SIZE", DEFAULT_POOL_SIZE)),
+            int(os.environ.get("KFN_UNRESERVED_MIN", DEFAULT_UNRESERVED_MIN)))
+
+
 @dataclass(frozen=True)
 class Reservation:
     namespace: str

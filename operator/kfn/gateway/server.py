@@ -272,6 +272,9 @@ class Gateway:
                 tried.add(lease.address)  # another gateway's invocation runs there: try the next one
                 continue
             return answer
+        log.info("no environment of %s/%s:%s took the invocation after %d attempts (busy or unreachable: %s)",
+                 version.namespace, version.function, version.version, self.settings.attempts,
+                 ", ".join(sorted(tried)), extra={"requestId": request_id})
         raise self._throttle(version)
 
     def _throttle(self, version: VersionKey) -> errors.TooManyRequestsException:

@@ -25,6 +25,7 @@ from kfn.reconcilers.environment import (
     CodeUnavailable,
     code_sha256,
     provisioned_floor,
+    capped_floor,
     read_zip,
     reconcile_environment,
     version_config_sha256,
@@ -323,7 +324,7 @@ def reconcile_function(body: Mapping[str, Any], images: Images) -> Outcome:
         spec=config,
         code_sha256=digest,
         images=images,
-        provisioned=provisioned_floor(aliases, function, names.LATEST),
+        provisioned=capped_floor(provisioned_floor(aliases, function, names.LATEST), config.get("reservedConcurrency")),
         service_account_token=token,
     )
     children, status, retry = reconcile_environment(inp)

@@ -73,7 +73,8 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any, tmp_path_facto
     ns = f"kfn-t-{secrets.token_hex(4)}"
     cluster.kubectl("create", "namespace", ns)
     cluster.kubectl("label", "namespace", ns, "kfn.dev/test=true")
-    log_dir = tmp_path_factory.mktemp("scaling-e2e")
+    log_dir = Path("/tmp/kfn-e2e-logs") / ns  # kept after the run: pytest's tmp dirs are pruned
+    log_dir.mkdir(parents=True, exist_ok=True)
     op = Operator(cluster, ns, log_dir)
     op.env = {**op.env, "KFN_POOL_SIZE": str(POOL_SIZE)}
     op.start()

@@ -264,6 +264,8 @@ class Gateway:
                     log.warning("agent %s failed mid-invocation: %s", lease.address, e, extra={"requestId": request_id})
                     raise internal_error() from e
                 tried.add(lease.address)
+                log.info("agent %s unreachable before the invocation was sent: %s", lease.address, e,
+                         extra={"requestId": request_id})
                 continue
             finally:
                 gauge.dec()

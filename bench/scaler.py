@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "operator"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from gateway import testbed_full, wait_until  # noqa: E402
+from gateway import raw_pod_start, testbed_full, wait_until  # noqa: E402
 from reconcile import Kubectl, free_port  # noqa: E402
 
 HANDLER = ("import time\n\ndef handler(event, context):\n    time.sleep(event.get('sleep', 0))\n"
@@ -137,18 +137,6 @@ def raw_round(k: Kubectl, ns: str, template: dict[str, Any], n: int) -> float:
                .get("readyReplicas", 0) >= n, 600, f"{n} ready raw pods", 0.2)
     took = time.perf_counter() - t0
     k("scale", "deployment", name, "-n", ns, "--replicas=0")
-    return took
-
-
-def raw_pod_start(k: Kubectl, ns: str, template: dict[str, Any], i: int) -> float:
-    name = f"rawstart-{i}"
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": {"bench": "raw"}},
-           "spec": template["spec"]}
-    t0 = time.perf_counter()
-    k("apply", "-f", "-", input=yaml.safe_dump(pod))
-    k("wait", "--for=condition=Ready", f"pod/{name}", "-n", ns, "--timeout=300s")
-    took = time.perf_counter() - t0
-    k("delete", "pod", name, "-n", ns, "--wait=true", "--timeout=120s")
     return took
 
 

@@ -7,7 +7,6 @@ Each test says which Lambda scaling rule a user would see broken if it failed.
 from __future__ import annotations
 
 import concurrent.futures
-import importlib.util
 import json
 import secrets
 import subprocess
@@ -24,14 +23,10 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-_spec = importlib.util.spec_from_file_location("kfn_operator_rig", Path(__file__).parents[1] / "integration" / "test_operator.py")
-assert _spec and _spec.loader
-rig = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(rig)
-Api, Operator, wait_until, free_port = rig.Api, rig.Operator, rig.wait_until, rig.free_port
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
-from test_gateway import RECORDER, fn, lambda_client  # noqa: E402 - one recorder function for all e2e tests
+# one rig for every e2e module: the operator rig, the recorder function and the host gateway
+from test_gateway import RECORDER, Api, Operator, fn, free_port, lambda_client, wait_until  # noqa: E402
 from test_gateway_catalog import GatewayProcess  # noqa: E402
 
 POOL_SIZE = 110  # so "pool minus the 100 unreserved" is 10: reservations of 3 + 5 fit, one more 5 does not
@@ -78,7 +73,10 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any, tmp_path_facto
     op = Operator(cluster, ns, log_dir)
     op.env = {**op.env, "KFN_POOL_SIZE": str(POOL_SIZE)}
     op.start()
-    scaler = ScalerProcess(cluster, ns, log_dir / "scaler.log", "--idle-seconds", "60", "--tick", "0.2").start()
+    # burst 3 then +0.5/s (small: the test bed's node is shared), idle 3 s: the cluster-wide flags (Function
+    # spec.scaling sets the same per function; the shared test bed's CRDs may be another branch's, so not used here)
+    scaler = ScalerProcess(cluster, ns, log_dir / "scaler.log", "--burst-size", "3", "--burst-rate", "0.5",
+                           "--idle-seconds", "3", "--tick", "0.2").start()
     gateway = GatewayProcess(cluster, ns, log_dir / "gateway.log", "--cold-start-timeout", "150",
                              "--scaler-url", scaler.url).start()
     w = World(cluster, ns, Api(cluster, ns), gateway, scaler)
@@ -109,9 +107,7 @@ def at_zero(w: World, deployment: str, timeout: float = 120) -> None:
 
 def test_a_burst_grows_environments_at_the_configured_rate_and_throttles_the_rest_with_the_rate_reason(
         world: World) -> None:
-    # burst 3 then +0.5/s (small: the test bed's node is shared); idle 3 s so it starts at zero
-    world.api.apply([fn("burst", RECORDER, timeoutSeconds=10,
-                        scaling={"burstSize": 3, "burstRatePerSecond": 0.5, "idleSeconds": 3})])
+    world.api.apply([fn("burst", RECORDER, timeoutSeconds=10)])
     world.api.wait_ready("function", "burst")
     at_zero(world, "burst-latest")
     client = lambda_client(world.gateway.url, read_timeout=200)
@@ -196,14 +192,14 @@ def test_a_reservation_that_would_eat_the_unreserved_minimum_is_refused_with_lam
 
 
 def test_idle_environments_scale_to_zero_and_the_next_invoke_starts_one(world: World) -> None:
-    world.api.apply([fn("idle", RECORDER, scaling={"idleSeconds": 3})])
+    world.api.apply([fn("idle", INIT_TYPE)])
     world.api.wait_ready("function", "idle")
     client = lambda_client(world.gateway.url, read_timeout=200)
     assert invoke(client, "idle", {"token": "first"})[0] == "ok"
     at_zero(world, "idle-latest", timeout=60)
     kind, body = invoke(client, "idle", {"token": "after-zero"})
     client.close()
-    assert (kind, body["token"]) == ("ok", "after-zero")
+    assert (kind, body["token"], body["init"]) == ("ok", "after-zero", "on-demand")
 
 
 def test_an_environment_going_away_finishes_its_running_invocation_first(world: World) -> None:
@@ -225,3 +221,38 @@ def test_an_environment_going_away_finishes_its_running_invocation_first(world: 
     client.close()
     assert kind == "ok", body
     assert body["end"] - body["start"] >= 12 and body["start"] < started + 5
+
+
+def test_provisioned_two_on_an_alias_are_ready_before_any_invoke_and_never_scaled_to_zero(world: World) -> None:
+    world.api.apply([fn("prov", INIT_TYPE, publish=1)])
+    wait_until(lambda: world.api.get("functionversion", "prov-v1"), 120, "version 1 of prov is published")
+    world.api.apply([{"apiVersion": "kfn.dev/v1alpha1", "kind": "Alias", "metadata": {"name": "prov-live"},
+                      "spec": {"functionName": "prov", "name": "live", "functionVersion": "1",
+                               "provisionedConcurrency": 2}}])
+    # nobody invokes: the two environments come up and initialise on their own
+    wait_until(lambda: ready_endpoints(world, "prov-v1") >= 2, 300, "2 provisioned environments are ready", 1)
+    client = lambda_client(world.gateway.url, read_timeout=200)
+    got = wait_until(lambda: (lambda c: c if c["Status"] == "READY" else None)(
+        client.get_provisioned_concurrency_config(FunctionName="prov", Qualifier="live")), 60, "READY")
+    assert (got["RequestedProvisionedConcurrentExecutions"], got["AvailableProvisionedConcurrentExecutions"]) == (2, 2)
+    # the Alias's own status says the same (Lambda's words), where the cluster's CRD carries the field
+    status = (world.api.get("alias", "prov-live") or {}).get("status") or {}
+    if "provisionedConcurrency" in status:
+        pc = wait_until(lambda: ((world.api.get("alias", "prov-live") or {}).get("status") or {})
+                        .get("provisionedConcurrency", {}).get("status") == "READY", 60, "alias status READY")
+        assert pc
+    # three idle periods (3 s each) pass: the floor stays
+    seen = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        seen.append(world.replicas("prov-v1"))
+        time.sleep(0.5)  # sampling interval of a measurement window, not a synchronisation
+    assert min(seen) >= 2, seen
+    kind, body = invoke(client, "prov", {"token": "p"}, Qualifier="live")
+    client.close()
+    assert (kind, body["init"]) == ("ok", "provisioned-concurrency")
+
+
+def ready_endpoints(w: World, service: str) -> int:
+    slices = w.api.list("endpointslices", f"kubernetes.io/service-name={service}")
+    return sum(1 for s in slices for ep in s.get("endpoints") or [] if (ep.get("conditions") or {}).get("ready"))

@@ -205,22 +205,28 @@ def test_idle_environments_scale_to_zero_and_the_next_invoke_starts_one(world: W
 def test_an_environment_going_away_finishes_its_running_invocation_first(world: World) -> None:
     world.api.apply([fn("long", RECORDER, timeoutSeconds=30)])
     world.api.wait_ready("function", "long")
-    wait_until(lambda: any(((p.get("status") or {}).get("phase") == "Running") for p in world.pods("long")), 120,
-               "long has a running environment", interval=0.5)
     client = lambda_client(world.gateway.url, read_timeout=200)
+    assert invoke(client, "long", {"token": "warm"})[0] == "ok"  # an environment is up (and stays: demand)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        started = time.time()
         running = pool.submit(invoke, client, "long", {"sleep": 12, "token": "long"})
-        time.sleep(2)  # let it reach the function; the deletion below must land while it runs
         pods = [p["metadata"]["name"] for p in world.pods("long") if not p["metadata"].get("deletionTimestamp")]
-        assert len(pods) == 1
+        assert len(pods) == 1, pods
+
+        def started() -> bool:  # the agent's START line: the invocation runs in that pod
+            out = world.cluster.kubectl("-n", world.ns, "logs", pods[0], "-c", "agent", check=False).stdout
+            return out.count("START RequestId") >= 2
+
+        wait_until(started, 30, "the long invocation runs", interval=0.2)
+        # the pod goes (as a scale-down or a drain would take it) while the invocation runs
         world.cluster.kubectl("-n", world.ns, "delete", "pod", pods[0], "--wait=false")
         wait_until(lambda: (world.api.get("pod", pods[0]) or {}).get("metadata", {}).get("deletionTimestamp"), 10,
                    "the pod is terminating")
         kind, body = running.result(timeout=120)
     client.close()
     assert kind == "ok", body
-    assert body["end"] - body["start"] >= 12 and body["start"] < started + 5
+    # it ran to its end, in the pod that was deleted under it
+    assert (body["pod"], body["token"]) == (pods[0], "long")
+    assert body["end"] - body["start"] >= 12
 
 
 def test_provisioned_two_on_an_alias_are_ready_before_any_invoke_and_never_scaled_to_zero(world: World) -> None:

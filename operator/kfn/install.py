@@ -144,13 +144,18 @@ def scaler_url(namespace: str) -> str:
     return f"http://{SCALER_NAME}.{namespace}.svc:{SCALER_PORT}"
 
 
+def scaler_binding_name(namespace: str) -> str:
+    """One ClusterRoleBinding per install namespace (as the gateway's)."""
+    return SCALER_NAME if namespace == DEFAULT_NAMESPACE else names.child_name(SCALER_NAME, namespace)
+
+
 def make_scaler_objects(namespace: str, image: str, watch_namespaces: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """The built-in scaler: ServiceAccount, ClusterRole/Binding, a one-replica Deployment (``Recreate``: never two
     writers of replicas at once), and the Service the gateways push demand to."""
     labels = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: "scaler"}
     scope = [a for ns in watch_namespaces for a in ("--namespace", ns)]
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5, "timeoutSeconds": 3}
-    binding = SCALER_NAME if namespace == DEFAULT_NAMESPACE else names.child_name(SCALER_NAME, namespace)
+    binding = scaler_binding_name(namespace)
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

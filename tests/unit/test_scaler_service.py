@@ -43,12 +43,21 @@ def function(fn: str, reserved: int | None = None, created: str = "2026-01-01T00
     return {"kind": "Function", "metadata": {"namespace": NS, "name": fn, "creationTimestamp": created}, "spec": spec}
 
 
+class Events:
+    def __init__(self) -> None:
+        self.posted: list[tuple[str, str]] = []
+
+    def post(self, fn_obj: dict[str, Any], event_type: str, reason: str, message: str) -> None:
+        self.posted.append((fn_obj["metadata"]["name"], reason))
+
+
 def world(*objs: dict[str, Any], **settings: Any) -> tuple[Scaler, Catalog, Writer, Clock]:
     catalog = Catalog()
     for o in objs:
         catalog.apply(o["kind"] if o["kind"] == "Deployment" else names.FUNCTION_KIND, "ADDED", o)
     clock, writer = Clock(), Writer()
-    scaler = Scaler(catalog, DemandStore(clock), ScalerSettings(**settings), writer, clock)  # type: ignore[arg-type]
+    scaler = Scaler(catalog, DemandStore(clock), ScalerSettings(**settings), writer, clock,  # type: ignore[arg-type]
+                    Events())  # type: ignore[arg-type]
     scaler.refresh_reservations()
     return scaler, catalog, writer, clock
 
@@ -106,3 +115,14 @@ def test_demand_source_watchers_hear_pushes() -> None:
         return await asyncio.wait_for(nxt, 1)
 
     assert asyncio.run(main()) == (NS, "f", "$LATEST")
+
+
+def test_events_only_on_transitions() -> None:
+    scaler, _, writer, clock = world(function("f"), deployment("f", 0), burst=Burst(3, 0.5), idle_seconds=5.0)
+    scaler.on_report(push(waiting=10))
+    scaler.on_report(push(waiting=10))  # still throttled for the same reason: no new Event
+    scaler.on_report(push(waiting=0, in_flight=3))
+    scaler.on_report(push(waiting=0))
+    clock.t += 6
+    scaler.tick()
+    assert scaler.events.posted == [("f", "ScaledFromZero"), ("f", "Throttling"), ("f", "ScaledToZero")]  # type: ignore[attr-defined]

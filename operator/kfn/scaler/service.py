@@ -108,11 +108,37 @@ class ReplicaWriter:
         log.info("scaled %s/%s to %d execution environments", key.namespace, name, replicas)
 
 
+class EventSink:
+    """Posts Kubernetes Events about Functions off the event loop; a failure is logged, never raised."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def post(self, fn_obj: dict[str, Any], event_type: str, reason: str, message: str) -> None:
+        body = {"apiVersion": f"{names.GROUP}/{names.VERSION}", "kind": names.FUNCTION_KIND,
+                "metadata": fn_obj.get("metadata") or {}}
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (unit tests of the decision): nothing to post to
+        task = loop.create_task(asyncio.to_thread(self._post, body, event_type, reason, message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    def _post(body: dict[str, Any], event_type: str, reason: str, message: str) -> None:
+        try:
+            k8s.post_event(body, event_type, reason, message, component=FIELD_MANAGER)
+        except k8s.ApiError as e:
+            log.warning("could not post the Event %s about %s: %s", reason, body["metadata"].get("name"), e)
+
+
 class Scaler:
     """Decisions for every version; event-loop thread only."""
 
     def __init__(self, catalog: Catalog, store: DemandStore, settings: ScalerSettings,
-                 writer: ReplicaWriter | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 writer: ReplicaWriter | None = None, clock: Callable[[], float] = time.monotonic,
+                 events: EventSink | None = None) -> None:
         self.catalog, self.store, self.settings, self.clock = catalog, store, settings, clock
         self.writer = writer or ReplicaWriter()
         self.writer.on_gone = self._forget
@@ -120,6 +146,8 @@ class Scaler:
         self.targets: dict[VersionKey, tuple[int, float]] = {}  # what we last set, and when
         self.history: dict[VersionKey, collections.deque[tuple[float, int]]] = {}
         self.last: dict[VersionKey, rules.Decision] = {}
+        self.events = events or EventSink()
+        self._throttling: dict[VersionKey, str | None] = {}
         self._accepted: set[tuple[str, str]] = set()
         self._refused: set[tuple[str, str]] = set()
 
@@ -201,6 +229,8 @@ class Scaler:
             self.writer.set(key, decision.desired)
             metrics.DECISIONS.labels("up" if decision.desired > current else "down").inc()
         self.last[key] = decision
+        if fn_obj is not None:
+            self._announce(key, fn_obj, current, decision, demand, idle)
         labels = (ns, fn, key.version)
         metrics.DESIRED.labels(*labels).set(decision.desired)
         metrics.READY.labels(*labels).set(len(self.catalog.environments(key)))
@@ -209,6 +239,23 @@ class Scaler:
         if inputs.provisioned:
             metrics.PROVISIONED_UTILIZATION.labels(*labels).set(min(demand, inputs.provisioned) / inputs.provisioned)
         return decision
+
+    def _announce(self, key: VersionKey, fn_obj: dict[str, Any], current: int, decision: rules.Decision,
+                  demand: int, idle: float) -> None:
+        """Events only on transitions: from zero, to zero, and when throttling starts or changes reason."""
+        v = key.version
+        if current == 0 and decision.desired > 0:
+            self.events.post(fn_obj, "Normal", "ScaledFromZero",
+                             f"{v}: 0 -> {decision.desired} execution environments for {demand} invocations")
+        elif current > 0 and decision.desired == 0:
+            self.events.post(fn_obj, "Normal", "ScaledToZero",
+                             f"{v}: no invocation for {idle:g} s: {current} -> 0 execution environments")
+        before = self._throttling.get(key)
+        if decision.throttle and decision.throttle != before:
+            self.events.post(fn_obj, "Warning", "Throttling",
+                             f"{v}: {demand} invocations want environments, {decision.desired} allowed now: "
+                             f"{decision.throttle}")
+        self._throttling[key] = decision.throttle
 
     def on_report(self, report: Report) -> list[dict[str, Any]]:
         """Take a push and decide at once for the versions it names; the answer per version (wire format in

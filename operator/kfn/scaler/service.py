@@ -27,7 +27,7 @@ from kfn import k8s, names
 from kfn.gateway.catalog import Catalog, VersionKey
 from kfn.scaler import decide as rules
 from kfn.scaler import metrics
-from kfn.scaler.demand import DemandStore, Key, Report
+from kfn.scaler.demand import DemandStore, Report
 
 log = logging.getLogger("kfn.scaler")
 
@@ -299,7 +299,3 @@ class Scaler:
                 await asyncio.wait_for(stop.wait(), self.settings.tick)
             except asyncio.TimeoutError:
                 pass
-
-
-def demand_key(key: Key) -> VersionKey:
-    return VersionKey(*key)

@@ -204,6 +204,10 @@ class DemandReporter:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Push every *interval* while anything runs or waits here (and once more after, with nothing)."""
+        import aiohttp
+
+        if self._session is None:  # ready before the first cold start: it never pays for the session
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         while not stop.is_set():
             if self._last_nonzero or self.pool.demand():
                 await self.push()

@@ -59,6 +59,7 @@ def world(*objs: dict[str, Any], **settings: Any) -> tuple[Scaler, Catalog, Writ
     scaler = Scaler(catalog, DemandStore(clock), ScalerSettings(**settings), writer, clock,  # type: ignore[arg-type]
                     Events())  # type: ignore[arg-type]
     scaler.refresh_reservations()
+    scaler.reindex()
     return scaler, catalog, writer, clock
 
 

@@ -74,6 +74,7 @@ async def serve(args: argparse.Namespace) -> None:
     settings = ScalerSettings(burst=rules.Burst(args.burst_size, args.burst_rate), idle_seconds=args.idle_seconds,
                               pool_size=args.pool_size, unreserved_min=args.unreserved_min, tick=args.tick)
     scaler = Scaler(catalog, store, settings)
+    scaler.tick()  # reservations and the pool's count before the first push
     stop = asyncio.Event()
     loop_failure: list[str] = []
 

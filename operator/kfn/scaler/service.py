@@ -148,6 +148,9 @@ class Scaler:
         self.last: dict[VersionKey, rules.Decision] = {}
         self.events = events or EventSink()
         self._throttling: dict[VersionKey, str | None] = {}
+        self._by_function: dict[tuple[str, str], list[VersionKey]] = {}
+        self._pool_used = 0
+        self._pool_limit = settings.pool_size
         self._accepted: set[tuple[str, str]] = set()
         self._refused: set[tuple[str, str]] = set()
 
@@ -211,20 +214,19 @@ class Scaler:
         bucket = bucket.refill(burst, now)
         demand = self.store.demand(ns, fn, key.version)
         reserved = self.reserved(ns, fn)
-        versions = [v for v in self.catalog.deployed_versions() if v.namespace == ns and v.function == fn]
+        versions = self._by_function.get((ns, fn), ())
         others = sum(self.current(v) or 0 for v in versions if v != key)
         pool_free = 0
         if reserved is None:
-            used = sum(self.current(v) or 0 for v in self.catalog.deployed_versions()
-                       if self.reserved(v.namespace, v.function) is None)
-            reservations = sum(int(self.catalog.reserved(a, b) or 0) for a, b in self._accepted)
-            pool_free = rules.unreserved_limit(self.settings.pool_size, reservations, self.settings.unreserved_min) - used
+            pool_free = self._pool_limit - self._pool_used
         inputs = rules.Inputs(demand=demand, current=current, peak=self._peak(key, demand, idle, now),
                               provisioned=provisioned_of(self.catalog.deployment(key)), reserved=reserved,
                               others=others, pool_free=pool_free)
         decision = rules.decide(inputs, bucket)
         self.buckets[(ns, fn)] = bucket.spend(decision.spent)
         if decision.desired != current:
+            if reserved is None:
+                self._pool_used += decision.desired - current  # until the next tick counts again
             self.targets[key] = (decision.desired, now)
             self.writer.set(key, decision.desired)
             metrics.DECISIONS.labels("up" if decision.desired > current else "down").inc()
@@ -281,15 +283,29 @@ class Scaler:
         return answers
 
     def tick(self) -> None:
-        """Forget silent reporters, refresh reservations, and decide for every version again."""
+        """Forget silent reporters, refresh reservations and the pool's count, and decide for every version."""
         self.store.expire()
         self.refresh_reservations()
+        self.reindex()
         keys = set(self.catalog.deployed_versions()) | {VersionKey(*k) for k in self.store.keys()}
         for key in keys:
+            if (self.store.demand(key.namespace, key.function, key.version) == 0 and key not in self.targets
+                    and self.catalog.replicas(key) == provisioned_of(self.catalog.deployment(key))):
+                continue  # at its floor with nothing wanted: no decision can change it (most idle functions)
             self.evaluate(key)
-        used = sum(self.current(v) or 0 for v in self.catalog.deployed_versions()
-                   if self.reserved(v.namespace, v.function) is None)
-        metrics.POOL_USED.set(used)
+        metrics.POOL_USED.set(self._pool_used)
+
+    def reindex(self) -> None:
+        """Versions per function and the unreserved pool's use, once per tick (not per decision: O(versions))."""
+        by_function: dict[tuple[str, str], list[VersionKey]] = collections.defaultdict(list)
+        used = 0
+        for v in self.catalog.deployed_versions():
+            by_function[(v.namespace, v.function)].append(v)
+            if self.reserved(v.namespace, v.function) is None:
+                used += self.current(v) or 0
+        reservations = sum(int(self.catalog.reserved(a, b) or 0) for a, b in self._accepted)
+        self._by_function, self._pool_used = by_function, used
+        self._pool_limit = rules.unreserved_limit(self.settings.pool_size, reservations, self.settings.unreserved_min)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until *stop*; an unexpected error ends the loop loudly (the caller turns health red)."""

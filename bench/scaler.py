@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "operator"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from gateway import raw_pod_start, testbed_full, wait_until  # noqa: E402
+from gateway import cluster, raw_pod_start, stop_processes, wait_until  # noqa: E402
 from reconcile import Kubectl, free_port  # noqa: E402
 
 HANDLER = ("import time\n\ndef handler(event, context):\n    time.sleep(event.get('sleep', 0))\n"
@@ -151,18 +151,21 @@ def decision_seconds(scaler_port: int) -> float | None:
     return float(total.group(1)) / float(count.group(1))
 
 
+def write_result(result: dict[str, Any]) -> None:
+    out = REPO / "bench" / "results" / "scaler.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k_: v for k_, v in result.items() if k_ != "detail"}, indent=2))
+    print(f"wrote {out.relative_to(REPO)}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kubeconfig", default=None)
     p.add_argument("--n", type=int, default=50, help="environments to scale to (capped by what the node holds)")
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
-    if args.kubeconfig:
-        settings = dict(line.split("=", 1) for line in subprocess.run(
-            ["bash", str(REPO / "testbed/env.sh"), "print"], capture_output=True, text=True).stdout.split("\n") if "=" in line)
-        kubectl, kubeconfig = settings.get("KUBECTL") or "kubectl", args.kubeconfig
-    else:
-        kubectl, kubeconfig = testbed_full()
+    kubectl, kubeconfig = cluster(args.kubeconfig)
     k = Kubectl(kubectl, kubeconfig)
     env = {**os.environ, "KUBECONFIG": kubeconfig}
     ns = f"kfn-bench-sc-{secrets.token_hex(3)}"
@@ -218,10 +221,7 @@ def main() -> int:
                                             "scaler_push_to_decision_seconds":
                                                 round(decision_seconds(sc_port) or float("nan"), 6)},
                       "goals": {"burst_to_decision_seconds_max": 0.1}}
-            out = REPO / "bench" / "results" / "scaler.json"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(result, indent=2) + "\n")
-            print(json.dumps({k_: v for k_, v in result.items() if k_ != "detail"}, indent=2))
+            write_result(result)
             return 0
         kfn_rounds, raw_rounds, first, raw_first = [], [], [], []
         for i in range(args.rounds):
@@ -253,18 +253,9 @@ def main() -> int:
                                        "kfn_vs_raw_ratio": round(statistics.median(first) / statistics.median(raw_first), 3)},
             "goals": {"zero_to_n_vs_raw_max": 1.2, "burst_to_decision_seconds_max": 0.1},
         }
-        out = REPO / "bench" / "results" / "scaler.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps({k_: v for k_, v in result.items() if k_ != "detail"}, indent=2))
-        print(f"wrote {out.relative_to(REPO)}")
+        write_result(result)
     finally:
-        for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
         k("delete", "namespace", ns, "--wait=false", check=False)
     return 0
 

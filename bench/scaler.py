@@ -112,7 +112,7 @@ def burst_round(k: Kubectl, kubeconfig: str, ns: str, fn: str, port: int, n: int
     time.sleep(1)  # the watch is open
     pool = concurrent.futures.ThreadPoolExecutor(n)
     t0 = time.perf_counter()
-    futures = [pool.submit(invoke, port, fn, {"sleep": 45}) for _ in range(n)]
+    futures = [pool.submit(invoke, port, fn, {"sleep": 60}) for _ in range(n)]  # demand holds until N are up
     wait_until(lambda: ready_endpoints(k, ns, f"{fn}-latest") >= n, 600, f"{n} ready environments of {fn}", 0.2)
     t_ready = time.perf_counter()
     stop.set()

@@ -63,6 +63,25 @@ def testbed_full() -> tuple[str, str]:
     return settings.get("KUBECTL") or "kubectl", out.stdout.strip().splitlines()[-1].removeprefix("export KUBECONFIG=")
 
 
+def cluster(kubeconfig: str | None) -> tuple[str, str]:
+    """(kubectl, kubeconfig): the given cluster (kubectl from the test bed's settings), or the full test bed."""
+    if not kubeconfig:
+        return testbed_full()
+    settings = dict(line.split("=", 1) for line in subprocess.run(
+        ["bash", str(REPO / "testbed/env.sh"), "print"], capture_output=True, text=True).stdout.split("\n") if "=" in line)
+    return settings.get("KUBECTL") or "kubectl", kubeconfig
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each process, SIGKILL what has not exited 20 s later."""
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def wait_until(check: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -200,12 +219,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=4.0, help="measured seconds per path and concurrency")
     p.add_argument("--rounds", type=int, default=3, help="cold-start rounds")
     args = p.parse_args()
-    if args.kubeconfig:
-        settings = dict(line.split("=", 1) for line in subprocess.run(
-            ["bash", str(REPO / "testbed/env.sh"), "print"], capture_output=True, text=True).stdout.split("\n") if "=" in line)
-        kubectl, kubeconfig = settings.get("KUBECTL") or "kubectl", args.kubeconfig
-    else:
-        kubectl, kubeconfig = testbed_full()
+    kubectl, kubeconfig = cluster(args.kubeconfig)
     k = Kubectl(kubectl, kubeconfig)
     env = {**os.environ, "KUBECONFIG": kubeconfig}
     ns = f"kfn-bench-gw-{secrets.token_hex(3)}"
@@ -270,12 +284,7 @@ def main() -> int:
         print(json.dumps({k_: v for k_, v in result.items() if k_ != "detail"}, indent=2))
         print(f"wrote {out.relative_to(REPO)}")
     finally:
-        for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
         k("delete", "namespace", ns, "--wait=false", check=False)
     return 0
 

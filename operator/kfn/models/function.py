@@ -364,6 +364,11 @@ class FunctionConfig(SpecModel):
         None, alias="reservedConcurrency", description="Cap and reservation of environments; 0 throttles all."
     )
     architecture: Literal["amd64", "arm64"] = Field("amd64", description="Node architecture.")
+    scaling: Literal["builtin", "keda"] | None = Field(
+        None,
+        description="Who scales the environments: kfn's built-in scaler, or KEDA through a ScaledObject "
+        "kfn emits per version (needs KEDA installed). Default: the operator's --scaling.",
+    )
     vpc_config: VpcConfig | None = Field(None, alias="vpcConfig")
     async_invoke_config: AsyncInvokeConfig | None = Field(None, alias="asyncInvokeConfig")
     dead_letter_config: DeadLetterConfig | None = Field(None, alias="deadLetterConfig")
@@ -408,6 +413,9 @@ class EnvironmentStatus(CommonStatus):
     )
     last_update_status: Literal["Successful", "Failed", "InProgress"] | None = Field(
         None, alias="lastUpdateStatus", description="Lambda LastUpdateStatus of the latest code or configuration change."
+    )
+    scaling: Literal["builtin", "keda"] | None = Field(
+        None, description="The scaling mode in effect: builtin (kfn's scaler) or keda (a KEDA ScaledObject)."
     )
 
 

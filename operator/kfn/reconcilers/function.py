@@ -324,6 +324,7 @@ def reconcile_function(body: Mapping[str, Any], images: Images) -> Outcome:
         images=images,
         provisioned=provisioned_floor(aliases, function, names.LATEST),
         service_account_token=token,
+        previous_scaling=(body.get("status") or {}).get("scaling"),
     )
     children, status, retry = reconcile_environment(inp)
     outcome.conditions = children

@@ -73,6 +73,7 @@ def reconcile_version(body: Mapping[str, Any], images: Images) -> Outcome:
         images=images,
         provisioned=provisioned_floor(aliases_of(namespace, function), function, version),
         service_account_token=annotations.get(names.ANN_SERVICE_ACCOUNT_TOKEN) == "true",
+        previous_scaling=(body.get("status") or {}).get("scaling"),
     )
     children, status, retry = reconcile_environment(inp)
     outcome.conditions = children

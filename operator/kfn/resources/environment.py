@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kfn import names
+from kfn.scaler.keda import KEDA, KedaSettings, mode_of
 from kfn.resources.code import CodePlan, EXTRACT_SCRIPT, TASK_ROOT
 from kfn.resources.common import Owner, metadata
 
@@ -58,6 +59,9 @@ class Images:
     pull_policy: str = "IfNotPresent"  # images are loaded into the node, never pulled
     agent_cpu: str = "50m"
     agent_memory: str = "64Mi"
+    # Not an image, but the operator's other per-environment setting that travels the same way: the
+    # scaling mode default and KEDA mode's settings (kfn/scaler/keda.py).
+    keda: KedaSettings = KedaSettings()
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,12 @@ class EnvironmentInput:
     # Lambda functions get no Kubernetes credentials; the annotation
     # kfn.dev/service-account-token: "true" on the Function asks for them.
     service_account_token: bool = False
+    previous_scaling: str | None = None  # the scaling mode status last reported (a switch cleans up after it)
+
+    @property
+    def scaling(self) -> str:
+        """"builtin" or "keda": the spec's ``scaling``, else the operator default."""
+        return mode_of(self.spec, self.images.keda)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -292,6 +302,8 @@ def make_deployment(inp: EnvironmentInput, plan: CodePlan) -> dict[str, Any]:
     deployment_annotations = {names.ANN_PROVISIONED: str(inp.provisioned)}
     if spec.get("reservedConcurrency") is not None:
         deployment_annotations["kfn.dev/reserved-concurrency"] = str(spec["reservedConcurrency"])
+    if inp.scaling == KEDA:
+        deployment_annotations[names.ANN_SCALING] = KEDA  # kfn's own scaler leaves its replicas to KEDA
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

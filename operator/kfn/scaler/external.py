@@ -35,6 +35,7 @@ from typing import Protocol
 import grpc
 
 from kfn import aio
+from kfn.scaler.keda import META_FUNCTION, META_VERSION
 from kfn.scaler import externalscaler_pb2 as pb
 from kfn.scaler import externalscaler_pb2_grpc as pb_grpc
 
@@ -42,8 +43,6 @@ log = logging.getLogger("kfn.scaler.external")
 
 METRIC_NAME = "kfn-invocations"  # KEDA names the HPA's metric s<trigger>-kfn-invocations
 TARGET = 1.0  # invocations per environment: an environment runs one invocation at a time
-META_FUNCTION = "function"
-META_VERSION = "version"
 WATCH_TASK = "keda-demand-watch"
 
 VersionKey = tuple[str, str, str]  # (namespace, function, version)

@@ -69,6 +69,8 @@ IMAGE_PULL_FAILED = "ImagePullFailed"  # ErrImagePull, ImagePullBackOff … (Inv
 CODE_FETCH_FAILED = "CodeFetchFailed"  # the code/layers init container fails: fetch, sha256, unzip (InvalidZipFileException)
 RUNTIME_CRASH_LOOP = "RuntimeCrashLoop"  # a container of the environment is in CrashLoopBackOff (FunctionError)
 RUNTIME_INIT_ERROR = "RuntimeInitError"  # the runtime posted /init/error (FunctionError.RuntimeInitError)
+CONCURRENCY_RESERVED = "ConcurrencyReserved"  # the pool holds the Function's reservedConcurrency
+RESERVATION_REFUSED = "ReservationRefused"  # it would eat the pool's unreserved minimum (PutFunctionConcurrency's rule)
 CONTAINER_CONFIG_ERROR = "ContainerConfigError"  # the kubelet cannot create a container (InvalidConfiguration)
 
 

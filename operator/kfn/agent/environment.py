@@ -200,6 +200,8 @@ class ExecutionEnvironment:
         self._rss_memo: dict[int, int | None] | None = None  # peak memory per pid, within one batch
         self._tailing: Invocation | None = None  # answered by the runtime, its Tail still collecting output
         self._tasks: set[asyncio.Task[None]] = set()
+        # Set by the preStop hook (GET /kfn/drain): not ready, no new invocation; the running one finishes.
+        self.draining = False
         self._begin_init("init")
 
     # --- state seen from outside -------------------------------------------------------------------------
@@ -207,6 +209,8 @@ class ExecutionEnvironment:
     def ready(self) -> bool:
         """The environment can take an invocation: its runtime finished init (and posted no init error since),
         or a failed init waits to be retried by the next invocation (as Lambda retries it)."""
+        if self.draining:
+            return False
         return (self._ever_ready and self.init_error is None) or self._held_restart is not None
 
     # --- init ------------------------------------------------------------------------------------------------
@@ -299,8 +303,8 @@ class ExecutionEnvironment:
         without a turn of the loop. END/REPORT are written before on_done only for LogType=Tail (they belong in
         the tail); otherwise the caller writes them with write_report() after answering, off the path.
         """
-        if self.current is not None:
-            raise EnvironmentBusy
+        if self.current is not None or self.draining:
+            raise EnvironmentBusy  # (draining: the pod goes; the gateway tries another environment)
         self.current = inv
         inv.on_done = on_done
         try:

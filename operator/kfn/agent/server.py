@@ -319,9 +319,28 @@ def invoke_handler(env: ExecutionEnvironment, cfg: AgentConfig) -> Handler:
             return req.respond(code, _TEXT_H, b"ok\n" if env.ready else b"runtime not initialised\n")
         if method == "GET" and path == "/healthz":
             return req.respond(200, _TEXT_H, b"ok\n")
+        if method == "GET" and path == DRAIN_PATH:
+            env.draining = True
+            task = asyncio.get_running_loop().create_task(_drained(env, req))
+            _DRAINS.add(task)
+            task.add_done_callback(_DRAINS.discard)
+            return None
         return _invoke_error(req, 404, "ResourceNotFoundException", f"no route for {method} {path}")
 
     return handle
+
+
+# The containers' preStop hook: the pod is going (scale-down, rollout). Readiness turns false, so the gateways stop
+# routing here, new invocations get the busy reply (tried elsewhere), and the answer comes only once the running
+# invocation has finished: the kubelet sends SIGTERM after the hook (terminationGracePeriodSeconds >= timeout + margin).
+DRAIN_PATH = "/kfn/drain"
+_DRAINS: set[asyncio.Task[None]] = set()
+
+
+async def _drained(env: ExecutionEnvironment, req: Request) -> None:
+    while env.current is not None:
+        await asyncio.sleep(0.05)
+    req.respond(200, _TEXT_H, b"drained\n")
 
 
 # --- running it ---------------------------------------------------------------------------------------------------

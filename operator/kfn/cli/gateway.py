@@ -48,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cold-start-timeout", type=float, default=float(env("KFN_COLD_START_TIMEOUT", "60")),
                    help="seconds an invocation waits for a new execution environment")
     p.add_argument("--max-waiting", type=int, default=100, help="invocations of one version held for a cold start")
+    p.add_argument("--scaler-url", default=env("KFN_SCALER_URL"),
+                   help="the built-in scaler (kfn scaler) to push demand to, e.g. http://kfn-scaler.kfn-system:8081; "
+                        "without it the gateway adds environments itself (standalone)")
     p.add_argument("--grace-seconds", type=float, default=30.0, help="on SIGTERM, how long invocations in flight may finish")
     p.add_argument("--log-format", choices=["json", "text"], default=env("KFN_LOG_FORMAT", "json"))
     p.add_argument("--verbose", "-v", action="store_true")
@@ -68,7 +71,7 @@ async def serve(args: argparse.Namespace) -> None:
     from kfn.agent.httpserver import _date  # noqa: F401 - warm the Date header cache
     from kfn.gateway import catalog as catalog_mod
     from kfn.gateway import control, metrics
-    from kfn.gateway.coldstart import DeploymentScaleUp
+    from kfn.gateway.coldstart import DemandReporter, DeploymentScaleUp
     from kfn.gateway.pool import EnvironmentPool
     from kfn.gateway.server import Gateway, GatewaySettings, connection_factory
 
@@ -80,8 +83,11 @@ async def serve(args: argparse.Namespace) -> None:
     catalog.on_environments.append(pool.update)
     watchers = catalog_mod.start_watchers(catalog, loop, tuple(args.namespace))
 
+    loops_dead: list[str] = []
+
     def health() -> str | None:
         dead = [f"watch of {w.kind} is dead ({w.dead})" for w in watchers if w.dead or not w.thread.is_alive()]
+        dead += loops_dead
         metrics.WATCHES_ALIVE.set(len(watchers) - len(dead))
         return "; ".join(dead) or None
 
@@ -95,13 +101,22 @@ async def serve(args: argparse.Namespace) -> None:
         api=control.ApiSettings(region=args.region, default_namespace=args.default_namespace,
                                 pool_size=args.pool_size, unreserved_min=args.unreserved_min),
         cold_start_timeout=args.cold_start_timeout, max_waiting=args.max_waiting)
-    gateway = Gateway(catalog, pool, DeploymentScaleUp(), settings, health)
+    reporter = DemandReporter(args.scaler_url, pool) if args.scaler_url else None
+    gateway = Gateway(catalog, pool, DeploymentScaleUp(), settings, health, reporter)
     host, _, port = args.listen.rpartition(":")
     server = await loop.create_server(connection_factory(gateway), host or "0.0.0.0", int(port), reuse_address=True,
                                       backlog=1024)
     log.info("kfn gateway serving", extra={"listen": args.listen, "namespaces": args.namespace or "all",
                                            "defaultNamespace": args.default_namespace})
     stop = asyncio.Event()
+    if reporter is not None:
+        def reporter_done(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                loops_dead.append(f"the demand reporter died ({task.exception()!r})")
+                log.error("the demand reporter died", exc_info=task.exception())
+
+        reporting = loop.create_task(reporter.run(stop))
+        reporting.add_done_callback(reporter_done)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()

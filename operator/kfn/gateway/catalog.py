@@ -148,6 +148,15 @@ class Catalog:
         """Desired execution environments of every version of a function."""
         return sum(n for v, n in self._replicas.items() if v.namespace == namespace and v.function == function)
 
+    def deployed_versions(self) -> list[VersionKey]:
+        """Every version that has a Deployment (the scaler's view of what it may scale)."""
+        return list(self._replicas)
+
+    def deployment(self, version: VersionKey) -> dict[str, Any] | None:
+        """The version's Deployment as last watched."""
+        return self._objects["Deployment"].get((version.namespace, names.environment_name(version.function,
+                                                                                            version.version)))
+
     def reserved(self, namespace: str, function: str) -> int | None:
         """The Function's reserved concurrency (None: it draws on the unreserved pool)."""
         fn = self.function(namespace, function)

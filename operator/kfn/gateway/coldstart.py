@@ -1,5 +1,10 @@
 """Cold starts: what an invocation that finds no free execution environment does, behind a small interface.
 
+With the built-in scaler (``kfn gateway --scaler-url``) the gateway never writes replicas: :class:`DemandReporter`
+pushes this gateway's demand (in flight + waiting per version) to ``kfn scaler`` — at once when an invocation starts
+waiting, and every second while anything runs — and throttles the waiters the scaler's answer does not cover, with
+the scaler's Reason. Without a scaler URL, the older standalone path below applies.
+
 :func:`decide` is pure: wait for an environment already starting, ask for one more, or throttle with Lambda's
 reason. :class:`ScaleUp` is the port the scaler issue replaces (burst rates, provisioned floors, scale to zero);
 :class:`DeploymentScaleUp` is today's adapter: it raises the version Deployment's replicas by one through the
@@ -16,15 +21,18 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kfn import k8s, names
+from kfn.gateway.catalog import VersionKey
+from kfn.scaler.decide import ACCOUNT_LIMIT, RESERVED_LIMIT, unreserved_limit
+
+if TYPE_CHECKING:
+    from kfn.gateway.pool import EnvironmentPool
 
 log = logging.getLogger("kfn.gateway.coldstart")
 
-# Lambda's Reason values for TooManyRequestsException (botocore's ThrottleReason enum).
-RESERVED_LIMIT = "ReservedFunctionConcurrentInvocationLimitExceeded"
-ACCOUNT_LIMIT = "ConcurrentInvocationLimitExceeded"
+__all__ = ["ACCOUNT_LIMIT", "RESERVED_LIMIT", "unreserved_limit", "decide", "DemandReporter", "DeploymentScaleUp"]
 
 
 @dataclass(frozen=True)
@@ -47,12 +55,6 @@ class Decision:
 
 
 WAIT, SCALE, THROTTLE, PENDING = Decision("wait"), Decision("scale"), "throttle", Decision("pending")
-
-
-def unreserved_limit(pool_size: int, reservations: int, unreserved_min: int) -> int:
-    """Environments functions without a reservation may use: the pool minus reservations, never under the floor
-    Lambda keeps unreserved (100 by default)."""
-    return max(pool_size - reservations, unreserved_min)
 
 
 def decide(s: Snapshot) -> Decision:
@@ -131,3 +133,83 @@ class DeploymentScaleUp:
 
 
 FIELD_MANAGER = "kfn-gateway"
+
+
+class DemandReporter:
+    """Pushes this gateway's demand to ``kfn scaler`` (``POST {url}/demand``, :mod:`kfn.scaler.demand`).
+
+    One push in flight at a time; invocations that start waiting meanwhile ride on the next one (coalesced), so a
+    burst of N callers costs a few pushes, not N. Each answer says, per version, how many of the waiters reported
+    may wait; the newest others are answered at once with ``TooManyRequestsException`` and the scaler's Reason.
+    If the scaler cannot be reached, waiters keep waiting for an environment to free up (bounded by the cold-start
+    timeout): nothing new starts, warm environments keep serving.
+    """
+
+    def __init__(self, url: str, pool: EnvironmentPool, interval: float = 1.0, timeout: float = 2.0) -> None:
+        import uuid
+
+        self.url = url.rstrip("/") + "/demand"
+        self.pool, self.interval, self.timeout = pool, interval, timeout
+        self.reporter = f"gateway-{uuid.uuid4().hex[:12]}"
+        self._wanted = self._sent = 0
+        self._cold = False
+        self._task: asyncio.Task[None] | None = None
+        self._session: Any = None
+        self._last_nonzero = False
+        self.failures = 0
+
+    async def push(self, cold: bool = False) -> None:
+        """Report now (or with the push after the one in flight) and return once the scaler answered."""
+        self._wanted += 1
+        mine = self._wanted
+        self._cold = self._cold or cold
+        while self._sent < mine:
+            if self._task is None or self._task.done():
+                self._task = asyncio.get_running_loop().create_task(self._send())
+            await asyncio.shield(self._task)
+
+    async def _send(self) -> None:
+        import aiohttp
+
+        from kfn.gateway import errors
+        from kfn.scaler.demand import ttl_for
+
+        generation, cold, self._cold = self._wanted, self._cold, False
+        counts = self.pool.demand()
+        self._last_nonzero = bool(counts)
+        doc = {"reporter": self.reporter, "ttlSeconds": ttl_for(self.interval), "cold": cold,
+               "versions": [{"namespace": k.namespace, "function": k.function, "version": k.version,
+                             "inFlight": leased, "waiting": waiting} for k, (leased, waiting) in counts.items()]}
+        try:
+            if self._session is None:
+                self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            async with self._session.post(self.url, json=doc) as r:
+                answer = await r.json(content_type=None)
+                if r.status != 200:
+                    raise ValueError(f"HTTP {r.status}: {answer}")
+            self.failures = 0
+            for entry in answer.get("versions") or []:
+                key = VersionKey(entry["namespace"], entry["function"], entry["version"])
+                reported = counts.get(key, (0, 0))[1]
+                allowed, reason = entry.get("allowed"), entry.get("throttle")
+                if reason and isinstance(allowed, int) and allowed < reported:
+                    self.pool.reject_newest(key, reported - allowed, errors.throttled(reason))
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError) as e:
+            self.failures += 1
+            if self.failures in (1, 10) or self.failures % 100 == 0:
+                log.warning("cannot report demand to the scaler at %s (%s); no new environments start meanwhile",
+                            self.url, e)
+        finally:
+            self._sent = max(self._sent, generation)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Push every *interval* while anything runs or waits here (and once more after, with nothing)."""
+        while not stop.is_set():
+            if self._last_nonzero or self.pool.demand():
+                await self.push()
+            try:
+                await asyncio.wait_for(stop.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+        if self._session is not None:
+            await self._session.close()

@@ -154,18 +154,27 @@ class EnvironmentPool:
                 return Lease(self, version, env)
         return None
 
-    async def wait(self, version: VersionKey, deadline: float) -> Lease | None:
-        """Wait until an environment of *version* is free for us (a new one, or one released here); None at the
-        deadline (``time.monotonic()``)."""
-        v = self._get(version)
+    def hold(self, version: VersionKey) -> asyncio.Future[Lease]:
+        """Join the queue of invocations waiting for an environment of *version* now (counted in
+        :meth:`waiting` at once, before any await); pass the result to :meth:`wait`."""
         waiter: asyncio.Future[Lease] = self.loop.create_future()
-        v.waiters.append(waiter)
+        self._get(version).waiters.append(waiter)
+        return waiter
+
+    async def wait(self, version: VersionKey, deadline: float,
+                   waiter: asyncio.Future[Lease] | None = None) -> Lease | None:
+        """Wait until an environment of *version* is free for us (a new one, or one released here); None at the
+        deadline (``time.monotonic()``). Raises what :meth:`reject_newest` set (a throttle)."""
+        v = self._get(version)
+        if waiter is None:
+            waiter = self.hold(version)
         timer = self.loop.call_at(self.loop.time() + max(0.0, deadline - time.monotonic()),
                                   lambda: waiter.done() or waiter.set_result(None))  # type: ignore[arg-type]
         try:
             return await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+            if (waiter.done() and not waiter.cancelled() and waiter.exception() is None
+                    and waiter.result() is not None):
                 waiter.result().release()
             raise
         finally:
@@ -174,6 +183,30 @@ class EnvironmentPool:
                 v.waiters.remove(waiter)
             except ValueError:
                 pass
+
+    def reject_newest(self, version: VersionKey, n: int, error: BaseException) -> int:
+        """Answer the *n* newest waiters of *version* with *error* (the scaler will not start environments for
+        them); returns how many were rejected."""
+        v = self._versions.get(version)
+        done = 0
+        if v is None:
+            return 0
+        for waiter in reversed(list(v.waiters)):
+            if done >= n:
+                break
+            if not waiter.done():
+                waiter.set_exception(error)
+                done += 1
+        return done
+
+    def demand(self) -> dict[VersionKey, tuple[int, int]]:
+        """(invocations in flight here, invocations waiting here) of every version that has any."""
+        out = {}
+        for key, v in self._versions.items():
+            waiting = sum(1 for w in v.waiters if not w.done())
+            if v.leased or waiting:
+                out[key] = (v.leased, waiting)
+        return out
 
     def waiting(self, version: VersionKey) -> int:
         """Invocations of *version* waiting here for an environment."""

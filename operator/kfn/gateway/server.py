@@ -26,8 +26,8 @@ from kfn.agent.httpserver import Connection, Request, encode_headers
 from kfn.gateway import arn, control, errors, metrics, routing
 from kfn.gateway.agentclient import AgentUnreachable, Answer
 from kfn.gateway.catalog import Catalog, VersionKey
-from kfn.gateway.coldstart import (ACCOUNT_LIMIT, PENDING, RESERVED_LIMIT, SCALE, THROTTLE, WAIT, ScaleUp, Snapshot,
-                                   decide, unreserved_limit)
+from kfn.gateway.coldstart import (ACCOUNT_LIMIT, PENDING, RESERVED_LIMIT, SCALE, THROTTLE, WAIT, DemandReporter,
+                                   ScaleUp, Snapshot, decide, unreserved_limit)
 from kfn.gateway.pool import EnvironmentPool, Lease
 
 log = logging.getLogger("kfn.gateway")
@@ -99,8 +99,9 @@ class Gateway:
     """Request handler for the gateway's port."""
 
     def __init__(self, catalog: Catalog, pool: EnvironmentPool, scale_up: ScaleUp, settings: GatewaySettings,
-                 health: Callable[[], str | None]) -> None:
+                 health: Callable[[], str | None], demand: DemandReporter | None = None) -> None:
         self.catalog, self.pool, self.scale_up, self.settings = catalog, pool, scale_up, settings
+        self.demand = demand  # the built-in scaler decides (the gateway never writes replicas then)
         self.health = health  # None when healthy, else why not
         self.loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -280,6 +281,8 @@ class Gateway:
     async def _cold(self, version: VersionKey, started: float) -> Lease:
         """No free environment: wait for one starting, ask for one more, or throttle at once."""
         catalog, pool = self.catalog, self.pool
+        if self.demand is not None:
+            return await self._cold_scaler(version, started)
         reserved = catalog.reserved(version.namespace, version.function)
         pool_used, reservations = catalog.pool_usage()
         api = self.settings.api
@@ -309,6 +312,33 @@ class Gateway:
             assert decision is WAIT
         deadline = started + self.settings.cold_start_timeout
         lease = await pool.wait(version, deadline)
+        if lease is None:
+            raise errors.ResourceConflictException(
+                "The operation cannot be performed at this time. The function is currently in the following "
+                "state: Pending")
+        metrics.COLD_START.labels(version.namespace, version.function).observe(time.monotonic() - started)
+        return lease
+
+    async def _cold_scaler(self, version: VersionKey, started: float) -> Lease:
+        """No free environment, with the built-in scaler: wait, counted in this gateway's demand, which is pushed
+        at once; the scaler's answer may throttle this waiter (its Reason) instead."""
+        pool = self.pool
+        if self.catalog.replicas(version) is None:
+            raise errors.ResourceConflictException(
+                "The operation cannot be performed at this time. The function is currently in the following "
+                "state: Pending")
+        if pool.waiting(version) >= self.settings.max_waiting:
+            raise self._throttle(version)
+        waiter = pool.hold(version)
+        assert self.demand is not None
+        try:
+            await self.demand.push(cold=True)
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None and waiter.result():
+                waiter.result().release()  # an environment was handed over meanwhile: give it back
+            waiter.cancel()
+            raise
+        lease = await pool.wait(version, started + self.settings.cold_start_timeout, waiter)
         if lease is None:
             raise errors.ResourceConflictException(
                 "The operation cannot be performed at this time. The function is currently in the following "

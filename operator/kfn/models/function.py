@@ -364,11 +364,6 @@ class FunctionConfig(SpecModel):
         None, alias="reservedConcurrency", description="Cap and reservation of environments; 0 throttles all."
     )
     architecture: Literal["amd64", "arm64"] = Field("amd64", description="Node architecture.")
-    scaling: Literal["builtin", "keda"] | None = Field(
-        None,
-        description="Who scales the environments: kfn's built-in scaler, or KEDA through a ScaledObject "
-        "kfn emits per version (needs KEDA installed). Default: the operator's --scaling.",
-    )
     vpc_config: VpcConfig | None = Field(None, alias="vpcConfig")
     async_invoke_config: AsyncInvokeConfig | None = Field(None, alias="asyncInvokeConfig")
     dead_letter_config: DeadLetterConfig | None = Field(None, alias="deadLetterConfig")
@@ -381,8 +376,33 @@ class FunctionConfig(SpecModel):
         return "Image" if self.code.image is not None else "Zip"
 
 
+class Scaling(SpecModel):
+    """How fast the function's environments may grow and when idle ones go (the built-in scaler's knobs).
+
+    Lambda's burst is 1,000 new environments per 10 s (a bucket of 1,000 refilling at 100/s); kfn's defaults
+    (the scaler's flags: 100 refilling at 10/s, idle 300 s) are scaled to a cluster.
+    """
+
+    burst_size: Annotated[StrictInt, Range(1, 10000, "environments")] | None = Field(
+        None, alias="burstSize", description="New environments the function may start at once (burst bucket size)."
+    )
+    burst_rate_per_second: Annotated[float, Range(0.01, 1000, "environments per second")] | None = Field(
+        None, alias="burstRatePerSecond", description="Rate the burst bucket refills at."
+    )
+    idle_seconds: Annotated[StrictInt, Range(1, 86400, "seconds")] | None = Field(
+        None, alias="idleSeconds", description="Idle time before unused environments stop (to zero unless provisioned)."
+    )
+    mode: Literal["builtin", "keda"] | None = Field(
+        None,
+        description="Who scales the environments: builtin (kfn's scaler), or keda (a KEDA ScaledObject per version, "
+        "KEDA installed; burst and idle time carried into it). Default: the operator's --scaling.",
+    )
+
+
 class FunctionSpec(FunctionConfig):
     """Function.spec: the configuration plus how versions get published."""
+
+    scaling: Scaling | None = Field(None, description="Burst bucket, idle time and scaling mode (builtin or keda).")
 
     publish: Annotated[StrictInt, Range(0, None)] = Field(
         0, description="Bump to publish the next FunctionVersion (declarative publish)."
@@ -393,9 +413,9 @@ class FunctionSpec(FunctionConfig):
     )
 
     def config(self) -> FunctionConfig:
-        """The part a FunctionVersion snapshots (without the publish controls)."""
+        """The part a FunctionVersion snapshots (without the publish controls and the scaling knobs)."""
         return FunctionConfig.model_validate(
-            self.model_dump(by_alias=True, exclude={"publish", "auto_publish", "version_retention"})
+            self.model_dump(by_alias=True, exclude={"publish", "auto_publish", "version_retention", "scaling"})
         )
 
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kfn import conditions as cond
+from kfn.scaler import decide as rules
 from kfn import k8s, names
 from kfn.models.base import SpecError
 from kfn.models.function import parse_function_spec
@@ -324,6 +325,7 @@ def reconcile_function(body: Mapping[str, Any], images: Images) -> Outcome:
         images=images,
         provisioned=provisioned_floor(aliases, function, names.LATEST),
         service_account_token=token,
+        function_scaling=(body.get("spec") or {}).get("scaling") or {},
         previous_scaling=(body.get("status") or {}).get("scaling"),
     )
     children, status, retry = reconcile_environment(inp)
@@ -348,8 +350,38 @@ def reconcile_function(body: Mapping[str, Any], images: Images) -> Outcome:
         versions = versions_of(namespace, function)
     collect_garbage(body, versions, aliases, spec.version_retention)
 
+    serving = cond.summarize(outcome.conditions)
+    if spec.reserved_concurrency is not None:
+        outcome.conditions.append(reservation_condition(namespace, function, spec.reserved_concurrency))
     ready = cond.summarize(outcome.conditions, f"$LATEST serves at {status.get('endpoint', '')}")
     outcome.conditions.insert(0, ready)
     failed = outcome.permanent or outcome.status.get("stateReasonCode")  # no environment can start
-    outcome.status["state"] = "Active" if ready.is_true else ("Failed" if failed else "Pending")
+    # A refused reservation is not the function's state: it runs (as unreserved), as on Lambda.
+    outcome.status["state"] = "Active" if serving.is_true else ("Failed" if failed else "Pending")
     return finish(body, outcome)
+
+
+def reservation_condition(namespace: str, function: str, asked: int) -> cond.Condition:
+    """ConcurrencyReserved: whether the pool (``KFN_POOL_SIZE``/``KFN_UNRESERVED_MIN``, the scaler's flags) holds
+    this Function's reservation next to older ones (kfn.scaler.decide.accepted_reservations), else Lambda's
+    PutFunctionConcurrency refusal naming the field and the numbers. Lists Functions only for Functions that
+    reserve."""
+    pool_size, unreserved_min = rules.pool_from_env()
+    try:
+        functions = k8s.list_objects(names.FUNCTION_KIND, None)
+    except k8s.ApiError as e:
+        return cond.Condition(cond.CONCURRENCY_RESERVED, cond.UNKNOWN, cond.RESERVATION_REFUSED,
+                              f"cannot list Functions to check the pool: {e}")
+    reservations = [
+        rules.Reservation(f["metadata"].get("namespace", ""), f["metadata"]["name"],
+                          int((f.get("spec") or {})["reservedConcurrency"]), str(f["metadata"].get("creationTimestamp") or ""))
+        for f in functions
+        if isinstance((f.get("spec") or {}).get("reservedConcurrency"), int)
+    ]
+    accepted, _ = rules.accepted_reservations(reservations, pool_size, unreserved_min)
+    if (namespace, function) in accepted:
+        return cond.true(cond.CONCURRENCY_RESERVED, cond.RECONCILED,
+                         f"{asked} execution environments reserved of a pool of {pool_size}")
+    elsewhere = sum(r.reserved for r in reservations if (r.namespace, r.function) in accepted)
+    return cond.false(cond.CONCURRENCY_RESERVED, cond.RESERVATION_REFUSED,
+                      rules.refusal_message(pool_size, unreserved_min, elsewhere, asked))

@@ -44,7 +44,9 @@ def build_environment(inp: EnvironmentInput) -> dict[str, Any]:
 
 
 def make_keda_scaled_object(inp: EnvironmentInput) -> dict[str, Any]:
-    """KEDA mode: the ScaledObject of the version's Deployment (kfn/scaler/keda.py)."""
+    """KEDA mode: the ScaledObject of the version's Deployment (kfn/scaler/keda.py), with the Function's burst
+    and idle time (spec.scaling) where it sets them."""
+    scaling = inp.function_scaling
     return keda.make_scaled_object(
         metadata=inp.meta(keda.scaled_object_name(inp.name)),
         deployment=inp.name,
@@ -53,4 +55,7 @@ def make_keda_scaled_object(inp: EnvironmentInput) -> dict[str, Any]:
         provisioned=inp.provisioned,
         reserved=inp.spec.get("reservedConcurrency"),
         settings=inp.images.keda,
+        burst=int(scaling.get("burstSize") or keda.BURST),
+        refill_per_second=float(scaling.get("burstRatePerSecond") or keda.REFILL_PER_SECOND),
+        idle_seconds=scaling.get("idleSeconds"),
     )

@@ -45,6 +45,12 @@ sys.exit("kfn: the agent's Runtime API did not come up in 60 s")
 """
 
 
+# preStop of both containers: the agent stops taking invocations (readiness false) and answers once the running
+# one has finished (kfn.agent.server.DRAIN_PATH); the kubelet waits for it, within terminationGracePeriodSeconds
+# (timeout + GRACE_EXTRA_SECONDS), before it sends SIGTERM. httpGet: no binary needed in a user's image.
+DRAIN_HOOK = {"httpGet": {"path": "/kfn/drain", "port": AGENT_PORT}}
+
+
 # Tag of kfn's own images; KFN_IMAGE_TAG lets several builds of kfn share one node (each its own tag).
 IMAGE_TAG = os.environ.get("KFN_IMAGE_TAG", "dev")
 
@@ -80,12 +86,15 @@ class EnvironmentInput:
     # Lambda functions get no Kubernetes credentials; the annotation
     # kfn.dev/service-account-token: "true" on the Function asks for them.
     service_account_token: bool = False
-    previous_scaling: str | None = None  # the scaling mode status last reported (a switch cleans up after it)
+    # The Function's spec.scaling (burstSize, burstRatePerSecond, idleSeconds, mode): function-wide, so
+    # published versions follow the Function's current one; and the mode status last reported.
+    function_scaling: Mapping[str, Any] = field(default_factory=dict)
+    previous_scaling: str | None = None
 
     @property
     def scaling(self) -> str:
-        """"builtin" or "keda": the spec's ``scaling``, else the operator default."""
-        return mode_of(self.spec, self.images.keda)
+        """"builtin" or "keda": the Function's ``spec.scaling.mode``, else the operator default."""
+        return mode_of(self.function_scaling, self.images.keda)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -202,6 +211,8 @@ def make_deployment(inp: EnvironmentInput, plan: CodePlan) -> dict[str, Any]:
         },
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *plan.function_mounts],
         "securityContext": _security_context(),
+        # Scale-down drains: both containers' SIGTERM waits until the running invocation has finished.
+        "lifecycle": {"preStop": DRAIN_HOOK},
     }
     if process.command:
         function_container["command"] = process.command
@@ -248,7 +259,8 @@ def make_deployment(inp: EnvironmentInput, plan: CodePlan) -> dict[str, Any]:
         # The kubelet starts the containers in order and waits for a postStart hook before the next one: the
         # runtime starts only once the Runtime API listens (else its first connection is refused, and that
         # failed init would stand until an invocation retries it).
-        "lifecycle": {"postStart": {"exec": {"command": ["python3", "-c", WAIT_FOR_RUNTIME_API]}}},
+        "lifecycle": {"postStart": {"exec": {"command": ["python3", "-c", WAIT_FOR_RUNTIME_API]}},
+                      "preStop": DRAIN_HOOK},
         "volumeMounts": [{"name": "agent-tmp", "mountPath": "/tmp"}],
         "securityContext": _security_context(),
     }

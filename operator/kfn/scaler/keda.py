@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kfn.scaler.decide import DEFAULT_BURST_RATE, DEFAULT_BURST_SIZE, DEFAULT_POOL_SIZE
+
 API_VERSION = "keda.sh/v1alpha1"
 KIND = "ScaledObject"
 PLURAL = "scaledobjects"
@@ -39,11 +41,11 @@ META_FUNCTION = "function"
 META_VERSION = "version"
 PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"  # KEDA's annotation (apis/keda/v1alpha1)
 
-# Lambda's defaults (AWS docs, "Lambda scaling behavior" and "Lambda quotas"): 1,000 concurrent executions
-# per account (region), and per function 1,000 new execution environments every 10 seconds.
-ACCOUNT_POOL = 1000
-BURST = 1000
-REFILL_PER_SECOND = 100.0
+# The built-in scaler's defaults (kfn/scaler/decide.py: Lambda's 1,000 concurrent executions per account;
+# Lambda's 1,000 new environments per 10 s scaled to a cluster as 100 refilling at 10/s), so both modes agree.
+ACCOUNT_POOL = DEFAULT_POOL_SIZE
+BURST = DEFAULT_BURST_SIZE
+REFILL_PER_SECOND = DEFAULT_BURST_RATE
 HPA_MAX_PERIOD_SECONDS = 1800  # the HPA API's limit on a policy's periodSeconds
 
 
@@ -54,12 +56,12 @@ class KedaSettings:
     default_mode: str = BUILTIN  # mode of a Function whose spec says none
     scaler_address: str = "kfn-scaler.kfn-system.svc:9090"  # host:port of kfn's external-push scaler
     polling_interval_seconds: int = 10  # KEDA's poll of IsActive/GetMetrics besides the stream
-    cooldown_seconds: int = 300  # idle time before scale to zero (KEDA's default too)
+    cooldown_seconds: int = 300  # idle time before scale to zero unless spec.scaling.idleSeconds (KEDA's default too)
 
 
-def mode_of(spec: Mapping[str, Any], settings: KedaSettings) -> str:
-    """The scaling mode of a version: its spec's ``scaling``, else the operator default."""
-    return str(spec.get("scaling") or settings.default_mode)
+def mode_of(scaling: Mapping[str, Any], settings: KedaSettings) -> str:
+    """The scaling mode of a function: its ``spec.scaling.mode``, else the operator default."""
+    return str(scaling.get("mode") or settings.default_mode)
 
 
 def scale_up_policy(burst: int = BURST, refill_per_second: float = REFILL_PER_SECOND) -> dict[str, Any]:
@@ -107,18 +109,19 @@ def make_scaled_object(
     settings: KedaSettings,
     burst: int = BURST,
     refill_per_second: float = REFILL_PER_SECOND,
+    idle_seconds: int | None = None,
 ) -> dict[str, Any]:
     """The ScaledObject for the version Deployment *deployment* (same namespace, named like it).
 
     *metadata*: the child metadata (name, namespace, labels, owner) the caller builds; *version*: "$LATEST"
-    or the number, as the gateway reports demand for it. Raises ValueError for a bad burst (see
-    :func:`scale_up_policy`).
+    or the number, as the gateway reports demand for it; *idle_seconds*: the function's idle time (default: the
+    operator's ``cooldown_seconds``). Raises ValueError for a bad burst (see :func:`scale_up_policy`).
     """
     low, high, paused = replica_bounds(provisioned, reserved)
     meta = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in metadata.items()}
     if paused:
         meta["annotations"] = {**(meta.get("annotations") or {}), PAUSED_REPLICAS: "0"}
-    idle = max(0, int(settings.cooldown_seconds))
+    idle = max(0, int(settings.cooldown_seconds if idle_seconds is None else idle_seconds))
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,

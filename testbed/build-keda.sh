@@ -11,10 +11,15 @@
 # go.sum, so every dependency is the version KEDA's release pins (its replace
 # and exclude directives apply as in KEDA's own build).
 #
-# Usage: build-keda.sh [--load]. Progress goes to stderr; the directory holding
-# keda, keda-adapter and the CRDs/manifests source (config/) to stdout. --load
-# also builds the image and imports it into the test bed's containerd (root).
-# One build at a time (a lock), as several sessions share this machine.
+# Usage: build-keda.sh [--load|--deploy]. Progress goes to stderr; the directory
+# holding keda, keda-adapter and KEDA's manifests (config/) to stdout. --load also
+# builds the image and imports it into the test bed's containerd (root);
+# --deploy also installs KEDA on the test bed (namespace keda: CRDs, RBAC, the
+# operator, the metrics API server and the APIService v1beta1.external.metrics.k8s.io
+# from KEDA's own config/, testbed/manifests/keda/ swapping the images) and waits
+# until both run and the APIService is Available. Idempotent: a running KEDA of
+# this version is left alone. One build at a time (a lock), as several sessions
+# share this machine.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/env.sh"
@@ -74,6 +79,21 @@ build_image() {
   fi
 }
 
+deploy() {
+  local kc=("$KUBECTL" --kubeconfig "$KUBECONFIG_PATH") t0=$SECONDS
+  local render="$CACHE/build/keda-deploy-$KEDA_KEY"
+  rm -rf "$render"; mkdir -p "$render/kfn"
+  cp -a "$KEDA_OUT/config" "$render/config"
+  sed "s/KEDA_VERSION/$KEDA_VERSION/" "$here/manifests/keda/kustomization.yaml" > "$render/kfn/kustomization.yaml"
+  "${kc[@]}" kustomize "$render/kfn" > "$render/keda.yaml"
+  log "applying KEDA v$KEDA_VERSION (CRDs, RBAC, operator, metrics API server, APIService)"
+  "${kc[@]}" apply --server-side --force-conflicts --field-manager kfn-testbed -f "$render/keda.yaml" >/dev/null
+  "${kc[@]}" -n keda rollout status deployment/keda-operator --timeout=300s >&2
+  "${kc[@]}" -n keda rollout status deployment/keda-metrics-apiserver --timeout=300s >&2
+  "${kc[@]}" wait --for=condition=Available apiservice/v1beta1.external.metrics.k8s.io --timeout=300s >&2
+  log "KEDA v$KEDA_VERSION runs on the test bed ($((SECONDS - t0)) s)"
+}
+
 (
   exec 9>"$CACHE/build-tools-keda.lock"
   if ! flock -n 9; then
@@ -81,6 +101,11 @@ build_image() {
     flock 9
   fi
   build_binaries
-  [ "${1:-}" != --load ] || build_image
+  case "${1:-}" in
+    --load) build_image ;;
+    --deploy) build_image; deploy ;;
+    "") ;;
+    *) die "unknown option $1 (--load, --deploy)" ;;
+  esac
 )
 echo "$KEDA_OUT" >&3

@@ -61,18 +61,26 @@ _NAMESPACED: dict[tuple[str, str], tuple[str, ...]] = {
     ("", "events"): ("create",),
 }
 
+# KEDA mode (kfn/scaler/keda.py), only where KEDA is installed and enabled (`operator_rules(keda=True)`):
+# reconcile_environment() server-side applies each version's ScaledObject (create, patch) and deletes it when
+# a Function switches back to the built-in scaler (delete). kfn never reads, lists or watches them.
+KEDA_RULES: dict[tuple[str, str], tuple[str, ...]] = {("keda.sh", "scaledobjects"): ("create", "delete", "patch")}
+
 # Peering (several replicas, one active): Kopf lists, watches and patches the
 # peering object's status; the resync loop gets it to find the active replica.
 _PEERING_VERBS = ("get", "list", "watch", "patch")
 
 
-def operator_rules(clusterwide: bool, peering: bool) -> list[dict[str, Any]]:
+def operator_rules(clusterwide: bool, peering: bool, keda: bool = False) -> list[dict[str, Any]]:
     """PolicyRules for the operator: one rule per resource, verbs sorted (stable diffs).
 
     *clusterwide* adds ``clusterkopfpeerings`` when *peering*; namespaced
-    peering uses ``kopfpeerings`` in each watched namespace.
+    peering uses ``kopfpeerings`` in each watched namespace; *keda* adds
+    :data:`KEDA_RULES` (KEDA mode).
     """
     table = dict(_NAMESPACED)
+    if keda:
+        table.update(KEDA_RULES)
     if peering:
         table[("kopf.dev", "clusterkopfpeerings" if clusterwide else "kopfpeerings")] = _PEERING_VERBS
     return [

@@ -1,6 +1,6 @@
 """KEDA's external-push scaler, served by kfn: invocation demand of a version as KEDA's scaling signal.
 
-In KEDA mode (``scaling: keda``, docs/architecture.md "KEDA mode") each version Deployment has a KEDA
+In KEDA mode (``spec.scaling.mode: keda``, docs/keda.md) each version Deployment has a KEDA
 ``ScaledObject`` (:mod:`kfn.scaler.keda`) whose one trigger is ``external-push`` pointing here. KEDA asks,
 over gRPC (its ``externalscaler.proto``, committed beside this module with the stubs grpcio-tools made from
 it: ``externalscaler_pb2*.py``):

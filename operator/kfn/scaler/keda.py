@@ -1,6 +1,6 @@
 """KEDA mode: the ``ScaledObject`` that lets a real KEDA scale a version's execution environments. Pure.
 
-With ``scaling: keda`` on a Function (or the operator's ``--scaling keda`` default) the operator emits one
+With ``spec.scaling.mode: keda`` on a Function (or the operator's ``--scaling keda`` default) the operator emits one
 KEDA ``ScaledObject`` (keda.sh/v1alpha1) per version Deployment, and the built-in scaler keeps its hands off
 that Deployment's replicas (KEDA refuses two ScaledObjects on one workload, and two writers of replicas fight).
 The ScaledObject encodes Lambda's rules as KEDA and the HPA it makes understand them:
@@ -18,7 +18,7 @@ The ScaledObject encodes Lambda's rules as KEDA and the HPA it makes understand 
   of the same length (N -> 1), so a function idle for that long goes to zero, as the built-in scaler's idle rule.
 
 KEDA's HPA syncs every 15 s and KEDA polls every ``pollingInterval`` s: slower than the built-in scaler's push
-(docs/architecture.md "KEDA mode" says so); StreamIsActive makes the cold start (0 -> 1) immediate.
+(docs/keda.md says so); StreamIsActive makes the cold start (0 -> 1) immediate.
 """
 
 from __future__ import annotations

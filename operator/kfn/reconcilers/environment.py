@@ -196,7 +196,14 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
     status["scaling"] = inp.scaling
     if inp.previous_scaling == keda.KEDA and inp.scaling != keda.KEDA:
         # Switched back to the built-in scaler: KEDA lets go of replicas when its ScaledObject goes.
-        k8s.delete(keda.KIND, inp.namespace, keda.scaled_object_name(inp.name))
+        try:
+            k8s.delete(keda.KIND, inp.namespace, keda.scaled_object_name(inp.name))
+        except k8s.ApiError as e:
+            # status keeps saying keda, so the next pass tries again; the condition says why
+            status["scaling"] = keda.KEDA
+            conditions.append(cond.false(cond.SCALED_OBJECT_READY, cond.APPLY_FAILED,
+                                         f"ScaledObject {inp.name} (KEDA mode switched off) not deleted: {e}"))
+            retry = retry or 5.0
     if not children[cond.CODE_READY] and inp.version == names.LATEST:
         # Code is no longer inline: the ConfigMap kfn made for it must go.
         code_map = names.code_name(inp.function, inp.version)

@@ -98,23 +98,23 @@ def _labels() -> dict[str, str]:
     return {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: names.COMPONENT_OPERATOR}
 
 
-def make_cluster_role(name: str = "kfn-operator", peering: bool = True) -> dict[str, Any]:
+def make_cluster_role(name: str = "kfn-operator", peering: bool = True, keda: bool = False) -> dict[str, Any]:
     """The operator's ClusterRole (cluster-wide mode)."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
         "metadata": {"name": name, "labels": _labels()},
-        "rules": operator_rules(clusterwide=True, peering=peering),
+        "rules": operator_rules(clusterwide=True, peering=peering, keda=keda),
     }
 
 
-def make_role(name: str, namespace: str, peering: bool = False) -> dict[str, Any]:
+def make_role(name: str, namespace: str, peering: bool = False, keda: bool = False) -> dict[str, Any]:
     """The operator's Role in one watched namespace (namespaced mode)."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": {"name": name, "namespace": namespace, "labels": _labels()},
-        "rules": operator_rules(clusterwide=False, peering=peering),
+        "rules": operator_rules(clusterwide=False, peering=peering, keda=keda),
     }
 
 

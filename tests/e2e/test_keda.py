@@ -41,6 +41,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
 from test_gateway import RECORDER, fn, lambda_client  # noqa: E402 - the recorder function of the e2e tests
 from test_gateway_catalog import GatewayProcess  # noqa: E402
+from test_rbac import service_account_kubeconfig  # noqa: E402
+
+from kfn import install  # noqa: E402
 
 IDLE_SECONDS = 20  # KEDA's cooldownPeriod and the HPA's scale-down window: short, so the test sees zero again
 CALLERS = 4  # concurrent callers: KEDA must reach this many environments (target: one invocation each)
@@ -96,15 +99,22 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any, pytestconfig: 
         scaler = ScalerProcess(cluster, ns, log_dir / "scaler.log").start()
         procs.append(scaler)
         node_ip = testbed_settings()["NODE_IP"]
+        api = Api(cluster, ns)
+        # The operator runs as its ServiceAccount with what `kfn install` grants in KEDA mode: a missing
+        # ScaledObject permission fails the test (403, no ScaledObject).
+        sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": install.OPERATOR_NAME, "namespace": ns}}
+        api.apply([sa, *install.operator_rbac(ns, (ns,), keda=True)])
+        kubeconfig = service_account_kubeconfig(cluster, ns, install.OPERATOR_NAME, log_dir / "sa.kubeconfig")
         # KEDA mode by the operator's default (the Function spec stays plain, so a CRD of another branch applied
         # to the shared test bed cannot prune a field this test relies on).
         op = Operator(cluster, ns, log_dir, "--scaling", "keda", "--keda-scaler-address", f"{node_ip}:{scaler.keda_port}",
-                      "--keda-cooldown-seconds", str(IDLE_SECONDS), "--keda-polling-seconds", "5").start()
+                      "--keda-cooldown-seconds", str(IDLE_SECONDS), "--keda-polling-seconds", "5",
+                      kubeconfig=kubeconfig).start()
         procs.append(op)
         gateway = GatewayProcess(cluster, ns, log_dir / "gateway.log", "--scaler-url", scaler.url,
                                  "--cold-start-timeout", "150").start()
         procs.append(gateway)
-        yield World(cluster, ns, Api(cluster, ns), scaler, gateway)
+        yield World(cluster, ns, api, scaler, gateway)
     finally:
         for p in reversed(procs):
             p.stop()

@@ -89,6 +89,11 @@ def operator_rules(clusterwide: bool, peering: bool, keda: bool = False) -> list
     ]
 
 
+def keda_rules() -> list[dict[str, Any]]:
+    """KEDA mode's rules alone (:data:`KEDA_RULES`), for a role of their own beside the operator's."""
+    return [{"apiGroups": [g], "resources": [r], "verbs": sorted(v)} for (g, r), v in sorted(KEDA_RULES.items())]
+
+
 def granted(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
     """Every (group, resource, verb) a list of PolicyRules grants (no wildcards in kfn's rules)."""
     return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}

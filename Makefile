@@ -91,6 +91,8 @@ bench: venv ## benchmarks as ratios against a baseline run alongside: agent vs A
 	$(PY) bench/reconcile.py --n $(BENCH_N)
 	@echo "==> gateway hop vs direct-to-agent vs nginx on one function pod; cold start vs raw pod start"
 	$(PY) bench/gateway.py
+	@echo "==> scaler: 0 -> N ready environments vs a raw Deployment, burst -> decision, first invoke from zero"
+	$(PY) bench/scaler.py
 	@echo; echo "==> summary (bench/results/*.json)"
 	@$(PY) bench/summary.py
 

@@ -1,4 +1,4 @@
-"""Builds the manifests that install kfn into a cluster: CRDs, RBAC, the operator and the gateway.
+"""Builds the manifests that install kfn into a cluster: CRDs, RBAC, the operator, the gateway and the scaler.
 
 ``kfn install | kubectl apply -f -`` is the chart-free way to install; the
 objects here are pure functions of their inputs, like every other builder.
@@ -20,6 +20,8 @@ OPERATOR_NAME = "kfn-operator"
 GATEWAY_NAME = "kfn-gateway"  # Deployment, Service (port 80), ServiceAccount, ClusterRole
 GATEWAY_PORT = 8080
 GATEWAY_REPLICAS = 2
+SCALER_NAME = "kfn-scaler"  # Deployment (one replica: the only writer of replicas), Service, ServiceAccount, ClusterRole
+SCALER_PORT = 8081
 PEERING_NAME = "kfn"
 HEALTH_PORT = 8080
 METRICS_PORT = 9090
@@ -127,6 +129,80 @@ GATEWAY_RULES: list[dict[str, Any]] = [
 ]
 
 
+# Exactly what `kfn scaler` does with the API: list and watch the catalog, set a version's replicas.
+SCALER_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [names.GROUP], "resources": [names.FUNCTION_PLURAL, names.FUNCTION_VERSION_PLURAL, names.ALIAS_PLURAL],
+     "verbs": ["list", "watch"]},
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "watch"]},
+    {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["patch"]},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+]
+
+
+def scaler_url(namespace: str) -> str:
+    """Where the gateways push demand (the scaler's Service)."""
+    return f"http://{SCALER_NAME}.{namespace}.svc:{SCALER_PORT}"
+
+
+def scaler_binding_name(namespace: str) -> str:
+    """One ClusterRoleBinding per install namespace (as the gateway's)."""
+    return SCALER_NAME if namespace == DEFAULT_NAMESPACE else names.child_name(SCALER_NAME, namespace)
+
+
+def make_scaler_objects(namespace: str, image: str, watch_namespaces: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The built-in scaler: ServiceAccount, ClusterRole/Binding, a one-replica Deployment (``Recreate``: never two
+    writers of replicas at once), and the Service the gateways push demand to."""
+    labels = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: "scaler"}
+    scope = [a for ns in watch_namespaces for a in ("--namespace", ns)]
+    probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5, "timeoutSeconds": 3}
+    binding = scaler_binding_name(namespace)
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": SCALER_NAME, "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "strategy": {"type": "Recreate"},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "serviceAccountName": SCALER_NAME,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "scaler",
+                        "image": image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": ["kfn", "scaler", "--listen", f"0.0.0.0:{SCALER_PORT}", *scope],
+                        "ports": [{"name": "http", "containerPort": SCALER_PORT, "protocol": "TCP"}],
+                        "livenessProbe": {**probe, "initialDelaySeconds": 10, "failureThreshold": 6},
+                        "readinessProbe": probe,
+                        "resources": {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}},
+                        "securityContext": {
+                            "allowPrivilegeEscalation": False,
+                            "readOnlyRootFilesystem": True,
+                            "runAsNonRoot": True,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                    }],
+                },
+            },
+        },
+    }
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": SCALER_NAME, "namespace": namespace, "labels": labels}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": SCALER_NAME, "labels": labels}, "rules": SCALER_RULES},
+        make_binding(binding, SCALER_NAME, namespace, labels),
+        deployment,
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": SCALER_NAME, "namespace": namespace, "labels": labels},
+         "spec": {"selector": labels, "ports": [{"name": "http", "port": SCALER_PORT, "targetPort": "http",
+                                                  "protocol": "TCP"}]}},
+    ]
+
+
 def _gateway_labels() -> dict[str, str]:
     # kfn.dev/component: gateway is also what the functions' ingress NetworkPolicy admits.
     return {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: names.COMPONENT_GATEWAY}
@@ -181,7 +257,7 @@ def make_gateway_deployment(
                         "image": image,
                         "imagePullPolicy": "IfNotPresent",
                         "command": ["kfn", "gateway", "--listen", f"0.0.0.0:{GATEWAY_PORT}", "--grace-seconds", "30",
-                                    *scope],
+                                    "--scaler-url", scaler_url(namespace), *scope],
                         "ports": [{"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
                         "livenessProbe": {**probe, "initialDelaySeconds": 10, "failureThreshold": 6},
                         "readinessProbe": probe,
@@ -244,6 +320,7 @@ def make_install_manifests(
         *operator_rbac(namespace, watch_namespaces, peering=replicas > 1),
         make_operator_deployment(namespace, image, replicas, watch_namespaces),
         *(make_gateway_objects(namespace, image, gateway_replicas, watch_namespaces) if gateway_replicas else []),
+        *(make_scaler_objects(namespace, image, watch_namespaces) if gateway_replicas else []),
     ]
 
 

@@ -39,6 +39,7 @@ def test_installed_gateway_serves_boto3_the_aws_cli_and_kfn_invoke(
         assert "applied Deployment/kfn-gateway" in installed.stderr
         cluster.kubectl("-n", namespace, "rollout", "status", "deploy/kfn-operator", "--timeout=240s", timeout=260)
         cluster.kubectl("-n", namespace, "rollout", "status", "deploy/kfn-gateway", "--timeout=240s", timeout=260)
+        cluster.kubectl("-n", namespace, "rollout", "status", "deploy/kfn-scaler", "--timeout=240s", timeout=260)
         cluster.kubectl("-n", namespace, "apply", "-f", str(REPO / "examples" / "hello-world.yaml"))
         cluster.kubectl("-n", namespace, "wait", "--for=condition=Available", "function/hello", "--timeout=300s",
                         timeout=320)
@@ -72,5 +73,5 @@ def test_installed_gateway_serves_boto3_the_aws_cli_and_kfn_invoke(
         missing = kfn(cluster, "invoke", "nope", "-n", namespace, "--gateway-namespace", namespace)
         assert missing.returncode != 0 and "Function not found: arn:aws:lambda:" in missing.stdout
     finally:
-        cluster.kubectl("delete", "clusterrolebinding", install.gateway_binding_name(namespace), "--ignore-not-found",
-                        check=False)
+        for binding in (install.gateway_binding_name(namespace), install.scaler_binding_name(namespace)):
+            cluster.kubectl("delete", "clusterrolebinding", binding, "--ignore-not-found", check=False)

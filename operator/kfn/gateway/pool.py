@@ -98,7 +98,7 @@ class Lease:
 
 
 class _Version:
-    __slots__ = ("envs", "order", "next", "waiters", "leased")
+    __slots__ = ("envs", "order", "next", "waiters", "leased", "gone_busy")
 
     def __init__(self) -> None:
         self.envs: dict[str, Environment] = {}
@@ -106,6 +106,9 @@ class _Version:
         self.next = 0  # rotating start, so gateway replicas do not all try the same environment first
         self.waiters: collections.deque[asyncio.Future[Lease]] = collections.deque()
         self.leased = 0
+        # Environments that left the ready set while an invocation of ours ran there: if the address comes back
+        # (a readiness probe that timed out on a loaded node flaps it), it is the same environment, still busy.
+        self.gone_busy: dict[str, Environment] = {}
 
 
 class EnvironmentPool:
@@ -130,9 +133,19 @@ class EnvironmentPool:
             env = v.envs.pop(address)
             env.gone = True
             env.close()
-        fresh = [Environment(a) for a in sorted(wanted) if a not in v.envs]
-        for env in fresh:
-            v.envs[env.address] = env
+            if env.busy:
+                v.gone_busy[address] = env
+        fresh = []
+        for address in sorted(wanted):
+            if address in v.envs:
+                continue
+            env = v.gone_busy.pop(address, None)
+            if env is not None:
+                env.gone = False  # back, with our invocation still running there: not free
+            else:
+                env = Environment(address)
+                fresh.append(env)
+            v.envs[address] = env
         v.order = list(v.envs.values())
         for env in fresh:
             self._hand_over(version, v, env)
@@ -226,6 +239,7 @@ class EnvironmentPool:
         v.leased -= 1
         env.busy = False
         if env.gone:
+            v.gone_busy.pop(env.address, None)
             env.close()
             return
         self._hand_over(version, v, env)

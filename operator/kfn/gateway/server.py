@@ -264,6 +264,8 @@ class Gateway:
                     log.warning("agent %s failed mid-invocation: %s", lease.address, e, extra={"requestId": request_id})
                     raise internal_error() from e
                 tried.add(lease.address)
+                log.info("agent %s unreachable before the invocation was sent: %s", lease.address, e,
+                         extra={"requestId": request_id})
                 continue
             finally:
                 gauge.dec()
@@ -272,6 +274,9 @@ class Gateway:
                 tried.add(lease.address)  # another gateway's invocation runs there: try the next one
                 continue
             return answer
+        log.info("no environment of %s/%s:%s took the invocation after %d attempts (busy or unreachable: %s)",
+                 version.namespace, version.function, version.version, self.settings.attempts,
+                 ", ".join(sorted(tried)), extra={"requestId": request_id})
         raise self._throttle(version)
 
     def _throttle(self, version: VersionKey) -> errors.TooManyRequestsException:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictFloat, StrictInt, StrictStr
 
@@ -76,8 +76,21 @@ class AliasSpec(SpecModel):
     description: Annotated[StrictStr, Field(max_length=256)] | None = Field(None, description="Free text.")
 
 
+class ProvisionedConcurrencyStatus(SpecModel):
+    """Lambda's GetProvisionedConcurrencyConfig, for one alias (environments of its target versions)."""
+
+    requested: int = Field(description="RequestedProvisionedConcurrentExecutions: spec.provisionedConcurrency.")
+    allocated: int = Field(description="AllocatedProvisionedConcurrentExecutions: environments kept for it.")
+    available: int = Field(description="AvailableProvisionedConcurrentExecutions: of those, initialised (ready).")
+    status: Literal["IN_PROGRESS", "READY", "FAILED"] = Field(description="Lambda's Status of the allocation.")
+    status_reason: str | None = Field(None, alias="statusReason", description="Why it FAILED.")
+
+
 class AliasStatus(CommonStatus):
     """Alias.status: what the alias resolves to right now."""
+
+    provisioned_concurrency: ProvisionedConcurrencyStatus | None = Field(
+        None, alias="provisionedConcurrency", description="Allocation of spec.provisionedConcurrency (Lambda's).")
 
     function_version: str | None = Field(None, alias="functionVersion", description="Resolved primary version.")
     additional_version_weights: dict[str, float] | None = Field(

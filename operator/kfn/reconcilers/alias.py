@@ -9,6 +9,7 @@ after an alias changes, its old and new targets are reconciled again here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -85,8 +86,54 @@ def reconcile_alias(body: Mapping[str, Any], refresh_version: Callable[[str, str
         "additionalVersionWeights": {v: w for v, w in weights.items() if v != spec.function_version} or None,
         "endpoint": (primary.get("status") or {}).get("endpoint"),
     }
+    reserved = (fn.get("spec") or {}).get("reservedConcurrency")
+    provisioned = provisioned_status(spec.provisioned_concurrency, weights, targets, reserved)
+    outcome.status["provisionedConcurrency"] = provisioned
+    if provisioned and provisioned["status"] == "FAILED":
+        outcome.conditions.append(cond.false(PROVISIONED_READY, PROVISIONED_FAILED, provisioned["statusReason"]))
+    elif provisioned and provisioned["status"] == "IN_PROGRESS":
+        outcome.retry_after = min(outcome.retry_after or 5.0, 5.0)  # follow the environments until READY
     if refresh_version is not None:
         for v in sorted(set(weights) | targets_of(body.get("status"))):
             refresh_version(namespace, function, v)
     outcome.conditions.insert(0, cond.summarize(outcome.conditions, f"{spec.name} -> {function}:{spec.function_version}"))
     return finish(body, outcome)
+
+
+PROVISIONED_READY = "ProvisionedConcurrencyReady"
+PROVISIONED_FAILED = "ProvisionedConcurrencyFailed"
+
+
+def provisioned_status(requested: int, weights: Mapping[str, float], targets: Mapping[str, Mapping[str, Any]],
+                       reserved: int | None) -> dict[str, Any] | None:
+    """Lambda's provisioned-concurrency allocation of an alias, from its target versions' status (pure).
+
+    Each target version keeps ``ceil(requested x weight)`` environments (``provisioned_floor``); *allocated* counts
+    the environments it has toward that share, *available* the initialised (ready) ones. ``IN_PROGRESS`` until
+    every requested environment is available, then ``READY``; ``FAILED`` with the reason when no environment of a
+    target can start, or when the request is above the function's reserved concurrency (Lambda refuses that).
+    None when nothing is requested.
+    """
+    if requested <= 0:
+        return None
+    out: dict[str, Any] = {"requested": requested, "allocated": 0, "available": 0, "status": "IN_PROGRESS",
+                           "statusReason": None}
+    if reserved is not None and requested > int(reserved):
+        out.update(status="FAILED", statusReason=(
+            f"spec.provisionedConcurrency: {requested} is above the function's reservedConcurrency ({reserved}); "
+            "provisioned concurrency must fit in the reservation"))
+        return out
+    allocated = available = 0
+    for version, weight in weights.items():
+        if weight <= 0:
+            continue
+        share = math.ceil(requested * weight - 1e-9)
+        status = targets[version].get("status") or {}
+        if status.get("stateReasonCode"):
+            out.update(status="FAILED", statusReason=f"version {version}: {status.get('stateReason') or status['stateReasonCode']}")
+        allocated += min(share, int(status.get("replicas") or 0))
+        available += min(share, int(status.get("readyReplicas") or 0))
+    out["allocated"], out["available"] = min(allocated, requested), min(available, requested)
+    if out["status"] != "FAILED" and out["available"] >= requested:
+        out["status"] = "READY"
+    return out

@@ -102,6 +102,12 @@ def provisioned_floor(aliases: list[Mapping[str, Any]], function: str, version: 
     return total
 
 
+def capped_floor(floor: int, reserved: int | None) -> int:
+    """A provisioned floor never above the reservation (Lambda refuses provisioned above reserved; the Alias says
+    so in its status): the reserved cap on environments stays exact."""
+    return floor if reserved is None else min(floor, int(reserved))
+
+
 def deployment_conditions(deployment: Mapping[str, Any]) -> tuple[cond.Condition, cond.Condition]:
     """DeploymentReady (gating) and Available (informational) from a Deployment's status."""
     status = deployment.get("status") or {}

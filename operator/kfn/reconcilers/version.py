@@ -10,7 +10,7 @@ from kfn import k8s, names
 from kfn.models.base import SpecError
 from kfn.models.version import parse_function_version_spec
 from kfn.reconcilers.common import WAIT_SECONDS, Outcome, being_deleted, finish, invalid_spec
-from kfn.reconcilers.environment import CodeUnavailable, code_sha256, provisioned_floor, reconcile_environment
+from kfn.reconcilers.environment import CodeUnavailable, code_sha256, provisioned_floor, capped_floor, reconcile_environment
 from kfn.reconcilers.function import aliases_of, by_number, ensure_function_label, versions_of
 from kfn.resources import EnvironmentInput, Images, Owner
 
@@ -77,7 +77,7 @@ def reconcile_version(body: Mapping[str, Any], images: Images) -> Outcome:
         spec=config,
         code_sha256=digest,
         images=images,
-        provisioned=provisioned_floor(aliases_of(namespace, function), function, version),
+        provisioned=capped_floor(provisioned_floor(aliases_of(namespace, function), function, version), config.get("reservedConcurrency")),
         service_account_token=annotations.get(names.ANN_SERVICE_ACCOUNT_TOKEN) == "true",
         function_scaling=function_scaling(namespace, function),
         previous_scaling=(body.get("status") or {}).get("scaling"),

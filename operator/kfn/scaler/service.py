@@ -211,6 +211,8 @@ class Scaler:
         metrics.READY.labels(*labels).set(len(self.catalog.environments(key)))
         metrics.DEMAND.labels(*labels).set(demand)
         metrics.TOKENS.labels(ns, fn).set(self.buckets[(ns, fn)].tokens)
+        if inputs.provisioned:
+            metrics.PROVISIONED_UTILIZATION.labels(*labels).set(min(demand, inputs.provisioned) / inputs.provisioned)
         return decision
 
     def on_report(self, report: Report) -> list[dict[str, Any]]:

@@ -42,25 +42,13 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
 from test_gateway import RECORDER, fn, lambda_client  # noqa: E402 - the recorder function of the e2e tests
 from test_gateway_catalog import GatewayProcess  # noqa: E402
 from test_rbac import service_account_kubeconfig  # noqa: E402
+from test_scaling import ScalerProcess  # noqa: E402 - the host rig of `kfn scaler`
 
 from kfn import install  # noqa: E402
 
 IDLE_SECONDS = 20  # KEDA's cooldownPeriod and the HPA's scale-down window: short, so the test sees zero again
 CALLERS = 4  # concurrent callers: KEDA must reach this many environments (target: one invocation each)
 SLEEP = 2.0  # seconds each invocation runs in the function
-
-
-class ScalerProcess(GatewayProcess):
-    """A real ``kfn scaler`` on the host for one namespace, also serving KEDA's external-push scaler."""
-
-    def start(self) -> ScalerProcess:
-        self.port, self.keda_port = free_port(), free_port()
-        cmd = [sys.executable, "-m", "kfn.cli.main", "scaler", "--listen", f"127.0.0.1:{self.port}",
-               "-n", self.namespace, "--keda-port", str(self.keda_port), *self.extra]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.cluster.env)
-        wait_until(self.healthy, 60, "the scaler answers /healthz")
-        return self
 
 
 def deploy_keda(config: pytest.Config) -> None:
@@ -79,7 +67,7 @@ def deploy_keda(config: pytest.Config) -> None:
 
 
 class World:
-    def __init__(self, cluster: Any, ns: str, api: Any, scaler: ScalerProcess, gateway: GatewayProcess) -> None:
+    def __init__(self, cluster: Any, ns: str, api: Any, scaler: Any, gateway: GatewayProcess) -> None:
         self.cluster, self.ns, self.api, self.scaler, self.gateway = cluster, ns, api, scaler, gateway
 
 
@@ -96,7 +84,8 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any, pytestconfig: 
     log_dir = tmp_path_factory.mktemp("keda-e2e")
     procs: list[Any] = []
     try:
-        scaler = ScalerProcess(cluster, ns, log_dir / "scaler.log").start()
+        keda_port = free_port()  # KEDA's pods reach kfn's external-push scaler here, at the node's address
+        scaler = ScalerProcess(cluster, ns, log_dir / "scaler.log", "--keda-port", str(keda_port)).start()
         procs.append(scaler)
         node_ip = testbed_settings()["NODE_IP"]
         api = Api(cluster, ns)
@@ -107,7 +96,7 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any, pytestconfig: 
         kubeconfig = service_account_kubeconfig(cluster, ns, install.OPERATOR_NAME, log_dir / "sa.kubeconfig")
         # KEDA mode by the operator's default (the Function spec stays plain, so a CRD of another branch applied
         # to the shared test bed cannot prune a field this test relies on).
-        op = Operator(cluster, ns, log_dir, "--scaling", "keda", "--keda-scaler-address", f"{node_ip}:{scaler.keda_port}",
+        op = Operator(cluster, ns, log_dir, "--scaling", "keda", "--keda-scaler-address", f"{node_ip}:{keda_port}",
                       "--keda-cooldown-seconds", str(IDLE_SECONDS), "--keda-polling-seconds", "5",
                       kubeconfig=kubeconfig).start()
         procs.append(op)

@@ -90,7 +90,13 @@ deploy() {
   "${kc[@]}" apply --server-side --force-conflicts --field-manager kfn-testbed -f "$render/keda.yaml" >/dev/null
   "${kc[@]}" -n keda rollout status deployment/keda-operator --timeout=300s >&2
   "${kc[@]}" -n keda rollout status deployment/keda-metrics-apiserver --timeout=300s >&2
-  "${kc[@]}" wait --for=condition=Available apiservice/v1beta1.external.metrics.k8s.io --timeout=300s >&2
+  if ! "${kc[@]}" wait --for=condition=Available apiservice/v1beta1.external.metrics.k8s.io --timeout=60s >&2; then
+    # The test bed's kube-apiserver has no aggregation-layer front-proxy certificate
+    # (--proxy-client-cert-file, --requestheader-*): the HPA cannot read KEDA's metrics
+    # through the APIService; KEDA itself (0 <-> 1) works. docs/keda.md says more.
+    log "WARNING: APIService v1beta1.external.metrics.k8s.io is not Available: $("${kc[@]}" get apiservice \
+      v1beta1.external.metrics.k8s.io -o jsonpath='{.status.conditions[0].message}')"
+  fi
   log "KEDA v$KEDA_VERSION runs on the test bed ($((SECONDS - t0)) s)"
 }
 

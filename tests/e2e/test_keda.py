@@ -19,10 +19,12 @@ import functools
 import importlib.util
 import json
 import secrets
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -129,7 +131,33 @@ def replica_writers(api: Any, name: str) -> set[str]:
             if '"f:replicas"' in json.dumps(m.get("fieldsV1") or {}) and '"f:spec"' in json.dumps(m.get("fieldsV1") or {})}
 
 
-def test_keda_scales_a_version_from_zero_to_demand_and_back(world: World) -> None:
+def keda_metric(cluster: Any, namespace: str, scaled_object: str) -> float | None:
+    """The external metric KEDA's metrics API server serves the HPA for the ScaledObject (None: no answer).
+
+    Read from the metrics server pod directly: the test bed's kube-apiserver has no aggregation-layer front-proxy
+    certificate, so the APIService path (what the HPA uses) is not available there (docs/keda.md).
+    """
+    out = cluster.kubectl("-n", "keda", "get", "pod", "-l", "app=keda-metrics-apiserver",
+                          "-o", "jsonpath={.items[0].status.podIP}", check=False)
+    ip = out.stdout.strip()
+    if not ip:
+        return None
+    url = (f"https://{ip}:6443/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/s0-kfn-invocations"
+           f"?labelSelector=scaledobject.keda.sh%2Fname%3D{scaled_object}")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # KEDA's self-signed serving certificate
+    try:
+        with urllib.request.urlopen(url, timeout=10, context=ctx) as r:
+            items = json.loads(r.read()).get("items") or []
+    except OSError:
+        return None
+    if not items:
+        return None
+    value = str(items[0]["value"])  # a Kubernetes quantity: "4" or "4500m"
+    return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
+
+
+def test_keda_scales_a_version_from_zero_under_load_and_back(world: World) -> None:
     api, name = world.api, "kd"
     api.apply([fn(name, RECORDER, timeoutSeconds=30)])
     deployment = f"{name}-latest"
@@ -140,19 +168,22 @@ def test_keda_scales_a_version_from_zero_to_demand_and_back(world: World) -> Non
     assert ready["reason"] == "ScaledObjectReady", ready
     so = api.get("scaledobject", deployment)
     assert so["spec"]["scaleTargetRef"]["name"] == deployment
-    hpa = api.get("hpa", f"keda-hpa-{deployment}")
-    assert hpa is not None, "KEDA makes an HPA for the ScaledObject"
+    hpa = wait_until(lambda: api.get("hpa", f"keda-hpa-{deployment}"), 60, "KEDA makes an HPA for the ScaledObject")
+    [metric] = hpa["spec"]["metrics"]
+    # the metric spec KEDA got from kfn's GetMetricSpec: one invocation per environment
+    assert metric["external"]["metric"]["name"] == "s0-kfn-invocations"
+    assert metric["external"]["target"] == {"type": "AverageValue", "averageValue": "1"}
     assert api.get("function", name)["status"]["scaling"] == "keda", "status says which mode is active"
 
     # No demand: KEDA takes the version to zero (nothing else would: the kfn scaler leaves it alone).
     wait_until(lambda: replicas(api, deployment) == 0, 180, "KEDA scales the idle version to zero", interval=1)
 
     # Load: CALLERS callers invoke in a loop through the real gateway; their demand reaches KEDA only through
-    # gateway -> kfn scaler -> gRPC (IsActive/StreamIsActive for 0 -> 1, GetMetrics for 1 -> N through the HPA).
+    # gateway -> kfn scaler -> gRPC (StreamIsActive wakes it from zero; GetMetrics is the HPA's metric).
     client = lambda_client(world.gateway.url, read_timeout=200)
     stop = threading.Event()
-    peak = {"replicas": 0}
     results: list[Any] = []
+    seen = {"metric": 0.0}
 
     def caller(i: int) -> None:
         while not stop.is_set():
@@ -165,36 +196,34 @@ def test_keda_scales_a_version_from_zero_to_demand_and_back(world: World) -> Non
     with concurrent.futures.ThreadPoolExecutor(CALLERS) as ex:
         futures = [ex.submit(caller, i) for i in range(CALLERS)]
         try:
-            def grown() -> bool:
-                peak["replicas"] = max(peak["replicas"], replicas(api, deployment))
+            def woke() -> bool:
                 for f in futures:
                     if f.done():
                         f.result()  # a caller that failed says why now
-                return peak["replicas"] >= CALLERS
-            wait_until(grown, 240, f"KEDA scales the version to {CALLERS} environments under load", interval=1)
-            scaled_after = time.monotonic() - started
-            ready_envs = wait_until(
-                lambda: (api.get("deployment", deployment).get("status") or {}).get("readyReplicas", 0) >= CALLERS
-                and api.get("deployment", deployment)["status"]["readyReplicas"], 240,
-                f"{CALLERS} environments become ready", interval=1)
+                return replicas(api, deployment) >= 1
+            wait_until(woke, 120, "KEDA wakes the version from zero under load", interval=0.5)
+            woke_after = time.monotonic() - started
+
+            def metric_shows_demand() -> bool:
+                seen["metric"] = max(seen["metric"], keda_metric(world.cluster, world.ns, deployment) or 0.0)
+                return seen["metric"] >= CALLERS
+            wait_until(metric_shows_demand, 120, f"KEDA's metric for the HPA shows the {CALLERS} callers' demand",
+                       interval=1)
+            wait_until(lambda: len(results) >= 2 * CALLERS, 120, "the callers' invocations complete", interval=1)
         finally:
             stop.set()
         for f in futures:
             f.result()
-    say_line = (f"KEDA: 0 -> {peak['replicas']} replicas {scaled_after:.1f} s after the load began; "
-                f"{ready_envs} ready; {len(results)} invocations")
-    print(say_line)
+    print(f"KEDA: 0 -> 1 replica {woke_after:.1f} s after the load began; metric {seen['metric']:g}; "
+          f"{len(results)} invocations")
     assert results and all(status == 200 and err is None for status, err, _ in results), results[:5]
-    pods = {body["pod"] for _, _, body in results}
-    assert len(pods) >= 2, f"the load ran on more than one environment: {pods}"
-    assert max(replicas(api, deployment), peak["replicas"]) <= 1000
 
     # Who scaled: KEDA (its operator, 0 <-> 1) and its HPA (the controller-manager), never kfn's scaler or gateway.
     writers = replica_writers(api, deployment)
     assert not {"kfn-scaler", "kfn-gateway"} & writers, writers
     assert writers & {"keda", "kube-controller-manager"}, writers
 
-    # Back: idle for IDLE_SECONDS, the HPA goes down to 1 and KEDA to 0.
+    # Back: idle for IDLE_SECONDS, KEDA takes it to zero.
     t0 = time.monotonic()
     wait_until(lambda: replicas(api, deployment) == 0, 300, "KEDA scales the version back to zero", interval=2)
     print(f"KEDA: back to 0 replicas {time.monotonic() - t0:.1f} s after the load stopped")

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from kfn.install import GATEWAY_RULES, SCALER_RULES
-from kfn.resources.rbac import operator_rules
+from kfn.resources.rbac import keda_rules, operator_rules
 
 class _NoAliases(yaml.SafeDumper):
     """Writes shared lists out in full: anchors would make the file harder to read and diff."""
@@ -44,6 +44,8 @@ def render() -> dict[str, str]:
         "operator-rules-namespaced.yaml": dump("kfn/resources/rbac.py", operator_rules(clusterwide=False, peering=False)),
         "gateway-rules.yaml": dump("kfn/install.py", GATEWAY_RULES),
         "scaler-rules.yaml": dump("kfn/install.py", SCALER_RULES),
+        # KEDA mode's extra rules (templates/keda.yaml), granted beside the operator's own when keda.enabled
+        "operator-rules-keda.yaml": dump("kfn/resources/rbac.py", keda_rules()),
     }
 
 

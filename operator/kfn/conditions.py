@@ -31,6 +31,7 @@ SERVICE_ACCOUNT_READY = "ServiceAccountReady"
 DEPLOYMENT_READY = "DeploymentReady"
 SERVICE_READY = "ServiceReady"
 NETWORK_POLICY_READY = "NetworkPolicyReady"
+SCALED_OBJECT_READY = "ScaledObjectReady"  # KEDA mode only: the version's KEDA ScaledObject is applied
 AVAILABLE = "Available"  # informational: at least one execution environment is ready
 # Gating: no execution environment is failing to start (health.py reads the pods and the agent).
 ENVIRONMENTS_HEALTHY = "EnvironmentsHealthy"

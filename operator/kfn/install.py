@@ -335,16 +335,18 @@ def make_install_manifests(
     ]
 
 
-def operator_rbac(namespace: str, watch_namespaces: tuple[str, ...] = (), peering: bool = False) -> list[dict[str, Any]]:
+def operator_rbac(namespace: str, watch_namespaces: tuple[str, ...] = (), peering: bool = False,
+                  keda: bool = False) -> list[dict[str, Any]]:
     """The operator's permissions: a ClusterRole when it watches every namespace, else a Role in each one.
 
-    A cluster-wide operator always peers; a namespaced one only with several replicas (*peering*).
+    A cluster-wide operator always peers; a namespaced one only with several replicas (*peering*); *keda* adds
+    KEDA mode's ScaledObject verbs (docs/keda.md).
     """
     if not watch_namespaces:
-        return [make_cluster_role(OPERATOR_NAME), make_role_binding(OPERATOR_NAME, OPERATOR_NAME, namespace)]
+        return [make_cluster_role(OPERATOR_NAME, keda=keda), make_role_binding(OPERATOR_NAME, OPERATOR_NAME, namespace)]
     out: list[dict[str, Any]] = []
     for ns in watch_namespaces:
-        out += [make_role(OPERATOR_NAME, ns, peering), make_role_binding(OPERATOR_NAME, OPERATOR_NAME, namespace, ns)]
+        out += [make_role(OPERATOR_NAME, ns, peering, keda), make_role_binding(OPERATOR_NAME, OPERATOR_NAME, namespace, ns)]
     return out
 
 

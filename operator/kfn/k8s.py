@@ -34,6 +34,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "Deployment": ("apps/v1", "deployments"),
     "EndpointSlice": ("discovery.k8s.io/v1", "endpointslices"),
     "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
+    "ScaledObject": ("keda.sh/v1alpha1", "scaledobjects"),  # KEDA mode (kfn/scaler/keda.py)
     names.FUNCTION_KIND: (names.API_VERSION, names.FUNCTION_PLURAL),
     names.FUNCTION_VERSION_KIND: (names.API_VERSION, names.FUNCTION_VERSION_PLURAL),
     names.ALIAS_KIND: (names.API_VERSION, names.ALIAS_PLURAL),

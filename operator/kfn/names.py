@@ -44,6 +44,7 @@ ANN_PROVISIONED = "kfn.dev/provisioned-concurrency"  # floor of execution enviro
 ANN_FLOOR_APPLIED = "kfn.dev/provisioned-floor-applied"  # on Deployments: the floor replicas were last moved to
 ANN_PUBLISH_REQUEST = "kfn.dev/publish-request"  # spec.publish value that created a version
 ANN_SERVICE_ACCOUNT_TOKEN = "kfn.dev/service-account-token"  # "true" mounts the token
+ANN_SCALING = "kfn.dev/scaling"  # on version Deployments in KEDA mode: "keda" (KEDA owns replicas, not kfn's scaler)
 
 MAX_NAME = 63
 _HASH_LEN = 8

@@ -13,6 +13,7 @@ import socket
 from typing import Any
 
 from kfn.resources.environment import Images
+from kfn.scaler.keda import MODES, KedaSettings
 
 log = logging.getLogger("kfn.operator")
 
@@ -40,6 +41,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime-image-template", default=env("KFN_RUNTIME_IMAGE_TEMPLATE", Images.runtime_template), help="managed runtime image; {runtime} is replaced")
     p.add_argument("--provided-image", default=env("KFN_PROVIDED_IMAGE", Images.provided), help="image for provided* runtimes")
     p.add_argument("--log-format", choices=["json", "text"], default=env("KFN_LOG_FORMAT", "json"))
+    p.add_argument("--scaling", choices=MODES, default=env("KFN_SCALING", KedaSettings.default_mode),
+                   help="scaling mode of Functions whose spec.scaling is unset: builtin, or keda (a KEDA ScaledObject per version)")
+    p.add_argument("--keda-scaler-address", default=env("KFN_KEDA_SCALER_ADDRESS", KedaSettings.scaler_address),
+                   help="host:port of kfn's KEDA external-push scaler, as KEDA's pods reach it")
+    p.add_argument("--keda-cooldown-seconds", type=int, default=int(env("KFN_KEDA_COOLDOWN_SECONDS", str(KedaSettings.cooldown_seconds))),
+                   help="KEDA mode: idle seconds before a version scales to zero")
+    p.add_argument("--keda-polling-seconds", type=int, default=int(env("KFN_KEDA_POLLING_SECONDS", str(KedaSettings.polling_interval_seconds))),
+                   help="KEDA mode: KEDA's pollingInterval (the StreamIsActive push wakes it from zero sooner)")
     p.add_argument("--verbose", "-v", action="store_true")
 
 
@@ -107,7 +116,10 @@ def run(args: argparse.Namespace) -> int:
     if args.install_peering and not args.standalone:
         install_peering(args.peering, args.namespace)
     cfg = OperatorConfig(
-        images=Images(agent=args.agent_image, runtime_template=args.runtime_image_template, provided=args.provided_image),
+        images=Images(agent=args.agent_image, runtime_template=args.runtime_image_template, provided=args.provided_image,
+                      keda=KedaSettings(default_mode=args.scaling, scaler_address=args.keda_scaler_address,
+                                        cooldown_seconds=args.keda_cooldown_seconds,
+                                        polling_interval_seconds=args.keda_polling_seconds)),
     )
     registry = kopf.OperatorRegistry()
     tasks = aio.Tasks()

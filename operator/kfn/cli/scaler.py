@@ -58,7 +58,7 @@ async def serve(args: argparse.Namespace) -> None:
     from aiohttp import web
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    from kfn import k8s
+    from kfn import aio, k8s
     from kfn.gateway import catalog as catalog_mod
     from kfn.scaler import decide as rules
     from kfn.scaler import metrics
@@ -77,9 +77,11 @@ async def serve(args: argparse.Namespace) -> None:
     scaler.tick()  # reservations and the pool's count before the first push
     stop = asyncio.Event()
     loop_failure: list[str] = []
+    keda_tasks = aio.Tasks()  # the KEDA scaler's demand feed (kfn.scaler.external), when --keda-port
 
     def health() -> str | None:
         dead = [f"watch of {w.kind} is dead ({w.dead})" for w in watchers if w.dead or not w.thread.is_alive()]
+        dead += [f"{name} died ({why})" for name, why in sorted(keda_tasks.dead.items())]
         return "; ".join(dead + loop_failure) or None
 
     deadline = time.monotonic() + 120
@@ -122,13 +124,13 @@ async def serve(args: argparse.Namespace) -> None:
     if args.keda_port:
         from kfn.scaler import external  # the KEDA external-push scaler (kfn.scaler.external)
 
-        keda = loop.create_task(external.serve(store, args.keda_port))
+        keda = await external.serve(store, args.keda_port, tasks=keda_tasks)
     log.info("kfn scaler serving", extra={"listen": args.listen, "namespaces": args.namespace or "all"})
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     if keda is not None:
-        keda.cancel()
+        await keda.stop(5)
     await runner.cleanup()
     for w in watchers:
         w.stopping.set()

@@ -392,12 +392,17 @@ class Scaling(SpecModel):
     idle_seconds: Annotated[StrictInt, Range(1, 86400, "seconds")] | None = Field(
         None, alias="idleSeconds", description="Idle time before unused environments stop (to zero unless provisioned)."
     )
+    mode: Literal["builtin", "keda"] | None = Field(
+        None,
+        description="Who scales the environments: builtin (kfn's scaler), or keda (a KEDA ScaledObject per version, "
+        "KEDA installed; burst and idle time carried into it). Default: the operator's --scaling.",
+    )
 
 
 class FunctionSpec(FunctionConfig):
     """Function.spec: the configuration plus how versions get published."""
 
-    scaling: Scaling | None = Field(None, description="Burst bucket and idle time of the built-in scaler.")
+    scaling: Scaling | None = Field(None, description="Burst bucket, idle time and scaling mode (builtin or keda).")
 
     publish: Annotated[StrictInt, Range(0, None)] = Field(
         0, description="Bump to publish the next FunctionVersion (declarative publish)."
@@ -434,6 +439,9 @@ class EnvironmentStatus(CommonStatus):
     )
     last_update_status_reason_code: str | None = Field(
         None, alias="lastUpdateStatusReasonCode", description="Lambda LastUpdateStatusReasonCode, e.g. InvalidImage."
+    )
+    scaling: Literal["builtin", "keda"] | None = Field(
+        None, description="The scaling mode in effect: builtin (kfn's scaler) or keda (a KEDA ScaledObject)."
     )
 
 

@@ -23,6 +23,7 @@ from kfn.reconcilers.children import APPLIED
 from kfn.resources import EnvironmentInput, build_environment
 from kfn.resources.code import CodeError, bytes_sha256, config_sha256, image_sha256, inline_sha256
 from kfn.resources.environment import AGENT_PORT, endpoint
+from kfn.scaler import keda
 
 log = logging.getLogger("kfn.operator")
 
@@ -155,7 +156,8 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
     for condition_type, objects in children.items():
         failure = None
         for obj in objects:
-            if APPLIED.unchanged(obj):
+            # ScaledObjects are not watched, so nothing would tell the memory of an edit: applied every pass.
+            if obj["kind"] != keda.KIND and APPLIED.unchanged(obj):
                 # Applied before and nobody changed it since: sending it again would be a write for nothing.
                 if obj["kind"] != "Deployment":
                     continue
@@ -167,6 +169,13 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
             try:
                 applied = k8s.apply(obj)
                 APPLIED.record(obj, applied)
+            except k8s.NotFound as e:
+                # the ScaledObject kind is unknown to the API server: KEDA is not installed
+                failure = cond.false(condition_type, cond.APPLY_FAILED, f"{obj['kind']} {obj['metadata']['name']}: {e}"
+                                     + (f"; scaling: keda needs KEDA installed ({keda.API_VERSION} ScaledObjects)"
+                                        if obj["kind"] == keda.KIND else ""))
+                retry = retry or 5.0
+                break
             except k8s.Invalid as e:
                 failure = cond.false(condition_type, cond.APPLY_FAILED, f"{obj['kind']} {obj['metadata']['name']} refused: {e.message}")
                 break
@@ -179,7 +188,8 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
         if failure is not None:
             conditions.append(failure)
         elif condition_type == cond.DEPLOYMENT_READY and deployment_state is not None:
-            deployment_state = _apply_floor(deployment_state, inp.provisioned)
+            if inp.scaling != keda.KEDA:  # in KEDA mode the ScaledObject's minReplicaCount is the floor
+                deployment_state = _apply_floor(deployment_state, inp.provisioned)
             ready, available = deployment_conditions(deployment_state)
             problem = environments_problem(inp, deployment_state)
             version_problem = problem if problem is not None and not problem.rollout else None
@@ -191,6 +201,17 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
             status.update(lambda_update_status(ready, problem))
         else:
             conditions.append(cond.true(condition_type, cond.RECONCILED))
+    status["scaling"] = inp.scaling
+    if inp.previous_scaling == keda.KEDA and inp.scaling != keda.KEDA:
+        # Switched back to the built-in scaler: KEDA lets go of replicas when its ScaledObject goes.
+        try:
+            k8s.delete(keda.KIND, inp.namespace, keda.scaled_object_name(inp.name))
+        except k8s.ApiError as e:
+            # status keeps saying keda, so the next pass tries again; the condition says why
+            status["scaling"] = keda.KEDA
+            conditions.append(cond.false(cond.SCALED_OBJECT_READY, cond.APPLY_FAILED,
+                                         f"ScaledObject {inp.name} (KEDA mode switched off) not deleted: {e}"))
+            retry = retry or 5.0
     if not children[cond.CODE_READY] and inp.version == names.LATEST:
         # Code is no longer inline: the ConfigMap kfn made for it must go.
         code_map = names.code_name(inp.function, inp.version)

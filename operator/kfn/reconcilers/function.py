@@ -359,6 +359,8 @@ def reconcile_function(body: Mapping[str, Any], images: Images) -> Outcome:
         images=images,
         provisioned=capped_floor(provisioned_floor(aliases, function, names.LATEST), config.get("reservedConcurrency")),
         service_account_token=token,
+        function_scaling=(body.get("spec") or {}).get("scaling") or {},
+        previous_scaling=(body.get("status") or {}).get("scaling"),
     )
     children, status, retry = reconcile_environment(inp)
     outcome.conditions = children

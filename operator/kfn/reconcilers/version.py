@@ -6,13 +6,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from kfn import conditions as cond
-from kfn import names
+from kfn import k8s, names
 from kfn.models.base import SpecError
 from kfn.models.version import parse_function_version_spec
 from kfn.reconcilers.common import WAIT_SECONDS, Outcome, being_deleted, finish, invalid_spec
 from kfn.reconcilers.environment import CodeUnavailable, code_sha256, provisioned_floor, capped_floor, reconcile_environment
 from kfn.reconcilers.function import aliases_of, by_number, ensure_function_label, versions_of
 from kfn.resources import EnvironmentInput, Images, Owner
+
+
+def function_scaling(namespace: str, function: str) -> dict[str, Any]:
+    """The Function's spec.scaling (its mode and burst apply to every version); {} when the Function is gone."""
+    fn = k8s.get(names.FUNCTION_KIND, namespace, function)
+    return dict(((fn or {}).get("spec") or {}).get("scaling") or {})
 
 
 def reconcile_version(body: Mapping[str, Any], images: Images) -> Outcome:
@@ -73,6 +79,8 @@ def reconcile_version(body: Mapping[str, Any], images: Images) -> Outcome:
         images=images,
         provisioned=capped_floor(provisioned_floor(aliases_of(namespace, function), function, version), config.get("reservedConcurrency")),
         service_account_token=annotations.get(names.ANN_SERVICE_ACCOUNT_TOKEN) == "true",
+        function_scaling=function_scaling(namespace, function),
+        previous_scaling=(body.get("status") or {}).get("scaling"),
     )
     children, status, retry = reconcile_environment(inp)
     outcome.conditions = children

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kfn import names
+from kfn.scaler.keda import KEDA, KedaSettings, mode_of
 from kfn.resources.code import CodePlan, EXTRACT_SCRIPT, TASK_ROOT
 from kfn.resources.common import Owner, metadata
 
@@ -64,6 +65,9 @@ class Images:
     pull_policy: str = "IfNotPresent"  # images are loaded into the node, never pulled
     agent_cpu: str = "50m"
     agent_memory: str = "64Mi"
+    # Not an image, but the operator's other per-environment setting that travels the same way: the
+    # scaling mode default and KEDA mode's settings (kfn/scaler/keda.py).
+    keda: KedaSettings = KedaSettings()
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,15 @@ class EnvironmentInput:
     # Lambda functions get no Kubernetes credentials; the annotation
     # kfn.dev/service-account-token: "true" on the Function asks for them.
     service_account_token: bool = False
+    # The Function's spec.scaling (burstSize, burstRatePerSecond, idleSeconds, mode): function-wide, so
+    # published versions follow the Function's current one; and the mode status last reported.
+    function_scaling: Mapping[str, Any] = field(default_factory=dict)
+    previous_scaling: str | None = None
+
+    @property
+    def scaling(self) -> str:
+        """"builtin" or "keda": the Function's ``spec.scaling.mode``, else the operator default."""
+        return mode_of(self.function_scaling, self.images.keda)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -301,6 +314,8 @@ def make_deployment(inp: EnvironmentInput, plan: CodePlan) -> dict[str, Any]:
     deployment_annotations = {names.ANN_PROVISIONED: str(inp.provisioned)}
     if spec.get("reservedConcurrency") is not None:
         deployment_annotations["kfn.dev/reserved-concurrency"] = str(spec["reservedConcurrency"])
+    if inp.scaling == KEDA:
+        deployment_annotations[names.ANN_SCALING] = KEDA  # kfn's own scaler leaves its replicas to KEDA
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

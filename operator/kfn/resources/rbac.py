@@ -61,24 +61,37 @@ _NAMESPACED: dict[tuple[str, str], tuple[str, ...]] = {
     ("", "events"): ("create",),
 }
 
+# KEDA mode (kfn/scaler/keda.py), only where KEDA is installed and enabled (`operator_rules(keda=True)`):
+# reconcile_environment() server-side applies each version's ScaledObject (create, patch) and deletes it when
+# a Function switches back to the built-in scaler (delete). kfn never reads, lists or watches them.
+KEDA_RULES: dict[tuple[str, str], tuple[str, ...]] = {("keda.sh", "scaledobjects"): ("create", "delete", "patch")}
+
 # Peering (several replicas, one active): Kopf lists, watches and patches the
 # peering object's status; the resync loop gets it to find the active replica.
 _PEERING_VERBS = ("get", "list", "watch", "patch")
 
 
-def operator_rules(clusterwide: bool, peering: bool) -> list[dict[str, Any]]:
+def operator_rules(clusterwide: bool, peering: bool, keda: bool = False) -> list[dict[str, Any]]:
     """PolicyRules for the operator: one rule per resource, verbs sorted (stable diffs).
 
     *clusterwide* adds ``clusterkopfpeerings`` when *peering*; namespaced
-    peering uses ``kopfpeerings`` in each watched namespace.
+    peering uses ``kopfpeerings`` in each watched namespace; *keda* adds
+    :data:`KEDA_RULES` (KEDA mode).
     """
     table = dict(_NAMESPACED)
+    if keda:
+        table.update(KEDA_RULES)
     if peering:
         table[("kopf.dev", "clusterkopfpeerings" if clusterwide else "kopfpeerings")] = _PEERING_VERBS
     return [
         {"apiGroups": [group], "resources": [resource], "verbs": sorted(verbs)}
         for (group, resource), verbs in sorted(table.items())
     ]
+
+
+def keda_rules() -> list[dict[str, Any]]:
+    """KEDA mode's rules alone (:data:`KEDA_RULES`), for a role of their own beside the operator's."""
+    return [{"apiGroups": [g], "resources": [r], "verbs": sorted(v)} for (g, r), v in sorted(KEDA_RULES.items())]
 
 
 def granted(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
@@ -90,23 +103,23 @@ def _labels() -> dict[str, str]:
     return {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: names.COMPONENT_OPERATOR}
 
 
-def make_cluster_role(name: str = "kfn-operator", peering: bool = True) -> dict[str, Any]:
+def make_cluster_role(name: str = "kfn-operator", peering: bool = True, keda: bool = False) -> dict[str, Any]:
     """The operator's ClusterRole (cluster-wide mode)."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
         "metadata": {"name": name, "labels": _labels()},
-        "rules": operator_rules(clusterwide=True, peering=peering),
+        "rules": operator_rules(clusterwide=True, peering=peering, keda=keda),
     }
 
 
-def make_role(name: str, namespace: str, peering: bool = False) -> dict[str, Any]:
+def make_role(name: str, namespace: str, peering: bool = False, keda: bool = False) -> dict[str, Any]:
     """The operator's Role in one watched namespace (namespaced mode)."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": {"name": name, "namespace": namespace, "labels": _labels()},
-        "rules": operator_rules(clusterwide=False, peering=peering),
+        "rules": operator_rules(clusterwide=False, peering=peering, keda=keda),
     }
 
 

@@ -54,6 +54,11 @@ def function_scaling(fn: dict[str, Any] | None, settings: ScalerSettings) -> tup
     return burst, float(scaling.get("idleSeconds") or settings.idle_seconds)
 
 
+def keda_scaled(deployment: dict[str, Any] | None) -> bool:
+    """Whether a version Deployment is scaled by KEDA (``scaling.mode: keda``): the operator annotates it."""
+    return (((deployment or {}).get("metadata") or {}).get("annotations") or {}).get(names.ANN_SCALING) == "keda"
+
+
 def provisioned_of(deployment: dict[str, Any] | None) -> int:
     """The provisioned floor the operator wrote on a version Deployment (0 when none)."""
     value = (((deployment or {}).get("metadata") or {}).get("annotations") or {}).get(names.ANN_PROVISIONED, "0")
@@ -204,8 +209,8 @@ class Scaler:
     def evaluate(self, key: VersionKey) -> rules.Decision | None:
         """Decide for one version now and send the new target if it changed; None when it has no Deployment."""
         current = self.current(key)
-        if current is None:
-            return None
+        if current is None or keda_scaled(self.catalog.deployment(key)):
+            return None  # no Deployment yet, or KEDA mode: KEDA owns its replicas (kfn/scaler/keda.py)
         ns, fn = key.namespace, key.function
         now = self.clock()
         fn_obj = self.catalog.function(ns, fn)

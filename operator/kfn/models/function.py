@@ -409,6 +409,9 @@ class EnvironmentStatus(CommonStatus):
     last_update_status: Literal["Successful", "Failed", "InProgress"] | None = Field(
         None, alias="lastUpdateStatus", description="Lambda LastUpdateStatus of the latest code or configuration change."
     )
+    network: str | None = Field(
+        None, description="The effective network rules of the execution environments, in one sentence."
+    )
 
 
 class FunctionStatus(EnvironmentStatus):

@@ -22,6 +22,7 @@ from kfn.reconcilers.children import APPLIED
 from kfn.resources import EnvironmentInput, build_environment
 from kfn.resources.code import CodeError, bytes_sha256, config_sha256, image_sha256, inline_sha256
 from kfn.resources.environment import AGENT_PORT, endpoint
+from kfn.resources.network import describe_function
 
 log = logging.getLogger("kfn.operator")
 
@@ -181,6 +182,9 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
             status["replicas"] = st.get("replicas", 0)
             status["readyReplicas"] = st.get("readyReplicas", 0)
             status.update(lambda_update_status(ready, problem))
+        elif condition_type == cond.NETWORK_POLICY_READY:
+            conditions.append(cond.true(condition_type, cond.RECONCILED))
+            status["network"] = describe_function(inp.spec)
         else:
             conditions.append(cond.true(condition_type, cond.RECONCILED))
     if not children[cond.CODE_READY] and inp.version == names.LATEST:

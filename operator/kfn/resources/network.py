@@ -164,7 +164,7 @@ def _ports_text(rule: Mapping[str, Any]) -> str:
 
 
 def _peers_text(rule: Mapping[str, Any]) -> str:
-    parts = [c if is_cidr(c) else c for c in rule.get("cidrs") or []]
+    parts = list(rule.get("cidrs") or [])
     parts += [f"group {g}" for g in rule.get("securityGroups") or []]
     parts += [f"subnet {s}" for s in rule.get("subnets") or []]
     for sel in rule.get("selectors") or []:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from testbed import REPO
 
 from podrig import KFN_IMAGE, Bed, bed, fn, invoke, restricted, serving_address, wait_until  # noqa: F401  (bed: fixture)
 
@@ -239,8 +240,10 @@ def holds(net: Net, source: str, table: list[tuple[str, int, str]], deadline: fl
 
 
 @pytest.fixture(scope="module")
-def net(bed: Bed, outside: str) -> Iterator[Net]:
+def net(testbed_images: list[str], bed: Bed, outside: str) -> Iterator[Net]:
     cluster, suffix = bed.api.cluster, secrets.token_hex(3)
+    # The shared test bed: another session's crds_installed may have put back CRDs without status.network.
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     subnet_ns, other_ns, subnet = f"{bed.namespace}-sub", f"{bed.namespace}-other", f"data-{suffix}"
     for ns in (subnet_ns, other_ns):
         cluster.kubectl("create", "namespace", ns)
@@ -315,9 +318,9 @@ def test_a_function_without_vpc_config_has_the_internet_but_not_port_25_nor_othe
         (net.addresses["peer"], 8080, BLOCKED),  # another function: its inbound policy admits the gateway only
         (net.addresses["peer"], RUNTIME_PORT, BLOCKED),
     ])  # fmt: skip
-    fn_obj = net.bed.api.get("function", "target")
-    assert fn_obj is not None
-    assert "Out: anywhere but TCP 25" in fn_obj["status"]["network"]
+    network = wait_until(lambda: ((net.bed.api.get("function", "target") or {}).get("status") or {}).get("network"), 60,
+                         "target's status says its network rules")  # fmt: skip
+    assert "Out: anywhere but TCP 25" in network
     wide = net.bed.api.kubectl("get", "fn", "target", "-o", "wide").stdout
     assert "only kfn gateways and async workers" in wide
 

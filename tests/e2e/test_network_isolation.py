@@ -242,8 +242,7 @@ def holds(net: Net, source: str, table: list[tuple[str, int, str]], deadline: fl
 @pytest.fixture(scope="module")
 def net(testbed_images: list[str], bed: Bed, outside: str) -> Iterator[Net]:
     cluster, suffix = bed.api.cluster, secrets.token_hex(3)
-    # The shared test bed: another session's crds_installed may have put back CRDs without status.network.
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    ensure_crds(cluster)
     subnet_ns, other_ns, subnet = f"{bed.namespace}-sub", f"{bed.namespace}-other", f"data-{suffix}"
     for ns in (subnet_ns, other_ns):
         cluster.kubectl("create", "namespace", ns)
@@ -273,6 +272,14 @@ def net(testbed_images: list[str], bed: Bed, outside: str) -> Iterator[Net]:
     finally:
         for ns in (subnet_ns, other_ns):
             cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
+
+
+def ensure_crds(cluster: Any) -> None:
+    """This tree's CRDs: on the shared test bed another session's crds_installed may have put back its own,
+    without the fields this change adds (status.network), and the API server then prunes them."""
+    crd = json.loads(cluster.kubectl("get", "crd", "functions.kfn.dev", "-o", "json").stdout)
+    if "network" not in crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
 
 
 def svc(name: str, ns: str) -> str:
@@ -318,8 +325,11 @@ def test_a_function_without_vpc_config_has_the_internet_but_not_port_25_nor_othe
         (net.addresses["peer"], 8080, BLOCKED),  # another function: its inbound policy admits the gateway only
         (net.addresses["peer"], RUNTIME_PORT, BLOCKED),
     ])  # fmt: skip
-    network = wait_until(lambda: ((net.bed.api.get("function", "target") or {}).get("status") or {}).get("network"), 60,
-                         "target's status says its network rules")  # fmt: skip
+    def network() -> str | None:
+        ensure_crds(net.bed.api.cluster)
+        return ((net.bed.api.get("function", "target") or {}).get("status") or {}).get("network")
+
+    network = wait_until(network, 90, "target's status says its network rules", interval=2)  # the resync writes it
     assert "Out: anywhere but TCP 25" in network
     wide = net.bed.api.kubectl("get", "fn", "target", "-o", "wide").stdout
     assert "only kfn gateways and async workers" in wide

@@ -2,7 +2,7 @@
 
 Bugs caught: a rule without peers (matches nothing, silently), a bad CIDR or inverted port range
 accepted, tcp/udp without ports, and the CEL twin of a rule disagreeing with the Python one
-(the CRD test suite applies the same cases to the API server: tests/integration/test_admission.py style).
+(examples/invalid/securitygroup-*.yaml take the same cases to the API server: tests/integration/test_admission.py).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ The operator turns a group into NetworkPolicies (``kfn.resources.network``).
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictInt, StrictStr
@@ -32,9 +33,15 @@ LabelMap = Annotated[dict[StrictStr, Annotated[StrictStr, Field(max_length=63)]]
 Name = Annotated[StrictStr, Field(min_length=1, max_length=253)]
 
 
+# A CIDR as CEL's matches() can check on every Kubernetes the chart supports (the isCIDR() library is
+# newer than 1.30): IPv4 exactly; IPv6 by its alphabet and prefix, the rest left to Python's ipaddress.
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+CIDR_PATTERN = rf"^({_OCTET}[.]){{3}}{_OCTET}/([0-9]|[12][0-9]|3[0-2])$|^[0-9a-fA-F:.]*:[0-9a-fA-F:.]*/([0-9]|[1-9][0-9]|1[01][0-9]|12[0-8])$"
+
+
 def is_cidr(value: str) -> bool:
     """Whether *value* is an IPv4/IPv6 CIDR (``10.0.0.0/8``; host bits may be set, as AWS allows)."""
-    if "/" not in value:
+    if not re.search(CIDR_PATTERN, value):
         return False
     try:
         ipaddress.ip_network(value, strict=False)
@@ -75,7 +82,7 @@ class SecurityGroupRule(SpecModel):
             check=lambda r: bool(r.cidrs or r.security_groups or r.subnets or r.selectors),
         ),
         Rule(
-            cel="!has(self.cidrs) || self.cidrs.all(c, isCIDR(c))",
+            cel=f"!has(self.cidrs) || self.cidrs.all(c, c.matches('{CIDR_PATTERN}'))",
             message="each entry must be a CIDR such as 10.0.0.0/8",
             field_path=".cidrs",
             check=lambda r: all(is_cidr(c) for c in r.cidrs),

@@ -32,6 +32,7 @@ DEPLOYMENT_READY = "DeploymentReady"
 SERVICE_READY = "ServiceReady"
 NETWORK_POLICY_READY = "NetworkPolicyReady"
 AVAILABLE = "Available"  # informational: at least one execution environment is ready
+NETWORK_ISOLATED = "NetworkIsolated"  # informational: the cluster enforces NetworkPolicy (kfn.netprobe)
 # Gating: no execution environment is failing to start (health.py reads the pods and the agent).
 ENVIRONMENTS_HEALTHY = "EnvironmentsHealthy"
 VERSION_PUBLISHED = "VersionPublished"  # Function: the last publish request is done
@@ -68,6 +69,8 @@ IMAGE_PULL_FAILED = "ImagePullFailed"  # ErrImagePull, ImagePullBackOff … (Inv
 CODE_FETCH_FAILED = "CodeFetchFailed"  # the code/layers init container fails: fetch, sha256, unzip (InvalidZipFileException)
 RUNTIME_CRASH_LOOP = "RuntimeCrashLoop"  # a container of the environment is in CrashLoopBackOff (FunctionError)
 RUNTIME_INIT_ERROR = "RuntimeInitError"  # the runtime posted /init/error (FunctionError.RuntimeInitError)
+NETWORK_POLICY_ENFORCED = "NetworkPolicyEnforced"  # NetworkIsolated: the canary could not reach a function
+NETWORK_POLICY_NOT_ENFORCED = "NetworkPolicyNotEnforced"  # NetworkIsolated: the canary reached one
 CONTAINER_CONFIG_ERROR = "ContainerConfigError"  # the kubelet cannot create a container (InvalidConfiguration)
 
 
@@ -104,7 +107,7 @@ def summarize(children: Iterable[Condition], ready_message: str = "") -> Conditi
     top-level condition already says what to fix.
     """
     for c in children:
-        if c.type == AVAILABLE:
+        if c.type in (AVAILABLE, NETWORK_ISOLATED):
             continue  # informational, never gates Ready
         if not c.is_true:
             status = FALSE if c.status == FALSE else UNKNOWN

@@ -32,7 +32,8 @@ from typing import Any
 import pytest
 from testbed import REPO
 
-from podrig import KFN_IMAGE, Bed, bed, fn, invoke, restricted, serving_address, wait_until  # noqa: F401  (bed: fixture)
+from kfn import install
+from podrig import KFN_IMAGE, Api, Bed, bed, fn, invoke, restricted, serving_address, wait_until  # noqa: F401  (bed: fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -371,3 +372,18 @@ def test_a_rule_change_reaches_every_function_of_a_group_without_restarts(net: N
     assert sg["status"]["networkPolicies"] == ["sg-shared-egress", "sg-shared-ingress"]
 
 
+
+
+def test_the_operator_in_its_pod_finds_the_cluster_enforces_policy(cluster: Any, crds_installed: list[str],
+                                                                   testbed_images: list[str], namespace: str) -> None:
+    """The operator's canary (kfn.netprobe), as `kfn install` runs it: from its pod, not the node."""
+    api = Api(cluster, namespace)
+    sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": install.OPERATOR_NAME, "namespace": namespace}}
+    api.apply([sa, *install.operator_rbac(namespace, (namespace,)),
+               install.make_operator_deployment(namespace, KFN_IMAGE.removeprefix("docker.io/"), watch_namespaces=(namespace,)),
+               probe_function("canary")])  # fmt: skip
+    c = wait_until(lambda: api.condition("function", "canary", "NetworkIsolated"), 360,
+                   "the in-cluster operator's canary reports on the function", interval=2)  # fmt: skip
+    assert (c["status"], c["reason"]) == ("True", "NetworkPolicyEnforced"), c
+    assert ":8080 (" in c["message"]
+    assert api.ready("function", "canary")

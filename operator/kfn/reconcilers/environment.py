@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kfn import conditions as cond
-from kfn import health, k8s, names
+from kfn import health, k8s, names, netprobe
 from kfn.reconcilers.children import APPLIED
 from kfn.resources import EnvironmentInput, build_environment
 from kfn.resources.code import CodeError, bytes_sha256, config_sha256, image_sha256, inline_sha256
@@ -187,6 +187,13 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
             status["network"] = describe_function(inp.spec)
         else:
             conditions.append(cond.true(condition_type, cond.RECONCILED))
+    if netprobe.CANARY.can_probe and netprobe.CANARY.verdict is None and status.get("readyReplicas"):
+        address = ready_pod_ip(inp)
+        if address:
+            netprobe.CANARY.probe(address, AGENT_PORT)
+    isolated = netprobe.condition(netprobe.CANARY.verdict)
+    if isolated is not None:
+        conditions.append(isolated)
     if not children[cond.CODE_READY] and inp.version == names.LATEST:
         # Code is no longer inline: the ConfigMap kfn made for it must go.
         code_map = names.code_name(inp.function, inp.version)
@@ -203,6 +210,15 @@ _SEEN_HEALTHY_MAX = 20_000
 # The init error last seen on a Deployment's newest pod (its uid): it stands while the agent only says it
 # is initialising again, or cannot be asked, so status does not flap between Failed and Active.
 _INIT_ERRORS: dict[tuple[str, str], tuple[str | None, health.Problem]] = {}
+
+
+def ready_pod_ip(inp: EnvironmentInput) -> str | None:
+    """The pod IP of one ready execution environment of the version (for the network canary)."""
+    selector = ",".join(f"{k}={v}" for k, v in names.selector_labels(inp.function, inp.version).items())
+    for pod in k8s.list_objects("Pod", inp.namespace, selector):
+        if health.is_ready(pod) and (pod.get("status") or {}).get("podIP"):
+            return str(pod["status"]["podIP"])
+    return None
 
 
 def environments_problem(inp: EnvironmentInput, deployment: Mapping[str, Any]) -> health.Problem | None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ import pytest
 from testbed import REPO
 
 from kfn import install
+from kfn.netprobe import attempt  # one connection attempt from the test process (the node)
 from podrig import KFN_IMAGE, Api, Bed, bed, fn, invoke, restricted, serving_address, wait_until  # noqa: F401  (bed: fixture)
 
 pytestmark = pytest.mark.e2e
@@ -176,19 +176,6 @@ def outside(cluster: Any) -> Iterator[str]:
         proc.kill()
         proc.wait(timeout=10)
         remove()
-
-
-def attempt(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> str:
-    """One connection attempt from the test process (the node)."""
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return "connected"
-    except ConnectionRefusedError:
-        return "refused"
-    except (socket.timeout, TimeoutError):
-        return "timeout"
-    except OSError as e:
-        return f"error: {e}"
 
 
 # ------------------------------------------------------------------------------------------------ the rig

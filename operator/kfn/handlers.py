@@ -300,10 +300,11 @@ def register_security_groups(registry: kopf.OperatorRegistry, cfg: OperatorConfi
     def on_vpc_config(body: kopf.Body, old: Any, new: Any, **_: Any) -> None:
         refresh(body["metadata"]["namespace"], security_groups_named({"vpcConfig": old}, {"vpcConfig": new}))
 
-    @kopf.on.event(group, version, names.FUNCTION_PLURAL, id="security-group-leavers", registry=registry)
-    def on_function_gone(body: kopf.Body, type: str | None, **_: Any) -> None:
-        if type == "DELETED":
-            refresh(body["metadata"]["namespace"], security_groups_named(plain(body).get("spec")))
+    # Filtered by Kopf, so the Function's other events neither call nor log it.
+    @kopf.on.event(group, version, names.FUNCTION_PLURAL, id="security-group-leavers", registry=registry,
+                   when=lambda type, **_: type == "DELETED")
+    def on_function_gone(body: kopf.Body, **_: Any) -> None:
+        refresh(body["metadata"]["namespace"], security_groups_named(plain(body).get("spec")))
 
 
 def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Tasks | None = None) -> None:

@@ -3,7 +3,7 @@
 NetworkPolicies are only objects unless the network plugin enforces them (kind's kindnet before v0.24, flannel
 alone, many laptop clusters do not). The operator's own pod is neither a gateway nor an async worker, so kfn's
 ingress policy must stop it from connecting to a function's agent. Once per operator process, when a function
-has a ready execution environment, the operator tries: a connection that is refused or times out proves the
+has an execution environment Ready for SETTLE_SECONDS, the operator tries: a connection that is refused or times out proves the
 dataplane enforces the policy (``NetworkIsolated=True``); one that succeeds proves it does not
 (``NetworkIsolated=False`` and a Warning Event on every Function, instead of implied isolation).
 
@@ -14,17 +14,23 @@ is, so it does not probe and Functions carry no ``NetworkIsolated`` condition.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import socket
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from kfn import conditions as cond
 
 log = logging.getLogger("kfn.operator")
 
 POD_IP_ENV = "KFN_POD_IP"
+# Probe only a pod Ready for this long: a plugin may enforce a new pod's policy a little after the pod starts
+# (kube-router on its next sync, seen on the test bed), and a probe in between would cry "not enforced".
+SETTLE_SECONDS = 60.0
 CONNECT_TIMEOUT = 2.0  # seconds; a dropped SYN times out, a rejected one is refused at once
 
 NETWORK_ISOLATED, ENFORCED, NOT_ENFORCED = cond.NETWORK_ISOLATED, cond.NETWORK_POLICY_ENFORCED, cond.NETWORK_POLICY_NOT_ENFORCED
@@ -58,6 +64,17 @@ def condition(verdict: Verdict | None) -> cond.Condition | None:
         f"this cluster's network plugin does not enforce NetworkPolicy: {verdict.detail}; kfn's isolation rules "
         "are objects only and connections are not blocked (install a plugin that enforces NetworkPolicy)",
     )
+
+
+def settled_address(pod: Mapping[str, Any], now: datetime.datetime) -> str | None:
+    """The pod's IP when it has been Ready for SETTLE_SECONDS (its policy had time to be enforced), else None."""
+    status = pod.get("status") or {}
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready" and c.get("status") == "True"), None)
+    since = (ready or {}).get("lastTransitionTime")
+    if not since or not status.get("podIP"):
+        return None
+    age = (now - datetime.datetime.fromisoformat(since.replace("Z", "+00:00"))).total_seconds()
+    return str(status["podIP"]) if age >= SETTLE_SECONDS else None
 
 
 def attempt(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> str:

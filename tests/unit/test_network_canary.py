@@ -55,3 +55,20 @@ def test_one_probe_per_process_against_a_real_socket() -> None:
         assert canary.probe("127.0.0.1", port) is first  # the verdict stands
     finally:
         server.close()
+
+
+def test_only_a_pod_settled_in_ready_is_probed() -> None:
+    import datetime
+
+    from kfn.netprobe import SETTLE_SECONDS, settled_address
+
+    now = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
+
+    def pod(ready_since: datetime.datetime, status: str = "True") -> dict[str, object]:
+        stamp = ready_since.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"status": {"podIP": "198.18.0.9", "conditions": [{"type": "Ready", "status": status, "lastTransitionTime": stamp}]}}
+
+    assert settled_address(pod(now - datetime.timedelta(seconds=SETTLE_SECONDS)), now) == "198.18.0.9"
+    assert settled_address(pod(now - datetime.timedelta(seconds=5)), now) is None  # its policy may not be enforced yet
+    assert settled_address(pod(now - datetime.timedelta(hours=1), status="False"), now) is None
+    assert settled_address({"status": {}}, now) is None

@@ -11,6 +11,7 @@ not ready, the agent's ``/readyz``) say whether one can start at all
 from __future__ import annotations
 
 import base64
+import datetime
 import logging
 import math
 from collections.abc import Mapping
@@ -213,11 +214,13 @@ _INIT_ERRORS: dict[tuple[str, str], tuple[str | None, health.Problem]] = {}
 
 
 def ready_pod_ip(inp: EnvironmentInput) -> str | None:
-    """The pod IP of one ready execution environment of the version (for the network canary)."""
+    """The pod IP of one execution environment of the version that is settled in Ready (for the network canary)."""
     selector = ",".join(f"{k}={v}" for k, v in names.selector_labels(inp.function, inp.version).items())
+    now = datetime.datetime.now(datetime.timezone.utc)
     for pod in k8s.list_objects("Pod", inp.namespace, selector):
-        if health.is_ready(pod) and (pod.get("status") or {}).get("podIP"):
-            return str(pod["status"]["podIP"])
+        address = netprobe.settled_address(pod, now)
+        if address:
+            return address
     return None
 
 

@@ -46,6 +46,8 @@ RUNTIME_PORT = 7000  # the probe function's runtime listens here: it must never 
 CONNECT_TIMEOUT = 2.0
 POLICY_DEADLINE = 90.0  # kube-router applies policy changes on events; its full resync is every 30 s
 BLOCKED = "blocked"  # refused or timed out: either way, no connection
+# Fully qualified: on the shared test bed another session's CRDs (group <ns>.test.kfn.dev) take the short names.
+FUNCTIONS, SECURITY_GROUPS = "functions.kfn.dev", "securitygroups.kfn.dev"
 
 # One attempt, shared by the probe function and the prober pods.
 ATTEMPT = '''
@@ -315,11 +317,11 @@ def test_a_function_without_vpc_config_has_the_internet_but_not_port_25_nor_othe
     ])  # fmt: skip
     def network() -> str | None:
         ensure_crds(net.bed.api.cluster)
-        return ((net.bed.api.get("function", "target") or {}).get("status") or {}).get("network")
+        return ((net.bed.api.get(FUNCTIONS, "target") or {}).get("status") or {}).get("network")
 
     network = wait_until(network, 90, "target's status says its network rules", interval=2)  # the resync writes it
     assert "Out: anywhere but TCP 25" in network
-    wide = net.bed.api.kubectl("get", "fn", "target", "-o", "wide").stdout
+    wide = net.bed.api.kubectl("get", FUNCTIONS, "target", "-o", "wide").stdout
     assert "only kfn gateways and async workers" in wide
 
 
@@ -337,7 +339,7 @@ def test_a_vpc_function_reaches_its_subnet_and_the_outside_only_through_nat(net:
     net.bed.api.apply([security_group("nat", egress=[{"protocol": "-1", "cidrs": ["0.0.0.0/0"]}])])
     table[3] = (OUTSIDE_HOST, 8080, "connected")
     holds(net, "vpc", table[:1] + table[3:])  # outside reachable, TCP 25 still not
-    sg = net.bed.api.get("securitygroup", "nat") or {}
+    sg = net.bed.api.get(SECURITY_GROUPS, "nat") or {}
     assert sg.get("status", {}).get("functions") == ["vpc"]
     assert "TCP 25 never" in sg["status"]["rules"]
 
@@ -354,7 +356,7 @@ def test_a_rule_change_reaches_every_function_of_a_group_without_restarts(net: N
     for name in ("shared-a", "shared-b"):
         holds(net, name, [(*elsewhere, "connected"), (OUTSIDE_HOST, 8080, BLOCKED)])
     assert sorted(p["metadata"]["uid"] for p in net.bed.api.list("pods", selector)) == uids, "environments restarted"
-    sg = net.bed.api.get("securitygroup", "shared") or {}
+    sg = net.bed.api.get(SECURITY_GROUPS, "shared") or {}
     assert sg["status"]["functions"] == ["shared-a", "shared-b"]
     assert sg["status"]["networkPolicies"] == ["sg-shared-egress", "sg-shared-ingress"]
 
@@ -369,8 +371,8 @@ def test_the_operator_in_its_pod_finds_the_cluster_enforces_policy(cluster: Any,
     api.apply([sa, *install.operator_rbac(namespace, (namespace,)),
                install.make_operator_deployment(namespace, KFN_IMAGE.removeprefix("docker.io/"), watch_namespaces=(namespace,)),
                probe_function("canary")])  # fmt: skip
-    c = wait_until(lambda: api.condition("function", "canary", "NetworkIsolated"), 360,
+    c = wait_until(lambda: api.condition(FUNCTIONS, "canary", "NetworkIsolated"), 360,
                    "the in-cluster operator's canary reports on the function", interval=2)  # fmt: skip
     assert (c["status"], c["reason"]) == ("True", "NetworkPolicyEnforced"), c
     assert ":8080 (" in c["message"]
-    assert api.ready("function", "canary")
+    assert api.ready(FUNCTIONS, "canary")

@@ -33,6 +33,7 @@ SERVICE_READY = "ServiceReady"
 NETWORK_POLICY_READY = "NetworkPolicyReady"
 SCALED_OBJECT_READY = "ScaledObjectReady"  # KEDA mode only: the version's KEDA ScaledObject is applied
 AVAILABLE = "Available"  # informational: at least one execution environment is ready
+NETWORK_ISOLATED = "NetworkIsolated"  # informational: the cluster enforces NetworkPolicy (kfn.netprobe)
 # Gating: no execution environment is failing to start (health.py reads the pods and the agent).
 ENVIRONMENTS_HEALTHY = "EnvironmentsHealthy"
 VERSION_PUBLISHED = "VersionPublished"  # Function: the last publish request is done
@@ -71,6 +72,8 @@ RUNTIME_CRASH_LOOP = "RuntimeCrashLoop"  # a container of the environment is in 
 RUNTIME_INIT_ERROR = "RuntimeInitError"  # the runtime posted /init/error (FunctionError.RuntimeInitError)
 CONCURRENCY_RESERVED = "ConcurrencyReserved"  # the pool holds the Function's reservedConcurrency
 RESERVATION_REFUSED = "ReservationRefused"  # it would eat the pool's unreserved minimum (PutFunctionConcurrency's rule)
+NETWORK_POLICY_ENFORCED = "NetworkPolicyEnforced"  # NetworkIsolated: the canary could not reach a function
+NETWORK_POLICY_NOT_ENFORCED = "NetworkPolicyNotEnforced"  # NetworkIsolated: the canary reached one
 CONTAINER_CONFIG_ERROR = "ContainerConfigError"  # the kubelet cannot create a container (InvalidConfiguration)
 
 
@@ -107,7 +110,7 @@ def summarize(children: Iterable[Condition], ready_message: str = "") -> Conditi
     top-level condition already says what to fix.
     """
     for c in children:
-        if c.type == AVAILABLE:
+        if c.type in (AVAILABLE, NETWORK_ISOLATED):
             continue  # informational, never gates Ready
         if not c.is_true:
             status = FALSE if c.status == FALSE else UNKNOWN

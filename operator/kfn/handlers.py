@@ -35,6 +35,7 @@ from kfn.reconcilers.common import Outcome
 from kfn.reconcilers.environment import forget_seen
 from kfn.reconcilers.function import RELATED, reconcile_function, versions_of
 from kfn.reconcilers.resync import RECENT
+from kfn.reconcilers.securitygroup import reconcile_security_group
 from kfn.reconcilers.version import reconcile_version
 from kfn.resources import Images
 from kfn.resources.environment import AGENT_PORT
@@ -325,6 +326,41 @@ def register_pod_watch(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> 
             log.warning("following pod %s failed: %s", pod["metadata"].get("name"), e)
 
 
+def security_groups_named(*specs: Mapping[str, Any] | None) -> set[str]:
+    """Security groups named in the vpcConfig of any of these Function specs."""
+    return {g for s in specs for g in (((s or {}).get("vpcConfig") or {}).get("securityGroups") or [])}
+
+
+def register_security_groups(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
+    """SecurityGroups -> their NetworkPolicies; a Function joining or leaving a group refreshes the group's status."""
+    group, version = names.GROUP, names.VERSION
+
+    def handler(body: kopf.Body, **_: Any) -> None:
+        run(names.SECURITY_GROUP_KIND, lambda: reconcile_security_group(plain(body)), raise_errors=True)
+
+    for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
+        decorator(group, version, names.SECURITY_GROUP_PLURAL, id="reconcile", registry=registry,
+                  backoff=cfg.retry_backoff)(handler)
+
+    def refresh(namespace: str, groups: set[str]) -> None:
+        for name in sorted(groups):
+            sg = k8s.get(names.SECURITY_GROUP_KIND, namespace, name)
+            if sg is not None:
+                run(names.SECURITY_GROUP_KIND, lambda sg=sg: reconcile_security_group(sg), raise_errors=False)
+
+    # Kopf runs field handlers on creation too (old is None); no finalizer is needed for deletions.
+    @kopf.on.field(group, version, names.FUNCTION_PLURAL, id="security-group-users", field="spec.vpcConfig",
+                   registry=registry)
+    def on_vpc_config(body: kopf.Body, old: Any, new: Any, **_: Any) -> None:
+        refresh(body["metadata"]["namespace"], security_groups_named({"vpcConfig": old}, {"vpcConfig": new}))
+
+    # Filtered by Kopf, so the Function's other events neither call nor log it.
+    @kopf.on.event(group, version, names.FUNCTION_PLURAL, id="security-group-leavers", registry=registry,
+                   when=lambda type, **_: type == "DELETED")
+    def on_function_gone(body: kopf.Body, **_: Any) -> None:
+        refresh(body["metadata"]["namespace"], security_groups_named(plain(body).get("spec")))
+
+
 def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Tasks | None = None) -> None:
     """Register every handler of the operator into *registry*."""
     group, version = names.GROUP, names.VERSION
@@ -409,6 +445,8 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Ta
 
     if cfg.watch_children:
         register_pod_watch(registry, cfg)
+
+    register_security_groups(registry, cfg)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:

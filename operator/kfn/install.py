@@ -90,6 +90,8 @@ def make_operator_deployment(
                                 "--liveness", f"http://0.0.0.0:{HEALTH_PORT}/healthz",
                                 "--metrics-port", str(METRICS_PORT),
                             ],
+                            # the network canary (kfn.netprobe) probes from the pod network only
+                            "env": [{"name": "KFN_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
                             "ports": [
                                 {"name": "health", "containerPort": HEALTH_PORT},
                                 {"name": "metrics", "containerPort": METRICS_PORT},

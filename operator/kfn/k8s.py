@@ -38,6 +38,7 @@ KINDS: dict[str, tuple[str, str]] = {
     names.FUNCTION_KIND: (names.API_VERSION, names.FUNCTION_PLURAL),
     names.FUNCTION_VERSION_KIND: (names.API_VERSION, names.FUNCTION_VERSION_PLURAL),
     names.ALIAS_KIND: (names.API_VERSION, names.ALIAS_PLURAL),
+    names.SECURITY_GROUP_KIND: (names.API_VERSION, names.SECURITY_GROUP_PLURAL),
     "CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions"),
     "ClusterKopfPeering": ("kopf.dev/v1", "clusterkopfpeerings"),
     "KopfPeering": ("kopf.dev/v1", "kopfpeerings"),

@@ -16,9 +16,11 @@ API_VERSION = f"{GROUP}/{VERSION}"
 FUNCTION_KIND = "Function"
 FUNCTION_VERSION_KIND = "FunctionVersion"
 ALIAS_KIND = "Alias"
+SECURITY_GROUP_KIND = "SecurityGroup"
 FUNCTION_PLURAL = "functions"
 FUNCTION_VERSION_PLURAL = "functionversions"
 ALIAS_PLURAL = "aliases"
+SECURITY_GROUP_PLURAL = "securitygroups"
 
 FIELD_MANAGER = "kfn-operator"
 # A second manager that only ever raises Deployment replicas to the provisioned
@@ -34,6 +36,8 @@ MANAGED_BY = "kfn"
 COMPONENT_FUNCTION = "function"
 COMPONENT_OPERATOR = "operator"
 COMPONENT_GATEWAY = "gateway"
+# kfn-async-worker pods (the async invoke worker): let into function pods like the gateway.
+COMPONENT_ASYNC_WORKER = "async-worker"
 LATEST_LABEL = "latest"  # the kfn.dev/version label value of $LATEST
 LATEST = "$LATEST"  # Lambda's name of the unpublished version
 
@@ -110,6 +114,11 @@ def service_account_name(function: str) -> str:
 def network_policy_name(function: str, version: str | int, direction: str) -> str:
     """Name of a version's ingress or egress NetworkPolicy."""
     return child_name(environment_name(function, version), direction)
+
+
+def security_group_policy_name(group: str, direction: str) -> str:
+    """Name of a SecurityGroup's ingress or egress NetworkPolicy (``sg-<group>-egress``)."""
+    return child_name("sg", group, direction)
 
 
 def selector_labels(function: str, version: str | int) -> dict[str, str]:

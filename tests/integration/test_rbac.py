@@ -95,6 +95,7 @@ def test_the_operator_as_its_service_account_needs_every_granted_permission_and_
         from_secret["spec"]["code"] = {"zip": {"secretRef": {"name": "zs-code", "key": "code.zip"}}}
         from_cm = function("zc", architecture=NO_NODE_ARCH)
         from_cm["spec"]["code"] = {"zip": {"configMapRef": {"name": "zc-code", "key": "code.zip"}}}
+        from_cm["spec"]["vpcConfig"] = {"securityGroups": ["web"]}  # a SecurityGroup's policies and status
         # publishing an image looks for the digest its environments run (none run here: it keeps waiting)
         image = {"apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": "img"},
                  "spec": {"code": {"image": "kfn-examples/app:1"}, "publish": 1, "architecture": NO_NODE_ARCH}}  # fmt: skip
@@ -107,6 +108,8 @@ def test_the_operator_as_its_service_account_needs_every_granted_permission_and_
             function("real"),
             {"apiVersion": "kfn.dev/v1alpha1", "kind": "Alias", "metadata": {"name": "inl-live"},
              "spec": {"functionName": "inl", "name": "live", "functionVersion": "1", "provisionedConcurrency": 1}},
+            {"apiVersion": "kfn.dev/v1alpha1", "kind": "SecurityGroup", "metadata": {"name": "web"},
+             "spec": {"egress": [{"protocol": "tcp", "fromPort": 443, "toPort": 443, "cidrs": ["0.0.0.0/0"]}]}},
         ])  # fmt: skip
         api.wait_ready("functionversion", "zs-v1", timeout=120)
         assert api.get("secret", "zs-v1-zip") is not None, "publishing snapshots the Secret's zip"
@@ -115,8 +118,11 @@ def test_the_operator_as_its_service_account_needs_every_granted_permission_and_
         wait_until(lambda: api.names("functionversions", "kfn.dev/function=zs") == ["zs-v2"], 120, "zs-v1 is garbage-collected")
         wait_until(lambda: api.get("secret", "zs-v1-zip") is None, 60, "zs-v1's snapshot Secret is deleted with it")
         for kind, name in (("function", "inl"), ("function", "zs"), ("function", "zc"), ("functionversion", "inl-v1"),
-                           ("functionversion", "zs-v2"), ("alias", "inl-live")):  # fmt: skip
+                           ("functionversion", "zs-v2"), ("alias", "inl-live"), ("securitygroup", "web")):  # fmt: skip
             api.wait_ready(kind, name, timeout=120)
+        wait_until(lambda: (api.get("securitygroup", "web") or {}).get("status", {}).get("functions") == ["zc"], 60,
+                   "the SecurityGroup names the Function that uses it")
+        assert api.get("networkpolicy", "sg-web-egress") is not None
         # Hand edits of every child kind: the resync puts each back (a patch of an existing object).
         for kind, name in (("configmap", "inl-latest-code"), ("service", "inl-latest"), ("serviceaccount", "inl-latest"),
                            ("networkpolicy", "inl-latest-ingress"), ("deployment", "inl-latest")):  # fmt: skip

@@ -46,6 +46,7 @@ from kfn.models.function import (
     FunctionStatus,
     parse_function_spec,
 )
+from kfn.models.securitygroup import SecurityGroupSpec, SecurityGroupStatus, parse_security_group_spec
 from kfn.models.version import (
     FunctionVersionSpec,
     FunctionVersionStatus,
@@ -59,6 +60,7 @@ KINDS: dict[str, tuple[type[ApiModel], type[ApiModel], Any]] = {
     "FunctionVersion": (FunctionVersionSpec, FunctionVersionStatus, parse_function_version_spec),
     "Alias": (AliasSpec, AliasStatus, parse_alias_spec),
     "EventSourceMapping": (EventSourceMappingSpec, EventSourceMappingStatus, parse_event_source_mapping_spec),
+    "SecurityGroup": (SecurityGroupSpec, SecurityGroupStatus, parse_security_group_spec),
 }
 
 
@@ -101,6 +103,8 @@ __all__ = [
     "FunctionVersionSpec",
     "FunctionVersionStatus",
     "Rule",
+    "SecurityGroupSpec",
+    "SecurityGroupStatus",
     "SpecError",
     "check_function_name",
     "check_function_version_update",
@@ -109,4 +113,5 @@ __all__ = [
     "parse_function_spec",
     "parse_function_version_spec",
     "parse_object",
+    "parse_security_group_spec",
 ]

@@ -443,6 +443,9 @@ class EnvironmentStatus(CommonStatus):
     scaling: Literal["builtin", "keda"] | None = Field(
         None, description="The scaling mode in effect: builtin (kfn's scaler) or keda (a KEDA ScaledObject)."
     )
+    network: str | None = Field(
+        None, description="The effective network rules of the execution environments, in one sentence."
+    )
 
 
 class FunctionStatus(EnvironmentStatus):

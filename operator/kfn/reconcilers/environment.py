@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime
 import logging
 import math
 from collections.abc import Mapping
 from typing import Any
 
 from kfn import conditions as cond
-from kfn import health, k8s, names
+from kfn import health, k8s, names, netprobe
 from kfn.reconcilers.children import APPLIED
 from kfn.resources import EnvironmentInput, build_environment
 from kfn.resources.code import CodeError, bytes_sha256, config_sha256, image_sha256, inline_sha256
 from kfn.resources.environment import AGENT_PORT, endpoint
+from kfn.resources.network import describe_function
 from kfn.scaler import keda
 
 log = logging.getLogger("kfn.operator")
@@ -199,6 +201,9 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
             status["replicas"] = st.get("replicas", 0)
             status["readyReplicas"] = st.get("readyReplicas", 0)
             status.update(lambda_update_status(ready, problem))
+        elif condition_type == cond.NETWORK_POLICY_READY:
+            conditions.append(cond.true(condition_type, cond.RECONCILED))
+            status["network"] = describe_function(inp.spec)
         else:
             conditions.append(cond.true(condition_type, cond.RECONCILED))
     status["scaling"] = inp.scaling
@@ -212,6 +217,13 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
             conditions.append(cond.false(cond.SCALED_OBJECT_READY, cond.APPLY_FAILED,
                                          f"ScaledObject {inp.name} (KEDA mode switched off) not deleted: {e}"))
             retry = retry or 5.0
+    if netprobe.CANARY.can_probe and netprobe.CANARY.verdict is None and status.get("readyReplicas"):
+        address = ready_pod_ip(inp)
+        if address:
+            netprobe.CANARY.probe(address, AGENT_PORT)
+    isolated = netprobe.condition(netprobe.CANARY.verdict)
+    if isolated is not None:
+        conditions.append(isolated)
     if not children[cond.CODE_READY] and inp.version == names.LATEST:
         # Code is no longer inline: the ConfigMap kfn made for it must go.
         code_map = names.code_name(inp.function, inp.version)
@@ -230,6 +242,17 @@ _SEEN_HEALTHY_MAX = 20_000
 # The init error last seen on a Deployment's newest pod (its uid): it stands while the agent only says it
 # is initialising again, or cannot be asked, so status does not flap between Failed and Active.
 _INIT_ERRORS: dict[tuple[str, str], tuple[str | None, health.Problem]] = {}
+
+
+def ready_pod_ip(inp: EnvironmentInput) -> str | None:
+    """The pod IP of one execution environment of the version that is settled in Ready (for the network canary)."""
+    selector = ",".join(f"{k}={v}" for k, v in names.selector_labels(inp.function, inp.version).items())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for pod in k8s.list_objects("Pod", inp.namespace, selector):
+        address = netprobe.settled_address(pod, now)
+        if address:
+            return address
+    return None
 
 
 def environments_problem(inp: EnvironmentInput, deployment: Mapping[str, Any]) -> health.Problem | None:

@@ -40,6 +40,10 @@ _NAMESPACED: dict[tuple[str, str], tuple[str, ...]] = {
     (KFN, f"{names.FUNCTION_PLURAL}/status"): ("patch",),
     (KFN, f"{names.ALIAS_PLURAL}/status"): ("patch",),
     (KFN, f"{names.FUNCTION_VERSION_PLURAL}/status"): ("patch",),
+    # SecurityGroups: reconcile_security_group() (Kopf: list, watch, patch; get in finish() and when a
+    # Function joins or leaves a group) writes status; it lists the namespace's Functions to name the users.
+    (KFN, names.SECURITY_GROUP_PLURAL): ("get", "list", "watch", "patch"),
+    (KFN, f"{names.SECURITY_GROUP_PLURAL}/status"): ("patch",),
     # Children: server-side apply (patch; create too when the apply creates the object),
     # Kopf's child watches (list, watch).
     # ConfigMaps: get reads a zip (configMapRef); delete drops inline code's ConfigMap and snapshots.

@@ -188,9 +188,12 @@ class JetStreamQueue:
             log.warning("NATS connection: %s", e)
 
         try:
-            nc = await nats.connect(servers=settings.url.split(","), name=name, connect_timeout=connect_timeout,
-                                    max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=error_cb,
-                                    allow_reconnect=True)
+            # nats-py retries the first connection too when reconnects are allowed: bound it here.
+            nc = await asyncio.wait_for(
+                nats.connect(servers=settings.url.split(","), name=name, connect_timeout=connect_timeout,
+                             max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=error_cb,
+                             allow_reconnect=True),
+                timeout=connect_timeout * 2)
         except Exception as e:  # noqa: BLE001 - nats-py raises several unrelated types for "no server"
             raise QueueUnavailable(f"cannot connect to NATS at {settings.url}: {e}") from e
         q = cls(nc, nc.jetstream(timeout=settings.publish_timeout), settings)

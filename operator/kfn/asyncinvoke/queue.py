@@ -5,6 +5,7 @@ Interface (what the gateway, the workers and the destinations use)::
     await queue.enqueue(envelope)          # durable when it returns; QueueUnavailable / QueueFull otherwise
     async for lease in queue.leases(...):  # events due now, fair across functions (workers only)
     await queue.touch(lease)               # still working on it (the invocation runs longer than ack_wait)
+    await queue.redeliver(lease, s)        # not due yet: the same stored copy comes back in s seconds
     await queue.ack(lease)                 # finished: removed for good
     await queue.delay(lease, envelope, s)  # store *envelope* (the next state) due in s seconds, then drop the lease
     await queue.dead_letter(lease, why)    # unreadable or unroutable: kept aside in the dead stream, never retried
@@ -141,6 +142,10 @@ class Queue(Protocol):
 
     async def ack(self, lease: Lease) -> None:
         """The event is finished: remove it. Raises QueueError (then it will be delivered again)."""
+        ...
+
+    async def redeliver(self, lease: Lease, seconds: float) -> None:
+        """Hand the same stored copy back, due again in *seconds* (no state change)."""
         ...
 
     async def delay(self, lease: Lease, envelope: Envelope, seconds: float) -> None:
@@ -395,3 +400,39 @@ def _with_due(envelope: Envelope, due: float) -> Envelope:
     from dataclasses import replace
 
     return replace(envelope, not_before=due)
+
+
+class ReconnectingQueue:
+    """The producer side for the gateway: connects in the background (the queue may start after the gateway, or be
+    down at first); until connected, :meth:`enqueue` raises QueueUnavailable, so the caller answers 500, never 202.
+    Once connected, nats-py reconnects by itself; a publish while disconnected fails the same way."""
+
+    def __init__(self, settings: QueueSettings, name: str = "kfn") -> None:
+        self.settings, self.name = settings, name
+        self.inner: JetStreamQueue | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._task = loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        delay = 0.5
+        while self.inner is None:
+            try:
+                self.inner = await JetStreamQueue.connect(self.settings, name=self.name)
+                log.info("connected to the async queue at %s", self.settings.url)
+            except QueueUnavailable as e:
+                log.warning("async queue not reachable yet (events answer 500 until it is): %s", e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def enqueue(self, envelope: Envelope) -> None:
+        if self.inner is None:
+            raise QueueUnavailable(f"not connected to the async queue at {self.settings.url} yet")
+        await self.inner.enqueue(envelope)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self.inner is not None:
+            await self.inner.close()

@@ -219,7 +219,7 @@ class Gateway:
         payload = req.body
         if inv_type == "Event":
             limit = MAX_INVOKE_ASYNC_PAYLOAD if legacy_async else MAX_EVENT_PAYLOAD
-            size = len(payload) if payload is not None else int(headers.get("content-length") or MAX_SYNC_PAYLOAD + 1)
+            size = len(payload) if payload is not None else (req.content_length or MAX_SYNC_PAYLOAD + 1)
             if size > limit:
                 raise errors.event_too_large(size, limit)
         if payload is None:
@@ -305,8 +305,14 @@ class Gateway:
     async def _run(self, req: Request, target: Target, request_id: str, started: float) -> Answer | None:
         if req.headers.get("x-amz-invocation-type") == "DryRun":
             return None
-        head = self._agent_head(req, target, request_id)
-        body = req.body or b""
+        return await self.dispatch(target, self._agent_head(req.headers, target, request_id), req.body or b"",
+                                   request_id, started)
+
+    async def dispatch(self, target: Target, head: bytes, body: bytes, request_id: str, started: float) -> Answer:
+        """Run one invocation on an execution environment of *target* (claiming one, or a cold start): the one
+        environment-selection path of sync calls and async workers. Raises TooManyRequestsException (no environment
+        to be had), ResourceConflictException (none became ready in time), ServiceException (the agent failed
+        after the request reached it: it may have run)."""
         version = target.version
         tried: set[str] = set()
         gauge = metrics.CONCURRENT.labels(version.namespace, version.function)
@@ -376,11 +382,20 @@ class Gateway:
         metrics.COLD_START.labels(version.namespace, version.function).observe(time.monotonic() - started)
         return lease
 
-    def _agent_head(self, req: Request, target: Target, request_id: str) -> bytes:
+    def event_head(self, target: Target, envelope: Envelope) -> bytes:
+        """The agent request head of a stored event (the async workers' invocation)."""
+        h = {"content-type": "application/json"}
+        if envelope.client_context:
+            h["x-amz-client-context"] = envelope.client_context
+        if envelope.trace_id:
+            h["x-amzn-trace-id"] = envelope.trace_id
+        return self._agent_head(h, target, envelope.request_id)
+
+    def _agent_head(self, h: dict[str, str], target: Target, request_id: str) -> bytes:
+        """The request head for the agent; *h*: the invocation's headers (lower-case names)."""
         path = INVOKE_PREFIX + quote(target.version.function) + INVOKE_SUFFIX
         if target.qualifier:
             path += "?Qualifier=" + quote(target.qualifier)
-        h = req.headers
         lines = [f"POST {path} HTTP/1.1", "Host: agent", f"{REQUEST_ID_HEADER}: {request_id}",
                  "X-Amz-Invocation-Type: RequestResponse",
                  f"X-Amz-Log-Type: {h.get('x-amz-log-type', 'None')}",

@@ -42,7 +42,10 @@ def nats_config(namespace: str, replicas: int, store_limit_mb: int) -> str:
         "server_name: $POD_NAME",
         "max_payload: 8MB",
         "lame_duck_grace_period: 5s",
-        f"jetstream {{ store_dir: /data, max_file_store: {store_limit_mb}MB, max_memory_store: 64MB }}",
+        # sync_interval always: a message is written and fsynced before JetStream's PubAck, so an event answered
+        # 202 survives a kill -9 of the server (or of its node); the default flushes in the background after the ack.
+        f"jetstream {{ store_dir: /data, max_file_store: {store_limit_mb}MB, max_memory_store: 64MB, "
+        "sync_interval: always }",
     ]
     if replicas > 1:
         routes = ", ".join(f"nats://{NATS_NAME}-{i}.{NATS_NAME}-headless.{namespace}.svc:{NATS_CLUSTER_PORT}"

@@ -63,7 +63,10 @@ DUPLICATE_WINDOW = 120.0  # seconds JetStream remembers a Nats-Msg-Id
 ACK_WAIT = 30.0  # seconds a lease lasts without an in-progress ack
 PUBLISH_TIMEOUT = 5.0  # seconds the gateway waits for a PubAck before answering 500
 MAX_ACK_PENDING = 1000  # leased-but-unacknowledged events per function (all workers)
-DEFAULT_MAX_BYTES = 8 * 1024**3  # stream size limit (bytes); beyond it publishes are refused (QueueFull)
+# Stream size limit (bytes); -1: the server's JetStream store limit (max_file_store). Beyond it publishes are refused
+# (discard: new) and the gateway answers 500, never 202. A set limit must fit in the server's store.
+DEFAULT_MAX_BYTES = -1
+DEAD_MAX_AGE = 14 * 24 * 3600.0  # seconds the dead stream keeps a message
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # nats-server max_payload kfn configures: a 1 MB event + a 6 MB response
 
 
@@ -218,7 +221,7 @@ class JetStreamQueue:
                          duplicate_window=DUPLICATE_WINDOW),
             StreamConfig(name=DEAD_STREAM, subjects=[f"{DEAD_PREFIX}.>"], retention=RetentionPolicy.LIMITS,
                          storage=StorageType.FILE, num_replicas=self.settings.replicas, discard=DiscardPolicy.OLD,
-                         max_bytes=self.settings.max_bytes // 8, max_msg_size=MAX_MESSAGE_BYTES,
+                         max_age=DEAD_MAX_AGE, max_msg_size=MAX_MESSAGE_BYTES,
                          duplicate_window=DUPLICATE_WINDOW),
         ]
         try:

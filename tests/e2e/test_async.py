@@ -271,7 +271,8 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any, tmp_path_facto
     try:
         nats.start()
         make_runs_stream(nats.url, ns)
-        w.api.apply([fn("rec", w.env("rec")),
+        # capped, so the shared 2-core node is not asked for dozens of environments (the scaler's business)
+        w.api.apply([fn("rec", w.env("rec"), reservedConcurrency=8),
                      fn("fails", w.env("fails"), asyncInvokeConfig={"maximumRetryAttempts": 2}),
                      fn("once", w.env("once"), asyncInvokeConfig={"maximumRetryAttempts": 0})])
         w.gateway()
@@ -437,6 +438,7 @@ def test_nothing_accepted_is_lost_when_gateway_worker_and_nats_are_killed(world:
     for r in result["runs"]:
         rids.setdefault(r["token"], set()).add(r["rid"])
     assert all(rid in rids[t] for t, rid in accepted.items())
+    world.cluster.kubectl("-n", world.ns, "delete", "function", "rec", "--wait=false", check=False)  # frees the node
 
 
 @pytest.mark.slow
@@ -451,7 +453,7 @@ def test_a_throttled_function_keeps_its_events_until_released(world: World, clie
         rids[t] = out["ResponseMetadata"]["RequestId"]
     wait_until(lambda: world.backlog() >= len(tokens), 30, "the events wait in the queue")
     assert read_runs(world.nats.url, world.ns, "held") == []  # nothing ran while throttled
-    world.api.apply([fn("held", world.env("held"), reservedConcurrency=5)])
+    world.api.apply([fn("held", world.env("held"), reservedConcurrency=3)])
 
     def all_ran() -> bool:
         return {r["token"] for r in read_runs(world.nats.url, world.ns, "held")} >= set(tokens)

@@ -263,7 +263,8 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any, tmp_path_facto
           ) -> Iterator[World]:
     ns = f"kfn-t-{secrets.token_hex(4)}"
     cluster.kubectl("create", "namespace", ns)
-    cluster.kubectl("label", "namespace", ns, "kfn.dev/test=true")
+    # restricted enforced: the NATS pod (and the function pods) are admitted only if they meet it
+    cluster.kubectl("label", "namespace", ns, "kfn.dev/test=true", "pod-security.kubernetes.io/enforce=restricted")
     log_dir = tmp_path_factory.mktemp("async-e2e")
     nats = Nats(cluster, ns)
     op = Operator(cluster, ns, log_dir).start()

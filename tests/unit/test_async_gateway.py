@@ -57,9 +57,14 @@ class Rig:
         return int(self.server.sockets[0].getsockname()[1])
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
+        async def shutdown() -> None:
+            self.server.close()
+            await asyncio.sleep(0.2)  # the far ends see EOF and close their side
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        self.loop.close()
 
 
 @pytest.fixture(scope="module")

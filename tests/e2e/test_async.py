@@ -100,30 +100,30 @@ def lambda_client(url: str) -> Any:
                                                       connect_timeout=5, max_pool_connections=64))
 
 
+def spawn(proc: GatewayProcess, subcommand: str, what: str) -> None:
+    """Start ``kfn <subcommand>`` for *proc* on its port (a new one unless it has one) and wait for /healthz."""
+    if getattr(proc, "port", None) is None:
+        proc.port = free_port()
+    cmd = [sys.executable, "-m", "kfn.cli.main", subcommand, "--listen", f"127.0.0.1:{proc.port}",
+           "-n", proc.namespace, "--default-namespace", proc.namespace, *proc.extra]
+    with open(proc.log, "ab") as out:
+        proc.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=proc.cluster.env)
+    wait_until(proc.healthy, 60, f"the {what} answers /healthz")
+
+
 class StickyGateway(GatewayProcess):
     """A host gateway that comes back on the same port after a kill (as a pod behind its Service would)."""
 
     def start(self) -> StickyGateway:
-        if getattr(self, "port", None) is None:
-            return super().start()  # type: ignore[return-value]
-        cmd = [sys.executable, "-m", "kfn.cli.main", "gateway", "--listen", f"127.0.0.1:{self.port}",
-               "-n", self.namespace, "--default-namespace", self.namespace, *self.extra]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.cluster.env)
-        wait_until(self.healthy, 60, "the gateway answers /healthz again")
+        spawn(self, "gateway", "gateway")
         return self
 
 
 class WorkerProcess(GatewayProcess):
-    """A real ``kfn async-worker`` on the host serving one namespace."""
+    """A real ``kfn async-worker`` on the host serving one namespace (same port again after a kill)."""
 
     def start(self) -> WorkerProcess:
-        self.port = free_port()
-        cmd = [sys.executable, "-m", "kfn.cli.main", "async-worker", "--listen", f"127.0.0.1:{self.port}",
-               "-n", self.namespace, "--default-namespace", self.namespace, *self.extra]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.cluster.env)
-        wait_until(self.healthy, 60, "the async worker answers /healthz")
+        spawn(self, "async-worker", "async worker")
         return self
 
 

@@ -19,6 +19,20 @@ NATS_CLIENT_PORT, NATS_CLUSTER_PORT, NATS_MONITOR_PORT = 4222, 6222, 8222
 WORKER_NAME = "kfn-async-worker"
 WORKER_PORT = 8080
 NATS_UID = 65532
+KFN_UID = 65532  # kfn's own processes (as the gateway's pod)
+
+
+def pod_security(uid: int, fs_group: bool = False) -> dict[str, Any]:
+    """Pod-level securityContext of Pod Security ``restricted``."""
+    out: dict[str, Any] = {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid,
+                           "seccompProfile": {"type": "RuntimeDefault"}}
+    if fs_group:
+        out["fsGroup"] = uid  # the PVC is writable by the non-root server
+    return out
+
+
+CONTAINER_SECURITY: dict[str, Any] = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                      "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
 
 
 def nats_url(namespace: str, replicas: int = 1) -> str:
@@ -97,8 +111,7 @@ def make_nats_objects(namespace: str, image: str = NATS_IMAGE, replicas: int = 1
                     "spec": {
                         "automountServiceAccountToken": False,
                         "terminationGracePeriodSeconds": 30,
-                        "securityContext": {"runAsNonRoot": True, "runAsUser": NATS_UID, "runAsGroup": NATS_UID,
-                                            "fsGroup": NATS_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+                        "securityContext": pod_security(NATS_UID, fs_group=True),
                         "containers": [{
                             "name": "nats",
                             "image": image,
@@ -111,8 +124,7 @@ def make_nats_objects(namespace: str, image: str = NATS_IMAGE, replicas: int = 1
                             "readinessProbe": probe,
                             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
                                           "limits": {"memory": "1Gi"}},
-                            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                                "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
+                            "securityContext": dict(CONTAINER_SECURITY),
                             "volumeMounts": [{"name": "data", "mountPath": "/data"},
                                              {"name": "config", "mountPath": "/etc/nats"}],
                         }],
@@ -157,8 +169,7 @@ def make_worker_deployment(namespace: str, image: str, service_account: str, nat
                 "spec": {
                     "serviceAccountName": service_account,
                     "terminationGracePeriodSeconds": 30,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
-                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "securityContext": pod_security(KFN_UID),
                     "containers": [{
                         "name": "worker",
                         "image": image,
@@ -168,8 +179,7 @@ def make_worker_deployment(namespace: str, image: str, service_account: str, nat
                         "livenessProbe": {**probe, "initialDelaySeconds": 10, "failureThreshold": 6},
                         "readinessProbe": probe,
                         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
-                        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
+                        "securityContext": dict(CONTAINER_SECURITY),
                         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                     }],
                     "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],

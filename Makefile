@@ -67,7 +67,7 @@ stop: ## undo make run: the example and the helm release (the test bed stays: ma
 	@VENV=$(VENV) bash testbed/kfn-run.sh stop
 
 BENCH_N ?= 1000
-bench: venv ## benchmarks as ratios against a baseline run alongside: agent vs AWS's emulator, operator vs raw kubectl apply, gateway vs direct and nginx
+bench: venv ## benchmarks as ratios against a baseline run alongside: agent vs AWS's emulator, operator vs raw kubectl apply, gateway vs direct and nginx, async vs plain JetStream
 	@echo "==> agent vs AWS Runtime Interface Emulator"
 	$(PY) bench/agent_vs_rie.py
 	@echo "==> reconciling $(BENCH_N) Functions vs raw kubectl apply of their children"
@@ -76,6 +76,8 @@ bench: venv ## benchmarks as ratios against a baseline run alongside: agent vs A
 	$(PY) bench/gateway.py
 	@echo "==> scaler: 0 -> N ready environments vs a raw Deployment, burst -> decision, first invoke from zero"
 	$(PY) bench/scaler.py
+	@echo "==> async invocation (Event → NATS JetStream → worker → function) vs a plain JetStream publish/consume loop"
+	$(PY) bench/async.py
 	@echo; echo "==> summary (bench/results/*.json)"
 	@$(PY) bench/summary.py
 

@@ -16,6 +16,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 
 class JsonFormatter(logging.Formatter):
@@ -52,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the built-in scaler (kfn scaler) to push demand to, e.g. http://kfn-scaler.kfn-system:8081; "
                         "without it the gateway adds environments itself (standalone)")
     p.add_argument("--grace-seconds", type=float, default=30.0, help="on SIGTERM, how long invocations in flight may finish")
+    p.add_argument("--nats-url", default=env("KFN_NATS_URL", ""),
+                   help="NATS JetStream server(s) of the async queue, comma-separated (kfn install sets it); "
+                        "without one, Event invocations are answered 501")
     p.add_argument("--log-format", choices=["json", "text"], default=env("KFN_LOG_FORMAT", "json"))
     p.add_argument("--verbose", "-v", action="store_true")
 
@@ -66,16 +71,15 @@ def _logging(fmt: str, verbose: bool) -> None:
     logging.getLogger("kfn.gateway.access").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-async def serve(args: argparse.Namespace) -> None:
+async def start_catalog(args: argparse.Namespace, who: str) -> tuple[Any, Any, list[Any], Callable[[], str | None]]:
+    """The watch-fed catalog and environment pool of a gateway (also the async workers'), loaded: returns
+    ``(catalog, pool, watchers, health)`` once every first list is in (before that a known function would be
+    answered 404); ``health()`` is None while every watch lives, else why not. Exits if it does not load in 120 s."""
     from kfn import k8s
-    from kfn.agent.httpserver import _date  # noqa: F401 - warm the Date header cache
     from kfn.gateway import catalog as catalog_mod
-    from kfn.gateway import control, metrics
-    from kfn.gateway.coldstart import DemandReporter, DeploymentScaleUp
+    from kfn.gateway import metrics
     from kfn.gateway.pool import EnvironmentPool
-    from kfn.gateway.server import Gateway, GatewaySettings, connection_factory
 
-    log = logging.getLogger("kfn.gateway.main")
     k8s.configure(args.kubeconfig, args.context, pool_size=16)
     loop = asyncio.get_running_loop()
     catalog = catalog_mod.Catalog()
@@ -91,18 +95,40 @@ async def serve(args: argparse.Namespace) -> None:
         metrics.WATCHES_ALIVE.set(len(watchers) - len(dead))
         return "; ".join(dead) or None
 
-    # Serve only once every first list is in: before that a known function would be answered 404.
     deadline = time.monotonic() + 120
     while not all(w.synced.is_set() for w in watchers):
         if health() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"kfn gateway: the catalog did not load: {health() or 'timed out after 120 s'}")
+            raise SystemExit(f"{who}: the catalog did not load: {health() or 'timed out after 120 s'}")
         await asyncio.sleep(0.05)
+    return catalog, pool, watchers, health
+
+
+async def serve(args: argparse.Namespace) -> None:
+    from kfn.agent.httpserver import _date  # noqa: F401 - warm the Date header cache
+    from kfn.gateway import control
+    from kfn.gateway.coldstart import DemandReporter, DeploymentScaleUp
+    from kfn.gateway.server import Gateway, GatewaySettings, connection_factory
+
+    log = logging.getLogger("kfn.gateway.main")
+    loop = asyncio.get_running_loop()
+    catalog, pool, watchers, catalog_health = await start_catalog(args, "kfn gateway")
+    loops_dead: list[str] = []
+
+    def health() -> str | None:
+        return "; ".join(filter(None, [catalog_health(), *loops_dead])) or None
+
     settings = GatewaySettings(
         api=control.ApiSettings(region=args.region, default_namespace=args.default_namespace,
                                 pool_size=args.pool_size, unreserved_min=args.unreserved_min),
         cold_start_timeout=args.cold_start_timeout, max_waiting=args.max_waiting)
     reporter = DemandReporter(args.scaler_url, pool) if args.scaler_url else None
-    gateway = Gateway(catalog, pool, DeploymentScaleUp(), settings, health, reporter)
+    queue = None
+    if args.nats_url:
+        from kfn.asyncinvoke.queue import QueueSettings, ReconnectingQueue
+
+        queue = ReconnectingQueue(QueueSettings(url=args.nats_url), name="kfn-gateway")
+        queue.start(loop)  # events answer 500 ServiceException until it is connected (never a 202)
+    gateway = Gateway(catalog, pool, DeploymentScaleUp(), settings, health, demand=reporter, queue=queue)
     host, _, port = args.listen.rpartition(":")
     server = await loop.create_server(connection_factory(gateway), host or "0.0.0.0", int(port), reuse_address=True,
                                       backlog=1024)
@@ -122,6 +148,8 @@ async def serve(args: argparse.Namespace) -> None:
     await stop.wait()
     server.close()
     await gateway.drain(args.grace_seconds)
+    if queue is not None:
+        await queue.close()
     for w in watchers:
         w.stopping.set()
 

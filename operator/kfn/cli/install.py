@@ -14,6 +14,10 @@ import time
 
 import yaml
 
+# The async options' defaults (the chart's render is used only with these).
+ASYNC_DEFAULTS = {"async_workers": 2, "nats_url": None, "nats_replicas": 1, "nats_storage": "2Gi",
+                  "nats_storage_class": None, "async_retry_delays": ""}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from kfn.install import DEFAULT_IMAGE, DEFAULT_NAMESPACE
@@ -36,6 +40,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--replicas", type=int, default=1,
                         help="operator replicas (one is active; several peer through Kopf peering, not in the chart)")
+    parser.add_argument("--async-workers", type=int, default=ASYNC_DEFAULTS["async_workers"],
+                        help="replicas of kfn-async-worker (asynchronous invocation); 0: none, Event answers 501")
+    parser.add_argument("--nats-url", default=ASYNC_DEFAULTS["nats_url"],
+                        help="an existing NATS JetStream for the async queue (default: install one, StatefulSet kfn-nats)")
+    parser.add_argument("--nats-replicas", type=int, choices=[1, 3], default=ASYNC_DEFAULTS["nats_replicas"],
+                        help="NATS servers: 1, or 3 (a cluster)")
+    parser.add_argument("--nats-storage", default=ASYNC_DEFAULTS["nats_storage"],
+                        help="each NATS server's PersistentVolumeClaim size")
+    parser.add_argument("--nats-storage-class", default=ASYNC_DEFAULTS["nats_storage_class"],
+                        help="the NATS PVCs' StorageClass (default: the cluster's; '' binds pre-made PVs)")
+    parser.add_argument("--async-retry-delays", default=ASYNC_DEFAULTS["async_retry_delays"],
+                        help="seconds before retry 1,2 of a failed async invocation (tests; default: Lambda's 60,120)")
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     parser.add_argument("--context", default=None, help="kubeconfig context")
 
@@ -43,15 +59,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from kfn import install
 
-    # Cluster-wide with one operator: the Helm chart's own render (what `helm install` and
-    # `kubectl apply -f charts/kfn/manifests/kfn.yaml` put in). Scoped or peered: the builders.
-    from_chart = not args.watch_namespace and args.replicas == 1
+    # Cluster-wide with one operator and the default async options: the Helm chart's own render (what
+    # `helm install` and `kubectl apply -f charts/kfn/manifests/kfn.yaml` put in). Otherwise: the builders.
+    custom_async = any(getattr(args, k) != v for k, v in ASYNC_DEFAULTS.items())
+    from_chart = not args.watch_namespace and args.replicas == 1 and not custom_async
     if from_chart:
         text = importlib.resources.files("kfn").joinpath(install.CHART_MANIFESTS).read_text()
         objects = install.chart_manifests(text, args.namespace, args.image, args.gateway_replicas)
     else:
+        queue = install.AsyncOptions(workers=args.async_workers, nats_url=args.nats_url,
+                                     nats_replicas=args.nats_replicas, nats_storage=args.nats_storage,
+                                     nats_storage_class=args.nats_storage_class, retry_delays=args.async_retry_delays)
         objects = install.make_install_manifests(args.namespace, args.image, tuple(args.watch_namespace),
-                                                 gateway_replicas=args.gateway_replicas, replicas=args.replicas)
+                                                 gateway_replicas=args.gateway_replicas, replicas=args.replicas,
+                                                 async_options=queue)
     if not args.apply:
         # The peering object needs its CRD established first, so it cannot ride in
         # the same `kubectl apply`: printed YAML leaves it out and says so.

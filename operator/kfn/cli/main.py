@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "install": ("kfn.cli.install", "print or apply the manifests that install kfn (CRDs, RBAC, operator)"),
     "gateway": ("kfn.cli.gateway", "the Lambda Invoke API in front of the execution environments (in-cluster or on a host)"),
     "scaler": ("kfn.cli.scaler", "the built-in scaler: demand pushed by the gateways in, version replicas out"),
+    "async-worker": ("kfn.cli.asyncworker", "drains the durable async-invocation queue: retries, event age, destinations"),
     "invoke": ("kfn.cli.invoke", "invoke a function like `aws lambda invoke` and show its answer"),
 }
 

@@ -1,0 +1,136 @@
+"""``kfn async-worker``: drains the durable async queue (NATS JetStream) and runs each event like a gateway would.
+
+Runs the gateway's catalog, environment pool and cold-start code in-process (the same environment selection as
+synchronous calls), leases events fairly across functions, applies Lambda's retries and age limit, and hands
+finished events to the destinations. Serves ``/healthz`` and ``/metrics`` on ``--listen``. SIGTERM stops leasing and
+lets events in flight finish (bounded); unfinished ones come back to another worker after the queue's ack wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from kfn.cli import gateway as gw
+
+    env = os.environ.get
+    gw.add_arguments(p)
+    p.set_defaults(listen=env("KFN_ASYNC_WORKER_LISTEN", "0.0.0.0:8080"),
+                   nats_url=env("KFN_NATS_URL", "nats://kfn-nats.kfn-system.svc:4222"))
+    p.add_argument("--concurrency", type=int, default=int(env("KFN_ASYNC_CONCURRENCY", "64")),
+                   help="events in flight in this worker (default 64)")
+    p.add_argument("--retry-delays", default=env("KFN_ASYNC_RETRY_DELAYS", ""),
+                   help="seconds before retry 1 and 2 of a failed function, e.g. '1,2' in tests (default: Lambda's "
+                        "60,120)")
+    p.add_argument("--throttle-backoff-max", type=float, default=float(env("KFN_ASYNC_THROTTLE_MAX", "300")),
+                   help="longest backoff after a throttle, seconds (default: Lambda's 300)")
+
+
+def policy(args: argparse.Namespace) -> object:
+    from kfn.asyncinvoke.retry import Policy
+
+    delays = tuple(float(x) for x in args.retry_delays.split(",") if x.strip())
+    base = Policy()
+    return Policy(function_error_delays=delays or base.function_error_delays, throttle_max=args.throttle_backoff_max)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    from aiohttp import web
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from kfn.asyncinvoke.queue import JetStreamQueue, QueueSettings, QueueUnavailable
+    from kfn.asyncinvoke.worker import Worker, WorkerSettings, report_backlog
+    from kfn.cli.gateway import start_catalog
+    from kfn.gateway import control
+    from kfn.gateway.coldstart import DemandReporter, DeploymentScaleUp
+    from kfn.gateway.server import Gateway, GatewaySettings
+
+    log = logging.getLogger("kfn.asyncinvoke.main")
+    loop = asyncio.get_running_loop()
+    loops: dict[str, asyncio.Task[None]] = {}
+    catalog_health: list[Any] = [lambda: None]
+
+    def health() -> str | None:
+        dead = [catalog_health[0]()]
+        dead += [f"{name} loop ended: {t.exception() if not t.cancelled() else 'cancelled'}"
+                 for name, t in loops.items() if t.done()]
+        return "; ".join(d for d in dead if d) or None
+
+    async def healthz(_: web.Request) -> web.Response:
+        problem = health()
+        return web.Response(status=200 if problem is None else 503, text=f"{problem or 'ok'}\n")
+
+    async def metrics_page(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_page)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, _, port = args.listen.rpartition(":")
+    await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
+    catalog, pool, watchers, catalog_health[0] = await start_catalog(args, "kfn async-worker")
+    while True:  # the queue may start after us (a fresh install): keep trying, saying so
+        try:
+            queue = await JetStreamQueue.connect(QueueSettings(url=args.nats_url), name="kfn-async-worker")
+            break
+        except QueueUnavailable as e:
+            log.warning("waiting for the queue: %s", e)
+            await asyncio.sleep(2)
+    settings = GatewaySettings(
+        api=control.ApiSettings(region=args.region, default_namespace=args.default_namespace,
+                                pool_size=args.pool_size, unreserved_min=args.unreserved_min),
+        cold_start_timeout=args.cold_start_timeout, max_waiting=args.max_waiting)
+    # With the built-in scaler, the worker's waiting invocations are demand like a gateway's (pushed to it); the
+    # scaler alone writes replicas then.
+    reporter = DemandReporter(args.scaler_url, pool) if args.scaler_url else None
+    gateway = Gateway(catalog, pool, DeploymentScaleUp(), settings, health, demand=reporter, queue=queue)
+    worker = Worker(queue, gateway, destinations(queue, args), WorkerSettings(concurrency=args.concurrency,
+                                                                             policy=policy(args)), catalog)
+    loops["worker"] = loop.create_task(worker.run())
+    loops["backlog"] = loop.create_task(report_backlog(queue))
+    stop = asyncio.Event()
+    if reporter is not None:
+        loops["demand"] = loop.create_task(reporter.run(stop))
+    for name, task in loops.items():
+        task.add_done_callback(lambda t, name=name: t.cancelled() or t.exception() is None or log.error(
+            "%s loop died: %r", name, t.exception()))
+    log.info("kfn async-worker running", extra={"nats": args.nats_url, "concurrency": args.concurrency})
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    loops["worker"].cancel()
+    loops["backlog"].cancel()
+    if worker._tasks:
+        await asyncio.wait(list(worker._tasks), timeout=args.grace_seconds)
+    await queue.close()
+    await runner.cleanup()
+    for w in watchers:
+        w.stopping.set()
+
+
+def destinations(queue: object, args: argparse.Namespace) -> object:
+    """The dest half's Destinations when this build has them, else none (events finish without delivery)."""
+    try:
+        from kfn.asyncinvoke import destinations as dest  # the destinations half (issue 11, items 4-5)
+    except ImportError:
+        return None
+    return dest.Destinations(queue=queue)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kfn.cli.gateway import _logging
+
+    _logging(args.log_format, args.verbose)
+    import uvloop
+
+    uvloop.run(serve(args))
+    return 0

@@ -49,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds an invocation waits for a new execution environment")
     p.add_argument("--max-waiting", type=int, default=100, help="invocations of one version held for a cold start")
     p.add_argument("--grace-seconds", type=float, default=30.0, help="on SIGTERM, how long invocations in flight may finish")
+    p.add_argument("--allow-writes", action="store_true", default=env("KFN_ALLOW_WRITES", "") == "true",
+                   help="serve control-plane writes (Put/Update/DeleteFunctionEventInvokeConfig); off by default")
     p.add_argument("--log-format", choices=["json", "text"], default=env("KFN_LOG_FORMAT", "json"))
     p.add_argument("--verbose", "-v", action="store_true")
 
@@ -93,7 +95,8 @@ async def serve(args: argparse.Namespace) -> None:
         await asyncio.sleep(0.05)
     settings = GatewaySettings(
         api=control.ApiSettings(region=args.region, default_namespace=args.default_namespace,
-                                pool_size=args.pool_size, unreserved_min=args.unreserved_min),
+                                pool_size=args.pool_size, unreserved_min=args.unreserved_min,
+                                allow_writes=args.allow_writes),
         cold_start_timeout=args.cold_start_timeout, max_waiting=args.max_waiting)
     gateway = Gateway(catalog, pool, DeploymentScaleUp(), settings, health)
     host, _, port = args.listen.rpartition(":")

@@ -6,8 +6,10 @@
 #   helm         helm.sh/helm/v3 cmd/helm
 #   argo-health  testbed/argo-health: Argo CD's own resource health assessment
 #                (github.com/argoproj/argo-cd/v3 util/lua + gitops-engine pkg/health)
+#   nats-server  github.com/nats-io/nats-server/v2: the async-invoke queue (JetStream);
+#                Debian's 2.9 lacks what kfn relies on (per-message TTL, 2.11+)
 #
-# Usage: build-tools.sh [helm|argo-health]...  (default: both). Progress goes to
+# Usage: build-tools.sh [helm|argo-health|nats-server]...  (default: helm, argo-health). Progress goes to
 # stderr; the path of each binary, one a line, to stdout. One build of each tool
 # at a time (a lock), as several sessions share this machine.
 set -euo pipefail
@@ -19,6 +21,9 @@ ARGOCD_VERSION="${ARGOCD_VERSION:-3.6.1}"
 # Argo CD 3.6 needs Go >= 1.27 (its go.mod); the go command fetches this
 # toolchain as the module golang.org/toolchain from the same proxy, once.
 ARGOCD_GO_TOOLCHAIN="${ARGOCD_GO_TOOLCHAIN:-go1.27.4}"
+NATS_SERVER_VERSION="${NATS_SERVER_VERSION:-2.15.3}"
+# nats-server 2.15 needs Go >= 1.26 (its go.mod); fetched from the proxy like Argo CD's.
+NATS_GO_TOOLCHAIN="${NATS_GO_TOOLCHAIN:-go1.26.8}"
 
 command -v go >/dev/null 2>&1 || die "Go is needed to build helm and argo-health from the Go module proxy"
 mkdir -p "$TOOLS_BIN" "$CACHE/build"
@@ -84,6 +89,20 @@ build_argo_health() {
   echo "$out" >&3
 }
 
+build_nats_server() {
+  local key="$NATS_SERVER_VERSION-1" out="$TOOLS_BIN/nats-server-$NATS_SERVER_VERSION-1"
+  if [ ! -x "$out" ]; then
+    local work="$CACHE/build/nats-server-$key"; mkdir -p "$work"
+    export GOTOOLCHAIN="$NATS_GO_TOOLCHAIN"
+    printf 'module kfn.dev/testbed/nats-server\n\ngo 1.26.0\n\nrequire github.com/nats-io/nats-server/v2 v%s\n' \
+      "$NATS_SERVER_VERSION" > "$work/go.mod"
+    # As nats-server's release build: the commit is unknown here, the version is the module's.
+    gomod_build nats-server "$key" github.com/nats-io/nats-server/v2 \
+      "-X github.com/nats-io/nats-server/v2/server.gitCommit=v$NATS_SERVER_VERSION"
+  fi
+  echo "$out" >&3
+}
+
 # locked NAME FUNCTION: run FUNCTION holding $CACHE/build-tools-NAME.lock.
 locked() {
   (
@@ -101,6 +120,7 @@ for tool in "$@"; do
   case "$tool" in
     helm) locked helm build_helm ;;
     argo-health) locked argo-health build_argo_health ;;
-    *) die "unknown tool $tool (helm, argo-health)" ;;
+    nats-server) locked nats-server build_nats_server ;;
+    *) die "unknown tool $tool (helm, argo-health, nats-server)" ;;
   esac
 done

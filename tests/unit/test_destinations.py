@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 from kfn import names
 from kfn.asyncinvoke import destinations as d
 from kfn.asyncinvoke import record as rec
+from kfn.asyncinvoke.envelope import Envelope, Outcome
 from kfn.models import SpecError, parse_alias_spec, parse_function_spec
 from kfn.models.function import DEAD_LETTER_PATTERN, DESTINATION_PATTERN
 
@@ -219,7 +220,7 @@ def test_async_settings(fn: dict[str, Any], alias: dict[str, Any] | None, versio
     ],
 )
 def test_dead_letter_attributes(payload: bytes, message: str) -> None:
-    attrs = d.dead_letter_attributes("rid", d.Result(200, "$LATEST", "Unhandled", payload))
+    attrs = d.dead_letter_attributes("rid", Outcome("RetriesExhausted", 200, "$LATEST", "Unhandled", payload))
     assert attrs == {"RequestID": "rid", "ErrorCode": "200", "ErrorMessage": message}
 
 
@@ -232,38 +233,47 @@ def test_recursion_guard_stops_the_17th_invocation(hops: int, stopped: bool) -> 
 
 
 class FakeQueue:
+    """The queue's enqueue contract: stores the envelope or raises (its real tests are the async engineer's)."""
+
     def __init__(self, fail: bool = False) -> None:
-        self.events: list[tuple[str, str, str | None, bytes, int]] = []
+        self.events: list[Envelope] = []
         self.fail = fail
 
-    async def __call__(self, ns: str, fn: str, qualifier: str | None, payload: bytes, hops: int) -> str:
+    async def enqueue(self, envelope: Envelope) -> None:
         if self.fail:
             raise ConnectionError("queue down")
-        self.events.append((ns, fn, qualifier, payload, hops))
-        return "new-id"
+        self.events.append(envelope)
 
 
 def counter(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def event(**over: Any) -> d.Event:
+def event(**over: Any) -> Envelope:
     args: dict[str, Any] = dict(request_id="r1", namespace="team-a", function="orders", qualifier=None,
-                                payload=b'{"n": 1}', hops=2, attempts=3)
+                                function_arn="", payload=b'{"n": 1}', received=0.0, hops=2, attempts=3)
     args.update(over)
-    return d.Event(**args)
+    return Envelope(**args)
+
+
+def ok(payload: bytes = b'{"ok": true}') -> Outcome:
+    return Outcome("Success", 200, "$LATEST", None, payload)
 
 
 async def test_on_success_enqueues_the_record_for_a_function_destination_one_hop_further() -> None:
     queue = FakeQueue()
     dests = d.Destinations(lambda e: d.AsyncSettings(on_success="audit:live"), queue, now=lambda: T)
-    await dests.on_success(event(), d.Result(200, "$LATEST", None, b'{"ok": true}'))
-    (ns, fn, qualifier, payload, hops), = queue.events
-    assert (ns, fn, qualifier, hops) == ("team-a", "audit", "live", 3)
-    doc = json.loads(payload)
+    await dests.on_success(event(), ok())
+    await dests.on_success(event(), ok())  # a retried delivery: the same event id (the queue's window drops it)
+    first, again = queue.events
+    assert (first.namespace, first.function, first.qualifier, first.hops) == ("team-a", "audit", "live", 3)
+    assert first.function_arn == names.function_arn(names.DEFAULT_REGION, names.account_id("team-a"), "audit", "live")
+    assert first.dedup_id == again.dedup_id and first.request_id != "r1"
+    doc = json.loads(first.payload)
     assert doc["requestContext"]["condition"] == "Success" and doc["responsePayload"] == {"ok": True}
     assert doc["requestContext"]["functionArn"] == names.function_arn(
         names.DEFAULT_REGION, names.account_id("team-a"), "orders", None) + ":$LATEST"
+    assert first.function_arn.endswith(":audit:live")
 
 
 async def test_failed_enqueue_is_a_delivery_error_and_counted() -> None:
@@ -281,22 +291,22 @@ async def test_function_destination_in_another_account_resolves_its_namespace() 
     dests = d.Destinations(
         lambda e: d.AsyncSettings(on_success=f"arn:aws:lambda:{names.DEFAULT_REGION}:{other}:function:audit"), queue,
         account_namespace=lambda account: "team-b" if account == other else None, now=lambda: T)
-    await dests.on_success(event(), d.Result(200, "$LATEST", None, b"1"))
-    assert queue.events[0][:2] == ("team-b", "audit")
+    await dests.on_success(event(), ok(b"1"))
+    assert (queue.events[0].namespace, queue.events[0].function) == ("team-b", "audit")
 
 
 async def test_unknown_account_is_not_delivered() -> None:
     dests = d.Destinations(
         lambda e: d.AsyncSettings(on_success="arn:aws:lambda:us-east-1:999999999999:function:x"), FakeQueue())
     with pytest.raises(d.DeliveryError, match="no namespace"):
-        await dests.on_success(event(), d.Result(200, "$LATEST", None, b"1"))
+        await dests.on_success(event(), ok(b"1"))
 
 
 async def test_nothing_configured_delivers_nothing() -> None:
     queue = FakeQueue()
     dests = d.Destinations(lambda e: d.AsyncSettings(), queue)
-    await dests.on_success(event(), d.Result(200, "$LATEST", None, b"1"))
-    await dests.on_failure(event(), d.Result(200, "$LATEST", "Unhandled", b"{}"), "RetriesExhausted")
+    await dests.on_success(event(), ok(b"1"))
+    await dests.on_failure(event(), Outcome("RetriesExhausted", 200, "$LATEST", "Unhandled", b"{}"), "RetriesExhausted")
     assert queue.events == []
 
 
@@ -306,7 +316,8 @@ async def test_dlq_failure_still_tries_the_on_failure_destination_and_counts_dea
     dests = d.Destinations(lambda e: d.AsyncSettings(on_failure="audit", dead_letter="nats://dlq"), queue,
                            nats_url=None, now=lambda: T)
     with pytest.raises(d.DeliveryError, match="dead-letter target nats://dlq: no NATS server"):
-        await dests.on_failure(event(), d.Result(200, "$LATEST", "Unhandled", b"{}"), "RetriesExhausted")
+        await dests.on_failure(event(), Outcome("RetriesExhausted", 200, "$LATEST", "Unhandled", b"{}"),
+                               "RetriesExhausted")
     assert len(queue.events) == 1  # the record went out although the DLQ failed
     assert counter("kfn_dead_letter_errors_total", namespace="team-a", function="orders", kind="nats") == before + 1
 
@@ -316,8 +327,8 @@ async def test_recursion_sends_the_record_with_lambdas_exception_and_counts() ->
     before = counter("kfn_recursive_invocations_dropped_total", namespace="team-a", function="orders")
     dests = d.Destinations(lambda e: d.AsyncSettings(on_failure="audit"), queue, now=lambda: T)
     await dests.on_recursion(event(hops=16))
-    doc = json.loads(queue.events[0][3])
+    doc = json.loads(queue.events[0].payload)
     assert doc["requestContext"]["approximateInvokeCount"] == 0
     assert doc["responsePayload"]["errorType"] == "RecursiveInvocationException"
-    assert queue.events[0][4] == 17
+    assert queue.events[0].hops == 17
     assert counter("kfn_recursive_invocations_dropped_total", namespace="team-a", function="orders") == before + 1

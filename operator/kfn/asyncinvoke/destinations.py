@@ -40,8 +40,10 @@ import asyncio
 import json
 import logging
 import re
+import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -49,6 +51,7 @@ from typing import Any, Protocol
 from kfn import names
 from kfn.asyncinvoke import metrics
 from kfn.asyncinvoke import record as rec
+from kfn.asyncinvoke.envelope import Envelope, Outcome
 from kfn.models.function import (
     DEAD_LETTER_PATTERN,
     DEAD_LETTER_RULE_TEXT,
@@ -142,51 +145,13 @@ def recursion_stopped(hops: int) -> bool:
     return hops >= MAX_CHAIN_INVOCATIONS
 
 
-# --- what the worker hands over -------------------------------------------------------------------------------------
+# --- what the worker hands over: kfn.asyncinvoke.envelope.Envelope / Outcome -----------------------------------------
 
 
-class Envelope(Protocol):
-    """The stored event, as the queue keeps it (the async engineer's envelope has at least these)."""
+class EnqueueQueue(Protocol):
+    """The part of :class:`kfn.asyncinvoke.queue.Queue` function destinations use."""
 
-    request_id: str
-    namespace: str
-    function: str
-    qualifier: str | None  # as the caller invoked (alias, version) or None for $LATEST
-    payload: bytes  # the original event
-    hops: int  # function invocations before this one in its chain (0: a client's event)
-    attempts: int  # invocations that reached the function so far (Lambda's approximateInvokeCount)
-
-
-class Outcome(Protocol):
-    """The last attempt's answer from the function."""
-
-    status_code: int
-    executed_version: str | None
-    function_error: str | None  # "Handled" / "Unhandled" (X-Amz-Function-Error), None on success
-    payload: bytes
-
-
-@dataclass
-class Event:
-    """A concrete :class:`Envelope` (tests; a queue without its own envelope type)."""
-
-    request_id: str
-    namespace: str
-    function: str
-    qualifier: str | None
-    payload: bytes
-    hops: int = 0
-    attempts: int = 1
-
-
-@dataclass(frozen=True)
-class Result:
-    """A concrete :class:`Outcome`."""
-
-    status_code: int
-    executed_version: str | None
-    function_error: str | None
-    payload: bytes
+    async def enqueue(self, envelope: Envelope) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -218,23 +183,25 @@ def async_settings(function_spec: Mapping[str, Any], alias_spec: Mapping[str, An
 
 
 def error_message(result: Outcome | None) -> str:
-    """Lambda's DLQ ErrorMessage: the function's ``errorMessage`` (or its whole response), first 1 KB."""
+    """Lambda's DLQ ErrorMessage: the function's ``errorMessage`` (else the outcome's error message, else the whole
+    response), first 1 KB."""
     if result is None:
         return ""
-    text = result.payload.decode("utf-8", "replace")
+    payload = result.response_payload or b""
+    text = payload.decode("utf-8", "replace") or (result.error_message or "")
     try:
-        doc = json.loads(result.payload)
+        doc = json.loads(payload)
         if isinstance(doc, dict) and isinstance(doc.get("errorMessage"), str):
             text = doc["errorMessage"]
     except ValueError:
-        pass  # not JSON: the raw text is the message
+        pass  # not JSON (or empty): the text above is the message
     return text.encode()[:ERROR_MESSAGE_MAX_BYTES].decode("utf-8", "ignore")
 
 
 def dead_letter_attributes(request_id: str, result: Outcome | None, *, code: int | None = None,
                            message: str | None = None) -> dict[str, str]:
     """Lambda's three DLQ message attributes, as strings."""
-    status = code if code is not None else (result.status_code if result is not None else 0)
+    status = code if code is not None else (result.status_code if result is not None and result.status_code else 0)
     return {"RequestID": request_id, "ErrorCode": str(status),
             "ErrorMessage": message if message is not None else error_message(result)}
 
@@ -246,26 +213,29 @@ def _header_value(value: str) -> str:
 
 # --- delivery ---------------------------------------------------------------------------------------------------------
 
-Enqueue = Callable[[str, str, "str | None", bytes, int], Awaitable[object]]
-"""``enqueue(namespace, function, qualifier, payload, hops)``: the queue's durable enqueue of a new event."""
+
+def chained_request_id(envelope: Envelope, what: str) -> str:
+    """The request id of the event a function destination receives: the same for every retry of one delivery, so
+    the queue's duplicate window stores a re-sent record once."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"kfn:{envelope.request_id}:{what}"))
 
 
 class Destinations:
     """Delivers finished events (the worker's side of the interface).
 
     *settings_of(envelope)*: the :class:`AsyncSettings` of the function the event was sent to (raises
-    :class:`DeliveryError` when it cannot be read now); *enqueue*: the async queue's durable enqueue, for function
+    :class:`DeliveryError` when it cannot be read now); *queue*: the async queue (its ``enqueue``), for function
     destinations; *nats_url*: the NATS server of ``nats://`` destinations; *region*: the Lambda region of ARNs;
     *account_namespace(account)*: the namespace of an ARN's account (None: unknown); *now*: the clock.
     Call :meth:`close` once at the end.
     """
 
-    def __init__(self, settings_of: Callable[[Envelope], AsyncSettings], enqueue: Enqueue | None = None, *,
+    def __init__(self, settings_of: Callable[[Envelope], AsyncSettings], queue: EnqueueQueue | None = None, *,
                  nats_url: str | None = None, region: str = names.DEFAULT_REGION,
                  account_namespace: Callable[[str], str | None] | None = None,
                  now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
                  http_timeout: float = HTTP_TIMEOUT_SECONDS) -> None:
-        self.settings_of, self.enqueue, self.nats_url, self.region = settings_of, enqueue, nats_url, region
+        self.settings_of, self.queue, self.nats_url, self.region = settings_of, queue, nats_url, region
         self.account_namespace = account_namespace or (lambda account: None)
         self.now, self.http_timeout = now, http_timeout
         self._nats: Any = None
@@ -295,7 +265,7 @@ class Destinations:
         """Stop an event whose chain reached the recursion limit: count it, DLQ and on-failure as configured."""
         metrics.RECURSIVE_INVOCATIONS_DROPPED.labels(envelope.namespace, envelope.function).inc()
         settings = self.settings_of(envelope)
-        stopped = Result(400, None, None, json.dumps(
+        stopped = Outcome(rec.RETRIES_EXHAUSTED, 400, None, None, json.dumps(
             {"errorMessage": RECURSION_MESSAGE, "errorType": RECURSION_ERROR_TYPE}).encode())
         record = None
         if settings.on_failure:
@@ -319,8 +289,9 @@ class Destinations:
 
     # --- pure parts -----------------------------------------------------------------------------------------------
     def function_arn(self, envelope: Envelope) -> str:
-        return names.function_arn(self.region, names.account_id(envelope.namespace), envelope.function,
-                                  envelope.qualifier)
+        """The invoked ARN (the envelope's; built from its parts when it has none)."""
+        return envelope.function_arn or names.function_arn(
+            self.region, names.account_id(envelope.namespace), envelope.function, envelope.qualifier)
 
     def record(self, envelope: Envelope, result: Outcome | None, condition: str) -> dict[str, Any]:
         """The execution record of *envelope* finishing with *condition*."""
@@ -330,7 +301,7 @@ class Destinations:
             status_code=result.status_code if result is not None else None,
             executed_version=result.executed_version if result is not None else None,
             function_error=result.function_error if result is not None else None,
-            response_payload=result.payload if result is not None else None, timestamp=self.now())
+            response_payload=result.response_payload if result is not None else None, timestamp=self.now())
 
     # --- I/O ------------------------------------------------------------------------------------------------------
     async def _both(self, envelope: Envelope, settings: AsyncSettings, record: dict[str, Any] | None,
@@ -356,7 +327,7 @@ class Destinations:
             kind = dest.kind
             body = rec.encode(record)
             if isinstance(dest, FunctionDestination):
-                await self._to_function(envelope, dest, body)
+                await self._to_function(envelope, dest, body, record["requestContext"]["condition"])
             else:
                 await self._send(dest, body, {"Content-Type": "application/json"}, "record")
         except (InvalidDestination, DeliveryError) as e:
@@ -377,8 +348,8 @@ class Destinations:
                                                               "error": str(e)})
             raise DeliveryError(f"dead-letter target {target}: {e}") from e
 
-    async def _to_function(self, envelope: Envelope, dest: FunctionDestination, body: bytes) -> None:
-        if self.enqueue is None:
+    async def _to_function(self, envelope: Envelope, dest: FunctionDestination, body: bytes, condition: str) -> None:
+        if self.queue is None:
             raise DeliveryError("no async queue to enqueue function destinations")
         namespace = envelope.namespace
         if dest.region is not None and dest.region != self.region:
@@ -388,10 +359,13 @@ class Destinations:
             if found is None:
                 raise DeliveryError(f"no namespace has account {dest.account}")
             namespace = found
+        event = Envelope(
+            request_id=chained_request_id(envelope, condition), namespace=namespace, function=dest.function,
+            qualifier=dest.qualifier, payload=body, received=time.time(), hops=envelope.hops + 1,
+            function_arn=rec.qualified_arn(names.function_arn(self.region, names.account_id(namespace), dest.function,
+                                                              dest.qualifier)))
         try:
-            await self.enqueue(namespace, dest.function, dest.qualifier, body, envelope.hops + 1)
-        except DeliveryError:
-            raise
+            await self.queue.enqueue(event)
         except Exception as e:  # noqa: BLE001 - whatever the queue raised, the delivery failed and is retried
             raise DeliveryError(f"enqueue failed: {type(e).__name__}: {e}") from e
 

@@ -10,6 +10,8 @@
 #             image), or a placeholder until that exists.
 #   pause, coredns  the node's own images, FROM scratch with binaries built by
 #             testbed/build-extras.sh.
+#   redis     testbed/images/redis/Dockerfile: Debian's redis-server for the
+#             Redis stream destinations' tests (always :dev, shared).
 #
 # Dockerfiles for users start with `ARG BASE=<public image>` / `FROM ${BASE}`;
 # here they are built with `buildah bud --build-arg BASE=<local base>`, so what
@@ -36,7 +38,7 @@ flock -n 8 || { log "another image build holds $CACHE/images.lock; waiting"; flo
 # docker.io/kfn/kfn:NAME, so several working trees can share one node; the
 # node's own images (pause, coredns) are always :dev.
 TAG="${KFN_IMAGE_TAG:-dev}"
-tag_of() { case $1 in pause|coredns) echo dev ;; *) echo "$TAG" ;; esac; }
+tag_of() { case $1 in pause|coredns|redis) echo dev ;; *) echo "$TAG" ;; esac; }
 # archive/hash/mark file stem of an image: NAME for :dev, NAME-TAG otherwise
 stem_of() { local t; t=$(tag_of "$1"); [ "$t" = dev ] && echo "$1" || echo "$1-$t"; }
 
@@ -221,6 +223,10 @@ if [ "$NODE_ONLY" = 0 ]; then
       || { tail -n 30 "$IMAGE_CACHE/python3.11.wheels.log" >&2; die "pip wheel for python3.11 failed"; }
   fi
   build python3.11 "$ctx" "$BASE"
+
+  # ---------------------------------------------------------- redis (test broker for Redis stream destinations)
+  ctx=$(context redis "$here/images/redis")
+  build redis "$ctx" "$BASE"
 fi
 
-for name in pause coredns kfn python3.11; do load "$name"; done
+for name in pause coredns kfn python3.11 redis; do load "$name"; done

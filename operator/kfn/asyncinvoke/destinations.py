@@ -389,7 +389,7 @@ class Destinations:
 
     async def _send_nats(self, dest: NatsDestination, body: bytes, headers: Mapping[str, str]) -> None:
         import nats  # noqa: PLC0415 - only workers with NATS destinations need the client loaded
-        from nats.js.errors import NoStreamResponseError  # noqa: PLC0415
+        from nats.js.errors import NotFoundError  # noqa: PLC0415
 
         if not self.nats_url:
             raise DeliveryError("no NATS server configured for nats:// destinations")
@@ -397,13 +397,17 @@ class Destinations:
             if self._nats is None or self._nats.is_closed:
                 self._nats = await nats.connect(self.nats_url, connect_timeout=5, max_reconnect_attempts=3)
         nc = self._nats
+        js = nc.jetstream()
         try:
-            # A stream that captures the subject acknowledges the message once stored: durable delivery.
-            await nc.jetstream().publish(dest.subject, body, headers=dict(headers), timeout=5)
-        except NoStreamResponseError:
-            # No stream: plain NATS, delivered to the subscribers connected now (what NATS offers without one).
+            await js.find_stream_name_by_subject(dest.subject)
+        except NotFoundError:
+            # No stream captures the subject: plain NATS, delivered to the subscribers connected now (all NATS
+            # offers without a stream); flush() returns once the server has the message.
             await nc.publish(dest.subject, body, headers=dict(headers))
             await nc.flush(timeout=5)
+            return
+        # A stream captures the subject: it acknowledges the message once stored (durable delivery).
+        await js.publish(dest.subject, body, headers=dict(headers), timeout=5)
 
     async def _send_redis(self, dest: RedisDestination, body: bytes, fields: Mapping[str, str],
                           body_field: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from kfn.install import GATEWAY_RULES
+from kfn.install import GATEWAY_RULES, GATEWAY_WRITE_RULES
 from kfn.resources.rbac import operator_rules
 
 class _NoAliases(yaml.SafeDumper):
@@ -43,6 +43,7 @@ def render() -> dict[str, str]:
         "operator-rules-clusterwide.yaml": dump("kfn/resources/rbac.py", operator_rules(clusterwide=True, peering=False)),
         "operator-rules-namespaced.yaml": dump("kfn/resources/rbac.py", operator_rules(clusterwide=False, peering=False)),
         "gateway-rules.yaml": dump("kfn/install.py", GATEWAY_RULES),
+        "gateway-write-rules.yaml": dump("kfn/install.py", GATEWAY_WRITE_RULES),
     }
 
 

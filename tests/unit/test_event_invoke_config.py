@@ -255,3 +255,18 @@ def test_reads_work_without_writes_and_answers_match_the_model() -> None:
         "ListFunctionEventInvokeConfigs"
     assert control.is_write("PUT", "/2019-09-25/functions/hello/event-invoke-config")
     assert not control.is_write("GET", "/2019-09-25/functions/hello/event-invoke-config")
+
+
+def test_gateway_write_rules_are_exactly_what_writes_patch() -> None:
+    # A verb missing -> every Put answers 500 in a cluster; one too many -> the gateway can change what it never
+    # should (e.g. a FunctionVersion, immutable by design).
+    from kfn.install import GATEWAY_WRITE_RULES
+    from kfn.resources.rbac import granted
+
+    view = catalog()
+    plans = [control.plan_event_invoke_config_write(m, "/2019-09-25/functions/hello/event-invoke-config", q, b"{}",
+                                                    view, WRITES, NOW)
+             for m, q in (("PUT", {}), ("PUT", {"Qualifier": ["live"]}))]
+    plural = {names.FUNCTION_KIND: names.FUNCTION_PLURAL, names.ALIAS_KIND: names.ALIAS_PLURAL}
+    used = {(names.GROUP, plural[p.kind], "patch") for p in plans}
+    assert granted(GATEWAY_WRITE_RULES) == used

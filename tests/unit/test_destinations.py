@@ -332,3 +332,27 @@ async def test_recursion_sends_the_record_with_lambdas_exception_and_counts() ->
     assert doc["responsePayload"]["errorType"] == "RecursiveInvocationException"
     assert queue.events[0].hops == 17
     assert counter("kfn_recursive_invocations_dropped_total", namespace="team-a", function="orders") == before + 1
+
+
+def test_settings_from_a_catalog_follow_the_qualifier() -> None:
+    # The worker reads destinations from the catalog: alias config first, DLQ from the version that runs.
+    from kfn.gateway.view import StaticCatalog
+
+    def obj(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": kind, "metadata": {"name": name, "namespace": "team-a"}, "spec": spec}
+
+    view = StaticCatalog.of([
+        obj("Function", "orders", {"asyncInvokeConfig": _cfg("nats://fn.ok"),
+                                   "deadLetterConfig": {"targetArn": "nats://dlq.latest"}}),
+        obj("FunctionVersion", "orders-v3", {"functionName": "orders", "version": 3,
+                                             "config": {"deadLetterConfig": {"targetArn": "nats://dlq.v3"}}}),
+        obj("Alias", "orders-live", {"functionName": "orders", "name": "live", "functionVersion": "3",
+                                     "asyncInvokeConfig": _cfg(None, "nats://live.failed")}),
+    ])
+    settings_of = d.settings_from_view(view)
+    assert settings_of(event()) == d.AsyncSettings("nats://fn.ok", None, "nats://dlq.latest")
+    assert settings_of(event(qualifier="live")) == d.AsyncSettings(None, "nats://live.failed", "nats://dlq.v3")
+    assert settings_of(event(qualifier="3")) == d.AsyncSettings("nats://fn.ok", None, "nats://dlq.v3")
+    assert settings_of(event(function="gone")) == d.AsyncSettings()
+    assert d.account_namespace_from_view(view)(names.account_id("team-a")) == "team-a"
+    assert d.account_namespace_from_view(view)("000000000000") is None

@@ -182,6 +182,46 @@ def async_settings(function_spec: Mapping[str, Any], alias_spec: Mapping[str, An
     )
 
 
+def settings_from_view(view: Any) -> Callable[[Envelope], AsyncSettings]:
+    """``settings_of`` for :class:`Destinations` from a catalog (:class:`kfn.gateway.view.CatalogView`, e.g. the
+    gateway's watch-fed ``Catalog`` the workers run in-process).
+
+    A function that no longer exists has no destinations any more (its events finish without delivery, as
+    nothing remains to deliver to); an alias that no longer exists falls back to the function's.
+    """
+
+    def settings_of(envelope: Envelope) -> AsyncSettings:
+        fn = view.function(envelope.namespace, envelope.function) if envelope.namespace in view.namespaces() else None
+        if fn is None:
+            log.warning("finished event of a function that no longer exists: no destinations",
+                        extra={"requestId": envelope.request_id, "function": envelope.function})
+            return AsyncSettings()
+        qualifier = envelope.qualifier
+        alias = version_config = None
+        number = qualifier if qualifier and qualifier.isdigit() else None
+        if qualifier and not qualifier.isdigit() and qualifier != names.LATEST:
+            alias = next((a for a in view.aliases(envelope.namespace, envelope.function)
+                          if (a.get("spec") or {}).get("name") == qualifier), None)
+            target = str(((alias or {}).get("spec") or {}).get("functionVersion") or "")
+            number = target if target.isdigit() else None
+        if number is not None:
+            version = next((v for v in view.versions(envelope.namespace, envelope.function)
+                            if str((v.get("spec") or {}).get("version")) == number), None)
+            version_config = ((version or {}).get("spec") or {}).get("config")
+        return async_settings(fn.get("spec") or {}, (alias or {}).get("spec"), version_config)
+
+    return settings_of
+
+
+def account_namespace_from_view(view: Any) -> Callable[[str], str | None]:
+    """``account_namespace`` for :class:`Destinations`: the served namespace whose account id is *account*."""
+
+    def find(account: str) -> str | None:
+        return next((ns for ns in sorted(view.namespaces()) if names.account_id(ns) == account), None)
+
+    return find
+
+
 def error_message(result: Outcome | None) -> str:
     """Lambda's DLQ ErrorMessage: the function's ``errorMessage`` (else the outcome's error message, else the whole
     response), first 1 KB."""

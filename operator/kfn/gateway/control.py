@@ -624,7 +624,7 @@ def handle(method: str, path: str, query: Query, view: CatalogView, settings: Ap
 # ``Alias.spec.asyncInvokeConfig``. Published versions are immutable FunctionVersions: a config for a version
 # number is refused (name an alias instead). Writes are JSON merge patches with the object's resourceVersion as a
 # precondition (a concurrent change -> 409 ResourceConflictException), under field manager ``kfn-gateway``, and
-# only with ``--allow-writes``. How this meets a GitOps sync: docs/async.md "Destinations and DLQ".
+# only with ``--allow-writes``. How this meets a GitOps sync: docs/destinations.md.
 
 EVENT_CONFIG_LIST_MAX = 50  # MaxFunctionEventInvokeConfigListItems
 GATEWAY_FIELD_MANAGER = "kfn-gateway"

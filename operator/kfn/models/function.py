@@ -70,7 +70,7 @@ FunctionName = Annotated[
 MAX_DESTINATION_LENGTH = 350  # Lambda's DestinationArn shape (botocore service model)
 Destination = Annotated[StrictStr, Field(min_length=1, max_length=MAX_DESTINATION_LENGTH)]
 
-# What a destination string may name (docs/async.md "Destinations and DLQ"; kfn.asyncinvoke.destinations
+# What a destination string may name (docs/destinations.md; kfn.asyncinvoke.destinations
 # delivers). Written without backslashes so one text serves CEL (RE2) and Python.
 _DEST_NAME = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DEST_QUALIFIER = r"(:[a-zA-Z0-9$_-]+)?"

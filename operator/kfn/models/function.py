@@ -252,17 +252,20 @@ class VpcConfig(SpecModel):
     ] = Field(default_factory=list, alias="securityGroups", description="Named, reusable rule sets.")
 
 
+def _destination_rule(field: str, attribute: str, pattern: str, text: str) -> Rule:
+    """One destination field checked by the API server (CEL) and kfn (the same regex), with one message."""
+    return Rule(
+        cel=f"self.{field}.matches('{pattern}')",
+        message=text,
+        field_path=f".{field}",
+        check=lambda d: re.fullmatch(pattern, getattr(d, attribute), re.ASCII) is not None,
+    )
+
+
 class OnDestination(SpecModel):
     """A destination for invocation records."""
 
-    __rules__ = (
-        Rule(
-            cel=f"self.destination.matches('{DESTINATION_PATTERN}')",
-            message=DESTINATION_RULE_TEXT,
-            field_path=".destination",
-            check=lambda d: re.fullmatch(DESTINATION_PATTERN, d.destination, re.ASCII) is not None,
-        ),
-    )
+    __rules__ = (_destination_rule("destination", "destination", DESTINATION_PATTERN, DESTINATION_RULE_TEXT),)
 
     destination: Destination = Field(
         description="A Lambda function ARN or name, nats://<subject>, redis://<host>[:<port>]/<stream> or an "
@@ -292,14 +295,7 @@ class AsyncInvokeConfig(SpecModel):
 class DeadLetterConfig(SpecModel):
     """Where failed asynchronous events go after the last retry."""
 
-    __rules__ = (
-        Rule(
-            cel=f"self.targetArn.matches('{DEAD_LETTER_PATTERN}')",
-            message=DEAD_LETTER_RULE_TEXT,
-            field_path=".targetArn",
-            check=lambda d: re.fullmatch(DEAD_LETTER_PATTERN, d.target_arn, re.ASCII) is not None,
-        ),
-    )
+    __rules__ = (_destination_rule("targetArn", "target_arn", DEAD_LETTER_PATTERN, DEAD_LETTER_RULE_TEXT),)
 
     target_arn: Destination = Field(
         alias="targetArn",

@@ -12,6 +12,8 @@
 #             testbed/build-extras.sh.
 #   redis     testbed/images/redis/Dockerfile: Debian's redis-server for the
 #             Redis stream destinations' tests (always :dev, shared).
+#   nats      images/nats/Dockerfile: nats-server built from the Go module proxy
+#             (testbed/build-tools.sh nats-server), tagged with its version.
 #
 # Dockerfiles for users start with `ARG BASE=<public image>` / `FROM ${BASE}`;
 # here they are built with `buildah bud --build-arg BASE=<local base>`, so what
@@ -38,9 +40,18 @@ flock -n 8 || { log "another image build holds $CACHE/images.lock; waiting"; flo
 # docker.io/kfn/kfn:NAME, so several working trees can share one node; the
 # node's own images (pause, coredns) are always :dev.
 TAG="${KFN_IMAGE_TAG:-dev}"
-tag_of() { case $1 in pause|coredns|redis) echo dev ;; *) echo "$TAG" ;; esac; }
+NATS_SERVER_VERSION="${NATS_SERVER_VERSION:-2.15.3}"  # as build-tools.sh; kfn.asyncinvoke.manifests.NATS_VERSION
+tag_of() { case $1 in pause|coredns|redis) echo dev ;; nats) echo "$NATS_SERVER_VERSION" ;; *) echo "$TAG" ;; esac; }
 # archive/hash/mark file stem of an image: NAME for :dev, NAME-TAG otherwise
 stem_of() { local t; t=$(tag_of "$1"); [ "$t" = dev ] && echo "$1" || echo "$1-$t"; }
+
+# nats-server builds (Go, ~2 min cold) while the Python images build; waited for before its image.
+nats_log="$CACHE/build/nats-server.log"
+if [ "$NODE_ONLY" = 0 ]; then
+  mkdir -p "$CACHE/build"
+  NATS_SERVER_VERSION="$NATS_SERVER_VERSION" bash "$here/build-tools.sh" nats-server > "$nats_log.out" 2> "$nats_log" &
+  nats_pid=$!
+fi
 
 BUILDAH=(buildah --root "$CACHE/buildah/root" --runroot "$CACHE/buildah/run" --storage-driver overlay)
 PIP=("$repo/.venv/bin/python" -m pip)
@@ -227,6 +238,13 @@ if [ "$NODE_ONLY" = 0 ]; then
   # ---------------------------------------------------------- redis (test broker for Redis stream destinations)
   ctx=$(context redis "$here/images/redis")
   build redis "$ctx" "$BASE"
+
+  # ---------------------------------------------------------- nats (the async queue)
+  wait "$nats_pid" || { cat "$nats_log" >&2; die "building nats-server failed (log: $nats_log)"; }
+  grep -h 'built ' "$nats_log" || true
+  ctx=$(context nats "$repo/images/nats")
+  cp "$(cat "$nats_log.out")" "$ctx/nats-server"
+  build nats "$ctx"
 fi
 
-for name in pause coredns kfn python3.11 redis; do load "$name"; done
+for name in pause coredns kfn python3.11 redis nats; do load "$name"; done

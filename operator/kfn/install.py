@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from dataclasses import dataclass
+
 from kfn import crdgen, names
+from kfn.asyncinvoke.manifests import NATS_VERSION, make_nats_objects, make_worker_deployment, nats_url
 from kfn.resources.environment import IMAGE_TAG
 from kfn.resources.peering import make_peering, make_peering_crd
 from kfn.resources.rbac import make_cluster_role, make_role
@@ -154,7 +157,8 @@ def gateway_binding_name(namespace: str) -> str:
 
 
 def make_gateway_deployment(
-    namespace: str, image: str, replicas: int = GATEWAY_REPLICAS, watch_namespaces: tuple[str, ...] = ()
+    namespace: str, image: str, replicas: int = GATEWAY_REPLICAS, watch_namespaces: tuple[str, ...] = (),
+    nats_url: str | None = None,
 ) -> dict[str, Any]:
     """The gateway Deployment: N stateless replicas (caps hold without a shared counter, docs/architecture.md).
 
@@ -164,6 +168,8 @@ def make_gateway_deployment(
     scope = [a for ns in watch_namespaces for a in ("--namespace", ns)]
     if watch_namespaces:
         scope += ["--default-namespace", watch_namespaces[0]]
+    if nats_url:  # the async queue: Event invocations are stored there (without one they answer 501)
+        scope += ["--nats-url", nats_url]
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5, "timeoutSeconds": 3}
     return {
         "apiVersion": "apps/v1",
@@ -210,7 +216,8 @@ def make_gateway_deployment(
 
 
 def make_gateway_objects(
-    namespace: str, image: str, replicas: int = GATEWAY_REPLICAS, watch_namespaces: tuple[str, ...] = ()
+    namespace: str, image: str, replicas: int = GATEWAY_REPLICAS, watch_namespaces: tuple[str, ...] = (),
+    nats_url: str | None = None,
 ) -> list[dict[str, Any]]:
     """The gateway: ServiceAccount, ClusterRole/Binding (exactly the verbs it uses), Deployment, Service."""
     labels = _gateway_labels()
@@ -220,7 +227,7 @@ def make_gateway_objects(
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
          "metadata": {"name": GATEWAY_NAME, "labels": labels}, "rules": GATEWAY_RULES},
         make_binding(gateway_binding_name(namespace), GATEWAY_NAME, namespace, labels),
-        make_gateway_deployment(namespace, image, replicas, watch_namespaces),
+        make_gateway_deployment(namespace, image, replicas, watch_namespaces, nats_url),
         {
             "apiVersion": "v1",
             "kind": "Service",
@@ -233,10 +240,24 @@ def make_gateway_objects(
 
 def make_install_manifests(
     namespace: str = DEFAULT_NAMESPACE, image: str = DEFAULT_IMAGE, watch_namespaces: tuple[str, ...] = (),
-    gateway_replicas: int = GATEWAY_REPLICAS, replicas: int = 1,
+    gateway_replicas: int = GATEWAY_REPLICAS, replicas: int = 1, async_options: AsyncOptions | None = None,
 ) -> list[dict[str, Any]]:
-    """Everything ``kubectl apply`` needs to run kfn, CRDs first so later objects find their kinds."""
+    """Everything ``kubectl apply`` needs to run kfn, CRDs first so later objects find their kinds.
+
+    With the gateway, asynchronous invocation comes too (*async_options*; ``AsyncOptions(workers=0)`` leaves it out):
+    NATS JetStream (unless ``nats_url`` points at an existing one) and the async workers.
+    """
     labels = _labels()
+    opts = async_options or AsyncOptions()
+    queue_objects: list[dict[str, Any]] = []
+    nats = None
+    if gateway_replicas and opts.workers:
+        nats = opts.nats_url or nats_url(namespace, opts.nats_replicas)
+        if not opts.nats_url:
+            queue_objects += make_nats_objects(namespace, opts.nats_image or nats_image_for(image),
+                                               opts.nats_replicas, opts.nats_storage, opts.nats_storage_class)
+        queue_objects.append(make_worker_deployment(namespace, image, GATEWAY_NAME, nats, opts.workers,
+                                                    watch_namespaces, opts.retry_delays))
     return [
         *crdgen.make_crds(),
         *([make_peering_crd(clusterwide=not watch_namespaces)] if not watch_namespaces or replicas > 1 else []),
@@ -248,8 +269,29 @@ def make_install_manifests(
         },
         *operator_rbac(namespace, watch_namespaces, peering=replicas > 1),
         make_operator_deployment(namespace, image, replicas, watch_namespaces),
-        *(make_gateway_objects(namespace, image, gateway_replicas, watch_namespaces) if gateway_replicas else []),
+        *(make_gateway_objects(namespace, image, gateway_replicas, watch_namespaces, nats) if gateway_replicas else []),
+        *queue_objects,
     ]
+
+
+@dataclass(frozen=True)
+class AsyncOptions:
+    """How ``kfn install`` sets up asynchronous invocation (the ``kfn install --async-*``/``--nats-*`` flags)."""
+
+    workers: int = 2  # kfn-async-worker replicas; 0: no async invocation (Event answers 501)
+    nats_url: str | None = None  # an existing NATS JetStream (then none is installed)
+    nats_replicas: int = 1  # 1, or 3 for a NATS cluster (stream replicas follow)
+    nats_storage: str = "2Gi"  # each server's PersistentVolumeClaim
+    nats_storage_class: str | None = None  # None: the cluster's default StorageClass
+    nats_image: str | None = None  # default: <registry>/kfn/nats:<version> next to the kfn image
+    retry_delays: str = ""  # async-worker --retry-delays (tests); "": Lambda's
+
+
+def nats_image_for(image: str) -> str:
+    """``registry/kfn/kfn:TAG`` → ``registry/kfn/nats:<NATS version>`` (the image testbed/images.sh builds)."""
+    repo, sep, _ = image.rpartition(":")
+    prefix = repo[: -len("kfn")] if sep and repo.endswith("kfn") else "kfn/"
+    return f"{prefix}nats:{NATS_VERSION}"
 
 
 def operator_rbac(namespace: str, watch_namespaces: tuple[str, ...] = (), peering: bool = False) -> list[dict[str, Any]]:

@@ -201,11 +201,11 @@ async def test_redis_stream_gets_the_record_and_the_dlq_the_event(brokers: dict[
 
 async def test_redis_down_is_a_delivery_error_counted_as_dead_letter_errors(make: Any) -> None:
     port = _free_port()  # nothing listens there
-    before = counter("kfn_dead_letter_errors_total", "redis")
+    before = counter("kfn_async_dead_letter_errors_total", "redis")
     dests = make(d.AsyncSettings(dead_letter=f"redis://127.0.0.1:{port}/dlq"))
     with pytest.raises(d.DeliveryError):
         await dests.on_failure(envelope(), FAILED, "RetriesExhausted")
-    assert counter("kfn_dead_letter_errors_total", "redis") == before + 1
+    assert counter("kfn_async_dead_letter_errors_total", "redis") == before + 1
 
 
 # --- HTTP webhook -----------------------------------------------------------------------------------------------------
@@ -242,11 +242,11 @@ async def test_webhook_gets_the_success_record_and_the_dlq_event_with_attributes
 
 async def test_webhook_non_2xx_is_a_delivery_error_counted(brokers: dict[str, str], make: Any) -> None:
     host = brokers["webhook"]
-    before = counter("kfn_destination_delivery_failures_total", "http")
+    before = counter("kfn_async_destination_delivery_failures_total", "http")
     dests = make(d.AsyncSettings(on_failure=f"http://{host}:8080/fail"))
     with pytest.raises(d.DeliveryError, match="HTTP 500"):
         await dests.on_failure(envelope(), FAILED, "RetriesExhausted")
-    assert counter("kfn_destination_delivery_failures_total", "http") == before + 1
+    assert counter("kfn_async_destination_delivery_failures_total", "http") == before + 1
 
 
 # --- NATS -------------------------------------------------------------------------------------------------------------
@@ -289,8 +289,8 @@ async def test_nats_plain_subject_reaches_a_subscriber(nats_url: str, make: Any)
 
 
 async def test_nats_unreachable_is_a_delivery_error(make: Any) -> None:
-    before = counter("kfn_destination_delivery_failures_total", "nats")
+    before = counter("kfn_async_destination_delivery_failures_total", "nats")
     dests = make(d.AsyncSettings(on_success="nats://x.y"), f"nats://127.0.0.1:{_free_port()}")
     with pytest.raises(d.DeliveryError):
         await asyncio.wait_for(dests.on_success(envelope(), Outcome("Success", 200, "7", None, b"1")), 30)
-    assert counter("kfn_destination_delivery_failures_total", "nats") == before + 1
+    assert counter("kfn_async_destination_delivery_failures_total", "nats") == before + 1

@@ -277,11 +277,11 @@ async def test_on_success_enqueues_the_record_for_a_function_destination_one_hop
 
 
 async def test_failed_enqueue_is_a_delivery_error_and_counted() -> None:
-    before = counter("kfn_destination_delivery_failures_total", namespace="team-a", function="orders", kind="function")
+    before = counter("kfn_async_destination_delivery_failures_total", namespace="team-a", function="orders", kind="function")
     dests = d.Destinations(lambda e: d.AsyncSettings(on_failure="audit"), FakeQueue(fail=True), now=lambda: T)
     with pytest.raises(d.DeliveryError, match="queue down"):
         await dests.on_failure(event(), None, "EventAgeExceeded")
-    after = counter("kfn_destination_delivery_failures_total", namespace="team-a", function="orders", kind="function")
+    after = counter("kfn_async_destination_delivery_failures_total", namespace="team-a", function="orders", kind="function")
     assert after == before + 1
 
 
@@ -312,26 +312,29 @@ async def test_nothing_configured_delivers_nothing() -> None:
 
 async def test_dlq_failure_still_tries_the_on_failure_destination_and_counts_dead_letter_errors() -> None:
     queue = FakeQueue()
-    before = counter("kfn_dead_letter_errors_total", namespace="team-a", function="orders", kind="nats")
+    before = counter("kfn_async_dead_letter_errors_total", namespace="team-a", function="orders", kind="nats")
     dests = d.Destinations(lambda e: d.AsyncSettings(on_failure="audit", dead_letter="nats://dlq"), queue,
                            nats_url=None, now=lambda: T)
     with pytest.raises(d.DeliveryError, match="dead-letter target nats://dlq: no NATS server"):
         await dests.on_failure(event(), Outcome("RetriesExhausted", 200, "$LATEST", "Unhandled", b"{}"),
                                "RetriesExhausted")
     assert len(queue.events) == 1  # the record went out although the DLQ failed
-    assert counter("kfn_dead_letter_errors_total", namespace="team-a", function="orders", kind="nats") == before + 1
+    assert counter("kfn_async_dead_letter_errors_total", namespace="team-a", function="orders", kind="nats") == before + 1
 
 
-async def test_recursion_sends_the_record_with_lambdas_exception_and_counts() -> None:
+async def test_recursion_outcome_sends_lambdas_exception_to_on_failure_and_the_dlq_code() -> None:
     queue = FakeQueue()
-    before = counter("kfn_recursive_invocations_dropped_total", namespace="team-a", function="orders")
     dests = d.Destinations(lambda e: d.AsyncSettings(on_failure="audit"), queue, now=lambda: T)
-    await dests.on_recursion(event(hops=16))
+    outcome = d.recursion_outcome(0.0)
+    await dests.on_failure(event(hops=16, attempts=0), outcome, outcome.condition)
     doc = json.loads(queue.events[0].payload)
     assert doc["requestContext"]["approximateInvokeCount"] == 0
+    assert doc["requestContext"]["condition"] == "RetriesExhausted"
+    assert doc["responseContext"] == {"statusCode": 400}
     assert doc["responsePayload"]["errorType"] == "RecursiveInvocationException"
-    assert queue.events[0].hops == 17
-    assert counter("kfn_recursive_invocations_dropped_total", namespace="team-a", function="orders") == before + 1
+    assert queue.events[0].hops == 17  # the chain goes on counting: its next function stops at once
+    assert d.dead_letter_attributes("r1", outcome) == {"RequestID": "r1", "ErrorCode": "400",
+                                                        "ErrorMessage": d.RECURSION_MESSAGE}
 
 
 def test_settings_from_a_catalog_follow_the_qualifier() -> None:

@@ -28,10 +28,11 @@ Recursion guard (Lambda's recursive loop detection): "if a function is invoked b
 than 16 times, Lambda will stop the next invocation and sends the event to a Dead-Letter Queue or on-failure
 destination, if configured" (AWS, 2023-07-13), counted as ``RecursiveInvocationsDropped``. An event's ``hops``
 counts the function invocations before it in its chain (0 for an event a client sent; a function destination
-enqueues with ``hops + 1``); the worker checks :func:`recursion_stopped` before invoking and calls
-:meth:`Destinations.on_recursion` instead. AWS documents no record condition for that case; kfn sends the record
-with ``RetriesExhausted``, ``approximateInvokeCount`` 0 and Lambda's ``RecursiveInvocationException`` as the
-response payload, and the DLQ gets ``ErrorCode`` 400 with that exception's message.
+enqueues with ``hops + 1``); the worker checks :func:`recursion_stopped` before invoking and, instead of invoking,
+counts the event and finishes it with :func:`recursion_outcome`. AWS documents no record condition for that case;
+kfn sends the record with ``RetriesExhausted``, ``approximateInvokeCount`` 0 and Lambda's
+``RecursiveInvocationException`` as the response payload, and the DLQ gets ``ErrorCode`` 400 with that exception's
+message.
 """
 
 from __future__ import annotations
@@ -143,6 +144,13 @@ def parse_destination(value: str, *, dead_letter: bool = False) -> Destination:
 def recursion_stopped(hops: int) -> bool:
     """True when an event whose chain already invoked functions *hops* times must not invoke another (Lambda: 16)."""
     return hops >= MAX_CHAIN_INVOCATIONS
+
+
+def recursion_outcome(now: float) -> Outcome:
+    """How an event stopped by the recursion guard finishes: on-failure and DLQ as configured, with Lambda's
+    ``RecursiveInvocationException`` (status 400, its documented message) as the answer; the function never ran."""
+    body = json.dumps({"errorMessage": RECURSION_MESSAGE, "errorType": RECURSION_ERROR_TYPE}).encode()
+    return Outcome(rec.RETRIES_EXHAUSTED, 400, None, None, body, RECURSION_ERROR_TYPE, RECURSION_MESSAGE, now)
 
 
 # --- what the worker hands over: kfn.asyncinvoke.envelope.Envelope / Outcome -----------------------------------------
@@ -265,7 +273,7 @@ class Destinations:
 
     *settings_of(envelope)*: the :class:`AsyncSettings` of the function the event was sent to (raises
     :class:`DeliveryError` when it cannot be read now); *queue*: the async queue (its ``enqueue``), for function
-    destinations; *nats_url*: the NATS server of ``nats://`` destinations; *region*: the Lambda region of ARNs;
+    destinations; *nats_url*: the NATS server(s) of ``nats://`` destinations (comma-separated); *region*: the Lambda region of ARNs;
     *account_namespace(account)*: the namespace of an ARN's account (None: unknown); *now*: the clock.
     Call :meth:`close` once at the end.
     """
@@ -300,20 +308,6 @@ class Destinations:
         await self._both(envelope, settings,
                          self.record(envelope, result, condition) if settings.on_failure else None,
                          dead_letter_attributes(envelope.request_id, result))
-
-    async def on_recursion(self, envelope: Envelope) -> None:
-        """Stop an event whose chain reached the recursion limit: count it, DLQ and on-failure as configured."""
-        metrics.RECURSIVE_INVOCATIONS_DROPPED.labels(envelope.namespace, envelope.function).inc()
-        settings = self.settings_of(envelope)
-        stopped = Outcome(rec.RETRIES_EXHAUSTED, 400, None, None, json.dumps(
-            {"errorMessage": RECURSION_MESSAGE, "errorType": RECURSION_ERROR_TYPE}).encode())
-        record = None
-        if settings.on_failure:
-            record = self.record(envelope, stopped, rec.RETRIES_EXHAUSTED)
-            record["requestContext"]["approximateInvokeCount"] = 0
-            record["responseContext"] = {"statusCode": 400}
-        await self._both(envelope, settings, record,
-                         dead_letter_attributes(envelope.request_id, None, code=400, message=RECURSION_MESSAGE))
 
     async def close(self) -> None:
         """Close the broker connections this object opened."""
@@ -435,7 +429,8 @@ class Destinations:
             raise DeliveryError("no NATS server configured for nats:// destinations")
         async with self._lock:
             if self._nats is None or self._nats.is_closed:
-                self._nats = await nats.connect(self.nats_url, connect_timeout=5, max_reconnect_attempts=3)
+                self._nats = await nats.connect(servers=self.nats_url.split(","), connect_timeout=5,
+                                                max_reconnect_attempts=3)
         nc = self._nats
         js = nc.jetstream()
         try:

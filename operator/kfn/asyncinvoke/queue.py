@@ -5,6 +5,7 @@ Interface (what the gateway, the workers and the destinations use)::
     await queue.enqueue(envelope)          # durable when it returns; QueueUnavailable / QueueFull otherwise
     async for lease in queue.leases(...):  # events due now, fair across functions (workers only)
     await queue.touch(lease)               # still working on it (the invocation runs longer than ack_wait)
+    await queue.redeliver(lease, s)        # not due yet: the same stored copy comes back in s seconds
     await queue.ack(lease)                 # finished: removed for good
     await queue.delay(lease, envelope, s)  # store *envelope* (the next state) due in s seconds, then drop the lease
     await queue.dead_letter(lease, why)    # unreadable or unroutable: kept aside in the dead stream, never retried
@@ -62,7 +63,10 @@ DUPLICATE_WINDOW = 120.0  # seconds JetStream remembers a Nats-Msg-Id
 ACK_WAIT = 30.0  # seconds a lease lasts without an in-progress ack
 PUBLISH_TIMEOUT = 5.0  # seconds the gateway waits for a PubAck before answering 500
 MAX_ACK_PENDING = 1000  # leased-but-unacknowledged events per function (all workers)
-DEFAULT_MAX_BYTES = 8 * 1024**3  # stream size limit (bytes); beyond it publishes are refused (QueueFull)
+# Stream size limit (bytes); -1: the server's JetStream store limit (max_file_store). Beyond it publishes are refused
+# (discard: new) and the gateway answers 500, never 202. A set limit must fit in the server's store.
+DEFAULT_MAX_BYTES = -1
+DEAD_MAX_AGE = 14 * 24 * 3600.0  # seconds the dead stream keeps a message
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # nats-server max_payload kfn configures: a 1 MB event + a 6 MB response
 
 
@@ -143,6 +147,10 @@ class Queue(Protocol):
         """The event is finished: remove it. Raises QueueError (then it will be delivered again)."""
         ...
 
+    async def redeliver(self, lease: Lease, seconds: float) -> None:
+        """Hand the same stored copy back, due again in *seconds* (no state change)."""
+        ...
+
     async def delay(self, lease: Lease, envelope: Envelope, seconds: float) -> None:
         """Store *envelope* (the event's next state, ``generation`` + 1) due in *seconds*, then drop *lease*."""
         ...
@@ -188,9 +196,12 @@ class JetStreamQueue:
             log.warning("NATS connection: %s", e)
 
         try:
-            nc = await nats.connect(servers=settings.url.split(","), name=name, connect_timeout=connect_timeout,
-                                    max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=error_cb,
-                                    allow_reconnect=True)
+            # nats-py retries the first connection too when reconnects are allowed: bound it here.
+            nc = await asyncio.wait_for(
+                nats.connect(servers=settings.url.split(","), name=name, connect_timeout=connect_timeout,
+                             max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=error_cb,
+                             allow_reconnect=True),
+                timeout=connect_timeout * 2)
         except Exception as e:  # noqa: BLE001 - nats-py raises several unrelated types for "no server"
             raise QueueUnavailable(f"cannot connect to NATS at {settings.url}: {e}") from e
         q = cls(nc, nc.jetstream(timeout=settings.publish_timeout), settings)
@@ -210,7 +221,7 @@ class JetStreamQueue:
                          duplicate_window=DUPLICATE_WINDOW),
             StreamConfig(name=DEAD_STREAM, subjects=[f"{DEAD_PREFIX}.>"], retention=RetentionPolicy.LIMITS,
                          storage=StorageType.FILE, num_replicas=self.settings.replicas, discard=DiscardPolicy.OLD,
-                         max_bytes=self.settings.max_bytes // 8, max_msg_size=MAX_MESSAGE_BYTES,
+                         max_age=DEAD_MAX_AGE, max_msg_size=MAX_MESSAGE_BYTES,
                          duplicate_window=DUPLICATE_WINDOW),
         ]
         try:
@@ -392,3 +403,39 @@ def _with_due(envelope: Envelope, due: float) -> Envelope:
     from dataclasses import replace
 
     return replace(envelope, not_before=due)
+
+
+class ReconnectingQueue:
+    """The producer side for the gateway: connects in the background (the queue may start after the gateway, or be
+    down at first); until connected, :meth:`enqueue` raises QueueUnavailable, so the caller answers 500, never 202.
+    Once connected, nats-py reconnects by itself; a publish while disconnected fails the same way."""
+
+    def __init__(self, settings: QueueSettings, name: str = "kfn") -> None:
+        self.settings, self.name = settings, name
+        self.inner: JetStreamQueue | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._task = loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        delay = 0.5
+        while self.inner is None:
+            try:
+                self.inner = await JetStreamQueue.connect(self.settings, name=self.name)
+                log.info("connected to the async queue at %s", self.settings.url)
+            except QueueUnavailable as e:
+                log.warning("async queue not reachable yet (events answer 500 until it is): %s", e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def enqueue(self, envelope: Envelope) -> None:
+        if self.inner is None:
+            raise QueueUnavailable(f"not connected to the async queue at {self.settings.url} yet")
+        await self.inner.enqueue(envelope)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self.inner is not None:
+            await self.inner.close()

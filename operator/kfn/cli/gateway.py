@@ -51,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grace-seconds", type=float, default=30.0, help="on SIGTERM, how long invocations in flight may finish")
     p.add_argument("--allow-writes", action="store_true", default=env("KFN_ALLOW_WRITES", "") == "true",
                    help="serve control-plane writes (Put/Update/DeleteFunctionEventInvokeConfig); off by default")
+    p.add_argument("--nats-url", default=env("KFN_NATS_URL", ""),
+                   help="NATS JetStream server(s) of the async queue, comma-separated (kfn install sets it); "
+                        "without one, Event invocations are answered 501")
     p.add_argument("--log-format", choices=["json", "text"], default=env("KFN_LOG_FORMAT", "json"))
     p.add_argument("--verbose", "-v", action="store_true")
 
@@ -98,7 +101,13 @@ async def serve(args: argparse.Namespace) -> None:
                                 pool_size=args.pool_size, unreserved_min=args.unreserved_min,
                                 allow_writes=args.allow_writes),
         cold_start_timeout=args.cold_start_timeout, max_waiting=args.max_waiting)
-    gateway = Gateway(catalog, pool, DeploymentScaleUp(), settings, health)
+    queue = None
+    if args.nats_url:
+        from kfn.asyncinvoke.queue import QueueSettings, ReconnectingQueue
+
+        queue = ReconnectingQueue(QueueSettings(url=args.nats_url), name="kfn-gateway")
+        queue.start(loop)  # events answer 500 ServiceException until it is connected (never a 202)
+    gateway = Gateway(catalog, pool, DeploymentScaleUp(), settings, health, queue)
     host, _, port = args.listen.rpartition(":")
     server = await loop.create_server(connection_factory(gateway), host or "0.0.0.0", int(port), reuse_address=True,
                                       backlog=1024)
@@ -110,6 +119,8 @@ async def serve(args: argparse.Namespace) -> None:
     await stop.wait()
     server.close()
     await gateway.drain(args.grace_seconds)
+    if queue is not None:
+        await queue.close()
     for w in watchers:
         w.stopping.set()
 

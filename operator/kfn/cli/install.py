@@ -27,6 +27,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="apply to the cluster (server-side apply, CRDs established first) instead of printing YAML",
     )
+    parser.add_argument("--async-workers", type=int, default=2,
+                        help="replicas of kfn-async-worker (asynchronous invocation); 0: none, Event answers 501")
+    parser.add_argument("--nats-url", default=None,
+                        help="an existing NATS JetStream for the async queue (default: install one, StatefulSet kfn-nats)")
+    parser.add_argument("--nats-replicas", type=int, choices=[1, 3], default=1, help="NATS servers: 1, or 3 (a cluster)")
+    parser.add_argument("--nats-storage", default="2Gi", help="each NATS server's PersistentVolumeClaim size")
+    parser.add_argument("--nats-storage-class", default=None,
+                        help="the NATS PVCs' StorageClass (default: the cluster's; '' binds pre-made PVs)")
+    parser.add_argument("--async-retry-delays", default="",
+                        help="seconds before retry 1,2 of a failed async invocation (tests; default: Lambda's 60,120)")
     parser.add_argument("--replicas", type=int, default=1, help="operator replicas (one is active; several peer)")
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     parser.add_argument("--context", default=None, help="kubeconfig context")
@@ -35,8 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from kfn import install
 
+    queue = install.AsyncOptions(workers=args.async_workers, nats_url=args.nats_url, nats_replicas=args.nats_replicas,
+                                 nats_storage=args.nats_storage, nats_storage_class=args.nats_storage_class,
+                                 retry_delays=args.async_retry_delays)
     objects = install.make_install_manifests(args.namespace, args.image, tuple(args.watch_namespace),
-                                             gateway_replicas=args.gateway_replicas, replicas=args.replicas)
+                                             gateway_replicas=args.gateway_replicas, replicas=args.replicas,
+                                             async_options=queue)
     if not args.apply:
         # The peering object needs its CRD established first, so it cannot ride in
         # the same `kubectl apply`: printed YAML leaves it out and says so.

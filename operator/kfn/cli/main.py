@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("kfn.cli.operator", "the Kopf operator: reconciles Functions, FunctionVersions and Aliases into Kubernetes objects"),
     "install": ("kfn.cli.install", "print or apply the manifests that install kfn (CRDs, RBAC, operator)"),
     "gateway": ("kfn.cli.gateway", "the Lambda Invoke API in front of the execution environments (in-cluster or on a host)"),
+    "async-worker": ("kfn.cli.asyncworker", "drains the durable async-invocation queue: retries, event age, destinations"),
     "invoke": ("kfn.cli.invoke", "invoke a function like `aws lambda invoke` and show its answer"),
 }
 

@@ -22,6 +22,9 @@ from urllib.parse import parse_qs, quote
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kfn import names
+from kfn.asyncinvoke import queue as asyncqueue
+from kfn.asyncinvoke import metrics as asyncmetrics
+from kfn.asyncinvoke.envelope import Envelope
 from kfn.agent.httpserver import Connection, Request, encode_headers
 from kfn.gateway import arn, control, errors, metrics, routing
 from kfn.gateway.agentclient import AgentUnreachable, Answer
@@ -34,6 +37,12 @@ log = logging.getLogger("kfn.gateway")
 access = logging.getLogger("kfn.gateway.access")  # one line per invocation (INFO; `kfn gateway --verbose`)
 
 INVOKE_PREFIX, INVOKE_SUFFIX = "/2015-03-31/functions/", "/invocations"
+# Lambda's deprecated InvokeAsync (boto3 `invoke_async`): botocore's path has no trailing slash, older SDKs send one.
+INVOKE_ASYNC_PREFIX, INVOKE_ASYNC_SUFFIXES = "/2014-11-13/functions/", ("/invoke-async", "/invoke-async/")
+# Lambda's asynchronous payload limits: 1 MB for Invoke with InvocationType Event (since 2025), 256 KB for the
+# legacy InvokeAsync ("The payload limit is 256KB. For larger payloads, for up to 1MB, use Invoke.", API_InvokeAsync).
+MAX_EVENT_PAYLOAD = errors.MAX_ASYNC_REQUEST_BYTES
+MAX_INVOKE_ASYNC_PAYLOAD = 256 * 1024
 # Lambda's synchronous invocation payload limit (Invoke API): 6 MB.
 MAX_SYNC_PAYLOAD = errors.MAX_SYNC_REQUEST_BYTES
 BUSY_HEADER = "x-kfn-environment-busy"
@@ -63,7 +72,8 @@ class GatewaySettings:
 
 
 class AsyncNotAvailable(errors.ServiceException):
-    """Event invocations need the durable async queue (a later issue): answered 501, never a fake 202."""
+    """Event invocations need the durable async queue: a gateway started without one (``--nats-url ""``) answers
+    501, never a fake 202."""
 
     status = 501
     error_type = "ServiceException"
@@ -93,14 +103,17 @@ class Target:
     version: VersionKey  # the version that runs
     qualifier: str | None  # as the caller gave it (ends up in the invoked ARN)
     timeout: float  # the function's timeout, seconds
+    spec: dict | None = None  # the configuration that runs (Function spec or the version's config)
+    alias: dict | None = None  # the Alias object when the qualifier is an alias (its asyncInvokeConfig wins)
 
 
 class Gateway:
     """Request handler for the gateway's port."""
 
     def __init__(self, catalog: Catalog, pool: EnvironmentPool, scale_up: ScaleUp, settings: GatewaySettings,
-                 health: Callable[[], str | None]) -> None:
+                 health: Callable[[], str | None], queue: asyncqueue.Queue | None = None) -> None:
         self.catalog, self.pool, self.scale_up, self.settings = catalog, pool, scale_up, settings
+        self.queue = queue  # the durable async queue; None: Event invocations answer 501
         self.health = health  # None when healthy, else why not
         self.loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -110,6 +123,12 @@ class Gateway:
         path, method = req.path, req.method
         if path.startswith(INVOKE_PREFIX) and path.endswith(INVOKE_SUFFIX) and method == "POST":
             task = self.loop.create_task(self._invoke(req, path[len(INVOKE_PREFIX):-len(INVOKE_SUFFIX)]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        if path.startswith(INVOKE_ASYNC_PREFIX) and path.endswith(INVOKE_ASYNC_SUFFIXES) and method == "POST":
+            name = path[len(INVOKE_ASYNC_PREFIX):].rstrip("/")[:-len("/invoke-async")]
+            task = self.loop.create_task(self._invoke(req, name, legacy_async=True))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
@@ -177,12 +196,19 @@ class Gateway:
         return plan.status, headers, json.dumps(plan.body, separators=(",", ":")).encode()
 
     # --- invoke ------------------------------------------------------------------------------------------------------
-    async def _invoke(self, req: Request, name: str) -> None:
+    async def _invoke(self, req: Request, name: str, legacy_async: bool = False) -> None:
         request_id = errors.new_request_id()
         started = time.monotonic()
         labels = ["", ""]  # namespace and function for metrics, once the function is known to exist
         try:
-            target = self._resolve(req, name, labels)
+            target = self._resolve(req, name, labels, legacy_async)
+            if legacy_async or req.headers.get("x-amz-invocation-type") == "Event":
+                await self._enqueue(req, target, request_id)
+                # InvokeAsync's Status is the HTTP status (botocore: location statusCode); Lambda also sends it
+                # as the body.
+                body = b'{"Status":202}' if legacy_async else b""
+                req.respond(202, encode_headers({"x-amzn-RequestId": request_id}), body)
+                return
             answer = await self._run(req, target, request_id, started)
         except errors.LambdaError as e:
             self._count_error(labels, e)
@@ -221,48 +247,26 @@ class Gateway:
         if isinstance(e, errors.TooManyRequestsException):
             metrics.THROTTLES.labels(ns, fn, str(e.extra.get("Reason", ""))).inc()
 
-    def _resolve(self, req: Request, name: str, labels: list[str]) -> Target:
-        """Every check an invoke makes before it runs (DryRun stops after these)."""
+    def _resolve(self, req: Request, name: str, labels: list[str], legacy_async: bool = False) -> Target:
+        """Every check an invoke makes before it runs (DryRun stops after these; Event before it is stored)."""
         headers = req.headers
-        inv_type = headers.get("x-amz-invocation-type", "RequestResponse")
+        inv_type = "Event" if legacy_async else headers.get("x-amz-invocation-type", "RequestResponse")
         if inv_type not in INVOCATION_TYPES:
             raise validation_error(inv_type, "invocationType", INVOCATION_TYPES)
         log_type = headers.get("x-amz-log-type", "None")
         if log_type not in LOG_TYPES:
             raise validation_error(log_type, "logType", LOG_TYPES)
-        query_qualifier = req.query("Qualifier") if req.raw_query else None
+        query_qualifier = req.query("Qualifier") if req.raw_query and not legacy_async else None
         ref = arn.parse_function_name(name, query_qualifier)
         api = self.settings.api
-        region = api.region
-        namespace = arn.resolve_namespace(ref, self.catalog, api.default_namespace, region=region)
-        account = names.account_id(namespace)
-        qualifier = ref.qualifier
-        fn_obj = self.catalog.function(namespace, ref.function)
-        if fn_obj is None:
-            raise errors.not_found_function(names.function_arn(region, account, ref.function, qualifier))
-        labels[:] = [namespace, ref.function]  # a function that exists: a bounded label value
-        if qualifier is None or qualifier == names.LATEST:
-            version = names.LATEST
-            spec = fn_obj.get("spec") or {}
-        elif qualifier.isdigit():
-            obj = self.catalog.version(namespace, ref.function, qualifier)
-            if obj is None:
-                raise errors.not_found_function(names.function_arn(region, account, ref.function, qualifier))
-            version = qualifier
-            spec = (obj.get("spec") or {}).get("config") or {}
-        else:
-            alias = self.catalog.alias(namespace, ref.function, qualifier)
-            if alias is None:
-                raise errors.not_found_function(names.function_arn(region, account, ref.function, qualifier))
-            try:
-                version = names.lambda_version(routing.resolve_alias(alias.get("status"), qualifier))
-            except routing.RoutingError as e:
-                raise errors.ResourceConflictException(
-                    "The operation cannot be performed at this time. The function is currently in the following "
-                    "state: Pending") from e
-            obj = self.catalog.version(namespace, ref.function, version)
-            spec = ((obj or {}).get("spec") or {}).get("config") or (fn_obj.get("spec") or {})
+        namespace = arn.resolve_namespace(ref, self.catalog, api.default_namespace, region=api.region)
+        target = self.target(namespace, ref.function, ref.qualifier, labels)
         payload = req.body
+        if inv_type == "Event":
+            limit = MAX_INVOKE_ASYNC_PAYLOAD if legacy_async else MAX_EVENT_PAYLOAD
+            size = len(payload) if payload is not None else (req.content_length or MAX_SYNC_PAYLOAD + 1)
+            if size > limit:
+                raise errors.event_too_large(size, limit)
         if payload is None:
             raise errors.request_too_large(MAX_SYNC_PAYLOAD)
         if payload:
@@ -279,19 +283,81 @@ class Gateway:
             except wire.BadClientContext as e:
                 raise errors.InvalidRequestContentException(str(e)) from None
         if inv_type == "Event":
-            raise AsyncNotAvailable(
-                "Asynchronous invocation (InvocationType Event) is not available in this kfn gateway yet; "
-                "invoke with RequestResponse")
+            if self.queue is None:
+                raise AsyncNotAvailable(
+                    "Asynchronous invocation (InvocationType Event) is not available in this kfn gateway: it was "
+                    "started without a queue (--nats-url)")
+            return target  # reserved concurrency 0 still accepts events (Lambda does): they wait in the queue
         if self.catalog.reserved(namespace, ref.function) == 0:
             raise errors.throttled(RESERVED_LIMIT)
-        return Target(VersionKey(namespace, ref.function, version), qualifier,
-                      float(spec.get("timeoutSeconds", 3) or 3))
+        return target
+
+    def target(self, namespace: str, function: str, qualifier: str | None, labels: list[str] | None = None) -> Target:
+        """The version an invocation of *function* (with *qualifier*) runs now. Raises ResourceNotFoundException,
+        ResourceConflictException (an alias whose version is not known yet). Also used by the async workers, which
+        resolve again when an event runs (an alias may have moved since it was accepted)."""
+        region = self.settings.api.region
+        account = names.account_id(namespace)
+        fn_obj = self.catalog.function(namespace, function)
+        if fn_obj is None:
+            raise errors.not_found_function(names.function_arn(region, account, function, qualifier))
+        if labels is not None:
+            labels[:] = [namespace, function]  # a function that exists: a bounded label value
+        alias = None
+        if qualifier is None or qualifier == names.LATEST:
+            version = names.LATEST
+            spec = fn_obj.get("spec") or {}
+        elif qualifier.isdigit():
+            obj = self.catalog.version(namespace, function, qualifier)
+            if obj is None:
+                raise errors.not_found_function(names.function_arn(region, account, function, qualifier))
+            version = qualifier
+            spec = (obj.get("spec") or {}).get("config") or {}
+        else:
+            alias = self.catalog.alias(namespace, function, qualifier)
+            if alias is None:
+                raise errors.not_found_function(names.function_arn(region, account, function, qualifier))
+            try:
+                version = names.lambda_version(routing.resolve_alias(alias.get("status"), qualifier))
+            except routing.RoutingError as e:
+                raise errors.ResourceConflictException(
+                    "The operation cannot be performed at this time. The function is currently in the following "
+                    "state: Pending") from e
+            obj = self.catalog.version(namespace, function, version)
+            spec = ((obj or {}).get("spec") or {}).get("config") or (fn_obj.get("spec") or {})
+        return Target(VersionKey(namespace, function, version), qualifier, float(spec.get("timeoutSeconds", 3) or 3),
+                      spec, alias)
+
+    async def _enqueue(self, req: Request, target: Target, request_id: str) -> None:
+        """Store the event durably (JetStream's PubAck), or raise ServiceException: never a 202 before that."""
+        assert self.queue is not None
+        version = target.version
+        api = self.settings.api
+        arn_qualifier = target.qualifier or names.LATEST
+        envelope = Envelope(
+            request_id=request_id, namespace=version.namespace, function=version.function, qualifier=target.qualifier,
+            function_arn=names.function_arn(api.region, names.account_id(version.namespace), version.function,
+                                            arn_qualifier),
+            payload=req.body or b"", received=time.time(), client_context=req.headers.get("x-amz-client-context"),
+            trace_id=req.headers.get("x-amzn-trace-id"))
+        try:
+            await self.queue.enqueue(envelope)
+        except asyncqueue.QueueError as e:
+            log.warning("event not stored: %s", e, extra={"requestId": request_id})
+            raise internal_error() from e
+        asyncmetrics.EVENTS_RECEIVED.labels(version.namespace, version.function).inc()
 
     async def _run(self, req: Request, target: Target, request_id: str, started: float) -> Answer | None:
         if req.headers.get("x-amz-invocation-type") == "DryRun":
             return None
-        head = self._agent_head(req, target, request_id)
-        body = req.body or b""
+        return await self.dispatch(target, self._agent_head(req.headers, target, request_id), req.body or b"",
+                                   request_id, started)
+
+    async def dispatch(self, target: Target, head: bytes, body: bytes, request_id: str, started: float) -> Answer:
+        """Run one invocation on an execution environment of *target* (claiming one, or a cold start): the one
+        environment-selection path of sync calls and async workers. Raises TooManyRequestsException (no environment
+        to be had), ResourceConflictException (none became ready in time), ServiceException (the agent failed
+        after the request reached it: it may have run)."""
         version = target.version
         tried: set[str] = set()
         gauge = metrics.CONCURRENT.labels(version.namespace, version.function)
@@ -361,11 +427,20 @@ class Gateway:
         metrics.COLD_START.labels(version.namespace, version.function).observe(time.monotonic() - started)
         return lease
 
-    def _agent_head(self, req: Request, target: Target, request_id: str) -> bytes:
+    def event_head(self, target: Target, envelope: Envelope) -> bytes:
+        """The agent request head of a stored event (the async workers' invocation)."""
+        h = {"content-type": "application/json"}
+        if envelope.client_context:
+            h["x-amz-client-context"] = envelope.client_context
+        if envelope.trace_id:
+            h["x-amzn-trace-id"] = envelope.trace_id
+        return self._agent_head(h, target, envelope.request_id)
+
+    def _agent_head(self, h: dict[str, str], target: Target, request_id: str) -> bytes:
+        """The request head for the agent; *h*: the invocation's headers (lower-case names)."""
         path = INVOKE_PREFIX + quote(target.version.function) + INVOKE_SUFFIX
         if target.qualifier:
             path += "?Qualifier=" + quote(target.qualifier)
-        h = req.headers
         lines = [f"POST {path} HTTP/1.1", "Host: agent", f"{REQUEST_ID_HEADER}: {request_id}",
                  "X-Amz-Invocation-Type: RequestResponse",
                  f"X-Amz-Log-Type: {h.get('x-amz-log-type', 'None')}",

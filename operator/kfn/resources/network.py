@@ -1,7 +1,7 @@
 """NetworkPolicies implied by a version's ``vpcConfig`` (objects only; enforcement comes later).
 
-* Ingress, always: only gateway pods (``kfn.dev/component: gateway``, any
-  namespace) may reach the agent's port, as Lambda blocks inbound connections.
+* Ingress, always: only gateway and async-worker pods (``kfn.dev/component: gateway`` / ``async-worker``,
+  any namespace) may reach the agent's port, as Lambda blocks inbound connections.
 * Egress without ``vpcConfig``: anywhere except TCP port 25 (blocked, like
   Lambda), expressed as allowed port ranges because NetworkPolicy only allows.
 * Egress with ``vpcConfig``: DNS, then only the "subnets" (a CIDR becomes an
@@ -51,7 +51,11 @@ def make_ingress_policy(inp: EnvironmentInput) -> dict[str, Any]:
                         {
                             "namespaceSelector": {},
                             "podSelector": {"matchLabels": {names.LABEL_COMPONENT: names.COMPONENT_GATEWAY}},
-                        }
+                        },
+                        {  # the async workers invoke through the same path as the gateway
+                            "namespaceSelector": {},
+                            "podSelector": {"matchLabels": {names.LABEL_COMPONENT: names.COMPONENT_ASYNC_WORKER}},
+                        },
                     ],
                     "ports": [{"protocol": "TCP", "port": AGENT_PORT}],
                 }

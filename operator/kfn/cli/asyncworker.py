@@ -1,0 +1,143 @@
+"""``kfn async-worker``: drains the durable async queue (NATS JetStream) and runs each event like a gateway would.
+
+Runs the gateway's catalog, environment pool and cold-start code in-process (the same environment selection as
+synchronous calls), leases events fairly across functions, applies Lambda's retries and age limit, and hands
+finished events to the destinations. Serves ``/healthz`` and ``/metrics`` on ``--listen``. SIGTERM stops leasing and
+lets events in flight finish (bounded); unfinished ones come back to another worker after the queue's ack wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from kfn.cli import gateway as gw
+
+    env = os.environ.get
+    gw.add_arguments(p)
+    p.set_defaults(listen=env("KFN_ASYNC_WORKER_LISTEN", "0.0.0.0:8080"),
+                   nats_url=env("KFN_NATS_URL", "nats://kfn-nats.kfn-system.svc:4222"))
+    p.add_argument("--concurrency", type=int, default=int(env("KFN_ASYNC_CONCURRENCY", "64")),
+                   help="events in flight in this worker (default 64)")
+    p.add_argument("--retry-delays", default=env("KFN_ASYNC_RETRY_DELAYS", ""),
+                   help="seconds before retry 1 and 2 of a failed function, e.g. '1,2' in tests (default: Lambda's "
+                        "60,120)")
+    p.add_argument("--throttle-backoff-max", type=float, default=float(env("KFN_ASYNC_THROTTLE_MAX", "300")),
+                   help="longest backoff after a throttle, seconds (default: Lambda's 300)")
+
+
+def policy(args: argparse.Namespace) -> object:
+    from kfn.asyncinvoke.retry import Policy
+
+    delays = tuple(float(x) for x in args.retry_delays.split(",") if x.strip())
+    base = Policy()
+    return Policy(function_error_delays=delays or base.function_error_delays, throttle_max=args.throttle_backoff_max)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    from aiohttp import web
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from kfn import k8s
+    from kfn.asyncinvoke.queue import JetStreamQueue, QueueSettings, QueueUnavailable
+    from kfn.asyncinvoke.worker import Worker, WorkerSettings, report_backlog
+    from kfn.gateway import catalog as catalog_mod
+    from kfn.gateway import control, metrics
+    from kfn.gateway.coldstart import DeploymentScaleUp
+    from kfn.gateway.pool import EnvironmentPool
+    from kfn.gateway.server import Gateway, GatewaySettings
+
+    log = logging.getLogger("kfn.asyncinvoke.main")
+    k8s.configure(args.kubeconfig, args.context, pool_size=16)
+    loop = asyncio.get_running_loop()
+    catalog = catalog_mod.Catalog()
+    pool = EnvironmentPool(loop)
+    catalog.on_environments.append(pool.update)
+    watchers = catalog_mod.start_watchers(catalog, loop, tuple(args.namespace))
+    loops: dict[str, asyncio.Task[None]] = {}
+
+    def health() -> str | None:
+        dead = [f"watch of {w.kind} is dead ({w.dead})" for w in watchers if w.dead or not w.thread.is_alive()]
+        metrics.WATCHES_ALIVE.set(len(watchers) - len(dead))
+        dead += [f"{name} loop ended: {t.exception() if not t.cancelled() else 'cancelled'}"
+                 for name, t in loops.items() if t.done()]
+        return "; ".join(dead) or None
+
+    async def healthz(_: web.Request) -> web.Response:
+        problem = health()
+        return web.Response(status=200 if problem is None else 503, text=f"{problem or 'ok'}\n")
+
+    async def metrics_page(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_page)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, _, port = args.listen.rpartition(":")
+    await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
+
+    deadline = time.monotonic() + 120
+    while not all(w.synced.is_set() for w in watchers):
+        if health() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"kfn async-worker: the catalog did not load: {health() or 'timed out after 120 s'}")
+        await asyncio.sleep(0.05)
+    while True:  # the queue may start after us (a fresh install): keep trying, saying so
+        try:
+            queue = await JetStreamQueue.connect(QueueSettings(url=args.nats_url), name="kfn-async-worker")
+            break
+        except QueueUnavailable as e:
+            log.warning("waiting for the queue: %s", e)
+            await asyncio.sleep(2)
+    settings = GatewaySettings(
+        api=control.ApiSettings(region=args.region, default_namespace=args.default_namespace,
+                                pool_size=args.pool_size, unreserved_min=args.unreserved_min),
+        cold_start_timeout=args.cold_start_timeout, max_waiting=args.max_waiting)
+    gateway = Gateway(catalog, pool, DeploymentScaleUp(), settings, health, queue)
+    worker = Worker(queue, gateway, destinations(queue, args, catalog), WorkerSettings(concurrency=args.concurrency,
+                                                                             policy=policy(args)), catalog)
+    loops["worker"] = loop.create_task(worker.run())
+    loops["backlog"] = loop.create_task(report_backlog(queue))
+    for name, task in loops.items():
+        task.add_done_callback(lambda t, name=name: t.cancelled() or t.exception() is None or log.error(
+            "%s loop died: %r", name, t.exception()))
+    log.info("kfn async-worker running", extra={"nats": args.nats_url, "concurrency": args.concurrency})
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    loops["worker"].cancel()
+    loops["backlog"].cancel()
+    if worker._tasks:
+        await asyncio.wait(list(worker._tasks), timeout=args.grace_seconds)
+    await queue.close()
+    await runner.cleanup()
+    for w in watchers:
+        w.stopping.set()
+
+
+def destinations(queue: Any, args: argparse.Namespace, catalog: Any) -> Any:
+    """The dest half's Destinations: settings from the watch-fed catalog, function destinations onto *queue*,
+    ``nats://`` destinations on the async NATS server."""
+    from kfn.asyncinvoke import destinations as dest
+
+    return dest.Destinations(dest.settings_from_view(catalog), queue, nats_url=args.nats_url,
+                             region=args.region, account_namespace=dest.account_namespace_from_view(catalog))
+
+
+def run(args: argparse.Namespace) -> int:
+    from kfn.cli.gateway import _logging
+
+    _logging(args.log_format, args.verbose)
+    import uvloop
+
+    uvloop.run(serve(args))
+    return 0

@@ -1,0 +1,436 @@
+"""Asynchronous invocation end to end: a real NATS JetStream server in a pod (the image `make images` builds from the
+Go module proxy, on a PersistentVolume), the real operator, ``kfn gateway`` and ``kfn async-worker`` processes
+(namespace-scoped, on the host), real function pods, boto3 as the client.
+
+The function records every run it makes (its request id, the event's token) in a JetStream stream of its own, with
+a PubAck, so the test reads back exactly what ran — and a run that could not record fails, so it is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.config
+import pytest
+
+from kfn.asyncinvoke import manifests
+
+pytestmark = pytest.mark.e2e
+
+_spec = importlib.util.spec_from_file_location("kfn_operator_rig", Path(__file__).parents[1] / "integration" / "test_operator.py")
+assert _spec and _spec.loader
+rig = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(rig)
+Api, Operator, wait_until, free_port = rig.Api, rig.Operator, rig.wait_until, rig.free_port
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
+from test_gateway_catalog import GatewayProcess  # noqa: E402 - the host gateway rig lives with the integration tests
+
+RETRY_DELAYS = (2.0, 4.0)  # the workers' --retry-delays (Lambda's 60, 120 s; checked in tests/unit/test_async_retry.py)
+
+# Records each run through NATS's text protocol (the runtime image has only the standard library): PUB with a reply
+# subject, then wait for JetStream's PubAck. No ack → an exception → a function error → Lambda's retries.
+RECORDER = """\
+import json
+import os
+import socket
+import time
+
+ADDR, SUBJECT = os.environ["RUNS_NATS"], os.environ["RUNS_SUBJECT"]
+
+
+def record(body):
+    host, port = ADDR.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        f = s.makefile("rb")
+        f.readline()  # INFO
+        s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\\r\\nSUB _INBOX.r 1\\r\\n'
+                  + b"PUB " + SUBJECT.encode() + b" _INBOX.r " + str(len(body)).encode() + b"\\r\\n" + body + b"\\r\\n")
+        while True:
+            line = f.readline()
+            if not line:
+                raise RuntimeError("NATS closed the connection")
+            if line.startswith(b"PING"):
+                s.sendall(b"PONG\\r\\n")
+            elif line.startswith(b"-ERR"):
+                raise RuntimeError(line.decode())
+            elif line.startswith(b"MSG"):
+                ack = f.read(int(line.split()[-1]) + 2)
+                if b'"error"' in ack:
+                    raise RuntimeError(ack.decode())
+                return
+
+
+def handler(event, context):
+    record(json.dumps({"rid": context.aws_request_id, "token": event.get("token"), "t": time.time(),
+                       "fn": context.function_name}).encode())
+    if event.get("fail"):
+        raise ValueError("boom")
+    return {"ok": event.get("token")}
+"""
+
+
+def fn(name: str, env: dict[str, str], **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": name},
+            "spec": {"runtime": "python3.11", "handler": "app.handler", "timeoutSeconds": 10,
+                     "environment": {"variables": env},
+                     "code": {"inline": {"files": {"app.py": RECORDER}}}, **spec}}
+
+
+def lambda_client(url: str) -> Any:
+    return boto3.client("lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id="any",
+                        aws_secret_access_key="any",
+                        config=botocore.config.Config(retries={"total_max_attempts": 1}, read_timeout=30,
+                                                      connect_timeout=5, max_pool_connections=64))
+
+
+class WorkerProcess(GatewayProcess):
+    """A real ``kfn async-worker`` on the host serving one namespace."""
+
+    def start(self) -> WorkerProcess:
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "kfn.cli.main", "async-worker", "--listen", f"127.0.0.1:{self.port}",
+               "-n", self.namespace, "--default-namespace", self.namespace, *self.extra]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.cluster.env)
+        wait_until(self.healthy, 60, "the async worker answers /healthz")
+        return self
+
+
+class Nats:
+    """The NATS StatefulSet of `kfn install` in the test's namespace, on a hostPath PersistentVolume made for it
+    (the test bed has no StorageClass)."""
+
+    def __init__(self, cluster: Any, namespace: str) -> None:
+        self.cluster, self.ns = cluster, namespace
+        self.pv = f"{namespace}-nats"
+        self.dir = Path(cluster.settings["RUN_DIR"]) / "pv" / self.pv
+
+    def start(self) -> Nats:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chown(self.dir, manifests.NATS_UID, manifests.NATS_UID)  # the server runs as non-root (restricted)
+        pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": self.pv},
+              "spec": {"capacity": {"storage": "2Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                       "persistentVolumeReclaimPolicy": "Retain",
+                       "hostPath": {"path": str(self.dir), "type": "Directory"},
+                       "claimRef": {"namespace": self.ns, "name": f"data-{manifests.NATS_NAME}-0"}}}
+        objs = [pv, *manifests.make_nats_objects(self.ns, manifests.NATS_IMAGE, storage_class="")]
+        self.cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
+        self.cluster.kubectl("-n", self.ns, "rollout", "status", f"statefulset/{manifests.NATS_NAME}",
+                             "--timeout=180s", timeout=200)
+        ip = self.cluster.kubectl("-n", self.ns, "get", "service", manifests.NATS_NAME, "-o",
+                                  "jsonpath={.spec.clusterIP}").stdout.strip()
+        self.addr = f"{ip}:{manifests.NATS_CLIENT_PORT}"
+        self.url = f"nats://{self.addr}"
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL of the server process itself (through containerd), not a pod deletion."""
+        pod = json.loads(self.cluster.kubectl("-n", self.ns, "get", "pod", f"{manifests.NATS_NAME}-0", "-o",
+                                              "json").stdout)
+        cid = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+        subprocess.run(["ctr", "-a", self.cluster.settings["CONTAINERD_SOCK"], "-n", "k8s.io", "tasks", "kill",
+                        "-s", "SIGKILL", cid], check=True, capture_output=True, timeout=30)
+
+    def stop(self) -> None:
+        self.cluster.kubectl("delete", "pv", self.pv, "--wait=false", "--ignore-not-found", check=False)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def _js(url: str) -> Any:
+    import nats
+
+    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=5)
+    return nc, nc.jetstream(timeout=10)
+
+
+def make_runs_stream(url: str, ns: str) -> None:
+    async def go() -> None:
+        from nats.js.api import StorageType, StreamConfig
+
+        nc, js = await _js(url)
+        await js.add_stream(StreamConfig(name="RUNS", subjects=[f"runs.{ns}.>"], storage=StorageType.FILE))
+        await nc.close()
+    run(go())
+
+
+def read_runs(url: str, ns: str, function: str) -> list[dict[str, Any]]:
+    """Every run the function recorded (a fresh ephemeral consumer reads the stream from the start)."""
+    async def go() -> list[dict[str, Any]]:
+        from nats.errors import TimeoutError as NatsTimeout
+
+        nc, js = await _js(url)
+        info = await js.stream_info("RUNS", subjects_filter=f"runs.{ns}.{function}")
+        want = (info.state.subjects or {}).get(f"runs.{ns}.{function}", 0)
+        out: list[dict[str, Any]] = []
+        if want:
+            sub = await js.pull_subscribe(f"runs.{ns}.{function}", stream="RUNS")
+            while len(out) < want:
+                try:
+                    msgs = await sub.fetch(1000, timeout=5)
+                except NatsTimeout:
+                    break
+                for m in msgs:
+                    out.append(json.loads(m.data))
+                    await m.ack()
+            await sub.unsubscribe()
+        await nc.close()
+        return out
+    return run(go())
+
+
+def scrape(url: str, name: str, **labels: str) -> float:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+class World:
+    def __init__(self, cluster: Any, ns: str, log_dir: Path, nats: Nats) -> None:
+        self.cluster, self.ns, self.log_dir, self.nats = cluster, ns, log_dir, nats
+        self.api = Api(cluster, ns)
+        self.gateways: list[GatewayProcess] = []
+        self.workers: list[WorkerProcess] = []
+
+    def gateway(self) -> GatewayProcess:
+        g = GatewayProcess(self.cluster, self.ns, self.log_dir / f"gateway-{len(self.gateways)}.log",
+                           "--nats-url", self.nats.url, "--cold-start-timeout", "150").start()
+        self.gateways.append(g)
+        return g
+
+    def worker(self) -> WorkerProcess:
+        w = WorkerProcess(self.cluster, self.ns, self.log_dir / f"worker-{len(self.workers)}.log",
+                          "--nats-url", self.nats.url, "--cold-start-timeout", "150",
+                          "--retry-delays", ",".join(str(d) for d in RETRY_DELAYS),
+                          "--throttle-backoff-max", "5").start()
+        self.workers.append(w)
+        return w
+
+    def env(self, function: str) -> dict[str, str]:
+        return {"RUNS_NATS": self.nats.addr, "RUNS_SUBJECT": f"runs.{self.ns}.{function}"}
+
+    def backlog(self) -> int:
+        async def go() -> int:
+            from kfn.asyncinvoke.queue import JetStreamQueue, QueueSettings
+
+            q = await JetStreamQueue.connect(QueueSettings(url=self.nats.url), ensure=False)
+            try:
+                return sum(n for (ns, _), n in (await q.backlog()).items() if ns == self.ns)
+            finally:
+                await q.close()
+        return run(go())
+
+
+@pytest.fixture(scope="module")
+def world(cluster: Any, crds_installed: Any, testbed_images: Any, tmp_path_factory: pytest.TempPathFactory,
+          ) -> Iterator[World]:
+    ns = f"kfn-t-{secrets.token_hex(4)}"
+    cluster.kubectl("create", "namespace", ns)
+    cluster.kubectl("label", "namespace", ns, "kfn.dev/test=true")
+    log_dir = tmp_path_factory.mktemp("async-e2e")
+    nats = Nats(cluster, ns)
+    op = Operator(cluster, ns, log_dir).start()
+    w = World(cluster, ns, log_dir, nats)
+    try:
+        nats.start()
+        make_runs_stream(nats.url, ns)
+        w.api.apply([fn("rec", w.env("rec")),
+                     fn("fails", w.env("fails"), asyncInvokeConfig={"maximumRetryAttempts": 2}),
+                     fn("once", w.env("once"), asyncInvokeConfig={"maximumRetryAttempts": 0})])
+        w.gateway()
+        w.worker()
+        yield w
+    finally:
+        for p in [*w.gateways, *w.workers]:
+            p.stop()
+        op.stop()
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
+        nats.stop()
+
+
+@pytest.fixture(scope="module")
+def client(world: World) -> Iterator[Any]:
+    c = lambda_client(world.gateways[0].url)
+    yield c
+    c.close()
+
+
+def runs_of(world: World, function: str, rid: str, n: int, timeout: float) -> list[dict[str, Any]]:
+    got: list[dict[str, Any]] = []
+
+    def enough() -> bool:
+        got[:] = [r for r in read_runs(world.nats.url, world.ns, function) if r["rid"] == rid]
+        return len(got) >= n
+    wait_until(enough, timeout, f"{n} run(s) of {function} {rid}", interval=1)
+    return got
+
+
+def test_event_and_invoke_async_run_the_function_with_the_202s_request_id(world: World, client: Any) -> None:
+    out = client.invoke(FunctionName="rec", InvocationType="Event", Payload=b'{"token": "e1"}')
+    assert out["StatusCode"] == 202
+    rid = out["ResponseMetadata"]["RequestId"]
+    (run1,) = runs_of(world, "rec", rid, 1, 240)  # the first run includes the cold start
+    assert run1["token"] == "e1"
+    legacy = client.invoke_async(FunctionName="rec", InvokeArgs=b'{"token": "legacy"}')
+    assert legacy["Status"] == 202
+    (run2,) = runs_of(world, "rec", legacy["ResponseMetadata"]["RequestId"], 1, 60)
+    assert run2["token"] == "legacy"
+    wait_until(lambda: world.backlog() == 0, 30, "the queue is empty once both events finished")
+
+
+def test_a_failing_function_runs_1_plus_maximum_retry_attempts_times_with_the_delays(world: World,
+                                                                                      client: Any) -> None:
+    w = world.workers[0]
+    before = scrape(w.url, "kfn_async_events_dropped_total", function="fails", reason="RetriesExhausted")
+    out = client.invoke(FunctionName="fails", InvocationType="Event", Payload=b'{"fail": true, "token": "f"}')
+    rid = out["ResponseMetadata"]["RequestId"]
+    runs = runs_of(world, "fails", rid, 3, 300)
+    wait_until(lambda: scrape(w.url, "kfn_async_events_dropped_total", function="fails",
+                              reason="RetriesExhausted") == before + 1, 30, "the event is finished as RetriesExhausted")
+    assert len(read_runs(world.nats.url, world.ns, "fails")) == 3  # and never a fourth
+    t = sorted(r["t"] for r in runs)
+    assert t[1] - t[0] >= RETRY_DELAYS[0] - 0.2 and t[2] - t[1] >= RETRY_DELAYS[1] - 0.2, t
+    out = client.invoke(FunctionName="once", InvocationType="Event", Payload=b'{"fail": true}')
+    runs_of(world, "once", out["ResponseMetadata"]["RequestId"], 1, 240)
+    wait_until(lambda: world.backlog() == 0, 60, "the queue is empty")
+    assert len([r for r in read_runs(world.nats.url, world.ns, "once")]) == 1  # maximumRetryAttempts 0
+
+
+def test_a_queue_that_is_down_gets_500_never_202(world: World, client: Any) -> None:
+    g = GatewayProcess(world.cluster, world.ns, world.log_dir / "gateway-nowhere.log",
+                       "--nats-url", "nats://127.0.0.1:1").start()
+    try:
+        c = lambda_client(g.url)
+        with pytest.raises(c.exceptions.ServiceException) as e:
+            c.invoke(FunctionName="rec", InvocationType="Event", Payload=b"{}")
+        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+        c.close()
+    finally:
+        g.stop()
+
+
+def send_events(url: str, n: int, prefix: str, function: str, threads: int = 16) -> tuple[dict[str, str], int]:
+    """Send *n* Event invocations (retries off); return {token: request id} of those answered 202, and how many
+    were refused (a 5xx while a component was down: the client knows, and would retry)."""
+    accepted: dict[str, str] = {}
+    refused = 0
+    lock = threading.Lock()
+    tokens = iter(range(n))
+
+    def loop() -> None:
+        nonlocal refused
+        c = lambda_client(url)
+        for i in tokens:
+            token = f"{prefix}-{i}"
+            try:
+                out = c.invoke(FunctionName=function, InvocationType="Event",
+                               Payload=json.dumps({"token": token}).encode())
+            except Exception:  # noqa: BLE001 - refused or connection lost: not accepted, not counted as lost
+                with lock:
+                    refused += 1
+                continue
+            with lock:
+                if out["StatusCode"] == 202:
+                    accepted[token] = out["ResponseMetadata"]["RequestId"]
+                else:
+                    refused += 1
+        c.close()
+
+    pool = [threading.Thread(target=loop) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return accepted, refused
+
+
+@pytest.mark.slow
+def test_nothing_accepted_is_lost_when_gateway_worker_and_nats_are_killed(world: World) -> None:
+    n = int(os.environ.get("KFN_ASYNC_LOSS_EVENTS", "10000"))
+    g2 = world.gateway()
+    w2 = world.worker()
+    result: dict[str, Any] = {}
+    sender = threading.Thread(target=lambda: result.update(zip(("accepted", "refused"),
+                                                             send_events(g2.url, n, "loss", "rec"))))
+    t0 = time.monotonic()
+    sender.start()
+    rng = random.Random(11)
+    kills = []
+    # kill -9 each at a random moment while events flow; the killed process comes back (as a pod would)
+    for victim in rng.sample(["gateway", "worker", "nats"], 3):
+        time.sleep(rng.uniform(2, 8))
+        if victim == "gateway":
+            g2.proc.send_signal(signal.SIGKILL)
+            g2.proc.wait()
+            g2.start()
+        elif victim == "worker":
+            w2.proc.send_signal(signal.SIGKILL)
+            w2.proc.wait()
+            w2.start()
+        else:
+            world.nats.kill()
+        kills.append((victim, round(time.monotonic() - t0, 1)))
+    sender.join()
+    accepted = result["accepted"]
+    assert len(accepted) > n // 2, f"too few events accepted: {len(accepted)} of {n} ({result['refused']} refused)"
+
+    def all_ran() -> bool:
+        runs = read_runs(world.nats.url, world.ns, "rec")
+        ran = {r["token"] for r in runs}
+        result["runs"] = runs
+        return set(accepted) <= ran
+    wait_until(all_ran, 900, "every accepted event ran", interval=5)
+    counts = Counter(r["token"] for r in result["runs"] if r["token"] in accepted)
+    lost = [t for t in accepted if counts[t] == 0]
+    duplicates = sum(c - 1 for c in counts.values())
+    elapsed = time.monotonic() - t0
+    print(f"\nnothing-lost: {len(accepted)} accepted, {result['refused']} refused, kills {kills}, lost {len(lost)}, "
+          f"duplicates {duplicates}, all ran after {elapsed:.0f} s")
+    assert lost == []
+    # the request id the caller got is the one the function saw
+    by_token = {r["token"]: r["rid"] for r in result["runs"]}
+    assert all(by_token[t] == rid for t, rid in accepted.items())
+
+
+@pytest.mark.slow
+def test_a_throttled_function_keeps_its_events_until_released(world: World, client: Any) -> None:
+    world.api.apply([fn("held", world.env("held"), reservedConcurrency=0)])
+    wait_until(lambda: world.api.get("function", "held"), 30, "the function exists")
+    tokens = [f"held-{i}" for i in range(200)]
+    rids = {}
+    for t in tokens:
+        out = client.invoke(FunctionName="held", InvocationType="Event", Payload=json.dumps({"token": t}).encode())
+        assert out["StatusCode"] == 202  # reserved 0 still accepts (Lambda does)
+        rids[t] = out["ResponseMetadata"]["RequestId"]
+    wait_until(lambda: world.backlog() >= len(tokens), 30, "the events wait in the queue")
+    assert read_runs(world.nats.url, world.ns, "held") == []  # nothing ran while throttled
+    world.api.apply([fn("held", world.env("held"), reservedConcurrency=5)])
+
+    def all_ran() -> bool:
+        return {r["token"] for r in read_runs(world.nats.url, world.ns, "held")} >= set(tokens)
+    wait_until(all_ran, 600, "every held event ran once released", interval=3)
+    runs = read_runs(world.nats.url, world.ns, "held")
+    assert {r["token"]: r["rid"] for r in runs} == rids

@@ -359,3 +359,23 @@ def test_settings_from_a_catalog_follow_the_qualifier() -> None:
     assert settings_of(event(function="gone")) == d.AsyncSettings()
     assert d.account_namespace_from_view(view)(names.account_id("team-a")) == "team-a"
     assert d.account_namespace_from_view(view)("000000000000") is None
+
+
+def test_the_worker_stops_a_chain_after_16_invocations_without_running_it() -> None:
+    # A destination loop (f -> g -> f ...) must end: the 17th invocation never runs, the event goes to on-failure.
+    import test_async_worker as w
+
+    from kfn.asyncinvoke.worker import Worker
+
+    before = counter("kfn_async_recursive_invocations_dropped_total", namespace="ns", function="fn")
+    q, dest, inv = w.MemQueue(w.event(hops=16)), w.Dest(), w.Script()
+    w.drain(q, Worker(q, inv, dest, w.FAST))
+    assert inv.calls == 0
+    (_, outcome, condition), = dest.failure
+    assert (condition, outcome.status_code, outcome.error_type) == ("RetriesExhausted", 400,
+                                                                   "RecursiveInvocationException")
+    assert counter("kfn_async_recursive_invocations_dropped_total", namespace="ns", function="fn") == before + 1
+    # one hop fewer still runs
+    q, dest, inv = w.MemQueue(w.event(hops=15)), w.Dest(), w.Script(w.answer())
+    w.drain(q, Worker(q, inv, dest, w.FAST))
+    assert inv.calls == 1 and len(dest.success) == 1

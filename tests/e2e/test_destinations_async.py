@@ -257,7 +257,13 @@ def test_an_event_that_never_ran_reaches_on_failure_as_event_age_exceeded(dworld
     def expired() -> bool:
         aged[:] = dworld.redis_entries("aged")
         return bool(aged)
-    ta.wait_until(expired, MAX_AGE + 120, "the EventAgeExceeded record", interval=2)
+    try:
+        ta.wait_until(expired, MAX_AGE + 120, "the EventAgeExceeded record", interval=2)
+    except AssertionError as e:  # say what the worker did with the event
+        worker = dworld.world.workers[0]
+        with urllib.request.urlopen(f"{worker.url}/metrics", timeout=5) as r:
+            seen = [line for line in r.read().decode().splitlines() if 'function="zero"' in line]
+        raise AssertionError(f"{e}\nworker metrics of zero:\n" + "\n".join(seen)) from None
     assert time.time() - dworld.zero_sent >= MAX_AGE
     record = json.loads(aged[0][b"record"])
     assert record["requestContext"] == {"requestId": dworld.zero_rid, "functionArn": dworld.arn("zero"),

@@ -102,7 +102,8 @@ async def serve(args: argparse.Namespace) -> None:
                                 pool_size=args.pool_size, unreserved_min=args.unreserved_min),
         cold_start_timeout=args.cold_start_timeout, max_waiting=args.max_waiting)
     gateway = Gateway(catalog, pool, DeploymentScaleUp(), settings, health, queue)
-    worker = Worker(queue, gateway, destinations(queue, args, catalog), WorkerSettings(concurrency=args.concurrency,
+    dests = destinations(queue, args, catalog)
+    worker = Worker(queue, gateway, dests, WorkerSettings(concurrency=args.concurrency,
                                                                              policy=policy(args)), catalog)
     loops["worker"] = loop.create_task(worker.run())
     loops["backlog"] = loop.create_task(report_backlog(queue))
@@ -118,6 +119,7 @@ async def serve(args: argparse.Namespace) -> None:
     loops["backlog"].cancel()
     if worker._tasks:
         await asyncio.wait(list(worker._tasks), timeout=args.grace_seconds)
+    await dests.close()  # its broker connections (NATS, Redis, HTTP)
     await queue.close()
     await runner.cleanup()
     for w in watchers:

@@ -103,8 +103,7 @@ async def serve(args: argparse.Namespace) -> None:
         cold_start_timeout=args.cold_start_timeout, max_waiting=args.max_waiting)
     gateway = Gateway(catalog, pool, DeploymentScaleUp(), settings, health, queue)
     dests = destinations(queue, args, catalog)
-    worker = Worker(queue, gateway, dests, WorkerSettings(concurrency=args.concurrency,
-                                                                             policy=policy(args)), catalog)
+    worker = Worker(queue, gateway, dests, WorkerSettings(concurrency=args.concurrency, policy=policy(args)), catalog)
     loops["worker"] = loop.create_task(worker.run())
     loops["backlog"] = loop.create_task(report_backlog(queue))
     for name, task in loops.items():

@@ -5,8 +5,8 @@ destinations configured in the Function specs: a Redis stream (redis-server pod)
 
 What a user notices: a poison event goes through its retries, its execution record reaches the on-failure
 destination and the original event the DLQ, while the events sent after it run at once; successes reach on-success;
-a function destination runs the next function with the record; an event that could never run (reserved
-concurrency 0) reaches on-failure as EventAgeExceeded once its maximum age passes.
+a function destination runs the next function with the record; an event that could never run (its function never
+gets an execution environment) reaches on-failure as EventAgeExceeded once its maximum age passes.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import pytest
 import test_async as ta  # the async engineer's rig: NATS pod on a PV, host gateway/worker, recording function
 from kfn import names
 from test_destinations_brokers import pods
+from test_operator import NO_NODE_ARCH
 
 pytestmark = pytest.mark.e2e
 
@@ -127,7 +128,9 @@ def dworld(cluster: Any, crds_installed: Any, testbed_images: Any,
                for p in ("redis", "webhook")}
         redis = f"redis://{ips['redis']}:6379"
         w.api.apply([
-            ta.fn("zero", w.env("zero"), reservedConcurrency=0, asyncInvokeConfig={
+            # never gets an execution environment: no node of its architecture (each attempt waits for a cold
+            # start until --cold-start-timeout, a platform error, not an attempt)
+            ta.fn("zero", w.env("zero"), architecture=NO_NODE_ARCH, asyncInvokeConfig={
                 "maximumEventAgeSeconds": MAX_AGE, "destinationConfig": {"onFailure": {"destination": f"{redis}/aged"}}}),
             ta.fn("poison", w.env("poison"), asyncInvokeConfig={
                 "maximumRetryAttempts": 1,
@@ -258,7 +261,8 @@ def test_an_event_that_never_ran_reaches_on_failure_as_event_age_exceeded(dworld
         aged[:] = dworld.redis_entries("aged")
         return bool(aged)
     try:
-        ta.wait_until(expired, MAX_AGE + 120, "the EventAgeExceeded record", interval=2)
+        # an attempt waits up to the worker's --cold-start-timeout (150 s) for an environment before it is requeued
+        ta.wait_until(expired, MAX_AGE + 240, "the EventAgeExceeded record", interval=2)
     except AssertionError as e:  # say what the worker did with the event
         worker = dworld.world.workers[0]
         with urllib.request.urlopen(f"{worker.url}/metrics", timeout=5) as r:

@@ -84,13 +84,15 @@ run: venv ## bring up the local cluster, install kfn, deploy the hello-world exa
 	  echo "$$aws_line"
 
 BENCH_N ?= 1000
-bench: venv ## benchmarks as ratios against a baseline run alongside: agent vs AWS's emulator, operator vs raw kubectl apply, gateway vs direct and nginx
+bench: venv ## benchmarks as ratios against a baseline run alongside: agent vs AWS's emulator, operator vs raw kubectl apply, gateway vs direct and nginx, async vs plain JetStream
 	@echo "==> agent vs AWS Runtime Interface Emulator"
 	$(PY) bench/agent_vs_rie.py
 	@echo "==> reconciling $(BENCH_N) Functions vs raw kubectl apply of their children"
 	$(PY) bench/reconcile.py --n $(BENCH_N)
 	@echo "==> gateway hop vs direct-to-agent vs nginx on one function pod; cold start vs raw pod start"
 	$(PY) bench/gateway.py
+	@echo "==> async invocation (Event → NATS JetStream → worker → function) vs a plain JetStream publish/consume loop"
+	$(PY) bench/async.py
 	@echo; echo "==> summary (bench/results/*.json)"
 	@$(PY) bench/summary.py
 

@@ -100,6 +100,20 @@ def lambda_client(url: str) -> Any:
                                                       connect_timeout=5, max_pool_connections=64))
 
 
+class StickyGateway(GatewayProcess):
+    """A host gateway that comes back on the same port after a kill (as a pod behind its Service would)."""
+
+    def start(self) -> StickyGateway:
+        if getattr(self, "port", None) is None:
+            return super().start()  # type: ignore[return-value]
+        cmd = [sys.executable, "-m", "kfn.cli.main", "gateway", "--listen", f"127.0.0.1:{self.port}",
+               "-n", self.namespace, "--default-namespace", self.namespace, *self.extra]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.cluster.env)
+        wait_until(self.healthy, 60, "the gateway answers /healthz again")
+        return self
+
+
 class WorkerProcess(GatewayProcess):
     """A real ``kfn async-worker`` on the host serving one namespace."""
 
@@ -216,7 +230,7 @@ class World:
         self.workers: list[WorkerProcess] = []
 
     def gateway(self) -> GatewayProcess:
-        g = GatewayProcess(self.cluster, self.ns, self.log_dir / f"gateway-{len(self.gateways)}.log",
+        g = StickyGateway(self.cluster, self.ns, self.log_dir / f"gateway-{len(self.gateways)}.log",
                            "--nats-url", self.nats.url, "--cold-start-timeout", "150").start()
         self.gateways.append(g)
         return g
@@ -249,7 +263,8 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any, tmp_path_facto
           ) -> Iterator[World]:
     ns = f"kfn-t-{secrets.token_hex(4)}"
     cluster.kubectl("create", "namespace", ns)
-    cluster.kubectl("label", "namespace", ns, "kfn.dev/test=true")
+    # restricted enforced: the NATS pod (and the function pods) are admitted only if they meet it
+    cluster.kubectl("label", "namespace", ns, "kfn.dev/test=true", "pod-security.kubernetes.io/enforce=restricted")
     log_dir = tmp_path_factory.mktemp("async-e2e")
     nats = Nats(cluster, ns)
     op = Operator(cluster, ns, log_dir).start()
@@ -257,7 +272,8 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any, tmp_path_facto
     try:
         nats.start()
         make_runs_stream(nats.url, ns)
-        w.api.apply([fn("rec", w.env("rec")),
+        # capped, so the shared 2-core node is not asked for dozens of environments (the scaler's business)
+        w.api.apply([fn("rec", w.env("rec"), reservedConcurrency=8),
                      fn("fails", w.env("fails"), asyncInvokeConfig={"maximumRetryAttempts": 2}),
                      fn("once", w.env("once"), asyncInvokeConfig={"maximumRetryAttempts": 0})])
         w.gateway()
@@ -332,9 +348,13 @@ def test_a_queue_that_is_down_gets_500_never_202(world: World, client: Any) -> N
         g.stop()
 
 
+REFUSALS: Counter[str] = Counter()  # why sends were refused, for the report
+
+
 def send_events(url: str, n: int, prefix: str, function: str, threads: int = 16) -> tuple[dict[str, str], int]:
-    """Send *n* Event invocations (retries off); return {token: request id} of those answered 202, and how many
-    were refused (a 5xx while a component was down: the client knows, and would retry)."""
+    """Send *n* Event invocations (botocore's retries off; this loop retries a refused event every 0.2 s for up
+    to 60 s, as a client would); return {token: request id} of those answered 202, and the refusals (a 5xx or a
+    refused connection while a component was down: the client knows it was not accepted)."""
     accepted: dict[str, str] = {}
     refused = 0
     lock = threading.Lock()
@@ -345,18 +365,21 @@ def send_events(url: str, n: int, prefix: str, function: str, threads: int = 16)
         c = lambda_client(url)
         for i in tokens:
             token = f"{prefix}-{i}"
-            try:
-                out = c.invoke(FunctionName=function, InvocationType="Event",
-                               Payload=json.dumps({"token": token}).encode())
-            except Exception:  # noqa: BLE001 - refused or connection lost: not accepted, not counted as lost
-                with lock:
-                    refused += 1
-                continue
-            with lock:
+            give_up = time.monotonic() + 60
+            while time.monotonic() < give_up:
+                try:
+                    out = c.invoke(FunctionName=function, InvocationType="Event",
+                                   Payload=json.dumps({"token": token}).encode())
+                except Exception as e:  # noqa: BLE001 - refused or connection lost: not accepted (maybe stored: a dup)
+                    with lock:
+                        refused += 1
+                        REFUSALS[type(e).__name__] += 1
+                    time.sleep(0.2)
+                    continue
                 if out["StatusCode"] == 202:
-                    accepted[token] = out["ResponseMetadata"]["RequestId"]
-                else:
-                    refused += 1
+                    with lock:
+                        accepted[token] = out["ResponseMetadata"]["RequestId"]
+                    break
         c.close()
 
     pool = [threading.Thread(target=loop) for _ in range(threads)]
@@ -382,6 +405,7 @@ def test_nothing_accepted_is_lost_when_gateway_worker_and_nats_are_killed(world:
     # kill -9 each at a random moment while events flow; the killed process comes back (as a pod would)
     for victim in rng.sample(["gateway", "worker", "nats"], 3):
         time.sleep(rng.uniform(2, 8))
+        assert sender.is_alive(), f"events stopped flowing before the {victim} was killed: make the run longer"
         if victim == "gateway":
             g2.proc.send_signal(signal.SIGKILL)
             g2.proc.wait()
@@ -395,7 +419,7 @@ def test_nothing_accepted_is_lost_when_gateway_worker_and_nats_are_killed(world:
         kills.append((victim, round(time.monotonic() - t0, 1)))
     sender.join()
     accepted = result["accepted"]
-    assert len(accepted) > n // 2, f"too few events accepted: {len(accepted)} of {n} ({result['refused']} refused)"
+    assert len(accepted) > n * 0.9, f"too few events accepted: {len(accepted)} of {n} ({result['refused']} refused)"
 
     def all_ran() -> bool:
         runs = read_runs(world.nats.url, world.ns, "rec")
@@ -408,17 +432,29 @@ def test_nothing_accepted_is_lost_when_gateway_worker_and_nats_are_killed(world:
     duplicates = sum(c - 1 for c in counts.values())
     elapsed = time.monotonic() - t0
     print(f"\nnothing-lost: {len(accepted)} accepted, {result['refused']} refused, kills {kills}, lost {len(lost)}, "
-          f"duplicates {duplicates}, all ran after {elapsed:.0f} s")
+          f"duplicates {duplicates}, all ran after {elapsed:.0f} s; refusals by kind {dict(REFUSALS)}")
     assert lost == []
-    # the request id the caller got is the one the function saw
-    by_token = {r["token"]: r["rid"] for r in result["runs"]}
-    assert all(by_token[t] == rid for t, rid in accepted.items())
+    # the request id the caller got is one the function saw (a retried send may have stored the token twice)
+    rids: dict[str, set[str]] = {}
+    for r in result["runs"]:
+        rids.setdefault(r["token"], set()).add(r["rid"])
+    assert all(rid in rids[t] for t, rid in accepted.items())
+    world.cluster.kubectl("-n", world.ns, "delete", "function", "rec", "--wait=false", check=False)  # frees the node
 
 
 @pytest.mark.slow
 def test_a_throttled_function_keeps_its_events_until_released(world: World, client: Any) -> None:
     world.api.apply([fn("held", world.env("held"), reservedConcurrency=0)])
-    wait_until(lambda: world.api.get("function", "held"), 30, "the function exists")
+
+    def known() -> bool:  # the gateway's catalog has the new function: a DryRun is throttled (reserved 0), not 404
+        try:
+            client.invoke(FunctionName="held", InvocationType="DryRun")
+        except client.exceptions.ResourceNotFoundException:
+            return False
+        except client.exceptions.TooManyRequestsException:
+            return True
+        return True
+    wait_until(known, 60, "the gateway knows the function")
     tokens = [f"held-{i}" for i in range(200)]
     rids = {}
     for t in tokens:
@@ -427,7 +463,7 @@ def test_a_throttled_function_keeps_its_events_until_released(world: World, clie
         rids[t] = out["ResponseMetadata"]["RequestId"]
     wait_until(lambda: world.backlog() >= len(tokens), 30, "the events wait in the queue")
     assert read_runs(world.nats.url, world.ns, "held") == []  # nothing ran while throttled
-    world.api.apply([fn("held", world.env("held"), reservedConcurrency=5)])
+    world.api.apply([fn("held", world.env("held"), reservedConcurrency=3)])
 
     def all_ran() -> bool:
         return {r["token"] for r in read_runs(world.nats.url, world.ns, "held")} >= set(tokens)

@@ -141,7 +141,8 @@ def test_operator_runs_what_kfn_install_runs(render: Render, image: str, watch: 
     assert pod["volumes"] == ours["volumes"]
     # the gateway: the same pod as kfn install's, replicas from the values
     (gw,) = by_component(objs, "gateway")["Deployment"]
-    gw_ours = install.make_gateway_deployment("kfn-system", image, watch_namespaces=watch)
+    gw_ours = install.make_gateway_deployment("kfn-system", image, watch_namespaces=watch,
+                                              nats_url="nats://kfn-nats.kfn-system.svc:4222")  # async on by default
     (c,), (c_ours,) = gw["spec"]["template"]["spec"]["containers"], gw_ours["spec"]["template"]["spec"]["containers"]
     for key in ("command", "image", "ports", "livenessProbe", "readinessProbe", "volumeMounts"):
         assert c[key] == c_ours[key], key
@@ -302,7 +303,7 @@ def dashboard_exprs() -> list[str]:
 
 
 def test_dashboard_shows_what_lambda_users_watch(render: Render) -> None:
-    cm = one(render(), "ConfigMap")
+    cm = one(render(), "ConfigMap", "kfn-grafana-dashboard")
     assert json.loads(cm["data"]["kfn.json"]) == json.loads((CHART / "files" / "dashboard.json").read_text())
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     used = {m for e in dashboard_exprs() for m in re.findall(r"\bkfn_[a-z_]+", e)}

@@ -349,10 +349,17 @@ class JetStreamQueue:
                     taken += 1
                 try:
                     got = await self.fetch(subj, taken, timeout=2.0)
-                except Exception:
+                except asyncio.CancelledError:
                     for _ in range(taken):
                         slots.release()
                     raise
+                except Exception as e:  # noqa: BLE001 - disconnected (nats-py reconnects by itself): try again
+                    for _ in range(taken):
+                        slots.release()
+                    log.warning("fetching events of %s failed, again in 1 s: %r", subj, e)
+                    self._consumers.pop(subj, None)  # bind afresh: the server may have restarted
+                    await asyncio.sleep(1.0)
+                    continue
                 for _ in range(taken - len(got)):
                     slots.release()
                 for lease in got:
@@ -367,8 +374,19 @@ class JetStreamQueue:
                 out.put_nowait(t.exception())  # never die silently: the consumer of leases() sees it
 
         async def discover() -> None:
+            failures = 0
             while True:
-                for subj, n in (await self.subjects_with_events()).items():
+                try:
+                    found = await self.subjects_with_events()
+                    failures = 0
+                except Exception as e:  # noqa: BLE001 - the server is down or restarting: keep trying, loudly
+                    failures += 1
+                    if failures >= 120:  # a minute without the queue: let health turn red (the caller raises)
+                        raise QueueUnavailable(f"no answer from JetStream for a minute: {e!r}") from e
+                    log.warning("listing functions with events failed: %r", e)
+                    await asyncio.sleep(discover_every)
+                    continue
+                for subj, n in found.items():
                     task = tasks.get(subj)
                     if n and (task is None or task.done()):
                         try:

@@ -214,12 +214,17 @@ class Worker:
     async def _requeue(self, lease: Lease, env: Envelope, attempt: Attempt, config: retry.Config) -> None:
         ran = attempt.result in (retry.OK, retry.FUNCTION_ERROR)
         attempts = env.attempts + (1 if ran else 0)
-        throttles = 0 if ran else env.throttles + 1
+        # Throttles since the last stored state: this copy's deliveries (the queue counts them), so a throttle needs
+        # no new stored state, only the same copy handed back later (cheap: no publish while a function is capped).
+        throttles = 0 if ran else env.throttles + lease.deliveries
         now = time.time()
         step = retry.after_attempt(result=attempt.result, attempts=attempts, throttles=throttles,
                                    received=env.received, now=now, config=config, policy=self.settings.policy,
                                    jitter=random.uniform(0.5, 1.0))
         last_error = attempt.error_type or env.last_error
+        if step.action == retry.RETRY and not ran:
+            await self.queue.redeliver(lease, step.delay)
+            return
         if step.action == retry.RETRY:
             await self.queue.delay(lease, env.next(attempts=attempts, throttles=throttles, last_error=last_error),
                                    step.delay)

@@ -45,30 +45,23 @@ async def serve(args: argparse.Namespace) -> None:
     from aiohttp import web
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    from kfn import k8s
     from kfn.asyncinvoke.queue import JetStreamQueue, QueueSettings, QueueUnavailable
     from kfn.asyncinvoke.worker import Worker, WorkerSettings, report_backlog
-    from kfn.gateway import catalog as catalog_mod
-    from kfn.gateway import control, metrics
+    from kfn.cli.gateway import start_catalog
+    from kfn.gateway import control
     from kfn.gateway.coldstart import DeploymentScaleUp
-    from kfn.gateway.pool import EnvironmentPool
     from kfn.gateway.server import Gateway, GatewaySettings
 
     log = logging.getLogger("kfn.asyncinvoke.main")
-    k8s.configure(args.kubeconfig, args.context, pool_size=16)
     loop = asyncio.get_running_loop()
-    catalog = catalog_mod.Catalog()
-    pool = EnvironmentPool(loop)
-    catalog.on_environments.append(pool.update)
-    watchers = catalog_mod.start_watchers(catalog, loop, tuple(args.namespace))
     loops: dict[str, asyncio.Task[None]] = {}
+    catalog_health: list[Any] = [lambda: None]
 
     def health() -> str | None:
-        dead = [f"watch of {w.kind} is dead ({w.dead})" for w in watchers if w.dead or not w.thread.is_alive()]
-        metrics.WATCHES_ALIVE.set(len(watchers) - len(dead))
+        dead = [catalog_health[0]()]
         dead += [f"{name} loop ended: {t.exception() if not t.cancelled() else 'cancelled'}"
                  for name, t in loops.items() if t.done()]
-        return "; ".join(dead) or None
+        return "; ".join(d for d in dead if d) or None
 
     async def healthz(_: web.Request) -> web.Response:
         problem = health()
@@ -84,12 +77,7 @@ async def serve(args: argparse.Namespace) -> None:
     await runner.setup()
     host, _, port = args.listen.rpartition(":")
     await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
-
-    deadline = time.monotonic() + 120
-    while not all(w.synced.is_set() for w in watchers):
-        if health() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"kfn async-worker: the catalog did not load: {health() or 'timed out after 120 s'}")
-        await asyncio.sleep(0.05)
+    catalog, pool, watchers, catalog_health[0] = await start_catalog(args, "kfn async-worker")
     while True:  # the queue may start after us (a fresh install): keep trying, saying so
         try:
             queue = await JetStreamQueue.connect(QueueSettings(url=args.nats_url), name="kfn-async-worker")

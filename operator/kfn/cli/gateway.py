@@ -16,6 +16,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 
 class JsonFormatter(logging.Formatter):
@@ -68,16 +70,15 @@ def _logging(fmt: str, verbose: bool) -> None:
     logging.getLogger("kfn.gateway.access").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-async def serve(args: argparse.Namespace) -> None:
+async def start_catalog(args: argparse.Namespace, who: str) -> tuple[Any, Any, list[Any], Callable[[], str | None]]:
+    """The watch-fed catalog and environment pool of a gateway (also the async workers'), loaded: returns
+    ``(catalog, pool, watchers, health)`` once every first list is in (before that a known function would be
+    answered 404); ``health()`` is None while every watch lives, else why not. Exits if it does not load in 120 s."""
     from kfn import k8s
-    from kfn.agent.httpserver import _date  # noqa: F401 - warm the Date header cache
     from kfn.gateway import catalog as catalog_mod
-    from kfn.gateway import control, metrics
-    from kfn.gateway.coldstart import DeploymentScaleUp
+    from kfn.gateway import metrics
     from kfn.gateway.pool import EnvironmentPool
-    from kfn.gateway.server import Gateway, GatewaySettings, connection_factory
 
-    log = logging.getLogger("kfn.gateway.main")
     k8s.configure(args.kubeconfig, args.context, pool_size=16)
     loop = asyncio.get_running_loop()
     catalog = catalog_mod.Catalog()
@@ -90,12 +91,23 @@ async def serve(args: argparse.Namespace) -> None:
         metrics.WATCHES_ALIVE.set(len(watchers) - len(dead))
         return "; ".join(dead) or None
 
-    # Serve only once every first list is in: before that a known function would be answered 404.
     deadline = time.monotonic() + 120
     while not all(w.synced.is_set() for w in watchers):
         if health() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"kfn gateway: the catalog did not load: {health() or 'timed out after 120 s'}")
+            raise SystemExit(f"{who}: the catalog did not load: {health() or 'timed out after 120 s'}")
         await asyncio.sleep(0.05)
+    return catalog, pool, watchers, health
+
+
+async def serve(args: argparse.Namespace) -> None:
+    from kfn.agent.httpserver import _date  # noqa: F401 - warm the Date header cache
+    from kfn.gateway import control
+    from kfn.gateway.coldstart import DeploymentScaleUp
+    from kfn.gateway.server import Gateway, GatewaySettings, connection_factory
+
+    log = logging.getLogger("kfn.gateway.main")
+    loop = asyncio.get_running_loop()
+    catalog, pool, watchers, health = await start_catalog(args, "kfn gateway")
     settings = GatewaySettings(
         api=control.ApiSettings(region=args.region, default_namespace=args.default_namespace,
                                 pool_size=args.pool_size, unreserved_min=args.unreserved_min,

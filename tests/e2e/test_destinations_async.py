@@ -30,7 +30,7 @@ from test_operator import NO_NODE_ARCH
 
 pytestmark = pytest.mark.e2e
 
-RETRY_DELAY = 25.0  # --retry-delays: the poison's one retry waits this long (Lambda: ~60 s)
+RETRY_DELAY = 60.0  # --retry-delays: the poison's one retry waits this long (Lambda's own first delay)
 MAX_AGE = 60  # maximumEventAgeSeconds of the throttled function (Lambda's minimum)
 # A function that records the whole event it got (the record a function destination sends).
 AUDIT = ta.RECORDER.split("def handler")[0] + '''def handler(event, context):
@@ -177,14 +177,12 @@ def test_poison_event_retries_then_on_failure_and_dlq_while_later_events_run(dwo
     rid = out["ResponseMetadata"]["RequestId"]
     ta.runs_of(w, "poison", rid, 1, 240)  # first attempt (includes the cold start)
 
-    # Events sent behind the poison run now, not after its retry.
-    sent = time.time()
+    # Events sent behind the poison run now, not after its retry: all five before its second attempt.
     good = [client.invoke(FunctionName="poison", InvocationType="Event",
                           Payload=json.dumps({"token": f"g{i}"}).encode())["ResponseMetadata"]["RequestId"]
             for i in range(5)]
     for g in good:
         ta.runs_of(w, "poison", g, 1, RETRY_DELAY)
-    assert time.time() - sent < RETRY_DELAY
     assert len([r for r in ta.read_runs(w.nats.url, w.ns, "poison") if r["rid"] == rid]) == 1  # still waiting
 
     runs = ta.runs_of(w, "poison", rid, 2, RETRY_DELAY + 120)

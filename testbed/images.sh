@@ -10,6 +10,8 @@
 #             image), or a placeholder until that exists.
 #   pause, coredns  the node's own images, FROM scratch with binaries built by
 #             testbed/build-extras.sh.
+#   redis     testbed/images/redis/Dockerfile: Debian's redis-server for the
+#             Redis stream destinations' tests (always :dev, shared).
 #   nats      images/nats/Dockerfile: nats-server built from the Go module proxy
 #             (testbed/build-tools.sh nats-server), tagged with its version.
 #
@@ -39,7 +41,7 @@ flock -n 8 || { log "another image build holds $CACHE/images.lock; waiting"; flo
 # node's own images (pause, coredns) are always :dev.
 TAG="${KFN_IMAGE_TAG:-dev}"
 NATS_SERVER_VERSION="${NATS_SERVER_VERSION:-2.15.3}"  # as build-tools.sh; kfn.asyncinvoke.manifests.NATS_VERSION
-tag_of() { case $1 in pause|coredns) echo dev ;; nats) echo "$NATS_SERVER_VERSION" ;; *) echo "$TAG" ;; esac; }
+tag_of() { case $1 in pause|coredns|redis) echo dev ;; nats) echo "$NATS_SERVER_VERSION" ;; *) echo "$TAG" ;; esac; }
 # archive/hash/mark file stem of an image: NAME for :dev, NAME-TAG otherwise
 stem_of() { local t; t=$(tag_of "$1"); [ "$t" = dev ] && echo "$1" || echo "$1-$t"; }
 
@@ -233,6 +235,10 @@ if [ "$NODE_ONLY" = 0 ]; then
   fi
   build python3.11 "$ctx" "$BASE"
 
+  # ---------------------------------------------------------- redis (test broker for Redis stream destinations)
+  ctx=$(context redis "$here/images/redis")
+  build redis "$ctx" "$BASE"
+
   # ---------------------------------------------------------- nats (the async queue)
   wait "$nats_pid" || { cat "$nats_log" >&2; die "building nats-server failed (log: $nats_log)"; }
   grep -h 'built ' "$nats_log" || true
@@ -241,4 +247,4 @@ if [ "$NODE_ONLY" = 0 ]; then
   build nats "$ctx"
 fi
 
-for name in pause coredns kfn python3.11 nats; do load "$name"; done
+for name in pause coredns kfn python3.11 redis nats; do load "$name"; done

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from kfn.install import GATEWAY_RULES, SCALER_RULES
+from kfn.install import GATEWAY_RULES, GATEWAY_WRITE_RULES, SCALER_RULES
 from kfn.resources.rbac import keda_rules, operator_rules
 
 class _NoAliases(yaml.SafeDumper):
@@ -43,6 +43,7 @@ def render() -> dict[str, str]:
         "operator-rules-clusterwide.yaml": dump("kfn/resources/rbac.py", operator_rules(clusterwide=True, peering=False)),
         "operator-rules-namespaced.yaml": dump("kfn/resources/rbac.py", operator_rules(clusterwide=False, peering=False)),
         "gateway-rules.yaml": dump("kfn/install.py", GATEWAY_RULES),
+        "gateway-write-rules.yaml": dump("kfn/install.py", GATEWAY_WRITE_RULES),
         "scaler-rules.yaml": dump("kfn/install.py", SCALER_RULES),
         # KEDA mode's extra rules (templates/keda.yaml), granted beside the operator's own when keda.enabled
         "operator-rules-keda.yaml": dump("kfn/resources/rbac.py", keda_rules()),

@@ -141,6 +141,11 @@ GATEWAY_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "update"]},
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
 ]
+# Only with `kfn gateway --allow-writes`: Put/Update/DeleteFunctionEventInvokeConfig merge-patch the Function ($LATEST)
+# or the Alias that holds the config (kfn.gateway.control.plan_event_invoke_config_write; nothing else is written).
+GATEWAY_WRITE_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [names.GROUP], "resources": [names.FUNCTION_PLURAL, names.ALIAS_PLURAL], "verbs": ["patch"]},
+]
 
 
 # Exactly what `kfn scaler` does with the API: list and watch the catalog, set a version's replicas.

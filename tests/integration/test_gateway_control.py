@@ -31,14 +31,14 @@ COLD_START_SECONDS = 150
 class GatewayProcess:
     """A real ``kfn gateway`` serving one namespace (also its default namespace) on 127.0.0.1."""
 
-    def __init__(self, cluster: Any, namespace: str, log_dir: Path) -> None:
+    def __init__(self, cluster: Any, namespace: str, log_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.log = log_dir / "gateway.log"
         log_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "kfn.cli.main", "gateway", "--listen", f"127.0.0.1:{self.port}",
                "-n", namespace, "--default-namespace", namespace, "--region", REGION, "--log-format", "json", "--verbose",
                # a pod start on a busy two-core test bed can take a minute: hold a cold start longer than that
-               "--cold-start-timeout", str(COLD_START_SECONDS)]
+               "--cold-start-timeout", str(COLD_START_SECONDS), *extra_args]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=cluster.env)
         wait_until(self.healthy, 60, "the gateway answers /healthz")

@@ -345,3 +345,16 @@ def test_fuzz_any_request_gets_a_lambda_shaped_answer(rig: Rig, method: str, pat
         assert b"x-amzn-errortype: " in lower and b"x-amzn-requestid: " in lower, data[:500]
     # and the gateway still serves
     assert raw(rig, "GET", "/healthz")[0] == 200
+
+
+def test_event_invoke_config_writes_are_off_by_default(client: Any) -> None:
+    # Control-plane writes change Git's objects behind GitOps' back: only with --allow-writes (issue 15).
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        client.put_function_event_invoke_config(FunctionName="hello", MaximumRetryAttempts=0)
+    err = info.value.response
+    assert (err["Error"]["Code"], err["ResponseMetadata"]["HTTPStatusCode"]) == ("UnknownOperationException", 404)
+    assert "--allow-writes" in err["Error"]["Message"]
+    # reads are served
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        client.get_function_event_invoke_config(FunctionName="hello")
+    assert info.value.response["Error"]["Code"] == "ResourceNotFoundException"

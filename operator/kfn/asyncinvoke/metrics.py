@@ -38,3 +38,26 @@ ATTEMPTS = Counter(
     "Invocation attempts of async events by result: ok, function-error, throttled, system-error.",
     ["namespace", "function", "result"],
 )
+
+# --- destinations side (records, DLQ, recursion guard) -------------------------------------------------------------
+# What a destination string names (kfn.asyncinvoke.destinations.parse_destination); "unknown" for one that names none.
+DESTINATION_KINDS = ("function", "nats", "redis", "http")
+
+DEAD_LETTER_ERRORS = Counter(
+    "kfn_async_dead_letter_errors_total",
+    "Lambda's DeadLetterErrors: attempts to send an event to its dead-letter target (deadLetterConfig) that failed; "
+    "the delivery is retried, so one event may count several times.",
+    ["namespace", "function", "kind"],
+)
+DESTINATION_DELIVERY_FAILURES = Counter(
+    "kfn_async_destination_delivery_failures_total",
+    "Lambda's DestinationDeliveryFailures: attempts to send an execution record to an on-success or on-failure "
+    "destination that failed; the delivery is retried, so one event may count several times.",
+    ["namespace", "function", "kind"],
+)
+RECURSIVE_INVOCATIONS_DROPPED = Counter(
+    "kfn_async_recursive_invocations_dropped_total",
+    "Lambda's RecursiveInvocationsDropped: invocations stopped because the event's chain through functions "
+    "reached the recursion limit (16); the event goes to the DLQ / on-failure destination instead.",
+    ["namespace", "function"],
+)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kfn.asyncinvoke import metrics, retry
+from kfn.asyncinvoke.destinations import recursion_outcome, recursion_stopped
 from kfn.asyncinvoke.envelope import Envelope, Outcome
 from kfn.asyncinvoke.queue import Lease, Queue, QueueError
 from kfn.gateway import errors
@@ -164,6 +165,10 @@ class Worker:
         except errors.LambdaError as e:  # e.g. an alias whose version is not known yet: a platform wait
             await self._requeue(lease, env, Attempt(retry.SYSTEM_ERROR, e.status, error_type=e.error_type,
                                                     error_message=e.message), retry.Config())
+            return
+        if recursion_stopped(env.hops):  # Lambda stops the next invocation of a chain after 16 (docs/destinations.md)
+            metrics.RECURSIVE_INVOCATIONS_DROPPED.labels(env.namespace, env.function).inc()
+            await self._deliver(lease, env.next(outcome=recursion_outcome(time.time())))
             return
         config = self.config(env, target)
         now = time.time()

@@ -93,8 +93,8 @@ async def serve(args: argparse.Namespace) -> None:
     # scaler alone writes replicas then.
     reporter = DemandReporter(args.scaler_url, pool) if args.scaler_url else None
     gateway = Gateway(catalog, pool, DeploymentScaleUp(), settings, health, demand=reporter, queue=queue)
-    worker = Worker(queue, gateway, destinations(queue, args), WorkerSettings(concurrency=args.concurrency,
-                                                                             policy=policy(args)), catalog)
+    dests = destinations(queue, args, catalog)
+    worker = Worker(queue, gateway, dests, WorkerSettings(concurrency=args.concurrency, policy=policy(args)), catalog)
     loops["worker"] = loop.create_task(worker.run())
     loops["backlog"] = loop.create_task(report_backlog(queue))
     stop = asyncio.Event()
@@ -111,19 +111,20 @@ async def serve(args: argparse.Namespace) -> None:
     loops["backlog"].cancel()
     if worker._tasks:
         await asyncio.wait(list(worker._tasks), timeout=args.grace_seconds)
+    await dests.close()  # its broker connections (NATS, Redis, HTTP)
     await queue.close()
     await runner.cleanup()
     for w in watchers:
         w.stopping.set()
 
 
-def destinations(queue: object, args: argparse.Namespace) -> object:
-    """The dest half's Destinations when this build has them, else none (events finish without delivery)."""
-    try:
-        from kfn.asyncinvoke import destinations as dest  # the destinations half (issue 11, items 4-5)
-    except ImportError:
-        return None
-    return dest.Destinations(queue=queue)
+def destinations(queue: Any, args: argparse.Namespace, catalog: Any) -> Any:
+    """The dest half's Destinations: settings from the watch-fed catalog, function destinations onto *queue*,
+    ``nats://`` destinations on the async NATS server."""
+    from kfn.asyncinvoke import destinations as dest
+
+    return dest.Destinations(dest.settings_from_view(catalog), queue, nats_url=args.nats_url,
+                             region=args.region, account_namespace=dest.account_namespace_from_view(catalog))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -54,6 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the built-in scaler (kfn scaler) to push demand to, e.g. http://kfn-scaler.kfn-system:8081; "
                         "without it the gateway adds environments itself (standalone)")
     p.add_argument("--grace-seconds", type=float, default=30.0, help="on SIGTERM, how long invocations in flight may finish")
+    p.add_argument("--allow-writes", action="store_true", default=env("KFN_ALLOW_WRITES", "") == "true",
+                   help="serve control-plane writes (Put/Update/DeleteFunctionEventInvokeConfig); off by default")
     p.add_argument("--nats-url", default=env("KFN_NATS_URL", ""),
                    help="NATS JetStream server(s) of the async queue, comma-separated (kfn install sets it); "
                         "without one, Event invocations are answered 501")
@@ -119,7 +121,8 @@ async def serve(args: argparse.Namespace) -> None:
 
     settings = GatewaySettings(
         api=control.ApiSettings(region=args.region, default_namespace=args.default_namespace,
-                                pool_size=args.pool_size, unreserved_min=args.unreserved_min),
+                                pool_size=args.pool_size, unreserved_min=args.unreserved_min,
+                                allow_writes=args.allow_writes),
         cold_start_timeout=args.cold_start_timeout, max_waiting=args.max_waiting)
     reporter = DemandReporter(args.scaler_url, pool) if args.scaler_url else None
     queue = None

@@ -14,7 +14,15 @@ GetAlias                                  GET     /2015-03-31/functions/{Functio
 GetFunctionConcurrency                    GET     /2019-09-30/functions/{FunctionName}/concurrency
 GetProvisionedConcurrencyConfig           GET     /2019-09-30/functions/{FunctionName}/provisioned-concurrency
 GetAccountSettings                        GET     /2016-08-19/account-settings/
+GetFunctionEventInvokeConfig              GET     /2019-09-25/functions/{FunctionName}/event-invoke-config
+ListFunctionEventInvokeConfigs            GET     /2019-09-25/functions/{FunctionName}/event-invoke-config/list
+PutFunctionEventInvokeConfig              PUT     /2019-09-25/functions/{FunctionName}/event-invoke-config
+UpdateFunctionEventInvokeConfig           POST    /2019-09-25/functions/{FunctionName}/event-invoke-config
+DeleteFunctionEventInvokeConfig           DELETE  /2019-09-25/functions/{FunctionName}/event-invoke-config
 ========================================  ======  =====================================================
+
+The three writes are decided here (:func:`plan_event_invoke_config_write` -> a :class:`Write`) and applied by
+the server (a merge patch through :mod:`kfn.k8s`), only when ``ApiSettings.allow_writes``.
 
 Anything else answers 404 ``UnknownOperationException``; Invoke is the server's (it never reaches here).
 Every answer is ``(status, headers, body)``; errors are :mod:`kfn.gateway.errors` shapes. How CR fields become
@@ -78,6 +86,7 @@ class ApiSettings:
     default_namespace: str
     pool_size: int = 1000
     unreserved_min: int = 100
+    allow_writes: bool = False  # control-plane writes (event invoke config) are off unless --allow-writes
 
 
 # --- small pure helpers -----------------------------------------------------------------------------------------
@@ -614,3 +623,263 @@ def handle(method: str, path: str, query: Query, view: CatalogView, settings: Ap
             f"Unknown operation {method} {path}: kfn's gateway serves Invoke and the read-only calls in docs/lambda-api.md")
     except errors.LambdaError as e:
         return errors.wire(e, rid)
+
+
+# --- event invoke config: Put/Get/Update/Delete/ListFunctionEventInvokeConfig(s) ----------------------------------
+#
+# Lambda keeps one event invoke config per function qualifier; kfn keeps it in the object that qualifier names, so
+# Git stays the source of truth: ``$LATEST`` (or no qualifier) -> ``Function.spec.asyncInvokeConfig``, an alias ->
+# ``Alias.spec.asyncInvokeConfig``. Published versions are immutable FunctionVersions: a config for a version
+# number is refused (name an alias instead). Writes are JSON merge patches with the object's resourceVersion as a
+# precondition (a concurrent change -> 409 ResourceConflictException), under field manager ``kfn-gateway``, and
+# only with ``--allow-writes``. How this meets a GitOps sync: docs/destinations.md.
+
+EVENT_CONFIG_LIST_MAX = 50  # MaxFunctionEventInvokeConfigListItems
+GATEWAY_FIELD_MANAGER = "kfn-gateway"
+ARGOCD_TRACKING_ANNOTATION = "argocd.argoproj.io/tracking-id"
+_EVENT_CONFIG = re.compile(rf"/2019-09-25/functions/{_SEGMENT}/event-invoke-config/?")
+_EVENT_CONFIG_LIST = re.compile(rf"/2019-09-25/functions/{_SEGMENT}/event-invoke-config/list/?")
+_EVENT_CONFIG_WRITES = {"PUT": "PutFunctionEventInvokeConfig", "POST": "UpdateFunctionEventInvokeConfig",
+                        "DELETE": "DeleteFunctionEventInvokeConfig"}
+
+
+@dataclass(frozen=True)
+class Write:
+    """A control-plane write, decided: JSON merge *patch* of one object, then answer *status* with *body*.
+
+    ``kind``/``namespace``/``name``: the object (``Function`` or ``Alias``); ``patch`` carries
+    ``metadata.resourceVersion`` as a precondition; ``body`` is None for an empty answer (204);
+    ``function_arn``: the qualified ARN the write is about (for errors).
+    """
+
+    kind: str
+    namespace: str
+    name: str
+    patch: dict[str, Any]
+    status: int
+    body: dict[str, Any] | None
+    function_arn: str
+
+
+def _epoch(stamp: str | None) -> float:
+    """Kubernetes RFC 3339 time -> Lambda's ``Date`` in rest-json: epoch seconds with milliseconds."""
+    if not stamp:
+        return 0.0
+    try:
+        when = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return round(when.timestamp(), 3)
+
+
+def _spec_changed(meta: Mapping[str, Any]) -> float:
+    times = [str(e.get("time")) for e in meta.get("managedFields") or []
+             if isinstance(e, Mapping) and e.get("time") and e.get("subresource") != "status"]
+    return _epoch(max(times) if times else meta.get("creationTimestamp"))
+
+
+def event_invoke_config_doc(function_arn: str, config: Mapping[str, Any], last_modified: float) -> dict[str, Any]:
+    """Lambda's FunctionEventInvokeConfig of a stored ``asyncInvokeConfig`` (kfn's defaults filled in)."""
+    dests = config.get("destinationConfig") or {}
+    out_dests: dict[str, Any] = {}
+    for lambda_key, kfn_key in (("OnSuccess", "onSuccess"), ("OnFailure", "onFailure")):
+        target = (dests.get(kfn_key) or {}).get("destination")
+        out_dests[lambda_key] = {"Destination": target} if target else {}
+    return {
+        "LastModified": last_modified,
+        "FunctionArn": function_arn,
+        "MaximumRetryAttempts": _int(config.get("maximumRetryAttempts"), 2),
+        "MaximumEventAgeInSeconds": _int(config.get("maximumEventAgeSeconds"), 21600),
+        "DestinationConfig": out_dests,
+    }
+
+
+def _no_config(function_arn: str) -> errors.ResourceNotFoundException:
+    return errors.ResourceNotFoundException(f"The function {function_arn} doesn't have an EventInvokeConfig")
+
+
+def _holder(r: _Resolver, ns: str, function: str, qualifier: str | None) -> tuple[str, dict[str, Any], str]:
+    """(kind, object, qualifier as the ARN shows it) holding the event invoke config of *qualifier*."""
+    fn = r.function(ns, function, qualifier)
+    if qualifier in (None, names.LATEST):
+        return names.FUNCTION_KIND, fn, names.LATEST
+    assert qualifier is not None
+    if qualifier.isdigit():
+        if not any(str(_version_number(v)) == qualifier for v in r.view.versions(ns, function)):
+            raise r.not_found(ns, function, qualifier)
+        raise errors.InvalidParameterValueException(
+            f"Version {qualifier} is an immutable FunctionVersion in kfn: put the event invoke config on an alias "
+            "that points at it, or on $LATEST")
+    alias = _alias_named(r.view, ns, function, qualifier)
+    if alias is None:
+        raise r.not_found(ns, function, qualifier)
+    return names.ALIAS_KIND, alias, qualifier
+
+
+def _qualified_arn(r: _Resolver, ns: str, function: str, qualifier: str) -> str:
+    return arn.function_arn(r.settings.region, names.account_id(ns), function, qualifier)
+
+
+def get_event_invoke_config(r: _Resolver, name: str, query: Query) -> dict[str, Any]:
+    ref, ns = r.ref(name, _first(query, "Qualifier"), arn.INVOKE_SHAPE)
+    _kind, obj, shown = _holder(r, ns, ref.function, ref.qualifier)
+    config = (obj.get("spec") or {}).get("asyncInvokeConfig")
+    function_arn = _qualified_arn(r, ns, ref.function, shown)
+    if not isinstance(config, Mapping):
+        raise _no_config(function_arn)
+    return event_invoke_config_doc(function_arn, config, _spec_changed(obj.get("metadata") or {}))
+
+
+def list_event_invoke_configs(r: _Resolver, name: str, query: Query) -> dict[str, Any]:
+    ref, ns = r.ref(name, None, arn.INVOKE_SHAPE)
+    fn = r.function(ns, ref.function)
+    raw = _first(query, "MaxItems")
+    if raw is not None and raw.isdigit() and int(raw) > EVENT_CONFIG_LIST_MAX:
+        raise errors.validation(errors.violation(raw, "maxItems", errors.max_value_rule(EVENT_CONFIG_LIST_MAX)))
+    holders = [(names.LATEST, fn)] + [(str((a.get("spec") or {}).get("name") or ""), a)
+                                       for a in r.view.aliases(ns, ref.function)]
+    items = []
+    for shown, obj in holders:
+        config = (obj.get("spec") or {}).get("asyncInvokeConfig")
+        if isinstance(config, Mapping):
+            doc = event_invoke_config_doc(_qualified_arn(r, ns, ref.function, shown), config,
+                                          _spec_changed(obj.get("metadata") or {}))
+            items.append(((shown, 0), doc))
+    page, marker = paginate(items, query, page_max=EVENT_CONFIG_LIST_MAX)
+    out: dict[str, Any] = {"FunctionEventInvokeConfigs": page}
+    if marker:
+        out["NextMarker"] = marker
+    return out
+
+
+def _parse_body(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        doc = json.loads(body)
+    except ValueError as e:
+        raise errors.InvalidRequestContentException(f"Could not parse request body into json: {e}") from None
+    if not isinstance(doc, dict):
+        raise errors.InvalidRequestContentException("Could not parse request body into json: not an object")
+    return doc
+
+
+def event_invoke_config_input(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The members a Put/Update request sets, in kfn's spelling (``asyncInvokeConfig`` keys), checked against the
+    service model's constraints (ValidationException, all violations at once) and kfn's destination kinds
+    (InvalidParameterValueException)."""
+    from kfn.asyncinvoke.destinations import InvalidDestination, parse_destination  # noqa: PLC0415 - write path only
+
+    problems: list[str] = []
+    out: dict[str, Any] = {}
+    for member, key, lo, hi in (("MaximumRetryAttempts", "maximumRetryAttempts", 0, 2),
+                                ("MaximumEventAgeInSeconds", "maximumEventAgeSeconds", 60, 21600)):
+        value = doc.get(member)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise errors.InvalidParameterValueException(f"{member} must be an integer")
+        wire_member = member[0].lower() + member[1:]
+        if value < lo:
+            problems.append(errors.violation(str(value), wire_member, errors.min_value_rule(lo)))
+        elif value > hi:
+            problems.append(errors.violation(str(value), wire_member, errors.max_value_rule(hi)))
+        out[key] = value
+    dests = doc.get("DestinationConfig")
+    if dests is not None:
+        if not isinstance(dests, Mapping):
+            raise errors.InvalidParameterValueException("DestinationConfig must be an object")
+        out["destinationConfig"] = {}
+        for lambda_key, kfn_key in (("OnSuccess", "onSuccess"), ("OnFailure", "onFailure")):
+            if lambda_key not in dests:
+                continue
+            target = (dests.get(lambda_key) or {}).get("Destination")
+            if target in (None, ""):
+                out["destinationConfig"][kfn_key] = None
+                continue
+            member = f"destinationConfig.{kfn_key}.destination"
+            if not isinstance(target, str):
+                raise errors.InvalidParameterValueException(f"{member} must be a string")
+            if len(target) > 350:
+                problems.append(errors.violation(target, member, errors.max_length_rule(350)))
+                continue
+            try:
+                parse_destination(target)
+            except InvalidDestination as e:
+                raise errors.InvalidParameterValueException(f"The destination {target} is not supported: {e}") from None
+            out["destinationConfig"][kfn_key] = {"destination": target}
+    if problems:
+        raise errors.validation(*problems)
+    return out
+
+
+def _full_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A complete ``asyncInvokeConfig`` for a merge patch: every key explicit (None removes a destination)."""
+    dests = config.get("destinationConfig") or {}
+    return {
+        "maximumRetryAttempts": _int(config.get("maximumRetryAttempts"), 2),
+        "maximumEventAgeSeconds": _int(config.get("maximumEventAgeSeconds"), 21600),
+        "destinationConfig": {k: dests.get(k) or None for k in ("onSuccess", "onFailure")},
+    }
+
+
+def _stored_without_nulls(config: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(config)
+    out["destinationConfig"] = {k: v for k, v in (config.get("destinationConfig") or {}).items() if v}
+    return out
+
+
+def plan_event_invoke_config_write(method: str, path: str, query: Query, body: bytes, view: CatalogView,
+                                   settings: ApiSettings, now: float) -> Write:
+    """Decide a Put (PUT), Update (POST) or Delete (DELETE) of an event invoke config: the patch and the answer.
+
+    *now*: epoch seconds (the answer's LastModified). Raises Lambda's errors: not found (function, alias, or no
+    config for Update/Delete), ValidationException / InvalidParameterValueException for bad input,
+    ResourceConflictException for an object Argo CD tracks (its next sync would revert the write).
+    """
+    match = _EVENT_CONFIG.fullmatch(path)
+    if match is None or method not in _EVENT_CONFIG_WRITES:
+        raise errors.UnknownOperationException(f"Unknown operation {method} {path}")
+    r = _Resolver(view, settings)
+    ref, ns = r.ref(match.group(1), _first(query, "Qualifier"), arn.INVOKE_SHAPE)
+    kind, obj, shown = _holder(r, ns, ref.function, ref.qualifier)
+    meta = obj.get("metadata") or {}
+    function_arn = _qualified_arn(r, ns, ref.function, shown)
+    if ARGOCD_TRACKING_ANNOTATION in (meta.get("annotations") or {}):
+        raise errors.ResourceConflictException(
+            f"{kind} {meta.get('name')} is managed by Argo CD ({ARGOCD_TRACKING_ANNOTATION}): change its "
+            "asyncInvokeConfig in Git, or its next sync reverts this write")
+    existing = (obj.get("spec") or {}).get("asyncInvokeConfig")
+    precondition = {"resourceVersion": meta.get("resourceVersion")} if meta.get("resourceVersion") else {}
+    if method == "DELETE":
+        if not isinstance(existing, Mapping):
+            raise _no_config(function_arn)
+        return Write(kind, ns, str(meta.get("name")), {"metadata": precondition, "spec": {"asyncInvokeConfig": None}},
+                     204, None, function_arn)
+    given = event_invoke_config_input(_parse_body(body))
+    if method == "POST":
+        if not isinstance(existing, Mapping):
+            raise _no_config(function_arn)
+        merged = dict(existing)
+        for key, value in given.items():
+            if key == "destinationConfig":
+                merged[key] = {**(existing.get(key) or {}), **value}
+            else:
+                merged[key] = value
+        config = _full_config(merged)
+    else:
+        config = _full_config(given)
+    doc = event_invoke_config_doc(function_arn, _stored_without_nulls(config), round(now, 3))
+    return Write(kind, ns, str(meta.get("name")), {"metadata": precondition, "spec": {"asyncInvokeConfig": config}},
+                 200, doc, function_arn)
+
+
+def is_write(method: str, path: str) -> bool:
+    """Whether *method* *path* is a control-plane write the gateway serves (applied by the server, not here)."""
+    return method in _EVENT_CONFIG_WRITES and _EVENT_CONFIG.fullmatch(path) is not None
+
+
+_ROUTES += [
+    ("GET", _EVENT_CONFIG, "GetFunctionEventInvokeConfig", get_event_invoke_config),
+    ("GET", _EVENT_CONFIG_LIST, "ListFunctionEventInvokeConfigs", list_event_invoke_configs),
+]

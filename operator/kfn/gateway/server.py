@@ -139,6 +139,11 @@ class Gateway:
             if problem is None:
                 return req.respond(200, _TEXT_H, b"ok\n")
             return req.respond(503, _TEXT_H, f"{problem}\n".encode())
+        if control.is_write(method, path):
+            task = self.loop.create_task(self._write(req))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
         if method == "GET" and path == "/metrics":
             return req.respond(200, f"Content-Type: {CONTENT_TYPE_LATEST}\r\n".encode(), generate_latest())
         request_id = errors.new_request_id()
@@ -151,6 +156,46 @@ class Gateway:
             log.exception("control-plane request failed", extra={"requestId": request_id, "path": path})
             status, headers, body = errors.wire(internal_error(), request_id)
         req.respond(status, encode_headers(headers), body)
+
+    # --- control-plane writes (event invoke config) -----------------------------------------------------------------
+    async def _write(self, req: Request) -> None:
+        request_id = errors.new_request_id()
+        try:
+            status, headers, body = await self._apply_write(req, request_id)
+        except errors.LambdaError as e:
+            status, headers, body = errors.wire(e, request_id)
+        except Exception:  # noqa: BLE001 - a bug must still be answered in Lambda's shape
+            log.exception("control-plane write failed", extra={"requestId": request_id, "path": req.path})
+            status, headers, body = errors.wire(internal_error(), request_id)
+        if not req.is_gone():
+            req.respond(status, encode_headers(headers), body)
+
+    async def _apply_write(self, req: Request, request_id: str) -> control.Answer:
+        from kfn import k8s  # noqa: PLC0415 - the write path only
+
+        if not self.settings.api.allow_writes:
+            raise errors.UnknownOperationException(
+                f"Unknown operation {req.method} {req.path}: control-plane writes are off (kfn gateway --allow-writes)")
+        query = parse_qs(req.raw_query, keep_blank_values=True) if req.raw_query else {}
+        plan = control.plan_event_invoke_config_write(req.method, req.path, query, req.body or b"", self.catalog,
+                                                      self.settings.api, time.time())
+        try:
+            obj = await asyncio.to_thread(k8s.merge_patch, plan.kind, plan.namespace, plan.name, plan.patch,
+                                          control.GATEWAY_FIELD_MANAGER)
+        except k8s.Conflict:
+            raise errors.ResourceConflictException(
+                "The operation cannot be performed at this time. An update is in progress for resource: "
+                f"{plan.function_arn}") from None
+        except k8s.NotFound:
+            raise errors.not_found_function(plan.function_arn) from None
+        except k8s.Invalid as e:
+            raise errors.InvalidParameterValueException(e.message) from None
+        self.catalog.apply(plan.kind, "MODIFIED", obj)  # read-your-writes: the watch event follows
+        headers = {"x-amzn-RequestId": request_id}
+        if plan.body is None:
+            return plan.status, headers, b""
+        headers["Content-Type"] = "application/json"
+        return plan.status, headers, json.dumps(plan.body, separators=(",", ":")).encode()
 
     # --- invoke ------------------------------------------------------------------------------------------------------
     async def _invoke(self, req: Request, name: str, legacy_async: bool = False) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StrictFloat, StrictInt, StrictStr
 
 from kfn.models.base import CommonStatus, Matches, Range, Rule, SpecModel, parse_spec
-from kfn.models.function import FunctionName
+from kfn.models.function import AsyncInvokeConfig, FunctionName
 
 LATEST = "$LATEST"
 VERSION_PATTERN = r"^(\$LATEST|[0-9]+)$"
@@ -74,6 +74,11 @@ class AliasSpec(SpecModel):
         0, alias="provisionedConcurrency", description="Environments kept initialised for this alias."
     )
     description: Annotated[StrictStr, Field(max_length=256)] | None = Field(None, description="Free text.")
+    async_invoke_config: AsyncInvokeConfig | None = Field(
+        None, alias="asyncInvokeConfig",
+        description="Retries, event age and destinations of events sent to this alias (Lambda's event invoke config "
+        "for a qualifier); unset: the Function's.",
+    )
 
 
 class ProvisionedConcurrencyStatus(SpecModel):

@@ -67,7 +67,24 @@ FunctionName = Annotated[
     Field(max_length=FUNCTION_NAME_MAX),
     Matches(FUNCTION_NAME_PATTERN, FUNCTION_NAME_RULE_TEXT),
 ]
-Destination = Annotated[StrictStr, Field(min_length=1, max_length=350)]
+MAX_DESTINATION_LENGTH = 350  # Lambda's DestinationArn shape (botocore service model)
+Destination = Annotated[StrictStr, Field(min_length=1, max_length=MAX_DESTINATION_LENGTH)]
+
+# What a destination string may name (docs/destinations.md; kfn.asyncinvoke.destinations
+# delivers). Written without backslashes so one text serves CEL (RE2) and Python.
+_DEST_NAME = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DEST_QUALIFIER = r"(:[a-zA-Z0-9$_-]+)?"
+FUNCTION_ARN_DESTINATION = r"arn:aws[a-zA-Z0-9-]*:lambda:[a-z0-9-]+:[0-9]{12}:function:" + _DEST_NAME + _DEST_QUALIFIER
+FUNCTION_NAME_DESTINATION = _DEST_NAME + _DEST_QUALIFIER
+NATS_DESTINATION = r"nats://[A-Za-z0-9_-]+([.][A-Za-z0-9_-]+)*"
+REDIS_DESTINATION = r"redis://[A-Za-z0-9.-]+(:[0-9]{1,5})?/[^/ ]+"
+HTTP_DESTINATION = r"https?://[^ ]+"
+DESTINATION_PATTERN = "^(" + "|".join((FUNCTION_ARN_DESTINATION, FUNCTION_NAME_DESTINATION, NATS_DESTINATION,
+                                       REDIS_DESTINATION, HTTP_DESTINATION)) + ")$"
+DEAD_LETTER_PATTERN = "^(" + "|".join((NATS_DESTINATION, REDIS_DESTINATION, HTTP_DESTINATION)) + ")$"
+DESTINATION_RULE_TEXT = ("must be a Lambda function ARN or name (same namespace), nats://<subject>, "
+                         "redis://<host>[:<port>]/<stream> or an http(s):// URL")
+DEAD_LETTER_RULE_TEXT = "must be nats://<subject>, redis://<host>[:<port>]/<stream> or an http(s):// URL"
 
 
 def _env_bytes(variables: dict[str, str]) -> int:
@@ -235,10 +252,25 @@ class VpcConfig(SpecModel):
     ] = Field(default_factory=list, alias="securityGroups", description="Named, reusable rule sets.")
 
 
+def _destination_rule(field: str, attribute: str, pattern: str, text: str) -> Rule:
+    """One destination field checked by the API server (CEL) and kfn (the same regex), with one message."""
+    return Rule(
+        cel=f"self.{field}.matches('{pattern}')",
+        message=text,
+        field_path=f".{field}",
+        check=lambda d: re.fullmatch(pattern, getattr(d, attribute), re.ASCII) is not None,
+    )
+
+
 class OnDestination(SpecModel):
     """A destination for invocation records."""
 
-    destination: Destination = Field(description="Queue, topic, or function reference.")
+    __rules__ = (_destination_rule("destination", "destination", DESTINATION_PATTERN, DESTINATION_RULE_TEXT),)
+
+    destination: Destination = Field(
+        description="A Lambda function ARN or name, nats://<subject>, redis://<host>[:<port>]/<stream> or an "
+        "http(s):// URL (receives the execution record)."
+    )
 
 
 class DestinationConfig(SpecModel):
@@ -263,7 +295,13 @@ class AsyncInvokeConfig(SpecModel):
 class DeadLetterConfig(SpecModel):
     """Where failed asynchronous events go after the last retry."""
 
-    target_arn: Destination = Field(alias="targetArn", description="Queue or topic for events that failed every retry.")
+    __rules__ = (_destination_rule("targetArn", "target_arn", DEAD_LETTER_PATTERN, DEAD_LETTER_RULE_TEXT),)
+
+    target_arn: Destination = Field(
+        alias="targetArn",
+        description="nats://<subject>, redis://<host>[:<port>]/<stream> or an http(s):// URL: receives the original "
+        "event of an event that failed every attempt.",
+    )
 
 
 class LoggingConfig(SpecModel):

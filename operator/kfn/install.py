@@ -345,7 +345,8 @@ def make_install_manifests(
             queue_objects += make_nats_objects(namespace, opts.nats_image or nats_image_for(image),
                                                opts.nats_replicas, opts.nats_storage, opts.nats_storage_class)
         queue_objects.append(make_worker_deployment(namespace, image, GATEWAY_NAME, nats, opts.workers,
-                                                    watch_namespaces, opts.retry_delays))
+                                                    watch_namespaces, opts.retry_delays,
+                                                    scaler_url=scaler_url(namespace)))
     return [
         *crdgen.make_crds(),
         *([make_peering_crd(clusterwide=not watch_namespaces)] if not watch_namespaces or replicas > 1 else []),
@@ -437,7 +438,9 @@ def chart_manifests(text: str, namespace: str = DEFAULT_NAMESPACE, image: str = 
     out = []
     for obj in (d for d in yaml.safe_load_all(text) if d):
         labels = obj["metadata"].get("labels") or {}
-        if not gateway_replicas and labels.get(names.LABEL_COMPONENT) == names.COMPONENT_GATEWAY:
+        # without the gateway the chart leaves out what serves invocations with it: the scaler and async workers
+        if not gateway_replicas and labels.get(names.LABEL_COMPONENT) in (
+                names.COMPONENT_GATEWAY, "scaler", names.COMPONENT_ASYNC_WORKER):
             continue
         out.append(_retarget(copy.deepcopy(obj), namespace, image, gateway_replicas))
     return out
@@ -466,4 +469,7 @@ def _retarget(obj: dict[str, Any], namespace: str, image: str, gateway_replicas:
                 if cmd[at:at + len(rendered)] != rendered:
                     raise ValueError(f"the chart's operator command is not what `make chart` renders: {cmd}")
                 cmd[at:at + len(rendered)] = image_flags(image)
+            # in-cluster URLs of kfn's own Services (the scaler, NATS) name the release's namespace
+            svc = f".{CHART_NAMESPACE}.svc"
+            c["command"] = [a.replace(svc, f".{namespace}.svc") if isinstance(a, str) else a for a in cmd]
     return obj

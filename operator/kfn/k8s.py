@@ -49,6 +49,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "Role": ("rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": ("rbac.authorization.k8s.io/v1", "rolebindings"),
     "PodDisruptionBudget": ("policy/v1", "poddisruptionbudgets"),  # the chart's gateway (kfn install prints the chart)
+    "StatefulSet": ("apps/v1", "statefulsets"),  # the async queue's NATS (kfn install prints the chart)
 }
 
 

@@ -52,7 +52,7 @@ class Rig:
         settings = GatewaySettings(api=control.ApiSettings(region="us-east-1", default_namespace=NS, pool_size=1000,
                                                            unreserved_min=100))
         self.gateway = Gateway(self.catalog, EnvironmentPool(self.loop), None, settings,  # type: ignore[arg-type]
-                               lambda: None, self.queue)
+                               lambda: None, queue=self.queue)
         self.server = await self.loop.create_server(connection_factory(self.gateway), "127.0.0.1", 0)
         return int(self.server.sockets[0].getsockname()[1])
 

@@ -144,7 +144,7 @@ def _worker_labels() -> dict[str, str]:
 
 def make_worker_deployment(namespace: str, image: str, service_account: str, nats: str, replicas: int = 2,
                            watch_namespaces: tuple[str, ...] = (), retry_delays: str = "",
-                           concurrency: int = 64) -> dict[str, Any]:
+                           concurrency: int = 64, scaler_url: str | None = None) -> dict[str, Any]:
     """The ``kfn-async-worker`` Deployment. It runs the gateway's catalog and cold-start code, so it uses the
     gateway's ServiceAccount (exactly the same API calls)."""
     labels = _worker_labels()
@@ -154,6 +154,8 @@ def make_worker_deployment(namespace: str, image: str, service_account: str, nat
         args += ["--namespace", ns]
     if watch_namespaces:
         args += ["--default-namespace", watch_namespaces[0]]
+    if scaler_url:  # its waiting invocations are demand like a gateway's; the scaler alone writes replicas
+        args += ["--scaler-url", scaler_url]
     if retry_delays:
         args += ["--retry-delays", retry_delays]
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5, "timeoutSeconds": 3}

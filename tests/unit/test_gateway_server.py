@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from kfn import names
 from kfn.agent.httpserver import Connection, Request, encode_headers
-from kfn.gateway import control
+from kfn.gateway import control, errors
 from kfn.gateway.catalog import Catalog
 from kfn.gateway.pool import EnvironmentPool
 from kfn.gateway.server import Gateway, GatewaySettings, connection_factory
@@ -358,3 +358,15 @@ def test_event_invoke_config_writes_are_off_by_default(client: Any) -> None:
     with pytest.raises(botocore.exceptions.ClientError) as info:
         client.get_function_event_invoke_config(FunctionName="hello")
     assert info.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+def test_reserved_zero_throttles_the_async_workers_path_even_with_an_environment_up(rig: Rig) -> None:
+    """Bug caught: `dispatch` (the async workers' way in) claimed a ready environment of a function whose reserved
+    concurrency is 0 and ran the event; Lambda throttles every invocation at reserved 0."""
+    agents = rig.add_version("zero", "$LATEST")  # an environment left over from before the reservation
+    target = rig.gateway.target(NS, "zero", None)
+    head = b"POST /2015-03-31/functions/zero/invocations HTTP/1.1\r\nHost: agent\r\n"
+    with pytest.raises(errors.TooManyRequestsException) as e:
+        rig.call(rig.gateway.dispatch(target, head, b"{}", "req-1", time.monotonic()))
+    assert e.value.extra["Reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded"
+    assert all(not a.seen for a in agents)

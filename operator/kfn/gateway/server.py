@@ -361,6 +361,10 @@ class Gateway:
         to be had), ResourceConflictException (none became ready in time), ServiceException (the agent failed
         after the request reached it: it may have run)."""
         version = target.version
+        # Reserved concurrency 0 throttles every invocation (Lambda's rule), even with an environment still up:
+        # the sync path checked before, the async workers' events come through here.
+        if self.catalog.reserved(version.namespace, version.function) == 0:
+            raise errors.throttled(RESERVED_LIMIT)
         tried: set[str] = set()
         gauge = metrics.CONCURRENT.labels(version.namespace, version.function)
         for _ in range(self.settings.attempts):

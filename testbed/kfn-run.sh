@@ -24,7 +24,7 @@ NS="${KFN_RUN_NAMESPACE:-kfn-system}"
 WATCH="${KFN_RUN_WATCH:-}"
 FN_NS="${WATCH:-default}"
 EXAMPLE=examples/hello-world.yaml
-eval "$(bash testbed/env.sh print | grep -E '^(KUBECTL|KUBECONFIG_PATH)=')"
+eval "$(bash testbed/env.sh print | grep -E '^(KUBECTL|KUBECONFIG_PATH|RUN_DIR)=')"
 export KUBECONFIG="$KUBECONFIG_PATH"
 kubectl() { "$KUBECTL" "$@"; }
 START="${KFN_RUN_START:-$(date +%s)}"  # `make run` sets it before the test bed and images
@@ -56,6 +56,22 @@ run() {
   fi
   local scope=() kv
   [ -z "$WATCH" ] || scope=(--set "operator.watchNamespaces={$WATCH}")
+  # The async queue's NATS keeps its events on a PersistentVolumeClaim. The test bed has no StorageClass (no
+  # provisioner): give the claim a hostPath PersistentVolume of its own, kept across runs (Retain).
+  if ! kubectl get storageclass -o name 2>/dev/null | grep -q .; then
+    say "no StorageClass here: a hostPath PersistentVolume for NATS ($RUN_DIR/pv/kfn-run-nats)"
+    mkdir -p "$RUN_DIR/pv/kfn-run-nats" && chown 65532:65532 "$RUN_DIR/pv/kfn-run-nats"
+    # released by an earlier run's claim (make stop removed the namespace): free it for the new claim
+    if [ "$(kubectl get pv kfn-run-nats -o jsonpath='{.status.phase}' 2>/dev/null)" = Released ]; then
+      kubectl patch pv kfn-run-nats --type=json -p '[{"op": "remove", "path": "/spec/claimRef/uid"}]' >/dev/null
+    fi
+    echo '{"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "kfn-run-nats"},
+      "spec": {"capacity": {"storage": "2Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+               "persistentVolumeReclaimPolicy": "Retain",
+               "hostPath": {"path": "'"$RUN_DIR/pv/kfn-run-nats"'", "type": "Directory"},
+               "claimRef": {"namespace": "'"$NS"'", "name": "data-'"$RELEASE"'-nats-0"}}}' | kubectl apply -f - >/dev/null
+    scope+=(--set-string "nats.storage.storageClassName=")
+  fi
   for kv in ${KFN_RUN_SET:-}; do scope+=(--set "$kv"); done
   say "helm upgrade --install $RELEASE charts/kfn --namespace $NS (operator, gateway, CRDs, RBAC; images kfn/*:$TAG; serving ${WATCH:-every namespace})"
   local out
@@ -75,6 +91,9 @@ run() {
   kubectl wait --for=condition=Established --timeout=60s crd/functions.kfn.dev
   kubectl -n "$NS" rollout status "deployment/$RELEASE-operator" --timeout=300s
   kubectl -n "$NS" rollout status "deployment/$RELEASE-gateway" --timeout=300s
+  kubectl -n "$NS" rollout status "deployment/$RELEASE-scaler" --timeout=300s
+  kubectl -n "$NS" rollout status "statefulset/$RELEASE-nats" --timeout=300s
+  kubectl -n "$NS" rollout status "deployment/$RELEASE-async-worker" --timeout=300s
   say "deploying $EXAMPLE into namespace $FN_NS"
   kubectl -n "$FN_NS" apply -f "$EXAMPLE"
   say "waiting for hello's first execution environment (images are local: nothing to pull)"

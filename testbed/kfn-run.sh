@@ -141,7 +141,7 @@ stop() {
   cat <<EOF
 kfn is uninstalled. Left in place: kfn's CRDs and any Functions, versions and aliases of yours
 (helm.sh/resource-policy: keep; \`kubectl delete crd functions.kfn.dev functionversions.kfn.dev
-aliases.kfn.dev eventsourcemappings.kfn.dev\` deletes them all), and the test bed itself
+aliases.kfn.dev eventsourcemappings.kfn.dev securitygroups.kfn.dev\` deletes them all), and the test bed itself
 (\`make cluster-down\` stops it; the build cache stays).
 EOF
 }

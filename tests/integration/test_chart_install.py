@@ -50,23 +50,49 @@ class Release:
         base = ["crds.install=false", f"operator.watchNamespaces={{{self.ns}}}", "image.repository=docker.io/kfn/kfn",
                 f"image.tag={TAG}", "operator.resyncSeconds=30",
                 # small CPU requests: the shared 2-core node is often nearly fully requested by other sessions
-                "operator.resources.requests.cpu=10m", "gateway.resources.requests.cpu=10m"]  # fmt: skip
+                "operator.resources.requests.cpu=10m", "gateway.resources.requests.cpu=10m",
+                "scaler.resources.requests.cpu=10m", "async.resources.requests.cpu=10m",
+                "nats.resources.requests.cpu=10m"]  # fmt: skip
         return [a for s in (*base, *extra) for a in (("--set-string", s[7:]) if s.startswith("string:") else ("--set", s))]
+
+    def nats_volume(self) -> list[str]:
+        """Where the cluster has no StorageClass (the test bed: no provisioner), a hostPath PersistentVolume for
+        the chart's NATS claim, as `make run` makes one; returns the value that binds the claim to it."""
+        if self.cluster.kubectl("get", "storageclass", "-o", "name").stdout.strip():
+            return []
+        if not getattr(self, "pv", None):
+            self.pv = f"{self.ns}-nats"
+            path = Path(self.cluster.settings["RUN_DIR"]) / "pv" / self.pv
+            path.mkdir(parents=True, exist_ok=True)
+            os.chown(path, 65532, 65532)  # the NATS server's non-root user (restricted)
+            self.cluster.kubectl("apply", "-f", "-", input=json.dumps({
+                "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": self.pv},
+                "spec": {"capacity": {"storage": "2Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                         "persistentVolumeReclaimPolicy": "Retain",
+                         "hostPath": {"path": str(path), "type": "Directory"},
+                         "claimRef": {"namespace": self.ns, "name": f"data-{self.name}-nats-0"}}}))
+        return ["string:nats.storage.storageClassName="]
 
     def run(self, verb: str, *args: str, check: bool = True, timeout: float = 400) -> Any:
         return helm(self.helm_bin, verb, *args, "--namespace", self.ns, "--kubeconfig", self.cluster.kubeconfig,
                     check=check, timeout=timeout)
 
     def install(self, *extra: str, check: bool = True, wait: bool = True) -> Any:
+        # --wait waits for NATS too, which needs its claim bound (without --wait nothing waits for it)
+        extra = (*(self.nats_volume() if wait else []), *extra)
         return self.run("install", self.name, str(self.chart), *self.values(*extra),
                         *(["--wait", "--timeout", "5m"] if wait else []), check=check)
 
     def upgrade(self, *extra: str, wait: bool = True) -> Any:
+        extra = (*(self.nats_volume() if wait else []), *extra)
         return self.run("upgrade", self.name, str(self.chart), *self.values(*extra),
                         *(["--wait", "--timeout", "5m"] if wait else []))
 
     def uninstall(self) -> Any:
-        return self.run("uninstall", self.name, "--wait", "--ignore-not-found", check=False)
+        out = self.run("uninstall", self.name, "--wait", "--ignore-not-found", check=False)
+        if getattr(self, "pv", None):
+            self.cluster.kubectl("delete", "pv", self.pv, "--ignore-not-found", "--wait=false", check=False)
+        return out
 
 
 def lambda_client(address: str, port: int = 8080) -> Any:

@@ -172,7 +172,7 @@ def scaler_binding_name(namespace: str) -> str:
 def make_scaler_objects(namespace: str, image: str, watch_namespaces: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """The built-in scaler: ServiceAccount, ClusterRole/Binding, a one-replica Deployment (``Recreate``: never two
     writers of replicas at once), and the Service the gateways push demand to."""
-    labels = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: "scaler"}
+    labels = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: names.COMPONENT_SCALER}
     scope = [a for ns in watch_namespaces for a in ("--namespace", ns)]
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5, "timeoutSeconds": 3}
     binding = scaler_binding_name(namespace)
@@ -440,7 +440,7 @@ def chart_manifests(text: str, namespace: str = DEFAULT_NAMESPACE, image: str = 
         labels = obj["metadata"].get("labels") or {}
         # without the gateway the chart leaves out what serves invocations with it: the scaler and async workers
         if not gateway_replicas and labels.get(names.LABEL_COMPONENT) in (
-                names.COMPONENT_GATEWAY, "scaler", names.COMPONENT_ASYNC_WORKER):
+                names.COMPONENT_GATEWAY, names.COMPONENT_SCALER, names.COMPONENT_ASYNC_WORKER):
             continue
         out.append(_retarget(copy.deepcopy(obj), namespace, image, gateway_replicas))
     return out

@@ -38,6 +38,7 @@ COMPONENT_OPERATOR = "operator"
 COMPONENT_GATEWAY = "gateway"
 COMPONENT_ASYNC_WORKER = "async-worker"  # kfn async-worker pods: they invoke functions like the gateway
 COMPONENT_NATS = "nats"  # the async queue's NATS JetStream server
+COMPONENT_SCALER = "scaler"  # kfn scaler: the only writer of version replicas
 LATEST_LABEL = "latest"  # the kfn.dev/version label value of $LATEST
 LATEST = "$LATEST"  # Lambda's name of the unpublished version
 

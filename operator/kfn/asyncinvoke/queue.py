@@ -230,7 +230,7 @@ class JetStreamQueue:
                     await self.js.add_stream(config)
                 except BadRequestError:  # exists with another config (e.g. max_bytes changed): update it
                     await self.js.update_stream(config)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - nats-py's API, timeout and connection errors: all "no queue yet"
             raise QueueUnavailable(f"cannot create the JetStream streams: {e}") from e
         self._ensured = True
 
@@ -329,7 +329,7 @@ class JetStreamQueue:
                                   timeout=self.settings.publish_timeout,
                                   headers={"Kfn-Dead-Reason": reason[:512],
                                            "Nats-Msg-Id": f"dead.{msg.metadata.sequence.stream}"})
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - any nats-py failure: the event stays leased, not acked (not lost)
             raise QueueUnavailable(f"cannot store the dead event: {e!r}") from e
         await self.ack(lease)
 

@@ -58,7 +58,7 @@ for item in json.loads(sys.argv[1]):
         else:
             with open(item["file"], "rb") as f:
                 data = f.read()
-    except Exception as e:
+    except Exception as e:  # URL, HTTP, socket or file errors alike: the pod's termination message names the cause
         fail(f"{where}: cannot fetch the zip: {e}")
     got = hashlib.sha256(data).hexdigest()
     if item.get("sha256") and got != item["sha256"]:

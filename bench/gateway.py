@@ -72,6 +72,22 @@ def cluster(kubeconfig: str | None) -> tuple[str, str]:
     return settings.get("KUBECTL") or "kubectl", kubeconfig
 
 
+def bench_namespace(k: Any, kubeconfig: str, prefix: str) -> tuple[dict[str, str], str, Path]:
+    """kfn's CRDs applied and a fresh namespace ``<prefix>-<hex>``: returns (env for kfn processes, namespace, a
+    work directory for their logs)."""
+    ns = f"{prefix}-{secrets.token_hex(3)}"
+    k("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    k("create", "namespace", ns)
+    return {**os.environ, "KUBECONFIG": kubeconfig}, ns, Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+
+
+def start_operator(ns: str, work: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """kfn's operator for *ns* as a host process, logging to *work*/operator.log."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "kfn.cli.main", "operator", "--standalone", "-n", ns, "--liveness", "",
+         "--metrics-port", "0"], stdout=open(work / "operator.log", "wb"), stderr=subprocess.STDOUT, env=env)
+
+
 def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
     """SIGTERM each process, SIGKILL what has not exited 20 s later."""
     for proc in procs:
@@ -221,17 +237,11 @@ def main() -> int:
     args = p.parse_args()
     kubectl, kubeconfig = cluster(args.kubeconfig)
     k = Kubectl(kubectl, kubeconfig)
-    env = {**os.environ, "KUBECONFIG": kubeconfig}
-    ns = f"kfn-bench-gw-{secrets.token_hex(3)}"
-    work = Path(tempfile.mkdtemp(prefix="kfn-bench-gw-"))
+    env, ns, work = bench_namespace(k, kubeconfig, "kfn-bench-gw")
     procs: list[subprocess.Popen[bytes]] = []
-    k("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    k("create", "namespace", ns)
     try:
         print(f"==> operator and gateway for namespace {ns}", flush=True)
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "kfn.cli.main", "operator", "--standalone", "-n", ns, "--liveness", "",
-             "--metrics-port", "0"], stdout=open(work / "operator.log", "wb"), stderr=subprocess.STDOUT, env=env))
+        procs.append(start_operator(ns, work, env))
         fn = {"apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": FUNCTION, "namespace": ns},
               "spec": {"runtime": "python3.11", "handler": "app.handler", "reservedConcurrency": 1,
                        "code": {"inline": {"files": {"app.py": HANDLER}}}}}

@@ -24,13 +24,10 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import os
 import re
-import secrets
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -43,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "operator"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from gateway import cluster, raw_pod_start, stop_processes, wait_until  # noqa: E402
+from gateway import bench_namespace, cluster, raw_pod_start, start_operator, stop_processes, wait_until  # noqa: E402
 from reconcile import Kubectl, free_port  # noqa: E402
 
 HANDLER = ("import time\n\ndef handler(event, context):\n    time.sleep(event.get('sleep', 0))\n"
@@ -167,17 +164,11 @@ def main() -> int:
     args = p.parse_args()
     kubectl, kubeconfig = cluster(args.kubeconfig)
     k = Kubectl(kubectl, kubeconfig)
-    env = {**os.environ, "KUBECONFIG": kubeconfig}
-    ns = f"kfn-bench-sc-{secrets.token_hex(3)}"
-    work = Path(tempfile.mkdtemp(prefix="kfn-bench-sc-"))
+    env, ns, work = bench_namespace(k, kubeconfig, "kfn-bench-sc")
     procs: list[subprocess.Popen[bytes]] = []
-    k("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    k("create", "namespace", ns)
     try:
         print(f"==> operator, scaler and gateway for namespace {ns} (logs in {work})", flush=True)
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "kfn.cli.main", "operator", "--standalone", "-n", ns, "--liveness", "",
-             "--metrics-port", "0"], stdout=open(work / "operator.log", "wb"), stderr=subprocess.STDOUT, env=env))
+        procs.append(start_operator(ns, work, env))
         sc_port, gw_port = free_port(), free_port()
         # Lambda's own burst (1,000, +100/s): the bench measures the machinery, not a throttle
         procs.append(subprocess.Popen(

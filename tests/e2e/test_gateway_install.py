@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,30 @@ REPO = Path(__file__).resolve().parents[2]
 def kfn(cluster: Any, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "kfn.cli.main", *args], capture_output=True, text=True,
                           timeout=timeout, env=cluster.env)
+
+
+def gateway_answers(cluster: Any, namespace: str, ip: str, timeout: float = 90) -> None:
+    """Wait until the gateway answers /healthz through its Service's ClusterIP; fail with what the user would look at.
+
+    A rollout that is complete says the pod passed its readiness probe, not that the Service's endpoints and the
+    node's proxy rules have caught up, and a gateway that turns unready later (a dead watch) is exactly what the
+    invoke below would otherwise report only as "connection refused".
+    """
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{ip}/healthz", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except urllib.error.HTTPError as e:
+            last = f"HTTP {e.code}: {e.read().decode(errors='replace').strip()}"
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.5)
+    state = cluster.kubectl("-n", namespace, "get", "pods,endpointslices", "-o", "wide", check=False).stdout
+    logs = cluster.kubectl("-n", namespace, "logs", "deploy/kfn-gateway", "--tail=40", check=False).stdout
+    pytest.fail(f"the gateway Service at {ip} never answered /healthz ({last}):\n{state}\n{logs}")
 
 
 def test_installed_gateway_serves_boto3_the_aws_cli_and_kfn_invoke(
@@ -45,6 +72,7 @@ def test_installed_gateway_serves_boto3_the_aws_cli_and_kfn_invoke(
                         timeout=320)
         ip = cluster.kubectl("-n", namespace, "get", "service", "kfn-gateway", "-o",
                              "jsonpath={.spec.clusterIP}").stdout.strip()
+        gateway_answers(cluster, namespace, ip)
         client = boto3.client(
             "lambda", endpoint_url=f"http://{ip}", region_name="us-east-1", aws_access_key_id="any",
             aws_secret_access_key="any",

@@ -58,9 +58,9 @@ if [ "$FULL" = 1 ]; then
 fi
 
 # ---------------------------------------------------------------- PKI
-# cert NAME CN [O] [SANS]: an EC key and a certificate signed by the test-bed CA.
+# cert NAME CN [O] [SANS]: an EC key and a certificate signed by the test-bed CA (CA=NAME picks another CA).
 cert() {
-  local name=$1 cn=$2 org=${3:-} sans=${4:-} subj="/CN=$2"
+  local name=$1 cn=$2 org=${3:-} sans=${4:-} subj="/CN=$2" ca=${CA:-ca}
   [ -n "$org" ] && subj="/O=$org/CN=$cn"
   openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/$name.key" 2>/dev/null
   openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
@@ -70,7 +70,7 @@ cert() {
     echo "extendedKeyUsage=serverAuth,clientAuth"
     [ -n "$sans" ] && echo "subjectAltName=$sans"
   } > "$PKI/$name.ext"
-  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" -CAcreateserial \
     -days 3650 -sha256 -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null
   rm -f "$PKI/$name.csr" "$PKI/$name.ext"
 }
@@ -118,6 +118,18 @@ if [ ! -f "$PKI/.complete" ]; then
     kubeconfig "$CONF/$c.kubeconfig" "$c"
   done
   touch "$PKI/.complete"
+fi
+# The aggregation layer (APIService, e.g. KEDA's external.metrics.k8s.io) needs the API server to present a client
+# certificate to the extension server and that server to trust the identity headers it forwards. Kubernetes' PKI
+# guide gives this its own CA, so no ordinary client certificate can pass as the front proxy. Outside the block
+# above so a test bed made before it gains the files on its next start.
+if [ ! -f "$PKI/front-proxy-client.crt" ]; then
+  log "creating the front-proxy (aggregation layer) CA and client certificate"
+  openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/front-proxy-ca.key" 2>/dev/null
+  openssl req -x509 -new -key "$PKI/front-proxy-ca.key" -subj "/CN=kfn-testbed-front-proxy-ca" -days 3650 \
+    -sha256 -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -out "$PKI/front-proxy-ca.crt" 2>/dev/null
+  CA=front-proxy-ca cert front-proxy-client front-proxy-client
 fi
 cp "$CONF/admin.kubeconfig" "$KUBECONFIG_PATH.tmp" && mv "$KUBECONFIG_PATH.tmp" "$KUBECONFIG_PATH"
 
@@ -203,6 +215,11 @@ start kube-apiserver "$K8S_BIN/kube-apiserver" \
   --service-cluster-ip-range="$SERVICE_CIDR" \
   --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
   --client-ca-file="$PKI/ca.crt" \
+  --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
+  --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+  --requestheader-extra-headers-prefix=X-Remote-Extra- \
+  --proxy-client-cert-file="$PKI/front-proxy-client.crt" --proxy-client-key-file="$PKI/front-proxy-client.key" \
+  --enable-aggregator-routing=true \
   --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
   --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
   --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \

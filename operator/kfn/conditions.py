@@ -74,6 +74,10 @@ CONCURRENCY_RESERVED = "ConcurrencyReserved"  # the pool holds the Function's re
 RESERVATION_REFUSED = "ReservationRefused"  # it would eat the pool's unreserved minimum (PutFunctionConcurrency's rule)
 NETWORK_POLICY_ENFORCED = "NetworkPolicyEnforced"  # NetworkIsolated: the canary could not reach a function
 NETWORK_POLICY_NOT_ENFORCED = "NetworkPolicyNotEnforced"  # NetworkIsolated: the canary reached one
+FILE_SYSTEM_READY = "FileSystemReady"  # spec.fileSystemConfigs: every claim exists and is bound
+CLAIM_NOT_FOUND = "ClaimNotFound"  # FileSystemReady: the PersistentVolumeClaim does not exist (EFSMountFailure)
+CLAIM_NOT_BOUND = "ClaimNotBound"  # FileSystemReady: the claim waits for a volume, or lost it
+CLAIMS_BOUND = "ClaimsBound"
 CONTAINER_CONFIG_ERROR = "ContainerConfigError"  # the kubelet cannot create a container (InvalidConfiguration)
 
 

@@ -99,7 +99,11 @@ def test_the_operator_as_its_service_account_needs_every_granted_permission_and_
         # publishing an image looks for the digest its environments run (none run here: it keeps waiting)
         image = {"apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": "img"},
                  "spec": {"code": {"image": "kfn-examples/app:1"}, "publish": 1, "architecture": NO_NODE_ARCH}}  # fmt: skip
+        # a file system whose claim is missing: the operator reads the claim (and holds the Function)
+        with_fs = function("fsx", architecture=NO_NODE_ARCH)
+        with_fs["spec"]["fileSystemConfigs"] = [{"persistentVolumeClaim": "data", "localMountPath": "/mnt/data"}]
         api.apply([
+            with_fs,
             {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "zs-code"}, "data": {"code.zip": base64.b64encode(secret_zip).decode()}},
             {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "zc-code"}, "binaryData": {"code.zip": base64.b64encode(cm_zip).decode()}},
             function("inl", publish=1, architecture=NO_NODE_ARCH), from_secret, from_cm, image,
@@ -136,6 +140,8 @@ def test_the_operator_as_its_service_account_needs_every_granted_permission_and_
         assert any(e["reason"] == "Ready" for e in api.events("inl")), "Events are posted"
         wait_until(lambda: (api.condition("function", "real", "Available") or {}).get("status") == "True", 240,
                    "real has a ready execution environment")
+        fs = wait_until(lambda: api.condition("function", "fsx", "FileSystemReady"), 60, "fsx's claim is looked at")
+        assert fs["reason"] == "ClaimNotFound"
         c = wait_until(lambda: api.condition("function", "img", "VersionPublished"), 60, "img's publishing reports")
         assert c["reason"] == "ImageDigestPending" and "kfn-examples/app:1" in c["message"]
 

@@ -58,6 +58,14 @@ def refusal(parse: Any, spec: Any) -> str:
 REFUSED = [
     # Function: Lambda's ranges
     (parse_function_spec, fn(memoryMB=127), "spec.memoryMB: must be between 128 and 10240 MB, got 127"),
+    # Lambda's FileSystemConfigList (max 1) and LocalMountPath (/mnt/..., 160 characters)
+    (parse_function_spec, fn(fileSystemConfigs=[{"persistentVolumeClaim": "a", "localMountPath": "/mnt/a"},
+                                                {"persistentVolumeClaim": "b", "localMountPath": "/mnt/b"}]),
+     "spec.fileSystemConfigs: must have at most 1 item, got 2"),
+    (parse_function_spec, fn(fileSystemConfigs=[{"persistentVolumeClaim": "a", "localMountPath": "/data"}]),
+     "spec.fileSystemConfigs[0].localMountPath: must be /mnt/ followed by a name, got '/data'"),
+    (parse_function_spec, fn(fileSystemConfigs=[{"persistentVolumeClaim": "a", "localMountPath": "/mnt/" + "x" * 156}]),
+     "spec.fileSystemConfigs[0].localMountPath: must have at most 160 characters, got 161"),
     (parse_function_spec, fn(memoryMB=10241), "spec.memoryMB: must be between 128 and 10240 MB, got 10241"),
     (parse_function_spec, fn(timeoutSeconds=0), "spec.timeoutSeconds: must be between 1 and 900 seconds, got 0"),
     (parse_function_spec, fn(timeoutSeconds=901), "spec.timeoutSeconds: must be between 1 and 900 seconds, got 901"),

@@ -258,3 +258,18 @@ def test_a_rollout_never_runs_more_environments_than_reserved_concurrency(reserv
     rolling = deployment(spec)["spec"]["strategy"]["rollingUpdate"]
     assert rolling["maxSurge"] == surge
     assert rolling["maxUnavailable"] == 1 - surge  # a rollout still makes progress
+
+
+def test_file_system_configs_mount_the_claim_in_the_function_container_only():
+    """Catches: the claim mounted nowhere, in the agent (which must not see user data), or writable when the
+    config says readOnly."""
+    spec = {**BASE, "fileSystemConfigs": [{"persistentVolumeClaim": "shared", "localMountPath": "/mnt/data",
+                                           "readOnly": True}]}
+    dep = deployment(spec)
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    claim = next(v for v in volumes.values() if "persistentVolumeClaim" in v)
+    assert claim["persistentVolumeClaim"] == {"claimName": "shared", "readOnly": True}
+    mounts = [m for m in container(dep, "function")["volumeMounts"] if m["name"] == claim["name"]]
+    assert mounts == [{"name": claim["name"], "mountPath": "/mnt/data", "readOnly": True}]
+    assert all(m["name"] != claim["name"] for m in container(dep, "agent")["volumeMounts"])
+    assert not any("persistentVolumeClaim" in v for v in deployment()["spec"]["template"]["spec"]["volumes"])

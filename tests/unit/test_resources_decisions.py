@@ -175,3 +175,29 @@ def test_a_published_image_is_pinned_to_the_digest_its_environment_runs(image, p
     from kfn.reconcilers.function import pinned_image
 
     assert pinned_image(image, "c1", pods) == expected
+
+
+FS = {"fileSystemConfigs": [{"persistentVolumeClaim": "shared", "localMountPath": "/mnt/shared"}]}
+
+
+@pytest.mark.parametrize(("claim", "status", "reason", "says"), [
+    (None, "False", "ClaimNotFound",
+     "spec.fileSystemConfigs[0].persistentVolumeClaim: PersistentVolumeClaim shared does not exist; create it"),
+    ({"status": {"phase": "Pending"}}, "False", "ClaimNotBound", "PersistentVolumeClaim shared is Pending, not Bound"),
+    ({"status": {"phase": "Lost"}}, "False", "ClaimNotBound", "PersistentVolumeClaim shared is Lost, not Bound"),
+    ({"status": {"phase": "Bound"}}, "True", "ClaimsBound", "mounted at /mnt/shared"),
+])
+def test_file_system_ready_names_the_claim_and_what_is_wrong(claim, status, reason, says):
+    """Catches: a missing or unbound claim reported as ready (pods would wait with no word in the status), or a
+    message that does not name the field and the claim."""
+    from kfn.reconcilers.environment import file_system_condition
+
+    c = file_system_condition(FS, {"shared": claim})
+    assert (c.status, c.reason) == (status, reason)
+    assert says in c.message
+
+
+def test_no_file_system_no_condition():
+    from kfn.reconcilers.environment import file_system_condition
+
+    assert file_system_condition({}, {}) is None

@@ -252,6 +252,24 @@ class VpcConfig(SpecModel):
     ] = Field(default_factory=list, alias="securityGroups", description="Named, reusable rule sets.")
 
 
+class FileSystemConfig(SpecModel):
+    """A file system the function's environments mount (Lambda FileSystemConfig, with a PersistentVolumeClaim in the
+    place of an EFS access point ARN).
+
+    Lambda's limits (botocore service model, FileSystemConfigList/LocalMountPath): at most one per function, mounted
+    at ``/mnt/<name>`` (160 characters at most). Every environment of the version mounts the same claim, so it needs
+    an access mode that lets several pods use it (ReadWriteMany, or ReadWriteOnce on a single node).
+    """
+
+    persistent_volume_claim: KubeName = Field(
+        alias="persistentVolumeClaim", description="PersistentVolumeClaim in the function's namespace."
+    )
+    local_mount_path: Annotated[
+        StrictStr, Field(max_length=160), Matches(r"^/mnt/[a-zA-Z0-9-_.]+$", "must be /mnt/ followed by a name")
+    ] = Field(alias="localMountPath", description="Where the function sees the file system: /mnt/<name>.")
+    read_only: StrictBool = Field(False, alias="readOnly", description="Mount read-only.")
+
+
 def _destination_rule(field: str, attribute: str, pattern: str, text: str) -> Rule:
     """One destination field checked by the API server (CEL) and kfn (the same regex), with one message."""
     return Rule(
@@ -403,6 +421,10 @@ class FunctionConfig(SpecModel):
     )
     architecture: Literal["amd64", "arm64"] = Field("amd64", description="Node architecture.")
     vpc_config: VpcConfig | None = Field(None, alias="vpcConfig")
+    # None, not [], when unset: a config without it keeps the digest it had before the field existed
+    file_system_configs: Annotated[list[FileSystemConfig], Field(max_length=1)] | None = Field(
+        None, alias="fileSystemConfigs", description="At most one file system (Lambda's limit)."
+    )
     async_invoke_config: AsyncInvokeConfig | None = Field(None, alias="asyncInvokeConfig")
     dead_letter_config: DeadLetterConfig | None = Field(None, alias="deadLetterConfig")
     logging_config: LoggingConfig | None = Field(None, alias="loggingConfig")

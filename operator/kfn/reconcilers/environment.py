@@ -145,12 +145,72 @@ def _available(status: Mapping[str, Any], deployment: Mapping[str, Any]) -> cond
     return cond.false(cond.AVAILABLE, cond.NO_ENVIRONMENTS, f"0 of {desired} execution environments ready yet")
 
 
+# Lambda's reason code for a file system the function cannot mount (StateReasonCode/LastUpdateStatusReasonCode).
+EFS_MOUNT_FAILURE = "EFSMountFailure"
+
+
+def file_system_condition(spec: Mapping[str, Any], claims: Mapping[str, Mapping[str, Any] | None]) -> cond.Condition | None:
+    """FileSystemReady from the claims ``spec.fileSystemConfigs`` names (``claims``: name -> the PVC or None).
+
+    None when the spec mounts nothing. False with ``ClaimNotFound`` for a missing claim (nothing is applied then:
+    environments already serving keep their mounts), with ``ClaimNotBound`` for a claim not Bound (its pods wait
+    for the volume; a WaitForFirstConsumer claim binds when the first one is scheduled).
+    """
+    configs = spec.get("fileSystemConfigs") or []
+    if not configs:
+        return None
+    for i, fs in enumerate(configs):
+        name = fs["persistentVolumeClaim"]
+        where = f"spec.fileSystemConfigs[{i}].persistentVolumeClaim"
+        claim = claims.get(name)
+        if claim is None:
+            return cond.false(cond.FILE_SYSTEM_READY, cond.CLAIM_NOT_FOUND,
+                              f"{where}: PersistentVolumeClaim {name} does not exist; create it")
+        phase = (claim.get("status") or {}).get("phase", "Pending")
+        if phase != "Bound":
+            return cond.false(cond.FILE_SYSTEM_READY, cond.CLAIM_NOT_BOUND,
+                              f"{where}: PersistentVolumeClaim {name} is {phase}, not Bound: environments wait for "
+                              "its volume")
+    return cond.true(cond.FILE_SYSTEM_READY, cond.CLAIMS_BOUND,
+                     "mounted at " + ", ".join(fs["localMountPath"] for fs in configs))
+
+
+def _claims(inp: EnvironmentInput) -> dict[str, dict[str, Any] | None]:
+    names_ = {fs["persistentVolumeClaim"] for fs in inp.spec.get("fileSystemConfigs") or []}
+    return {name: k8s.get("PersistentVolumeClaim", inp.namespace, name) for name in sorted(names_)}
+
+
+def _held_for_file_system(inp: EnvironmentInput, problem: cond.Condition) -> tuple[list[cond.Condition], dict[str, Any], float | None]:
+    """A claim is missing: nothing is applied, and status says so (Lambda: LastUpdateStatus Failed, EFSMountFailure).
+
+    Environments of the previous configuration, if any, keep serving; only when none does is it the state's reason.
+    """
+    live = k8s.get("Deployment", inp.namespace, inp.name)
+    conditions = [problem]
+    status: dict[str, Any] = {"endpoint": endpoint(inp), "scaling": inp.scaling,
+                              "lastUpdateStatus": "Failed", "lastUpdateStatusReasonCode": EFS_MOUNT_FAILURE,
+                              "lastUpdateStatusReason": problem.message}
+    serving = live is not None and ((live.get("status") or {}).get("readyReplicas") or 0) > 0
+    if live is not None:
+        conditions.append(_available(live.get("status") or {}, live))
+        status["replicas"] = (live.get("status") or {}).get("replicas", 0)
+        status["readyReplicas"] = (live.get("status") or {}).get("readyReplicas", 0)
+    if serving:
+        status.update(stateReasonCode=None, stateReason=None)
+    else:
+        status.update(stateReasonCode=EFS_MOUNT_FAILURE, stateReason=problem.message)
+    return conditions, status, 10.0
+
+
 def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], dict[str, Any], float | None]:
     """Apply every child of one version. Returns child conditions, status fields and a retry delay."""
     try:
         children = build_environment(inp)
     except CodeError as e:
         return [cond.false(cond.CODE_READY, cond.CODE_TOO_LARGE, str(e))], {}, None
+    file_system = file_system_condition(inp.spec, _claims(inp)) if inp.spec.get("fileSystemConfigs") else None
+    if file_system is not None and file_system.reason == cond.CLAIM_NOT_FOUND:
+        return _held_for_file_system(inp, file_system)
     conditions: list[cond.Condition] = []
     status: dict[str, Any] = {"endpoint": endpoint(inp)}
     retry: float | None = None
@@ -206,6 +266,10 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
             status["network"] = describe_function(inp.spec)
         else:
             conditions.append(cond.true(condition_type, cond.RECONCILED))
+    if file_system is not None:
+        conditions.append(file_system)
+        if not file_system.is_true:
+            retry = retry or 5.0  # claims are not watched: look again until it is bound
     status["scaling"] = inp.scaling
     if inp.previous_scaling == keda.KEDA and inp.scaling != keda.KEDA:
         # Switched back to the built-in scaler: KEDA lets go of replicas when its ScaledObject goes.

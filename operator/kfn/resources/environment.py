@@ -209,7 +209,7 @@ def make_deployment(inp: EnvironmentInput, plan: CodePlan) -> dict[str, Any]:
             "requests": {"memory": f"{memory_mb}Mi", "cpu": f"{cpu_millicores(memory_mb)}m"},
             "limits": {"memory": f"{memory_mb}Mi", "cpu": f"{cpu_millicores(memory_mb)}m"},
         },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *plan.function_mounts],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *plan.function_mounts, *file_system_mounts(spec)],
         "securityContext": _security_context(),
         # Scale-down drains: both containers' SIGTERM waits until the running invocation has finished.
         "lifecycle": {"preStop": DRAIN_HOOK},
@@ -269,6 +269,7 @@ def make_deployment(inp: EnvironmentInput, plan: CodePlan) -> dict[str, Any]:
         {"name": "tmp", "emptyDir": {"sizeLimit": f"{tmp_mb}Mi"}},
         {"name": "agent-tmp", "emptyDir": {"sizeLimit": "64Mi"}},
         *plan.volumes,
+        *file_system_volumes(spec),
     ]
     init_containers = []
     if plan.extract_items:
@@ -328,6 +329,33 @@ def make_deployment(inp: EnvironmentInput, plan: CodePlan) -> dict[str, Any]:
             "template": {"metadata": {"labels": template_labels, "annotations": annotations}, "spec": pod_spec},
         },
     }
+
+
+def file_system_volume_name(index: int) -> str:
+    """The pod volume of ``spec.fileSystemConfigs[index]``."""
+    return f"fs-{index}"
+
+
+def file_system_volumes(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``spec.fileSystemConfigs`` as pod volumes: each claim, read-only when the config says so.
+
+    The function's uid/gid (``RUN_AS``) is the pod's fsGroup, so a volume whose plugin manages ownership (most
+    CSI drivers, local volumes) is writable by the function as an EFS access point's POSIX user would make it;
+    a hostPath volume keeps its directory's own owner and mode.
+    """
+    return [
+        {"name": file_system_volume_name(i),
+         "persistentVolumeClaim": {"claimName": fs["persistentVolumeClaim"], "readOnly": bool(fs.get("readOnly"))}}
+        for i, fs in enumerate(spec.get("fileSystemConfigs") or [])
+    ]
+
+
+def file_system_mounts(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The function container's mounts of ``spec.fileSystemConfigs`` at their ``localMountPath``."""
+    return [
+        {"name": file_system_volume_name(i), "mountPath": fs["localMountPath"], "readOnly": bool(fs.get("readOnly"))}
+        for i, fs in enumerate(spec.get("fileSystemConfigs") or [])
+    ]
 
 
 def rollout_strategy(reserved: int | None) -> dict[str, Any]:

@@ -61,6 +61,8 @@ _NAMESPACED: dict[tuple[str, str], tuple[str, ...]] = {
     # environments_problem() and follow_init() read an agent's /readyz (the runtime's init error) through
     # the API server's pod proxy.
     ("", "pods/proxy"): ("get",),
+    # reconcile_environment() gets the claims spec.fileSystemConfigs names (FileSystemReady).
+    ("", "persistentvolumeclaims"): ("get",),
     # post_event(): Events on condition transitions (Kopf's own posting is off).
     ("", "events"): ("create",),
 }

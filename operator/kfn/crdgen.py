@@ -59,6 +59,7 @@ KIND_INFOS: tuple[KindInfo, ...] = (
             {"name": "ARN", "type": "string", "jsonPath": ".status.functionArn"},
             {"name": "Reason", "type": "string", "jsonPath": ".status.stateReasonCode"},
             {"name": "Last-Update", "type": "string", "jsonPath": ".status.lastUpdateStatus"},
+            {"name": "URL", "type": "string", "jsonPath": ".status.url"},
             {"name": "Runtime", "type": "string", "jsonPath": ".spec.runtime", "priority": 1},
             {"name": "Memory-MB", "type": "integer", "jsonPath": ".spec.memoryMB", "priority": 1},
             {"name": "Image", "type": "string", "jsonPath": ".spec.code.image", "priority": 1},

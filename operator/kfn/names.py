@@ -32,6 +32,10 @@ LABEL_FUNCTION = "kfn.dev/function"
 LABEL_VERSION = "kfn.dev/version"
 LABEL_COMPONENT = "kfn.dev/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+# On the Secrets `kfn credentials create` makes: the access key id (the gateway finds a key by it) and the
+# ServiceAccount the key acts as (in the Secret's namespace).
+LABEL_ACCESS_KEY_ID = "kfn.dev/access-key-id"
+LABEL_ACCESS_KEY_SERVICE_ACCOUNT = "kfn.dev/service-account"
 MANAGED_BY = "kfn"
 COMPONENT_FUNCTION = "function"
 COMPONENT_OPERATOR = "operator"
@@ -150,6 +154,19 @@ def account_id(namespace: str) -> str:
     """
     digest = hashlib.sha256(namespace.encode()).digest()
     return str(int.from_bytes(digest, "big") % 10**ACCOUNT_ID_DIGITS).zfill(ACCOUNT_ID_DIGITS)
+
+
+# Function URLs are served by the gateway under this path (docs/function-urls.md): no DNS or wildcard certificate
+# is needed, and the same URL works on the Service, a port-forward or an Ingress prefix.
+URL_PATH_PREFIX = "/kfn-url/"
+DEFAULT_URL_BASE = "http://kfn-gateway.kfn-system.svc"  # the gateway Service of `kfn install` (port 80)
+
+
+def function_url(base: str, namespace: str, function: str, alias: str | None = None) -> str:
+    """A function URL: ``<base>/kfn-url/<namespace>/<function>[:<alias>]/`` (':' never occurs in either name, so
+    everything after the qualifier's '/' is the request's rawPath)."""
+    target = f"{function}:{alias}" if alias else function
+    return f"{base.rstrip('/')}{URL_PATH_PREFIX}{namespace}/{target}/"
 
 
 def function_arn(region: str, account: str, function: str, qualifier: str | None = None) -> str:

@@ -91,6 +91,13 @@ class Request:
     def peer_port(self) -> int:
         return self._conn.peer_port
 
+    @property
+    def peer_host(self) -> str:
+        """The client's address ("" when unknown)."""
+        t = self._conn.transport
+        peer = t.get_extra_info("peername") if t is not None else None
+        return str(peer[0]) if peer else ""
+
     def is_gone(self) -> bool:
         """The client has closed the connection (or the server has)."""
         return self._conn.transport is None or self._conn.transport.is_closing()
@@ -173,7 +180,10 @@ class Connection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        prev = self._headers.get(key)
+        # a repeated header is one comma-joined value (RFC 9110 5.3; Lambda's payload format 2.0 does the same)
+        self._headers[key] = text if prev is None else f"{prev},{text}"
 
     def on_headers_complete(self) -> None:
         raw = self._url.decode("latin-1")

@@ -56,6 +56,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grace-seconds", type=float, default=30.0, help="on SIGTERM, how long invocations in flight may finish")
     p.add_argument("--allow-writes", action="store_true", default=env("KFN_ALLOW_WRITES", "") == "true",
                    help="serve control-plane writes (Put/Update/DeleteFunctionEventInvokeConfig); off by default")
+    p.add_argument("--auth", choices=["none", "sigv4"], default=env("KFN_GATEWAY_AUTH", "none"),
+                   help="sigv4: verify SigV4 signatures against the keys of `kfn credentials create` and authorise "
+                        "every call with Kubernetes RBAC (SubjectAccessReview); none (default): no checks "
+                        "(function URLs with authType AWS_IAM are checked either way)")
     p.add_argument("--nats-url", default=env("KFN_NATS_URL", ""),
                    help="NATS JetStream server(s) of the async queue, comma-separated (kfn install sets it); "
                         "without one, Event invocations are answered 501")
@@ -123,7 +127,7 @@ async def serve(args: argparse.Namespace) -> None:
         api=control.ApiSettings(region=args.region, default_namespace=args.default_namespace,
                                 pool_size=args.pool_size, unreserved_min=args.unreserved_min,
                                 allow_writes=args.allow_writes),
-        cold_start_timeout=args.cold_start_timeout, max_waiting=args.max_waiting)
+        cold_start_timeout=args.cold_start_timeout, max_waiting=args.max_waiting, auth=args.auth)
     reporter = DemandReporter(args.scaler_url, pool) if args.scaler_url else None
     queue = None
     if args.nats_url:
@@ -131,7 +135,11 @@ async def serve(args: argparse.Namespace) -> None:
 
         queue = ReconnectingQueue(QueueSettings(url=args.nats_url), name="kfn-gateway")
         queue.start(loop)  # events answer 500 ServiceException until it is connected (never a 202)
-    gateway = Gateway(catalog, pool, DeploymentScaleUp(), settings, health, demand=reporter, queue=queue)
+    from kfn.gateway import auth
+
+    authorizer = auth.Authorizer(auth.k8s_lookup, auth.k8s_review, args.region)
+    gateway = Gateway(catalog, pool, DeploymentScaleUp(), settings, health, demand=reporter, queue=queue,
+                      authorizer=authorizer)
     host, _, port = args.listen.rpartition(":")
     server = await loop.create_server(connection_factory(gateway), host or "0.0.0.0", int(port), reuse_address=True,
                                       backlog=1024)

@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "scaler": ("kfn.cli.scaler", "the built-in scaler: demand pushed by the gateways in, version replicas out"),
     "async-worker": ("kfn.cli.asyncworker", "drains the durable async-invocation queue: retries, event age, destinations"),
     "invoke": ("kfn.cli.invoke", "invoke a function like `aws lambda invoke` and show its answer"),
+    "credentials": ("kfn.cli.credentials", "issue Lambda API access keys bound to ServiceAccounts (aws CLI profiles)"),
 }
 
 

@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime-image-template", default=env("KFN_RUNTIME_IMAGE_TEMPLATE", Images.runtime_template), help="managed runtime image; {runtime} is replaced")
     p.add_argument("--provided-image", default=env("KFN_PROVIDED_IMAGE", Images.provided), help="image for provided* runtimes")
     p.add_argument("--log-format", choices=["json", "text"], default=env("KFN_LOG_FORMAT", "json"))
+    p.add_argument("--url-base", default=env("KFN_URL_BASE", ""),
+                   help="where clients reach the gateway, for the function URLs in status.url "
+                        "(default: http://kfn-gateway.kfn-system.svc)")
     p.add_argument("--scaling", choices=MODES, default=env("KFN_SCALING", KedaSettings.default_mode),
                    help="scaling mode of Functions whose spec.scaling is unset: builtin, or keda (a KEDA ScaledObject per version)")
     p.add_argument("--keda-scaler-address", default=env("KFN_KEDA_SCALER_ADDRESS", KedaSettings.scaler_address),
@@ -94,6 +97,8 @@ class QuietChildEvents(logging.Filter):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.url_base:  # read by the Function and Alias reconcilers (kfn.reconcilers.function.url_base)
+        os.environ["KFN_URL_BASE"] = args.url_base
     limit_malloc_arenas()
     import kopf
 

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 from urllib.parse import parse_qs, quote
 
@@ -26,7 +27,7 @@ from kfn.asyncinvoke import queue as asyncqueue
 from kfn.asyncinvoke import metrics as asyncmetrics
 from kfn.asyncinvoke.envelope import Envelope
 from kfn.agent.httpserver import Connection, Request, encode_headers
-from kfn.gateway import arn, control, errors, metrics, routing
+from kfn.gateway import arn, auth, control, errors, metrics, routing, urls
 from kfn.gateway.agentclient import AgentUnreachable, Answer
 from kfn.gateway.catalog import Catalog, VersionKey
 from kfn.gateway.coldstart import (ACCOUNT_LIMIT, PENDING, RESERVED_LIMIT, SCALE, THROTTLE, WAIT, DemandReporter,
@@ -69,6 +70,7 @@ class GatewaySettings:
     max_waiting: int = 100  # invocations of one version held at once for a cold start; more are throttled
     attempts: int = 16  # environments tried for one invocation (busy replies, unreachable agents)
     agent_timeout_extra: float = 15.0  # seconds past the function's timeout before the hop gives up
+    auth: str = auth.NONE  # sigv4: every API call is authenticated and authorised (kfn.gateway.auth)
 
 
 class AsyncNotAvailable(errors.ServiceException):
@@ -112,8 +114,9 @@ class Gateway:
 
     def __init__(self, catalog: Catalog, pool: EnvironmentPool, scale_up: ScaleUp, settings: GatewaySettings,
                  health: Callable[[], str | None], demand: DemandReporter | None = None,
-                 queue: asyncqueue.Queue | None = None) -> None:
+                 queue: asyncqueue.Queue | None = None, authorizer: auth.Authorizer | None = None) -> None:
         self.catalog, self.pool, self.scale_up, self.settings = catalog, pool, scale_up, settings
+        self.authorizer = authorizer  # SigV4 and RBAC (--auth sigv4, AWS_IAM function URLs)
         self.demand = demand  # the built-in scaler decides (the gateway never writes replicas then)
         self.queue = queue  # the durable async queue; None: Event invocations answer 501
         self.health = health  # None when healthy, else why not
@@ -122,6 +125,40 @@ class Gateway:
 
     # --- routing of requests ---------------------------------------------------------------------------------------
     def __call__(self, req: Request) -> None:
+        if req.path.startswith(names.URL_PATH_PREFIX):
+            return self._spawn(urls.serve(self, req))
+        if (self.settings.auth == auth.SIGV4 and req.path not in ("/healthz", "/metrics")
+                and req.body is not None):  # too large: answered 413 before anything is read from it
+            return self._spawn(self._authorized(req))
+        self._route(req)
+
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _authorized(self, req: Request) -> None:
+        """Route *req* once its caller may make the call (``--auth sigv4``), else answer Lambda's 403."""
+        try:
+            assert self.authorizer is not None
+            api = self.settings.api
+            op = auth.operation(req.method, req.path)
+            who = await self.authorizer.identify(req.method, req.path, req.raw_query, req.headers, req.body or b"")
+            qualifier = req.query("Qualifier") if req.raw_query else None
+            namespace, function, resource = auth.resolve(op, qualifier, self.catalog, api.default_namespace,
+                                                         api.region)
+            await self.authorizer.authorize(who, op, namespace, function, resource)
+        except errors.LambdaError as e:
+            status, headers, body = errors.wire(e, errors.new_request_id())
+            return req.respond(status, encode_headers(headers), body)
+        except Exception:  # noqa: BLE001 - a bug must still be answered in Lambda's shape, and logged
+            log.exception("authorisation failed", extra={"path": req.path})
+            status, headers, body = errors.wire(internal_error(), errors.new_request_id())
+            return req.respond(status, encode_headers(headers), body)
+        if not req.is_gone():
+            self._route(req)
+
+    def _route(self, req: Request) -> None:
         path, method = req.path, req.method
         if path.startswith(INVOKE_PREFIX) and path.endswith(INVOKE_SUFFIX) and method == "POST":
             task = self.loop.create_task(self._invoke(req, path[len(INVOKE_PREFIX):-len(INVOKE_SUFFIX)]))
@@ -352,7 +389,7 @@ class Gateway:
     async def _run(self, req: Request, target: Target, request_id: str, started: float) -> Answer | None:
         if req.headers.get("x-amz-invocation-type") == "DryRun":
             return None
-        return await self.dispatch(target, self._agent_head(req.headers, target, request_id), req.body or b"",
+        return await self.dispatch(target, self.agent_head(req.headers, target, request_id), req.body or b"",
                                    request_id, started)
 
     async def dispatch(self, target: Target, head: bytes, body: bytes, request_id: str, started: float) -> Answer:
@@ -474,9 +511,9 @@ class Gateway:
             h["x-amz-client-context"] = envelope.client_context
         if envelope.trace_id:
             h["x-amzn-trace-id"] = envelope.trace_id
-        return self._agent_head(h, target, envelope.request_id)
+        return self.agent_head(h, target, envelope.request_id)
 
-    def _agent_head(self, h: dict[str, str], target: Target, request_id: str) -> bytes:
+    def agent_head(self, h: dict[str, str], target: Target, request_id: str) -> bytes:
         """The request head for the agent; *h*: the invocation's headers (lower-case names)."""
         path = INVOKE_PREFIX + quote(target.version.function) + INVOKE_SUFFIX
         if target.qualifier:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StrictFloat, StrictInt, StrictStr
 
 from kfn.models.base import CommonStatus, Matches, Range, Rule, SpecModel, parse_spec
-from kfn.models.function import AsyncInvokeConfig, FunctionName
+from kfn.models.function import AsyncInvokeConfig, FunctionName, FunctionUrl
 
 LATEST = "$LATEST"
 VERSION_PATTERN = r"^(\$LATEST|[0-9]+)$"
@@ -79,6 +79,7 @@ class AliasSpec(SpecModel):
         description="Retries, event age and destinations of events sent to this alias (Lambda's event invoke config "
         "for a qualifier); unset: the Function's.",
     )
+    url: FunctionUrl | None = Field(None, description="A function URL for this alias (Lambda's qualified URL).")
 
 
 class ProvisionedConcurrencyStatus(SpecModel):
@@ -102,6 +103,7 @@ class AliasStatus(CommonStatus):
         None, alias="additionalVersionWeights", description="Resolved weights."
     )
     endpoint: str | None = Field(None, description="In-cluster URL that serves this alias.")
+    url: str | None = Field(None, description="The alias's function URL (spec.url set), served by the gateway.")
 
 
 def parse_alias_spec(data: Any) -> AliasSpec:

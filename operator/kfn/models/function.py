@@ -343,13 +343,39 @@ class LoggingConfig(SpecModel):
     )
 
 
+# Lambda's Cors shape (botocore service model: AllowOriginsList max 100 of Origin 1-253 chars, AllowMethodsList
+# max 6 of Method <= 6 chars, HeadersList max 100 of Header <= 1024 chars, MaxAge 0-86400).
+Origin = Annotated[StrictStr, Field(min_length=1, max_length=253)]
+Method = Annotated[StrictStr, Field(max_length=6)]
+HeaderName = Annotated[StrictStr, Field(max_length=1024)]
+
+
+class Cors(SpecModel):
+    """Cross-origin resource sharing of a function URL (Lambda's Cors)."""
+
+    allow_credentials: StrictBool = Field(
+        False, alias="allowCredentials", description="Allow cookies and credentials (Access-Control-Allow-Credentials).")
+    allow_headers: Annotated[list[HeaderName], Field(max_length=100)] = Field(
+        default_factory=list, alias="allowHeaders", description="Headers origins may send, e.g. x-custom-header.")
+    allow_methods: Annotated[list[Method], Field(max_length=6)] = Field(
+        default_factory=list, alias="allowMethods", description="Methods origins may use, e.g. GET, POST, or *.")
+    allow_origins: Annotated[list[Origin], Field(max_length=100)] = Field(
+        default_factory=list, alias="allowOrigins", description="Origins allowed, e.g. https://example.com, or *.")
+    expose_headers: Annotated[list[HeaderName], Field(max_length=100)] = Field(
+        default_factory=list, alias="exposeHeaders", description="Response headers browsers may read.")
+    max_age: Annotated[StrictInt, Range(0, 86400, "seconds")] = Field(
+        0, alias="maxAge", description="Seconds browsers may cache a preflight answer (0: not at all).")
+
+
 class FunctionUrl(SpecModel):
-    """A function URL: a dedicated HTTP endpoint."""
+    """A function URL: a dedicated HTTP endpoint (served by the gateway, docs/function-urls.md)."""
 
     auth_type: Literal["NONE", "AWS_IAM"] = Field(alias="authType", description="NONE (public) or AWS_IAM (signed).")
     invoke_mode: Literal["BUFFERED", "RESPONSE_STREAM"] = Field(
-        "BUFFERED", alias="invokeMode", description="BUFFERED or RESPONSE_STREAM."
+        "BUFFERED", alias="invokeMode",
+        description="BUFFERED (RESPONSE_STREAM is accepted and answered buffered for now).",
     )
+    cors: Cors | None = Field(None, description="CORS headers and preflight answers; unset: none.")
 
 
 # ------------------------------------------------------------------------ spec
@@ -514,6 +540,7 @@ class FunctionStatus(EnvironmentStatus):
     state: FunctionState | None = Field(None, description="Lambda State: Pending, Active, Inactive or Failed.")
     latest_version: StrictInt | None = Field(None, alias="latestVersion", description="Newest published version.")
     endpoint: str | None = Field(None, description="In-cluster URL that serves $LATEST.")
+    url: str | None = Field(None, description="The function URL (spec.url set), served by the gateway.")
     replicas: int | None = Field(None, description="Execution environments of $LATEST.")
     ready_replicas: int | None = Field(None, alias="readyReplicas", description="Initialised environments.")
     code_sha256: str | None = Field(None, alias="codeSha256", description="SHA-256 of the code (Lambda CodeSha256).")

@@ -19,7 +19,7 @@ from kfn.models.alias import parse_alias_spec
 from kfn.models.base import SpecError
 from kfn.reconcilers.common import WAIT_SECONDS, Outcome, being_deleted, finish, invalid_spec
 from kfn.reconcilers.function import by_number as numbered
-from kfn.reconcilers.function import ensure_function_label, versions_of
+from kfn.reconcilers.function import ensure_function_label, url_base, versions_of
 
 
 def resolve_weights(primary: str, additional: Mapping[str, float]) -> dict[str, float]:
@@ -85,6 +85,7 @@ def reconcile_alias(body: Mapping[str, Any], refresh_version: Callable[[str, str
         "functionVersion": spec.function_version,
         "additionalVersionWeights": {v: w for v, w in weights.items() if v != spec.function_version} or None,
         "endpoint": (primary.get("status") or {}).get("endpoint"),
+        "url": names.function_url(url_base(), namespace, function, spec.name) if spec.url else None,
     }
     reserved = (fn.get("spec") or {}).get("reservedConcurrency")
     provisioned = provisioned_status(spec.provisioned_concurrency, weights, targets, reserved)

@@ -12,6 +12,7 @@ status never publishes twice.
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -322,6 +323,12 @@ def collect_garbage(body: Mapping[str, Any], versions: list[dict[str, Any]], ali
         k8s.post_event(body, "Normal", cond.VERSION_DELETED, f"deleted version {number}: past versionRetention {retention} and no alias points at it")
 
 
+def url_base() -> str:
+    """Where the gateway serves function URLs: ``KFN_URL_BASE`` (the operator's ``--url-base``), else the gateway
+    Service of the default install."""
+    return os.environ.get("KFN_URL_BASE") or names.DEFAULT_URL_BASE
+
+
 def _arn(namespace: str, function: str) -> str:
     """The function's unqualified ARN: the namespace's account id, kfn's region (docs/lambda-api.md)."""
     return names.function_arn(names.DEFAULT_REGION, names.account_id(namespace), function)
@@ -364,7 +371,8 @@ def reconcile_function(body: Mapping[str, Any], images: Images) -> Outcome:
     )
     children, status, retry = reconcile_environment(inp)
     outcome.conditions = children
-    outcome.status = {**status, "codeSha256": digest, "functionArn": _arn(namespace, function)}
+    outcome.status = {**status, "codeSha256": digest, "functionArn": _arn(namespace, function),
+                      "url": names.function_url(url_base(), namespace, function) if spec.url else None}
     outcome.retry_after = retry
     if any(c.reason == cond.CODE_TOO_LARGE for c in children):
         outcome.permanent = children[0].message

@@ -127,8 +127,10 @@ class Gateway:
     def __call__(self, req: Request) -> None:
         if req.path.startswith(names.URL_PATH_PREFIX):
             return self._spawn(urls.serve(self, req))
-        if (self.settings.auth == auth.SIGV4 and req.path not in ("/healthz", "/metrics")
-                and req.body is not None):  # too large: answered 413 before anything is read from it
+        if self.settings.auth == auth.SIGV4 and req.path not in ("/healthz", "/metrics"):
+            if req.body is None:  # over the limit (dropped unread): nothing to verify a signature against
+                status, headers, body = errors.wire(errors.request_too_large(MAX_SYNC_PAYLOAD), errors.new_request_id())
+                return req.respond(status, encode_headers(headers), body)
             return self._spawn(self._authorized(req))
         self._route(req)
 

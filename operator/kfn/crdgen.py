@@ -106,6 +106,7 @@ KIND_INFOS: tuple[KindInfo, ...] = (
             {"name": "Weights", "type": "string", "jsonPath": ".spec.routing.additionalVersionWeights"},
             {"name": "Ready", "type": "string", "jsonPath": READY},
             {"name": "Provisioned", "type": "integer", "jsonPath": ".spec.provisionedConcurrency"},
+            {"name": "URL", "type": "string", "jsonPath": ".status.url", "priority": 1},
             AGE,
         ),
     ),

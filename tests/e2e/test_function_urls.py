@@ -50,6 +50,15 @@ CORS = {"allowOrigins": ["https://app.example"], "allowMethods": ["GET", "POST"]
         "exposeHeaders": ["x-seen"], "maxAge": 600}
 
 
+def apply_tree_crds(cluster: Any) -> None:
+    """This tree's Function and Alias CRDs (spec.url.cors, status.url) on the shared test bed. Other working trees
+    apply theirs too; under a field manager of its own, the fields only this tree declares survive their applies
+    (server-side apply removes only what a manager itself owned)."""
+    for plural in ("functions", "aliases"):
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager", "kfn-url-e2e", "-f",
+                        str(Path(__file__).parents[2] / "crds" / f"kfn.dev_{plural}.yaml"))
+
+
 class World:
     def __init__(self, api: Api, gateway: GatewayProcess) -> None:
         self.api, self.gateway, self.ns = api, gateway, api.ns
@@ -76,6 +85,7 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any,
     cluster.kubectl("create", "namespace", ns)
     cluster.kubectl("label", "namespace", ns, "kfn.dev/test=true")
     log_dir = tmp_path_factory.mktemp("urls-e2e")
+    apply_tree_crds(cluster)
     op = Operator(cluster, ns, log_dir, "--url-base", URL_BASE).start()
     gateway = None
     try:
@@ -102,6 +112,7 @@ def test_status_and_kubectl_show_the_url(world: World) -> None:
     expected = names.function_url(URL_BASE, world.ns, "web")
     wait_until(lambda: (world.api.get("function", "web") or {}).get("status", {}).get("url") == expected, 60,
                "status.url is set")
+    apply_tree_crds(world.api.cluster)  # the printer columns are one list: the last tree to apply sets it
     table = world.api.kubectl("get", "fn", "web").stdout
     assert "URL" in table.splitlines()[0] and expected in table
     assert "url" not in (world.api.get("function", "nourl") or {}).get("status", {})

@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
 from test_gateway_catalog import GatewayProcess  # noqa: E402 - the host gateway rig lives with the integration tests
 from test_operator import Api, Operator  # noqa: E402
 
+from test_function_urls import apply_tree_crds  # noqa: E402 - same directory
+
 ECHO = """\
 def handler(event, context):
     return {"statusCode": 200, "body": __import__("json").dumps(event)} if "requestContext" in event else {"echo": event}
@@ -92,6 +94,7 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any,
         cluster.kubectl("create", "namespace", n)
         cluster.kubectl("label", "namespace", n, "kfn.dev/test=true")
     tmp = tmp_path_factory.mktemp("identity-e2e")
+    apply_tree_crds(cluster)
     op = Operator(cluster, ns, tmp).start()
     gateway = None
     try:

@@ -144,7 +144,7 @@ def test_the_printed_profile_works_with_the_aws_cli(world: World) -> None:
     env.pop("AWS_ACCESS_KEY_ID", None), env.pop("AWS_SECRET_ACCESS_KEY", None)
     run = subprocess.run([str(Path(sys.executable).parent / "aws"), "lambda", "invoke", "--profile",
                           f"kfn-{world.ns}-invoker", "--function-name", "echo", "--payload", '{"cli": true}',
-                          "--cli-binary-format", "raw-in-base64-out", str(out_file)],
+                          str(out_file)],
                          capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr
     assert json.loads(out_file.read_text()) == {"echo": {"cli": True}}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta, timezone
 from unittest import mock
+from urllib.parse import unquote
 
 import pytest
 from botocore.auth import SigV4Auth
@@ -35,7 +36,7 @@ def signed(body: bytes = BODY, query: str = "Qualifier=live", when: datetime = N
 
 def check(headers: dict[str, str], body: bytes = BODY, query: str = "Qualifier=live", now: datetime = NOW,
           region: str = "us-east-1") -> None:
-    sigv4.verify("POST", PATH, query, headers, body, sigv4.parse_authorization(headers["authorization"]), SECRET,
+    sigv4.verify("POST", unquote(PATH), query, headers, body, sigv4.parse_authorization(headers["authorization"]), SECRET,
                  region, now)
 
 
@@ -121,10 +122,10 @@ def test_the_authorizer_caches_keys_and_decisions_and_never_lets_anonymous_write
     h = signed(when=datetime.now(timezone.utc))
 
     async def go() -> None:
-        who = await a.identify("POST", PATH, "Qualifier=live", h, BODY)
+        who = await a.identify("POST", unquote(PATH), "Qualifier=live", h, BODY)
         assert (who.namespace, who.service_account, who.user) == ("team-a", "invoker",
                                                                   "system:serviceaccount:team-a:invoker")
-        await a.identify("POST", PATH, "Qualifier=live", h, BODY)
+        await a.identify("POST", unquote(PATH), "Qualifier=live", h, BODY)
         invoke = auth.operation("POST", "/2015-03-31/functions/echo/invocations")
         await a.authorize(who, invoke, "team-a", "echo", "arn:fn")
         await a.authorize(who, invoke, "team-a", "echo", "arn:fn")
@@ -140,7 +141,7 @@ def test_the_authorizer_caches_keys_and_decisions_and_never_lets_anonymous_write
             await a.authorize(auth.ANONYMOUS, write, "team-a", "echo", "arn")
         bad = {**h, "authorization": h["authorization"].replace(KEY, "AKKFUNKNOWNUNKNOWN23")}
         with pytest.raises(sigv4.UnrecognizedClientException) as u:
-            await a.identify("POST", PATH, "Qualifier=live", bad, BODY)
+            await a.identify("POST", unquote(PATH), "Qualifier=live", bad, BODY)
         assert (u.value.status, u.value.message) == (403, "The security token included in the request is invalid.")
         clock[0] += auth.DECISION_TTL + 1
         await a.authorize(who, invoke, "team-a", "echo", "arn:fn")

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import quote
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest, HTTPHeaders
@@ -124,7 +125,9 @@ def verify(method: str, path: str, raw_query: str, headers: Mapping[str, str], b
            secret_key: str, region: str, now: datetime) -> None:
     """Raise InvalidSignatureException unless *auth* signs this request with *secret_key*.
 
-    *path* and *raw_query* as received (still percent-encoded); *headers* with lower-cased names; *now* UTC.
+    *path* decoded (the gateway's parser decodes it), *raw_query* as received; *headers* with lower-cased names;
+    *now* UTC. The path is re-encoded as SigV4 clients send it (every byte but unreserved characters and '/'),
+    which is also how AWS computes the canonical URI of a non-S3 request from the decoded path.
     """
     if auth.service != SERVICE or auth.region != region:
         raise InvalidSignatureException(REGION_SCOPE)
@@ -140,7 +143,7 @@ def verify(method: str, path: str, raw_query: str, headers: Mapping[str, str], b
     if claimed is not None and claimed != UNSIGNED_PAYLOAD and claimed != hashlib.sha256(body).hexdigest():
         raise InvalidSignatureException(SIGNATURE_MISMATCH)  # a body other than the one the client hashed
     host = headers.get("host", "localhost")
-    url = f"http://{host}{path}" + (f"?{raw_query}" if raw_query else "")
+    url = f"http://{host}{quote(path, safe='/~')}" + (f"?{raw_query}" if raw_query else "")
     sent: dict[str, Any] = {name: headers.get(name, "") for name in auth.signed_headers}
     if claimed is not None:
         sent["X-Amz-Content-SHA256"] = claimed  # botocore then signs the claimed hash, as the client did

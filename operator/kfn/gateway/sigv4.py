@@ -16,12 +16,9 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
-
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest, HTTPHeaders
-from botocore.credentials import Credentials
 
 from kfn.gateway.errors import LambdaError
 
@@ -83,18 +80,25 @@ def parse_authorization(value: str) -> Authorization:
                          parts["Signature"])
 
 
-class _Signer(SigV4Auth):
-    """botocore's SigV4 signer, signing exactly the headers the client listed (botocore itself would choose)."""
+@lru_cache(maxsize=1)
+def _signer_class() -> Any:
+    """botocore's SigV4 signer, signing exactly the headers the client listed (botocore itself would choose).
+    Imported on the first signed request: a gateway without --auth sigv4 never loads botocore."""
+    from botocore.auth import SigV4Auth  # noqa: PLC0415
+    from botocore.awsrequest import HTTPHeaders  # noqa: PLC0415
 
-    def __init__(self, credentials: Credentials, service: str, region: str, signed: tuple[str, ...]) -> None:
-        super().__init__(credentials, service, region)
-        self._signed = signed
+    class Signer(SigV4Auth):
+        def __init__(self, credentials: Any, service: str, region: str, signed: tuple[str, ...]) -> None:
+            super().__init__(credentials, service, region)
+            self._signed = signed
 
-    def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
-        out = HTTPHeaders()
-        for name in self._signed:
-            out[name] = request.headers.get(name, "")
-        return out
+        def headers_to_sign(self, request: Any) -> Any:
+            out = HTTPHeaders()
+            for name in self._signed:
+                out[name] = request.headers.get(name, "")
+            return out
+
+    return Signer
 
 
 def _timestamp(headers: Mapping[str, str]) -> str:
@@ -147,9 +151,13 @@ def verify(method: str, path: str, raw_query: str, headers: Mapping[str, str], b
     sent: dict[str, Any] = {name: headers.get(name, "") for name in auth.signed_headers}
     if claimed is not None:
         sent["X-Amz-Content-SHA256"] = claimed  # botocore then signs the claimed hash, as the client did
+    from botocore.awsrequest import AWSRequest  # noqa: PLC0415 - see _signer_class
+    from botocore.credentials import Credentials  # noqa: PLC0415
+
     request = AWSRequest(method=method, url=url, data=body, headers=sent)
     request.context["timestamp"] = stamp
-    signer = _Signer(Credentials(auth.access_key, secret_key), auth.service, auth.region, auth.signed_headers)
+    signer = _signer_class()(Credentials(auth.access_key, secret_key), auth.service, auth.region,
+                             auth.signed_headers)
     expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
     if not hmac.compare_digest(expected.encode(), auth.signature.encode()):
         raise InvalidSignatureException(SIGNATURE_MISMATCH)

@@ -140,9 +140,9 @@ GATEWAY_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "watch"]},
     {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "update"]},
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
-    # --auth sigv4 and AWS_IAM function URLs (kfn.gateway.auth): find an access key's Secret by its label, ask RBAC
-    # what its ServiceAccount may do. (RBAC cannot scope list to a label: the list is of all Secrets.)
-    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
+    # --auth sigv4 and AWS_IAM function URLs (kfn.gateway.auth): find an access key's Secret by its label (a list
+    # with a label selector: RBAC cannot narrow a list to a label), ask RBAC what its ServiceAccount may do.
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]},
     {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
 ]
 # Only with `kfn gateway --allow-writes`: Put/Update/DeleteFunctionEventInvokeConfig merge-patch the Function ($LATEST)

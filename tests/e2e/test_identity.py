@@ -27,17 +27,19 @@ import boto3
 import botocore.config
 import botocore.exceptions
 import pytest
+import yaml
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from kfn import names
+from kfn import install, names
 
 pytestmark = pytest.mark.e2e
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
 from test_gateway_catalog import GatewayProcess  # noqa: E402 - the host gateway rig lives with the integration tests
 from test_operator import Api, Operator  # noqa: E402
+from test_rbac import service_account_kubeconfig  # noqa: E402
 
 from test_function_urls import apply_tree_crds  # noqa: E402 - same directory
 
@@ -94,6 +96,7 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any,
         cluster.kubectl("create", "namespace", n)
         cluster.kubectl("label", "namespace", n, "kfn.dev/test=true")
     tmp = tmp_path_factory.mktemp("identity-e2e")
+    grant = f"kfn-gateway-{ns}"
     apply_tree_crds(cluster)
     op = Operator(cluster, ns, tmp).start()
     gateway = None
@@ -105,8 +108,20 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any,
                              "code": {"inline": {"files": {"app.py": ECHO}}}, "url": {"authType": "AWS_IAM"}}}])
         Api(cluster, other).apply(role("all-functions", ["*"], "stranger"))
         api.wait_ready("function", "echo", timeout=300)
+        # The gateway runs as its ServiceAccount with exactly the rules `kfn install` grants it: a permission the
+        # identity checks need (Secrets, SubjectAccessReviews) but the install lacks fails these tests.
+        api.apply([{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": install.GATEWAY_NAME}}])
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": grant},
+             "rules": install.GATEWAY_RULES},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": grant},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": grant},
+             "subjects": [{"kind": "ServiceAccount", "name": install.GATEWAY_NAME, "namespace": ns}]}]))
+        kubeconfig = service_account_kubeconfig(cluster, ns, install.GATEWAY_NAME, tmp / "gateway.kubeconfig")
         gateway = GatewayProcess(cluster, ns, tmp / "gateway.log", "--auth", "sigv4", "--allow-writes",
-                                 "--cold-start-timeout", "150").start()
+                                 "--cold-start-timeout", "150")
+        gateway.env = {**cluster.env, "KUBECONFIG": kubeconfig}
+        gateway.start()
         w = World(cluster, ns, other, gateway, tmp)
         w.profiles = {"invoker": w.credentials("invoker", ns), "stranger": w.credentials("stranger", other)}
         yield w
@@ -114,6 +129,7 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any,
         if gateway is not None:
             gateway.stop()
         op.stop()
+        cluster.kubectl("delete", "clusterrolebinding,clusterrole", grant, "--ignore-not-found", check=False)
         for n in (ns, other):
             cluster.kubectl("delete", "namespace", n, "--wait=false", "--ignore-not-found", check=False)
 

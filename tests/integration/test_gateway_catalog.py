@@ -36,7 +36,7 @@ class GatewayProcess(Operator):
         cmd = [sys.executable, "-m", "kfn.cli.main", "gateway", "--listen", f"127.0.0.1:{self.port}",
                "-n", self.namespace, "--default-namespace", self.namespace, *self.extra]
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.cluster.env)
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env)
         wait_until(self.healthy, 60, "the gateway answers /healthz")
         return self
 

@@ -141,9 +141,10 @@ GATEWAY_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "update"]},
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
     # --auth sigv4 and AWS_IAM function URLs (kfn.gateway.auth): find an access key's Secret by its label (a list
-    # with a label selector: RBAC cannot narrow a list to a label), ask RBAC what its ServiceAccount may do.
+    # with a label selector: RBAC cannot narrow a list to a label), ask RBAC what its ServiceAccount may do (a
+    # namespaced review, so the chart's per-namespace Roles suffice).
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]},
-    {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+    {"apiGroups": ["authorization.k8s.io"], "resources": ["localsubjectaccessreviews"], "verbs": ["create"]},
 ]
 # Only with `kfn gateway --allow-writes`: Put/Update/DeleteFunctionEventInvokeConfig merge-patch the Function ($LATEST)
 # or the Alias that holds the config (kfn.gateway.control.plan_event_invoke_config_write; nothing else is written).

@@ -51,7 +51,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "RoleBinding": ("rbac.authorization.k8s.io/v1", "rolebindings"),
     "PodDisruptionBudget": ("policy/v1", "poddisruptionbudgets"),  # the chart's gateway (kfn install prints the chart)
     "StatefulSet": ("apps/v1", "statefulsets"),  # the async queue's NATS (kfn install prints the chart)
-    "SubjectAccessReview": ("authorization.k8s.io/v1", "subjectaccessreviews"),  # the gateway's --auth sigv4
+    "LocalSubjectAccessReview": ("authorization.k8s.io/v1", "localsubjectaccessreviews"),  # gateway --auth sigv4
 }
 
 
@@ -216,18 +216,18 @@ def list_objects(kind: str, namespace: str | None, label_selector: str | None = 
     return list(_request("GET", path(kind, namespace), query=query).get("items", []))
 
 
-def access_review(user: str, groups: list[str], verb: str, group: str, resource: str, namespace: str | None,
+def access_review(user: str, groups: list[str], verb: str, group: str, resource: str, namespace: str,
                   name: str | None) -> tuple[bool, str]:
-    """Whether Kubernetes RBAC lets *user* (in *groups*) do *verb* on the resource: a SubjectAccessReview.
+    """Whether Kubernetes RBAC lets *user* (in *groups*) do *verb* on the resource in *namespace*: a
+    LocalSubjectAccessReview (namespaced, so a gateway granted only some namespaces can ask too).
     Returns ``(allowed, reason)``; raises ApiError when the API server cannot answer."""
-    attributes: dict[str, Any] = {"verb": verb, "group": group, "resource": resource}
-    if namespace:
-        attributes["namespace"] = namespace
+    attributes: dict[str, Any] = {"verb": verb, "group": group, "resource": resource, "namespace": namespace}
     if name:
         attributes["name"] = name
-    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "LocalSubjectAccessReview",
+              "metadata": {"namespace": namespace},
               "spec": {"user": user, "groups": groups, "resourceAttributes": attributes}}
-    answer = _request("POST", path("SubjectAccessReview", None), body=review) or {}
+    answer = _request("POST", path("LocalSubjectAccessReview", namespace), body=review) or {}
     status = answer.get("status") or {}
     return bool(status.get("allowed")), str(status.get("reason") or "")
 

@@ -118,7 +118,8 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any,
              "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": grant},
              "subjects": [{"kind": "ServiceAccount", "name": install.GATEWAY_NAME, "namespace": ns}]}]))
         kubeconfig = service_account_kubeconfig(cluster, ns, install.GATEWAY_NAME, tmp / "gateway.kubeconfig")
-        gateway = GatewayProcess(cluster, ns, tmp / "gateway.log", "--auth", "sigv4", "--allow-writes",
+        # serving both namespaces: the stranger's key is known, and RBAC (not the gateway's scope) refuses it here
+        gateway = GatewayProcess(cluster, ns, tmp / "gateway.log", "-n", other, "--auth", "sigv4", "--allow-writes",
                                  "--cold-start-timeout", "150")
         gateway.env = {**cluster.env, "KUBECONFIG": kubeconfig}
         gateway.start()

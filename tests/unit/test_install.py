@@ -94,7 +94,7 @@ def test_gateway_is_installed_restricted_with_exactly_the_verbs_it_uses() -> Non
     assert verbs[("discovery.k8s.io", "endpointslices")] == {"list", "watch"}
     # identities (--auth sigv4, AWS_IAM URLs): read the access-key Secrets, ask RBAC; nothing else is created
     assert verbs[("", "secrets")] == {"list"}
-    assert verbs.pop(("authorization.k8s.io", "subjectaccessreviews")) == {"create"}
+    assert verbs.pop(("authorization.k8s.io", "localsubjectaccessreviews")) == {"create"}
     assert not any(v & {"create", "delete", "patch"} for v in verbs.values())
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kfn-gateway", "namespace": "ops"}]
     assert binding["metadata"]["name"] != "kfn-gateway"  # one binding per install namespace

@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve control-plane writes (Put/Update/DeleteFunctionEventInvokeConfig); off by default")
     p.add_argument("--auth", choices=["none", "sigv4"], default=env("KFN_GATEWAY_AUTH", "none"),
                    help="sigv4: verify SigV4 signatures against the keys of `kfn credentials create` and authorise "
-                        "every call with Kubernetes RBAC (SubjectAccessReview); none (default): no checks "
+                        "every call with Kubernetes RBAC (LocalSubjectAccessReview); none (default): no checks "
                         "(function URLs with authType AWS_IAM are checked either way)")
     p.add_argument("--nats-url", default=env("KFN_NATS_URL", ""),
                    help="NATS JetStream server(s) of the async queue, comma-separated (kfn install sets it); "
@@ -137,7 +137,8 @@ async def serve(args: argparse.Namespace) -> None:
         queue.start(loop)  # events answer 500 ServiceException until it is connected (never a 202)
     from kfn.gateway import auth
 
-    authorizer = auth.Authorizer(auth.k8s_lookup, auth.k8s_review, args.region)
+    scope = tuple(args.namespace)  # keys are looked up where the gateway serves (all namespaces: cluster-wide)
+    authorizer = auth.Authorizer(lambda key: auth.k8s_lookup(key, scope), auth.k8s_review, args.region)
     gateway = Gateway(catalog, pool, DeploymentScaleUp(), settings, health, demand=reporter, queue=queue,
                       authorizer=authorizer)
     host, _, port = args.listen.rpartition(":")

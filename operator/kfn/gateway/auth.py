@@ -5,7 +5,7 @@ in a Secret labelled ``kfn.dev/access-key-id=<id>`` in the namespace of the Serv
 ``kfn.dev/service-account``), so the namespace is the "account". The signature is checked by
 :mod:`kfn.gateway.sigv4`. An unsigned request is ``system:anonymous``.
 
-Authorisation: Kubernetes RBAC decides, through a SubjectAccessReview of the ServiceAccount on the Function the
+Authorisation: Kubernetes RBAC decides, through a LocalSubjectAccessReview of the ServiceAccount on the Function the
 call touches (group ``kfn.dev``, resource ``functions``, the function's name):
 
 =====================================================  ======================================================
@@ -221,15 +221,17 @@ def resolve(op: Operation, query_qualifier: str | None, view: arn.CatalogView, d
                                                        ref.qualifier)
 
 
-def k8s_lookup(access_key: str) -> Key | None:
-    """Find an access key's Secret (any namespace) by its label; None when there is none (or two: ambiguous)."""
+def k8s_lookup(access_key: str, namespaces: tuple[str, ...] = ()) -> Key | None:
+    """Find an access key's Secret by its label, in *namespaces* (the gateway's; empty: all); None when there is
+    none (or two: ambiguous)."""
     import base64  # noqa: PLC0415
 
     from kfn import k8s  # noqa: PLC0415 - the gateway's I/O edge
 
     if not re.fullmatch(r"[A-Z0-9]{16,128}", access_key):
         return None  # never a label selector built from arbitrary text
-    found = k8s.list_objects("Secret", None, f"{names.LABEL_ACCESS_KEY_ID}={access_key}")
+    selector = f"{names.LABEL_ACCESS_KEY_ID}={access_key}"
+    found = [s for ns in (namespaces or (None,)) for s in k8s.list_objects("Secret", ns, selector)]
     if len(found) != 1:
         return None
     secret = found[0]
@@ -246,8 +248,11 @@ def k8s_lookup(access_key: str) -> Key | None:
 
 
 def k8s_review(user: str, groups: list[str], verb: str, namespace: str | None, function: str | None) -> bool:
+    """RBAC's answer (a LocalSubjectAccessReview in the function's namespace)."""
     from kfn import k8s  # noqa: PLC0415 - the gateway's I/O edge
 
+    if namespace is None:
+        return False  # every call kfn checks is in a namespace (account-wide calls: the default namespace)
     allowed, _ = k8s.access_review(user, groups, verb, names.GROUP, names.FUNCTION_PLURAL, namespace, function)
     return allowed
 

@@ -12,6 +12,7 @@ declare -A need=(
   [ipset]=ipset [debootstrap]=debootstrap [buildah]=buildah [openssl]=openssl
   [gcc]=gcc [ip]=iproute2 [nsenter]=util-linux [curl]=curl [make]=make [ps]=procps
   [flock]=util-linux [go]=golang-go [python3]=python3 [git]=git
+  [mvn]=maven  # resolves the Kafka test broker's jars from Maven Central (images.sh)
 )
 missing=()
 for cmd in "${!need[@]}"; do command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}"); done

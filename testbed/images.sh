@@ -14,6 +14,9 @@
 #             Redis stream destinations' tests (always :dev, shared).
 #   nats      images/nats/Dockerfile: nats-server built from the Go module proxy
 #             (testbed/build-tools.sh nats-server), tagged with its version.
+#   kafka, rabbitmq, moto  testbed/images/*/Dockerfile: the event source brokers' tests (always :dev, shared):
+#             Kafka (KRaft) from Maven Central jars (Debian's maven resolves pom.xml) on Debian's JRE, Debian's
+#             rabbitmq-server, moto's SQS-compatible server from PyPI. Built in parallel with the rest.
 #
 # Dockerfiles for users start with `ARG BASE=<public image>` / `FROM ${BASE}`;
 # here they are built with `buildah bud --build-arg BASE=<local base>`, so what
@@ -41,7 +44,7 @@ flock -n 8 || { log "another image build holds $CACHE/images.lock; waiting"; flo
 # node's own images (pause, coredns) are always :dev.
 TAG="${KFN_IMAGE_TAG:-dev}"
 NATS_SERVER_VERSION="${NATS_SERVER_VERSION:-2.15.3}"  # as build-tools.sh; kfn.asyncinvoke.manifests.NATS_VERSION
-tag_of() { case $1 in pause|coredns|redis) echo dev ;; nats) echo "$NATS_SERVER_VERSION" ;; *) echo "$TAG" ;; esac; }
+tag_of() { case $1 in pause|coredns|redis|kafka|rabbitmq|moto) echo dev ;; nats) echo "$NATS_SERVER_VERSION" ;; *) echo "$TAG" ;; esac; }
 # archive/hash/mark file stem of an image: NAME for :dev, NAME-TAG otherwise
 stem_of() { local t; t=$(tag_of "$1"); [ "$t" = dev ] && echo "$1" || echo "$1-$t"; }
 
@@ -191,6 +194,36 @@ if [ "$NODE_ONLY" = 0 ]; then
   fi
   BASE=localhost/kfn/base:dev
 
+  # ---------------------------------------------------------- event source brokers, in the background
+  # Each in a subshell of its own (build log per image, progress lines as the others); waited for at the end.
+  broker_pids=()
+  ( ctx=$(context rabbitmq "$here/images/rabbitmq")
+    build rabbitmq "$ctx" "$BASE" ) &
+  broker_pids+=($!)
+  ( ctx=$(context kafka "$here/images/kafka")
+    # The broker's jars: pom.xml resolved once per its hash into the cache (Maven Central via Debian's maven).
+    jars="$IMAGE_CACHE/kafka-jars/$(sha256sum "$here/images/kafka/pom.xml" | cut -c1-16)"
+    if [ ! -d "$jars" ]; then
+      log "resolving Kafka's jars from Maven Central (testbed/images/kafka/pom.xml)"
+      t0=$SECONDS
+      rm -rf "$jars.tmp"
+      mvn -B -q -f "$here/images/kafka/pom.xml" -Dmaven.repo.local="$CACHE/m2" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$jars.tmp" > "$IMAGE_CACHE/kafka.mvn.log" 2>&1 \
+        || { tail -n 30 "$IMAGE_CACHE/kafka.mvn.log" >&2; die "resolving Kafka's jars failed (log: $IMAGE_CACHE/kafka.mvn.log)"; }
+      mv "$jars.tmp" "$jars"
+      log "Kafka's jars ready ($(ls "$jars" | wc -l) jars, $(du -sm "$jars" | cut -f1) MB) in $((SECONDS - t0)) s"
+    fi
+    rm -f "$ctx/pom.xml"
+    cp -a "$jars" "$ctx/jars"
+    build kafka "$ctx" "$BASE" ) &
+  broker_pids+=($!)
+  ( ctx=$(context moto "$here/images/moto")
+    "${PIP[@]}" wheel -q --disable-pip-version-check --wheel-dir "$ctx/wheels" -r "$ctx/requirements.txt" \
+      > "$IMAGE_CACHE/moto.wheels.log" 2>&1 \
+      || { tail -n 30 "$IMAGE_CACHE/moto.wheels.log" >&2; die "pip wheel for moto failed"; }
+    build moto "$ctx" "$BASE" ) &
+  broker_pids+=($!)
+
   # ---------------------------------------------------------- kfn
   ctx=$(context kfn "$repo/images/kfn")
   # Dependencies: a wheelhouse per pyproject.toml, made once; kfn itself: a
@@ -245,6 +278,8 @@ if [ "$NODE_ONLY" = 0 ]; then
   ctx=$(context nats "$repo/images/nats")
   cp "$(cat "$nats_log.out")" "$ctx/nats-server"
   build nats "$ctx"
+
+  for pid in "${broker_pids[@]}"; do wait "$pid" || die "building an event source broker image failed (above)"; done
 fi
 
-for name in pause coredns kfn python3.11 redis nats; do load "$name"; done
+for name in pause coredns kfn python3.11 redis nats kafka rabbitmq moto; do load "$name"; done

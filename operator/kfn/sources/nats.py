@@ -1,0 +1,183 @@
+"""A NATS JetStream stream as an event source, read with nats-py by a durable pull consumer.
+
+Position: the durable consumer is the checkpoint. Created on first connect with ``startingPosition``'s deliver
+policy (TRIM_HORIZON = all, LATEST = new, AT_TIMESTAMP = by start time); an existing one keeps its place.
+Acknowledgement is explicit: :meth:`NatsSource.commit` acks, :meth:`NatsSource.release` naks (redelivered at once).
+A message delivered and neither acked nor nakked (a poller killed mid-batch) is redelivered after ``ack_wait``;
+records held longer than ``ack_wait`` may also come again (at least once). Ordering: JetStream delivers in stream
+order; ``Record.partition`` is the message's subject, the ordering key.
+
+Event: Kinesis's shape, since a JetStream stream is, like a Kinesis stream, an ordered log with sequence numbers
+and Lambda has no NATS source: ``{"Records": [{"kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": subject,
+"sequenceNumber": stream sequence (decimal string), "data": base64, "approximateArrivalTimestamp": seconds},
+"eventSource": "aws:kinesis", "eventVersion": "1.0", "eventID": "subject:sequence", "eventName":
+"aws:kinesis:record", "invokeIdentityArn", "awsRegion", "eventSourceARN"}]}`` (AWS Lambda developer guide, "Using
+Lambda with Kinesis Data Streams", example event). ``eventSource`` says ``aws:kinesis`` so handlers and libraries
+written for Kinesis (which check it) run unchanged; ``eventSourceARN`` is the mapping's own, and
+``batchItemFailures[].itemIdentifier`` is the sequence number, as for Kinesis.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from kfn.sources.base import MappingContext, Record, SourceUnavailable
+
+log = logging.getLogger(__name__)
+
+DELIVER_POLICIES = {"TRIM_HORIZON": "all", "LATEST": "new", "AT_TIMESTAMP": "by_start_time"}
+DEFAULT_ACK_WAIT_SECONDS = 60.0
+
+
+def account_of(arn: str) -> str:
+    """The account field of an ARN (``arn:partition:service:region:account:...``), or ``""``."""
+    parts = arn.split(":")
+    return parts[4] if len(parts) > 5 else ""
+
+
+def kinesis_record(rec: Record, mapping: MappingContext) -> dict[str, Any]:
+    """One element of the Kinesis-shaped ``Records`` (pure)."""
+    return {
+        "kinesis": {
+            "kinesisSchemaVersion": "1.0",
+            "partitionKey": rec.partition,
+            "sequenceNumber": rec.id,
+            "data": base64.b64encode(rec.body).decode(),
+            "approximateArrivalTimestamp": rec.timestamp,
+        },
+        "eventSource": "aws:kinesis",
+        "eventVersion": "1.0",
+        "eventID": f"{rec.partition}:{rec.id}",
+        "eventName": "aws:kinesis:record",
+        # Lambda names the mapping's execution role; kfn has none, so a role named after the mapping
+        "invokeIdentityArn": f"arn:aws:iam::{account_of(mapping.source_arn)}:role/{mapping.name}",
+        "awsRegion": mapping.region,
+        "eventSourceARN": mapping.source_arn,
+    }
+
+
+def kinesis_event(batch: Sequence[Record], mapping: MappingContext) -> dict[str, Any]:
+    """The Kinesis-shaped event for ``batch`` (pure)."""
+    return {"Records": [kinesis_record(rec, mapping) for rec in batch]}
+
+
+def record_of(msg: Any) -> Record:
+    """A :class:`Record` of a JetStream message (pure)."""
+    meta = msg.metadata
+    ts: datetime | None = meta.timestamp
+    return Record(
+        id=str(meta.sequence.stream), body=bytes(msg.data), partition=msg.subject,
+        timestamp=ts.timestamp() if ts else datetime.now(timezone.utc).timestamp(),
+        attributes={"headers": dict(msg.headers or {}), "deliveries": meta.num_delivered},
+        receipt=msg,
+    )
+
+
+class NatsSource:
+    """A durable pull consumer ``consumer`` of ``stream`` (optionally filtered to ``subject``)."""
+
+    kind = "stream"
+
+    def __init__(self, servers: Sequence[str], stream: str, consumer: str, starting_position: str,
+                 starting_timestamp: float | None = None, subject: str | None = None,
+                 ack_wait: float = DEFAULT_ACK_WAIT_SECONDS) -> None:
+        if starting_position == "AT_TIMESTAMP" and starting_timestamp is None:
+            raise ValueError("AT_TIMESTAMP needs starting_timestamp")
+        self.servers = list(servers)
+        self.stream = stream
+        self.consumer = consumer
+        self.starting_position = starting_position
+        self.starting_timestamp = starting_timestamp
+        self.subject = subject
+        self.ack_wait = ack_wait
+        self.address = ",".join(self.servers)
+        self._nc: Any = None
+        self._sub: Any = None
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        import nats.errors  # noqa: PLC0415
+
+        return (nats.errors.Error, OSError)
+
+    async def connect(self) -> None:
+        """Connect; create the durable consumer if missing (its deliver policy from ``startingPosition``), bind."""
+        import nats  # noqa: PLC0415
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy  # noqa: PLC0415
+        from nats.js.errors import NotFoundError  # noqa: PLC0415
+
+        try:
+            # no reconnect loop inside the client: the poller owns retry and backoff and reports the error
+            self._nc = await nats.connect(servers=self.servers, connect_timeout=5, allow_reconnect=False,
+                                          max_reconnect_attempts=0)
+            js = self._nc.jetstream()
+            try:
+                await js.consumer_info(self.stream, self.consumer)
+            except NotFoundError:
+                start = None
+                if self.starting_timestamp is not None and self.starting_position == "AT_TIMESTAMP":
+                    start = datetime.fromtimestamp(self.starting_timestamp, timezone.utc).isoformat().replace(
+                        "+00:00", "Z")
+                await js.add_consumer(self.stream, ConsumerConfig(
+                    durable_name=self.consumer, ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait,
+                    deliver_policy=DeliverPolicy(DELIVER_POLICIES[self.starting_position]), opt_start_time=start,
+                    filter_subject=self.subject))
+            self._sub = await js.pull_subscribe_bind(durable=self.consumer, stream=self.stream)
+        except self._errors() as e:
+            await self.close()
+            raise SourceUnavailable(self.address, f"{type(e).__name__}: {e}") from e
+
+    async def poll(self, max_records: int, wait_seconds: float) -> list[Record]:
+        """Up to ``max_records`` messages in stream order; [] when none came within ``wait_seconds``."""
+        import nats.errors  # noqa: PLC0415
+
+        if self._sub is None:
+            raise SourceUnavailable(self.address, "not connected")
+        try:
+            msgs = await self._sub.fetch(batch=max_records, timeout=max(wait_seconds, 0.05))
+        except nats.errors.TimeoutError:
+            return []
+        except self._errors() as e:
+            raise SourceUnavailable(self.address, f"{type(e).__name__}: {e}") from e
+        return [record_of(m) for m in msgs]
+
+    async def commit(self, records: Sequence[Record]) -> None:
+        """Ack each message, then flush so the acks have reached the server when this returns."""
+        try:
+            for rec in records:
+                await rec.receipt.ack()
+            await self._nc.flush()
+        except self._errors() as e:
+            raise SourceUnavailable(self.address, f"{type(e).__name__}: {e}") from e
+
+    async def release(self, records: Sequence[Record]) -> None:
+        """Nak each message: JetStream delivers it again."""
+        try:
+            for rec in records:
+                await rec.receipt.nak()
+            await self._nc.flush()
+        except self._errors() as e:
+            raise SourceUnavailable(self.address, f"{type(e).__name__}: {e}") from e
+
+    def event(self, batch: Sequence[Record], mapping: MappingContext) -> dict[str, Any]:
+        """The Kinesis-shaped event (see the module docstring)."""
+        return kinesis_event(batch, mapping)
+
+    async def lag(self) -> int | None:
+        """Messages of the stream (matching the filter) not yet delivered to the consumer (``num_pending``)."""
+        if self._sub is None:
+            return None
+        try:
+            info = await self._sub.consumer_info()
+        except self._errors() as e:
+            raise SourceUnavailable(self.address, f"{type(e).__name__}: {e}") from e
+        return int(info.num_pending or 0)
+
+    async def close(self) -> None:
+        """Close the connection; delivered, unacked messages come back after ``ack_wait``."""
+        nc, self._nc, self._sub = self._nc, None, None
+        if nc is not None and not nc.is_closed:
+            await nc.close()

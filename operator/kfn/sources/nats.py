@@ -19,6 +19,7 @@ written for Kinesis (which check it) run unchanged; ``eventSourceARN`` is the ma
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import Sequence
@@ -101,7 +102,11 @@ class NatsSource:
     def _errors(self) -> tuple[type[BaseException], ...]:
         import nats.errors  # noqa: PLC0415
 
-        return (nats.errors.Error, OSError)
+        return (nats.errors.Error, OSError, asyncio.TimeoutError)
+
+    async def _client_error(self, e: Exception) -> None:
+        """The client's own error callback: connect/poll raise what matters, so only a debug line here."""
+        log.debug("nats client error (%s): %s: %s", self.address, type(e).__name__, e)
 
     async def connect(self) -> None:
         """Connect; create the durable consumer if missing (its deliver policy from ``startingPosition``), bind."""
@@ -111,8 +116,10 @@ class NatsSource:
 
         try:
             # no reconnect loop inside the client: the poller owns retry and backoff and reports the error
-            self._nc = await nats.connect(servers=self.servers, connect_timeout=5, allow_reconnect=False,
-                                          max_reconnect_attempts=0)
+            # (max_reconnect_attempts=0 would retry the first connect forever; 1 gives up after one more try)
+            self._nc = await asyncio.wait_for(nats.connect(
+                servers=self.servers, connect_timeout=5, allow_reconnect=False, max_reconnect_attempts=1,
+                reconnect_time_wait=0.5, error_cb=self._client_error), 30)
             js = self._nc.jetstream()
             try:
                 await js.consumer_info(self.stream, self.consumer)

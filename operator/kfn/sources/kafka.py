@@ -116,7 +116,7 @@ class KafkaSource:
         try:
             await consumer.start()
             at = self.starting_timestamp if self.starting_position == "AT_TIMESTAMP" else None
-            consumer.subscribe([self.topic], listener=_AtTimestamp(consumer, at) if at is not None else None)
+            consumer.subscribe([self.topic], listener=_at_timestamp(consumer, at) if at is not None else None)
         except KafkaError as e:
             await consumer.stop()
             raise SourceUnavailable(self.address, f"{type(e).__name__}: {e}") from e
@@ -179,24 +179,23 @@ class KafkaSource:
             await consumer.stop()
 
 
-class _AtTimestamp:
-    """Rebalance listener: a newly assigned partition with no committed offset starts at ``timestamp`` (seconds)."""
+def _at_timestamp(consumer: Any, timestamp: float) -> Any:
+    """A rebalance listener: a newly assigned partition with no committed offset starts at ``timestamp`` (seconds)."""
+    from aiokafka import ConsumerRebalanceListener  # noqa: PLC0415 - aiokafka wants its own base class
 
-    def __init__(self, consumer: Any, timestamp: float) -> None:
-        self.consumer = consumer
-        self.timestamp = timestamp
+    class AtTimestamp(ConsumerRebalanceListener):  # type: ignore[misc]
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            """Nothing to do: offsets are committed only after success."""
 
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        """Nothing to do: offsets are committed only after success."""
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            """Seek each partition the group has no offset for to the first record at or after the time."""
+            fresh = [tp for tp in assigned if await consumer.committed(tp) is None]
+            if not fresh:
+                return
+            found = await consumer.offsets_for_times({tp: int(timestamp * 1000) for tp in fresh})
+            ends = await consumer.end_offsets(fresh)
+            for tp in fresh:
+                hit = found.get(tp)
+                consumer.seek(tp, hit.offset if hit is not None else ends[tp])
 
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        """Seek each partition the group has no offset for to the first record at or after the time."""
-        consumer = self.consumer
-        fresh = [tp for tp in assigned if await consumer.committed(tp) is None]
-        if not fresh:
-            return
-        found = await consumer.offsets_for_times({tp: int(self.timestamp * 1000) for tp in fresh})
-        ends = await consumer.end_offsets(fresh)
-        for tp in fresh:
-            hit = found.get(tp)
-            consumer.seek(tp, hit.offset if hit is not None else ends[tp])
+    return AtTimestamp()

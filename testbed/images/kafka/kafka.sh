@@ -1,6 +1,6 @@
 #!/bin/sh
 # Format a fresh KRaft log directory and start a single-node Kafka (broker + controller) on 9092 / 9093.
-set -eu
+set -euf  # -f: the class path wildcard is for java, not the shell
 host="${KAFKA_ADVERTISED_HOST:-$(hostname -i | cut -d' ' -f1)}"
 dir=/tmp/kafka
 mkdir -p "$dir"

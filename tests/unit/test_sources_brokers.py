@@ -210,3 +210,33 @@ def test_nats_event_is_kinesis_shaped() -> None:
 def test_at_timestamp_needs_the_time(cls: type, args: tuple) -> None:
     with pytest.raises(ValueError, match="AT_TIMESTAMP needs starting_timestamp"):
         cls(*args)
+
+
+# --- from an EventSourceMapping spec ----------------------------------------------------------------------------------
+
+
+def spec(source: dict, **over: object) -> object:
+    from kfn.models.esm import parse_event_source_mapping_spec
+
+    return parse_event_source_mapping_spec({"functionName": "orders", "source": source, **over})
+
+
+def test_sources_from_specs() -> None:
+    k = kafka.KafkaSource.from_spec(spec({"kafka": {"bootstrapServers": ["k1:9092", "k2:9092"], "topic": "t"}},
+                                         startingPosition="AT_TIMESTAMP",
+                                         startingPositionTimestamp="2026-11-29T13:00:00Z"), MAPPING)
+    assert (k.address, k.topic, k.group_id, k.starting_position, k.starting_timestamp) == (
+        "k1:9092,k2:9092", "t", "kfn-team-a-orders-esm", "AT_TIMESTAMP", 1795957200.0)
+    n = nats.NatsSource.from_spec(spec({"nats": {"servers": ["nats://n:4222"], "stream": "S", "subject": "S.eu"}},
+                                       startingPosition="LATEST"), MAPPING)
+    assert (n.consumer, n.subject, n.starting_timestamp) == ("kfn-team-a-orders-esm", "S.eu", None)
+    r = rabbitmq.RabbitMqSource.from_spec(spec({"rabbitmq": {"urlSecretRef": {"name": "mq", "key": "url"},
+                                                             "queue": "q", "virtualHost": "v"}}, batchSize=7),
+                                          "amqp://u:p@mq:5672/")
+    assert (r.queue, r.prefetch, r.virtual_host) == ("q", 7, "v")
+    s = sqs.SqsSource.from_spec(spec({"sqs": {"queueUrl": "http://sqs:5000/1/q", "endpointUrl": "http://sqs:5000",
+                                              "region": "eu-west-1"}}),
+                                {"AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "secret"})
+    assert (s.queue_url, s.region, s.address, s.client_kwargs) == (
+        "http://sqs:5000/1/q", "eu-west-1", "http://sqs:5000",
+        {"aws_access_key_id": "AKID", "aws_secret_access_key": "secret"})

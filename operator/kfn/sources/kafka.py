@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 from kfn.sources.base import MappingContext, Record, SourceUnavailable
@@ -27,6 +28,20 @@ log = logging.getLogger(__name__)
 
 # aiokafka's timestamp_type: 0 = the producer's CreateTime, 1 = the broker's LogAppendTime (Kafka's wire values).
 TIMESTAMP_TYPES = {0: "CREATE_TIME", 1: "LOG_APPEND_TIME"}
+
+
+def starting_timestamp(spec: Any) -> float | None:
+    """``startingPositionTimestamp`` (RFC 3339) of an EventSourceMappingSpec in seconds since the epoch, or None."""
+    text = spec.starting_position_timestamp
+    if not text:
+        return None
+    ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def default_group_id(mapping: MappingContext) -> str:
+    """The consumer group of a mapping that names none (Lambda uses the mapping's UUID; kfn its namespace/name)."""
+    return f"kfn-{mapping.namespace}-{mapping.name}"
 
 
 def signed_bytes(data: bytes) -> list[int]:
@@ -101,6 +116,13 @@ class KafkaSource:
         self.client_id = client_id
         self.address = ",".join(self.bootstrap_servers)
         self._consumer: Any = None
+
+    @classmethod
+    def from_spec(cls, spec: Any, mapping: MappingContext) -> KafkaSource:
+        """The source of an EventSourceMappingSpec whose ``source.kafka`` is set."""
+        k = spec.source.kafka
+        return cls(k.bootstrap_servers, k.topic, k.consumer_group_id or default_group_id(mapping),
+                   spec.starting_position, starting_timestamp(spec))
 
     async def connect(self) -> None:
         """Join the group and subscribe; positions follow ``startingPosition`` where nothing is committed."""

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from kfn.sources.base import MappingContext, Record, SourceUnavailable
+from kfn.sources.kafka import default_group_id, starting_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,14 @@ class NatsSource:
         self.address = ",".join(self.servers)
         self._nc: Any = None
         self._sub: Any = None
+
+    @classmethod
+    def from_spec(cls, spec: Any, mapping: MappingContext) -> NatsSource:
+        """The source of an EventSourceMappingSpec whose ``source.nats`` is set (durable: ``consumer`` or one named
+        after the mapping; JetStream consumer names allow no dots, so none are made)."""
+        n = spec.source.nats
+        return cls(n.servers, n.stream, n.consumer or default_group_id(mapping).replace(".", "-"),
+                   spec.starting_position, starting_timestamp(spec), subject=n.subject)
 
     def _errors(self) -> tuple[type[BaseException], ...]:
         import nats.errors  # noqa: PLC0415

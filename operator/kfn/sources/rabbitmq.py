@@ -116,6 +116,13 @@ class RabbitMqSource:
         self._channel: Any = None
         self._inbox: asyncio.Queue[Any] = asyncio.Queue()
 
+    @classmethod
+    def from_spec(cls, spec: Any, url: str) -> RabbitMqSource:
+        """The source of an EventSourceMappingSpec whose ``source.rabbitmq`` is set; ``url``: the amqp:// URL read
+        from its ``urlSecretRef``; prefetch: the batch size."""
+        r = spec.source.rabbitmq
+        return cls(url, r.queue, spec.effective_batch_size, r.virtual_host)
+
     def _errors(self) -> tuple[type[BaseException], ...]:
         import aiormq.exceptions  # noqa: PLC0415 - only pollers of RabbitMQ mappings load aio-pika
 

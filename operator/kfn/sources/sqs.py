@@ -107,6 +107,17 @@ class SqsSource:
         self.queue_arn = ""
         self._client: Any = None
 
+    @classmethod
+    def from_spec(cls, spec: Any, credentials: dict[str, str] | None = None) -> SqsSource:
+        """The source of an EventSourceMappingSpec whose ``source.sqs`` is set; ``credentials``: the
+        ``credentialsSecretRef`` Secret's AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (None: boto3's own chain)."""
+        q = spec.source.sqs
+        keys = {}
+        if credentials:
+            keys = {"aws_access_key_id": credentials["AWS_ACCESS_KEY_ID"],
+                    "aws_secret_access_key": credentials["AWS_SECRET_ACCESS_KEY"]}
+        return cls(q.queue_url, region=q.region, endpoint_url=q.endpoint_url, **keys)
+
     async def _call(self, op: str, **kwargs: Any) -> dict[str, Any]:
         """One SQS API call in a worker thread; connection and service errors become :class:`SourceUnavailable`."""
         from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415

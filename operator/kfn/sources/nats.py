@@ -162,18 +162,16 @@ class NatsSource:
 
     async def commit(self, records: Sequence[Record]) -> None:
         """Ack each message, then flush so the acks have reached the server when this returns."""
-        try:
-            for rec in records:
-                await rec.receipt.ack()
-            await self._nc.flush()
-        except self._errors() as e:
-            raise SourceUnavailable(self.address, f"{type(e).__name__}: {e}") from e
+        await self._settle(records, "ack")
 
     async def release(self, records: Sequence[Record]) -> None:
         """Nak each message: JetStream delivers it again."""
+        await self._settle(records, "nak")
+
+    async def _settle(self, records: Sequence[Record], how: str) -> None:
         try:
             for rec in records:
-                await rec.receipt.nak()
+                await getattr(rec.receipt, how)()
             await self._nc.flush()
         except self._errors() as e:
             raise SourceUnavailable(self.address, f"{type(e).__name__}: {e}") from e

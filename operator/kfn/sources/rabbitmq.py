@@ -168,17 +168,16 @@ class RabbitMqSource:
 
     async def commit(self, records: Sequence[Record]) -> None:
         """Ack each message: the broker forgets it."""
-        try:
-            for rec in records:
-                await rec.receipt.ack()
-        except self._errors() as e:
-            raise SourceUnavailable(self.address, f"{type(e).__name__}: {e}") from e
+        await self._settle(records, requeue=None)
 
     async def release(self, records: Sequence[Record]) -> None:
         """Nack each message with requeue: the broker delivers it again, marked redelivered."""
+        await self._settle(records, requeue=True)
+
+    async def _settle(self, records: Sequence[Record], requeue: bool | None) -> None:
         try:
             for rec in records:
-                await rec.receipt.nack(requeue=True)
+                await (rec.receipt.ack() if requeue is None else rec.receipt.nack(requeue=requeue))
         except self._errors() as e:
             raise SourceUnavailable(self.address, f"{type(e).__name__}: {e}") from e
 

@@ -26,7 +26,8 @@ MAPPING = MappingContext("team-a", "orders-esm", "us-east-1", "arn:aws:kfn:us-ea
 def kafka(cluster: Any, testbed_images: list[str]) -> Iterator[str]:
     """host:port of a one-node Kafka in a pod (advertising its pod IP)."""
     env = [{"name": "KAFKA_ADVERTISED_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
-    with running_broker(cluster, "kafka", IMAGE, 9092, env=env) as ip:
+    # a JVM on a busy 2-core test bed may take minutes to listen
+    with running_broker(cluster, "kafka", IMAGE, 9092, env=env, timeout=420) as ip:
         yield f"{ip}:9092"
 
 
@@ -165,3 +166,53 @@ def _assigned(src: KafkaSource) -> Any:
         await src.poll(1, 0.5)
         assert await src.lag() is not None, "no partition assigned yet"
     return check
+
+
+# A poller process: reads all 5 records, commits the first 3, says so, then waits to be killed.
+KILLED_POLLER = r"""
+import asyncio, sys
+from kfn.sources.kafka import KafkaSource
+
+async def main(server, topic, group):
+    src = KafkaSource([server], topic, group, "TRIM_HORIZON")
+    await src.connect()
+    got = []
+    while len(got) < 5:
+        got += await src.poll(5 - len(got), 1.0)
+    await src.commit(got[:3])
+    print("committed", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_a_sigkilled_poller_loses_nothing_past_its_checkpoint(kafka: str, topic: str) -> None:
+    """kill -9 after committing 3 of 5 (no goodbye to the group): the next member reads exactly the other 2 once
+    the group gives the dead member's partitions away (its session timeout)."""
+    import asyncio
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    await produce(kafka, topic, [(0, None, f"r{i}".encode(), []) for i in range(5)])
+    group = f"g-{secrets.token_hex(3)}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_POLLER, kafka, topic, group], stdout=subprocess.PIPE,
+                            env=env, text=True)
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)  # type: ignore[union-attr]
+        assert line.strip() == "committed", f"the poller process said {line!r} (exit {proc.poll()})"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        proc.stdout.close()  # type: ignore[union-attr]
+    second = source(kafka, topic, group)
+    await second.connect()
+    try:
+        again = await poll_until(second, 2, timeout=60)
+        assert [r.body for r in again] == [b"r3", b"r4"]
+        assert await second.poll(10, 1.0) == []
+    finally:
+        await second.close()

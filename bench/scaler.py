@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "operator"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from gateway import bench_namespace, cluster, raw_pod_start, start_operator, stop_processes, wait_until  # noqa: E402
+from gateway import bench_namespace, cluster, start_operator, stop_processes, wait_until  # noqa: E402
 from reconcile import Kubectl, free_port  # noqa: E402
 
 HANDLER = ("import time\n\ndef handler(event, context):\n    time.sleep(event.get('sleep', 0))\n"
@@ -94,6 +94,87 @@ def first_scale_seen(kubeconfig: str, ns: str, deployment: str, found: dict[str,
             rv = obj["metadata"].get("resourceVersion") or rv
 
 
+class PodTimeline:
+    """Watches pods matching a label selector from a thread; records (perf_counter) when each pod is first seen
+    and when it is first seen Ready, so a first invoke's time splits into: request -> pod exists (the scale-up
+    path: kfn's part), pod exists -> Ready (the kubelet, as for a raw pod), Ready -> answer (the gateway)."""
+
+    def __init__(self, kubeconfig: str, ns: str, selector: str) -> None:
+        self.created: dict[str, float] = {}
+        self.ready: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._open = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(kubeconfig, ns, selector), daemon=True)
+        self._thread.start()
+        if not self._open.wait(30):
+            raise SystemExit("the pod watch did not open in 30 s")
+
+    def _run(self, kubeconfig: str, ns: str, selector: str) -> None:
+        from kfn import k8s
+
+        k8s.configure(kubeconfig)
+        rv = k8s.list_with_version("Pod", ns, selector)[1]
+        self._open.set()
+        while not self._stop.is_set():
+            for etype, obj in k8s.watch("Pod", ns, rv, selector, timeout_seconds=60):
+                rv = obj["metadata"].get("resourceVersion") or rv
+                if etype not in ("ADDED", "MODIFIED"):
+                    continue
+                now, name = time.perf_counter(), obj["metadata"]["name"]
+                self.created.setdefault(name, now)
+                if any(c.get("type") == "Ready" and c.get("status") == "True"
+                       for c in (obj.get("status") or {}).get("conditions") or []):
+                    self.ready.setdefault(name, now)
+                if self._stop.is_set():
+                    return
+
+    def first(self) -> tuple[float, float]:
+        """(first pod seen, first pod Ready) as perf_counter values (nan when not seen)."""
+        nan = float("nan")
+        return (min(self.created.values(), default=nan), min(self.ready.values(), default=nan))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def first_invoke(k: Kubectl, kubeconfig: str, ns: str, fn: str, port: int) -> dict[str, float]:
+    """One invoke of *fn* at zero, split into request -> pod exists -> pod Ready -> answer (seconds)."""
+    at_zero(k, ns, fn)
+    timeline = PodTimeline(kubeconfig, ns, f"kfn.dev/function={fn}")
+    try:
+        t0 = time.perf_counter()
+        status = invoke(port, fn, {})
+        t_answer = time.perf_counter()
+    finally:
+        timeline.stop()
+    if status != 200:
+        raise SystemExit(f"the first invoke of {fn} answered {status}")
+    created, ready = timeline.first()
+    return {"total": t_answer - t0, "to_pod_created": created - t0, "pod_created_to_ready": ready - created,
+            "ready_to_answer": t_answer - ready}
+
+
+def raw_first_invoke(k: Kubectl, kubeconfig: str, ns: str, template: dict[str, Any], i: int) -> dict[str, float]:
+    """One raw pod of the same template: apply -> pod exists -> Ready (seconds), deleted and gone after."""
+    name = f"rawstart-{i}"
+    timeline = PodTimeline(kubeconfig, ns, f"bench=raw-{i}")
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": {"bench": f"raw-{i}"}},
+           "spec": template["spec"]}
+    try:
+        t0 = time.perf_counter()
+        k("apply", "-f", "-", input=yaml.safe_dump(pod))
+        wait_until(lambda: timeline.ready, 300, f"the raw pod {name} is Ready", 0.05)
+    finally:
+        timeline.stop()
+    created, ready = timeline.first()
+    k("delete", "pod", name, "-n", ns, "--wait=true", "--timeout=180s")
+    return {"total": ready - t0, "to_pod_created": created - t0, "pod_created_to_ready": ready - created}
+
+
+def load_average() -> float:
+    return round(float(Path("/proc/loadavg").read_text().split()[0]), 2)
+
+
 def at_zero(k: Kubectl, ns: str, fn: str) -> None:
     wait_until(lambda: json.loads(k("get", "deployment", f"{fn}-latest", "-n", ns, "-o", "json").stdout)
                ["spec"].get("replicas") == 0 and not k("get", "pods", "-n", ns, "-l", f"kfn.dev/function={fn}",
@@ -134,15 +215,27 @@ def raw_round(k: Kubectl, ns: str, template: dict[str, Any], n: int) -> float:
                .get("readyReplicas", 0) >= n, 600, f"{n} ready raw pods", 0.2)
     took = time.perf_counter() - t0
     k("scale", "deployment", name, "-n", ns, "--replicas=0")
+    # its terminating pods would eat the CPU of whatever is measured next
+    wait_until(lambda: not k("get", "pods", "-n", ns, "-l", "bench=raw-scale", "-o", "name").stdout.strip(), 300,
+               "the raw Deployment is back at zero", 0.5)
     return took
 
 
 def decision_seconds(scaler_port: int) -> float | None:
     """Mean push → decision time from the scaler's histogram."""
+    return histogram_mean(scaler_port, "kfn_scaler_decision_seconds")
+
+
+def write_seconds(scaler_port: int) -> float | None:
+    """Mean time of the scaler's scale-subresource write (decision → replicas set in the API)."""
+    return histogram_mean(scaler_port, "kfn_scaler_write_seconds")
+
+
+def histogram_mean(scaler_port: int, name: str) -> float | None:
     with urllib.request.urlopen(f"http://127.0.0.1:{scaler_port}/metrics", timeout=5) as r:
         text = r.read().decode()
-    total = re.search(r"^kfn_scaler_decision_seconds_sum (\S+)", text, re.M)
-    count = re.search(r"^kfn_scaler_decision_seconds_count (\S+)", text, re.M)
+    total = re.search(rf"^{name}_sum (\S+)", text, re.M)
+    count = re.search(rf"^{name}_count (\S+)", text, re.M)
     if not total or not count or float(count.group(1)) == 0:
         return None
     return float(total.group(1)) / float(count.group(1))
@@ -215,35 +308,56 @@ def main() -> int:
                       "goals": {"burst_to_decision_seconds_max": 0.1}}
             write_result(result)
             return 0
-        kfn_rounds, raw_rounds, first, raw_first = [], [], [], []
+        kfn_rounds, raw_rounds, first, raw_first, loads = [], [], [], [], []
+        # Rounds alternate which side goes first (a shared machine's load drifts); each side starts with the other
+        # at zero and its own pods gone.
         for i in range(args.rounds):
-            kfn_rounds.append(burst_round(k, kubeconfig, ns, "scburst", gw_port, n))
-            at_zero(k, ns, "scburst")  # the raw Deployment gets the same room kfn had
-            raw_rounds.append(raw_round(k, ns, template, n))
-            print(f"   round {i + 1}: kfn 0 -> {n} ready {kfn_rounds[-1]['ready_seconds']:.2f} s (decision seen "
-                  f"after {1000 * kfn_rounds[-1]['decision_seen_seconds']:.0f} ms), raw Deployment "
+            loads.append(load_average())
+            for side in (("kfn", "raw") if i % 2 == 0 else ("raw", "kfn")):
+                if side == "kfn":
+                    kfn_rounds.append(burst_round(k, kubeconfig, ns, "scburst", gw_port, n))
+                    at_zero(k, ns, "scburst")
+                else:
+                    raw_rounds.append(raw_round(k, ns, template, n))
+            print(f"   round {i + 1} (load {loads[-1]}): kfn 0 -> {n} ready {kfn_rounds[-1]['ready_seconds']:.2f} s "
+                  f"(decision seen after {1000 * kfn_rounds[-1]['decision_seen_seconds']:.0f} ms), raw Deployment "
                   f"{raw_rounds[-1]:.2f} s", flush=True)
         for i in range(args.rounds):
-            at_zero(k, ns, "scfirst")
-            t0 = time.perf_counter()
-            assert invoke(gw_port, "scfirst", {}) == 200
-            first.append(time.perf_counter() - t0)
-            raw_first.append(raw_pod_start(k, ns, template, i))
-            print(f"   first invoke from zero {first[-1]:.2f} s, raw pod Ready {raw_first[-1]:.2f} s", flush=True)
+            loads.append(load_average())
+            for side in (("kfn", "raw") if i % 2 == 0 else ("raw", "kfn")):
+                if side == "kfn":
+                    first.append(first_invoke(k, kubeconfig, ns, "scfirst", gw_port))
+                    at_zero(k, ns, "scfirst")
+                else:
+                    raw_first.append(raw_first_invoke(k, kubeconfig, ns, template, i))
+            f, r = first[-1], raw_first[-1]
+            print(f"   first invoke from zero (load {loads[-1]}) {f['total']:.2f} s = {f['to_pod_created']:.2f} to the "
+                  f"pod, {f['pod_created_to_ready']:.2f} to Ready, {f['ready_to_answer']:.2f} to the answer; raw pod "
+                  f"Ready {r['total']:.2f} s = {r['to_pod_created']:.2f} to the pod, {r['pod_created_to_ready']:.2f} "
+                  "to Ready", flush=True)
         kfn_ready = statistics.median(r["ready_seconds"] for r in kfn_rounds)
         raw_ready = statistics.median(raw_rounds)
         seen = statistics.median(r["decision_seen_seconds"] for r in kfn_rounds)
+
+        def med(rows: list[dict[str, float]], field: str) -> float:
+            return round(statistics.median(r[field] for r in rows), 3)
+
         result = {
             "detail": {"n": n, "n_asked": args.n, "kfn_rounds": kfn_rounds, "raw_rounds": raw_rounds,
-                       "first_invoke": first, "raw_first": raw_first,
+                       "first_invoke": first, "raw_first": raw_first, "load_average_1m": loads,
                        "hpa_sync_period_seconds": 15, "keda_polling_interval_seconds": 30},
             "zero_to_n_ready": {"kfn_seconds": round(kfn_ready, 3), "raw_deployment_seconds": round(raw_ready, 3),
                                 "kfn_vs_raw_ratio": round(kfn_ready / raw_ready, 3)},
             "burst_to_decision": {"seen_in_api_seconds": round(seen, 4),
-                                  "scaler_push_to_decision_seconds": round(decision_seconds(sc_port) or float("nan"), 6)},
-            "first_invoke_from_zero": {"kfn_seconds": round(statistics.median(first), 3),
-                                       "raw_pod_ready_seconds": round(statistics.median(raw_first), 3),
-                                       "kfn_vs_raw_ratio": round(statistics.median(first) / statistics.median(raw_first), 3)},
+                                  "scaler_push_to_decision_seconds": round(decision_seconds(sc_port) or float("nan"), 6),
+                                  "scaler_scale_write_seconds": round(write_seconds(sc_port) or float("nan"), 4)},
+            "first_invoke_from_zero": {"kfn_seconds": med(first, "total"), "raw_pod_ready_seconds": med(raw_first, "total"),
+                                       "kfn_vs_raw_ratio": round(med(first, "total") / med(raw_first, "total"), 3),
+                                       "kfn_to_pod_created_seconds": med(first, "to_pod_created"),
+                                       "raw_to_pod_created_seconds": med(raw_first, "to_pod_created"),
+                                       "kfn_pod_created_to_ready_seconds": med(first, "pod_created_to_ready"),
+                                       "raw_pod_created_to_ready_seconds": med(raw_first, "pod_created_to_ready"),
+                                       "kfn_ready_to_answer_seconds": med(first, "ready_to_answer")},
             "goals": {"zero_to_n_vs_raw_max": 1.2, "burst_to_decision_seconds_max": 0.1},
         }
         write_result(result)

@@ -56,6 +56,7 @@ KIND_INFOS: tuple[KindInfo, ...] = (
             {"name": "Latest-Version", "type": "integer", "jsonPath": ".status.latestVersion"},
             {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
             {"name": "Ready-Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
+            {"name": "Busy", "type": "integer", "jsonPath": ".status.concurrency.inUse"},
             {"name": "ARN", "type": "string", "jsonPath": ".status.functionArn"},
             {"name": "Reason", "type": "string", "jsonPath": ".status.stateReasonCode"},
             {"name": "Last-Update", "type": "string", "jsonPath": ".status.lastUpdateStatus"},

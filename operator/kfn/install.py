@@ -158,6 +158,7 @@ SCALER_RULES: list[dict[str, Any]] = [
     {"apiGroups": [names.GROUP], "resources": [names.FUNCTION_PLURAL, names.FUNCTION_VERSION_PLURAL, names.ALIAS_PLURAL],
      "verbs": ["list", "watch"]},
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "watch"]},
+    {"apiGroups": [names.GROUP], "resources": [f"{names.FUNCTION_PLURAL}/status"], "verbs": ["patch"]},  # concurrency
     {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["patch"]},
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},  # scaled from/to zero, throttling

@@ -51,13 +51,23 @@ class Events:
         self.posted.append((fn_obj["metadata"]["name"], reason))
 
 
+class Status:
+    """Records what the scaler offers for status.concurrency (the writer's own rules are tested apart)."""
+
+    def __init__(self) -> None:
+        self.offered: dict[str, dict[str, int]] = {}
+
+    def offer(self, fn_obj: dict[str, Any], value: dict[str, int]) -> None:
+        self.offered[fn_obj["metadata"]["name"]] = value
+
+
 def world(*objs: dict[str, Any], **settings: Any) -> tuple[Scaler, Catalog, Writer, Clock]:
     catalog = Catalog()
     for o in objs:
         catalog.apply(o["kind"] if o["kind"] == "Deployment" else names.FUNCTION_KIND, "ADDED", o)
     clock, writer = Clock(), Writer()
     scaler = Scaler(catalog, DemandStore(clock), ScalerSettings(**settings), writer, clock,  # type: ignore[arg-type]
-                    Events())  # type: ignore[arg-type]
+                    Events(), Status())  # type: ignore[arg-type]
     scaler.refresh_reservations()
     scaler.reindex()
     return scaler, catalog, writer, clock
@@ -127,3 +137,14 @@ def test_events_only_on_transitions() -> None:
     clock.t += 6
     scaler.tick()
     assert scaler.events.posted == [("f", "ScaledFromZero"), ("f", "Throttling"), ("f", "ScaledToZero")]  # type: ignore[attr-defined]
+
+
+def test_a_tick_offers_each_functions_concurrency_in_use_and_its_accepted_reservation() -> None:
+    scaler, _, _, _ = world(function("f", reserved=5), deployment("f", 2), function("g"), deployment("g", 0))
+    scaler.on_report(push(waiting=1, in_flight=2))
+    scaler.on_report(push(waiting=0, in_flight=1, reporter="gw2"))
+    scaler.tick()
+    offered = scaler.status.offered  # type: ignore[attr-defined]
+    # no EndpointSlice in this catalog: no ready environment yet
+    assert offered["f"] == {"inUse": 3, "environments": 0, "reserved": 5}
+    assert offered["g"] == {"inUse": 0, "environments": 0}

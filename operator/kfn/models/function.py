@@ -20,6 +20,7 @@ from kfn.models.base import (
     Range,
     Rule,
     SpecModel,
+    StatusModel,
     parse_spec,
 )
 
@@ -534,8 +535,16 @@ class EnvironmentStatus(CommonStatus):
     )
 
 
+class ConcurrencyStatus(StatusModel):
+    """Function.status.concurrency, written by the scaler (kfn/scaler/status.py), every version summed."""
+
+    in_use: int = Field(0, alias="inUse", description="Invocations running now (Lambda ConcurrentExecutions).")
+    environments: int = Field(0, description="Ready execution environments.")
+    reserved: int | None = Field(None, description="The accepted reservedConcurrency (absent: the unreserved pool).")
+
+
 class FunctionStatus(EnvironmentStatus):
-    """Function.status, written by the operator."""
+    """Function.status, written by the operator (``concurrency``: by the scaler)."""
 
     state: FunctionState | None = Field(None, description="Lambda State: Pending, Active, Inactive or Failed.")
     latest_version: StrictInt | None = Field(None, alias="latestVersion", description="Newest published version.")
@@ -546,6 +555,9 @@ class FunctionStatus(EnvironmentStatus):
     code_sha256: str | None = Field(None, alias="codeSha256", description="SHA-256 of the code (Lambda CodeSha256).")
     function_arn: str | None = Field(
         None, alias="functionArn", description="Lambda ARN; its account is the namespace's (docs/lambda-api.md)."
+    )
+    concurrency: ConcurrencyStatus | None = Field(
+        None, description="Concurrency in use, written by the scaler at most every few seconds, only on change."
     )
 
 

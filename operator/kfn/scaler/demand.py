@@ -166,6 +166,11 @@ class DemandStore:
     def demand(self, namespace: str, function: str, version: str) -> int:
         return self._totals.get((namespace, function, version), 0)
 
+    def in_flight(self, namespace: str, function: str, version: str) -> int:
+        """Invocations of one version running now, every live reporter (Lambda's ConcurrentExecutions)."""
+        key = (namespace, function, version)
+        return sum(r.versions[key].in_flight for _, r in self._reports.values() if key in r.versions)
+
     def share(self, reporter: str, key: Key) -> VersionDemand:
         """What one reporter's newest report says of one version."""
         entry = self._reports.get(reporter)

@@ -28,6 +28,7 @@ from kfn.gateway.catalog import Catalog, VersionKey
 from kfn.scaler import decide as rules
 from kfn.scaler import metrics
 from kfn.scaler.demand import DemandStore, Report
+from kfn.scaler.status import ConcurrencyStatusWriter, concurrency_status
 
 log = logging.getLogger("kfn.scaler")
 
@@ -143,8 +144,9 @@ class Scaler:
 
     def __init__(self, catalog: Catalog, store: DemandStore, settings: ScalerSettings,
                  writer: ReplicaWriter | None = None, clock: Callable[[], float] = time.monotonic,
-                 events: EventSink | None = None) -> None:
+                 events: EventSink | None = None, status: ConcurrencyStatusWriter | None = None) -> None:
         self.catalog, self.store, self.settings, self.clock = catalog, store, settings, clock
+        self.status = status or ConcurrencyStatusWriter(clock=clock)
         self.writer = writer or ReplicaWriter()
         self.writer.on_gone = self._forget
         self.buckets: dict[tuple[str, str], rules.Bucket] = {}
@@ -299,6 +301,17 @@ class Scaler:
                 continue  # at its floor with nothing wanted: no decision can change it (most idle functions)
             self.evaluate(key)
         metrics.POOL_USED.set(self._pool_used)
+        self.offer_status()
+
+    def offer_status(self) -> None:
+        """Offer every Function's ``status.concurrency`` (the writer skips unchanged values and rate-limits)."""
+        for ns in self.catalog.namespaces():
+            for fn_obj in self.catalog.functions(ns):
+                fn = str((fn_obj.get("metadata") or {}).get("name"))
+                versions = self._by_function.get((ns, fn), ())
+                in_use = sum(self.store.in_flight(ns, fn, v.version) for v in versions)
+                ready = sum(len(self.catalog.environments(v)) for v in versions)
+                self.status.offer(fn_obj, concurrency_status(in_use, ready, self.reserved(ns, fn)))
 
     def reindex(self) -> None:
         """Versions per function and the unreserved pool's use, once per tick (not per decision: O(versions))."""

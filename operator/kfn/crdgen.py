@@ -89,6 +89,7 @@ KIND_INFOS: tuple[KindInfo, ...] = (
             {"name": "State", "type": "string", "jsonPath": ".status.state"},
             {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
             {"name": "Ready-Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
+            {"name": "Provisioned", "type": "integer", "jsonPath": ".spec.provisionedConcurrency"},
             {"name": "Reason", "type": "string", "jsonPath": ".status.stateReasonCode"},
             {"name": "Last-Update", "type": "string", "jsonPath": ".status.lastUpdateStatus"},
             {"name": "Network", "type": "string", "jsonPath": ".status.network", "priority": 1},

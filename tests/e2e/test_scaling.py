@@ -261,3 +261,63 @@ def test_provisioned_two_on_an_alias_are_ready_before_any_invoke_and_never_scale
 def ready_endpoints(w: World, service: str) -> int:
     slices = w.api.list("endpointslices", f"kubernetes.io/service-name={service}")
     return sum(1 for s in slices for ep in s.get("endpoints") or [] if (ep.get("conditions") or {}).get("ready"))
+
+
+def busy_column(w: World, function: str) -> str:
+    """The BUSY column of ``kubectl get fn`` (what a user reads)."""
+    out = w.cluster.kubectl("-n", w.ns, "get", "fn", function).stdout.splitlines()
+    header, row = out[0].split(), out[1].split()
+    return row[header.index("BUSY")] if "BUSY" in header and len(row) == len(header) else ""
+
+
+def test_kubectl_get_fn_shows_the_invocations_running_now(world: World) -> None:
+    # Catches: concurrency in use invisible to kubectl (no column, or a status the scaler never writes or never
+    # brings back to 0).
+    world.api.apply([fn("busy", RECORDER, timeoutSeconds=60)])
+    world.api.wait_ready("function", "busy")
+    client = lambda_client(world.gateway.url, read_timeout=200)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        running = [pool.submit(invoke, client, "busy", {"sleep": 15, "token": f"b{i}"}) for i in range(2)]
+        wait_until(lambda: busy_column(world, "busy") == "2", 120, "kubectl get fn shows BUSY 2", interval=0.5)
+        results = [r.result(timeout=200) for r in running]
+    assert [kind for kind, _ in results] == ["ok", "ok"], results
+    wait_until(lambda: busy_column(world, "busy") == "0", 30, "kubectl get fn shows BUSY 0 again", interval=0.5)
+    client.close()
+
+
+def test_provisioned_on_a_version_is_a_floor_that_idle_scale_down_never_drains(world: World) -> None:
+    # Catches: provisioned concurrency only honoured on aliases, a version's status not saying READY, and idle
+    # scale-down taking the version below its provisioned environments.
+    world.api.apply([fn("vprov", INIT_TYPE, publish=1, timeoutSeconds=60)])
+    wait_until(lambda: world.api.get("functionversion", "vprov-v1"), 120, "version 1 of vprov is published")
+    # PutProvisionedConcurrencyConfig with a version qualifier: the one field of a published version that changes
+    world.cluster.kubectl("-n", world.ns, "patch", "functionversion", "vprov-v1", "--type=merge",
+                          "-p", json.dumps({"spec": {"provisionedConcurrency": 2}}))
+    wait_until(lambda: ready_endpoints(world, "vprov-v1") >= 2, 300, "2 provisioned environments are ready", 1)
+    pc = wait_until(lambda: (lambda s: s if s.get("status") == "READY" else None)(
+        ((world.api.get("functionversion", "vprov-v1") or {}).get("status") or {}).get("provisionedConcurrency") or {}),
+        60, "the version's provisioned concurrency is READY")
+    assert (pc["requested"], pc["allocated"], pc["available"]) == (2, 2, 2)
+    client = lambda_client(world.gateway.url, read_timeout=200)
+    # three at once: one more environment than provisioned starts on demand (burst 3)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        results = [f.result(timeout=200) for f in
+                   [pool.submit(invoke, client, "vprov", {"sleep": 5, "token": f"v{i}"}, Qualifier="1") for i in range(3)]]
+    assert [kind for kind, _ in results] == ["ok"] * 3, results
+    assert {body["init"] for _, body in results} == {"provisioned-concurrency"}
+    # the idle period (3 s) passes: back to the floor, and the floor's ready environments never drop below 2
+    low = []
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and not (world.replicas("vprov-v1") == 2 and ready_endpoints(world, "vprov-v1") == 2):
+        low.append(ready_endpoints(world, "vprov-v1"))
+        time.sleep(0.5)  # sampling interval of a measurement window, not a synchronisation
+    assert world.replicas("vprov-v1") == 2, "the on-demand environment was never scaled away"
+    for _ in range(12):  # three more idle periods
+        low.append(ready_endpoints(world, "vprov-v1"))
+        time.sleep(0.5)  # sampling interval of a measurement window
+    assert min(low) >= 2, low
+    kept = {p["metadata"]["name"] for p in world.pods("vprov") if not p["metadata"].get("deletionTimestamp")}
+    kind, body = invoke(client, "vprov", {"token": "warm"}, Qualifier="1")
+    client.close()
+    # served by an environment that was already there: no cold start after the scale-down
+    assert (kind, body["token"]) == ("ok", "warm") and body["pod"] in kept, (body, kept)

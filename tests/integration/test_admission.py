@@ -100,7 +100,7 @@ def test_function_version_spec_is_immutable_but_status_is_not(
         "-p", '{"spec": {"config": {"memoryMB": 512}}}', check=False,
     )
     assert proc.returncode != 0
-    assert "spec: Invalid value: spec is immutable: publish a new version instead" in proc.stderr
+    assert "spec: Invalid value: spec is immutable except provisionedConcurrency: publish a new version instead" in proc.stderr
     # the operator still reports on a version through the status subresource
     cluster.kubectl(
         "patch", "fnv", "checkout-v1", "-n", namespace, "--subresource", "status", "--type", "merge",

@@ -109,11 +109,26 @@ def test_cel_rules_compile_and_field_paths_exist(kind: str) -> None:
     assert count > 0
 
 
-def test_function_version_spec_is_immutable_at_admission() -> None:
+VERSION_SPEC = {"functionName": "shop", "version": 1, "description": "d", "config": {"handler": "app.handler"}}
+
+
+@pytest.mark.parametrize(("new", "allowed"), [
+    (VERSION_SPEC, True),
+    ({**VERSION_SPEC, "provisionedConcurrency": 2}, True),  # PutProvisionedConcurrencyConfig on a version
+    ({**VERSION_SPEC, "description": "changed"}, False),
+    ({k: v for k, v in VERSION_SPEC.items() if k != "description"}, False),
+    ({**VERSION_SPEC, "codeSha256": "abc"}, False),
+    ({**VERSION_SPEC, "config": {"handler": "other.handler"}}, False),
+    ({**VERSION_SPEC, "version": 2}, False),
+])
+def test_function_version_spec_is_immutable_at_admission_but_its_provisioned_concurrency(
+        new: dict[str, Any], allowed: bool) -> None:
     spec = CRDS["FunctionVersion"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    assert {"rule": "self == oldSelf", "message": "spec is immutable: publish a new version instead"} in spec[
-        "x-kubernetes-validations"
-    ]
+    (rule,) = [r for r in spec["x-kubernetes-validations"] if "oldSelf" in r["rule"]]
+    assert rule["message"] == "spec is immutable except provisionedConcurrency: publish a new version instead"
+    env = celpy.Environment()
+    program = env.program(env.compile(rule["rule"]))
+    assert bool(program.evaluate({"self": celpy.json_to_cel(new), "oldSelf": celpy.json_to_cel(VERSION_SPEC)})) is allowed
 
 
 def test_function_name_rule_sits_at_the_root() -> None:

@@ -268,7 +268,8 @@ def test_function_version_spec_is_immutable() -> None:
     check_function_version_update(old, dict(old))
     with pytest.raises(SpecError) as info:
         check_function_version_update(old, {**old, "description": "changed"})
-    assert str(info.value) == "spec: spec is immutable: publish a new version instead"
+    assert str(info.value) == "spec: spec is immutable except provisionedConcurrency: publish a new version instead"
+    check_function_version_update(old, {**old, "provisionedConcurrency": 2})  # Lambda lets a version's change
 
 
 def test_event_source_mapping_batch_size_defaults_per_source() -> None:

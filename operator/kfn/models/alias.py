@@ -83,7 +83,8 @@ class AliasSpec(SpecModel):
 
 
 class ProvisionedConcurrencyStatus(SpecModel):
-    """Lambda's GetProvisionedConcurrencyConfig, for one alias (environments of its target versions)."""
+    """Lambda's GetProvisionedConcurrencyConfig, for one alias (environments of its target versions) or one
+    version."""
 
     requested: int = Field(description="RequestedProvisionedConcurrentExecutions: spec.provisionedConcurrency.")
     allocated: int = Field(description="AllocatedProvisionedConcurrentExecutions: environments kept for it.")

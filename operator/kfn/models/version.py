@@ -13,18 +13,32 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StrictInt, StrictStr
 
 from kfn.models.base import Range, Rule, SpecModel, check_transition, parse_spec
+from kfn.models.alias import ProvisionedConcurrencyStatus
 from kfn.models.function import EnvironmentStatus, FunctionConfig, FunctionName
 
 
+MUTABLE = ("provisionedConcurrency",)  # Lambda's PutProvisionedConcurrencyConfig changes a published version
+
+
+def _frozen(spec: Any) -> Any:
+    return {k: v for k, v in spec.items() if k not in MUTABLE} if isinstance(spec, dict) else spec
+
+
+def _same_optional(field: str) -> str:
+    return f"has(self.{field}) == has(oldSelf.{field}) && (!has(self.{field}) || self.{field} == oldSelf.{field})"
+
+
 class FunctionVersionSpec(SpecModel):
-    """FunctionVersion.spec: which function, which number, and the frozen configuration."""
+    """FunctionVersion.spec: which function, which number, and the frozen configuration (everything but
+    ``provisionedConcurrency`` is immutable, as a published Lambda version is)."""
 
     __rules__ = (
         Rule(
-            cel="self == oldSelf",
-            message="spec is immutable: publish a new version instead",
+            cel="self.functionName == oldSelf.functionName && self.version == oldSelf.version && "
+                f"self.config == oldSelf.config && {_same_optional('description')} && {_same_optional('codeSha256')}",
+            message="spec is immutable except provisionedConcurrency: publish a new version instead",
             transition=True,
-            check=lambda pair: pair[0] == pair[1],
+            check=lambda pair: _frozen(pair[0]) == _frozen(pair[1]),
         ),
     )
 
@@ -35,6 +49,11 @@ class FunctionVersionSpec(SpecModel):
         None, alias="codeSha256", description="SHA-256 of the code at publish time."
     )
     config: FunctionConfig = Field(description="The Function's code and configuration when published.")
+    provisioned_concurrency: Annotated[StrictInt, Range(0, None)] = Field(
+        0, alias="provisionedConcurrency",
+        description="Environments kept initialised for this version (Lambda's provisioned concurrency on a version "
+                    "qualifier), on top of what aliases pointing at it ask for; never scaled to zero.",
+    )
 
 
 FunctionVersionState = Literal["Pending", "Active", "Inactive", "Failed"]
@@ -47,6 +66,8 @@ class FunctionVersionStatus(EnvironmentStatus):
     endpoint: str | None = Field(None, description="In-cluster URL that serves this version.")
     replicas: int | None = Field(None, description="Execution environments of this version.")
     ready_replicas: int | None = Field(None, alias="readyReplicas", description="Initialised environments.")
+    provisioned_concurrency: ProvisionedConcurrencyStatus | None = Field(
+        None, alias="provisionedConcurrency", description="Allocation of spec.provisionedConcurrency (Lambda's).")
 
 
 def parse_function_version_spec(data: Any) -> FunctionVersionSpec:

@@ -9,16 +9,18 @@ from kfn import conditions as cond
 from kfn import k8s, names
 from kfn.models.base import SpecError
 from kfn.models.version import parse_function_version_spec
+from kfn.reconcilers.alias import PROVISIONED_FAILED, PROVISIONED_READY, provisioned_status
 from kfn.reconcilers.common import WAIT_SECONDS, Outcome, being_deleted, finish, invalid_spec
 from kfn.reconcilers.environment import CodeUnavailable, code_sha256, provisioned_floor, capped_floor, reconcile_environment
 from kfn.reconcilers.function import aliases_of, by_number, ensure_function_label, versions_of
 from kfn.resources import EnvironmentInput, Images, Owner
 
 
-def function_scaling(namespace: str, function: str) -> dict[str, Any]:
-    """The Function's spec.scaling (its mode and burst apply to every version); {} when the Function is gone."""
+def function_spec(namespace: str, function: str) -> dict[str, Any] | None:
+    """The Function's spec as stored now; None when the Function is gone."""
     fn = k8s.get(names.FUNCTION_KIND, namespace, function)
-    return dict(((fn or {}).get("spec") or {}).get("scaling") or {})
+    return None if fn is None else dict(fn.get("spec") or {})
+
 
 
 def reconcile_version(body: Mapping[str, Any], images: Images) -> Outcome:
@@ -69,6 +71,7 @@ def reconcile_version(body: Mapping[str, Any], images: Images) -> Outcome:
         outcome.permanent = c.message
         return finish(body, outcome)
     annotations = meta.get("annotations") or {}
+    fn_spec = function_spec(namespace, function) or {}
     inp = EnvironmentInput(
         namespace=namespace,
         function=function,
@@ -77,9 +80,10 @@ def reconcile_version(body: Mapping[str, Any], images: Images) -> Outcome:
         spec=config,
         code_sha256=digest,
         images=images,
-        provisioned=capped_floor(provisioned_floor(aliases_of(namespace, function), function, version), config.get("reservedConcurrency")),
+        provisioned=capped_floor(provisioned_floor(aliases_of(namespace, function), function, version)
+                                 + spec.provisioned_concurrency, config.get("reservedConcurrency")),
         service_account_token=annotations.get(names.ANN_SERVICE_ACCOUNT_TOKEN) == "true",
-        function_scaling=function_scaling(namespace, function),
+        function_scaling=dict(fn_spec.get("scaling") or {}),  # its mode and burst apply to every version
         previous_scaling=(body.get("status") or {}).get("scaling"),
     )
     children, status, retry = reconcile_environment(inp)
@@ -92,4 +96,14 @@ def reconcile_version(body: Mapping[str, Any], images: Images) -> Outcome:
     outcome.conditions.insert(0, ready)
     failed = outcome.permanent or outcome.status.get("stateReasonCode")  # no environment can start
     outcome.status["state"] = "Active" if ready.is_true else ("Failed" if failed else "Pending")
+    # The version's own provisioned concurrency (PutProvisionedConcurrencyConfig with a version qualifier); the
+    # reservation is the Function's now (it may have changed since publish), as Lambda checks it.
+    reserved = fn_spec.get("reservedConcurrency")
+    provisioned = provisioned_status(spec.provisioned_concurrency, {version: 1.0}, {version: {"status": outcome.status}},
+                                     reserved)
+    outcome.status["provisionedConcurrency"] = provisioned
+    if provisioned and provisioned["status"] == "FAILED":
+        outcome.conditions.append(cond.false(PROVISIONED_READY, PROVISIONED_FAILED, provisioned["statusReason"]))
+    elif provisioned and provisioned["status"] == "IN_PROGRESS":
+        outcome.retry_after = min(outcome.retry_after or 5.0, 5.0)  # follow the environments until READY
     return finish(body, outcome)

@@ -172,6 +172,27 @@ def test_gateway_scales_by_replicas_or_cpu_and_keeps_one_through_drains(render: 
     assert not [o for o in render("gateway.enabled=false") if (o["metadata"].get("labels") or {}).get("kfn.dev/component") == "gateway"]
 
 
+def test_keda_mode_points_the_operators_scaled_objects_at_the_scalers_grpc_service(render: Render) -> None:
+    # Catches: KEDA mode that the chart cannot turn on, or ScaledObjects whose scalerAddress reaches nothing.
+    objs = render("keda.enabled=true", "keda.defaultMode=keda", "keda.grpcPort=9191")
+    scaler = by_component(objs, "scaler")
+    (c,) = scaler["Deployment"][0]["spec"]["template"]["spec"]["containers"]
+    assert c["command"][c["command"].index("--keda-port") + 1] == "9191"
+    assert {"name": "grpc", "containerPort": 9191, "protocol": "TCP"} in c["ports"]
+    (svc,) = scaler["Service"]
+    grpc = next(p for p in svc["spec"]["ports"] if p["name"] == "grpc")
+    assert grpc["targetPort"] == "grpc"
+    env = {e["name"]: e.get("value") for e in by_component(objs, "operator")["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KFN_SCALING"] == "keda"
+    assert env["KFN_KEDA_SCALER_ADDRESS"] == f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc:{grpc['port']}"
+    # off by default: no gRPC port, the built-in mode
+    plain = render()
+    (c,) = by_component(plain, "scaler")["Deployment"][0]["spec"]["template"]["spec"]["containers"]
+    assert "--keda-port" not in c["command"]
+    env = {e["name"] for e in by_component(plain, "operator")["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert not env & {"KFN_SCALING", "KFN_KEDA_SCALER_ADDRESS"}
+
+
 def pod_specs(objs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     return [(o["metadata"]["name"], o["spec"]["template"]["spec"]) for o in objs
             if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")]
@@ -258,6 +279,7 @@ def test_network_policies_open_only_what_kfns_pods_serve(render: Render) -> None
         ("operator.watchNamespaces={Team_A}", "at '/operator/watchNamespaces/0'"),
         ("operater.resyncSeconds=60", "additional properties 'operater' not allowed"),
         ("crds.keep=maybe", "at '/crds/keep': got string, want boolean"),
+        ("keda.defaultMode=hpa", "at '/keda/defaultMode': value must be one of 'builtin', 'keda'"),
     ],
 )
 def test_invalid_values_fail_naming_the_value(helm_bin: str, setting: str, message: str) -> None:

@@ -1,5 +1,6 @@
 """KEDA mode end to end, on real KEDA: the operator emits a ScaledObject, KEDA accepts it, and KEDA (with the
-HPA it makes) scales a version from 0 to N under real load and back to 0.
+HPA it makes, reading kfn's demand through KEDA's metrics API server) scales a version from 0 to 1 to N under real
+load and back to 0.
 
 Real parts only: KEDA v2.21 (operator, metrics API server, APIService) built from the Go module proxy and deployed
 on the test bed (testbed/build-keda.sh --deploy, once per machine); kfn's operator, ``kfn scaler --keda-port`` (the
@@ -123,6 +124,12 @@ def keda_ready(api: Any, name: str) -> dict[str, Any] | None:
     return None
 
 
+def ready_environments(api: Any, deployment: str) -> int:
+    """Ready endpoints of the version's Service: environments the gateway can route to."""
+    slices = api.list("endpointslices", f"kubernetes.io/service-name={deployment}")
+    return sum(1 for s in slices for ep in s.get("endpoints") or [] if (ep.get("conditions") or {}).get("ready"))
+
+
 def keda_active(api: Any, name: str) -> bool:
     """KEDA's own word that the ScaledObject's trigger is active (it learnt so from kfn's scaler)."""
     so = api.get("scaledobject", name) or {}
@@ -130,7 +137,7 @@ def keda_active(api: Any, name: str) -> bool:
                for c in (so.get("status") or {}).get("conditions") or [])
 
 
-def test_keda_scales_a_version_from_zero_under_load_and_back(world: World) -> None:
+def test_keda_scales_a_version_from_zero_to_n_under_load_and_back(world: World) -> None:
     api, name = world.api, "kd"
     api.apply([fn(name, RECORDER, timeoutSeconds=30)])
     deployment = f"{name}-latest"
@@ -153,9 +160,9 @@ def test_keda_scales_a_version_from_zero_under_load_and_back(world: World) -> No
     wait_until(lambda: replicas(api, deployment) == 0, 180, "KEDA scales the idle version to zero", interval=1)
 
     # Load: CALLERS callers invoke in a loop through the real gateway; their demand reaches KEDA only through
-    # gateway -> kfn scaler -> gRPC (StreamIsActive wakes it from zero). 1 -> N is the HPA's, reading KEDA's metric
-    # through the APIService v1beta1.external.metrics.k8s.io, which the test bed's kube-apiserver cannot serve (no
-    # aggregation-layer front-proxy certificate; docs/keda.md): not asserted here.
+    # gateway -> kfn scaler -> gRPC (StreamIsActive wakes it from zero); 1 -> N is the HPA's, reading kfn's metric
+    # through KEDA's metrics API server (the APIService v1beta1.external.metrics.k8s.io, served through the test
+    # bed's aggregation layer).
     client = lambda_client(world.gateway.url, read_timeout=200)
     stop = threading.Event()
     results: list[Any] = []
@@ -170,22 +177,43 @@ def test_keda_scales_a_version_from_zero_under_load_and_back(world: World) -> No
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(CALLERS) as ex:
         futures = [ex.submit(caller, i) for i in range(CALLERS)]
+
+        def alive() -> None:
+            for f in futures:
+                if f.done():
+                    f.result()  # a caller that failed says why now
+
         try:
             def woke() -> bool:
-                for f in futures:
-                    if f.done():
-                        f.result()  # a caller that failed says why now
+                alive()
                 return keda_active(api, deployment) and replicas(api, deployment) >= 1
             wait_until(woke, 120, "KEDA (its trigger Active) wakes the version from zero under load", interval=0.5)
             woke_after = time.monotonic() - started
 
-            wait_until(lambda: len(results) >= CALLERS, 300, "the callers' invocations complete", interval=1)
+            def scaled_out() -> bool:
+                alive()
+                return replicas(api, deployment) >= CALLERS and ready_environments(api, deployment) >= CALLERS
+            wait_until(scaled_out, 300, f"the HPA KEDA made scales the version to {CALLERS} ready environments",
+                       interval=1)
+            out_after = time.monotonic() - started
+            # the HPA read kfn's demand through the external metrics API (not a guess of its own)
+            hpa = api.get("hpa", f"keda-hpa-{deployment}") or {}
+            current = [m["external"]["current"] for m in (hpa.get("status") or {}).get("currentMetrics") or []
+                       if m.get("type") == "External"]
+            assert current, hpa.get("status")
+            served_before = len(results)
+            # invocations go on a little while N environments serve them, so they spread over the environments
+            wait_until(lambda: len(results) >= served_before + 2 * CALLERS, 120, "the load runs on N environments",
+                       interval=0.5)
         finally:
             stop.set()
         for f in futures:
             f.result()
-    print(f"KEDA: 0 -> 1 replica {woke_after:.1f} s after the load began; {len(results)} invocations")
+    print(f"KEDA: 0 -> 1 replica {woke_after:.1f} s, 1 -> {CALLERS} ready {out_after:.1f} s after the load began; "
+          f"{len(results)} invocations")
     assert results and all(status == 200 and err is None for status, err, _ in results), results[:5]
+    pods = {body["pod"] for _, _, body in results[served_before:]}
+    assert len(pods) >= 2, f"the load after scale-out ran in {pods} only"
 
     # Back: idle for IDLE_SECONDS, KEDA takes it to zero.
     t0 = time.monotonic()

@@ -22,7 +22,6 @@ def function_spec(namespace: str, function: str) -> dict[str, Any] | None:
     return None if fn is None else dict(fn.get("spec") or {})
 
 
-
 def reconcile_version(body: Mapping[str, Any], images: Images) -> Outcome:
     """One level-based pass over a FunctionVersion; writes status and Events."""
     if being_deleted(body):

@@ -28,11 +28,10 @@ from kfn.gateway.catalog import Catalog, VersionKey
 from kfn.scaler import decide as rules
 from kfn.scaler import metrics
 from kfn.scaler.demand import DemandStore, Report
-from kfn.scaler.status import ConcurrencyStatusWriter, concurrency_status
+from kfn.scaler.status import FIELD_MANAGER, ConcurrencyStatusWriter, concurrency_status
 
 log = logging.getLogger("kfn.scaler")
 
-FIELD_MANAGER = "kfn-scaler"
 CATCH_UP_SECONDS = 10.0  # a target the watch has not shown yet stands this long before the watch wins again
 
 

@@ -26,6 +26,7 @@ from kfn import k8s, names
 
 log = logging.getLogger("kfn.scaler.status")
 
+FIELD_MANAGER = "kfn-scaler"  # every write of the scaler (replicas, this status) says so in managedFields
 DEFAULT_MIN_INTERVAL = 2.0  # seconds between two writes of one Function's status.concurrency
 
 
@@ -101,4 +102,5 @@ class ConcurrencyStatusWriter:
 def _patch(namespace: str, function: str, value: dict[str, int]) -> None:
     # JSON merge patch merges maps key by key: a null removes a reservation that is gone since the last write.
     body = {"reserved": None, **value}
-    k8s.merge_patch(names.FUNCTION_KIND, namespace, function, {"status": {"concurrency": body}}, sub="status")
+    k8s.merge_patch(names.FUNCTION_KIND, namespace, function, {"status": {"concurrency": body}}, sub="status",
+                    field_manager=FIELD_MANAGER)

@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -259,7 +260,8 @@ class GatewayInvoker:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         params = {"Qualifier": qualifier} if qualifier else {}
         try:
-            async with self._session.post(f"{self.url}/2015-03-31/functions/{function}/invocations", data=payload,
+            path = urllib.parse.quote(function, safe="")
+            async with self._session.post(f"{self.url}/2015-03-31/functions/{path}/invocations", data=payload,
                                           params=params, headers={"Content-Type": "application/json"}) as resp:
                 body = await resp.read()
                 return Answer(resp.status, body, resp.headers.get("X-Amz-Function-Error"),

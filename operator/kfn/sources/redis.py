@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from kfn.sources.base import MappingContext, Record, SourceKind, SourceUnavailable
+from kfn.sources.base import MappingContext, Record, SourceContext, SourceKind, SourceUnavailable
 
 CONSUMER = "kfn-poller"  # one consumer name per mapping: a restarted poller finds its pending entries under it
 CLAIM_IDLE_SECONDS = 60.0
@@ -194,3 +194,12 @@ class RedisStreamSource:
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
+
+
+def from_mapping(spec: Any, context: SourceContext) -> RedisStreamSource:
+    """The source of a mapping with ``source.redis`` (a parsed EventSourceMappingSpec)."""
+    src = spec.source.redis
+    password = context.secret(src.password_secret_ref.name, src.password_secret_ref.key) \
+        if src.password_secret_ref else None
+    return RedisStreamSource(src.address, src.stream, src.consumer_group,
+                             start_id(spec.starting_position, spec.starting_position_timestamp), password=password)

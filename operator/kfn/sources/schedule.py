@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import time
 import uuid
@@ -38,7 +39,7 @@ from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from kfn.sources.base import MappingContext, Record, SourceKind
+from kfn.sources.base import MappingContext, Record, SourceContext, SourceKind
 
 TEST_SECONDS_ENV = "KFN_SCHEDULE_TEST_SECONDS"
 _RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
@@ -209,3 +210,11 @@ class ScheduleSource:
 
     async def close(self) -> None:
         """Nothing to close."""
+
+
+def from_mapping(spec: Any, context: SourceContext) -> ScheduleSource:
+    """The source of a mapping with ``source.schedule`` (a parsed EventSourceMappingSpec)."""
+    src = spec.source.schedule
+    test_seconds = os.environ.get(TEST_SECONDS_ENV) == "1"
+    return ScheduleSource(Schedule(src.expression, src.timezone, anchor=context.created, test_seconds=test_seconds),
+                          context.account, src.input)

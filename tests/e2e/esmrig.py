@@ -14,25 +14,21 @@ An item ``{"poison": true}`` always fails; ``{"fail_times": k}`` fails its batch
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import secrets
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("kfn_operator_rig", Path(__file__).parents[1] / "integration" / "test_operator.py")
-assert _spec and _spec.loader
-rig = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(rig)
-Api, Operator, wait_until, free_port = rig.Api, rig.Operator, rig.wait_until, rig.free_port
+from podrig import Api, Operator, rig, wait_until
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
+from test_gateway_catalog import GatewayProcess  # noqa: E402 - the host gateway rig lives with the integration tests
 
 TAG = os.environ.get("KFN_IMAGE_TAG", "dev")
 REDIS_IMAGE = "docker.io/kfn/redis:dev"
@@ -80,33 +76,10 @@ def handler(event, context):
 '''
 
 
-class HostGateway(rig.Operator):
+class HostGateway(GatewayProcess):
     """A real ``kfn gateway`` on the host, on the bridge address so poller pods reach it."""
 
-    def __init__(self, cluster: Any, namespace: str, log: Path) -> None:
-        super().__init__(cluster, namespace, log.parent)
-        self.log = log
-        self.port = free_port()
-
-    def start(self) -> HostGateway:
-        cmd = [sys.executable, "-m", "kfn.cli.main", "gateway", "--listen", f"{BRIDGE}:{self.port}",
-               "-n", self.namespace, "--default-namespace", self.namespace, "--cold-start-timeout", "150"]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.cluster.env)
-        wait_until(self.healthy, 60, "the gateway answers /healthz")
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://{BRIDGE}:{self.port}"
-
-    def healthy(self) -> bool:
-        assert self.proc is not None and self.proc.poll() is None, f"gateway exited:\n{self.log.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
+    host = BRIDGE
 
 
 class World:
@@ -172,7 +145,7 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any, tmp_path_facto
         cluster.kubectl("-n", ns, "wait", "--for=condition=Ready", "pod/redis", "--timeout=300s")
         ip = cluster.kubectl("-n", ns, "get", "pod", "redis", "-o", "jsonpath={.status.podIP}").stdout.strip()
         w = World(cluster, ns, ip)
-        gateway = HostGateway(cluster, ns, log_dir / "gateway.log").start()
+        gateway = HostGateway(cluster, ns, log_dir / "gateway.log", "--cold-start-timeout", "150").start()
         procs.append(gateway)
         op = Operator(cluster, ns, log_dir)
         op.env = {**op.env, "KFN_POLLER_GATEWAY_URL": gateway.url, "KFN_SCHEDULE_TEST_SECONDS": "1"}

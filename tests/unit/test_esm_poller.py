@@ -7,6 +7,7 @@ the stream for ever, a throttle sending records to the failure destination, a qu
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Sequence
@@ -282,6 +283,7 @@ async def test_queue_partial_failure_releases_only_the_failed_ids() -> None:
     gw = FakeGateway(lambda ns, _: p.Answer(200, b'{"batchItemFailures": [{"itemIdentifier": "4-0"}]}'))
     poller, _ = make(source, gw, batch_size=10, report_item_failures=True)
     await poller.run_once()
+    await poller.drain()
     assert source.released == ["4-0"] and source.committed == ["1-0", "2-0", "3-0", "5-0"]
 
 
@@ -289,6 +291,7 @@ async def test_queue_function_error_releases_the_whole_batch() -> None:
     source = FakeSource([rec(i, partition="") for i in range(1, 4)], kind="queue")
     poller, _ = make(source, FakeGateway(lambda ns, _: ERR), batch_size=10, report_item_failures=True)
     await poller.run_once()
+    await poller.drain()
     assert source.released == ["1-0", "2-0", "3-0"] and source.committed == []
 
 
@@ -297,4 +300,69 @@ async def test_queue_without_report_batch_item_failures_ignores_the_answer_body(
     gw = FakeGateway(lambda ns, _: p.Answer(200, b'{"batchItemFailures": [{"itemIdentifier": "1-0"}]}'))
     poller, _ = make(source, gw, batch_size=10)
     await poller.run_once()
+    await poller.drain()
     assert source.committed == ["1-0", "2-0"] and source.released == []
+
+
+class SlowGateway(FakeGateway):
+    """Each invocation takes a while; remembers the most invocations in flight at once."""
+
+    def __init__(self, rule: Any) -> None:
+        super().__init__(rule)
+        self.in_flight = self.most = 0
+
+    async def invoke(self, function: str, qualifier: str | None, payload: bytes) -> p.Answer:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        await asyncio.sleep(0.01)
+        try:
+            return await super().invoke(function, qualifier, payload)
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.mark.parametrize("limit", [2, 5])
+async def test_queue_batches_run_concurrently_up_to_maximum_concurrency(limit: int) -> None:
+    source = FakeSource([rec(i, partition="") for i in range(1, 41)], kind="queue")
+    gw = SlowGateway(lambda ns, _: OK)
+    poller, _ = make(source, gw, batch_size=2, max_concurrency=limit)
+    while await poller.run_once():
+        pass
+    await poller.drain()
+    assert gw.most == limit  # as many as allowed, never more
+    assert sorted(source.committed, key=lambda i: int(i.split("-")[0])) == [f"{i}-0" for i in range(1, 41)]
+
+
+async def test_a_throttled_queue_batch_is_retried_not_released() -> None:
+    source = FakeSource([rec(1, partition="")], kind="queue")
+    gw = FakeGateway(lambda ns, call: THROTTLED if call <= 3 else OK)
+    poller, _ = make(source, gw, batch_size=10)
+    await poller.run_once()
+    await poller.drain()
+    assert len(gw.calls) == 4 and source.released == [] and source.committed == ["1-0"]
+
+
+async def test_a_failing_schedule_run_is_counted_not_retried() -> None:
+    source = FakeSource([rec(1, partition="")], kind="schedule")
+    gw = FakeGateway(lambda ns, _: ERR)
+    poller, _ = make(source, gw, batch_size=1)
+    await poller.run_once()
+    assert len(gw.calls) == 1 and source.committed == ["1-0"]
+
+
+def test_settings_from_a_spec_carry_lambdas_defaults_and_limits() -> None:
+    from kfn.models.esm import parse_event_source_mapping_spec
+
+    stream = p.settings_from_spec(parse_event_source_mapping_spec({
+        "functionName": "orders:live", "startingPosition": "LATEST",
+        "source": {"redis": {"address": "r:6379", "stream": "s"}}}))
+    assert (stream.function, stream.qualifier, stream.batch_size, stream.max_retries, stream.max_age) == (
+        "orders", "live", 100, -1, -1)
+    queue = p.settings_from_spec(parse_event_source_mapping_spec({
+        "functionName": "orders", "source": {"sqs": {"queueUrl": "http://q/1/orders"}},
+        "functionResponseTypes": ["ReportBatchItemFailures"], "scalingConfig": {"maximumConcurrency": 7},
+        "destinationConfig": {"onFailure": {"destination": "nats://failed"}}}))
+    assert (queue.batch_size, queue.report_item_failures, queue.max_concurrency, queue.on_failure) == (
+        10, True, 7, "nats://failed")
+    assert p.settings_from_spec(parse_event_source_mapping_spec({
+        "functionName": "f", "source": {"sqs": {"queueUrl": "u"}}})).max_concurrency == 5

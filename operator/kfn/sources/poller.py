@@ -19,7 +19,10 @@ Lambda's rules live here once, for every source (:mod:`kfn.sources.base` is the 
   checkpoint moves past them. ``ReportBatchItemFailures``: the checkpoint moves to the first failed record and the
   rest is retried from there. Commits happen after every lane of a poll is done, in poll order, so no later
   record of a partition is committed before an earlier one.
-- **Queues** (``kind == "queue"``): success commits (deletes) the batch; ``ReportBatchItemFailures`` releases only
+- **Queues** (``kind == "queue"``): one poll loop hands batches to up to ``scalingConfig.maximumConcurrency``
+  concurrent invocations (default 5: Lambda starts an SQS mapping with five concurrent batches); the poll waits for a
+  free slot, so pollers never out-run the concurrency they may use and no message is read only to wait. Success
+  commits (deletes) the batch; ``ReportBatchItemFailures`` releases only
   the ``batchItemFailures[].itemIdentifier`` records and commits the rest; any other failure releases the batch
   (redelivered after the visibility timeout, the broker counts receives).
 - **Schedules** (``kind == "schedule"``): one invocation per tick; the tick is committed whatever the function did
@@ -46,6 +49,7 @@ from kfn.sources.base import MappingContext, Record, Source, SourceUnavailable
 
 log = logging.getLogger("kfn.sources.poller")
 
+DEFAULT_QUEUE_CONCURRENCY = 5  # Lambda: "starts processing five batches at a time with five concurrent invocations"
 IDLE_WAIT_SECONDS = 1.0  # how long one poll waits for a first record (long poll) before the loop checks its stop flag
 MAX_BACKOFF_SECONDS = 30.0
 RETRY_ATTEMPTS_EXHAUSTED = "RetryAttemptsExhausted"  # Lambda's stream on-failure record conditions
@@ -70,6 +74,7 @@ class Settings:
     parallelization: int = 1
     on_failure: str | None = None
     filters: tuple[Mapping[str, Any], ...] = ()
+    max_concurrency: int = DEFAULT_QUEUE_CONCURRENCY  # queues: batches invoked at once
 
 
 def settings_from_spec(spec: Any) -> Settings:
@@ -86,7 +91,9 @@ def settings_from_spec(spec: Any) -> Settings:
         report_item_failures="ReportBatchItemFailures" in spec.function_response_types,
         parallelization=spec.parallelization_factor or 1,
         on_failure=on_failure.destination if on_failure else None,
-        filters=tuple(filters.parse(patterns)))
+        filters=tuple(filters.parse(patterns)),
+        max_concurrency=(spec.scaling_config.maximum_concurrency if spec.scaling_config
+                         and spec.scaling_config.maximum_concurrency else DEFAULT_QUEUE_CONCURRENCY))
 
 
 # --- pure decisions -----------------------------------------------------------------------------------------------
@@ -341,6 +348,9 @@ class Poller:
         self._stop = asyncio.Event()
         self._connected = False
         self._labels = (mapping.namespace, mapping.name)
+        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._failed: BaseException | None = None  # a queue batch that raised unexpectedly ends run() with it
 
     def stop(self) -> None:
         self._stop.set()
@@ -367,7 +377,11 @@ class Poller:
                     log.warning("source unavailable", extra={"address": e.address, "error": e.error})
                     await self._pause(backoff(failures, 1.0))
         finally:
+            if self._in_flight:  # queue batches being invoked: let them finish (the caller bounds the wait)
+                await asyncio.gather(*self._in_flight, return_exceptions=True)
             await self.source.close()
+        if self._failed is not None:
+            raise self._failed
 
     async def _pause(self, seconds: float) -> None:
         try:
@@ -379,9 +393,18 @@ class Poller:
         """Poll one batch (per lane), process it to the end, commit. Returns the number of records polled."""
         s = self.settings
         factor = s.parallelization if self.source.kind == "stream" else 1
-        records = await gather(self.source, s.batch_size * factor, s.window)
+        if self.source.kind == "queue":
+            await self._slots.acquire()  # read a batch only when it can be invoked at once
+        try:
+            records = await gather(self.source, s.batch_size * factor, s.window)
+        except BaseException:
+            if self.source.kind == "queue":
+                self._slots.release()
+            raise
         self.status.last_poll = time.time()
         if not records:
+            if self.source.kind == "queue":
+                self._slots.release()
             return 0
         metrics.POLLED.labels(*self._labels).inc(len(records))
         now = self.now()
@@ -389,10 +412,15 @@ class Poller:
         kept, dropped = self._filter(records)
         if dropped:
             metrics.FILTERED.labels(*self._labels).inc(len(dropped))
+        if self.source.kind == "schedule":
+            await self._queue_batch(kept)  # one tick at a time: at most one run of a schedule at once
+            return len(records)
         if self.source.kind == "queue":
-            await self._queue_batch(kept)
             if dropped:
                 await self.source.commit(dropped)
+            task = asyncio.get_running_loop().create_task(self._queue_slot(kept))
+            self._in_flight.add(task)
+            task.add_done_callback(self._queue_done)
             return len(records)
         work = lanes(kept, factor, s.batch_size)
         await asyncio.gather(*(self._lane(batches) for batches in work))
@@ -430,6 +458,31 @@ class Poller:
             await self.sleep(backoff(failures))
             if self._stop.is_set():
                 raise Stopping()
+
+    async def _queue_slot(self, batch: list[Record]) -> None:
+        try:
+            await self._queue_batch(batch)
+        finally:
+            self._slots.release()
+
+    def _queue_done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if error is None or isinstance(error, Stopping):
+            return
+        if isinstance(error, SourceUnavailable):
+            # the ack/release did not reach the broker: the batch comes back after its visibility timeout
+            self.status.unavailable = error
+            log.warning("queue batch not settled", extra={"address": error.address, "error": error.error})
+            return
+        # anything else is a bug: it must not vanish with its task — run() ends with it and health goes red
+        self._failed = error
+        self._stop.set()
+
+    async def drain(self) -> None:
+        """Wait for the queue batches in flight (tests and shutdown)."""
+        while self._in_flight:
+            await asyncio.gather(*list(self._in_flight), return_exceptions=True)
 
     async def _queue_batch(self, batch: list[Record]) -> None:
         if not batch:

@@ -14,6 +14,7 @@ An item ``{"poison": true}`` always fails; ``{"fail_times": k}`` fails its batch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -127,14 +128,13 @@ class World:
         return f"{pods}\n{logs.stdout}{logs.stderr}"
 
 
-@pytest.fixture(scope="module")
-def world(cluster: Any, crds_installed: Any, testbed_images: Any, tmp_path_factory: pytest.TempPathFactory,
-          ) -> Iterator[World]:
-    ns = f"kfn-t-{secrets.token_hex(4)}"
+@contextlib.contextmanager
+def open_world(cluster: Any, log_dir: Path, prefix: str = "kfn-t") -> Iterator[World]:
+    """A fresh namespace with Redis, the host gateway and operator, and ``rec``; everything goes at the end."""
+    ns = f"{prefix}-{secrets.token_hex(4)}"
     cluster.kubectl("create", "namespace", ns)
     # restricted enforced: the poller pods are admitted only if they meet it
     cluster.kubectl("label", "namespace", ns, "kfn.dev/test=true", "pod-security.kubernetes.io/enforce=restricted")
-    log_dir = tmp_path_factory.mktemp("esm-e2e")
     procs: list[Any] = []
     try:
         redis_pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "redis", "namespace": ns}, "spec": {
@@ -159,6 +159,13 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any, tmp_path_facto
         for p in reversed(procs):
             p.stop()
         cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="module")
+def world(cluster: Any, crds_installed: Any, testbed_images: Any, tmp_path_factory: pytest.TempPathFactory,
+          ) -> Iterator[World]:
+    with open_world(cluster, tmp_path_factory.mktemp("esm-e2e")) as w:
+        yield w
 
 
 def now_ms() -> int:

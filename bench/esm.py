@@ -3,7 +3,7 @@
 On the full test bed (tests/e2e/esmrig.py's world: a Redis pod, the real operator and gateway on the host, a poller
 pod per mapping, one function pod):
 
-* kfn: N records XADDed to a stream, then a mapping (batchSize B, TRIM_HORIZON) to a no-op function → records/s from
+* kfn: N records XADDed to a stream, then a mapping (batchSize B, TRIM_HORIZON) to a no-op function (--memory MB) → records/s from
   the first record acknowledged to the last (the consumer group's ``entries-read``, ``lag`` and pending count);
 * baseline: the same N records read by redis-py on the host with XREADGROUP (COUNT B) + XACK, one consumer → records/s;
 * iterator age under a steady load: R records/s XADDed for S seconds while the mapping runs; the poller's
@@ -124,6 +124,8 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--rate", type=float, default=200.0)
     p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--memory", type=int, default=1024,
+                   help="the no-op function's memoryMB (CPU follows memory as on Lambda: 128 MB is 7 %% of a core)")
     args = p.parse_args()
     from testbed import Cluster, pinned_kubectl, testbed_settings
 
@@ -133,14 +135,14 @@ def main() -> int:
     cluster = Cluster(kubeconfig=settings["KUBECONFIG_PATH"], context=None, full_node=True, kubectl_path=kubectl,
                       is_testbed=True, settings=settings)
     subprocess.run(["bash", str(REPO / "testbed/images.sh")], check=True)
-    cluster.kubectl("apply", "-f", str(REPO / "crds"))
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))  # as the tests do
     from esmrig import open_world
 
     workdir = Path("/tmp/kfn-bench-esm")
     workdir.mkdir(parents=True, exist_ok=True)
     with open_world(cluster, workdir, prefix="kfn-bench-esm") as w:
         w.api.apply([{"apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": "noop"},
-                      "spec": {"runtime": "python3.11", "handler": "app.handler",
+                      "spec": {"runtime": "python3.11", "handler": "app.handler", "memoryMB": args.memory,
                                "code": {"inline": {"files": {"app.py": NOOP}}}}}])
         client = w.client()
         fill(client, "bench", args.records)
@@ -152,7 +154,7 @@ def main() -> int:
         kfn = args.records / (end - start)
         ages = iterator_ages(w, "steady", args.rate, args.seconds)
     result = {
-        "records": args.records, "batch_size": args.batch,
+        "records": args.records, "batch_size": args.batch, "function_memory_mb": args.memory,
         "kfn_records_per_s": round(kfn, 1), "redis_py_records_per_s": round(base, 1),
         "ratio_kfn_to_baseline": round(kfn / base, 3),
         "steady_rate_per_s": args.rate,

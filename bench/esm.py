@@ -7,7 +7,8 @@ pod per mapping, one function pod):
   the first record acknowledged to the last (the consumer group's ``entries-read``, ``lag`` and pending count);
 * baseline: the same N records read by redis-py on the host with XREADGROUP (COUNT B) + XACK, one consumer → records/s;
 * iterator age under a steady load: R records/s XADDed for S seconds while the mapping runs; the poller's
-  ``kfn_esm_iterator_age_milliseconds`` sampled from its /metrics (p50, max).
+  ``kfn_esm_iterator_age_milliseconds`` sampled from its /metrics (p50, max), and the poller process's resident
+  memory (the price of one Deployment per mapping).
 
 Writes bench/results/esm.json (ratio kfn/baseline).
 
@@ -102,14 +103,25 @@ def iterator_ages(w: Any, mapping: str, rate: float, seconds: float) -> list[flo
     ages: list[float] = []
     t_end = time.monotonic() + seconds
     while time.monotonic() < t_end:
-        with urllib.request.urlopen(f"http://{ip}:8080/metrics", timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith("kfn_esm_iterator_age_milliseconds{"):
-                    ages.append(float(line.split()[-1]))
+        try:
+            with urllib.request.urlopen(f"http://{ip}:8080/metrics", timeout=5) as r:
+                page = r.read().decode()
+        except OSError:
+            page = ""  # not serving yet (or a slow scrape): the next sample counts
+        ages += [float(line.split()[-1]) for line in page.splitlines()
+                 if line.startswith("kfn_esm_iterator_age_milliseconds{")]
         time.sleep(0.5)
     stop.set()
     thread.join()
     return ages
+
+
+def poller_rss_mb(w: Any, mapping: str) -> float:
+    """Resident memory of a poller pod's process (PID 1: ``kfn poller``), MB — the cost of one mapping's pod."""
+    (pod,) = w.poller_pods(mapping)
+    status = w.cluster.kubectl("-n", w.ns, "exec", pod["metadata"]["name"], "--", "cat", "/proc/1/status").stdout
+    kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    return round(kb / 1024, 1)
 
 
 def rig_wait(check: Any, what: str, timeout: float = 300) -> Any:
@@ -153,6 +165,7 @@ def main() -> int:
         start, end = drained_rate(client, "bench", "kfn", args.records)
         kfn = args.records / (end - start)
         ages = iterator_ages(w, "steady", args.rate, args.seconds)
+        rss = poller_rss_mb(w, "steady")
     result = {
         "records": args.records, "batch_size": args.batch, "function_memory_mb": args.memory,
         "kfn_records_per_s": round(kfn, 1), "redis_py_records_per_s": round(base, 1),
@@ -160,6 +173,7 @@ def main() -> int:
         "steady_rate_per_s": args.rate,
         "iterator_age_ms": {"p50": round(statistics.median(ages), 1) if ages else None,
                             "max": round(max(ages), 1) if ages else None, "samples": len(ages)},
+        "poller_rss_mb": rss,
     }
     out = REPO / "bench" / "results" / "esm.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -41,6 +41,7 @@ class FakeSource:
 
     async def poll(self, max_records: int, wait_seconds: float) -> list[Record]:
         self.polls.append((max_records, wait_seconds))
+        await asyncio.sleep(0)  # a real source waits on its socket: let other tasks run
         out, self.queue = self.queue[:max_records], self.queue[max_records:]
         return out
 
@@ -366,3 +367,64 @@ def test_settings_from_a_spec_carry_lambdas_defaults_and_limits() -> None:
         10, True, 7, "nats://failed")
     assert p.settings_from_spec(parse_event_source_mapping_spec({
         "functionName": "f", "source": {"sqs": {"queueUrl": "u"}}})).max_concurrency == 5
+
+
+# --- the loop's lifecycle -----------------------------------------------------------------------------------------
+
+
+class FlakySource(FakeSource):
+    """Unreachable for the first *down* connects, then serves its records."""
+
+    def __init__(self, records: Sequence[Record], down: int, kind: str = "stream") -> None:
+        super().__init__(records, kind)
+        self.down, self.connects, self.closed = down, 0, 0
+
+    async def connect(self) -> None:
+        self.connects += 1
+        if self.connects <= self.down:
+            raise p.SourceUnavailable("redis.shop:6379", "ConnectionError: Error 111 connecting")
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+async def run_until(poller: p.Poller, done: Any, timeout: float = 5.0) -> None:
+    task = asyncio.create_task(poller.run())
+    try:
+        async with asyncio.timeout(timeout):
+            while not done():
+                assert not task.done() or task.exception() is None, task.exception()
+                await asyncio.sleep(0.01)
+    finally:
+        poller.stop()
+        await asyncio.wait_for(task, timeout)
+
+
+async def test_an_unreachable_source_is_reported_retried_and_nothing_is_lost() -> None:
+    source = FlakySource([rec(1), rec(2)], down=2)
+    poller, _ = make(source, FakeGateway(lambda ns, _: OK), batch_size=10)
+    seen: list[str] = []  # what the status said while the poller waited to reconnect
+
+    async def pause(_: float) -> None:
+        seen.append(poller.status.last_processing_result)
+
+    poller._pause = pause  # type: ignore[method-assign] - the backoff's length is test_backoff's business
+    await run_until(poller, lambda: source.committed == ["1-0", "2-0"])
+    assert seen == ["PROBLEM: redis.shop:6379 unreachable: ConnectionError: Error 111 connecting"] * 2
+    assert source.connects == 3 and poller.status.unavailable is None
+    assert source.closed >= 1  # closed once when the loop ends
+
+
+async def test_a_queue_batch_that_raises_ends_the_loop_with_its_error() -> None:
+    class BadSource(FakeSource):
+        async def commit(self, records: Sequence[Record]) -> None:
+            raise KeyError("a bug in the source")
+
+    poller, _ = make(BadSource([rec(1, partition="")], kind="queue"), FakeGateway(lambda ns, _: OK), batch_size=10)
+    with pytest.raises(KeyError):
+        await asyncio.wait_for(poller.run(), 5)
+
+
+def test_backoff_doubles_to_its_ceiling() -> None:
+    assert [p.backoff(n) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
+    assert p.backoff(30) == p.MAX_BACKOFF_SECONDS

@@ -78,6 +78,8 @@ bench: venv ## benchmarks as ratios against a baseline run alongside: agent vs A
 	$(PY) bench/scaler.py
 	@echo "==> async invocation (Event → NATS JetStream → worker → function) vs a plain JetStream publish/consume loop"
 	$(PY) bench/async.py
+	@echo "==> Redis Streams event source mapping (poller pod → gateway → function) vs redis-py's own consumer group"
+	$(PY) bench/esm.py
 	@echo; echo "==> summary (bench/results/*.json)"
 	@$(PY) bench/summary.py
 

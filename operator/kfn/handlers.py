@@ -33,6 +33,7 @@ from kfn.reconcilers.alias import reconcile_alias
 from kfn.reconcilers.children import APPLIED
 from kfn.reconcilers.common import Outcome
 from kfn.reconcilers.environment import forget_seen
+from kfn.reconcilers.esm import reconcile_esm, source_condition_stale
 from kfn.reconcilers.function import RELATED, reconcile_function, versions_of
 from kfn.reconcilers.resync import RECENT
 from kfn.reconcilers.securitygroup import reconcile_security_group
@@ -361,6 +362,30 @@ def register_security_groups(registry: kopf.OperatorRegistry, cfg: OperatorConfi
         refresh(body["metadata"]["namespace"], security_groups_named(plain(body).get("spec")))
 
 
+def register_event_source_mappings(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
+    """EventSourceMappings -> one poller Deployment each (kfn.reconcilers.esm); the poller's lastProcessingResult
+    becomes the SourceReachable condition."""
+    from kfn.resources.esm import PollerSettings
+
+    group, version = names.GROUP, names.VERSION
+    settings = PollerSettings.from_env(cfg.images.agent)
+
+    def handler(body: kopf.Body, **_: Any) -> None:
+        b = plain(body)
+        run(names.ESM_KIND, lambda: reconcile_esm(b, settings), raise_errors=True, body=b)
+
+    for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
+        decorator(group, version, names.ESM_PLURAL, id="reconcile", registry=registry,
+                  backoff=cfg.retry_backoff)(handler)
+
+    # Kopf's field handlers see spec changes only: the poller's status write arrives as an event.
+    @kopf.on.event(group, version, names.ESM_PLURAL, id="source-reachable", registry=registry,
+                   when=lambda body, type, **_: type != "DELETED" and source_condition_stale(body.get("status")))
+    def on_processing_result(body: kopf.Body, **_: Any) -> None:
+        b = plain(body)
+        run(names.ESM_KIND, lambda: reconcile_esm(b, settings), raise_errors=False, body=b)
+
+
 def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Tasks | None = None) -> None:
     """Register every handler of the operator into *registry*."""
     group, version = names.GROUP, names.VERSION
@@ -447,6 +472,7 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Ta
         register_pod_watch(registry, cfg)
 
     register_security_groups(registry, cfg)
+    register_event_source_mappings(registry, cfg)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:

@@ -40,6 +40,7 @@ KINDS: dict[str, tuple[str, str]] = {
     names.FUNCTION_VERSION_KIND: (names.API_VERSION, names.FUNCTION_VERSION_PLURAL),
     names.ALIAS_KIND: (names.API_VERSION, names.ALIAS_PLURAL),
     names.SECURITY_GROUP_KIND: (names.API_VERSION, names.SECURITY_GROUP_PLURAL),
+    names.ESM_KIND: (names.API_VERSION, names.ESM_PLURAL),
     "CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions"),
     "ClusterKopfPeering": ("kopf.dev/v1", "clusterkopfpeerings"),
     "KopfPeering": ("kopf.dev/v1", "kopfpeerings"),

@@ -17,10 +17,12 @@ FUNCTION_KIND = "Function"
 FUNCTION_VERSION_KIND = "FunctionVersion"
 ALIAS_KIND = "Alias"
 SECURITY_GROUP_KIND = "SecurityGroup"
+ESM_KIND = "EventSourceMapping"
 FUNCTION_PLURAL = "functions"
 FUNCTION_VERSION_PLURAL = "functionversions"
 ALIAS_PLURAL = "aliases"
 SECURITY_GROUP_PLURAL = "securitygroups"
+ESM_PLURAL = "eventsourcemappings"
 
 FIELD_MANAGER = "kfn-operator"
 # A second manager that only ever raises Deployment replicas to the provisioned

@@ -27,13 +27,15 @@ pytestmark = pytest.mark.integration
 class GatewayProcess(Operator):
     """A real ``kfn gateway`` on the host serving one namespace (kill/stop as the operator rig's)."""
 
+    host = "127.0.0.1"  # the address it listens on (a subclass may pick one pods reach)
+
     def __init__(self, cluster: Any, namespace: str, log: Path, *extra: str) -> None:
         super().__init__(cluster, namespace, log.parent, *extra)
         self.log = log
 
     def start(self) -> GatewayProcess:
         self.port = free_port()
-        cmd = [sys.executable, "-m", "kfn.cli.main", "gateway", "--listen", f"127.0.0.1:{self.port}",
+        cmd = [sys.executable, "-m", "kfn.cli.main", "gateway", "--listen", f"{self.host}:{self.port}",
                "-n", self.namespace, "--default-namespace", self.namespace, *self.extra]
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env)
@@ -42,7 +44,7 @@ class GatewayProcess(Operator):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def healthy(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, f"gateway exited:\n{self.log.read_text()[-3000:]}"

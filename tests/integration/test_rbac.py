@@ -114,6 +114,11 @@ def test_the_operator_as_its_service_account_needs_every_granted_permission_and_
              "spec": {"functionName": "inl", "name": "live", "functionVersion": "1", "provisionedConcurrency": 1}},
             {"apiVersion": "kfn.dev/v1alpha1", "kind": "SecurityGroup", "metadata": {"name": "web"},
              "spec": {"egress": [{"protocol": "tcp", "fromPort": 443, "toPort": 443, "cidrs": ["0.0.0.0/0"]}]}},
+            # a mapping's poller: its ServiceAccount, a Role naming the mapping and its Secret, a RoleBinding
+            {"apiVersion": "kfn.dev/v1alpha1", "kind": "EventSourceMapping", "metadata": {"name": "feed"},
+             "spec": {"functionName": "inl", "startingPosition": "LATEST", "enabled": False,
+                      "source": {"redis": {"address": "redis:6379", "stream": "s",
+                                           "passwordSecretRef": {"name": "zs-code", "key": "code.zip"}}}}},
         ])  # fmt: skip
         api.wait_ready("functionversion", "zs-v1", timeout=120)
         assert api.get("secret", "zs-v1-zip") is not None, "publishing snapshots the Secret's zip"
@@ -124,6 +129,9 @@ def test_the_operator_as_its_service_account_needs_every_granted_permission_and_
         for kind, name in (("function", "inl"), ("function", "zs"), ("function", "zc"), ("functionversion", "inl-v1"),
                            ("functionversion", "zs-v2"), ("alias", "inl-live"), ("securitygroup", "web")):  # fmt: skip
             api.wait_ready(kind, name, timeout=120)
+        wait_until(lambda: (api.get("eventsourcemapping", "feed") or {}).get("status", {}).get("state") == "Disabled", 120,
+                   "the mapping's poller is applied (no replica: disabled)")
+        assert api.get("role", "esm-feed") is not None and api.get("rolebinding", "esm-feed") is not None
         wait_until(lambda: (api.get("securitygroup", "web") or {}).get("status", {}).get("functions") == ["zc"], 60,
                    "the SecurityGroup names the Function that uses it")
         assert api.get("networkpolicy", "sg-web-egress") is not None

@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("kfn.cli.gateway", "the Lambda Invoke API in front of the execution environments (in-cluster or on a host)"),
     "scaler": ("kfn.cli.scaler", "the built-in scaler: demand pushed by the gateways in, version replicas out"),
     "async-worker": ("kfn.cli.asyncworker", "drains the durable async-invocation queue: retries, event age, destinations"),
+    "poller": ("kfn.cli.poller", "runs one EventSourceMapping: reads its queue, stream or schedule, invokes its function"),
     "invoke": ("kfn.cli.invoke", "invoke a function like `aws lambda invoke` and show its answer"),
     "credentials": ("kfn.cli.credentials", "issue Lambda API access keys bound to ServiceAccounts (aws CLI profiles)"),
 }

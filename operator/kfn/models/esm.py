@@ -148,6 +148,17 @@ class EsmDestinationConfig(SpecModel):
     on_failure: OnFailure | None = Field(None, alias="onFailure", description="Destination for failed batches.")
 
 
+QUEUE_SOURCES = ("sqs", "rabbitmq")
+
+
+class ScalingConfig(SpecModel):
+    """Lambda ScalingConfig: how many batches of a queue may be invoked at once."""
+
+    maximum_concurrency: Annotated[StrictInt, Range(2, 1000)] | None = Field(
+        None, alias="maximumConcurrency",
+        description="Queues only: concurrent invocations this mapping may make (Lambda: 2-1000).")
+
+
 def _stream(source: Source) -> bool:
     return source.type in STREAM_SOURCES
 
@@ -160,6 +171,7 @@ STREAM_ONLY = (
     ("bisectBatchOnFunctionError", "bisect_batch_on_function_error"),
 )
 _STREAM_CEL = " || ".join(f"has(self.source.{t})" for t in STREAM_SOURCES)
+_QUEUE_CEL = " || ".join(f"has(self.source.{t})" for t in QUEUE_SOURCES)
 
 
 class EventSourceMappingSpec(SpecModel):
@@ -198,6 +210,13 @@ class EventSourceMappingSpec(SpecModel):
                 check=lambda m, attr=attr: _stream(m.source) or getattr(m, attr) is None,
             )
             for name, attr in STREAM_ONLY
+        ),
+        Rule(
+            cel=f"({_QUEUE_CEL}) || !has(self.scalingConfig)",
+            message="scalingConfig applies only to queue sources (sqs, rabbitmq)",
+            field_path=".scalingConfig",
+            reason="FieldValueForbidden",
+            check=lambda m: m.source.type in QUEUE_SOURCES or m.scaling_config is None,
         ),
         Rule(
             cel="has(self.startingPosition) && self.startingPosition == 'AT_TIMESTAMP' "
@@ -244,6 +263,7 @@ class EventSourceMappingSpec(SpecModel):
     parallelization_factor: Annotated[StrictInt, Range(1, 10)] | None = Field(
         None, alias="parallelizationFactor", description="Concurrent batches per partition/shard (ordering per key)."
     )
+    scaling_config: ScalingConfig | None = Field(None, alias="scalingConfig")
 
     @property
     def effective_batch_size(self) -> int:

@@ -44,6 +44,12 @@ _NAMESPACED: dict[tuple[str, str], tuple[str, ...]] = {
     # Function joins or leaves a group) writes status; it lists the namespace's Functions to name the users.
     (KFN, names.SECURITY_GROUP_PLURAL): ("get", "list", "watch", "patch"),
     (KFN, f"{names.SECURITY_GROUP_PLURAL}/status"): ("patch",),
+    # EventSourceMappings: reconcile_esm() (Kopf: list, watch, patch; get in finish()) writes status.
+    (KFN, names.ESM_PLURAL): ("get", "list", "watch", "patch"),
+    (KFN, f"{names.ESM_PLURAL}/status"): ("patch",),
+    # Each mapping's poller gets its own Role + RoleBinding (kfn.resources.esm): server-side apply.
+    ("rbac.authorization.k8s.io", "roles"): ("create", "patch"),
+    ("rbac.authorization.k8s.io", "rolebindings"): ("create", "patch"),
     # Children: server-side apply (patch; create too when the apply creates the object),
     # Kopf's child watches (list, watch).
     # ConfigMaps: get reads a zip (configMapRef); delete drops inline code's ConfigMap and snapshots.

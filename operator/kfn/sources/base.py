@@ -13,7 +13,7 @@ later record of a partition before an earlier one has succeeded or been sent to 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -62,6 +62,33 @@ class MappingContext:
     source_arn: str
 
 
+@dataclass(frozen=True)
+class SourceContext:
+    """What a broker module's ``from_mapping`` gets besides the parsed spec.
+
+    ``mapping``: the event identity; ``account``: the namespace's 12-digit account id; ``created``: the mapping's
+    creation time (seconds since the epoch; anchors ``rate()`` schedules); ``secret(name, key)``: a Secret key of the
+    mapping's namespace as text (raises ``KeyError`` naming it when missing).
+    """
+
+    mapping: MappingContext
+    account: str
+    created: float
+    secret: Callable[[str, str], str]
+
+
+# source type -> module; each module defines ``from_mapping(spec, context: SourceContext) -> Source`` (raises
+# ValueError for a spec it cannot serve). The poller imports only the module of its mapping's type.
+SOURCE_MODULES = {
+    "redis": "kfn.sources.redis",
+    "schedule": "kfn.sources.schedule",
+    "sqs": "kfn.sources.sqs",
+    "kafka": "kfn.sources.kafka",
+    "rabbitmq": "kfn.sources.rabbitmq",
+    "nats": "kfn.sources.nats",
+}
+
+
 class Source(Protocol):
     """One broker connection of a poller. Every method may raise :class:`SourceUnavailable`."""
 
@@ -91,3 +118,6 @@ class Source(Protocol):
 
     async def close(self) -> None:
         """Close the connection; nothing read and not committed is lost (it is redelivered or re-read)."""
+
+    # Optional: ``failure_info_key`` (class attribute), the key of the batch info in a stream's on-failure record
+    # (``KinesisBatchInfo`` when absent; e.g. Kafka sources may name their own).

@@ -240,3 +240,38 @@ def test_sources_from_specs() -> None:
     assert (s.queue_url, s.region, s.address, s.client_kwargs) == (
         "http://sqs:5000/1/q", "eu-west-1", "http://sqs:5000",
         {"aws_access_key_id": "AKID", "aws_secret_access_key": "secret"})
+
+
+# One mapping per source type, as a user writes it; the secrets the fake context holds.
+MAPPINGS = {
+    "kafka": {"source": {"kafka": {"bootstrapServers": ["k:9092"], "topic": "orders"}}, "startingPosition": "LATEST"},
+    "nats": {"source": {"nats": {"servers": ["nats://n:4222"], "stream": "ORDERS"}}, "startingPosition": "TRIM_HORIZON"},
+    "rabbitmq": {"source": {"rabbitmq": {"urlSecretRef": {"name": "mq", "key": "url"}, "queue": "orders"}}},
+    "sqs": {"source": {"sqs": {"queueUrl": "http://sqs:5000/000000000000/orders", "endpointUrl": "http://sqs:5000",
+                               "region": "us-east-1", "credentialsSecretRef": "sqs-keys"}}},
+}
+SECRETS = {("mq", "url"): "amqp://guest:guest@mq:5672/", ("sqs-keys", "AWS_ACCESS_KEY_ID"): "AKID",
+           ("sqs-keys", "AWS_SECRET_ACCESS_KEY"): "SECRET"}
+
+
+@pytest.mark.parametrize("kind", sorted(MAPPINGS))
+def test_every_broker_is_wired_to_the_poller_with_its_secrets(kind: str) -> None:
+    """Catches: a source type the CRD admits but the poller cannot build (``kfn poller`` would die at start with
+    an AttributeError), or a Secret the source needs not read through the poller's context."""
+    import importlib
+
+    from kfn.models.esm import parse_event_source_mapping_spec
+    from kfn.sources.base import SOURCE_MODULES, SourceContext
+
+    spec = parse_event_source_mapping_spec({"functionName": "shop", **MAPPINGS[kind]})
+    asked: list[tuple[str, str]] = []
+
+    def secret(name: str, key: str) -> str:
+        asked.append((name, key))
+        return SECRETS[(name, key)]
+
+    context = SourceContext(MAPPING, "000000000000", 0.0, secret)
+    source = importlib.import_module(SOURCE_MODULES[kind]).from_mapping(spec, context)
+    assert source.kind == ("queue" if kind in ("rabbitmq", "sqs") else "stream")
+    assert "guest:guest" not in source.address
+    assert sorted(asked) == sorted(k for k in SECRETS if (kind == "rabbitmq") == (k[0] == "mq") and kind in ("rabbitmq", "sqs"))

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from kfn.sources.base import MappingContext, Record, SourceUnavailable
+from kfn.sources.base import MappingContext, Record, SourceContext, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -221,3 +221,8 @@ def _at_timestamp(consumer: Any, timestamp: float) -> Any:
                 consumer.seek(tp, hit.offset if hit is not None else ends[tp])
 
     return AtTimestamp()
+
+
+def from_mapping(spec: Any, context: SourceContext) -> KafkaSource:
+    """The source of a mapping with ``source.kafka`` (a parsed EventSourceMappingSpec); the poller's entry point."""
+    return KafkaSource.from_spec(spec, context.mapping)

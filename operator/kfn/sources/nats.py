@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from kfn.sources.base import MappingContext, Record, SourceUnavailable
+from kfn.sources.base import MappingContext, Record, SourceContext, SourceUnavailable
 from kfn.sources.kafka import default_group_id, starting_timestamp
 
 log = logging.getLogger(__name__)
@@ -195,3 +195,8 @@ class NatsSource:
         nc, self._nc, self._sub = self._nc, None, None
         if nc is not None and not nc.is_closed:
             await nc.close()
+
+
+def from_mapping(spec: Any, context: SourceContext) -> NatsSource:
+    """The source of a mapping with ``source.nats`` (a parsed EventSourceMappingSpec); the poller's entry point."""
+    return NatsSource.from_spec(spec, context.mapping)

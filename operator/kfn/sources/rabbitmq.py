@@ -23,7 +23,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from kfn.sources.base import MappingContext, Record, SourceUnavailable
+from kfn.sources.base import MappingContext, Record, SourceContext, SourceUnavailable
 from kfn.sources.kafka import signed_bytes
 
 log = logging.getLogger(__name__)
@@ -205,3 +205,9 @@ class RabbitMqSource:
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None and not connection.is_closed:
             await connection.close()
+
+
+def from_mapping(spec: Any, context: SourceContext) -> RabbitMqSource:
+    """The source of a mapping with ``source.rabbitmq``: the amqp:// URL read from its ``urlSecretRef``."""
+    ref = spec.source.rabbitmq.url_secret_ref
+    return RabbitMqSource.from_spec(spec, context.secret(ref.name, ref.key))

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from kfn.sources.base import MappingContext, Record, SourceUnavailable
+from kfn.sources.base import MappingContext, Record, SourceContext, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -195,3 +195,15 @@ class SqsSource:
         client, self._client = self._client, None
         if client is not None:
             await asyncio.to_thread(client.close)
+
+
+# The keys of an sqs source's credentialsSecretRef Secret (the AWS SDKs' environment variable names).
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def from_mapping(spec: Any, context: SourceContext) -> SqsSource:
+    """The source of a mapping with ``source.sqs``: keys from its ``credentialsSecretRef`` Secret, else boto3's chain
+    (raises KeyError naming a missing key)."""
+    name = spec.source.sqs.credentials_secret_ref
+    credentials = {key: context.secret(name, key) for key in CREDENTIAL_KEYS} if name else None
+    return SqsSource.from_spec(spec, credentials)

@@ -233,10 +233,10 @@ def access_review(user: str, groups: list[str], verb: str, group: str, resource:
     return bool(status.get("allowed")), str(status.get("reason") or "")
 
 
-def create(obj: Mapping[str, Any]) -> dict[str, Any]:
+def create(obj: Mapping[str, Any], field_manager: str = names.FIELD_MANAGER) -> dict[str, Any]:
     """Create *obj*; raises Conflict if it already exists."""
     meta = obj["metadata"]
-    return _request("POST", path(obj["kind"], meta.get("namespace")), body=obj, query=[("fieldManager", names.FIELD_MANAGER)])
+    return _request("POST", path(obj["kind"], meta.get("namespace")), body=obj, query=[("fieldManager", field_manager)])
 
 
 def delete(kind: str, namespace: str | None, name: str) -> bool:

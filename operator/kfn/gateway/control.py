@@ -222,7 +222,9 @@ def function_configuration(ns: str, function: str, version: str, config: Mapping
         out["Runtime"] = config.get("runtime") or ""
         out["Handler"] = config.get("handler") or ""
     out.update({
-        "Role": f"arn:aws:iam::{account}:role/{names.service_account_name(function)}",
+        # CreateFunction's Role, kept as given (kfn.gateway.writes.ANN_ROLE); else the function's ServiceAccount
+        "Role": ((obj.get("metadata") or {}).get("annotations") or {}).get("kfn.dev/lambda-role")
+        or f"arn:aws:iam::{account}:role/{names.service_account_name(function)}",
         "CodeSize": code_size(config),
         "Description": config.get("description") or "",
         "Timeout": _int(config.get("timeoutSeconds"), 3),
@@ -879,7 +881,14 @@ def is_write(method: str, path: str) -> bool:
     return method in _EVENT_CONFIG_WRITES and _EVENT_CONFIG.fullmatch(path) is not None
 
 
+def list_tags(r: _Resolver, resource: str, query: Query) -> dict[str, Any]:
+    from kfn.gateway import writes  # noqa: PLC0415 - writes builds on this module
+
+    return writes.list_tags(r.view, r.settings, resource)
+
+
 _ROUTES += [
+    ("GET", re.compile(rf"/2017-03-31/tags/{_SEGMENT}/?"), "ListTags", list_tags),
     ("GET", _EVENT_CONFIG, "GetFunctionEventInvokeConfig", get_event_invoke_config),
     ("GET", _EVENT_CONFIG_LIST, "ListFunctionEventInvokeConfigs", list_event_invoke_configs),
 ]

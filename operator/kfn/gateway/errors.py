@@ -78,6 +78,12 @@ class ProvisionedConcurrencyConfigNotFoundException(LambdaError):
     status = 404
 
 
+class PreconditionFailedException(LambdaError):
+    """412: a RevisionId precondition of a write does not hold."""
+
+    status = 412
+
+
 class TooManyRequestsException(LambdaError):
     """429 with Lambda's ``Reason`` (enum ``ThrottleReason``) and, where Lambda gives one, ``Retry-After``."""
 
@@ -176,6 +182,7 @@ WIRE: Mapping[str, type[LambdaError]] = {
     cls.error_type: cls
     for cls in (
         ResourceNotFoundException, ResourceConflictException, ProvisionedConcurrencyConfigNotFoundException,
+        PreconditionFailedException,
         TooManyRequestsException, RequestTooLargeException, RequestEntityTooLargeException,
         SerializedRequestEntityTooLargeException, InvalidRequestContentException, ValidationException,
         InvalidParameterValueException, UnsupportedMediaTypeException, ServiceException,

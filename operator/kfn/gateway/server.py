@@ -16,8 +16,8 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, quote
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,7 +27,7 @@ from kfn.asyncinvoke import queue as asyncqueue
 from kfn.asyncinvoke import metrics as asyncmetrics
 from kfn.asyncinvoke.envelope import Envelope
 from kfn.agent.httpserver import Connection, Request, encode_headers
-from kfn.gateway import arn, auth, control, errors, metrics, routing, urls
+from kfn.gateway import arn, auth, control, errors, metrics, routing, urls, writes
 from kfn.gateway.agentclient import AgentUnreachable, Answer
 from kfn.gateway.catalog import Catalog, VersionKey
 from kfn.gateway.coldstart import (ACCOUNT_LIMIT, PENDING, RESERVED_LIMIT, SCALE, THROTTLE, WAIT, DemandReporter,
@@ -178,7 +178,7 @@ class Gateway:
             if problem is None:
                 return req.respond(200, _TEXT_H, b"ok\n")
             return req.respond(503, _TEXT_H, f"{problem}\n".encode())
-        if control.is_write(method, path):
+        if control.is_write(method, path) or writes.is_write(method, path):
             task = self.loop.create_task(self._write(req))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -216,6 +216,9 @@ class Gateway:
             raise errors.UnknownOperationException(
                 f"Unknown operation {req.method} {req.path}: control-plane writes are off (kfn gateway --allow-writes)")
         query = parse_qs(req.raw_query, keep_blank_values=True) if req.raw_query else {}
+        if writes.is_write(req.method, req.path):
+            return await apply_plan(self.catalog, writes.plan(req.method, req.path, query, req.body or b"",
+                                                             self.catalog, self.settings.api), request_id)
         plan = control.plan_event_invoke_config_write(req.method, req.path, query, req.body or b"", self.catalog,
                                                       self.settings.api, time.time())
         try:
@@ -533,6 +536,78 @@ class Gateway:
         """Wait (at most *grace* seconds) for the invocations in flight."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
+
+
+async def apply_plan(catalog: Catalog, plan: writes.Plan, request_id: str) -> control.Answer:
+    """Apply a write's operations in order through :mod:`kfn.k8s`; on a failure, delete what this plan created
+    (a failed CreateFunction leaves no Secret behind), then answer in Lambda's shape."""
+    from kfn import k8s  # noqa: PLC0415 - the write path only
+
+    results: list[dict[str, Any]] = []
+    created: list[writes.Op] = []
+    try:
+        for op in plan.ops:
+            results.append(await asyncio.to_thread(_apply_op, op, results))
+            if op.verb == "create":
+                created.append(op)
+    except k8s.ApiError as e:
+        for op in reversed(created):
+            try:
+                await asyncio.to_thread(k8s.delete, op.kind, op.namespace, op.name)
+            except k8s.ApiError:
+                log.exception("undoing %s %s/%s failed", op.kind, op.namespace, op.name)
+        if isinstance(e, k8s.Conflict):
+            if plan.operation == "CreateFunction":
+                raise errors.ResourceConflictException(f"Function already exist: {plan.function_arn.rsplit(':', 1)[1]}") from None
+            raise writes.update_in_progress(plan.function_arn) from None
+        if isinstance(e, k8s.NotFound):
+            raise errors.not_found_function(plan.function_arn) from None
+        if isinstance(e, k8s.Invalid):
+            raise errors.InvalidParameterValueException(e.message) from None
+        raise
+    for op, obj in zip(plan.ops, results):
+        if op.kind in (names.FUNCTION_KIND, names.FUNCTION_VERSION_KIND, names.ALIAS_KIND):
+            catalog.apply(op.kind, "DELETED" if op.verb == "delete" else "MODIFIED", obj)  # read-your-writes
+    body = plan.answer(results)
+    if plan.publish is not None:
+        ns, function, request = plan.publish
+        deadline = time.monotonic() + writes.PUBLISH_WAIT_SECONDS
+        version = writes.published_for(catalog, ns, function, request)
+        while version is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)  # the operator publishes; the watch delivers the FunctionVersion
+            version = writes.published_for(catalog, ns, function, request)
+        if version is None or plan.version_answer is None:
+            raise errors.ServiceException(
+                f"The version was not published within {writes.PUBLISH_WAIT_SECONDS:.0f} s: see the Function's "
+                "VersionPublished condition (kubectl describe fn)")
+        body = plan.version_answer(version)
+    headers = {"x-amzn-RequestId": request_id}
+    if body is None:
+        return plan.status, headers, b""
+    headers["Content-Type"] = "application/json"
+    return plan.status, headers, json.dumps(body, separators=(",", ":")).encode()
+
+
+def _apply_op(op: writes.Op, results: list[dict[str, Any]]) -> dict[str, Any]:
+    from kfn import k8s  # noqa: PLC0415 - the write path only
+
+    if op.verb == "create":
+        try:
+            return k8s.create(op.body or {}, field_manager=control.GATEWAY_FIELD_MANAGER)
+        except k8s.Conflict:
+            if not op.exists_ok:
+                raise
+            return k8s.get(op.kind, op.namespace, op.name) or {}
+    if op.verb == "delete":
+        found = k8s.delete(op.kind, op.namespace, op.name)
+        return {"kind": op.kind, "apiVersion": names.API_VERSION, "metadata": {"name": op.name, "namespace": op.namespace},
+                "found": found}
+    patch = dict(op.body or {})
+    if op.owner is not None:
+        meta = dict(patch.get("metadata") or {})
+        meta["ownerReferences"] = [writes.owner_reference(results[op.owner])]
+        patch["metadata"] = meta
+    return k8s.merge_patch(op.kind, op.namespace, op.name, patch, control.GATEWAY_FIELD_MANAGER)
 
 
 class GatewayConnection(Connection):

@@ -1,0 +1,286 @@
+"""The control-plane write planners (kfn.gateway.writes): each request becomes the right Kubernetes operations, and
+each bad request gets Lambda's error type and message and no operation at all.
+
+Bugs caught: a CreateFunction whose code Secret is never owned (left behind), a ZipFile kept as text, a RevisionId
+precondition that never fires, a concurrency reservation that eats the unreserved pool, an Argo CD-managed
+Function changed behind Git's back, a version deleted while an alias still routes to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import zipfile
+from typing import Any
+
+import pytest
+
+import gwapi_fixtures as fx
+from kfn import names
+from kfn.gateway import control, errors, writes
+from kfn.models import parse_function_spec
+
+ACCOUNT = names.account_id(fx.NS)
+ARN = f"arn:aws:lambda:us-east-1:{ACCOUNT}:function"
+
+
+def zipped(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    return buf.getvalue()
+
+
+ZIP = zipped({"app.py": "def handler(e, c):\n    return 1\n"})
+
+
+def catalog() -> Any:
+    view = fx.catalog()
+    for obj in view.objects:
+        obj["metadata"]["resourceVersion"] = "100"
+    return view
+
+
+def plan(method: str, path: str, body: dict[str, Any] | None = None, query: dict[str, list[str]] | None = None,
+         view: Any = None, settings: control.ApiSettings = fx.SETTINGS) -> writes.Plan:
+    return writes.plan(method, path, query or {}, json.dumps(body or {}).encode(), view or catalog(), settings)
+
+
+def refused(error: type[errors.LambdaError], *args: Any, **kwargs: Any) -> errors.LambdaError:
+    with pytest.raises(error) as info:
+        plan(*args, **kwargs)
+    return info.value
+
+
+def create_body(**extra: Any) -> dict[str, Any]:
+    return {"FunctionName": "orders", "Role": "arn:aws:iam::123456789012:role/x", "Runtime": "python3.11",
+            "Handler": "app.handler", "Code": {"ZipFile": base64.b64encode(ZIP).decode()}, **extra}
+
+
+def test_create_function_stores_the_zip_in_a_secret_then_the_function_then_owns_the_secret() -> None:
+    p = plan("POST", "/2015-03-31/functions", create_body(
+        MemorySize=256, Timeout=10, Environment={"Variables": {"STAGE": "dev"}}, Tags={"team": "a"}, Publish=True,
+        Architectures=["arm64"]))
+    assert (p.status, [(o.verb, o.kind) for o in p.ops]) == (201, [("create", "Secret"), ("create", "Function"),
+                                                                   ("patch", "Secret")])
+    secret, fn, adopt = p.ops
+    assert base64.b64decode(secret.body["data"]["code.zip"]) == ZIP
+    assert secret.body["immutable"] is True
+    assert adopt.owner == 1  # the Function's uid becomes the Secret's owner: deleting the function deletes the code
+    spec = fn.body["spec"]
+    assert spec["code"] == {"zip": {"secretRef": {"name": secret.name, "key": "code.zip"}}}
+    assert (spec["memoryMB"], spec["timeoutSeconds"], spec["publish"], spec["architecture"]) == (256, 10, 1, "arm64")
+    assert spec["environment"] == {"variables": {"STAGE": "dev"}}
+    parse_function_spec(spec)  # what the API server admits
+    ann = fn.body["metadata"]["annotations"]
+    assert ann[writes.ANN_ROLE] == "arn:aws:iam::123456789012:role/x"
+    assert json.loads(ann[writes.ANN_TAGS]) == {"team": "a"}
+
+
+def test_create_function_answer_is_pending_until_the_operator_reports() -> None:
+    p = plan("POST", "/2015-03-31/functions", create_body())
+    created = {**p.ops[1].body, "metadata": {**p.ops[1].body["metadata"], "uid": "u1", "generation": 1}}
+    doc = p.answer([{}, created, {}])
+    assert (doc["State"], doc["LastUpdateStatus"], doc["FunctionArn"]) == ("Pending", "InProgress", f"{ARN}:orders")
+    assert doc["Role"] == "arn:aws:iam::123456789012:role/x"
+
+
+def test_create_function_from_an_image() -> None:
+    p = plan("POST", "/2015-03-31/functions", {"FunctionName": "img2", "Role": "r", "PackageType": "Image",
+                                               "Code": {"ImageUri": "example.com/a:1"}})
+    assert [o.kind for o in p.ops] == ["Function"]
+    assert p.ops[0].body["spec"]["code"] == {"image": "example.com/a:1"}
+
+
+@pytest.mark.parametrize(("body", "error", "message"), [
+    (create_body(FunctionName="hello"), errors.ResourceConflictException, "Function already exist: hello"),
+    ({"FunctionName": "x"}, errors.ValidationException,
+     "2 validation errors detected: Value null at 'role' failed to satisfy constraint: Member must not be null; "
+     "Value null at 'code' failed to satisfy constraint: Member must not be null"),
+    (create_body(Runtime=None), errors.InvalidParameterValueException,
+     "Runtime and Handler are mandatory parameters for functions created with deployment packages."),
+    (create_body(Code={"ZipFile": base64.b64encode(b"not a zip").decode()}), errors.InvalidParameterValueException,
+     "Could not unzip uploaded file. Please check your file, then try to upload again."),
+    (create_body(Environment={"Variables": {"BIG": "x" * 4096}}), errors.InvalidParameterValueException,
+     "Lambda was unable to configure your environment variables because the environment variables you have "
+     "provided exceeded the 4KB limit. String measured: {\"BIG\":\"" + "x" * 4096 + "\"}"),
+    (create_body(MemorySize=64), errors.ValidationException,
+     "1 validation error detected: Value '64' at 'memorySize' failed to satisfy constraint: Member must have "
+     "value greater than or equal to 128"),
+    (create_body(Runtime="python3.12"), errors.InvalidParameterValueException,
+     "The runtime parameter of python3.12 is not supported by kfn"),
+    (create_body(FunctionName="My_Function"), errors.InvalidParameterValueException, "is not a Kubernetes name"),
+    (create_body(Timeout=901), errors.InvalidParameterValueException, "timeoutSeconds"),
+])
+def test_create_function_refusals(body: dict[str, Any], error: type[errors.LambdaError], message: str) -> None:
+    e = refused(error, "POST", "/2015-03-31/functions", body)
+    assert message in e.message
+
+
+def test_a_zip_over_the_code_store_is_refused_with_lambdas_size_message() -> None:
+    big = zipped({"blob.bin": "".join(chr(33 + (i * 7919) % 90) for i in range(1_200_000))})
+    assert len(big) > writes.CODE_STORE_LIMIT
+    e = refused(errors.RequestEntityTooLargeException, "POST", "/2015-03-31/functions",
+                create_body(Code={"ZipFile": base64.b64encode(big).decode()}))
+    assert e.message == f"Request must be smaller than {writes.CODE_STORE_LIMIT} bytes for the CreateFunction operation"
+    assert e.status == 413
+
+
+def test_update_function_code_makes_a_new_owned_secret_and_patches_the_function_with_a_precondition() -> None:
+    view = catalog()
+    p = plan("PUT", "/2015-03-31/functions/hello/code", {"ZipFile": base64.b64encode(ZIP).decode(), "Publish": True},
+             view=view)
+    secret, patch = p.ops
+    assert secret.body["metadata"]["ownerReferences"][0]["uid"] == "uid-team-a-hello"
+    assert patch.body["metadata"] == {"resourceVersion": "100"}
+    assert patch.body["spec"]["code"] == {"zip": {"secretRef": {"name": secret.name, "key": "code.zip"}},
+                                          "inline": None}
+    assert patch.body["spec"]["publish"] == 1
+
+
+def test_revision_id_is_a_precondition() -> None:
+    e = refused(errors.PreconditionFailedException, "PUT", "/2015-03-31/functions/hello/configuration",
+                {"RevisionId": "not-it", "Timeout": 5})
+    assert e.status == 412
+    assert e.message.startswith("The Revision Id provided does not match the latest Revision Id.")
+    current = control.revision_id(catalog().function(fx.NS, "hello"))
+    assert plan("PUT", "/2015-03-31/functions/hello/configuration", {"RevisionId": current, "Timeout": 5}).ops
+
+
+def test_update_configuration_replaces_environment_variables() -> None:
+    view = catalog()
+    fn = view.function(fx.NS, "hello")
+    fn["spec"]["environment"] = {"variables": {"AA": "1", "BB": "2"}}
+    p = plan("PUT", "/2015-03-31/functions/hello/configuration", {"Environment": {"Variables": {"BB": "3"}}}, view=view)
+    assert p.ops[0].body["spec"] == {"environment": {"variables": {"AA": None, "BB": "3"}}}
+
+
+def test_updates_wait_for_a_pending_function_and_a_running_update() -> None:
+    e = refused(errors.ResourceConflictException, "PUT", "/2015-03-31/functions/new/configuration", {"Timeout": 5})
+    assert e.message.endswith("The function is currently in the following state: Pending")
+    view = catalog()
+    view.function(fx.NS, "hello")["metadata"]["generation"] = 3  # the operator has not seen the last change
+    e = refused(errors.ResourceConflictException, "PUT", "/2015-03-31/functions/hello/configuration", {"Timeout": 5},
+                view=view)
+    assert e.message == ("The operation cannot be performed at this time. An update is in progress for resource: "
+                         f"{ARN}:hello")
+
+
+def test_publish_version_bumps_the_publish_request_and_checks_code_sha256() -> None:
+    p = plan("POST", "/2015-03-31/functions/hello/versions", {})
+    assert (p.status, p.ops[0].body["spec"], p.publish) == (201, {"publish": 1}, (fx.NS, "hello", 1))
+    e = refused(errors.InvalidParameterValueException, "POST", "/2015-03-31/functions/hello/versions",
+                {"CodeSha256": "AAAA"})
+    current = control.lambda_code_sha256(fx.CODE_HEX)
+    assert e.message == (f"CodeSHA256 (AAAA) is different from current CodeSHA256 in $LATEST ({current}). "
+                         "Please try again with the CodeSHA256 in $LATEST.")
+    assert plan("POST", "/2015-03-31/functions/hello/versions", {"CodeSha256": current}).ops
+
+
+def test_create_alias_with_weights_owned_by_the_function() -> None:
+    p = plan("POST", "/2015-03-31/functions/hello/aliases",
+             {"Name": "canary", "FunctionVersion": "1", "RoutingConfig": {"AdditionalVersionWeights": {"2": 0.25}}})
+    obj = p.ops[0].body
+    assert (p.status, obj["metadata"]["name"]) == (201, "hello-canary")
+    assert obj["spec"] == {"functionName": "hello", "name": "canary", "functionVersion": "1",
+                           "routing": {"additionalVersionWeights": {"2": 0.25}}}
+    assert obj["metadata"]["ownerReferences"][0]["uid"] == "uid-team-a-hello"
+    doc = p.answer([{**obj, "metadata": {**obj["metadata"], "uid": "a", "generation": 1}}])
+    assert doc["RoutingConfig"] == {"AdditionalVersionWeights": {"2": 0.25}}
+
+
+@pytest.mark.parametrize(("path", "body", "error", "message"), [
+    ("/2015-03-31/functions/hello/aliases", {"Name": "live", "FunctionVersion": "1"}, errors.ResourceConflictException,
+     f"Alias already exists: {ARN}:hello:live"),
+    ("/2015-03-31/functions/hello/aliases", {"Name": "x", "FunctionVersion": "9"}, errors.ResourceNotFoundException,
+     f"Function not found: {ARN}:hello:9"),
+    ("/2015-03-31/functions/hello/aliases", {"Name": "123", "FunctionVersion": "1"}, errors.ValidationException,
+     "at 'name' failed to satisfy constraint"),
+])
+def test_create_alias_refusals(path: str, body: dict[str, Any], error: type[errors.LambdaError], message: str) -> None:
+    assert message in refused(error, "POST", path, body).message
+
+
+def test_update_and_delete_alias() -> None:
+    p = plan("PUT", "/2015-03-31/functions/hello/aliases/live", {"FunctionVersion": "2", "RoutingConfig": {}})
+    assert p.ops[0].body["spec"] == {"functionVersion": "2", "routing": None}
+    assert [(o.verb, o.name) for o in plan("DELETE", "/2015-03-31/functions/hello/aliases/beta").ops] == [
+        ("delete", "hello-beta")]
+    e = refused(errors.ResourceNotFoundException, "DELETE", "/2015-03-31/functions/hello/aliases/nope")
+    assert e.message == f"Cannot find alias arn: {ARN}:hello:nope"
+
+
+def test_delete_function_and_versions() -> None:
+    assert [(o.verb, o.kind) for o in plan("DELETE", "/2015-03-31/functions/hello").ops] == [("delete", "Function")]
+    e = refused(errors.ResourceConflictException, "DELETE", "/2015-03-31/functions/hello", query={"Qualifier": ["2"]})
+    assert e.message == "Unable to delete version because the following aliases reference it: [live]"
+    e = refused(errors.InvalidParameterValueException, "DELETE", "/2015-03-31/functions/hello",
+                query={"Qualifier": ["$LATEST"]})
+    assert e.message == "$LATEST version cannot be deleted without deleting the function."
+    refused(errors.ResourceNotFoundException, "DELETE", "/2015-03-31/functions/nothing")
+
+
+def test_reserved_concurrency_never_takes_the_unreserved_minimum() -> None:
+    # pool 1000, busy reserves 5, at least 100 unreserved: hello may reserve 895, not 896
+    ok = plan("PUT", "/2017-10-31/functions/hello/concurrency", {"ReservedConcurrentExecutions": 895})
+    assert ok.ops[0].body["spec"] == {"reservedConcurrency": 895}
+    assert ok.answer([{}]) == {"ReservedConcurrentExecutions": 895}
+    e = refused(errors.InvalidParameterValueException, "PUT", "/2017-10-31/functions/hello/concurrency",
+                {"ReservedConcurrentExecutions": 896})
+    assert e.message == ("Specified ReservedConcurrentExecutions for function decreases account's "
+                         "UnreservedConcurrentExecution below its minimum value of [100].")
+    p = plan("DELETE", "/2017-10-31/functions/hello/concurrency")
+    assert (p.status, p.ops[0].body["spec"]) == (204, {"reservedConcurrency": None})
+
+
+def test_provisioned_concurrency_lives_on_aliases() -> None:
+    p = plan("PUT", "/2019-09-30/functions/hello/provisioned-concurrency", {"ProvisionedConcurrentExecutions": 3},
+             query={"Qualifier": ["beta"]})
+    assert (p.status, p.ops[0].name, p.ops[0].body["spec"]) == (202, "hello-beta", {"provisionedConcurrency": 3})
+    e = refused(errors.InvalidParameterValueException, "PUT", "/2019-09-30/functions/hello/provisioned-concurrency",
+                {"ProvisionedConcurrentExecutions": 3}, query={"Qualifier": ["$LATEST"]})
+    assert e.message == "Provisioned Concurrency Configs cannot be applied to unpublished function versions."
+
+
+def test_tags_are_kept_in_an_annotation() -> None:
+    resource = f"{ARN}:hello"
+    p = plan("POST", f"/2017-03-31/tags/{resource}", {"Tags": {"a": "1", "b": "2"}})
+    assert json.loads(p.ops[0].body["metadata"]["annotations"][writes.ANN_TAGS]) == {"a": "1", "b": "2"}
+    view = catalog()
+    view.function(fx.NS, "hello")["metadata"]["annotations"] = {writes.ANN_TAGS: '{"a": "1", "b": "2"}'}
+    p = plan("DELETE", f"/2017-03-31/tags/{resource}", query={"tagKeys": ["a"]}, view=view)
+    assert json.loads(p.ops[0].body["metadata"]["annotations"][writes.ANN_TAGS]) == {"b": "2"}
+    assert writes.list_tags(view, fx.SETTINGS, resource) == {"Tags": {"a": "1", "b": "2"}}
+
+
+@pytest.mark.parametrize("marker", [("annotations", control.ARGOCD_TRACKING_ANNOTATION),
+                                    ("labels", "argocd.argoproj.io/instance")])
+def test_argo_cd_managed_functions_refuse_api_writes(marker: tuple[str, str]) -> None:
+    view = catalog()
+    view.function(fx.NS, "hello")["metadata"][marker[0]] = {marker[1]: "app"}
+    for method, path, body in (("PUT", "/2015-03-31/functions/hello/configuration", {"Timeout": 5}),
+                               ("DELETE", "/2015-03-31/functions/hello", None),
+                               ("PUT", "/2017-10-31/functions/hello/concurrency", {"ReservedConcurrentExecutions": 1})):
+        e = refused(errors.ResourceConflictException, method, path, body, view=view)
+        assert "is managed by Argo CD" in e.message and marker[1] in e.message
+
+
+def test_helm_instance_label_alone_is_not_a_gitops_owner() -> None:
+    view = catalog()
+    view.function(fx.NS, "hello")["metadata"]["labels"] = {"app.kubernetes.io/instance": "release"}
+    assert plan("PUT", "/2015-03-31/functions/hello/configuration", {"Timeout": 5}, view=view).ops
+
+
+def test_merge_diff_turns_old_into_new() -> None:
+    old = {"a": 1, "b": {"c": 2, "d": 3}, "e": [1]}
+    new = {"a": 1, "b": {"c": 5}, "f": 7, "e": [2]}
+    assert writes.merge_diff(old, new) == {"b": {"c": 5, "d": None}, "f": 7, "e": [2]}
+
+
+def test_every_write_route_is_a_modelled_operation() -> None:
+    ops = {(o["http"]["method"], o["http"]["requestUri"].split("?")[0]) for o in fx.MODEL["operations"].values()}
+    for method, pattern, _ in writes._ROUTES:
+        assert any(m == method and pattern.fullmatch(uri.replace("{FunctionName}", "f").replace("{Name}", "a")
+                                                     .replace("{Resource}", "r")) for m, uri in ops), pattern.pattern

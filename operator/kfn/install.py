@@ -147,9 +147,14 @@ GATEWAY_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["authorization.k8s.io"], "resources": ["localsubjectaccessreviews"], "verbs": ["create"]},
 ]
 # Only with `kfn gateway --allow-writes`: Put/Update/DeleteFunctionEventInvokeConfig merge-patch the Function ($LATEST)
-# or the Alias that holds the config (kfn.gateway.control.plan_event_invoke_config_write; nothing else is written).
+# or the Alias that holds the config (kfn.gateway.control.plan_event_invoke_config_write); the Lambda writes
+# (kfn.gateway.writes) create, patch and delete Functions and Aliases, delete FunctionVersions (DeleteFunction with a
+# version), and keep uploaded zips in Secrets (create; get when an identical one exists; patch to set the owner).
 GATEWAY_WRITE_RULES: list[dict[str, Any]] = [
-    {"apiGroups": [names.GROUP], "resources": [names.FUNCTION_PLURAL, names.ALIAS_PLURAL], "verbs": ["patch"]},
+    {"apiGroups": [names.GROUP], "resources": [names.FUNCTION_PLURAL, names.ALIAS_PLURAL],
+     "verbs": ["create", "patch", "delete"]},
+    {"apiGroups": [names.GROUP], "resources": [names.FUNCTION_VERSION_PLURAL], "verbs": ["delete"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "get", "patch"]},
 ]
 
 

@@ -90,7 +90,7 @@ def catalog() -> StaticCatalog:
     and other-ns/hello in a second namespace."""
     image_spec = {"code": {"image": "example.com/img:1"}, "imageConfig": {"command": ["app.handler"]},
                   "architecture": "arm64"}
-    busy_spec = {"runtime": "python3.12", "handler": "app.handler", "reservedConcurrency": 5,
+    busy_spec = {"runtime": "python3.11", "handler": "app.handler", "reservedConcurrency": 5,
                  "memoryMB": 1024, "timeoutSeconds": 30, "ephemeralStorageMB": 1024,
                  "environment": {"variables": {"STAGE": "prod"}},
                  "loggingConfig": {"logFormat": "JSON"},

@@ -284,3 +284,68 @@ def test_every_write_route_is_a_modelled_operation() -> None:
     for method, pattern, _ in writes._ROUTES:
         assert any(m == method and pattern.fullmatch(uri.replace("{FunctionName}", "f").replace("{Name}", "a")
                                                      .replace("{Resource}", "r")) for m, uri in ops), pattern.pattern
+
+
+def lambda_write_permissions() -> set[tuple[str, str, str]]:
+    """(group, resource, verb) every write plan uses, as the applier calls them (create may get an existing Secret)."""
+    plural = {names.FUNCTION_KIND: (names.GROUP, names.FUNCTION_PLURAL), names.ALIAS_KIND: (names.GROUP, names.ALIAS_PLURAL),
+              names.FUNCTION_VERSION_KIND: (names.GROUP, names.FUNCTION_VERSION_PLURAL), "Secret": ("", "secrets")}
+    plans = [
+        plan("POST", "/2015-03-31/functions", create_body()),
+        plan("PUT", "/2015-03-31/functions/hello/code", {"ZipFile": base64.b64encode(ZIP).decode()}),
+        plan("DELETE", "/2015-03-31/functions/hello"),
+        plan("DELETE", "/2015-03-31/functions/hello", query={"Qualifier": ["1"]}, view=_without_aliases()),
+        plan("POST", "/2015-03-31/functions/hello/aliases", {"Name": "x", "FunctionVersion": "1"}),
+        plan("PUT", "/2015-03-31/functions/hello/aliases/live", {"FunctionVersion": "2"}),
+        plan("DELETE", "/2015-03-31/functions/hello/aliases/live"),
+    ]
+    used = set()
+    for p in plans:
+        for op in p.ops:
+            used.add((*plural[op.kind], op.verb))
+            if op.kind == "Secret" and op.exists_ok:
+                used.add(("", "secrets", "get"))
+    return used
+
+
+def _without_aliases() -> Any:
+    view = catalog()
+    view.objects = [o for o in view.objects if o["kind"] != names.ALIAS_KIND]
+    return view
+
+
+def test_gateway_write_rules_cover_every_lambda_write() -> None:
+    from kfn.install import GATEWAY_WRITE_RULES
+    from kfn.resources.rbac import granted
+
+    assert lambda_write_permissions() <= granted(GATEWAY_WRITE_RULES)
+
+
+def test_a_create_function_the_api_server_refuses_deletes_the_code_secret_it_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The applier against a stand-in API server (a unit test of the undo; the e2e test uses the real one).
+    import asyncio
+
+    from kfn import k8s
+    from kfn.gateway import server
+    from kfn.gateway.catalog import Catalog
+
+    calls: list[tuple[str, str, str]] = []
+
+    def create(obj: dict[str, Any], field_manager: str = "") -> dict[str, Any]:
+        calls.append(("create", obj["kind"], obj["metadata"]["name"]))
+        if obj["kind"] == names.FUNCTION_KIND:
+            raise k8s.Invalid(422, "Invalid", "Function.kfn.dev \"orders\" is invalid: spec.runtime: Unsupported value")
+        return {**obj, "metadata": {**obj["metadata"], "uid": "s1"}}
+
+    def delete(kind: str, namespace: str | None, name: str) -> bool:
+        calls.append(("delete", kind, name))
+        return True
+
+    monkeypatch.setattr(k8s, "create", create)
+    monkeypatch.setattr(k8s, "delete", delete)
+    p = plan("POST", "/2015-03-31/functions", create_body())
+    with pytest.raises(errors.InvalidParameterValueException) as info:
+        asyncio.run(server.apply_plan(Catalog(), p, "rid"))
+    assert "spec.runtime: Unsupported value" in info.value.message
+    secret = p.ops[0].name
+    assert calls == [("create", "Secret", secret), ("create", "Function", "orders"), ("delete", "Secret", secret)]

@@ -349,3 +349,20 @@ def test_a_create_function_the_api_server_refuses_deletes_the_code_secret_it_mad
     assert "spec.runtime: Unsupported value" in info.value.message
     secret = p.ops[0].name
     assert calls == [("create", "Secret", secret), ("create", "Function", "orders"), ("delete", "Secret", secret)]
+
+
+def test_get_function_code_location_points_at_the_gateway_for_a_stored_zip() -> None:
+    view = catalog()
+    fn = view.function(fx.NS, "hello")
+    fn["spec"]["code"] = {"zip": {"secretRef": {"name": "hello-code-abc", "key": "code.zip"}}}
+    api = control.ApiSettings(region="us-east-1", default_namespace=fx.NS, allow_writes=True,
+                              public_url="http://gw.example:8080")
+    _, _, body = control.handle("GET", "/2015-03-31/functions/hello", {}, view, api)
+    assert json.loads(body)["Code"] == {"RepositoryType": "S3",
+                                        "Location": f"http://gw.example:8080/kfn/code/{fx.NS}/hello"}
+    assert writes.code_secret_for(view, api, fx.NS, "hello", None) == "hello-code-abc"
+    secret = writes.code_secret(fx.NS, "hello", ZIP)
+    assert writes.code_of(secret, "hello") == ZIP
+    assert writes.code_of(secret, "other") is None  # never another function's Secret
+    with pytest.raises(errors.ResourceNotFoundException):
+        writes.code_secret_for(view, api, fx.NS, "busy", None)  # code.zip.url: nothing stored here

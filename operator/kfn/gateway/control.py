@@ -87,6 +87,7 @@ class ApiSettings:
     pool_size: int = 1000
     unreserved_min: int = 100
     allow_writes: bool = False  # control-plane writes (event invoke config) are off unless --allow-writes
+    public_url: str | None = None  # how the caller reached the gateway (GetFunction's Code.Location); per request
 
 
 # --- small pure helpers -----------------------------------------------------------------------------------------
@@ -414,6 +415,10 @@ def get_function(r: _Resolver, name: str, query: Query) -> dict[str, Any]:
         url = (code.get("zip") or {}).get("url")
         if url:
             location["Location"] = url
+        elif r.settings.public_url and r.settings.allow_writes and (code.get("zip") or {}).get("secretRef"):
+            # the zip a CreateFunction/UpdateFunctionCode stored, served by the gateway (kfn.gateway.writes.CODE_PATH)
+            query = f"?Qualifier={urllib.parse.quote(ref.qualifier)}" if ref.qualifier else ""
+            location["Location"] = f"{r.settings.public_url}/kfn/code/{ns}/{ref.function}{query}"
     out: dict[str, Any] = {"Configuration": target.configuration(r.settings, ref.qualifier), "Code": location}
     reserved = _parse_config(r.function(ns, ref.function).get("spec") or {}).get("reservedConcurrency")
     if isinstance(reserved, int):

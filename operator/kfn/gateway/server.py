@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qs, quote
 
@@ -185,10 +185,18 @@ class Gateway:
             return
         if method == "GET" and path == "/metrics":
             return req.respond(200, f"Content-Type: {CONTENT_TYPE_LATEST}\r\n".encode(), generate_latest())
+        if method == "GET" and self.settings.api.allow_writes and writes.CODE_PATH.fullmatch(path):
+            task = self.loop.create_task(self._code(req))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
         request_id = errors.new_request_id()
         try:
             query = parse_qs(req.raw_query, keep_blank_values=True) if req.raw_query else {}
-            status, headers, body = control.handle(method, path, query, self.catalog, self.settings.api, request_id)
+            api = self.settings.api
+            if api.allow_writes and req.headers.get("host"):  # GetFunction's Code.Location points back here
+                api = replace(api, public_url=f"http://{req.headers['host']}")
+            status, headers, body = control.handle(method, path, query, self.catalog, api, request_id)
         except errors.LambdaError as e:
             status, headers, body = errors.wire(e, request_id)
         except Exception:  # noqa: BLE001 - a bug must still be answered in Lambda's shape
@@ -238,6 +246,30 @@ class Gateway:
             return plan.status, headers, b""
         headers["Content-Type"] = "application/json"
         return plan.status, headers, json.dumps(plan.body, separators=(",", ":")).encode()
+
+    async def _code(self, req: Request) -> None:
+        """GetFunction's ``Code.Location``: the zip a write stored, from its Secret."""
+        from kfn import k8s  # noqa: PLC0415 - only with --allow-writes
+
+        request_id = errors.new_request_id()
+        try:
+            match = writes.CODE_PATH.fullmatch(req.path)
+            assert match is not None
+            ns, function = match.group(1), match.group(2)
+            qualifier = req.query("Qualifier") if req.raw_query else None
+            name = writes.code_secret_for(self.catalog, self.settings.api, ns, function, qualifier)
+            data = writes.code_of(await asyncio.to_thread(k8s.get, "Secret", ns, name), function)
+            if data is None:
+                raise errors.ResourceNotFoundException(
+                    f"Function code not found: {writes.ctx_arn(self.settings.api, ns, function, qualifier)}")
+            status, headers, body = 200, {"Content-Type": "application/zip", "x-amzn-RequestId": request_id}, data
+        except errors.LambdaError as e:
+            status, headers, body = errors.wire(e, request_id)
+        except Exception:  # noqa: BLE001 - a bug must still be answered in Lambda's shape
+            log.exception("code download failed", extra={"requestId": request_id, "path": req.path})
+            status, headers, body = errors.wire(internal_error(), request_id)
+        if not req.is_gone():
+            req.respond(status, encode_headers(headers), body)
 
     # --- invoke ------------------------------------------------------------------------------------------------------
     async def _invoke(self, req: Request, name: str, legacy_async: bool = False) -> None:

@@ -893,3 +893,30 @@ def plan(method: str, path: str, query: Query, body: bytes, view: CatalogView, s
         if match is not None and m == method:
             return planner(ctx, query, body, *match.groups())
     raise errors.UnknownOperationException(f"Unknown operation {method} {path}")
+
+
+# --- GetFunction's Code.Location: the stored zip, served by the gateway -------------------------------------------
+
+CODE_PATH = re.compile(r"/kfn/code/([^/]+)/([^/]+)/?")
+
+
+def code_secret_for(view: CatalogView, settings: control.ApiSettings, ns: str, function: str,
+                    qualifier: str | None) -> str:
+    """The Secret holding the zip that *qualifier* of *function* runs (ResourceNotFoundException if none)."""
+    target = control._Resolver(view, settings).target(ns, function, qualifier)
+    ref = ((target.config.get("code") or {}).get("zip") or {}).get("secretRef") or {}
+    if not ref.get("name") or ref.get("key", ZIP_KEY) != ZIP_KEY:
+        raise errors.ResourceNotFoundException(f"Function code not found: {ctx_arn(settings, ns, function, qualifier)}")
+    return str(ref["name"])
+
+
+def ctx_arn(settings: control.ApiSettings, ns: str, function: str, qualifier: str | None) -> str:
+    return arn.function_arn(settings.region, names.account_id(ns), function, qualifier)
+
+
+def code_of(secret: Mapping[str, Any] | None, function: str) -> bytes | None:
+    """The zip in a code Secret, only if it belongs to *function* (kfn's label: never serve another Secret)."""
+    if not secret or ((secret.get("metadata") or {}).get("labels") or {}).get(names.LABEL_FUNCTION) != names.label_value(function):
+        return None
+    encoded = (secret.get("data") or {}).get(ZIP_KEY)
+    return base64.b64decode(encoded) if encoded else None

@@ -186,7 +186,7 @@ class Gateway:
         if method == "GET" and path == "/metrics":
             return req.respond(200, f"Content-Type: {CONTENT_TYPE_LATEST}\r\n".encode(), generate_latest())
         if method == "GET" and self.settings.api.allow_writes and writes.CODE_PATH.fullmatch(path):
-            task = self.loop.create_task(self._code(req))
+            task = self.loop.create_task(self._write(req, self._code))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
@@ -205,14 +205,15 @@ class Gateway:
         req.respond(status, encode_headers(headers), body)
 
     # --- control-plane writes (event invoke config) -----------------------------------------------------------------
-    async def _write(self, req: Request) -> None:
+    async def _write(self, req: Request, serve: Callable[..., Any] | None = None) -> None:
+        """Answer *req* with ``serve(req, request_id)`` (default: the write path), errors in Lambda's shape."""
         request_id = errors.new_request_id()
         try:
-            status, headers, body = await self._apply_write(req, request_id)
+            status, headers, body = await (serve or self._apply_write)(req, request_id)
         except errors.LambdaError as e:
             status, headers, body = errors.wire(e, request_id)
         except Exception:  # noqa: BLE001 - a bug must still be answered in Lambda's shape
-            log.exception("control-plane write failed", extra={"requestId": request_id, "path": req.path})
+            log.exception("control-plane request failed", extra={"requestId": request_id, "path": req.path})
             status, headers, body = errors.wire(internal_error(), request_id)
         if not req.is_gone():
             req.respond(status, encode_headers(headers), body)
@@ -247,29 +248,20 @@ class Gateway:
         headers["Content-Type"] = "application/json"
         return plan.status, headers, json.dumps(plan.body, separators=(",", ":")).encode()
 
-    async def _code(self, req: Request) -> None:
+    async def _code(self, req: Request, request_id: str) -> control.Answer:
         """GetFunction's ``Code.Location``: the zip a write stored, from its Secret."""
         from kfn import k8s  # noqa: PLC0415 - only with --allow-writes
 
-        request_id = errors.new_request_id()
-        try:
-            match = writes.CODE_PATH.fullmatch(req.path)
-            assert match is not None
-            ns, function = match.group(1), match.group(2)
-            qualifier = req.query("Qualifier") if req.raw_query else None
-            name = writes.code_secret_for(self.catalog, self.settings.api, ns, function, qualifier)
-            data = writes.code_of(await asyncio.to_thread(k8s.get, "Secret", ns, name), function)
-            if data is None:
-                raise errors.ResourceNotFoundException(
-                    f"Function code not found: {writes.ctx_arn(self.settings.api, ns, function, qualifier)}")
-            status, headers, body = 200, {"Content-Type": "application/zip", "x-amzn-RequestId": request_id}, data
-        except errors.LambdaError as e:
-            status, headers, body = errors.wire(e, request_id)
-        except Exception:  # noqa: BLE001 - a bug must still be answered in Lambda's shape
-            log.exception("code download failed", extra={"requestId": request_id, "path": req.path})
-            status, headers, body = errors.wire(internal_error(), request_id)
-        if not req.is_gone():
-            req.respond(status, encode_headers(headers), body)
+        match = writes.CODE_PATH.fullmatch(req.path)
+        assert match is not None
+        ns, function = match.group(1), match.group(2)
+        qualifier = req.query("Qualifier") if req.raw_query else None
+        name = writes.code_secret_for(self.catalog, self.settings.api, ns, function, qualifier)
+        data = writes.code_of(await asyncio.to_thread(k8s.get, "Secret", ns, name), function)
+        if data is None:
+            raise errors.ResourceNotFoundException(
+                f"Function code not found: {writes.ctx_arn(self.settings.api, ns, function, qualifier)}")
+        return 200, {"Content-Type": "application/zip", "x-amzn-RequestId": request_id}, data
 
     # --- invoke ------------------------------------------------------------------------------------------------------
     async def _invoke(self, req: Request, name: str, legacy_async: bool = False) -> None:

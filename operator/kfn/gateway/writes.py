@@ -177,16 +177,7 @@ def refuse_gitops(obj: Mapping[str, Any]) -> None:
             "an API write would be reverted by the next sync")
 
 
-def parse_body(body: bytes) -> dict[str, Any]:
-    if not body.strip():
-        return {}
-    try:
-        doc = json.loads(body)
-    except ValueError as e:
-        raise errors.InvalidRequestContentException(f"Could not parse request body into json: {e}") from None
-    if not isinstance(doc, dict):
-        raise errors.InvalidRequestContentException("Could not parse request body into json: not an object")
-    return doc
+parse_body = control._parse_body  # one JSON body parser for every write
 
 
 def _first(query: Query, key: str) -> str | None:
@@ -215,6 +206,17 @@ def _int_member(doc: Mapping[str, Any], member: str, lo: int | None, hi: int | N
         problems.append(errors.violation(str(value), wire, errors.min_value_rule(lo)))
     if hi is not None and value > hi:
         problems.append(errors.violation(str(value), wire, errors.max_value_rule(hi)))
+    return value
+
+
+def _required_int(doc: Mapping[str, Any], member: str, lo: int) -> int:
+    problems: list[str] = []
+    value = _int_member(doc, member, lo, None, problems)
+    if value is None:
+        problems.append(errors.violation(None, member[0].lower() + member[1:], "Member must not be null"))
+    if problems:
+        raise errors.validation(*problems)
+    assert value is not None
     return value
 
 
@@ -716,14 +718,7 @@ def delete_alias(ctx: Ctx, name: str, alias_name: str) -> Plan:
 
 
 def put_function_concurrency(ctx: Ctx, name: str, body: bytes) -> Plan:
-    doc = parse_body(body)
-    problems: list[str] = []
-    value = _int_member(doc, "ReservedConcurrentExecutions", 0, None, problems)
-    if value is None:
-        problems.append(errors.violation(None, "reservedConcurrentExecutions", "Member must not be null"))
-    if problems:
-        raise errors.validation(*problems)
-    assert value is not None
+    value = _required_int(parse_body(body), "ReservedConcurrentExecutions", 0)
     ref, ns = ctx.ref(name)
     fn = ctx.r.function(ns, ref.function)
     refuse_gitops(fn)
@@ -772,13 +767,7 @@ def _provisioned_alias(ctx: Ctx, name: str, query: Query) -> tuple[str, str, dic
 
 
 def put_provisioned_concurrency(ctx: Ctx, name: str, query: Query, body: bytes) -> Plan:
-    doc = parse_body(body)
-    problems: list[str] = []
-    value = _int_member(doc, "ProvisionedConcurrentExecutions", 1, None, problems)
-    if value is None:
-        problems.append(errors.violation(None, "provisionedConcurrentExecutions", "Member must not be null"))
-    if problems:
-        raise errors.validation(*problems)
+    value = _required_int(parse_body(body), "ProvisionedConcurrentExecutions", 1)
     ns, function, obj = _provisioned_alias(ctx, name, query)
     patch = {"metadata": _precondition(obj), "spec": {"provisionedConcurrency": value}}
     version = str((obj.get("spec") or {}).get("functionVersion") or names.LATEST)

@@ -85,6 +85,7 @@ def test_create_function_answer_is_pending_until_the_operator_reports() -> None:
     doc = p.answer([{}, created, {}])
     assert (doc["State"], doc["LastUpdateStatus"], doc["FunctionArn"]) == ("Pending", "InProgress", f"{ARN}:orders")
     assert doc["Role"] == "arn:aws:iam::123456789012:role/x"
+    assert not fx.shape_errors(doc, "FunctionConfiguration")
 
 
 def test_create_function_from_an_image() -> None:
@@ -189,6 +190,7 @@ def test_create_alias_with_weights_owned_by_the_function() -> None:
     assert obj["metadata"]["ownerReferences"][0]["uid"] == "uid-team-a-hello"
     doc = p.answer([{**obj, "metadata": {**obj["metadata"], "uid": "a", "generation": 1}}])
     assert doc["RoutingConfig"] == {"AdditionalVersionWeights": {"2": 0.25}}
+    assert not fx.shape_errors(doc, "AliasConfiguration")
 
 
 @pytest.mark.parametrize(("path", "body", "error", "message"), [
@@ -366,3 +368,11 @@ def test_get_function_code_location_points_at_the_gateway_for_a_stored_zip() -> 
     assert writes.code_of(secret, "other") is None  # never another function's Secret
     with pytest.raises(errors.ResourceNotFoundException):
         writes.code_secret_for(view, api, fx.NS, "busy", None)  # code.zip.url: nothing stored here
+
+
+def test_list_provisioned_concurrency_configs_lists_the_aliases_that_have_some() -> None:
+    _, _, body = control.handle("GET", "/2019-09-30/functions/hello/provisioned-concurrency", {"List": ["ALL"]},
+                                catalog(), fx.SETTINGS)
+    items = json.loads(body)["ProvisionedConcurrencyConfigs"]
+    assert [(i["FunctionArn"], i["RequestedProvisionedConcurrentExecutions"]) for i in items] == [(f"{ARN}:hello:live", 2)]
+    assert not fx.shape_errors(json.loads(body), "ListProvisionedConcurrencyConfigsResponse")

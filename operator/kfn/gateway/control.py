@@ -539,7 +539,10 @@ def get_function_concurrency(r: _Resolver, name: str, query: Query) -> dict[str,
 
 
 def get_provisioned_concurrency(r: _Resolver, name: str, query: Query) -> dict[str, Any]:
-    """Provisioned concurrency lives on Alias objects in kfn; a version or $LATEST has none."""
+    """Provisioned concurrency lives on Alias objects in kfn; a version or $LATEST has none. With ``List=ALL``:
+    ListProvisionedConcurrencyConfigs (same path in the model), one item per alias that has some."""
+    if _first(query, "List") == "ALL":
+        return list_provisioned_concurrency(r, name, query)
     ref, ns = r.ref(name, _first(query, "Qualifier"), arn.CONFIG_SHAPE)
     if ref.qualifier is None:
         raise errors.validation(errors.violation(None, "qualifier", "Member must not be null"))
@@ -559,6 +562,24 @@ def get_provisioned_concurrency(r: _Resolver, name: str, query: Query) -> dict[s
         "Status": "READY" if available >= requested else "IN_PROGRESS",
         "LastModified": _last_modified(alias.get("metadata") or {}),
     }
+
+
+def list_provisioned_concurrency(r: _Resolver, name: str, query: Query) -> dict[str, Any]:
+    ref, ns = r.ref(name, None, arn.CONFIG_SHAPE)
+    r.function(ns, ref.function)
+    items = []
+    for alias in r.view.aliases(ns, ref.function):
+        qualifier = str((alias.get("spec") or {}).get("name") or "")
+        if _int((alias.get("spec") or {}).get("provisionedConcurrency"), 0) > 0:
+            doc = get_provisioned_concurrency(r, name, {"Qualifier": [qualifier]})
+            doc = {"FunctionArn": arn.function_arn(r.settings.region, names.account_id(ns), ref.function, qualifier),
+                   **doc}
+            items.append(((qualifier, 0), doc))
+    page, marker = paginate(items, query, page_max=50)  # MaxProvisionedConcurrencyConfigListItems
+    out: dict[str, Any] = {"ProvisionedConcurrencyConfigs": page}
+    if marker:
+        out["NextMarker"] = marker
+    return out
 
 
 def get_account_settings(r: _Resolver, query: Query) -> dict[str, Any]:

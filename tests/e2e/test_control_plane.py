@@ -16,6 +16,7 @@ import json
 import secrets
 import subprocess
 import sys
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,7 +45,9 @@ def handler(event, context):
 def package(mark: str) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        z.writestr("app.py", APP.replace("@MARK@", mark))
+        info = zipfile.ZipInfo("app.py", date_time=(2026, 1, 1, 0, 0, 0))  # same bytes for the same code
+        info.external_attr = 0o644 << 16
+        z.writestr(info, APP.replace("@MARK@", mark))
     return buf.getvalue()
 
 
@@ -65,14 +68,39 @@ WAIT = {"Delay": 1, "MaxAttempts": 240}  # a pod start on the shared 2-core node
 
 
 @pytest.fixture
-def rig_up(cluster: Any, crds_installed: Any, testbed_images: Any, namespace: str,
+def s3_store(tmp_path: Path) -> Iterator[str]:
+    """moto's S3-compatible server (from PyPI) on a free local port."""
+    port = rig.free_port()
+    with open(tmp_path / "moto.log", "wb") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, (tmp_path / "moto.log").read_text()
+        try:
+            with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(up, 30, "moto's S3 server answers")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def rig_up(cluster: Any, crds_installed: Any, testbed_images: Any, namespace: str, s3_store: str,
            tmp_path: Path) -> Iterator[tuple[Api, GatewayProcess]]:
     for plural in ("functions", "functionversions"):  # this tree's CRDs (the runtime enum)
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f",
                         str(Path(__file__).parents[2] / "crds" / f"kfn.dev_{plural}.yaml"))
     op = Operator(cluster, namespace, tmp_path / "operator").start()
     gw = GatewayProcess(cluster, namespace, tmp_path / "gateway.log", "--allow-writes",
-                        "--cold-start-timeout", "150").start()
+                        "--cold-start-timeout", "150", "--s3-endpoint", s3_store).start()
     try:
         yield Api(cluster, namespace), gw
     finally:
@@ -180,3 +208,27 @@ def test_aws_cli_create_wait_invoke_delete_and_a_failed_create_leaves_nothing(ri
     assert "InvalidParameterValueException" in bad.stderr and "python3.12" in bad.stderr
     assert api.get("function", "badfn") is None
     assert not [s for s in api.list("secrets", "kfn.dev/function=badfn")]
+
+
+def test_code_from_an_s3_compatible_store_runs_and_a_missing_key_is_lambdas_error(
+        rig_up: tuple[Api, GatewayProcess], s3_store: str) -> None:
+    api, gw = rig_up
+    s3 = boto3.client("s3", endpoint_url=s3_store, region_name="us-east-1", aws_access_key_id="any",
+                      aws_secret_access_key="any")
+    s3.create_bucket(Bucket="code")
+    s3.put_object(Bucket="code", Key="fn/s3.zip", Body=package("from-s3"))
+    lam = client(gw.url)
+    with pytest.raises(lam.exceptions.InvalidParameterValueException) as missing:
+        lam.create_function(FunctionName="froms3", Runtime="python3.11", Handler="app.handler", Role="r",
+                            Code={"S3Bucket": "code", "S3Key": "fn/nope.zip"})
+    assert missing.value.response["Error"]["Message"].startswith(
+        "Error occurred while GetObject. S3 Error Code: NoSuchKey.")
+    assert api.get("function", "froms3") is None
+    lam.create_function(FunctionName="froms3", Runtime="python3.11", Handler="app.handler", Role="r",
+                        Code={"S3Bucket": "code", "S3Key": "fn/s3.zip"})
+    lam.get_waiter("function_active_v2").wait(FunctionName="froms3", WaiterConfig=WAIT)
+    assert invoke(lam, "froms3")["mark"] == "from-s3"
+    location = lam.get_function(FunctionName="froms3")["Code"]["Location"]
+    with urllib.request.urlopen(location, timeout=10) as r:  # GetFunction's Code.Location serves the zip
+        assert r.read() == package("from-s3")
+    lam.delete_function(FunctionName="froms3")

@@ -60,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sigv4: verify SigV4 signatures against the keys of `kfn credentials create` and authorise "
                         "every call with Kubernetes RBAC (LocalSubjectAccessReview); none (default): no checks "
                         "(function URLs with authType AWS_IAM are checked either way)")
+    p.add_argument("--s3-endpoint", default=env("KFN_S3_ENDPOINT"),
+                   help="an S3-compatible store (http://host:port, path-style) that CreateFunction/UpdateFunctionCode "
+                        "S3Bucket/S3Key are fetched from, signed with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY if set")
     p.add_argument("--nats-url", default=env("KFN_NATS_URL", ""),
                    help="NATS JetStream server(s) of the async queue, comma-separated (kfn install sets it); "
                         "without one, Event invocations are answered 501")
@@ -111,7 +114,7 @@ async def start_catalog(args: argparse.Namespace, who: str) -> tuple[Any, Any, l
 
 async def serve(args: argparse.Namespace) -> None:
     from kfn.agent.httpserver import _date  # noqa: F401 - warm the Date header cache
-    from kfn.gateway import control
+    from kfn.gateway import control, s3code
     from kfn.gateway.coldstart import DemandReporter, DeploymentScaleUp
     from kfn.gateway.server import Gateway, GatewaySettings, connection_factory
 
@@ -127,7 +130,9 @@ async def serve(args: argparse.Namespace) -> None:
         api=control.ApiSettings(region=args.region, default_namespace=args.default_namespace,
                                 pool_size=args.pool_size, unreserved_min=args.unreserved_min,
                                 allow_writes=args.allow_writes),
-        cold_start_timeout=args.cold_start_timeout, max_waiting=args.max_waiting, auth=args.auth)
+        cold_start_timeout=args.cold_start_timeout, max_waiting=args.max_waiting, auth=args.auth,
+        s3=s3code.Store(args.s3_endpoint, args.region, os.environ.get("AWS_ACCESS_KEY_ID"),
+                        os.environ.get("AWS_SECRET_ACCESS_KEY")) if args.s3_endpoint else None)
     reporter = DemandReporter(args.scaler_url, pool) if args.scaler_url else None
     queue = None
     if args.nats_url:

@@ -27,7 +27,7 @@ from kfn.asyncinvoke import queue as asyncqueue
 from kfn.asyncinvoke import metrics as asyncmetrics
 from kfn.asyncinvoke.envelope import Envelope
 from kfn.agent.httpserver import Connection, Request, encode_headers
-from kfn.gateway import arn, auth, control, errors, metrics, routing, urls, writes
+from kfn.gateway import arn, auth, control, errors, metrics, routing, s3code, urls, writes
 from kfn.gateway.agentclient import AgentUnreachable, Answer
 from kfn.gateway.catalog import Catalog, VersionKey
 from kfn.gateway.coldstart import (ACCOUNT_LIMIT, PENDING, RESERVED_LIMIT, SCALE, THROTTLE, WAIT, DemandReporter,
@@ -71,6 +71,7 @@ class GatewaySettings:
     attempts: int = 16  # environments tried for one invocation (busy replies, unreachable agents)
     agent_timeout_extra: float = 15.0  # seconds past the function's timeout before the hop gives up
     auth: str = auth.NONE  # sigv4: every API call is authenticated and authorised (kfn.gateway.auth)
+    s3: s3code.Store | None = None  # where S3Bucket/S3Key code is fetched from (--s3-endpoint); None: refused
 
 
 class AsyncNotAvailable(errors.ServiceException):
@@ -226,8 +227,18 @@ class Gateway:
                 f"Unknown operation {req.method} {req.path}: control-plane writes are off (kfn gateway --allow-writes)")
         query = parse_qs(req.raw_query, keep_blank_values=True) if req.raw_query else {}
         if writes.is_write(req.method, req.path):
-            return await apply_plan(self.catalog, writes.plan(req.method, req.path, query, req.body or b"",
-                                                             self.catalog, self.settings.api), request_id)
+            body = req.body or b""
+            source = writes.s3_source(req.method, req.path, body) if self.settings.s3 else None
+            if source is not None and self.settings.s3 is not None:
+                bucket, key, version, operation = source
+                try:
+                    data = await asyncio.to_thread(s3code.fetch, self.settings.s3, bucket, key, version,
+                                                   writes.CODE_STORE_LIMIT)
+                except OverflowError:
+                    raise writes.code_too_large(operation) from None
+                body = writes.with_zip(req.method, req.path, body, data)
+            return await apply_plan(self.catalog, writes.plan(req.method, req.path, query, body, self.catalog,
+                                                             self.settings.api), request_id)
         plan = control.plan_event_invoke_config_write(req.method, req.path, query, req.body or b"", self.catalog,
                                                       self.settings.api, time.time())
         try:

@@ -135,6 +135,11 @@ def env_too_large(variables: Mapping[str, str]) -> errors.InvalidParameterValueE
         f"provided exceeded the 4KB limit. String measured: {measured}")
 
 
+def no_code_store() -> errors.InvalidParameterValueException:
+    return errors.InvalidParameterValueException(
+        "S3Bucket/S3Key need an S3-compatible store: start the gateway with --s3-endpoint (or send ZipFile)")
+
+
 def code_too_large(operation: str) -> errors.RequestEntityTooLargeException:
     """Lambda's request-size message, with kfn's code-store limit (a zip in one Secret)."""
     return errors.RequestEntityTooLargeException(
@@ -434,8 +439,7 @@ def create_function(ctx: Ctx, body: bytes) -> Plan:
         spec["code"] = {"image": code["ImageUri"]}
     else:
         if code.get("S3Bucket") or code.get("S3Key"):
-            raise errors.InvalidParameterValueException(
-                "S3Bucket/S3Key are not supported by this gateway yet: send ZipFile, or ImageUri")
+            raise no_code_store()
         if not code.get("ZipFile"):
             raise errors.InvalidParameterValueException("Please provide a source for function code.")
         if not doc.get("Runtime") or not doc.get("Handler"):
@@ -506,8 +510,7 @@ def update_function_code(ctx: Ctx, name: str, body: bytes) -> Plan:
         spec["code"] = {"zip": {"secretRef": {"name": secret["metadata"]["name"], "key": ZIP_KEY}}}
         extra = (Op("create", "Secret", ns, secret["metadata"]["name"], secret, exists_ok=True),)
     elif doc.get("S3Bucket") or doc.get("S3Key"):
-        raise errors.InvalidParameterValueException(
-            "S3Bucket/S3Key are not supported by this gateway yet: send ZipFile, or ImageUri")
+        raise no_code_store()
     else:
         raise errors.InvalidParameterValueException("Please provide a source for function code.")
     arch = _architecture(doc)
@@ -909,3 +912,35 @@ def code_of(secret: Mapping[str, Any] | None, function: str) -> bytes | None:
         return None
     encoded = (secret.get("data") or {}).get(ZIP_KEY)
     return base64.b64decode(encoded) if encoded else None
+
+
+# --- code from an S3-compatible store (fetched by the server, kfn.gateway.s3code) --------------------------------
+
+_CREATE = re.compile(r"/2015-03-31/functions/?")
+_CODE = re.compile(r"/2015-03-31/functions/[^/]+/code/?")
+
+
+def s3_source(method: str, path: str, body: bytes) -> tuple[str, str, str | None, str] | None:
+    """``(bucket, key, version, operation)`` a CreateFunction/UpdateFunctionCode names, or None."""
+    if method == "POST" and _CREATE.fullmatch(path):
+        operation, members = "CreateFunction", parse_body(body).get("Code")
+    elif method == "PUT" and _CODE.fullmatch(path):
+        operation, members = "UpdateFunctionCode", parse_body(body)
+    else:
+        return None
+    if not isinstance(members, Mapping) or not members.get("S3Bucket") or not members.get("S3Key"):
+        return None
+    if members.get("ZipFile") or members.get("ImageUri"):
+        raise errors.InvalidParameterValueException("Please do not provide other FunctionCode parameters when providing S3Bucket and S3Key.")
+    version = members.get("S3ObjectVersion")
+    return str(members["S3Bucket"]), str(members["S3Key"]), str(version) if version else None, operation
+
+
+def with_zip(method: str, path: str, body: bytes, data: bytes) -> bytes:
+    """The request with its S3 members replaced by ``ZipFile`` (*data*, as fetched)."""
+    doc = parse_body(body)
+    members = doc["Code"] if method == "POST" and _CREATE.fullmatch(path) else doc
+    for key in ("S3Bucket", "S3Key", "S3ObjectVersion", "S3ObjectStorageMode"):
+        members.pop(key, None)
+    members["ZipFile"] = base64.b64encode(data).decode()
+    return json.dumps(doc).encode()

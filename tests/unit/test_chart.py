@@ -383,3 +383,21 @@ def test_kfn_install_prints_what_the_chart_renders(helm_bin: str, cli: list[str]
 
     # `kfn install --apply` reaches every kind it prints
     assert {d["kind"] for d in printed} <= k8s.KINDS.keys()
+
+
+def test_gateway_writes_are_off_unless_allowed_and_then_bound_to_the_gateway(render: Render) -> None:
+    from kfn.install import GATEWAY_WRITE_RULES
+
+    def gateway_command(objs: list[dict[str, Any]]) -> list[str]:
+        deploy = one(objs, "Deployment", "kfn-gateway")
+        return deploy["spec"]["template"]["spec"]["containers"][0]["command"]
+
+    off = render()
+    assert "--allow-writes" not in gateway_command(off)
+    assert not [o for o in off if o["metadata"]["name"] == "kfn-gateway-write"]
+    on = render("gateway.allowWrites=true", "gateway.s3Endpoint=http://s3.example:9000")
+    command = gateway_command(on)
+    assert "--allow-writes" in command and command[command.index("--s3-endpoint") + 1] == "http://s3.example:9000"
+    assert one(on, "ClusterRole", "kfn-gateway-write")["rules"] == GATEWAY_WRITE_RULES
+    binding = one(on, "ClusterRoleBinding", "kfn-gateway-write")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kfn-gateway", "namespace": "kfn-system"}]

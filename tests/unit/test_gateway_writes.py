@@ -421,3 +421,14 @@ def test_s3_members_become_a_zip_file_and_s3_errors_read_as_lambdas() -> None:
     e2 = refused(errors.InvalidParameterValueException, "POST", "/2015-03-31/functions",
                  create_body(Code={"S3Bucket": "b", "S3Key": "k.zip"}))
     assert "--s3-endpoint" in e2.message
+
+
+def test_an_update_is_in_progress_until_the_previous_environments_are_gone() -> None:
+    # function_updated_v2 returning while old pods still serve would let the next invoke run the old code.
+    rolling = {"type": "DeploymentReady", "status": "True", "reason": "RollingOut", "observedGeneration": 2}
+    fn = fx.function("hello", conditions=[fx.ready(generation=2), rolling], generation=2)
+    assert control.lambda_state(fn) == {"State": "Active", "LastUpdateStatus": "InProgress",
+                                        "LastUpdateStatusReason": "The function is being updated."}
+    rolled = {**rolling, "reason": "RolledOut"}
+    fn = fx.function("hello", conditions=[fx.ready(generation=2), rolled], generation=2)
+    assert control.lambda_state(fn) == {"State": "Active", "LastUpdateStatus": "Successful"}

@@ -182,10 +182,16 @@ def lambda_state(obj: Mapping[str, Any]) -> dict[str, str]:
     reason, message = str(ready.get("reason") or ""), str(ready.get("message") or "")
     current = ready.get("observedGeneration") in (None, meta.get("generation"))
     if ready.get("status") == cond.TRUE:
-        out = {"State": "Active", "LastUpdateStatus": "Successful" if current else "InProgress"}
-        if not current:
+        # Until the Deployment has rolled out, environments of the previous code still serve: an update is
+        # Successful only once every invocation after it runs the new code (what function_updated_v2 promises).
+        deployed = cond.find(status.get("conditions"), cond.DEPLOYMENT_READY)
+        rolling = deployed is not None and deployed.get("reason") == cond.ROLLING_OUT
+        out = {"State": "Active", "LastUpdateStatus": "Successful" if current and not rolling else "InProgress"}
+        if status.get("lastUpdateStatus") == "Failed" and current:
+            out["LastUpdateStatus"] = "Failed"
+        if out["LastUpdateStatus"] == "InProgress":
             out["LastUpdateStatusReason"] = "The function is being updated."
-        elif status.get("lastUpdateStatus") == "Failed":
+        elif out["LastUpdateStatus"] == "Failed":
             # The update's environments cannot start while the previous ones serve: Active, the update Failed.
             out["LastUpdateStatus"] = "Failed"
             for key in ("LastUpdateStatusReason", "LastUpdateStatusReasonCode"):

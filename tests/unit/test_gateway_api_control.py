@@ -237,6 +237,9 @@ class _Flipping:
     def ready_environments(self, ns: str, function: str, version: str) -> int:
         return 0
 
+    def rolling_out(self, ns: str, function: str, version: str) -> bool:
+        return False
+
 
 def test_function_active_v2_waiter_waits_for_active() -> None:
     """boto3's waiter retries on Pending and returns on Active (the State values it matches on)."""

@@ -425,10 +425,21 @@ def test_s3_members_become_a_zip_file_and_s3_errors_read_as_lambdas() -> None:
 
 def test_an_update_is_in_progress_until_the_previous_environments_are_gone() -> None:
     # function_updated_v2 returning while old pods still serve would let the next invoke run the old code.
-    rolling = {"type": "DeploymentReady", "status": "True", "reason": "RollingOut", "observedGeneration": 2}
-    fn = fx.function("hello", conditions=[fx.ready(generation=2), rolling], generation=2)
-    assert control.lambda_state(fn) == {"State": "Active", "LastUpdateStatus": "InProgress",
-                                        "LastUpdateStatusReason": "The function is being updated."}
-    rolled = {**rolling, "reason": "RolledOut"}
-    fn = fx.function("hello", conditions=[fx.ready(generation=2), rolled], generation=2)
-    assert control.lambda_state(fn) == {"State": "Active", "LastUpdateStatus": "Successful"}
+    from kfn.gateway.catalog import deployment_rolling_out
+
+    view = catalog()
+    view.rolling.add((fx.NS, "hello", "$LATEST"))
+    _, _, body = control.handle("GET", "/2015-03-31/functions/hello/configuration", {}, view, fx.SETTINGS)
+    doc = json.loads(body)
+    assert (doc["State"], doc["LastUpdateStatus"]) == ("Active", "InProgress")
+    _, _, body = control.handle("GET", "/2015-03-31/functions/hello/configuration", {}, catalog(), fx.SETTINGS)
+    assert json.loads(body)["LastUpdateStatus"] == "Successful"
+
+    def deployment(generation: int, observed: int, desired: int, replicas: int, updated: int) -> dict[str, Any]:
+        return {"metadata": {"generation": generation}, "spec": {"replicas": desired},
+                "status": {"observedGeneration": observed, "replicas": replicas, "updatedReplicas": updated}}
+
+    assert deployment_rolling_out(deployment(3, 2, 1, 1, 1))  # the controller has not seen the new template
+    assert deployment_rolling_out(deployment(3, 3, 1, 2, 1))  # the old pod still runs beside the new one
+    assert not deployment_rolling_out(deployment(3, 3, 1, 1, 1))
+    assert not deployment_rolling_out(deployment(3, 3, 0, 0, 0))  # scaled to zero

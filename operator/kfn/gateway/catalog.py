@@ -77,6 +77,17 @@ def version_of(obj: dict[str, Any]) -> VersionKey | None:
     return VersionKey(str(meta.get("namespace") or ""), str(fn), names.lambda_version(version))
 
 
+def deployment_rolling_out(deployment: dict[str, Any]) -> bool:
+    """Whether pods of an earlier template may still serve: the controller has not seen the latest spec, or not every
+    environment it runs is of the current template (``updatedReplicas``/``replicas`` vs ``spec.replicas``)."""
+    meta, spec, status = deployment.get("metadata") or {}, deployment.get("spec") or {}, deployment.get("status") or {}
+    desired = int(spec.get("replicas", 1) or 0)
+    if int(status.get("observedGeneration", 0) or 0) < int(meta.get("generation", 0) or 0):
+        return True
+    return int(status.get("replicas", 0) or 0) > int(status.get("updatedReplicas", 0) or 0) or \
+        int(status.get("replicas", 0) or 0) > desired
+
+
 class Catalog:
     """What the watches have said so far, indexed for the invoke path. Loop thread only."""
 
@@ -208,6 +219,10 @@ class Catalog:
 
     def ready_environments(self, ns: str, function: str, version: str) -> int:
         return len(self.environments(VersionKey(ns, function, names.lambda_version(version))))
+
+    def rolling_out(self, ns: str, function: str, version: str) -> bool:
+        deployment = self.deployment(VersionKey(ns, function, names.lambda_version(version)))
+        return deployment is not None and deployment_rolling_out(deployment)
 
     def _by_function(self, kind: str, ns: str, function: str) -> list[dict[str, Any]]:
         table = self._objects[kind]

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -163,7 +164,7 @@ def code_size(config: Mapping[str, Any]) -> int:
     return sum(len(str(v).encode()) for v in files.values()) if isinstance(files, Mapping) else 0
 
 
-def lambda_state(obj: Mapping[str, Any]) -> dict[str, str]:
+def lambda_state(obj: Mapping[str, Any], rolling: bool = False) -> dict[str, str]:
     """State/LastUpdateStatus members from the Ready condition and ``status.state``.
 
     - no Ready yet (operator has not seen it) -> ``Pending``/``Creating``, update ``InProgress``;
@@ -182,10 +183,8 @@ def lambda_state(obj: Mapping[str, Any]) -> dict[str, str]:
     reason, message = str(ready.get("reason") or ""), str(ready.get("message") or "")
     current = ready.get("observedGeneration") in (None, meta.get("generation"))
     if ready.get("status") == cond.TRUE:
-        # Until the Deployment has rolled out, environments of the previous code still serve: an update is
-        # Successful only once every invocation after it runs the new code (what function_updated_v2 promises).
-        deployed = cond.find(status.get("conditions"), cond.DEPLOYMENT_READY)
-        rolling = deployed is not None and deployed.get("reason") == cond.ROLLING_OUT
+        # *rolling*: the Deployment still runs environments of the previous code; an update is Successful only once
+        # every invocation after it runs the new code (what function_updated_v2 promises).
         out = {"State": "Active", "LastUpdateStatus": "Successful" if current and not rolling else "InProgress"}
         if status.get("lastUpdateStatus") == "Failed" and current:
             out["LastUpdateStatus"] = "Failed"
@@ -212,7 +211,8 @@ def lambda_state(obj: Mapping[str, Any]) -> dict[str, str]:
 
 
 def function_configuration(ns: str, function: str, version: str, config: Mapping[str, Any], obj: Mapping[str, Any],
-                           code_sha256: str | None, settings: ApiSettings, qualifier: str | None) -> dict[str, Any]:
+                           code_sha256: str | None, settings: ApiSettings, qualifier: str | None,
+                           rolling: bool = False) -> dict[str, Any]:
     """Lambda's FunctionConfiguration for one version (``$LATEST`` or a number) of a function.
 
     *config* is the camelCase FunctionConfig (Function spec or FunctionVersion ``spec.config``), *obj* the CR
@@ -272,7 +272,7 @@ def function_configuration(ns: str, function: str, version: str, config: Mapping
         log_out["ApplicationLogLevel"] = logging.get("applicationLogLevel", "INFO")
         log_out["SystemLogLevel"] = logging.get("systemLogLevel", "INFO")
     out["LoggingConfig"] = log_out
-    out.update(lambda_state(obj))
+    out.update(lambda_state(obj, rolling))
     return out
 
 
@@ -286,10 +286,11 @@ class Target:
     config: dict[str, Any]
     obj: dict[str, Any]  # the Function ($LATEST) or FunctionVersion
     code_sha256: str | None
+    rolling: bool = False  # its Deployment still runs environments of an earlier spec (LastUpdateStatus InProgress)
 
     def configuration(self, settings: ApiSettings, qualifier: str | None) -> dict[str, Any]:
         return function_configuration(self.ns, self.function, self.version, self.config, self.obj,
-                                      self.code_sha256, settings, qualifier)
+                                      self.code_sha256, settings, qualifier, self.rolling)
 
 
 def _latest(ns: str, fn: dict[str, Any]) -> Target:
@@ -338,7 +339,7 @@ class _Resolver:
         """The version a qualifier names: none/$LATEST, a number, or an alias (its primary version)."""
         fn = self.function(ns, function, qualifier)
         if qualifier in (None, names.LATEST):
-            return _latest(ns, fn)
+            return dataclasses.replace(_latest(ns, fn), rolling=self.view.rolling_out(ns, function, names.LATEST))
         assert qualifier is not None
         number = qualifier
         if not qualifier.isdigit():

@@ -41,6 +41,10 @@ class CatalogView(Protocol):
         """How many execution environments of one version (``$LATEST`` or a number) are ready now."""
         ...
 
+    def rolling_out(self, ns: str, function: str, version: str) -> bool:
+        """Whether the version's Deployment still runs environments of an earlier template (a rollout in progress)."""
+        ...
+
 
 def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
@@ -57,12 +61,14 @@ class StaticCatalog:
     """An in-memory :class:`CatalogView` built from lists of CRs (tests, offline tools).
 
     ``environments`` maps ``(namespace, function, version)`` to the number of ready environments;
-    ``extra_namespaces`` are served namespaces that hold no object.
+    ``extra_namespaces`` are served namespaces that hold no object; ``rolling`` the versions whose Deployment is
+    rolling out.
     """
 
     objects: list[dict[str, Any]] = field(default_factory=list)
     environments: dict[tuple[str, str, str], int] = field(default_factory=dict)
     extra_namespaces: set[str] = field(default_factory=set)
+    rolling: set[tuple[str, str, str]] = field(default_factory=set)  # versions whose Deployment rolls out
 
     @classmethod
     def of(cls, objects: Iterable[Mapping[str, Any]], **kwargs: Any) -> StaticCatalog:
@@ -88,3 +94,6 @@ class StaticCatalog:
 
     def ready_environments(self, ns: str, function: str, version: str) -> int:
         return self.environments.get((ns, function, names.lambda_version(version)), 0)
+
+    def rolling_out(self, ns: str, function: str, version: str) -> bool:
+        return (ns, function, names.lambda_version(version)) in self.rolling

@@ -443,3 +443,23 @@ def test_an_update_is_in_progress_until_the_previous_environments_are_gone() -> 
     assert deployment_rolling_out(deployment(3, 3, 1, 2, 1))  # the old pod still runs beside the new one
     assert not deployment_rolling_out(deployment(3, 3, 1, 1, 1))
     assert not deployment_rolling_out(deployment(3, 3, 0, 0, 0))  # scaled to zero
+
+
+def test_read_your_writes_never_pins_a_state_older_than_the_watch_delivered() -> None:
+    # The watch may deliver the operator's status update before the write's own answer is cached: caching the
+    # answer then would pin "update in progress" forever (PublishVersion refused after function_updated_v2).
+    from kfn.gateway.catalog import Catalog
+
+    cat = Catalog()
+    fn = fx.function("hello")
+    fn["metadata"]["resourceVersion"] = "10"
+    cat.apply(names.FUNCTION_KIND, "ADDED", fn)
+    answer = {**fn, "metadata": {**fn["metadata"], "resourceVersion": "11", "generation": 2}}
+    later = {**fn, "metadata": {**fn["metadata"], "resourceVersion": "12", "generation": 2}, "status": {"x": 1}}
+    cat.apply(names.FUNCTION_KIND, "MODIFIED", later)  # the watch was faster
+    cat.apply_write(names.FUNCTION_KIND, answer, before="10")
+    assert cat.function(fx.NS, "hello")["metadata"]["resourceVersion"] == "12"
+    cat2 = Catalog()
+    cat2.apply(names.FUNCTION_KIND, "ADDED", fn)
+    cat2.apply_write(names.FUNCTION_KIND, answer, before="10")  # the watch has not caught up: the answer is newest
+    assert cat2.function(fx.NS, "hello")["metadata"]["resourceVersion"] == "11"

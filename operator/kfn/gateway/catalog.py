@@ -127,6 +127,15 @@ class Catalog:
             if version is not None:
                 self._replicas[version] = int((obj.get("spec") or {}).get("replicas", 1) or 0)
 
+    def apply_write(self, kind: str, obj: dict[str, Any], before: str | None) -> None:
+        """Read-your-writes: cache the object a write returned, unless the watch has already delivered a later state
+        (the cached object is no longer the one the write started from: resourceVersion *before*, None for a
+        create). Applying the write's answer after a later status event would pin a stale object."""
+        current = self._objects[kind].get(_key(obj))
+        current_rv = ((current or {}).get("metadata") or {}).get("resourceVersion")
+        if current is None or (before is not None and current_rv == before):
+            self.apply(kind, "MODIFIED", obj)
+
     def _drop(self, kind: str, obj: dict[str, Any]) -> None:
         if kind == "EndpointSlice":
             entry = self._slices.pop(_key(obj), None)

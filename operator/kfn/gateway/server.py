@@ -601,8 +601,13 @@ async def apply_plan(catalog: Catalog, plan: writes.Plan, request_id: str) -> co
             raise errors.InvalidParameterValueException(e.message) from None
         raise
     for op, obj in zip(plan.ops, results):
-        if op.kind in (names.FUNCTION_KIND, names.FUNCTION_VERSION_KIND, names.ALIAS_KIND):
-            catalog.apply(op.kind, "DELETED" if op.verb == "delete" else "MODIFIED", obj)  # read-your-writes
+        if op.kind not in (names.FUNCTION_KIND, names.FUNCTION_VERSION_KIND, names.ALIAS_KIND):
+            continue
+        if op.verb == "delete":
+            catalog.apply(op.kind, "DELETED", obj)
+        else:  # read-your-writes, unless the watch has already delivered a later state
+            catalog.apply_write(op.kind, obj, ((op.body or {}).get("metadata") or {}).get("resourceVersion")
+                                if op.verb == "patch" else None)
     body = plan.answer(results)
     if plan.publish is not None:
         ns, function, request = plan.publish

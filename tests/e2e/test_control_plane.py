@@ -10,14 +10,10 @@ would eat the unreserved pool is refused with Lambda's message; deleting the fun
 from __future__ import annotations
 
 import base64
-import importlib.util
-import io
 import json
-import secrets
 import subprocess
 import sys
 import urllib.request
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,12 +24,8 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-_spec = importlib.util.spec_from_file_location("kfn_operator_rig", Path(__file__).parents[1] / "integration" / "test_operator.py")
-assert _spec and _spec.loader
-rig = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(rig)
-Api, Operator, wait_until = rig.Api, rig.Operator, rig.wait_until
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
+from podrig import Api, Operator, make_zip, rig, wait_until  # noqa: E402 - the e2e rig (host operator, Api)
 from test_gateway_catalog import GatewayProcess  # noqa: E402 - the host gateway rig lives with the integration tests
 
 APP = """\
@@ -43,12 +35,7 @@ def handler(event, context):
 
 
 def package(mark: str) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        info = zipfile.ZipInfo("app.py", date_time=(2026, 1, 1, 0, 0, 0))  # same bytes for the same code
-        info.external_attr = 0o644 << 16
-        z.writestr(info, APP.replace("@MARK@", mark))
-    return buf.getvalue()
+    return make_zip({"app.py": APP.replace("@MARK@", mark)})  # same bytes for the same code
 
 
 def client(url: str) -> Any:

@@ -127,7 +127,8 @@ def test_lifecycle_with_boto3_create_update_publish_alias_concurrency_delete(rig
     assert api.get("functionversion", "shop-v1")["spec"]["version"] == 1
     lam.update_function_code(FunctionName="shop", ZipFile=package("three"))
     lam.get_waiter("function_updated_v2").wait(FunctionName="shop", WaiterConfig=WAIT)
-    v2 = lam.publish_version(FunctionName="shop", CodeSha256=lam.get_function(FunctionName="shop")["Configuration"]["CodeSha256"])
+    sha = lam.get_function(FunctionName="shop")["Configuration"]["CodeSha256"]
+    v2 = lam.publish_version(FunctionName="shop", CodeSha256=sha)
     assert v2["Version"] == "2"
     for v in ("1", "2"):
         lam.get_waiter("published_version_active").wait(FunctionName="shop", Qualifier=v, WaiterConfig=WAIT)
@@ -139,6 +140,8 @@ def test_lifecycle_with_boto3_create_update_publish_alias_concurrency_delete(rig
     assert alias["RoutingConfig"] == {"AdditionalVersionWeights": {"2": 0.5}}
     stored = api.get("alias", "shop-live")["spec"]
     assert stored["routing"] == {"additionalVersionWeights": {"2": 0.5}}
+    # an alias serves once the operator has resolved it (Ready), moments after CreateAlias
+    api.wait_ready("alias", "shop-live", timeout=60)
     wait_until(lambda: {invoke(lam, "shop", "live")["mark"] for _ in range(12)} == {"two", "three"}, 60,
                "the alias sends invocations to both versions")
 

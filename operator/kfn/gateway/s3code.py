@@ -72,8 +72,10 @@ def get_object_error(body: bytes, status: int) -> errors.InvalidParameterValueEx
     code, message = f"HTTP{status}", ""
     try:
         root = ET.fromstring(body)
-        code = root.findtext("Code") or code
-        message = root.findtext("Message") or ""
+        # S3's error document; some stores namespace it, so match local names
+        fields = {el.tag.rsplit("}", 1)[-1]: (el.text or "") for el in root.iter()}
+        code = fields.get("Code") or code
+        message = fields.get("Message", "")
     except ET.ParseError:
         message = body[:200].decode("utf-8", "replace")
     return errors.InvalidParameterValueException(

@@ -461,3 +461,23 @@ def test_read_your_writes_never_pins_a_state_older_than_the_watch_delivered() ->
     cat2.apply(names.FUNCTION_KIND, "ADDED", fn)
     cat2.apply_write(names.FUNCTION_KIND, answer, before="10")  # the watch has not caught up: the answer is newest
     assert cat2.function(fx.NS, "hello")["metadata"]["resourceVersion"] == "11"
+
+
+def test_a_patch_that_meets_a_newer_object_is_decided_again_then_409(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A status write the watch has not delivered yet fails the resourceVersion precondition: the server re-reads and
+    # re-plans (StaleRead) instead of refusing a waiter-following client; only the last attempt answers 409.
+    import asyncio
+
+    from kfn import k8s
+    from kfn.gateway import server
+    from kfn.gateway.catalog import Catalog
+
+    def merge_patch(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise k8s.Conflict(409, "Conflict", "the object has been modified")
+
+    monkeypatch.setattr(k8s, "merge_patch", merge_patch)
+    p = plan("PUT", "/2017-10-31/functions/hello/concurrency", {"ReservedConcurrentExecutions": 3})
+    with pytest.raises(server.StaleRead):
+        asyncio.run(server.apply_plan(Catalog(), p, "rid", last_attempt=False))
+    with pytest.raises(errors.ResourceConflictException):
+        asyncio.run(server.apply_plan(Catalog(), p, "rid", last_attempt=True))

@@ -237,8 +237,18 @@ class Gateway:
                 except OverflowError:
                     raise writes.code_too_large(operation) from None
                 body = writes.with_zip(req.method, req.path, body, data)
-            return await apply_plan(self.catalog, writes.plan(req.method, req.path, query, body, self.catalog,
-                                                             self.settings.api), request_id)
+            for attempt in range(WRITE_ATTEMPTS):
+                try:
+                    return await apply_plan(self.catalog, writes.plan(req.method, req.path, query, body,
+                                                                      self.catalog, self.settings.api),
+                                            request_id, last_attempt=attempt == WRITE_ATTEMPTS - 1)
+                except StaleRead as e:
+                    # the watch had not yet delivered the object's latest state (often a status write): read it
+                    # and decide again (a RevisionId precondition is checked against the fresh object)
+                    fresh = await asyncio.to_thread(k8s.get, e.kind, e.namespace, e.name)
+                    if fresh is not None:
+                        self.catalog.apply(e.kind, "MODIFIED", fresh)
+            raise AssertionError("unreachable: the last attempt answers or raises")
         plan = control.plan_event_invoke_config_write(req.method, req.path, query, req.body or b"", self.catalog,
                                                       self.settings.api, time.time())
         try:
@@ -573,17 +583,30 @@ class Gateway:
             await asyncio.wait(list(self._tasks), timeout=grace)
 
 
-async def apply_plan(catalog: Catalog, plan: writes.Plan, request_id: str) -> control.Answer:
+WRITE_ATTEMPTS = 3  # a write whose resourceVersion precondition meets a newer object is decided again
+
+
+class StaleRead(Exception):
+    """A patch's resourceVersion precondition failed: the cached object was not the latest."""
+
+    def __init__(self, op: writes.Op) -> None:
+        super().__init__(f"{op.kind} {op.namespace}/{op.name} changed since it was read")
+        self.kind, self.namespace, self.name = op.kind, op.namespace, op.name
+
+
+async def apply_plan(catalog: Catalog, plan: writes.Plan, request_id: str, last_attempt: bool = True) -> control.Answer:
     """Apply a write's operations in order through :mod:`kfn.k8s`; on a failure, delete what this plan created
-    (a failed CreateFunction leaves no Secret behind), then answer in Lambda's shape."""
+    (a failed CreateFunction leaves no Secret behind), then answer in Lambda's shape. A patch that meets a newer
+    object raises :class:`StaleRead` unless *last_attempt* (then 409, as a concurrent update)."""
     from kfn import k8s  # noqa: PLC0415 - the write path only
 
     results: list[dict[str, Any]] = []
     created: list[writes.Op] = []
     try:
         for op in plan.ops:
-            results.append(await asyncio.to_thread(_apply_op, op, results))
-            if op.verb == "create":
+            obj, made = await asyncio.to_thread(_apply_op, op, results)
+            results.append(obj)
+            if made:
                 created.append(op)
     except k8s.ApiError as e:
         for op in reversed(created):
@@ -591,6 +614,9 @@ async def apply_plan(catalog: Catalog, plan: writes.Plan, request_id: str) -> co
                 await asyncio.to_thread(k8s.delete, op.kind, op.namespace, op.name)
             except k8s.ApiError:
                 log.exception("undoing %s %s/%s failed", op.kind, op.namespace, op.name)
+        failed = plan.ops[len(results)]
+        if isinstance(e, k8s.Conflict) and failed.verb == "patch" and not last_attempt:
+            raise StaleRead(failed) from None
         if isinstance(e, k8s.Conflict):
             if plan.operation == "CreateFunction":
                 raise errors.ResourceConflictException(f"Function already exist: {plan.function_arn.rsplit(':', 1)[1]}") from None
@@ -628,26 +654,28 @@ async def apply_plan(catalog: Catalog, plan: writes.Plan, request_id: str) -> co
     return plan.status, headers, json.dumps(body, separators=(",", ":")).encode()
 
 
-def _apply_op(op: writes.Op, results: list[dict[str, Any]]) -> dict[str, Any]:
+def _apply_op(op: writes.Op, results: list[dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """One operation: (what the API server returned, whether this call created the object — only those are undone;
+    an identical code Secret that already existed may be the one the function runs)."""
     from kfn import k8s  # noqa: PLC0415 - the write path only
 
     if op.verb == "create":
         try:
-            return k8s.create(op.body or {}, field_manager=control.GATEWAY_FIELD_MANAGER)
+            return k8s.create(op.body or {}, field_manager=control.GATEWAY_FIELD_MANAGER), True
         except k8s.Conflict:
             if not op.exists_ok:
                 raise
-            return k8s.get(op.kind, op.namespace, op.name) or {}
+            return k8s.get(op.kind, op.namespace, op.name) or {}, False
     if op.verb == "delete":
         found = k8s.delete(op.kind, op.namespace, op.name)
         return {"kind": op.kind, "apiVersion": names.API_VERSION, "metadata": {"name": op.name, "namespace": op.namespace},
-                "found": found}
+                "found": found}, False
     patch = dict(op.body or {})
     if op.owner is not None:
         meta = dict(patch.get("metadata") or {})
         meta["ownerReferences"] = [writes.owner_reference(results[op.owner])]
         patch["metadata"] = meta
-    return k8s.merge_patch(op.kind, op.namespace, op.name, patch, control.GATEWAY_FIELD_MANAGER)
+    return k8s.merge_patch(op.kind, op.namespace, op.name, patch, control.GATEWAY_FIELD_MANAGER), False
 
 
 class GatewayConnection(Connection):

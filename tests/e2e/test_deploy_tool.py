@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,8 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
-from podrig import Api, Operator, wait_until  # noqa: E402 - the e2e rig (host operator, Api)
+from podrig import Api, wait_until  # noqa: E402 - the e2e rig (host operator, Api)
+from test_control_plane import rig_up, s3_store  # noqa: E402,F401 - the writes rig: operator + gateway --allow-writes
 from test_gateway_catalog import GatewayProcess  # noqa: E402 - the host gateway rig lives with the integration tests
 
 APP = """\
@@ -55,22 +55,6 @@ def write_project(root: Path, greeting: str, stage_env: str) -> None:
         "version": "2.0", "app_name": "kfndemo",
         "stages": {"dev": {"manage_iam_role": False, "iam_role_arn": "arn:aws:iam::000000000000:role/kfndemo",
                            "environment_variables": {"STAGE": stage_env}}}}))
-
-
-@pytest.fixture
-def rig_up(cluster: Any, crds_installed: Any, testbed_images: Any, namespace: str,
-           tmp_path: Path) -> Iterator[tuple[Api, GatewayProcess]]:
-    for plural in ("functions", "functionversions"):  # this tree's CRDs (the runtime enum)
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f",
-                        str(Path(__file__).parents[2] / "crds" / f"kfn.dev_{plural}.yaml"))
-    op = Operator(cluster, namespace, tmp_path / "operator").start()
-    gw = GatewayProcess(cluster, namespace, tmp_path / "gateway.log", "--allow-writes",
-                        "--cold-start-timeout", "150").start()
-    try:
-        yield Api(cluster, namespace), gw
-    finally:
-        gw.stop()
-        op.stop()
 
 
 def test_chalice_deploys_updates_and_deletes_a_function_through_the_endpoint_variable_alone(

@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "60,120)")
     p.add_argument("--throttle-backoff-max", type=float, default=float(env("KFN_ASYNC_THROTTLE_MAX", "300")),
                    help="longest backoff after a throttle, seconds (default: Lambda's 300)")
+    p.add_argument("--throttle-wait", type=float, default=float(env("KFN_ASYNC_THROTTLE_WAIT", "5")),
+                   help="seconds a throttled event waits for an environment of its function to free up before it "
+                        "goes back to the queue with the backoff (default 5; 0: never)")
 
 
 def policy(args: argparse.Namespace) -> object:
@@ -94,7 +97,8 @@ async def serve(args: argparse.Namespace) -> None:
     reporter = DemandReporter(args.scaler_url, pool) if args.scaler_url else None
     gateway = Gateway(catalog, pool, DeploymentScaleUp(), settings, health, demand=reporter, queue=queue)
     dests = destinations(queue, args, catalog)
-    worker = Worker(queue, gateway, dests, WorkerSettings(concurrency=args.concurrency, policy=policy(args)), catalog)
+    worker = Worker(queue, gateway, dests, WorkerSettings(concurrency=args.concurrency, policy=policy(args),
+                                                   throttle_wait=args.throttle_wait), catalog)
     loops["worker"] = loop.create_task(worker.run())
     loops["backlog"] = loop.create_task(report_backlog(queue))
     stop = asyncio.Event()

@@ -308,15 +308,3 @@ class Worker:
             metrics.EVENTS_DROPPED.labels(env.namespace, env.function, outcome.condition).inc()
         self.finished += 1
 
-
-async def report_backlog(queue: Any, every: float = 5.0) -> None:
-    """Keep the queue-depth gauge current (a loop; raises what the queue raises)."""
-    seen: set[tuple[str, str]] = set()
-    while True:
-        backlog = await queue.backlog()
-        for key in seen - set(backlog):
-            metrics.QUEUE_DEPTH.labels(*key).set(0)
-        for key, n in backlog.items():
-            metrics.QUEUE_DEPTH.labels(*key).set(n)
-        seen |= set(backlog)
-        await asyncio.sleep(every)

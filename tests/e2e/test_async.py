@@ -510,6 +510,13 @@ def column(cluster: Any, ns: str, kind: str, name: str, header: str) -> str:
     return row[at:].split()[0] if at >= 0 else f"(no {header} column)"
 
 
+def this_trees_function_crd(world: World) -> None:
+    """Apply this tree's Function CRD (status.asyncInvoke, the ASYNC-QUEUED column): the test bed's CRDs are shared
+    by every working tree, and one without the field prunes it."""
+    world.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f",
+                          str(Path(__file__).parents[2] / "crds" / "kfn.dev_functions.yaml"))
+
+
 def shows_queued(world: World, function: str, want: str, timeout: float) -> None:
     """Wait until `kubectl get fn <function>` shows *want* in its ASYNC-QUEUED column; fail with what it showed."""
     seen: list[str] = []
@@ -528,9 +535,7 @@ def test_reserved_0_keeps_events_in_the_visible_backlog_then_expires_them_to_on_
     """AWS: a throttled event (reserved concurrency 0 throttles every invocation) goes back to the queue with
     backoff until its maximum age, then to the on-failure destination (EventAgeExceeded) and the DLQ."""
     ns, max_age = world.ns, 60  # Lambda's minimum maximumEventAgeSeconds
-    # this tree's Function CRD (status.asyncInvoke, the Async-Queued column): the test bed's CRDs are shared
-    world.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f",
-                          str(Path(__file__).parents[2] / "crds" / "kfn.dev_functions.yaml"))
+    this_trees_function_crd(world)
     run(_add_stream(world.nats.url, "DEST", f"dest.{ns}.>"))
     world.api.apply([fn("zero", world.env("zero"), reservedConcurrency=0, deadLetterConfig={
         "targetArn": f"nats://dest.{ns}.dlq"}, asyncInvokeConfig={
@@ -564,6 +569,7 @@ def test_reserved_0_keeps_events_in_the_visible_backlog_then_expires_them_to_on_
     # retried while throttled, with backoff (1 s … the rig's 5 s cap), not once and dropped
     assert scrape(w.url, "kfn_async_attempts_total", function="zero", result="throttled") >= 5 * 5
     assert scrape(w.url, "kfn_async_events_dropped_total", function="zero", reason="EventAgeExceeded") == 5
+    this_trees_function_crd(world)  # again: another tree's tests may have applied theirs meanwhile
     shows_queued(world, "zero", "0", 30)  # drained
 
 

@@ -520,9 +520,13 @@ def this_trees_function_crd(world: World) -> None:
 def shows_queued(world: World, function: str, want: str, timeout: float) -> None:
     """Wait until `kubectl get fn <function>` shows *want* in its ASYNC-QUEUED column; fail with what it showed."""
     seen: list[str] = []
+    applied = [time.monotonic()]
 
     def shows() -> bool:
         seen.append(column(world.cluster, world.ns, "fn", function, "ASYNC-QUEUED"))
+        if seen[-1].startswith("(no ") and time.monotonic() - applied[0] > 10:
+            this_trees_function_crd(world)  # another tree's CRD was applied meanwhile (shared test bed)
+            applied[0] = time.monotonic()
         return seen[-1] == want
     try:
         wait_until(shows, timeout, f"kubectl get fn {function} shows ASYNC-QUEUED {want}")
@@ -548,7 +552,7 @@ def test_reserved_0_keeps_events_in_the_visible_backlog_then_expires_them_to_on_
         assert out["StatusCode"] == 202  # reserved 0 still accepts (Lambda does)
         rids[out["ResponseMetadata"]["RequestId"]] = f"z{i}"
     # the backlog is visible in `kubectl get fn` while the events wait
-    shows_queued(world, "zero", "5", 30)
+    shows_queued(world, "zero", "5", 60)
     failed: list[tuple[dict[str, str], bytes]] = []
 
     def expired() -> bool:
@@ -569,8 +573,7 @@ def test_reserved_0_keeps_events_in_the_visible_backlog_then_expires_them_to_on_
     # retried while throttled, with backoff (1 s … the rig's 5 s cap), not once and dropped
     assert scrape(w.url, "kfn_async_attempts_total", function="zero", result="throttled") >= 5 * 5
     assert scrape(w.url, "kfn_async_events_dropped_total", function="zero", reason="EventAgeExceeded") == 5
-    this_trees_function_crd(world)  # again: another tree's tests may have applied theirs meanwhile
-    shows_queued(world, "zero", "0", 30)  # drained
+    shows_queued(world, "zero", "0", 60)  # drained
 
 
 async def _add_stream(url: str, name: str, subjects: str) -> None:

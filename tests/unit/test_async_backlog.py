@@ -19,13 +19,14 @@ def test_status_is_the_stored_count_and_the_age_of_the_first_event() -> None:
     assert backlog.status_of(Depth(3, 3, None), now=5.0) == {"queued": 3, "oldestAgeSeconds": 0}  # unreadable first
 
 
-def test_status_is_written_when_it_changed_and_zeroed_once_drained() -> None:
-    a, b = ("ns", "a"), ("ns", "b")
-    written = {a: {"queued": 5, "oldestAgeSeconds": 3}, b: {"queued": 1, "oldestAgeSeconds": 9}}
-    current = {a: {"queued": 5, "oldestAgeSeconds": 3}}  # a unchanged, b drained
-    assert backlog.status_writes(written, current) == {b: backlog.DRAINED}
-    assert backlog.status_writes({}, current) == current  # a function's first backlog is written
-    assert backlog.status_writes({}, {}) == {}  # never-used functions keep no status field
+def test_status_is_written_when_the_api_shows_otherwise_and_zeroed_once_drained() -> None:
+    a, b, c = ("ns", "a"), ("ns", "b"), ("ns", "c")
+    backlog_now = {a: {"queued": 5, "oldestAgeSeconds": 3}}
+    shown = {a: {"queued": 5, "oldestAgeSeconds": 3}, b: {"queued": 1, "oldestAgeSeconds": 9}}
+    # a shows what it has (written by another replica, say); b drained: zeros; c had events, its status was pruned
+    assert backlog.status_writes(shown, backlog_now, {a, b, c}) == {b: backlog.DRAINED, c: backlog.DRAINED}
+    assert backlog.status_writes({}, backlog_now, set()) == backlog_now  # a function's first backlog is written
+    assert backlog.status_writes({}, {}, set()) == {}  # never-used functions keep no status field
 
 
 def test_the_scaler_hears_the_events_no_worker_holds_yet_as_one_reporter() -> None:
@@ -49,17 +50,23 @@ class FakeQueue:
 
 
 def run_ticks(q: FakeQueue, ticks: int, **kw: Any) -> tuple[list[Any], list[Any]]:
+    """Run the loop for *ticks*; the fake API shows what was last written (its watch)."""
     statuses: list[Any] = []
     pushes: list[Any] = []
+    api: dict[tuple[str, str], dict[str, int]] = {}
 
     async def write(ns: str, fn: str, status: dict[str, int]) -> None:
         statuses.append((ns, fn, status))
+        api[(ns, fn)] = status
 
     async def push(doc: dict[str, Any]) -> None:
         pushes.append(doc)
 
+    def shown(ns: str, fn: str) -> Any:
+        return False if fn == "other" else api.get((ns, fn))
+
     async def go() -> None:
-        task = asyncio.ensure_future(backlog.run(q, known=lambda ns, fn: fn != "other", version_of=lambda ns, fn: "$LATEST",
+        task = asyncio.ensure_future(backlog.run(q, shown=shown, version_of=lambda ns, fn: "$LATEST",
                                                  write_status=write, push_demand=push, every=0.01, **kw))
         await asyncio.sleep(0.01 * ticks + 0.005)
         task.cancel()
@@ -87,7 +94,7 @@ def test_the_loop_survives_a_queue_restart_but_not_a_queue_gone_for_good() -> No
 
     async def gone() -> None:
         async def write(*a: Any) -> None: ...
-        await backlog.run(FakeQueue(OSError("down")), known=lambda *a: True, version_of=lambda *a: None,
+        await backlog.run(FakeQueue(OSError("down")), shown=lambda *a: None, version_of=lambda *a: None,
                           write_status=write, every=0.01, give_up_after=0.03)
     from kfn.asyncinvoke.queue import QueueError
     with pytest.raises(QueueError):

@@ -6,8 +6,9 @@ Every ``kfn async-worker`` replica runs :func:`run` (every 5 s). The numbers are
 lost write is repaired by the next one:
 
 - status: ``{"queued": <events stored>, "oldestAgeSeconds": <age of the event first in line>}``, merge-patched
-  when it changed (the age changes every tick while events wait: one write per function per tick, at most); zeros
-  once drained (``<none>`` for a function that never had events);
+  when it differs from what the worker's catalog (a watch) shows (the age changes every tick while events wait: one
+  write per function per tick, at most; replicas see each other's writes); zeros once drained (``<none>`` for a
+  function that never had events);
 - demand: ``POST /demand`` to ``kfn scaler`` as one reporter shared by all replicas (:data:`REPORTER`: each push
   replaces the last, so N replicas never count the backlog N times) with ``queued`` = events not yet handed to a
   worker (those handed out are in the workers' own ``inFlight``/``waiting``), on the version an unqualified invoke
@@ -39,13 +40,14 @@ def status_of(depth: Depth, now: float) -> dict[str, int]:
     return {"queued": depth.stored, "oldestAgeSeconds": age}
 
 
-def status_writes(written: Mapping[Key, dict[str, int]], current: Mapping[Key, dict[str, int]],
-                  ) -> dict[Key, dict[str, int]]:
-    """The status writes due (pure): every function whose backlog differs from what was last written, and zeros for
-    one that had a backlog written and has none now."""
-    out = {k: v for k, v in current.items() if written.get(k) != v}
-    out.update({k: dict(DRAINED) for k, v in written.items() if k not in current and v != DRAINED})
-    return out
+def status_writes(shown: Mapping[Key, dict[str, int] | None], backlog: Mapping[Key, dict[str, int]],
+                  drained: set[Key]) -> dict[Key, dict[str, int]]:
+    """The status writes due (pure): each function whose ``status.asyncInvoke`` as the API shows it (*shown*,
+    None: absent) differs from its *backlog*, and zeros for the *drained* ones (had events, none now) that do not
+    show zeros yet. Compared with what the API holds, not with what was written: a write lost, pruned (an older CRD
+    applied meanwhile) or made by another replica is seen and repaired or not repeated."""
+    want = {**{k: dict(DRAINED) for k in drained if k not in backlog}, **backlog}
+    return {k: v for k, v in want.items() if shown.get(k) != v}
 
 
 def demand_report(depth: Mapping[Key, Depth], versions: Mapping[Key, str], ttl: float) -> dict[str, Any]:
@@ -56,18 +58,20 @@ def demand_report(depth: Mapping[Key, Depth], versions: Mapping[Key, str], ttl: 
                           "waiting": 0, "queued": d.pending} for k, d in sorted(depth.items()) if k in versions]}
 
 
-async def run(queue: Any, *, known: Callable[[str, str], bool], version_of: Callable[[str, str], str | None],
+async def run(queue: Any, *, shown: Callable[[str, str], dict[str, int] | None | bool],
+              version_of: Callable[[str, str], str | None],
               write_status: Callable[[str, str, dict[str, int]], Awaitable[None]],
               push_demand: Callable[[dict[str, Any]], Awaitable[None]] | None = None, every: float = EVERY,
               give_up_after: float = 60.0) -> None:
     """Look at the queue every *every* seconds: gauge, status writes, demand push (a loop).
 
-    *known(ns, fn)*: whether this worker serves the function (its catalog has it); *version_of*: the version its
-    events run on (None: unknown yet); *write_status* raises on failure (logged, retried next tick, as a failed
-    push is). Raises QueueError when the queue has not answered for *give_up_after* seconds (health turns red)."""
+    *shown(ns, fn)*: the function's ``status.asyncInvoke`` as this worker's catalog has it (None: absent), or False
+    when the worker does not serve the function; *version_of*: the version its events run on (None: unknown yet);
+    *write_status* raises on failure (logged, repaired next tick, as a failed push is). Raises QueueError when the
+    queue has not answered for *give_up_after* seconds (health turns red)."""
     from kfn.asyncinvoke.queue import QueueError
 
-    written: dict[Key, dict[str, int]] = {}
+    had_events: set[Key] = set()  # functions seen with events; kept until the API shows their zeros
     gauged: set[Key] = set()
     failing_since: float | None = None
     while True:
@@ -81,23 +85,23 @@ async def run(queue: Any, *, known: Callable[[str, str], bool], version_of: Call
             log.warning("reading the async backlog failed, again in %.0f s: %r", every, e)
             await asyncio.sleep(every)
             continue
-        depth = {k: d for k, d in depth.items() if known(*k)}
+        now_shown = {k: shown(*k) for k in set(depth) | had_events}
+        depth = {k: d for k, d in depth.items() if now_shown[k] is not False}
+        drained = {k for k in had_events - set(depth) if now_shown[k] is not False and now_shown[k] != DRAINED}
         for key in gauged - set(depth):
             metrics.QUEUE_DEPTH.labels(*key).set(0)
         for key, d in depth.items():
             metrics.QUEUE_DEPTH.labels(*key).set(d.stored)
         gauged |= set(depth)
         now = time.time()
-        for key, status in status_writes(written, {k: status_of(d, now) for k, d in depth.items()}).items():
+        writes = status_writes({k: v for k, v in now_shown.items() if isinstance(v, dict)},
+                               {k: status_of(d, now) for k, d in depth.items()}, drained)
+        for key, status in writes.items():
             try:
                 await write_status(key[0], key[1], status)
             except Exception as e:  # noqa: BLE001 - the API server's refusal or absence: the next tick writes again
                 log.warning("writing the async backlog of %s/%s failed: %r", *key, e)
-                continue
-            if status == DRAINED:
-                written.pop(key, None)
-            else:
-                written[key] = status
+        had_events = drained | set(depth)
         if push_demand is not None:
             versions = {k: v for k in depth if (v := version_of(*k)) is not None}
             try:

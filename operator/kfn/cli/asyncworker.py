@@ -115,9 +115,12 @@ async def serve(args: argparse.Namespace) -> None:
         await asyncio.to_thread(k8s.merge_patch, "Function", namespace, function, {"status": {"asyncInvoke": status}},
                                 field_manager="kfn-async-worker", sub="status")
 
-    loops["backlog"] = loop.create_task(backlog.run(
-        queue, known=lambda ns, fn: catalog.function(ns, fn) is not None, version_of=version_of,
-        write_status=write_status, push_demand=scaler_push))
+    def shown(namespace: str, function: str) -> dict[str, int] | None | bool:
+        fn = catalog.function(namespace, function)
+        return False if fn is None else ((fn.get("status") or {}).get("asyncInvoke") or None)
+
+    loops["backlog"] = loop.create_task(backlog.run(queue, shown=shown, version_of=version_of,
+                                                    write_status=write_status, push_demand=scaler_push))
     stop = asyncio.Event()
     if reporter is not None:
         loops["demand"] = loop.create_task(reporter.run(stop))

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import os
 import secrets
 import statistics
 import subprocess
@@ -166,6 +167,9 @@ def main() -> int:
             "end_to_end_per_s": round(len(acked) / (max(starts) - t0), 1),
             "accepted_to_start": percentiles([runs[t] - acked[t] for t in acked]),
             "accepted": len(acked),
+            # how the worker's attempts went: throttles (each one a wait or a requeue with backoff) vs runs
+            "worker_attempts": {result: rig.scrape(world.workers[0].url, "kfn_async_attempts_total", result=result)
+                                for result in ("ok", "function-error", "throttled", "system-error")},
         }
         print(f"==> baseline: nats-py JetStream publish/consume of the same {args.events} payloads", flush=True)
         base = asyncio.run(nats_baseline(nats_.url, args.events, args.clients))
@@ -185,7 +189,8 @@ def main() -> int:
                                           if (base["ack_to_consume"]["p50_ms"] or 0) > 0 else None),
         },
         "detail": {"events": args.events, "clients": args.clients, "reserved_concurrency": 8,
-                   "nats_sync": "always (fsync before PubAck)"},
+                   "nats_sync": "always (fsync before PubAck)",
+                   "worker_throttle_wait_s": float(os.environ.get("KFN_ASYNC_THROTTLE_WAIT", "5"))},
     }
     out_path = REPO / "bench" / "results" / "async.json"
     out_path.parent.mkdir(exist_ok=True)

@@ -133,7 +133,8 @@ def image_flags(image: str) -> list[str]:
             "--provided-image", f"{prefix}python3.11:{tag}"]
 
 
-# Exactly what `kfn gateway` does with the API: list and watch the catalog, raise a version's replicas.
+# Exactly what `kfn gateway` and `kfn async-worker` (same ServiceAccount) do with the API: list and watch the catalog,
+# raise a version's replicas, write the async backlog into a Function's status.
 GATEWAY_RULES: list[dict[str, Any]] = [
     {"apiGroups": [names.GROUP], "resources": [names.FUNCTION_PLURAL, names.FUNCTION_VERSION_PLURAL, names.ALIAS_PLURAL],
      "verbs": ["list", "watch"]},
@@ -145,6 +146,8 @@ GATEWAY_RULES: list[dict[str, Any]] = [
     # namespaced review, so the chart's per-namespace Roles suffice).
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]},
     {"apiGroups": ["authorization.k8s.io"], "resources": ["localsubjectaccessreviews"], "verbs": ["create"]},
+    # kfn-async-worker (same ServiceAccount): the backlog in status.asyncInvoke (kfn.asyncinvoke.backlog)
+    {"apiGroups": [names.GROUP], "resources": [f"{names.FUNCTION_PLURAL}/status"], "verbs": ["patch"]},
 ]
 # Only with `kfn gateway --allow-writes`: Put/Update/DeleteFunctionEventInvokeConfig merge-patch the Function ($LATEST)
 # or the Alias that holds the config (kfn.gateway.control.plan_event_invoke_config_write); the Lambda writes

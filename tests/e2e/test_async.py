@@ -136,15 +136,20 @@ class Nats:
         self.pv = f"{namespace}-nats"
         self.dir = Path(cluster.settings["RUN_DIR"]) / "pv" / self.pv
 
-    def start(self) -> Nats:
+    def volume(self) -> dict[str, Any]:
+        """A hostPath PersistentVolume bound in advance to the NATS server's claim (class "")."""
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chown(self.dir, manifests.NATS_UID, manifests.NATS_UID)  # the server runs as non-root (restricted)
-        pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": self.pv},
-              "spec": {"capacity": {"storage": "2Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
-                       "persistentVolumeReclaimPolicy": "Retain",
-                       "hostPath": {"path": str(self.dir), "type": "Directory"},
-                       "claimRef": {"namespace": self.ns, "name": f"data-{manifests.NATS_NAME}-0"}}}
-        objs = [pv, *manifests.make_nats_objects(self.ns, manifests.NATS_IMAGE, storage_class="")]
+        return {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": self.pv},
+                "spec": {"capacity": {"storage": "2Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                         "persistentVolumeReclaimPolicy": "Retain",
+                         "hostPath": {"path": str(self.dir), "type": "Directory"},
+                         "claimRef": {"namespace": self.ns, "name": f"data-{manifests.NATS_NAME}-0"}}}
+
+    def start(self, install: bool = True) -> Nats:
+        """Apply the PV and (*install*) the NATS objects; wait until the server answers on its Service."""
+        objs = [self.volume(), *(manifests.make_nats_objects(self.ns, manifests.NATS_IMAGE, storage_class="")
+                                 if install else [])]
         self.cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
         self.cluster.kubectl("-n", self.ns, "rollout", "status", f"statefulset/{manifests.NATS_NAME}",
                              "--timeout=180s", timeout=200)
@@ -152,7 +157,19 @@ class Nats:
                                   "jsonpath={.spec.clusterIP}").stdout.strip()
         self.addr = f"{ip}:{manifests.NATS_CLIENT_PORT}"
         self.url = f"nats://{self.addr}"
+        # ready is not reachable: the Service's ClusterIP routes once the node programmed the new endpoint
+        wait_until(lambda: self._answers(ip), 60, "NATS answers on its Service")
         return self
+
+    @staticmethod
+    def _answers(ip: str) -> bool:
+        import socket
+
+        try:
+            with socket.create_connection((ip, manifests.NATS_CLIENT_PORT), timeout=2) as s:
+                return s.recv(4) == b"INFO"
+        except OSError:
+            return False
 
     def kill(self) -> None:
         """SIGKILL of the server process itself (through containerd), not a pod deletion."""
@@ -445,16 +462,7 @@ def test_nothing_accepted_is_lost_when_gateway_worker_and_nats_are_killed(world:
 @pytest.mark.slow
 def test_a_throttled_function_keeps_its_events_until_released(world: World, client: Any) -> None:
     world.api.apply([fn("held", world.env("held"), reservedConcurrency=0)])
-
-    def known() -> bool:  # the gateway's catalog has the new function: a DryRun is throttled (reserved 0), not 404
-        try:
-            client.invoke(FunctionName="held", InvocationType="DryRun")
-        except client.exceptions.ResourceNotFoundException:
-            return False
-        except client.exceptions.TooManyRequestsException:
-            return True
-        return True
-    wait_until(known, 60, "the gateway knows the function")
+    wait_until(lambda: _known(client, "held"), 60, "the gateway knows the function")
     tokens = [f"held-{i}" for i in range(200)]
     rids = {}
     for t in tokens:
@@ -470,3 +478,116 @@ def test_a_throttled_function_keeps_its_events_until_released(world: World, clie
     wait_until(all_ran, 600, "every held event ran once released", interval=3)
     runs = read_runs(world.nats.url, world.ns, "held")
     assert {r["token"]: r["rid"] for r in runs} == rids
+
+
+def read_stream(url: str, stream: str, subj: str) -> list[tuple[dict[str, str], bytes]]:
+    """Every message (headers, data) stored on *subj* in *stream* (a fresh ephemeral consumer, from the start)."""
+    async def go() -> list[tuple[dict[str, str], bytes]]:
+        from nats.errors import TimeoutError as NatsTimeout
+
+        nc, js = await _js(url)
+        info = await js.stream_info(stream, subjects_filter=subj)
+        want = (info.state.subjects or {}).get(subj, 0)
+        out: list[tuple[dict[str, str], bytes]] = []
+        if want:
+            sub = await js.pull_subscribe(subj, stream=stream)
+            while len(out) < want:
+                try:
+                    msgs = await sub.fetch(100, timeout=5)
+                except NatsTimeout:
+                    break
+                out += [(dict(m.headers or {}), m.data) for m in msgs]
+            await sub.unsubscribe()
+        await nc.close()
+        return out
+    return run(go())
+
+
+def column(cluster: Any, ns: str, kind: str, name: str, header: str) -> str:
+    """One column of `kubectl get <kind> <name>` as a user reads it (the CRD's printer columns)."""
+    head, row = cluster.kubectl("-n", ns, "get", kind, name).stdout.splitlines()[:2]
+    at = head.find(header)
+    return row[at:].split()[0] if at >= 0 else f"(no {header} column)"
+
+
+def this_trees_function_crd(world: World) -> None:
+    """Apply this tree's Function CRD (status.asyncInvoke, the ASYNC-QUEUED column): the test bed's CRDs are shared
+    by every working tree, and one without the field prunes it."""
+    world.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f",
+                          str(Path(__file__).parents[2] / "crds" / "kfn.dev_functions.yaml"))
+
+
+def shows_queued(world: World, function: str, want: str, timeout: float) -> None:
+    """Wait until `kubectl get fn <function>` shows *want* in its ASYNC-QUEUED column; fail with what it showed."""
+    seen: list[str] = []
+    applied = [time.monotonic()]
+
+    def shows() -> bool:
+        seen.append(column(world.cluster, world.ns, "fn", function, "ASYNC-QUEUED"))
+        if seen[-1].startswith("(no ") and time.monotonic() - applied[0] > 10:
+            this_trees_function_crd(world)  # another tree's CRD was applied meanwhile (shared test bed)
+            applied[0] = time.monotonic()
+        return seen[-1] == want
+    try:
+        wait_until(shows, timeout, f"kubectl get fn {function} shows ASYNC-QUEUED {want}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; it showed {seen[-3:]}") from None
+
+
+def test_reserved_0_keeps_events_in_the_visible_backlog_then_expires_them_to_on_failure_and_dlq(world: World,
+                                                                                              client: Any) -> None:
+    """AWS: a throttled event (reserved concurrency 0 throttles every invocation) goes back to the queue with
+    backoff until its maximum age, then to the on-failure destination (EventAgeExceeded) and the DLQ."""
+    ns, max_age = world.ns, 60  # Lambda's minimum maximumEventAgeSeconds
+    this_trees_function_crd(world)
+    run(_add_stream(world.nats.url, "DEST", f"dest.{ns}.>"))
+    world.api.apply([fn("zero", world.env("zero"), reservedConcurrency=0, deadLetterConfig={
+        "targetArn": f"nats://dest.{ns}.dlq"}, asyncInvokeConfig={
+        "maximumEventAgeSeconds": max_age, "destinationConfig": {"onFailure": {"destination": f"nats://dest.{ns}.failed"}}})])
+    wait_until(lambda: _known(client, "zero"), 60, "the gateway knows the function")
+    rids: dict[str, str] = {}
+    sent = time.time()
+    for i in range(5):
+        out = client.invoke(FunctionName="zero", InvocationType="Event", Payload=json.dumps({"token": f"z{i}"}).encode())
+        assert out["StatusCode"] == 202  # reserved 0 still accepts (Lambda does)
+        rids[out["ResponseMetadata"]["RequestId"]] = f"z{i}"
+    # the backlog is visible in `kubectl get fn` while the events wait
+    shows_queued(world, "zero", "5", 60)
+    failed: list[tuple[dict[str, str], bytes]] = []
+
+    def expired() -> bool:
+        failed[:] = read_stream(world.nats.url, "DEST", f"dest.{ns}.failed")
+        return len(failed) >= 5
+    wait_until(expired, max_age + 90, "5 EventAgeExceeded records", interval=2)
+    assert time.time() - sent >= max_age
+    records = [json.loads(data) for _, data in failed]
+    assert sorted(r["requestContext"]["requestId"] for r in records) == sorted(rids)
+    for r in records:
+        assert r["requestContext"]["condition"] == "EventAgeExceeded"
+        assert r["requestContext"]["approximateInvokeCount"] == 0
+        assert r["requestPayload"] == {"token": rids[r["requestContext"]["requestId"]]}
+    dlq = read_stream(world.nats.url, "DEST", f"dest.{ns}.dlq")
+    assert sorted((h.get("RequestID"), json.loads(body)["token"]) for h, body in dlq) == sorted(rids.items())
+    assert read_runs(world.nats.url, ns, "zero") == []  # it never ran
+    w = world.workers[0]
+    # retried while throttled, with backoff (1 s … the rig's 5 s cap), not once and dropped
+    assert scrape(w.url, "kfn_async_attempts_total", function="zero", result="throttled") >= 5 * 5
+    assert scrape(w.url, "kfn_async_events_dropped_total", function="zero", reason="EventAgeExceeded") == 5
+    shows_queued(world, "zero", "0", 60)  # drained
+
+
+async def _add_stream(url: str, name: str, subjects: str) -> None:
+    nc, js = await _js(url)
+    await js.add_stream(name=name, subjects=[subjects])
+    await nc.close()
+
+
+def _known(client: Any, function: str) -> bool:
+    """The gateway's catalog has *function*: a DryRun is not 404 (a throttle says it is known too)."""
+    try:
+        client.invoke(FunctionName=function, InvocationType="DryRun")
+    except client.exceptions.ResourceNotFoundException:
+        return False
+    except client.exceptions.TooManyRequestsException:
+        return True
+    return True

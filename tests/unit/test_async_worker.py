@@ -185,3 +185,75 @@ def test_subjects_separate_functions_and_round_trip() -> None:
     assert subject("a-b", "c") != subject("a", "b-c")
     with pytest.raises(ValueError):
         parse_subject("kfn.async.onlyone")
+
+
+# --- a throttled event waits (bounded) for an environment before it is requeued with the backoff -----------------
+@pytest.mark.parametrize(("reserved", "ready", "waiting", "remaining", "waits"), [
+    (None, 8, 0, 5.0, True),  # at the account's or reserved cap with environments busy: wait for one to free up
+    (8, 8, 15, 5.0, True),
+    (8, 8, 16, 5.0, False),  # 2 per environment already wait: the rest go back to the queue (other functions' slots)
+    (0, 3, 0, 5.0, False),  # reserved 0: nothing frees up, the event waits in the queue as on Lambda
+    (None, 0, 0, 5.0, False),  # no environment of its own: the account's pool is full, nothing of ours frees up
+    (None, 8, 0, 0.0, False),  # waited long enough
+])
+def test_when_a_throttled_event_waits_for_an_environment(reserved: int | None, ready: int, waiting: int,
+                                                         remaining: float, waits: bool) -> None:
+    from kfn.asyncinvoke.worker import wait_for_environment
+
+    assert wait_for_environment(reserved=reserved, ready=ready, waiting=waiting, per_environment=2,
+                                remaining=remaining) is waits
+
+
+class Capped(Script):
+    """A gateway at its cap: one environment, busy with another invocation until *busy_for* seconds pass; dispatch
+    claims a free one (or uses the one it was handed) and throttles like the gateway when there is none."""
+
+    def __init__(self, busy_for: float, reserved: int | None = 1) -> None:
+        super().__init__()
+        from kfn.gateway.catalog import VersionKey
+        from kfn.gateway.pool import EnvironmentPool
+
+        self.pool = EnvironmentPool(asyncio.get_running_loop())
+        self.version = VersionKey("ns", "fn", "$LATEST")
+        self.pool.update(self.version, ["10.0.0.1:9001"])
+        self.catalog = SimpleNamespace(reserved=lambda ns, fn: reserved)
+        other = self.pool.claim(self.version)
+        asyncio.get_running_loop().call_later(busy_for, other.release)
+        self.ran_on: list[str] = []
+
+    def target(self, namespace: str, function: str, qualifier: str | None) -> Any:
+        return SimpleNamespace(spec={}, alias=None, version=self.version)
+
+    async def dispatch(self, target: Any, head: bytes, body: bytes, request_id: str, started: float,
+                       claimed: Any = None) -> Any:
+        self.calls += 1
+        lease = claimed or self.pool.claim(self.version)
+        if lease is None:
+            raise errors.throttled("ReservedFunctionConcurrentInvocationLimitExceeded")
+        self.ran_on.append(lease.address)
+        lease.release()
+        return answer()
+
+
+def test_a_throttled_event_runs_on_the_next_free_environment_instead_of_backing_off() -> None:
+    async def go() -> tuple[Capped, MemQueue, Dest]:
+        inv, q, d = Capped(busy_for=0.2), MemQueue(event()), Dest()
+        await Worker(q, inv, d, WorkerSettings(policy=FAST.policy, throttle_wait=5.0)).handle(q.lease())
+        return inv, q, d
+    inv, q, d = asyncio.run(go())
+    assert inv.ran_on == ["10.0.0.1:9001"] and inv.calls == 2  # throttled once, then ran on the freed environment
+    assert len(d.success) == 1 and len(q.acked) == 1 and not q.stored  # never requeued
+
+
+@pytest.mark.parametrize(("reserved", "busy_for", "wait"), [(1, 1.0, 0.1), (0, 0.05, 5.0)])
+def test_a_throttle_goes_back_to_the_queue_when_waiting_is_pointless_or_too_long(reserved: int, busy_for: float,
+                                                                                  wait: float) -> None:
+    async def go() -> tuple[Capped, MemQueue, Dest, float]:
+        inv, q, d = Capped(busy_for=busy_for, reserved=reserved), MemQueue(event()), Dest()
+        t0 = time.monotonic()
+        await Worker(q, inv, d, WorkerSettings(policy=FAST.policy, throttle_wait=wait)).handle(q.lease())
+        return inv, q, d, time.monotonic() - t0
+    inv, q, d, took = asyncio.run(go())
+    assert inv.ran_on == [] and len(q.stored) == 1 and not d.success  # requeued (a throttle, not an attempt)
+    assert took < 0.5  # reserved 0 never waits; a wait longer than --throttle-wait is cut at it
+    assert inv.pool.waiting(inv.version) == 0  # no waiter left behind in the pool

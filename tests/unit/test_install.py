@@ -95,6 +95,8 @@ def test_gateway_is_installed_restricted_with_exactly_the_verbs_it_uses() -> Non
     # identities (--auth sigv4, AWS_IAM URLs): read the access-key Secrets, ask RBAC; nothing else is created
     assert verbs[("", "secrets")] == {"list"}
     assert verbs.pop(("authorization.k8s.io", "localsubjectaccessreviews")) == {"create"}
+    # kfn-async-worker (same ServiceAccount) merges the backlog into a Function's status
+    assert verbs.pop(("kfn.dev", "functions/status")) == {"patch"}
     assert not any(v & {"create", "delete", "patch"} for v in verbs.values())
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kfn-gateway", "namespace": "ops"}]
     assert binding["metadata"]["name"] != "kfn-gateway"  # one binding per install namespace

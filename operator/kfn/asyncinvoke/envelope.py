@@ -14,7 +14,7 @@ The metadata gives both payload lengths, so the bytes need no encoding (a 1 MB e
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 WIRE_VERSION = 1
@@ -86,16 +86,22 @@ class Envelope:
         return f"{self.request_id}.{self.generation}"
 
 
+_ENVELOPE_FIELDS = tuple(f.name for f in fields(Envelope) if f.name not in ("payload", "outcome"))
+_OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome) if f.name != "response_payload")
+
+
 def encode(e: Envelope) -> bytes:
-    meta = asdict(e)
-    meta.pop("payload")
+    # A flat copy of the fields, not dataclasses.asdict (a deep copy: a fifth of the gateway's time per event).
+    meta: dict[str, Any] = {name: getattr(e, name) for name in _ENVELOPE_FIELDS}
+    meta["outcome"] = None
     meta["v"] = WIRE_VERSION
     meta["payloadLength"] = len(e.payload)
     response = b""
     if e.outcome is not None:
-        out = meta["outcome"]
+        out = {name: getattr(e.outcome, name) for name in _OUTCOME_FIELDS}
         response = e.outcome.response_payload or b""
         out["response_payload"] = None if e.outcome.response_payload is None else len(response)
+        meta["outcome"] = out
     return json.dumps(meta, separators=(",", ":")).encode() + b"\n" + e.payload + response
 
 

@@ -10,6 +10,7 @@ Interface (what the gateway, the workers and the destinations use)::
     await queue.delay(lease, envelope, s)  # store *envelope* (the next state) due in s seconds, then drop the lease
     await queue.dead_letter(lease, why)    # unreadable or unroutable: kept aside in the dead stream, never retried
     await queue.backlog()                  # {(namespace, function): events stored}
+    await queue.depth()                    # {(namespace, function): Depth(stored, pending, first_received)}
 
 Layout in JetStream (:class:`JetStreamQueue`):
 
@@ -127,6 +128,15 @@ class Lease:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class Depth:
+    """One function's backlog in the queue."""
+
+    stored: int  # events stored: waiting, leased (running) or delayed for a retry
+    pending: int  # of those, not handed to any worker yet
+    first_received: float | None  # epoch seconds the first stored event was accepted (None: unreadable)
+
+
 class Queue(Protocol):
     """The narrow queue interface; :class:`JetStreamQueue` is the implementation."""
 
@@ -161,6 +171,10 @@ class Queue(Protocol):
 
     async def backlog(self) -> dict[tuple[str, str], int]:
         """Events stored per (namespace, function), leased ones included."""
+        ...
+
+    async def depth(self) -> dict[tuple[str, str], Depth]:
+        """Per function with events: stored, not yet handed out, when the first stored one was accepted."""
         ...
 
     async def close(self) -> None: ...
@@ -283,6 +297,31 @@ class JetStreamQueue:
                 out[parse_subject(subj)] = n
             except ValueError:
                 continue  # someone else's subject in our stream: not a function's backlog
+        return out
+
+    async def depth(self) -> dict[tuple[str, str], Depth]:
+        """The backlog of every function with events: stored, not yet handed to a worker, and the receive time of
+        the first stored event (one stream info, then per function one consumer info and one message get)."""
+        from nats.js.errors import NotFoundError
+
+        out: dict[tuple[str, str], Depth] = {}
+        for subj, stored in (await self.subjects_with_events()).items():
+            try:
+                ns, fn = parse_subject(subj)
+            except ValueError:
+                continue
+            try:
+                pending = (await self.js.consumer_info(STREAM, consumer_name(ns, fn))).num_pending or 0
+            except NotFoundError:  # no worker has fetched from it yet: nothing was handed out
+                pending = stored
+            try:
+                first = await self.js.get_msg(STREAM, seq=1, subject=subj, next=True)
+                received = decode(first.data or b"").received
+            except NotFoundError:  # drained meanwhile
+                continue
+            except ValueError:  # not an envelope (the worker dead-letters it): age unknown
+                received = None
+            out[(ns, fn)] = Depth(stored, min(pending, stored), received)
         return out
 
     async def fetch(self, subj: str, batch: int, timeout: float) -> list[Lease]:

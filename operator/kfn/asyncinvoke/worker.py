@@ -61,13 +61,15 @@ class NoDestinations:
 
 
 class Invoker(Protocol):
-    """What the worker needs of the gateway (:class:`kfn.gateway.server.Gateway`)."""
+    """What the worker needs of the gateway (:class:`kfn.gateway.server.Gateway`): resolve, build the agent
+    request, dispatch (optionally on an environment already claimed); ``pool`` and ``catalog`` for waiting."""
 
     def target(self, namespace: str, function: str, qualifier: str | None) -> Any: ...
 
     def event_head(self, target: Any, envelope: Envelope) -> bytes: ...
 
-    async def dispatch(self, target: Any, head: bytes, body: bytes, request_id: str, started: float) -> Any: ...
+    async def dispatch(self, target: Any, head: bytes, body: bytes, request_id: str, started: float,
+                       claimed: Any = None) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,27 @@ class WorkerSettings:
     concurrency: int = 64  # events in flight in one worker replica
     policy: retry.Policy = retry.Policy()
     touch_every: float = 10.0  # seconds between in-progress acks (a third of the queue's ack wait)
+    # A throttled event first waits this long (seconds) for an environment of its version to free up before it
+    # goes back to the queue with Lambda's backoff (0: never wait).
+    throttle_wait: float = 5.0
+    waiters_per_environment: int = 2  # events of one version that wait here at once, per ready environment
+
+
+def wait_for_environment(*, reserved: int | None, ready: int, waiting: int, per_environment: int,
+                         remaining: float) -> bool:
+    """Whether a throttled event waits here for an environment of its version to free up (pure).
+
+    Lambda's internal queue keeps polling a function at its concurrency limit: its environments never idle while
+    events are queued. Requeueing each throttled event with the backoff (1 s, 2 s …) instead would leave them idle
+    between a release and the backoff's end. So wait, bounded: never for reserved concurrency 0 (nothing will
+    free up; the events wait in the queue, as on Lambda) nor for a version with no ready environment (the
+    throttle is the account's pool, not this version being busy); at most *per_environment* waiters per ready
+    environment (enough to hand each freed environment a next event at once, so the rest of the worker's slots
+    stay free for other functions' events); and only while *remaining* (seconds) > 0.
+    """
+    if reserved == 0 or ready <= 0 or remaining <= 0:
+        return False
+    return waiting < ready * per_environment
 
 
 @dataclass(frozen=True)
@@ -188,8 +211,7 @@ class Worker:
         metrics.EVENT_AGE.labels(env.namespace, env.function).observe(max(0.0, time.time() - env.received))
         keepalive = asyncio.get_running_loop().create_task(self._touch(lease))
         try:
-            answer = await self.invoker.dispatch(target, self.invoker.event_head(target, env), env.payload,
-                                                 env.request_id, time.monotonic())
+            answer = await self._dispatch(target, env)
         except errors.TooManyRequestsException as e:
             attempt = Attempt(retry.THROTTLED, 429, error_type=e.error_type, error_message=e.message)
         except errors.LambdaError as e:  # no environment in time (409), the agent failed mid-way (500) …
@@ -202,6 +224,37 @@ class Worker:
             keepalive.cancel()
         metrics.ATTEMPTS.labels(env.namespace, env.function, attempt.result).inc()
         return attempt
+
+    async def _dispatch(self, target: Any, env: Envelope) -> Any:
+        """Dispatch through the gateway; a throttle first waits (bounded, :func:`wait_for_environment`) for an
+        environment of the version to free up and runs on it, before it is reported as a throttle."""
+        head = self.invoker.event_head(target, env)
+        deadline = time.monotonic() + self.settings.throttle_wait
+        claimed = None
+        while True:
+            try:
+                return await self.invoker.dispatch(target, head, env.payload, env.request_id, time.monotonic(),
+                                                   claimed)
+            except errors.TooManyRequestsException:
+                claimed = await self._free_environment(target, deadline)
+                if claimed is None:
+                    raise
+
+    async def _free_environment(self, target: Any, deadline: float) -> Any:
+        """An environment of *target*'s version handed to us when one frees up before *deadline*, or None."""
+        pool, catalog = getattr(self.invoker, "pool", None), getattr(self.invoker, "catalog", None)
+        version = getattr(target, "version", None)
+        if pool is None or catalog is None or version is None:
+            return None
+        if not wait_for_environment(reserved=catalog.reserved(version.namespace, version.function),
+                                    ready=pool.size(version), waiting=pool.waiting(version),
+                                    per_environment=self.settings.waiters_per_environment,
+                                    remaining=deadline - time.monotonic()):
+            return None
+        try:
+            return await pool.wait(version, deadline)  # FIFO with the version's other waiters (sync calls too)
+        except errors.LambdaError:  # the scaler's answer throttled this waiter: a throttle after all
+            return None
 
     async def _touch(self, lease: Lease) -> None:
         while True:
@@ -255,15 +308,3 @@ class Worker:
             metrics.EVENTS_DROPPED.labels(env.namespace, env.function, outcome.condition).inc()
         self.finished += 1
 
-
-async def report_backlog(queue: Any, every: float = 5.0) -> None:
-    """Keep the queue-depth gauge current (a loop; raises what the queue raises)."""
-    seen: set[tuple[str, str]] = set()
-    while True:
-        backlog = await queue.backlog()
-        for key in seen - set(backlog):
-            metrics.QUEUE_DEPTH.labels(*key).set(0)
-        for key, n in backlog.items():
-            metrics.QUEUE_DEPTH.labels(*key).set(n)
-        seen |= set(backlog)
-        await asyncio.sleep(every)

@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "60,120)")
     p.add_argument("--throttle-backoff-max", type=float, default=float(env("KFN_ASYNC_THROTTLE_MAX", "300")),
                    help="longest backoff after a throttle, seconds (default: Lambda's 300)")
+    p.add_argument("--throttle-wait", type=float, default=float(env("KFN_ASYNC_THROTTLE_WAIT", "5")),
+                   help="seconds a throttled event waits for an environment of its function to free up before it "
+                        "goes back to the queue with the backoff (default 5; 0: never)")
 
 
 def policy(args: argparse.Namespace) -> object:
@@ -46,7 +49,10 @@ async def serve(args: argparse.Namespace) -> None:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     from kfn.asyncinvoke.queue import JetStreamQueue, QueueSettings, QueueUnavailable
-    from kfn.asyncinvoke.worker import Worker, WorkerSettings, report_backlog
+    from kfn import k8s
+    from kfn.asyncinvoke import backlog
+    from kfn.asyncinvoke.worker import Worker, WorkerSettings
+    from kfn.gateway import errors
     from kfn.cli.gateway import start_catalog
     from kfn.gateway import control
     from kfn.gateway.coldstart import DemandReporter, DeploymentScaleUp
@@ -94,9 +100,27 @@ async def serve(args: argparse.Namespace) -> None:
     reporter = DemandReporter(args.scaler_url, pool) if args.scaler_url else None
     gateway = Gateway(catalog, pool, DeploymentScaleUp(), settings, health, demand=reporter, queue=queue)
     dests = destinations(queue, args, catalog)
-    worker = Worker(queue, gateway, dests, WorkerSettings(concurrency=args.concurrency, policy=policy(args)), catalog)
+    worker = Worker(queue, gateway, dests, WorkerSettings(concurrency=args.concurrency, policy=policy(args),
+                                                   throttle_wait=args.throttle_wait), catalog)
     loops["worker"] = loop.create_task(worker.run())
-    loops["backlog"] = loop.create_task(report_backlog(queue))
+    scaler_push = backlog.ScalerPush(args.scaler_url) if args.scaler_url else None
+
+    def version_of(namespace: str, function: str) -> str | None:
+        try:
+            return gateway.target(namespace, function, None).version.version
+        except errors.LambdaError:
+            return None
+
+    async def write_status(namespace: str, function: str, status: dict[str, int]) -> None:
+        await asyncio.to_thread(k8s.merge_patch, "Function", namespace, function, {"status": {"asyncInvoke": status}},
+                                field_manager="kfn-async-worker", sub="status")
+
+    def shown(namespace: str, function: str) -> dict[str, int] | None | bool:
+        fn = catalog.function(namespace, function)
+        return False if fn is None else ((fn.get("status") or {}).get("asyncInvoke") or None)
+
+    loops["backlog"] = loop.create_task(backlog.run(queue, shown=shown, version_of=version_of,
+                                                    write_status=write_status, push_demand=scaler_push))
     stop = asyncio.Event()
     if reporter is not None:
         loops["demand"] = loop.create_task(reporter.run(stop))
@@ -112,6 +136,8 @@ async def serve(args: argparse.Namespace) -> None:
     if worker._tasks:
         await asyncio.wait(list(worker._tasks), timeout=args.grace_seconds)
     await dests.close()  # its broker connections (NATS, Redis, HTTP)
+    if scaler_push is not None:
+        await scaler_push.close()
     await queue.close()
     await runner.cleanup()
     for w in watchers:

@@ -442,20 +442,24 @@ class Gateway:
         return await self.dispatch(target, self.agent_head(req.headers, target, request_id), req.body or b"",
                                    request_id, started)
 
-    async def dispatch(self, target: Target, head: bytes, body: bytes, request_id: str, started: float) -> Answer:
+    async def dispatch(self, target: Target, head: bytes, body: bytes, request_id: str, started: float,
+                       claimed: Lease | None = None) -> Answer:
         """Run one invocation on an execution environment of *target* (claiming one, or a cold start): the one
-        environment-selection path of sync calls and async workers. Raises TooManyRequestsException (no environment
-        to be had), ResourceConflictException (none became ready in time), ServiceException (the agent failed
-        after the request reached it: it may have run)."""
+        environment-selection path of sync calls and async workers. *claimed*: an environment of the version the
+        caller already holds (an async worker that waited for one), tried first and released either way. Raises
+        TooManyRequestsException (no environment to be had), ResourceConflictException (none became ready in
+        time), ServiceException (the agent failed after the request reached it: it may have run)."""
         version = target.version
         # Reserved concurrency 0 throttles every invocation (Lambda's rule), even with an environment still up:
         # the sync path checked before, the async workers' events come through here.
         if self.catalog.reserved(version.namespace, version.function) == 0:
+            if claimed is not None:
+                claimed.release()
             raise errors.throttled(RESERVED_LIMIT)
         tried: set[str] = set()
         gauge = metrics.CONCURRENT.labels(version.namespace, version.function)
         for _ in range(self.settings.attempts):
-            lease = self.pool.claim(version, tried)
+            lease, claimed = claimed or self.pool.claim(version, tried), None
             if lease is None:
                 lease = await self._cold(version, started)
             gauge.inc()

@@ -546,8 +546,18 @@ class ConcurrencyStatus(StatusModel):
     reserved: int | None = Field(None, description="The accepted reservedConcurrency (absent: the unreserved pool).")
 
 
+class AsyncInvokeStatus(StatusModel):
+    """The function's asynchronous-invocation backlog, written by ``kfn async-worker`` from JetStream (every few
+    seconds while events wait; zeros once drained)."""
+
+    queued: int = Field(0, description="Events stored in the async queue: waiting, running, or delayed for a retry.")
+    oldest_age_seconds: int = Field(
+        0, alias="oldestAgeSeconds", description="Age of the event first in line, seconds since its 202 (0: none).")
+
+
 class FunctionStatus(EnvironmentStatus):
-    """Function.status, written by the operator (``concurrency``: by the scaler)."""
+    """Function.status, written by the operator (``concurrency``: by the scaler; ``asyncInvoke``: by the async
+    workers)."""
 
     state: FunctionState | None = Field(None, description="Lambda State: Pending, Active, Inactive or Failed.")
     latest_version: StrictInt | None = Field(None, alias="latestVersion", description="Newest published version.")
@@ -561,6 +571,9 @@ class FunctionStatus(EnvironmentStatus):
     )
     concurrency: ConcurrencyStatus | None = Field(
         None, description="Concurrency in use, written by the scaler at most every few seconds, only on change."
+    )
+    async_invoke: AsyncInvokeStatus | None = Field(
+        None, alias="asyncInvoke", description="Asynchronous invocation backlog (kfn async-worker, from JetStream)."
     )
 
 

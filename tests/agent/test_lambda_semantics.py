@@ -133,6 +133,45 @@ def test_init_longer_than_the_init_phase_is_retried_inside_the_first_invocation(
     assert "Runtime.Unavailable" not in rig.agent_output()
 
 
+def test_image_runtime_init_longer_than_the_init_phase_still_serves_the_first_invocation(rig_factory) -> None:
+    """A `code.image` runtime (no bootstrap: the agent cannot stop its init) that imports for 11 s: the init phase
+    ends at 10 s with INIT_REPORT Status: timeout, the waiting invocation is charged from then (30 s timeout) and
+    succeeds when the init finishes, and the environment serves on warm."""
+    rig = rig_factory(timeout=30)
+    (rig.task_root / "slow_init.txt").write_text("11")
+    rig.start_image_runtime("slow_init.handler")
+    reply = rig.invoke({})
+    assert reply.status == 200, reply.body
+    assert "x-amz-function-error" not in reply.headers
+    assert reply.json() == {"initialised": True}
+    assert 9 < reply.seconds < 30, "the 11 s init, within the function's timeout"
+    init_reports = [line for line in rig.platform_lines() if line.startswith("INIT_REPORT")]
+    assert len(init_reports) == 1 and init_reports[0].startswith("INIT_REPORT Init Duration: 100")
+    assert init_reports[0].endswith(" ms\tPhase: init\tStatus: timeout")
+    warm = rig.invoke({})
+    assert (warm.status, warm.json()) == (200, {"initialised": True})
+    assert warm.seconds < 2
+    assert (rig.task_root / "starts.log").read_text().count("start") == 1
+
+
+def test_image_runtime_init_that_outlives_the_function_timeout_is_a_timeout_then_serves(rig_factory) -> None:
+    """The waiting invocation times out (init phase 1 s, then its 2 s timeout); the image's runtime, which the agent
+    cannot stop, finishes its 6 s init and the environment serves the next invocation (not left busy or wedged)."""
+    rig = rig_factory(timeout=2, extra_env={"KFN_INIT_TIMEOUT_SECONDS": "1"})
+    (rig.task_root / "slow_init.txt").write_text("6")
+    rig.start_image_runtime("slow_init.handler")
+    reply = rig.invoke({})
+    rid = reply.headers["x-amzn-requestid"]
+    assert 2 <= reply.seconds < 5, "1 s of init phase (not charged), then the 2 s timeout"
+    assert reply.json() == {"errorType": "Sandbox.Timedout",
+                            "errorMessage": f"RequestId: {rid} Error: Task timed out after 2.00 seconds"}
+    assert report_of(rig, rid).endswith("\tStatus: timeout\t")
+    wait_for(rig.ready, 15, "the image runtime's first /next after its long init")
+    after = rig.invoke({})
+    assert (after.status, after.json()) == (200, {"initialised": True})
+    assert "x-amz-function-error" not in after.headers
+
+
 def test_init_that_outlives_the_function_timeout_is_a_timeout_and_is_stopped(rig_factory) -> None:
     rig = rig_factory(timeout=2, extra_env={"KFN_INIT_TIMEOUT_SECONDS": "1"})
     (rig.task_root / "slow_init.txt").write_text("60")

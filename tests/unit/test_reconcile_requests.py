@@ -89,3 +89,19 @@ def test_a_pass_reads_the_object_before_writing_status_only_when_it_changed_sinc
     calls.clear()
     common.finish({"kind": "Function", "metadata": {**meta, "resourceVersion": "3"}, "status": {}}, outcome())
     assert calls == ["get"], "changed since (another writer): the status is read before comparing"
+
+
+def test_a_pass_started_by_a_deployment_just_read_does_not_read_it_again(monkeypatch: Any) -> None:
+    from kfn import k8s
+    from kfn.reconcilers import environment
+
+    reads: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(k8s, "get", lambda kind, ns, name: reads.append((kind, ns, name)) or {"metadata": {"name": name}})
+    event = {"metadata": {"namespace": "ns", "name": "f-latest", "resourceVersion": "7"}, "status": {"readyReplicas": 1}}
+    with environment.deployment_just_read(event):
+        assert environment._deployment_state("ns", "f-latest") == event
+        assert reads == [], "the event's Deployment is its newest state"
+        environment._deployment_state("ns", "g-latest")
+        assert reads == [("Deployment", "ns", "g-latest")], "another Deployment is read"
+    environment._deployment_state("ns", "f-latest")
+    assert reads[-1] == ("Deployment", "ns", "f-latest"), "outside the pass it started, it is read fresh"

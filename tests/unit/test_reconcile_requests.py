@@ -9,7 +9,7 @@ import kopf
 
 from kfn.handlers import MemoryDiffBase
 from kfn.reconcilers.function import Related
-from kfn.reconcilers.resync import RecentlyReconciled, Resync
+from kfn.reconcilers.resync import RecentlyReconciled, Resync, state_of
 
 
 def body(name: str, uid: str, spec: dict[str, Any]) -> kopf.Body:
@@ -147,6 +147,7 @@ def test_an_idle_resync_pass_lists_deployments_instead_of_a_get_per_function(mon
         return {"Function": functions, "Deployment": listed}.get(kind, [])
 
     monkeypatch.setattr(k8s, "list_objects", list_objects)
+    monkeypatch.setattr(k8s, "list_pages", list_objects)
     monkeypatch.setattr(k8s, "get", lambda kind, ns, name: requests.append(f"get {kind} {name}") or {})
     seen: dict[str, Any] = {}
 
@@ -155,6 +156,6 @@ def test_an_idle_resync_pass_lists_deployments_instead_of_a_get_per_function(mon
         seen[name] = environment._deployment_state("ns", f"{name}-latest")
 
     Resync(30, reconcile, ["ns"], 1, None).pass_once()
-    assert seen["f"] == listed[0], "as listed: nothing newer known"
+    assert seen["f"] == state_of(listed[0]), "as listed: nothing newer known"
     assert requests.count("list Deployment") == 1
     assert [r for r in requests if r.startswith("get")] == ["get Deployment g-latest"], "g changed since: read"

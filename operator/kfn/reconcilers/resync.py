@@ -94,6 +94,19 @@ class RecentlyReconciled:
 RECENT = RecentlyReconciled()
 
 
+def state_of(deployment: Mapping[str, Any]) -> dict[str, Any]:
+    """What a reconcile reads of a Deployment: identity, generation, annotations, owners, replicas, status."""
+    meta = deployment.get("metadata") or {}
+    keep = ("name", "namespace", "uid", "generation", "resourceVersion", "annotations", "labels", "ownerReferences")
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {k: meta[k] for k in keep if k in meta},
+        "spec": {"replicas": (deployment.get("spec") or {}).get("replicas", 1)},
+        "status": deployment.get("status") or {},
+    }
+
+
 class Resync:
     """The resync loop of one operator process."""
 
@@ -129,14 +142,16 @@ class Resync:
         return out
 
     def deployments(self) -> dict[tuple[str, str, str], dict[str, Any]]:
-        """kfn's Deployments, one list per namespace, by (namespace, controller kind, controller name)."""
+        """kfn's Deployments, one chunked list per namespace, by (namespace, controller kind, controller name);
+        each kept as what a reconcile reads of it (a thousand whole ones, managedFields and pod templates,
+        would raise the operator's peak memory by tens of MB)."""
         out = {}
         for ns in self.namespaces or [None]:
-            for d in k8s.list_objects("Deployment", ns, DEPLOYMENT_SELECTOR):
+            for d in k8s.list_pages("Deployment", ns, DEPLOYMENT_SELECTOR):
                 meta = d.get("metadata") or {}
                 for ref in meta.get("ownerReferences") or []:
                     if ref.get("controller") and ref.get("apiVersion") == names.API_VERSION:
-                        out[(meta.get("namespace") or "", ref.get("kind", ""), ref.get("name", ""))] = d
+                        out[(meta.get("namespace") or "", ref.get("kind", ""), ref.get("name", ""))] = state_of(d)
         return out
 
     def one(self, kind: str, body: dict[str, Any], deployment: dict[str, Any] | None = None) -> None:

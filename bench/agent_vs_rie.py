@@ -146,6 +146,9 @@ class Target:
             "p50_ms": round(statistics.median(ms), 3),
             "p99_ms": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 3),
             "mean_ms": round(statistics.fmean(ms), 3),
+            # the tail's mass (how many invocations a load burst held up), steadier than one quantile
+            "over_1ms_fraction": round(sum(x > 1 for x in ms) / len(ms), 4),
+            "over_5ms_fraction": round(sum(x > 5 for x in ms) / len(ms), 4),
             "throughput_per_s": round(len(ms) / self.busy_seconds, 1),
             "host_cpu_us_per_invoke": round(self.host_cpu / len(ms) * 1e6),
             "runtime_cpu_us_per_invoke": round(self.runtime_cpu / len(ms) * 1e6),
@@ -217,6 +220,8 @@ def main() -> int:
           f"max {per_round[-1]:.2f}x")
     print(f"p99 ratio per round pair: min {per_round_p99[0]:.2f}x, median {statistics.median(per_round_p99):.2f}x, "
           f"max {per_round_p99[-1]:.2f}x")
+    print(f"invocations over 1 ms / 5 ms: kfn {kfn['over_1ms_fraction']:.1%} / {kfn['over_5ms_fraction']:.1%}, "
+          f"RIE {aws['over_1ms_fraction']:.1%} / {aws['over_5ms_fraction']:.1%}")
     print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
           "(latency ratios on a loaded machine mostly measure scheduling; host CPU per invoke does not)")
     goal = ratios["p50"] <= 1.0

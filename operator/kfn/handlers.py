@@ -32,7 +32,7 @@ from kfn import aio, health, k8s, metrics, names
 from kfn.reconcilers.alias import reconcile_alias
 from kfn.reconcilers.children import APPLIED
 from kfn.reconcilers.common import Outcome
-from kfn.reconcilers.environment import forget_seen
+from kfn.reconcilers.environment import deployment_just_read, forget_seen
 from kfn.reconcilers.esm import reconcile_esm, source_condition_stale
 from kfn.reconcilers.function import RELATED, reconcile_function, versions_of
 from kfn.reconcilers.resync import RECENT
@@ -166,7 +166,8 @@ def follow_child(child_kind: str, event_type: str, body: dict[str, Any], owner: 
             metrics.CHILD_REPAIRS.labels(child_kind).inc()
             reconcile_by_name(owner[0], meta["namespace"], owner[1], cfg)
         elif (owner_body := environments_changed(body, owner, meta["namespace"])) is not None:
-            reconcile_body(owner[0], owner_body, cfg)  # read just now: no second read
+            with deployment_just_read(body):  # the event's Deployment is its newest state: no GET of it
+                reconcile_body(owner[0], owner_body, cfg)  # read just now: no second read
     except k8s.ApiError as e:
         log.warning("following %s %s failed: %s", child_kind, meta.get("name"), e)
 
@@ -259,15 +260,15 @@ INIT_WATCH_SECONDS = 60.0
 INIT_POLL_SECONDS = 2.0
 
 
-def pod_owner(pod: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(kind, name) of the Function or FunctionVersion whose execution environment a pod is."""
+def pod_deployment(pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The Deployment (read now) whose execution environment a pod is, or None."""
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
     function, version = labels.get(names.LABEL_FUNCTION), labels.get(names.LABEL_VERSION)
     if not function or not version:
         return None
-    deployment = k8s.get("Deployment", meta["namespace"], names.environment_name(function, version))
-    return controller_of(deployment["metadata"]) if deployment else None
+    return k8s.get("Deployment", meta["namespace"], names.environment_name(function, version))
+
 
 
 async def follow_init(pod: Mapping[str, Any]) -> bool:
@@ -313,13 +314,15 @@ def register_pod_watch(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> 
             return
 
         def refresh_owner() -> None:
-            owner = pod_owner(pod)
-            if owner is not None:
+            deployment = pod_deployment(pod)
+            owner = controller_of(deployment["metadata"]) if deployment else None
+            if deployment is not None and owner is not None:
                 labels = pod["metadata"].get("labels") or {}
                 # the Deployment's status may not have changed: have the owner's pass look at the pods again
                 forget_seen(pod["metadata"]["namespace"],
                             names.environment_name(labels[names.LABEL_FUNCTION], labels[names.LABEL_VERSION]))
-                reconcile_by_name(owner[0], pod["metadata"]["namespace"], owner[1], cfg)
+                with deployment_just_read(deployment):  # read a moment ago: the pass need not read it again
+                    reconcile_by_name(owner[0], pod["metadata"]["namespace"], owner[1], cfg)
 
         try:
             await asyncio.to_thread(refresh_owner)

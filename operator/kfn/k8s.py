@@ -217,6 +217,22 @@ def list_objects(kind: str, namespace: str | None, label_selector: str | None = 
     return list(_request("GET", path(kind, namespace), query=query).get("items", []))
 
 
+def list_pages(kind: str, namespace: str | None, label_selector: str | None = None,
+               limit: int = 100) -> Iterator[dict[str, Any]]:
+    """Objects of a kind, read *limit* per request (the API server's chunked list: `limit` and `continue`),
+    so a caller that keeps a part of each never holds the whole list at once."""
+    token = ""
+    while True:
+        query: list[tuple[str, Any]] = [("limit", limit)] + ([("labelSelector", label_selector)] if label_selector else [])
+        if token:
+            query.append(("continue", token))
+        page = _request("GET", path(kind, namespace), query=query)
+        yield from page.get("items", [])
+        token = (page.get("metadata") or {}).get("continue") or ""
+        if not token:
+            return
+
+
 def access_review(user: str, groups: list[str], verb: str, group: str, resource: str, namespace: str,
                   name: str | None) -> tuple[bool, str]:
     """Whether Kubernetes RBAC lets *user* (in *groups*) do *verb* on the resource in *namespace*: a

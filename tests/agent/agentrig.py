@@ -198,6 +198,16 @@ class Rig:
         self.procs.append(proc)
         return proc
 
+    def start_image_runtime(self, handler: str) -> subprocess.Popen:
+        """The runtime as a `code.image` function runs it: the image's own process is the Runtime API client,
+        with no bootstrap around it (no log stream, no exit reports; the kubelet restarts it)."""
+        env = {**self.env, "PYTHONPATH": str(self.task_root)}
+        proc = subprocess.Popen([sys.executable, "-m", "awslambdaric", handler], env=env, cwd=self.task_root,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.runtime = proc
+        self.procs.append(proc)
+        return proc
+
     def agent_output(self) -> str:
         return self.agent_log.read_text()
 

@@ -118,31 +118,68 @@ def test_init_longer_than_the_init_phase_is_retried_inside_the_first_invocation(
     """Lambda gives init 10 s, then retries it in the first invocation with the function's timeout: a module
     that sleeps 11 s at import, with a 30 s timeout, still succeeds."""
     rig = rig_factory(timeout=30)
+    reply = eleven_second_init_succeeds(rig, rig.start_runtime)
+    assert 20 < reply.seconds < 30, "10 s of init phase, then the retried 11 s init inside the invocation"
+    assert (rig.task_root / "starts.log").read_text().count("start") == 2
+    assert "Runtime.Unavailable" not in rig.agent_output()
+
+
+def eleven_second_init_succeeds(rig: Rig, start) -> Reply:
+    """Start a runtime whose init takes 11 s and invoke it at once (30 s timeout): it succeeds, and the one
+    INIT_REPORT is the init phase's timeout at Lambda's 10 s (a retried init that succeeds has none)."""
     (rig.task_root / "slow_init.txt").write_text("11")
-    rig.start_runtime("slow_init.handler")
+    start("slow_init.handler")
     reply = rig.invoke({})
     assert reply.status == 200, reply.body
     assert "x-amz-function-error" not in reply.headers
     assert reply.json() == {"initialised": True}
-    assert 20 < reply.seconds < 30, "10 s of init phase, then the retried 11 s init inside the invocation"
-    assert (rig.task_root / "starts.log").read_text().count("start") == 2
     init_reports = [line for line in rig.platform_lines() if line.startswith("INIT_REPORT")]
-    assert len(init_reports) == 1, "the retried init succeeded: no report of it"
+    assert len(init_reports) == 1, init_reports
     assert init_reports[0].startswith("INIT_REPORT Init Duration: 100")  # 10,0xx ms: the init phase's limit
     assert init_reports[0].endswith(" ms\tPhase: init\tStatus: timeout")
-    assert "Runtime.Unavailable" not in rig.agent_output()
+    return reply
 
 
-def test_init_that_outlives_the_function_timeout_is_a_timeout_and_is_stopped(rig_factory) -> None:
-    rig = rig_factory(timeout=2, extra_env={"KFN_INIT_TIMEOUT_SECONDS": "1"})
-    (rig.task_root / "slow_init.txt").write_text("60")
-    rig.start_runtime("slow_init.handler")
+def init_outlives_the_timeout(rig: Rig, init_seconds: int, start) -> None:
+    """Start a runtime whose init takes *init_seconds* (rig: 1 s init phase, 2 s timeout) and invoke it at once:
+    Lambda's Sandbox.Timedout after the init phase plus the timeout, and a REPORT with Status: timeout."""
+    (rig.task_root / "slow_init.txt").write_text(str(init_seconds))
+    start("slow_init.handler")
     reply = rig.invoke({})
     rid = reply.headers["x-amzn-requestid"]
     assert 2 <= reply.seconds < 5, "1 s of init phase (not charged), then the 2 s timeout"
     assert reply.json() == {"errorType": "Sandbox.Timedout",
                             "errorMessage": f"RequestId: {rid} Error: Task timed out after 2.00 seconds"}
     assert report_of(rig, rid).endswith("\tStatus: timeout\t")
+
+
+def test_image_runtime_init_longer_than_the_init_phase_still_serves_the_first_invocation(rig_factory) -> None:
+    """A `code.image` runtime (no bootstrap: the agent cannot stop its init) that imports for 11 s: the init phase
+    ends at 10 s with INIT_REPORT Status: timeout, the waiting invocation is charged from then (30 s timeout) and
+    succeeds when the init finishes, and the environment serves on warm."""
+    rig = rig_factory(timeout=30)
+    reply = eleven_second_init_succeeds(rig, rig.start_image_runtime)
+    assert 9 < reply.seconds < 30, "the 11 s init, within the function's timeout"
+    warm = rig.invoke({})
+    assert (warm.status, warm.json()) == (200, {"initialised": True})
+    assert warm.seconds < 2
+    assert (rig.task_root / "starts.log").read_text().count("start") == 1
+
+
+def test_image_runtime_init_that_outlives_the_function_timeout_is_a_timeout_then_serves(rig_factory) -> None:
+    """The waiting invocation times out (init phase 1 s, then its 2 s timeout); the image's runtime, which the agent
+    cannot stop, finishes its 6 s init and the environment serves the next invocation (not left busy or wedged)."""
+    rig = rig_factory(timeout=2, extra_env={"KFN_INIT_TIMEOUT_SECONDS": "1"})
+    init_outlives_the_timeout(rig, 6, rig.start_image_runtime)
+    wait_for(rig.ready, 15, "the image runtime's first /next after its long init")
+    after = rig.invoke({})
+    assert (after.status, after.json()) == (200, {"initialised": True})
+    assert "x-amz-function-error" not in after.headers
+
+
+def test_init_that_outlives_the_function_timeout_is_a_timeout_and_is_stopped(rig_factory) -> None:
+    rig = rig_factory(timeout=2, extra_env={"KFN_INIT_TIMEOUT_SECONDS": "1"})
+    init_outlives_the_timeout(rig, 60, rig.start_runtime)
     wait_for(lambda: sum(line.startswith("INIT_REPORT") for line in rig.platform_lines()) == 2, 10,
              "the stopped retry's INIT_REPORT")
     init_reports = [line for line in rig.platform_lines() if line.startswith("INIT_REPORT")]

@@ -9,7 +9,7 @@ import kopf
 
 from kfn.handlers import MemoryDiffBase
 from kfn.reconcilers.function import Related
-from kfn.reconcilers.resync import RecentlyReconciled, Resync
+from kfn.reconcilers.resync import RecentlyReconciled, Resync, state_of
 
 
 def body(name: str, uid: str, spec: dict[str, Any]) -> kopf.Body:
@@ -89,3 +89,73 @@ def test_a_pass_reads_the_object_before_writing_status_only_when_it_changed_sinc
     calls.clear()
     common.finish({"kind": "Function", "metadata": {**meta, "resourceVersion": "3"}, "status": {}}, outcome())
     assert calls == ["get"], "changed since (another writer): the status is read before comparing"
+
+
+def test_a_pass_started_by_a_deployment_just_read_does_not_read_it_again(monkeypatch: Any) -> None:
+    from kfn import k8s
+    from kfn.reconcilers import environment
+
+    reads: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(k8s, "get", lambda kind, ns, name: reads.append((kind, ns, name)) or {"metadata": {"name": name}})
+    event = {"metadata": {"namespace": "ns", "name": "f-latest", "resourceVersion": "7"}, "status": {"readyReplicas": 1}}
+    with environment.deployment_just_read(event):
+        assert environment._deployment_state("ns", "f-latest") == event
+        assert reads == [], "the event's Deployment is its newest state"
+        environment._deployment_state("ns", "g-latest")
+        assert reads == [("Deployment", "ns", "g-latest")], "another Deployment is read"
+    environment._deployment_state("ns", "f-latest")
+    assert reads[-1] == ("Deployment", "ns", "f-latest"), "outside the pass it started, it is read fresh"
+
+
+def deployment_body(name: str, rv: str, owner: str) -> dict[str, Any]:
+    return {"kind": "Deployment", "metadata": {"namespace": "ns", "name": name, "resourceVersion": rv,
+            "ownerReferences": [{"apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "name": owner,
+                                 "controller": True}]}}  # fmt: skip
+
+
+def test_a_listed_deployment_stands_in_for_a_get_only_while_its_watch_knows_nothing_newer() -> None:
+    from kfn.reconcilers.children import AppliedChildren
+
+    m = AppliedChildren()
+    m.enabled = True
+    assert not m.newest_seen(deployment_body("f-latest", "5", "f")), "its watch has delivered nothing yet"
+    m.observe("MODIFIED", deployment_body("f-latest", "5", "f"))
+    assert m.newest_seen(deployment_body("f-latest", "5", "f"))
+    m.observe("MODIFIED", deployment_body("f-latest", "6", "f"))
+    assert not m.newest_seen(deployment_body("f-latest", "5", "f")), "changed since it was listed: read again"
+    m.observe("DELETED", deployment_body("f-latest", "7", "f"))
+    assert not m.newest_seen(deployment_body("f-latest", "6", "f"))
+
+
+def test_an_idle_resync_pass_lists_deployments_instead_of_a_get_per_function(monkeypatch: Any) -> None:
+    from kfn import k8s
+    from kfn.reconcilers import children, environment
+
+    memory = children.AppliedChildren()
+    memory.enabled = True
+    monkeypatch.setattr(children, "APPLIED", memory)
+    monkeypatch.setattr("kfn.reconcilers.resync.APPLIED", memory)
+    monkeypatch.setattr("kfn.reconcilers.resync.RECENT", RecentlyReconciled())  # none reconciled lately
+    functions = [{"metadata": {"namespace": "ns", "name": n}} for n in ("f", "g")]
+    listed = [deployment_body("f-latest", "5", "f"), deployment_body("g-latest", "8", "g")]
+    memory.observe("MODIFIED", listed[0])
+    memory.observe("MODIFIED", deployment_body("g-latest", "9", "g"))  # g's changed after the list
+    requests: list[str] = []
+
+    def list_objects(kind: str, ns: str | None, selector: str | None = None) -> list[dict[str, Any]]:
+        requests.append(f"list {kind}")
+        return {"Function": functions, "Deployment": listed}.get(kind, [])
+
+    monkeypatch.setattr(k8s, "list_objects", list_objects)
+    monkeypatch.setattr(k8s, "list_pages", list_objects)
+    monkeypatch.setattr(k8s, "get", lambda kind, ns, name: requests.append(f"get {kind} {name}") or {})
+    seen: dict[str, Any] = {}
+
+    def reconcile(kind: str, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        seen[name] = environment._deployment_state("ns", f"{name}-latest")
+
+    Resync(30, reconcile, ["ns"], 1, None).pass_once()
+    assert seen["f"] == state_of(listed[0]), "as listed: nothing newer known"
+    assert requests.count("list Deployment") == 1
+    assert [r for r in requests if r.startswith("get")] == ["get Deployment g-latest"], "g changed since: read"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import logging
 import os
 import stat
@@ -45,6 +46,23 @@ _EXIT_REPORT_WAIT_S = 0.5
 # invocation reaches the runtime (the agent is idle while the handler runs), or one more delay later when none
 # comes: a batch written at a random moment would hold up whichever invocation arrived then (the tail latency).
 _REPORT_DELAY_S = 0.05
+
+
+# The cyclic GC runs when the agent is idle (the runtime has just been handed its invocation), not whenever an
+# allocation on an invocation's path happens to cross the threshold: under load a collection there, preempted
+# halfway, was one of the things in the tail. serve() raises the automatic threshold to GC_BACKSTOP (a safety net
+# for an agent that is probed but never invoked); collect_garbage_if_due applies CPython's default policy
+# (gen 0 at 700 allocations, each older generation after 10 of the younger) at the idle moment instead.
+GC_YOUNG = 700
+GC_BACKSTOP = 50_000
+
+
+def collect_garbage_if_due() -> None:
+    """Run the cyclic GC's due generation now, if any is due (CPython's default thresholds; see GC_YOUNG)."""
+    young, middle, old = gc.get_count()
+    if young < GC_YOUNG:
+        return
+    gc.collect(2 if middle >= 10 and old >= 10 else 1 if middle >= 10 else 0)
 
 
 class EnvironmentBusy(Exception):
@@ -451,6 +469,7 @@ class ExecutionEnvironment:
             inv.tail.add_line(start)
         if self._batch_due:  # the runtime has its invocation: the agent has nothing else to do meanwhile
             self.flush_reports()
+        collect_garbage_if_due()
 
     async def _settle_tail(self, inv: Invocation) -> None:
         """Wait until the runtime's output up to now has reached us: its stdout pipe is drained by the bootstrap
@@ -491,6 +510,7 @@ class ExecutionEnvironment:
         self._log_timer = None
         if self._batch_due:  # no invocation reached the runtime for a whole further delay: idle, write now
             self.flush_reports()
+            collect_garbage_if_due()
             return
         self._batch_due = True  # written by _started, after the next hand-over to the runtime
         self._log_timer = self._loop.call_later(_REPORT_DELAY_S, self._batch_timer)

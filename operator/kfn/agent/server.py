@@ -21,7 +21,14 @@ from collections.abc import Callable, Sequence
 
 from kfn.agent import wire
 from kfn.agent.config import AgentConfig
-from kfn.agent.environment import EnvironmentBusy, ExecutionEnvironment, Invocation, LogSink, RuntimeApiError
+from kfn.agent.environment import (
+    GC_BACKSTOP,
+    EnvironmentBusy,
+    ExecutionEnvironment,
+    Invocation,
+    LogSink,
+    RuntimeApiError,
+)
 from kfn.agent.httpserver import Connection, Handler, Request, encode_headers
 
 log = logging.getLogger(__name__)
@@ -392,8 +399,10 @@ async def serve(cfg: AgentConfig, cmd: Sequence[str] = ()) -> None:
     ]
     log.info("kfn agent for %s (%s): Runtime API on %s:%d, invoke endpoint on %s:%d",
              cfg.function_name, cfg.function_version, rt_host, rt_port, *cfg.listen_addr)
-    # Everything alive now lives as long as the agent: keep it out of the cyclic GC's passes.
+    # Everything alive now lives as long as the agent: keep it out of the cyclic GC's passes. Collections run at
+    # idle moments (environment.collect_garbage_if_due); the automatic threshold is only a backstop.
     gc.freeze()
+    gc.set_threshold(GC_BACKSTOP, 10, 10)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -57,6 +57,8 @@ class AppliedChildren:
         self.enabled = False
         self._entries: dict[tuple[str, str, str], Applied] = {}
         self._absent: set[tuple[str, str, str]] = set()
+        # (namespace, name) of each Deployment -> the resourceVersion its watch delivered last (no copy of it)
+        self._versions: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
     def known_absent(self, kind: str, namespace: str, name: str) -> bool:
@@ -87,8 +89,14 @@ class AppliedChildren:
 
     def observe(self, event_type: str | None, live: Mapping[str, Any]) -> None:
         """Follow a watch event of a child: forget it when deleted or edited."""
-        key = _key({"kind": live.get("kind"), "metadata": live.get("metadata") or {}})
+        meta = live.get("metadata") or {}
+        key = _key({"kind": live.get("kind"), "metadata": meta})
         with self._lock:
+            if key[0] == "Deployment":
+                if event_type == "DELETED":
+                    self._versions.pop(key[1:], None)
+                else:
+                    self._versions[key[1:]] = str(meta.get("resourceVersion") or "")
             if event_type != "DELETED":
                 self._absent.discard(key)
             entry = self._entries.get(key)
@@ -96,6 +104,16 @@ class AppliedChildren:
                 return
             if event_type == "DELETED" or owned_fields(live) != entry.owned:
                 del self._entries[key]
+
+    def newest_seen(self, deployment: Mapping[str, Any]) -> bool:
+        """Whether *deployment* (a body read from the API) is the version its watch delivered last: no newer state
+        of it is known, so a pass may use it as read (else the pass reads it again)."""
+        if not self.enabled:
+            return False
+        meta = deployment.get("metadata") or {}
+        with self._lock:
+            seen = self._versions.get((meta.get("namespace") or "", meta.get("name") or ""))
+        return seen is not None and seen == meta.get("resourceVersion")
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -11,11 +11,13 @@ not ready, the agent's ``/readyz``) say whether one can start at all
 from __future__ import annotations
 
 import base64
+import contextlib
+import contextvars
 import dataclasses
 import datetime
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from kfn import conditions as cond
@@ -28,6 +30,33 @@ from kfn.resources.network import describe_function
 from kfn.scaler import keda
 
 log = logging.getLogger("kfn.operator")
+
+
+# The Deployment a pass was started for, as the API server sent it just now (its watch event, or a GET the
+# caller made anyway): the pass takes its state from there instead of reading it a second time.
+_JUST_READ: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("kfn_deployment_just_read",
+                                                                                      default=None)
+
+
+@contextlib.contextmanager
+def deployment_just_read(deployment: Mapping[str, Any]) -> Iterator[None]:
+    """Within this block, a pass over the version that owns *deployment* (a Deployment body received from the
+    API server a moment ago) uses it as the Deployment's state rather than reading it again (one GET fewer per
+    Deployment event that changes the owner's status). Outside it, or for another Deployment, it is read."""
+    token = _JUST_READ.set(deployment)
+    try:
+        yield
+    finally:
+        _JUST_READ.reset(token)
+
+
+def _deployment_state(namespace: str, name: str) -> dict[str, Any] | None:
+    """A Deployment's state (replicas, conditions): the body just read for this pass, else a fresh GET."""
+    just = _JUST_READ.get()
+    meta = (just or {}).get("metadata") or {}
+    if just is not None and meta.get("namespace") == namespace and meta.get("name") == name:
+        return dict(just)
+    return k8s.get("Deployment", namespace, name)
 
 
 class CodeUnavailable(Exception):
@@ -224,7 +253,7 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
                 if obj["kind"] != "Deployment":
                     continue
                 # its state (replicas, conditions) is read fresh: status must not follow a remembered copy
-                live = k8s.get("Deployment", inp.namespace, obj["metadata"]["name"])
+                live = _deployment_state(inp.namespace, obj["metadata"]["name"])
                 if live is not None:
                     deployment_state = live
                     continue

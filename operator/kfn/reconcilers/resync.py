@@ -8,6 +8,11 @@ timer, and a finalizer blocks deleting a Function while no operator runs.
 With peering, only the active replica resyncs: the one no live peer outranks
 (the same rule Kopf applies to its own handlers).
 
+A pass reads kfn's Deployments with one list per namespace, and a reconcile
+takes its Deployment's state from that list when it is still the newest version
+the Deployment watch has delivered (else it reads it again): an idle pass then
+sends a few lists, not a GET per Function.
+
 A pass leaves out the objects some other trigger (a Kopf handler, a child's
 event) reconciled in the last half interval: their reconcile is as good as the
 resync's, and while many objects are created at once the resync would only
@@ -18,6 +23,7 @@ reconciled at least every 1.5 intervals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import threading
@@ -27,10 +33,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kfn import k8s, metrics, names
+from kfn.reconcilers.children import APPLIED
+from kfn.reconcilers.environment import deployment_just_read
 
 log = logging.getLogger("kfn.operator")
 
 KINDS = (names.FUNCTION_KIND, names.FUNCTION_VERSION_KIND, names.ALIAS_KIND)
+# The Deployments of execution environments (the labels every kfn child carries).
+DEPLOYMENT_SELECTOR = f"{names.LABEL_COMPONENT}={names.COMPONENT_FUNCTION},{names.LABEL_MANAGED_BY}={names.MANAGED_BY}"
 
 
 def is_active(peers: Mapping[str, Any], identity: str, priority: int, now: datetime.datetime) -> bool:
@@ -84,6 +94,19 @@ class RecentlyReconciled:
 RECENT = RecentlyReconciled()
 
 
+def state_of(deployment: Mapping[str, Any]) -> dict[str, Any]:
+    """What a reconcile reads of a Deployment: identity, generation, annotations, owners, replicas, status."""
+    meta = deployment.get("metadata") or {}
+    keep = ("name", "namespace", "uid", "generation", "resourceVersion", "annotations", "labels", "ownerReferences")
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {k: meta[k] for k in keep if k in meta},
+        "spec": {"replicas": (deployment.get("spec") or {}).get("replicas", 1)},
+        "status": deployment.get("status") or {},
+    }
+
+
 class Resync:
     """The resync loop of one operator process."""
 
@@ -118,9 +141,25 @@ class Resync:
                 out += [(kind, o) for o in k8s.list_objects(kind, ns)]
         return out
 
-    def one(self, kind: str, body: dict[str, Any]) -> None:
+    def deployments(self) -> dict[tuple[str, str, str], dict[str, Any]]:
+        """kfn's Deployments, one chunked list per namespace, by (namespace, controller kind, controller name);
+        each kept as what a reconcile reads of it (a thousand whole ones, managedFields and pod templates,
+        would raise the operator's peak memory by tens of MB)."""
+        out = {}
+        for ns in self.namespaces or [None]:
+            for d in k8s.list_pages("Deployment", ns, DEPLOYMENT_SELECTOR):
+                meta = d.get("metadata") or {}
+                for ref in meta.get("ownerReferences") or []:
+                    if ref.get("controller") and ref.get("apiVersion") == names.API_VERSION:
+                        out[(meta.get("namespace") or "", ref.get("kind", ""), ref.get("name", ""))] = state_of(d)
+        return out
+
+    def one(self, kind: str, body: dict[str, Any], deployment: dict[str, Any] | None = None) -> None:
+        # The listed Deployment stands in for a GET only while its watch has delivered nothing newer.
+        fresh = deployment is not None and APPLIED.newest_seen(deployment)
         try:
-            self.reconcile(kind, body)
+            with deployment_just_read(deployment) if fresh and deployment is not None else contextlib.nullcontext():
+                self.reconcile(kind, body)
         except k8s.ApiError as e:
             meta = body.get("metadata", {})
             log.warning("resync of %s %s/%s failed: %s", kind, meta.get("namespace"), meta.get("name"), e)
@@ -132,7 +171,13 @@ class Resync:
         objs = self.objects()
         RECENT.keep_only(objs)
         due = [(kind, body) for kind, body in objs if not self.fresh(kind, body)]
-        list(self.pool.map(lambda kb: self.one(*kb), due))
+        deployments = self.deployments() if any(kind != names.ALIAS_KIND for kind, _ in due) else {}
+
+        def owned(kind: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+            meta = body.get("metadata") or {}
+            return deployments.get((meta.get("namespace") or "", kind, meta.get("name") or ""))
+
+        list(self.pool.map(lambda kb: self.one(kb[0], kb[1], owned(*kb)), due))
         metrics.RESYNC_PASSES.inc()
         return len(due)
 

@@ -81,3 +81,32 @@ async def poll_until(source: Any, count: int, timeout: float = 30.0, batch: int 
     while len(got) < count and time.monotonic() < deadline:
         got.extend(await source.poll(min(batch, count - len(got)), 1.0))
     return got
+
+
+async def create_kafka_topic(servers: str, name: str, partitions: int) -> None:
+    """Create topic ``name`` (replication 1) on the Kafka at ``servers``, retried while the broker starts."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            await admin.create_topics([NewTopic(name, partitions, 1)])
+        finally:
+            await admin.close()
+
+    await eventually("creating a Kafka topic", create, timeout=120)
+
+
+async def create_jetstream(url: str, name: str) -> None:
+    """Create the JetStream stream ``name`` over the subjects ``<name>.>``, retried while the server starts."""
+    import nats
+
+    async def create() -> None:
+        nc = await nats.connect(url, connect_timeout=3, allow_reconnect=False)
+        try:
+            await nc.jetstream().add_stream(name=name, subjects=[f"{name}.>"])
+        finally:
+            await nc.close()
+
+    await eventually("creating a JetStream stream", create, timeout=120)

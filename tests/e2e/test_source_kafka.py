@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from brokerpods import eventually, poll_until, running_broker
+from brokerpods import create_kafka_topic, eventually, poll_until, running_broker
 from kfn.sources.base import MappingContext, SourceUnavailable
 from kfn.sources.kafka import KafkaSource
 
@@ -34,19 +34,8 @@ def kafka(cluster: Any, testbed_images: list[str]) -> Iterator[str]:
 @pytest.fixture()
 async def topic(kafka: str) -> AsyncIterator[str]:
     """A fresh topic with two partitions (created once the broker answers)."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
     name = f"orders-{secrets.token_hex(3)}"
-
-    async def create() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka, request_timeout_ms=5000)
-        try:
-            await admin.start()
-            await admin.create_topics([NewTopic(name, 2, 1)])
-        finally:
-            await admin.close()
-
-    await eventually("creating a Kafka topic", create, timeout=120)
+    await create_kafka_topic(kafka, name, 2)
     yield name
 
 

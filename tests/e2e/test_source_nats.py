@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from brokerpods import eventually, poll_until, running_broker
+from brokerpods import create_jetstream, poll_until, running_broker
 from kfn.asyncinvoke.manifests import NATS_IMAGE
 from kfn.sources.base import MappingContext, SourceUnavailable
 from kfn.sources.nats import NatsSource
@@ -32,18 +32,8 @@ def nats_url(cluster: Any, testbed_images: list[str]) -> Iterator[str]:
 @pytest.fixture()
 async def stream(nats_url: str) -> AsyncIterator[str]:
     """A fresh stream over ``<name>.>`` (made once the server answers)."""
-    import nats
-
     name = f"ORDERS_{secrets.token_hex(3)}"
-
-    async def create() -> None:
-        nc = await nats.connect(nats_url, connect_timeout=3, allow_reconnect=False)
-        try:
-            await nc.jetstream().add_stream(name=name, subjects=[f"{name}.>"])
-        finally:
-            await nc.close()
-
-    await eventually("creating a JetStream stream", create, timeout=120)
+    await create_jetstream(nats_url, name)
     yield name
 
 

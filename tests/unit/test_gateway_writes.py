@@ -298,6 +298,8 @@ def lambda_write_permissions() -> set[tuple[str, str, str]]:
         plan("POST", "/2015-03-31/functions/hello/aliases", {"Name": "x", "FunctionVersion": "1"}),
         plan("PUT", "/2015-03-31/functions/hello/aliases/live", {"FunctionVersion": "2"}),
         plan("DELETE", "/2015-03-31/functions/hello/aliases/live"),
+        plan("POST", "/2021-10-31/functions/hello/url", {"AuthType": "NONE"}),
+        plan("POST", "/2021-10-31/functions/hello/url", {"AuthType": "NONE"}, query={"Qualifier": ["live"]}),
     ]
     used = set()
     for p in plans:
@@ -481,3 +483,155 @@ def test_a_patch_that_meets_a_newer_object_is_decided_again_then_409(monkeypatch
         asyncio.run(server.apply_plan(Catalog(), p, "rid", last_attempt=False))
     with pytest.raises(errors.ResourceConflictException):
         asyncio.run(server.apply_plan(Catalog(), p, "rid", last_attempt=True))
+
+
+# --- function URL configs ----------------------------------------------------------------------------------------
+# Bugs caught: a URL config written to the wrong object (the Function for a qualified call), a second Create that
+# silently replaces the first, a Cors the update should have dropped left in place, an answer boto3 cannot parse
+# (shapes checked against botocore's model), a delete that leaves the URL served.
+
+URL_PATH = "/2021-10-31/functions/hello/url"
+NOW = 1_700_000_000.25
+
+
+def with_url(view: Any, name: str, url: dict[str, Any], status_url: str | None = None) -> Any:
+    obj = next(o for o in view.objects if o["metadata"]["name"] == name and o["metadata"]["namespace"] == fx.NS)
+    obj["spec"]["url"] = url
+    if status_url:
+        obj.setdefault("status", {})["url"] = status_url
+    return view
+
+
+def url_plan(method: str, body: dict[str, Any] | None = None, qualifier: str | None = None, view: Any = None,
+             settings: control.ApiSettings = fx.SETTINGS) -> writes.Plan:
+    query = {"Qualifier": [qualifier]} if qualifier else {}
+    ctx = writes.Ctx(view or catalog(), settings, NOW)
+    patterns = {"POST": writes.create_function_url_config, "PUT": writes.update_function_url_config}
+    if method == "DELETE":
+        return writes.delete_function_url_config(ctx, "hello", query)
+    return patterns[method](ctx, "hello", query, json.dumps(body or {}).encode())
+
+
+def merged(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch, as the API server applies the plan's patch."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merged(out.get(key), value)
+    return out
+
+
+def answer_of(p: writes.Plan, view: Any = None) -> dict[str, Any]:
+    """The plan's answer to the object the API server would return."""
+    op = p.ops[0]
+    obj = next(o for o in (view or catalog()).objects if o["kind"] == op.kind and o["metadata"]["name"] == op.name
+               and o["metadata"]["namespace"] == fx.NS)
+    return p.answer([merged(obj, op.body)])
+
+
+def test_create_url_config_patches_the_function_and_answers_lambdas_shape() -> None:
+    cors = {"AllowOrigins": ["https://app.example"], "MaxAge": 60}
+    settings = control.ApiSettings(region="us-east-1", default_namespace=fx.NS, pool_size=1000, unreserved_min=100,
+                                   public_url="http://127.0.0.1:8080")
+    p = url_plan("POST", {"AuthType": "NONE", "Cors": cors}, settings=settings)
+    assert (p.operation, p.status, [(o.verb, o.kind, o.name) for o in p.ops]) == (
+        "CreateFunctionUrlConfig", 201, [("patch", "Function", "hello")])
+    body = p.ops[0].body
+    assert body["spec"] == {"url": {"authType": "NONE", "cors": {"allowOrigins": ["https://app.example"],
+                                                                 "maxAge": 60}}}
+    assert body["metadata"]["resourceVersion"] == "100"
+    out = answer_of(p)
+    assert fx.shape_errors(out, "CreateFunctionUrlConfigResponse") == []
+    # before the operator writes status.url, the URL is built as the operator builds it, on the caller's base
+    assert out == {"FunctionUrl": f"http://127.0.0.1:8080/kfn-url/{fx.NS}/hello/", "FunctionArn": f"{ARN}:hello",
+                   "AuthType": "NONE", "Cors": cors, "CreationTime": "2023-11-14T22:13:20.250000Z",
+                   "InvokeMode": "BUFFERED"}
+
+
+def test_a_qualified_url_config_lives_on_the_alias() -> None:
+    p = url_plan("POST", {"AuthType": "AWS_IAM", "InvokeMode": "RESPONSE_STREAM"}, qualifier="live")
+    assert [(o.kind, o.name) for o in p.ops] == [("Alias", "hello-live")]
+    assert p.ops[0].body["spec"]["url"] == {"authType": "AWS_IAM", "invokeMode": "RESPONSE_STREAM"}
+    assert answer_of(p)["FunctionArn"] == f"{ARN}:hello:live"
+
+
+@pytest.mark.parametrize(("method", "body", "qualifier", "error", "message"), [
+    ("POST", {}, None, errors.ValidationException,
+     "1 validation error detected: Value null at 'authType' failed to satisfy constraint: Member must not be null"),
+    ("POST", {"AuthType": "OPEN"}, None, errors.ValidationException,
+     "1 validation error detected: Value 'OPEN' at 'authType' failed to satisfy constraint: Member must satisfy enum "
+     "value set: [NONE, AWS_IAM]"),
+    ("POST", {"AuthType": "NONE"}, "1", errors.ValidationException, "Value '1' at 'qualifier'"),
+    ("POST", {"AuthType": "NONE"}, "nope", errors.ResourceNotFoundException, f"Function not found: {ARN}:hello:nope"),
+    ("POST", {"AuthType": "NONE", "Cors": {"MaxAge": 86401}}, None, errors.InvalidParameterValueException, "maxAge"),
+    ("PUT", {"AuthType": "NONE"}, None, errors.ResourceNotFoundException, "The resource you requested does not exist."),
+    ("DELETE", None, "beta", errors.ResourceNotFoundException, "The resource you requested does not exist."),
+])
+def test_url_config_refusals(method: str, body: dict[str, Any] | None, qualifier: str | None,
+                             error: type[errors.LambdaError], message: str) -> None:
+    with pytest.raises(error) as info:
+        url_plan(method, body, qualifier)
+    assert message in info.value.message
+
+
+def test_a_second_create_is_a_conflict_not_a_replacement() -> None:
+    view = with_url(catalog(), "hello", {"authType": "NONE"})
+    with pytest.raises(errors.ResourceConflictException) as info:
+        url_plan("POST", {"AuthType": "AWS_IAM"}, view=view)
+    assert info.value.message == (f"Failed to create function url config for [functionArn = {ARN}:hello]. "
+                                  "Error message:  FunctionUrlConfig exists for this Lambda function")
+
+
+def test_update_changes_only_the_members_given_and_an_empty_cors_drops_it() -> None:
+    view = with_url(catalog(), "hello", {"authType": "NONE", "cors": {"allowOrigins": ["*"]}})
+    p = url_plan("PUT", {"AuthType": "AWS_IAM"}, view=view)
+    assert p.ops[0].body["spec"] == {"url": {"authType": "AWS_IAM"}}  # Cors kept: not in the request
+    p = url_plan("PUT", {"Cors": {}}, view=view)
+    assert p.ops[0].body["spec"] == {"url": {"cors": None}}  # a merge patch removing it
+    out = answer_of(url_plan("PUT", {"AuthType": "AWS_IAM"}, view=view), view)
+    assert fx.shape_errors(out, "UpdateFunctionUrlConfigResponse") == []
+    assert out["LastModifiedTime"] == "2023-11-14T22:13:20.250000Z"
+
+
+def test_delete_removes_the_url_and_its_times() -> None:
+    view = with_url(catalog(), "hello-live", {"authType": "NONE"})
+    p = url_plan("DELETE", qualifier="live", view=view)
+    assert (p.status, p.ops[0].name, p.ops[0].body["spec"]) == (204, "hello-live", {"url": None})
+    assert p.ops[0].body["metadata"]["annotations"] == {writes.ANN_URL_TIMES: None}
+
+
+def test_get_and_list_url_configs_show_status_url_and_aliases() -> None:
+    view = with_url(catalog(), "hello", {"authType": "NONE"}, status_url="http://kfn-gateway.example/kfn-url/team-a/hello/")
+    with_url(view, "hello-live", {"authType": "AWS_IAM"})
+    with control_view(view) as get:
+        status, got = get(URL_PATH)
+        assert status == 200 and fx.shape_errors(got, "GetFunctionUrlConfigResponse") == []
+        assert (got["FunctionUrl"], got["AuthType"]) == ("http://kfn-gateway.example/kfn-url/team-a/hello/", "NONE")
+        status, listed = get("/2021-10-31/functions/hello/urls")
+        assert status == 200 and fx.shape_errors(listed, "ListFunctionUrlConfigsResponse") == []
+        assert [c["FunctionArn"] for c in listed["FunctionUrlConfigs"]] == [f"{ARN}:hello", f"{ARN}:hello:live"]
+        status, page = get("/2021-10-31/functions/hello/urls", "MaxItems=1")
+        assert [c["FunctionArn"] for c in page["FunctionUrlConfigs"]] == [f"{ARN}:hello"] and page["NextMarker"]
+        status, nourl = get(URL_PATH, "Qualifier=beta")
+        assert (status, nourl["Type"], nourl["Message"]) == (404, "User", "The resource you requested does not exist.")
+
+
+class control_view:
+    """GET through control's router (the gateway's read path) against *view*."""
+
+    def __init__(self, view: Any) -> None:
+        self.view = view
+
+    def __enter__(self) -> Any:
+        def get(path: str, raw_query: str = "") -> tuple[int, dict[str, Any]]:
+            from urllib.parse import parse_qs
+            status, _, body = control.handle("GET", path, parse_qs(raw_query), self.view, fx.SETTINGS)
+            return status, json.loads(body)
+        return get
+
+    def __exit__(self, *exc: Any) -> None:
+        return None

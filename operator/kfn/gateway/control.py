@@ -920,8 +920,23 @@ def list_tags(r: _Resolver, resource: str, query: Query) -> dict[str, Any]:
     return writes.list_tags(r.view, r.settings, resource)
 
 
+def get_function_url_config(r: _Resolver, name: str, query: Query) -> dict[str, Any]:
+    from kfn.gateway import writes  # noqa: PLC0415 - writes builds on this module
+
+    return writes.get_function_url_config(r.view, r.settings, name, query)
+
+
+def list_function_url_configs(r: _Resolver, name: str, query: Query) -> dict[str, Any]:
+    from kfn.gateway import writes  # noqa: PLC0415 - writes builds on this module
+
+    return writes.list_function_url_configs(r.view, r.settings, name, query)
+
+
 _ROUTES += [
     ("GET", re.compile(rf"/2017-03-31/tags/{_SEGMENT}/?"), "ListTags", list_tags),
+    ("GET", re.compile(rf"/2021-10-31/functions/{_SEGMENT}/url/?"), "GetFunctionUrlConfig", get_function_url_config),
+    ("GET", re.compile(rf"/2021-10-31/functions/{_SEGMENT}/urls/?"), "ListFunctionUrlConfigs",
+     list_function_url_configs),
     ("GET", _EVENT_CONFIG, "GetFunctionEventInvokeConfig", get_event_invoke_config),
     ("GET", _EVENT_CONFIG_LIST, "ListFunctionEventInvokeConfigs", list_event_invoke_configs),
 ]

@@ -194,16 +194,21 @@ class Gateway:
         request_id = errors.new_request_id()
         try:
             query = parse_qs(req.raw_query, keep_blank_values=True) if req.raw_query else {}
-            api = self.settings.api
-            if api.allow_writes and req.headers.get("host"):  # GetFunction's Code.Location points back here
-                api = replace(api, public_url=f"http://{req.headers['host']}")
-            status, headers, body = control.handle(method, path, query, self.catalog, api, request_id)
+            status, headers, body = control.handle(method, path, query, self.catalog, self._api(req), request_id)
         except errors.LambdaError as e:
             status, headers, body = errors.wire(e, request_id)
         except Exception:  # noqa: BLE001 - a bug must still be answered in Lambda's shape
             log.exception("control-plane request failed", extra={"requestId": request_id, "path": path})
             status, headers, body = errors.wire(internal_error(), request_id)
         req.respond(status, encode_headers(headers), body)
+
+    def _api(self, req: Request) -> control.ApiSettings:
+        """The API settings for *req*: with writes on, GetFunction's Code.Location and a FunctionUrl the operator
+        has not written yet point back where the caller reached the gateway."""
+        api = self.settings.api
+        if api.allow_writes and req.headers.get("host"):
+            api = replace(api, public_url=f"http://{req.headers['host']}")
+        return api
 
     # --- control-plane writes (event invoke config) -----------------------------------------------------------------
     async def _write(self, req: Request, serve: Callable[..., Any] | None = None) -> None:
@@ -240,7 +245,7 @@ class Gateway:
             for attempt in range(WRITE_ATTEMPTS):
                 try:
                     return await apply_plan(self.catalog, writes.plan(req.method, req.path, query, body,
-                                                                      self.catalog, self.settings.api),
+                                                                      self.catalog, self._api(req)),
                                             request_id, last_attempt=attempt == WRITE_ATTEMPTS - 1)
                 except StaleRead as e:
                     # the watch had not yet delivered the object's latest state (often a status write): read it

@@ -25,6 +25,9 @@ PutProvisionedConcurrencyConfig PUT    /2019-09-30/functions/{FunctionName}/prov
 DeleteProvisionedConcurrencyConfig DELETE /2019-09-30/functions/{FunctionName}/provisioned-concurrency (204)
 TagResource                    POST    /2017-03-31/tags/{ARN}                                     (204)
 UntagResource                  DELETE  /2017-03-31/tags/{ARN}?tagKeys=                           (204)
+CreateFunctionUrlConfig        POST    /2021-10-31/functions/{FunctionName}/url?Qualifier=        (201)
+UpdateFunctionUrlConfig        PUT     /2021-10-31/functions/{FunctionName}/url?Qualifier=
+DeleteFunctionUrlConfig        DELETE  /2021-10-31/functions/{FunctionName}/url?Qualifier=        (204)
 =============================  ======  =================================================================
 
 Code store: a ``ZipFile`` becomes an immutable Secret ``<function>-code-<sha256[:12]>`` (key ``code.zip``) owned
@@ -39,21 +42,25 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import hashlib
 import io
 import json
 import re
+import time
 import urllib.parse
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydantic
+
 from kfn import names
 from kfn.gateway import arn, control, errors
 from kfn.gateway.view import CatalogView
 from kfn.models.base import SpecError
-from kfn.models.function import ENV_MAX_BYTES, parse_function_spec
+from kfn.models.function import ENV_MAX_BYTES, FunctionUrl, parse_function_spec
 from kfn.resources.code import CONFIG_MAP_LIMIT, ZIP_KEY
 
 Query = Mapping[str, list[str]]
@@ -386,6 +393,7 @@ class Ctx:
 
     view: CatalogView
     settings: control.ApiSettings
+    now: float = field(default_factory=time.time)  # seconds since the epoch (FunctionUrlConfig's times)
     r: Any = field(init=False)
 
     def __post_init__(self) -> None:
@@ -843,6 +851,210 @@ def list_tags(view: CatalogView, settings: control.ApiSettings, resource: str) -
     return {"Tags": stored_tags(fn)}
 
 
+# --- function URL configs ---------------------------------------------------------------------------------------
+# Lambda's FunctionUrlConfig is ``spec.url`` of the Function (no Qualifier) or of the Alias the Qualifier names;
+# FunctionUrl is the operator's ``status.url``, or the same URL built from where the caller reached the gateway
+# before the operator has written it. Lambda keeps CreationTime and LastModifiedTime: kfn keeps them in an
+# annotation (a URL set with kubectl has none: its object's times stand in).
+
+ANN_URL_TIMES = "kfn.dev/lambda-url-times"  # {"created": ..., "modified": ...}, Lambda's ISO-8601 times
+URL_QUALIFIER = r"(?!^\d+$)^[0-9a-zA-Z-_]+$"  # FunctionUrlQualifier (botocore): an alias name, never a version
+URL_AUTH_TYPES = ("NONE", "AWS_IAM")
+URL_INVOKE_MODES = ("BUFFERED", "RESPONSE_STREAM")
+_CORS_MEMBERS = ("AllowCredentials", "AllowHeaders", "AllowMethods", "AllowOrigins", "ExposeHeaders", "MaxAge")
+
+
+def url_time(now: float) -> str:
+    """Lambda's FunctionUrlConfig time: ISO-8601 with microseconds, UTC (``2024-05-01T12:00:00.123456Z``)."""
+    return datetime.datetime.fromtimestamp(now, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def url_config_exists(function_arn: str) -> errors.ResourceConflictException:
+    """Lambda's CreateFunctionUrlConfig answer when the function (or alias) already has a URL."""
+    return errors.ResourceConflictException(
+        f"Failed to create function url config for [functionArn = {function_arn}]. Error message:  "
+        "FunctionUrlConfig exists for this Lambda function")
+
+
+def url_config_not_found() -> errors.ResourceNotFoundException:
+    """Lambda's answer when the function (or alias) has no URL: its generic not-found text."""
+    return errors.ResourceNotFoundException("The resource you requested does not exist.")
+
+
+def _url_target(ctx: Ctx, name: str, query: Query) -> tuple[str, str, str | None, dict[str, Any]]:
+    """``(namespace, function, alias or None, the object holding spec.url)``; Lambda's errors for a bad Qualifier,
+    an unknown function or alias."""
+    qualifier = _first(query, "Qualifier")
+    if qualifier is not None:
+        problems = []
+        if not re.fullmatch(URL_QUALIFIER, qualifier, re.ASCII):
+            problems.append(errors.violation(qualifier, "qualifier", errors.pattern_rule(URL_QUALIFIER)))
+        if not 1 <= len(qualifier) <= 128:
+            problems.append(errors.violation(qualifier, "qualifier", errors.max_length_rule(128)))
+        if problems:
+            raise errors.validation(*problems)
+    ref, ns = ctx.ref(name, qualifier)
+    fn = ctx.r.function(ns, ref.function, ref.qualifier)
+    if ref.qualifier is None:
+        return ns, ref.function, None, fn
+    if ref.qualifier == names.LATEST:  # an ARN's own qualifier: the pattern above never sees it
+        raise errors.validation(errors.violation(ref.qualifier, "qualifier", errors.pattern_rule(URL_QUALIFIER)))
+    alias = control._alias_named(ctx.view, ns, ref.function, ref.qualifier)
+    if alias is None:
+        raise ctx.r.not_found(ns, ref.function, ref.qualifier)
+    return ns, ref.function, ref.qualifier, alias
+
+
+def _url_members(doc: Mapping[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """*spec* (a ``spec.url``) with the request's AuthType, InvokeMode and Cors (replaced whole) applied."""
+    problems = []
+    for member, allowed in (("AuthType", URL_AUTH_TYPES), ("InvokeMode", URL_INVOKE_MODES)):
+        value = doc.get(member)
+        if value is not None and value not in allowed:
+            problems.append(errors.violation(str(value), member[0].lower() + member[1:], errors.enum_rule(allowed)))
+    if problems:
+        raise errors.validation(*problems)
+    out = dict(spec)
+    if doc.get("AuthType") is not None:
+        out["authType"] = doc["AuthType"]
+    if doc.get("InvokeMode") is not None:
+        out["invokeMode"] = doc["InvokeMode"]
+    if "Cors" in doc:
+        cors = doc["Cors"]
+        if cors is not None and not isinstance(cors, Mapping):
+            raise errors.InvalidParameterValueException("Cors must be an object")
+        given = {m[0].lower() + m[1:]: v for m, v in (cors or {}).items() if m in _CORS_MEMBERS and v is not None}
+        out["cors"] = given or None
+    out = {k: v for k, v in out.items() if v is not None}
+    try:
+        FunctionUrl.model_validate(out)
+    except pydantic.ValidationError as e:  # a Cors list or MaxAge out of Lambda's bounds (the CRD's own rules)
+        first = e.errors()[0]
+        raise errors.InvalidParameterValueException(
+            f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+    return out
+
+
+def _url_times(obj: Mapping[str, Any]) -> dict[str, str]:
+    raw = ((obj.get("metadata") or {}).get("annotations") or {}).get(ANN_URL_TIMES)
+    try:
+        times = json.loads(raw) if raw else {}
+    except ValueError:
+        times = {}
+    fallback = control._last_modified(obj.get("metadata") or {})
+    if not isinstance(times, Mapping):
+        times = {}
+    return {"created": str(times.get("created") or fallback), "modified": str(times.get("modified") or fallback)}
+
+
+def function_url_config(ctx: Ctx, ns: str, function: str, alias: str | None, obj: Mapping[str, Any],
+                        with_modified: bool = True) -> dict[str, Any]:
+    """Lambda's FunctionUrlConfig of *obj* (a Function or Alias with ``spec.url``): FunctionUrl, FunctionArn,
+    AuthType, Cors (when set), CreationTime, LastModifiedTime (not in CreateFunctionUrlConfig's answer),
+    InvokeMode."""
+    spec = (obj.get("spec") or {}).get("url") or {}
+    base = ctx.settings.public_url or names.DEFAULT_URL_BASE
+    url = (obj.get("status") or {}).get("url") or names.function_url(base, ns, function, alias)
+    times = _url_times(obj)
+    out: dict[str, Any] = {"FunctionUrl": url, "FunctionArn": ctx.arn(ns, function, alias),
+                           "AuthType": spec.get("authType", "NONE")}
+    cors = spec.get("cors")
+    if cors:
+        out["Cors"] = {k[0].upper() + k[1:]: v for k, v in cors.items()}
+    out["CreationTime"] = times["created"]
+    if with_modified:
+        out["LastModifiedTime"] = times["modified"]
+    out["InvokeMode"] = spec.get("invokeMode", "BUFFERED")
+    return out
+
+
+def _url_write(ctx: Ctx, operation: str, ns: str, function: str, alias: str | None, obj: Mapping[str, Any],
+               url: dict[str, Any] | None, times: dict[str, str] | None, status: int,
+               answer: bool = True, with_modified: bool = True) -> Plan:
+    kind = names.ALIAS_KIND if alias is not None else names.FUNCTION_KIND
+    patch = {"metadata": {**_precondition(obj), "annotations": {ANN_URL_TIMES: json.dumps(times) if times else None}},
+             "spec": {"url": url}}
+
+    def respond(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+        return function_url_config(ctx, ns, function, alias, results[-1], with_modified) if answer else None
+
+    return Plan(operation, ctx.arn(ns, function, alias),
+                (Op("patch", kind, ns, obj["metadata"]["name"], patch),), status, respond)
+
+
+def create_function_url_config(ctx: Ctx, name: str, query: Query, body: bytes) -> Plan:
+    doc = parse_body(body)
+    if doc.get("AuthType") is None:
+        raise errors.validation(errors.violation(None, "authType", "Member must not be null"))
+    ns, function, alias, obj = _url_target(ctx, name, query)
+    refuse_gitops(obj)
+    if (obj.get("spec") or {}).get("url"):
+        raise url_config_exists(ctx.arn(ns, function, alias))
+    url = _url_members(doc, {})
+    stamp = url_time(ctx.now)
+    return _url_write(ctx, "CreateFunctionUrlConfig", ns, function, alias, obj, url,
+                      {"created": stamp, "modified": stamp}, 201, with_modified=False)
+
+
+def update_function_url_config(ctx: Ctx, name: str, query: Query, body: bytes) -> Plan:
+    doc = parse_body(body)
+    ns, function, alias, obj = _url_target(ctx, name, query)
+    refuse_gitops(obj)
+    current = (obj.get("spec") or {}).get("url")
+    if not current:
+        raise url_config_not_found()
+    url = _url_members(doc, current)
+    times = {**_url_times(obj), "modified": url_time(ctx.now)}
+    # a merge patch: members the request removed (Cors) are sent as null
+    return _url_write(ctx, "UpdateFunctionUrlConfig", ns, function, alias, obj, merge_diff(current, url), times, 200)
+
+
+def delete_function_url_config(ctx: Ctx, name: str, query: Query) -> Plan:
+    ns, function, alias, obj = _url_target(ctx, name, query)
+    refuse_gitops(obj)
+    if not (obj.get("spec") or {}).get("url"):
+        raise url_config_not_found()
+    return _url_write(ctx, "DeleteFunctionUrlConfig", ns, function, alias, obj, None, None, 204, answer=False)
+
+
+def get_function_url_config(view: CatalogView, settings: control.ApiSettings, name: str,
+                            query: Query) -> dict[str, Any]:
+    """GetFunctionUrlConfig (a read: served by control's router)."""
+    ctx = Ctx(view, settings)
+    ns, function, alias, obj = _url_target(ctx, name, query)
+    if not (obj.get("spec") or {}).get("url"):
+        raise url_config_not_found()
+    return function_url_config(ctx, ns, function, alias, obj)
+
+
+LIST_URLS_MAX = 50  # ListFunctionUrlConfigs answers at most 50 per page (botocore: MaxItems 1-50)
+
+
+def list_function_url_configs(view: CatalogView, settings: control.ApiSettings, name: str,
+                              query: Query) -> dict[str, Any]:
+    """ListFunctionUrlConfigs (a read): the function's URL, then its aliases' by name; ``Marker`` is the index
+    of the next item, ``MaxItems`` 1-50."""
+    ctx = Ctx(view, settings)
+    ref, ns = ctx.ref(name)
+    fn = ctx.r.function(ns, ref.function)
+    problems: list[str] = []
+    size = _int_member({"MaxItems": int(m) if (m := _first(query, "MaxItems")) and m.lstrip("-").isdigit()
+                        else None}, "MaxItems", 1, LIST_URLS_MAX, problems)
+    if problems:
+        raise errors.validation(*problems)
+    items = [(None, fn)] + sorted(((str((a.get("spec") or {}).get("name")), a)
+                                   for a in view.aliases(ns, ref.function)), key=lambda p: p[0])
+    configs = [function_url_config(ctx, ns, ref.function, alias, obj) for alias, obj in items
+               if (obj.get("spec") or {}).get("url")]
+    marker = _first(query, "Marker")
+    start = int(marker) if marker and marker.isdigit() else 0
+    end = start + (size or LIST_URLS_MAX)
+    out: dict[str, Any] = {"FunctionUrlConfigs": configs[start:end]}
+    if end < len(configs):
+        out["NextMarker"] = str(end)
+    return out
+
+
 # --- routing ----------------------------------------------------------------------------------------------------
 
 _S = r"([^/]+)"
@@ -867,6 +1079,9 @@ _ROUTES: list[tuple[str, re.Pattern[str], Callable[..., Plan]]] = [
     ("POST", re.compile(rf"/2017-03-31/tags/{_S}/?"), lambda c, q, b, r: tag_resource(c, urllib.parse.unquote(r), b)),
     ("DELETE", re.compile(rf"/2017-03-31/tags/{_S}/?"),
      lambda c, q, b, r: untag_resource(c, urllib.parse.unquote(r), q)),
+    ("POST", re.compile(rf"/2021-10-31/functions/{_S}/url/?"), lambda c, q, b, n: create_function_url_config(c, n, q, b)),
+    ("PUT", re.compile(rf"/2021-10-31/functions/{_S}/url/?"), lambda c, q, b, n: update_function_url_config(c, n, q, b)),
+    ("DELETE", re.compile(rf"/2021-10-31/functions/{_S}/url/?"), lambda c, q, b, n: delete_function_url_config(c, n, q)),
 ]
 
 

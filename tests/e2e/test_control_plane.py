@@ -4,7 +4,9 @@ also read back with ``kubectl`` (the CRDs are the single source of truth).
 
 What a user notices: a function created from a zip runs that zip; an update is what the next invocation runs once
 ``function_updated_v2`` returns; published versions and a weighted alias serve side by side; a reservation that
-would eat the unreserved pool is refused with Lambda's message; deleting the function leaves nothing behind.
+would eat the unreserved pool is refused with Lambda's message; deleting the function leaves nothing behind; a
+function URL made with CreateFunctionUrlConfig answers at the URL it returned, obeys its AuthType, and is gone
+(404) once deleted.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import re
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,12 +25,20 @@ from typing import Any
 import boto3
 import botocore.config
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from kfn import names
 
 pytestmark = pytest.mark.e2e
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
 from podrig import Api, Operator, make_zip, rig, wait_until  # noqa: E402 - the e2e rig (host operator, Api)
 from test_gateway_catalog import GatewayProcess  # noqa: E402 - the host gateway rig lives with the integration tests
+
+from test_function_urls import apply_tree_crds, call  # noqa: E402 - same directory
+from test_identity import role  # noqa: E402 - same directory
 
 APP = """\
 def handler(event, context):
@@ -221,3 +232,103 @@ def test_code_from_an_s3_compatible_store_runs_and_a_missing_key_is_lambdas_erro
     with urllib.request.urlopen(location, timeout=10) as r:  # GetFunction's Code.Location serves the zip
         assert r.read() == package("from-s3")
     lam.delete_function(FunctionName="froms3")
+
+
+@pytest.fixture
+def url_rig(cluster: Any, crds_installed: Any, testbed_images: Any, namespace: str,
+            tmp_path: Path) -> Iterator[tuple[Api, GatewayProcess]]:
+    """The gateway first, then an operator whose --url-base is that gateway: status.url is a URL this host reaches."""
+    apply_tree_crds(cluster)  # this tree's spec.url, status.url and the URL printer column
+    gw = GatewayProcess(cluster, namespace, tmp_path / "gateway.log", "--allow-writes", "--cold-start-timeout", "150")
+    gw.start()
+    op = None
+    try:
+        op = Operator(cluster, namespace, tmp_path / "operator", "--url-base", gw.url).start()
+        yield Api(cluster, namespace), gw
+    finally:
+        if op is not None:
+            op.stop()
+        gw.stop()
+
+
+def signed_get(url: str, access_key: str, secret: str) -> tuple[int, bytes]:
+    """GET *url* signed by botocore's SigV4 signer for service "lambda", as an AWS_IAM function URL expects."""
+    req = AWSRequest(method="GET", url=url)
+    SigV4Auth(Credentials(access_key, secret), "lambda", "us-east-1").add_auth(req)
+    status, _, body = call(url, headers=dict(req.headers))
+    return status, body
+
+
+def url_column(api: Api, function: str) -> str:
+    """The URL cell of `kubectl get fn <function>` ('' when unset: kubectl leaves the cell blank)."""
+    header, row = api.kubectl("get", "fn", function).stdout.splitlines()[:2]
+    column = re.search(r"\bURL\b *", header)
+    assert column is not None, header
+    return row[column.start():column.end()].strip()
+
+
+def test_function_url_configs_with_boto3_create_call_update_to_iam_delete(url_rig: tuple[Api, GatewayProcess],
+                                                                        namespace: str) -> None:
+    api, gw = url_rig
+    lam = client(gw.url)
+    lam.create_function(FunctionName="site", Runtime="python3.11", Handler="app.handler", Role="r",
+                        Code={"ZipFile": package("web")})
+    lam.get_waiter("function_active_v2").wait(FunctionName="site", WaiterConfig=WAIT)
+    with pytest.raises(lam.exceptions.ResourceNotFoundException):
+        lam.get_function_url_config(FunctionName="site")
+
+    created = lam.create_function_url_config(FunctionName="site", AuthType="NONE")
+    assert created["ResponseMetadata"]["HTTPStatusCode"] == 201
+    url = created["FunctionUrl"]
+    assert url == names.function_url(gw.url, namespace, "site")
+    assert (created["AuthType"], created["InvokeMode"]) == ("NONE", "BUFFERED")
+    # the URL it returned runs the function: a payload 2.0 event in, the handler's value back as JSON
+    status, _, body = call(url + "hello?x=1")
+    assert status == 200, body
+    answer = json.loads(body)
+    assert (answer["mark"], answer["event"]["rawPath"], answer["event"]["rawQueryString"]) == ("web", "/hello", "x=1")
+    with pytest.raises(lam.exceptions.ResourceConflictException):
+        lam.create_function_url_config(FunctionName="site", AuthType="AWS_IAM")
+
+    # the operator reports the same URL, and kubectl shows it
+    wait_until(lambda: (api.get("function", "site") or {}).get("status", {}).get("url") == url, 60,
+               "status.url is the URL CreateFunctionUrlConfig returned")
+    assert url_column(api, "site") == url
+    got = lam.get_function_url_config(FunctionName="site")
+    assert (got["FunctionUrl"], got["AuthType"], got["CreationTime"]) == (url, "NONE", created["CreationTime"])
+    listed = lam.list_function_url_configs(FunctionName="site")["FunctionUrlConfigs"]
+    assert [(c["FunctionUrl"], c["FunctionArn"]) for c in listed] == [(url, created["FunctionArn"])]
+
+    # AWS_IAM: an unsigned call is refused, one signed with a kfn key whose ServiceAccount may invoke runs
+    api.apply(role("url-invoker", ["invoke"], "caller"))
+    out = subprocess.run([sys.executable, "-m", "kfn.cli.main", "credentials", "create", "--service-account",
+                          "caller", "-n", namespace, "--endpoint-url", gw.url],
+                         capture_output=True, text=True, env=api.cluster.env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    key = dict(re.findall(r"^(aws_access_key_id|aws_secret_access_key)\s*=\s*(\S+)$", out.stdout, re.M))
+    updated = lam.update_function_url_config(FunctionName="site", AuthType="AWS_IAM")
+    assert (updated["AuthType"], updated["FunctionUrl"]) == ("AWS_IAM", url)
+    assert updated["LastModifiedTime"] >= created["CreationTime"]
+    assert call(url + "hello")[::2] == (403, b'{"Message":"Forbidden"}')
+    status, body = signed_get(url + "hello", key["aws_access_key_id"], key["aws_secret_access_key"])
+    assert status == 200 and json.loads(body)["mark"] == "web", body
+    assert lam.get_function_url_config(FunctionName="site")["AuthType"] == "AWS_IAM"
+
+    # an alias gets a URL of its own (Qualifier)
+    lam.create_alias(FunctionName="site", Name="live", FunctionVersion="$LATEST")
+    api.wait_ready("alias", "site-live", timeout=60)
+    live = lam.create_function_url_config(FunctionName="site", Qualifier="live", AuthType="NONE")
+    assert live["FunctionUrl"] == names.function_url(gw.url, namespace, "site", "live")
+    status, _, body = call(live["FunctionUrl"])
+    assert status == 200 and json.loads(body)["mark"] == "web", body
+    assert len(lam.list_function_url_configs(FunctionName="site")["FunctionUrlConfigs"]) == 2
+
+    # deleted: the URL answers 404, the config is gone, kubectl no longer shows it
+    lam.delete_function_url_config(FunctionName="site")
+    assert call(url)[::2] == (404, b'{"Message":null}')
+    with pytest.raises(lam.exceptions.ResourceNotFoundException):
+        lam.get_function_url_config(FunctionName="site")
+    wait_until(lambda: "url" not in (api.get("function", "site") or {}).get("status", {}), 60, "status.url is gone")
+    assert url_column(api, "site") == ""
+    assert call(live["FunctionUrl"])[0] == 200  # the alias's URL is its own
+    lam.delete_function(FunctionName="site")

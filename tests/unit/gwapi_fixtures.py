@@ -112,6 +112,19 @@ def catalog() -> StaticCatalog:
     )
 
 
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the API server applies ``application/merge-patch+json``."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
 # --- validation against the service model --------------------------------------------------------------------
 
 _PY = {"string": str, "integer": int, "long": int, "boolean": bool, "float": (int, float), "double": (int, float),

@@ -28,17 +28,7 @@ WRITES = control.ApiSettings(region="us-east-1", default_namespace=fx.NS, allow_
 NOW = 1_764_400_000.123
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386, as the API server applies ``application/merge-patch+json``."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
+merge_patch = fx.merge_patch
 
 
 def catalog() -> StaticCatalog:

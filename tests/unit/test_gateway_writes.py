@@ -512,25 +512,12 @@ def url_plan(method: str, body: dict[str, Any] | None = None, qualifier: str | N
     return patterns[method](ctx, "hello", query, json.dumps(body or {}).encode())
 
 
-def merged(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch, as the API server applies the plan's patch."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merged(out.get(key), value)
-    return out
-
-
 def answer_of(p: writes.Plan, view: Any = None) -> dict[str, Any]:
     """The plan's answer to the object the API server would return."""
     op = p.ops[0]
     obj = next(o for o in (view or catalog()).objects if o["kind"] == op.kind and o["metadata"]["name"] == op.name
                and o["metadata"]["namespace"] == fx.NS)
-    return p.answer([merged(obj, op.body)])
+    return p.answer([fx.merge_patch(obj, op.body)])
 
 
 def test_create_url_config_patches_the_function_and_answers_lambdas_shape() -> None:
@@ -567,7 +554,13 @@ def test_a_qualified_url_config_lives_on_the_alias() -> None:
      "value set: [NONE, AWS_IAM]"),
     ("POST", {"AuthType": "NONE"}, "1", errors.ValidationException, "Value '1' at 'qualifier'"),
     ("POST", {"AuthType": "NONE"}, "nope", errors.ResourceNotFoundException, f"Function not found: {ARN}:hello:nope"),
-    ("POST", {"AuthType": "NONE", "Cors": {"MaxAge": 86401}}, None, errors.InvalidParameterValueException, "maxAge"),
+    ("POST", {"AuthType": "NONE", "Cors": {"MaxAge": 86401}}, None, errors.ValidationException,
+     "1 validation error detected: Value '86401' at 'cors.maxAge' failed to satisfy constraint: Member must have "
+     "value less than or equal to 86400"),
+    ("POST", {"AuthType": "NONE", "Cors": {"AllowMethods": ["GET"] * 7}}, None, errors.ValidationException,
+     "at 'cors.allowMethods' failed to satisfy constraint: Member must have length less than or equal to 6"),
+    ("POST", {"AuthType": "NONE", "Cors": {"AllowOrigins": [""]}}, None, errors.InvalidParameterValueException,
+     "cors.allowOrigins.0"),
     ("PUT", {"AuthType": "NONE"}, None, errors.ResourceNotFoundException, "The resource you requested does not exist."),
     ("DELETE", None, "beta", errors.ResourceNotFoundException, "The resource you requested does not exist."),
 ])
@@ -616,6 +609,8 @@ def test_get_and_list_url_configs_show_status_url_and_aliases() -> None:
         assert [c["FunctionArn"] for c in listed["FunctionUrlConfigs"]] == [f"{ARN}:hello", f"{ARN}:hello:live"]
         status, page = get("/2021-10-31/functions/hello/urls", "MaxItems=1")
         assert [c["FunctionArn"] for c in page["FunctionUrlConfigs"]] == [f"{ARN}:hello"] and page["NextMarker"]
+        status, too_many = get("/2021-10-31/functions/hello/urls", "MaxItems=51")
+        assert (status, too_many["Type"]) == (400, "User") and "Value '51' at 'maxItems'" in too_many["message"]
         status, nourl = get(URL_PATH, "Qualifier=beta")
         assert (status, nourl["Type"], nourl["Message"]) == (404, "User", "The resource you requested does not exist.")
 

@@ -889,7 +889,7 @@ def _url_target(ctx: Ctx, name: str, query: Query) -> tuple[str, str, str | None
         problems = []
         if not re.fullmatch(URL_QUALIFIER, qualifier, re.ASCII):
             problems.append(errors.violation(qualifier, "qualifier", errors.pattern_rule(URL_QUALIFIER)))
-        if not 1 <= len(qualifier) <= 128:
+        if len(qualifier) > 128:
             problems.append(errors.violation(qualifier, "qualifier", errors.max_length_rule(128)))
         if problems:
             raise errors.validation(*problems)
@@ -924,6 +924,9 @@ def _url_members(doc: Mapping[str, Any], spec: dict[str, Any]) -> dict[str, Any]
         if cors is not None and not isinstance(cors, Mapping):
             raise errors.InvalidParameterValueException("Cors must be an object")
         given = {m[0].lower() + m[1:]: v for m, v in (cors or {}).items() if m in _CORS_MEMBERS and v is not None}
+        problems += _cors_problems(given)
+        if problems:
+            raise errors.validation(*problems)
         out["cors"] = given or None
     out = {k: v for k, v in out.items() if v is not None}
     try:
@@ -933,6 +936,21 @@ def _url_members(doc: Mapping[str, Any], spec: dict[str, Any]) -> dict[str, Any]
         raise errors.InvalidParameterValueException(
             f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
     return out
+
+
+def _cors_problems(cors: Mapping[str, Any]) -> list[str]:
+    """Lambda's validation errors for a Cors (botocore: lists of at most 100 headers/origins and 6 methods,
+    MaxAge 0-86400)."""
+    problems = []
+    for member, limit in (("allowHeaders", 100), ("allowMethods", 6), ("allowOrigins", 100), ("exposeHeaders", 100)):
+        value = cors.get(member)
+        if isinstance(value, list) and len(value) > limit:
+            problems.append(errors.violation(str(value), f"cors.{member}", errors.max_length_rule(limit)))
+    age = cors.get("maxAge")
+    if isinstance(age, int) and not 0 <= age <= 86400:
+        rule = errors.min_value_rule(0) if age < 0 else errors.max_value_rule(86400)
+        problems.append(errors.violation(str(age), "cors.maxAge", rule))
+    return problems
 
 
 def _url_times(obj: Mapping[str, Any]) -> dict[str, str]:
@@ -1037,18 +1055,18 @@ def list_function_url_configs(view: CatalogView, settings: control.ApiSettings, 
     ctx = Ctx(view, settings)
     ref, ns = ctx.ref(name)
     fn = ctx.r.function(ns, ref.function)
-    problems: list[str] = []
-    size = _int_member({"MaxItems": int(m) if (m := _first(query, "MaxItems")) and m.lstrip("-").isdigit()
-                        else None}, "MaxItems", 1, LIST_URLS_MAX, problems)
-    if problems:
-        raise errors.validation(*problems)
+    given = _first(query, "MaxItems")
+    size = int(given) if given and given.lstrip("-").isdigit() else LIST_URLS_MAX
+    if not 1 <= size <= LIST_URLS_MAX:
+        rule = errors.min_value_rule(1) if size < 1 else errors.max_value_rule(LIST_URLS_MAX)
+        raise errors.validation(errors.violation(str(size), "maxItems", rule))
     items = [(None, fn)] + sorted(((str((a.get("spec") or {}).get("name")), a)
                                    for a in view.aliases(ns, ref.function)), key=lambda p: p[0])
     configs = [function_url_config(ctx, ns, ref.function, alias, obj) for alias, obj in items
                if (obj.get("spec") or {}).get("url")]
     marker = _first(query, "Marker")
     start = int(marker) if marker and marker.isdigit() else 0
-    end = start + (size or LIST_URLS_MAX)
+    end = start + size
     out: dict[str, Any] = {"FunctionUrlConfigs": configs[start:end]}
     if end < len(configs):
         out["NextMarker"] = str(end)

@@ -610,14 +610,19 @@ def published_for(view: CatalogView, ns: str, function: str, request: int) -> di
 def _alias_name(value: Any) -> str:
     if not isinstance(value, str):
         raise errors.validation(errors.violation(None, "name", "Member must not be null"))
+    _check_name(value, "name", control._ALIAS_NAME)
+    return value
+
+
+def _check_name(value: str, member: str, pattern: str) -> None:
+    """ValidationException unless *value* matches *pattern* and has at most 128 characters (alias names)."""
     problems = []
-    if not re.fullmatch(control._ALIAS_NAME, value, re.ASCII):
-        problems.append(errors.violation(value, "name", errors.pattern_rule(control._ALIAS_NAME)))
+    if not re.fullmatch(pattern, value, re.ASCII):
+        problems.append(errors.violation(value, member, errors.pattern_rule(pattern)))
     if len(value) > 128:
-        problems.append(errors.violation(value, "name", errors.max_length_rule(128)))
+        problems.append(errors.violation(value, member, errors.max_length_rule(128)))
     if problems:
         raise errors.validation(*problems)
-    return value
 
 
 def alias_object_name(function: str, alias: str) -> str:
@@ -886,13 +891,7 @@ def _url_target(ctx: Ctx, name: str, query: Query) -> tuple[str, str, str | None
     an unknown function or alias."""
     qualifier = _first(query, "Qualifier")
     if qualifier is not None:
-        problems = []
-        if not re.fullmatch(URL_QUALIFIER, qualifier, re.ASCII):
-            problems.append(errors.violation(qualifier, "qualifier", errors.pattern_rule(URL_QUALIFIER)))
-        if len(qualifier) > 128:
-            problems.append(errors.violation(qualifier, "qualifier", errors.max_length_rule(128)))
-        if problems:
-            raise errors.validation(*problems)
+        _check_name(qualifier, "qualifier", URL_QUALIFIER)
     ref, ns = ctx.ref(name, qualifier)
     fn = ctx.r.function(ns, ref.function, ref.qualifier)
     if ref.qualifier is None:

@@ -330,7 +330,11 @@ def test_provisioned_on_a_version_is_a_floor_that_idle_scale_down_never_drains(w
         results = [f.result(timeout=200) for f in
                    [pool.submit(invoke, client, "vprov", {"sleep": 5, "token": f"v{i}"}, Qualifier="1") for i in range(3)]]
     assert [kind for kind, _ in results] == ["ok"] * 3, results
-    assert {body["init"] for _, body in results} == {"provisioned-concurrency"}
+    # Lambda: two run on the provisioned environments; the third spills to an on-demand one (kfn starts it from the
+    # version's template, which says provisioned-concurrency, but a pod of the template from before the floor was
+    # set may still serve while the floor's rollout ends: either is a correct answer for the third)
+    inits = sorted(body["init"] for _, body in results)
+    assert inits[1:] == ["provisioned-concurrency"] * 2 and inits[0] in ("on-demand", "provisioned-concurrency"), inits
     # the idle period (3 s) passes: back to the floor, and the floor's ready environments never drop below 2
     low = []
     deadline = time.monotonic() + 40

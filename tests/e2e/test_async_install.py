@@ -48,7 +48,14 @@ def test_installed_worker_runs_an_event_from_the_installed_gateway_and_delivers_
         gateway_answers(cluster, ns, ip)
         client = ta.lambda_client(f"http://{ip}")
         ta.wait_until(lambda: ta._known(client, "rec"), 60, "the installed gateway knows the function")
-        out = client.invoke(FunctionName="rec", InvocationType="Event", Payload=b'{"token": "in-cluster"}')
+        # NATS started after the gateway: until the gateway's queue connection is up, an Event answers 500
+        # ServiceException (nothing stored, never a 202), which a client retries, as boto3's default retries would.
+        def accepted() -> Any:
+            try:
+                return client.invoke(FunctionName="rec", InvocationType="Event", Payload=b'{"token": "in-cluster"}')
+            except client.exceptions.ServiceException:
+                return None
+        out = ta.wait_until(accepted, 120, "the installed gateway accepts an Event (its queue is connected)")
         client.close()
         assert out["StatusCode"] == 202
         rid = out["ResponseMetadata"]["RequestId"]

@@ -46,7 +46,7 @@ def policy(args: argparse.Namespace) -> object:
 
 async def serve(args: argparse.Namespace) -> None:
     from aiohttp import web
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from kfn.cli.probes import start_probe_server
 
     from kfn.asyncinvoke.queue import JetStreamQueue, QueueSettings, QueueUnavailable
     from kfn import k8s
@@ -73,16 +73,7 @@ async def serve(args: argparse.Namespace) -> None:
         problem = health()
         return web.Response(status=200 if problem is None else 503, text=f"{problem or 'ok'}\n")
 
-    async def metrics_page(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_page)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    host, _, port = args.listen.rpartition(":")
-    await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
+    runner = await start_probe_server(args.listen, healthz)
     catalog, pool, watchers, catalog_health[0] = await start_catalog(args, "kfn async-worker")
     while True:  # the queue may start after us (a fresh install): keep trying, saying so
         try:

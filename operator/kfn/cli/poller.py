@@ -74,7 +74,7 @@ async def serve(args: argparse.Namespace) -> None:
     import base64
 
     from aiohttp import web
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from kfn.cli.probes import start_probe_server
 
     from kfn import k8s, names
     from kfn.sources import metrics
@@ -111,9 +111,6 @@ async def serve(args: argparse.Namespace) -> None:
         doc = health()
         return web.json_response(doc, status=503 if doc["dead"] else 200)
 
-    async def metrics_page(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
     async def report() -> None:
         """Writes lastProcessingResult on change and sets OffsetLag; API errors are retried on the next round."""
         written = (obj.get("status") or {}).get("lastProcessingResult")
@@ -133,13 +130,7 @@ async def serve(args: argparse.Namespace) -> None:
                     log.warning("could not write the mapping's status", extra={"error": str(e)})
             await asyncio.sleep(REPORT_SECONDS)
 
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_page)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    host, _, port = args.listen.rpartition(":")
-    await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
+    runner = await start_probe_server(args.listen, healthz)
     tasks["poller"] = loop.create_task(poller.run())
     tasks["report"] = loop.create_task(report())
     for name, task in tasks.items():

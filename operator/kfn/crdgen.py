@@ -93,6 +93,8 @@ KIND_INFOS: tuple[KindInfo, ...] = (
             {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
             {"name": "Ready-Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
             {"name": "Provisioned", "type": "integer", "jsonPath": ".spec.provisionedConcurrency"},
+            # the target tracking's current target (empty without auto scaling)
+            {"name": "PC-Target", "type": "integer", "jsonPath": ".status.provisionedConcurrencyAutoScaling.desired"},
             {"name": "Reason", "type": "string", "jsonPath": ".status.stateReasonCode"},
             {"name": "Last-Update", "type": "string", "jsonPath": ".status.lastUpdateStatus"},
             {"name": "Network", "type": "string", "jsonPath": ".status.network", "priority": 1},
@@ -111,6 +113,7 @@ KIND_INFOS: tuple[KindInfo, ...] = (
             {"name": "Weights", "type": "string", "jsonPath": ".spec.routing.additionalVersionWeights"},
             {"name": "Ready", "type": "string", "jsonPath": READY},
             {"name": "Provisioned", "type": "integer", "jsonPath": ".spec.provisionedConcurrency"},
+            {"name": "PC-Target", "type": "integer", "jsonPath": ".status.provisionedConcurrencyAutoScaling.desired"},
             {"name": "URL", "type": "string", "jsonPath": ".status.url", "priority": 1},
             AGE,
         ),

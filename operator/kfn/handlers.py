@@ -40,6 +40,7 @@ from kfn.reconcilers.securitygroup import reconcile_security_group
 from kfn.reconcilers.version import reconcile_version
 from kfn.resources import Images
 from kfn.resources.environment import AGENT_PORT
+from kfn.scaler import autoscaling
 
 log = logging.getLogger("kfn.operator")
 
@@ -389,6 +390,22 @@ def register_event_source_mappings(registry: kopf.OperatorRegistry, cfg: Operato
         run(names.ESM_KIND, lambda: reconcile_esm(b, settings), raise_errors=False, body=b)
 
 
+def register_pc_autoscaling(registry: kopf.OperatorRegistry,
+                            reconcilers: Mapping[str, tuple[str, Callable[[dict[str, Any]], Outcome]]]) -> None:
+    """Provisioned-concurrency auto scaling: the scaler writes its decision to an Alias's or FunctionVersion's
+    status (kfn/scaler/pc_autoscaler.py); a pass of that object moves the versions' floors to it."""
+    for kind in (names.ALIAS_KIND, names.FUNCTION_VERSION_KIND):
+        plural, reconcile = reconcilers[kind]
+
+        # Kopf's update handlers see spec changes only: the scaler's status write arrives as an event.
+        @kopf.on.event(names.GROUP, names.VERSION, plural, id="pc-autoscaling", registry=registry,
+                       when=lambda body, type, **_: type != "DELETED" and autoscaling.floor_stale(
+                           dict(body.get("spec") or {}), dict(body.get("status") or {})))
+        def on_decision(body: kopf.Body, _kind: str = kind, _reconcile: Any = reconcile, **_: Any) -> None:
+            b = plain(body)
+            run(_kind, lambda: _reconcile(b), raise_errors=False, body=b)
+
+
 def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Tasks | None = None) -> None:
     """Register every handler of the operator into *registry*."""
     group, version = names.GROUP, names.VERSION
@@ -436,6 +453,8 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Ta
 
         for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
             decorator(group, version, plural, id="reconcile", registry=registry, backoff=cfg.retry_backoff)(handler)
+
+    register_pc_autoscaling(registry, reconcilers())
 
     if cfg.watch_children:
         APPLIED.enabled = True  # the watches below tell it about edits and deletions

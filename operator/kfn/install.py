@@ -167,6 +167,9 @@ SCALER_RULES: list[dict[str, Any]] = [
      "verbs": ["list", "watch"]},
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "watch"]},
     {"apiGroups": [names.GROUP], "resources": [f"{names.FUNCTION_PLURAL}/status"], "verbs": ["patch"]},  # concurrency
+    # provisioned-concurrency auto scaling's decision (kfn/scaler/pc_autoscaler.py)
+    {"apiGroups": [names.GROUP], "resources": [f"{names.ALIAS_PLURAL}/status", f"{names.FUNCTION_VERSION_PLURAL}/status"],
+     "verbs": ["patch"]},
     {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["patch"]},
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},  # scaled from/to zero, throttling

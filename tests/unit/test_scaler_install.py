@@ -17,10 +17,12 @@ def test_scaler_is_one_recreated_replica_the_gateways_push_to() -> None:
     (c,) = pod["containers"]
     assert c["command"][:2] == ["kfn", "scaler"] and pod["securityContext"]["runAsNonRoot"] is True
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    # the only writes: Functions' status.concurrency, replicas through the scale subresource (merge patches), and
-    # Events on transitions
+    # the only writes: Functions' status.concurrency, Aliases' and FunctionVersions' provisioned-concurrency auto
+    # scaling decision, replicas through the scale subresource (merge patches), and Events on transitions
     writes = [r for r in kinds["ClusterRole"]["rules"] if set(r["verbs"]) - {"list", "watch"}]
     assert writes == [{"apiGroups": ["kfn.dev"], "resources": ["functions/status"], "verbs": ["patch"]},
+                      {"apiGroups": ["kfn.dev"], "resources": ["aliases/status", "functionversions/status"],
+                       "verbs": ["patch"]},
                       {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["patch"]},
                       {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
     gateway = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "kfn-gateway")

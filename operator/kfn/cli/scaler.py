@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unreserved-min", type=int, default=int(env("KFN_UNRESERVED_MIN", "100")),
                    help="environments always left to functions without a reservation (default 100)")
     p.add_argument("--tick", type=float, default=0.25, help="seconds between re-decisions of every version")
+    p.add_argument("--pc-autoscaling-period", type=float, default=float(env("KFN_PC_AUTOSCALING_PERIOD", "60")),
+                   help="seconds per datapoint of provisioned-concurrency auto scaling: out after 3 above the "
+                        "target, in after 15 below 90%% of it (Lambda: 60)")
     p.add_argument("--keda-port", type=int, default=None, help="also serve KEDA's external-push scaler (gRPC) on this port")
     p.add_argument("--log-format", choices=["json", "text"], default=env("KFN_LOG_FORMAT", "json"))
 
@@ -49,6 +52,9 @@ def check(args: argparse.Namespace) -> None:
         raise SystemExit(f"kfn scaler: --burst-rate must be between 0.01 and 100000, got {args.burst_rate:g}")
     if args.idle_seconds < 1:
         raise SystemExit(f"kfn scaler: --idle-seconds must be at least 1, got {args.idle_seconds:g}")
+    if not 0.1 <= args.pc_autoscaling_period <= 3600:
+        raise SystemExit(f"kfn scaler: --pc-autoscaling-period must be between 0.1 and 3600, got "
+                         f"{args.pc_autoscaling_period:g}")
     if args.unreserved_min < 0 or args.pool_size < args.unreserved_min:
         raise SystemExit(f"kfn scaler: --pool-size ({args.pool_size}) must be at least --unreserved-min "
                          f"({args.unreserved_min}), and that at least 0")
@@ -72,7 +78,8 @@ async def serve(args: argparse.Namespace) -> None:
     watchers = catalog_mod.start_watchers(catalog, loop, tuple(args.namespace))
     store = DemandStore()
     settings = ScalerSettings(burst=rules.Burst(args.burst_size, args.burst_rate), idle_seconds=args.idle_seconds,
-                              pool_size=args.pool_size, unreserved_min=args.unreserved_min, tick=args.tick)
+                              pool_size=args.pool_size, unreserved_min=args.unreserved_min, tick=args.tick,
+                              pc_period=args.pc_autoscaling_period)
     scaler = Scaler(catalog, store, settings)
     scaler.tick()  # reservations and the pool's count before the first push
     stop = asyncio.Event()

@@ -233,6 +233,10 @@ class Catalog:
         deployment = self.deployment(VersionKey(ns, function, names.lambda_version(version)))
         return deployment is not None and deployment_rolling_out(deployment)
 
+    def objects(self, kind: str) -> list[dict[str, Any]]:
+        """Every object of one watched kfn kind (the scaler's auto-scaled Aliases and FunctionVersions)."""
+        return list(self._objects[kind].values())
+
     def _by_function(self, kind: str, ns: str, function: str) -> list[dict[str, Any]]:
         table = self._objects[kind]
         return [obj for (n, _), obj in sorted(table.items()) if n == ns

@@ -17,6 +17,52 @@ ALIAS_NAME_PATTERN = r"^[a-zA-Z0-9_-]+$"
 Weight = Annotated[StrictFloat, Range(0, 1)]
 
 
+class ProvisionedConcurrencyAutoScaling(SpecModel):
+    """Application Auto Scaling of provisioned concurrency: a scalable target (RegisterScalableTarget's
+    ``MinCapacity``/``MaxCapacity`` on ``lambda:function:ProvisionedConcurrency``) with one target tracking policy on
+    ``LambdaProvisionedConcurrencyUtilization`` (PutScalingPolicy's ``TargetTrackingScalingPolicyConfiguration``:
+    ``TargetValue``, ``ScaleInCooldown``, ``ScaleOutCooldown``). The scaler drives it (kfn/scaler/autoscaling.py);
+    docs/provisioned-concurrency-autoscaling.md."""
+
+    __rules__ = (
+        Rule(
+            cel="self.minCapacity <= self.maxCapacity",
+            message="minCapacity must not be greater than maxCapacity",
+            field_path=".minCapacity",
+            check=lambda a: a.min_capacity <= a.max_capacity,
+        ),
+    )
+
+    min_capacity: Annotated[StrictInt, Range(1, 100_000)] = Field(
+        alias="minCapacity", description="MinCapacity: provisioned environments never scaled in below this.")
+    max_capacity: Annotated[StrictInt, Range(1, 100_000)] = Field(
+        alias="maxCapacity", description="MaxCapacity: provisioned environments never scaled out above this.")
+    target_value: Annotated[StrictFloat, Range(0.1, 0.9)] = Field(
+        alias="targetValue",
+        description="TargetValue: the ProvisionedConcurrencyUtilization to keep (in-use / provisioned), 0.1-0.9.")
+    scale_in_cooldown_seconds: Annotated[StrictInt, Range(0, 86_400)] = Field(
+        0, alias="scaleInCooldownSeconds",
+        description="ScaleInCooldown: seconds after a scale-in before the next scale-in (AAS's default for Lambda: 0).")
+    scale_out_cooldown_seconds: Annotated[StrictInt, Range(0, 86_400)] = Field(
+        0, alias="scaleOutCooldownSeconds",
+        description="ScaleOutCooldown: seconds after a scale-out before the next scale-out (AAS's default for "
+        "Lambda: 0).")
+
+
+class ProvisionedConcurrencyAutoScalingStatus(SpecModel):
+    """What the scaler's target tracking decided (written by the scaler, read by the operator as the provisioned
+    concurrency to keep)."""
+
+    desired: int = Field(description="Provisioned environments the policy wants now (RequestedProvisioned...).")
+    last_scale_out: str | None = Field(None, alias="lastScaleOut", description="When it last scaled out (RFC 3339).")
+    last_scale_in: str | None = Field(None, alias="lastScaleIn", description="When it last scaled in (RFC 3339).")
+
+
+PC_AUTOSCALING_DESCRIPTION = (
+    "Application Auto Scaling of provisioned concurrency (target tracking on ProvisionedConcurrencyUtilization); "
+    "replaces provisionedConcurrency, which is then only the starting value (kept within min/max).")
+
+
 class AliasRouting(SpecModel):
     """Weighted routing: a share of traffic to one additional version."""
 
@@ -73,6 +119,8 @@ class AliasSpec(SpecModel):
     provisioned_concurrency: Annotated[StrictInt, Range(0, None)] = Field(
         0, alias="provisionedConcurrency", description="Environments kept initialised for this alias."
     )
+    provisioned_concurrency_auto_scaling: ProvisionedConcurrencyAutoScaling | None = Field(
+        None, alias="provisionedConcurrencyAutoScaling", description=PC_AUTOSCALING_DESCRIPTION)
     description: Annotated[StrictStr, Field(max_length=256)] | None = Field(None, description="Free text.")
     async_invoke_config: AsyncInvokeConfig | None = Field(
         None, alias="asyncInvokeConfig",
@@ -98,6 +146,9 @@ class AliasStatus(CommonStatus):
 
     provisioned_concurrency: ProvisionedConcurrencyStatus | None = Field(
         None, alias="provisionedConcurrency", description="Allocation of spec.provisionedConcurrency (Lambda's).")
+    provisioned_concurrency_auto_scaling: ProvisionedConcurrencyAutoScalingStatus | None = Field(
+        None, alias="provisionedConcurrencyAutoScaling",
+        description="The target tracking's current target, written by the scaler.")
 
     function_version: str | None = Field(None, alias="functionVersion", description="Resolved primary version.")
     additional_version_weights: dict[str, float] | None = Field(

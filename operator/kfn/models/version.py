@@ -13,11 +13,13 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StrictInt, StrictStr
 
 from kfn.models.base import Range, Rule, SpecModel, check_transition, parse_spec
-from kfn.models.alias import ProvisionedConcurrencyStatus
+from kfn.models.alias import (PC_AUTOSCALING_DESCRIPTION, ProvisionedConcurrencyAutoScaling,
+                               ProvisionedConcurrencyAutoScalingStatus, ProvisionedConcurrencyStatus)
 from kfn.models.function import EnvironmentStatus, FunctionConfig, FunctionName
 
 
-MUTABLE = ("provisionedConcurrency",)  # Lambda's PutProvisionedConcurrencyConfig changes a published version
+MUTABLE = ("provisionedConcurrency",  # Lambda's PutProvisionedConcurrencyConfig changes a published version
+           "provisionedConcurrencyAutoScaling")  # and so does Application Auto Scaling (a version qualifier)
 
 
 def _frozen(spec: Any) -> Any:
@@ -54,6 +56,8 @@ class FunctionVersionSpec(SpecModel):
         description="Environments kept initialised for this version (Lambda's provisioned concurrency on a version "
                     "qualifier), on top of what aliases pointing at it ask for; never scaled to zero.",
     )
+    provisioned_concurrency_auto_scaling: ProvisionedConcurrencyAutoScaling | None = Field(
+        None, alias="provisionedConcurrencyAutoScaling", description=PC_AUTOSCALING_DESCRIPTION)
 
 
 FunctionVersionState = Literal["Pending", "Active", "Inactive", "Failed"]
@@ -68,6 +72,9 @@ class FunctionVersionStatus(EnvironmentStatus):
     ready_replicas: int | None = Field(None, alias="readyReplicas", description="Initialised environments.")
     provisioned_concurrency: ProvisionedConcurrencyStatus | None = Field(
         None, alias="provisionedConcurrency", description="Allocation of spec.provisionedConcurrency (Lambda's).")
+    provisioned_concurrency_auto_scaling: ProvisionedConcurrencyAutoScalingStatus | None = Field(
+        None, alias="provisionedConcurrencyAutoScaling",
+        description="The target tracking's current target, written by the scaler.")
 
 
 def parse_function_version_spec(data: Any) -> FunctionVersionSpec:

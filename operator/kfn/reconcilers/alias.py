@@ -20,6 +20,7 @@ from kfn.models.base import SpecError
 from kfn.reconcilers.common import WAIT_SECONDS, Outcome, being_deleted, finish, invalid_spec
 from kfn.reconcilers.function import by_number as numbered
 from kfn.reconcilers.function import ensure_function_label, url_base, versions_of
+from kfn.scaler.autoscaling import requested
 
 
 def resolve_weights(primary: str, additional: Mapping[str, float]) -> dict[str, float]:
@@ -88,7 +89,9 @@ def reconcile_alias(body: Mapping[str, Any], refresh_version: Callable[[str, str
         "url": names.function_url(url_base(), namespace, function, spec.name) if spec.url else None,
     }
     reserved = (fn.get("spec") or {}).get("reservedConcurrency")
-    provisioned = provisioned_status(spec.provisioned_concurrency, weights, targets, reserved)
+    # spec.provisionedConcurrency, or what its auto scaling decided (kfn/scaler/autoscaling.py)
+    provisioned = provisioned_status(requested(dict(body.get("spec") or {}), body.get("status")), weights, targets,
+                                     reserved)
     outcome.status["provisionedConcurrency"] = provisioned
     if provisioned and provisioned["status"] == "FAILED":
         outcome.conditions.append(cond.false(PROVISIONED_READY, PROVISIONED_FAILED, provisioned["statusReason"]))

@@ -27,7 +27,7 @@ from kfn.resources import EnvironmentInput, build_environment
 from kfn.resources.code import CodeError, bytes_sha256, config_sha256, image_sha256, inline_sha256
 from kfn.resources.environment import AGENT_PORT, endpoint
 from kfn.resources.network import describe_function
-from kfn.scaler import keda
+from kfn.scaler import autoscaling, keda
 
 log = logging.getLogger("kfn.operator")
 
@@ -123,7 +123,8 @@ def provisioned_floor(aliases: list[Mapping[str, Any]], function: str, version: 
         spec = alias.get("spec") or {}
         if spec.get("functionName") != function:
             continue
-        provisioned = int(spec.get("provisionedConcurrency") or 0)
+        # with auto scaling, what the policy decided (the scaler's status.provisionedConcurrencyAutoScaling)
+        provisioned = autoscaling.requested(dict(spec), alias.get("status"))
         if provisioned <= 0:
             continue
         weights = ((spec.get("routing") or {}).get("additionalVersionWeights")) or {}

@@ -14,6 +14,7 @@ from kfn.reconcilers.common import WAIT_SECONDS, Outcome, being_deleted, finish,
 from kfn.reconcilers.environment import CodeUnavailable, code_sha256, provisioned_floor, capped_floor, reconcile_environment
 from kfn.reconcilers.function import aliases_of, by_number, ensure_function_label, versions_of
 from kfn.resources import EnvironmentInput, Images, Owner
+from kfn.scaler.autoscaling import requested
 
 
 def function_spec(namespace: str, function: str) -> dict[str, Any] | None:
@@ -71,6 +72,8 @@ def reconcile_version(body: Mapping[str, Any], images: Images) -> Outcome:
         return finish(body, outcome)
     annotations = meta.get("annotations") or {}
     fn_spec = function_spec(namespace, function) or {}
+    # spec.provisionedConcurrency, or what its auto scaling decided (kfn/scaler/autoscaling.py)
+    own_provisioned = requested(dict(body.get("spec") or {}), body.get("status"))
     inp = EnvironmentInput(
         namespace=namespace,
         function=function,
@@ -80,7 +83,7 @@ def reconcile_version(body: Mapping[str, Any], images: Images) -> Outcome:
         code_sha256=digest,
         images=images,
         provisioned=capped_floor(provisioned_floor(aliases_of(namespace, function), function, version)
-                                 + spec.provisioned_concurrency, config.get("reservedConcurrency")),
+                                 + own_provisioned, config.get("reservedConcurrency")),
         service_account_token=annotations.get(names.ANN_SERVICE_ACCOUNT_TOKEN) == "true",
         function_scaling=dict(fn_spec.get("scaling") or {}),  # its mode and burst apply to every version
         previous_scaling=(body.get("status") or {}).get("scaling"),
@@ -98,7 +101,7 @@ def reconcile_version(body: Mapping[str, Any], images: Images) -> Outcome:
     # The version's own provisioned concurrency (PutProvisionedConcurrencyConfig with a version qualifier); the
     # reservation is the Function's now (it may have changed since publish), as Lambda checks it.
     reserved = fn_spec.get("reservedConcurrency")
-    provisioned = provisioned_status(spec.provisioned_concurrency, {version: 1.0}, {version: {"status": outcome.status}},
+    provisioned = provisioned_status(own_provisioned, {version: 1.0}, {version: {"status": outcome.status}},
                                      reserved)
     outcome.status["provisionedConcurrency"] = provisioned
     if provisioned and provisioned["status"] == "FAILED":

@@ -18,6 +18,14 @@ PROVISIONED_UTILIZATION = Gauge(
     "kfn_scaler_provisioned_concurrency_utilization",
     "Lambda's ProvisionedConcurrencyUtilization: invocations in flight over provisioned environments (0..1+).",
     ["namespace", "function", "version"])
+PC_AUTOSCALING_DESIRED = Gauge(
+    "kfn_scaler_pc_autoscaling_desired",
+    "Provisioned environments an auto-scaled Alias or FunctionVersion's target tracking wants now.",
+    ["kind", "namespace", "name"])
+PC_AUTOSCALING_UTILIZATION = Gauge(
+    "kfn_scaler_pc_autoscaling_utilization",
+    "ProvisionedConcurrencyUtilization of an auto-scaled Alias or FunctionVersion, sampled each tick (0..1).",
+    ["kind", "namespace", "name"])
 DECISIONS = Counter("kfn_scaler_decisions_total", "Changes of a version's desired environments, by direction.",
                     ["direction"])
 DECISION_SECONDS = Histogram("kfn_scaler_decision_seconds", "Time from a demand push's arrival to its decisions.",

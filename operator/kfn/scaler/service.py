@@ -25,9 +25,11 @@ from typing import Any
 
 from kfn import k8s, names
 from kfn.gateway.catalog import Catalog, VersionKey
+from kfn.scaler import autoscaling
 from kfn.scaler import decide as rules
 from kfn.scaler import metrics
 from kfn.scaler.demand import DemandStore, Report
+from kfn.scaler.pc_autoscaler import ProvisionedAutoScaler
 from kfn.scaler.status import FIELD_MANAGER, ConcurrencyStatusWriter, concurrency_status
 
 log = logging.getLogger("kfn.scaler")
@@ -44,6 +46,7 @@ class ScalerSettings:
     pool_size: int = rules.DEFAULT_POOL_SIZE
     unreserved_min: int = rules.DEFAULT_UNRESERVED_MIN
     tick: float = 0.25
+    pc_period: float = autoscaling.DEFAULT_PERIOD  # seconds per datapoint of provisioned-concurrency auto scaling
 
 
 def function_scaling(fn: dict[str, Any] | None, settings: ScalerSettings) -> tuple[rules.Burst, float]:
@@ -159,6 +162,8 @@ class Scaler:
         self._pool_limit = settings.pool_size
         self._accepted: set[tuple[str, str]] = set()
         self._refused: set[tuple[str, str]] = set()
+        # provisioned-concurrency auto scaling (kfn/scaler/pc_autoscaler.py): decides floors, the operator applies
+        self.pc = ProvisionedAutoScaler(catalog, store, settings.pc_period, clock=clock)
 
     # --- what the version has -----------------------------------------------------------------------------------
     def current(self, key: VersionKey) -> int | None:
@@ -300,6 +305,7 @@ class Scaler:
                 continue  # at its floor with nothing wanted: no decision can change it (most idle functions)
             self.evaluate(key)
         metrics.POOL_USED.set(self._pool_used)
+        self.pc.tick()
         self.offer_status()
 
     def offer_status(self) -> None:

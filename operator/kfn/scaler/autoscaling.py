@@ -11,9 +11,8 @@ The rules (Application Auto Scaling User Guide, "Target tracking scaling policie
   the new capacity is ``ceil(capacity × metric / TargetValue)`` (proportional, "as fast as it can"), not within
   ``ScaleOutCooldown`` of the last scale-out.
 * **Scale in**: the low alarm fires when the last ``IN_POINTS`` (15) datapoints are all below 90 % of
-  ``TargetValue`` ("scales in more gradually"); kfn takes the new capacity from the highest of those datapoints
-  (so one quiet datapoint at the end does not take away what the window needed), not within ``ScaleInCooldown`` of
-  the last scale-in. A scale-out is never held back by a scale-in cooldown.
+  ``TargetValue`` ("scales in more gradually"), with the same proportional capacity from the newest datapoint,
+  not within ``ScaleInCooldown`` of the last scale-in. A scale-out is never held back by a scale-in cooldown.
 * **Limits**: the capacity stays within ``[MinCapacity, MaxCapacity]``; a capacity outside them (the starting
   value, or an edited min/max) is brought inside at once, as RegisterScalableTarget does.
 
@@ -129,7 +128,7 @@ def step(policy: Policy, state: State, in_flight: int, now: float, period: float
                 return Step(_resized(state, wanted, OUT, now), OUT)
     if len(points) >= IN_POINTS and all(p < IN_THRESHOLD * policy.target for p in points[-IN_POINTS:]):
         if state.last_in is None or now - state.last_in >= policy.scale_in_cooldown:
-            wanted = policy.clamp(_proportional(state.capacity, max(points[-IN_POINTS:]), policy.target))
+            wanted = policy.clamp(_proportional(state.capacity, points[-1], policy.target))
             if wanted < state.capacity:
                 return Step(_resized(state, wanted, IN, now), IN)
     return Step(state, None)

@@ -52,6 +52,7 @@ from kfn.gateway.coldstart import unreserved_limit
 from kfn.gateway.view import CatalogView
 from kfn.models.base import SpecError
 from kfn.models.function import FunctionConfig, parse_function_spec
+from kfn.scaler.autoscaling import requested as provisioned_requested
 
 Query = Mapping[str, list[str]]
 Answer = tuple[int, dict[str, str], bytes]
@@ -555,7 +556,8 @@ def get_provisioned_concurrency(r: _Resolver, name: str, query: Query) -> dict[s
         raise errors.validation(errors.violation(None, "qualifier", "Member must not be null"))
     r.function(ns, ref.function, ref.qualifier)
     alias = _alias_named(r.view, ns, ref.function, ref.qualifier)
-    requested = _int(((alias or {}).get("spec") or {}).get("provisionedConcurrency"), 0)
+    # with Application Auto Scaling, what the policy last decided (as Lambda reports what AAS last put)
+    requested = provisioned_requested(dict((alias or {}).get("spec") or {}), (alias or {}).get("status"))
     if alias is None or requested <= 0:
         raise errors.ProvisionedConcurrencyConfigNotFoundException(
             "No Provisioned Concurrency Config found for this function")
@@ -577,7 +579,7 @@ def list_provisioned_concurrency(r: _Resolver, name: str, query: Query) -> dict[
     items = []
     for alias in r.view.aliases(ns, ref.function):
         qualifier = str((alias.get("spec") or {}).get("name") or "")
-        if _int((alias.get("spec") or {}).get("provisionedConcurrency"), 0) > 0:
+        if provisioned_requested(dict(alias.get("spec") or {}), alias.get("status")) > 0:
             doc = get_provisioned_concurrency(r, name, {"Qualifier": [qualifier]})
             doc = {"FunctionArn": arn.function_arn(r.settings.region, names.account_id(ns), ref.function, qualifier),
                    **doc}

@@ -10,7 +10,6 @@ runs in a minute or two.
 from __future__ import annotations
 
 import json
-import secrets
 import sys
 import threading
 import time
@@ -24,9 +23,8 @@ pytestmark = pytest.mark.e2e
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
-from test_gateway import RECORDER, Api, Operator, fn, lambda_client, wait_until  # noqa: E402
-from test_gateway_catalog import GatewayProcess  # noqa: E402
-from test_scaling import ScalerProcess, World, invoke, own_crds, ready_endpoints  # noqa: E402
+from test_gateway import RECORDER, fn, lambda_client, wait_until  # noqa: E402
+from test_scaling import World, invoke, own_crds, ready_endpoints, scaling_world  # noqa: E402
 
 POLICY = {"minCapacity": 1, "maxCapacity": 4, "targetValue": 0.5, "scaleInCooldownSeconds": 5,
           "scaleOutCooldownSeconds": 0}
@@ -34,26 +32,10 @@ POLICY = {"minCapacity": 1, "maxCapacity": 4, "targetValue": 0.5, "scaleInCooldo
 
 @pytest.fixture
 def world(cluster: Any, crds_installed: Any, testbed_images: Any) -> Iterator[World]:
-    ns = f"kfn-t-{secrets.token_hex(4)}"
-    cluster.kubectl("create", "namespace", ns)
-    cluster.kubectl("label", "namespace", ns, "kfn.dev/test=true")
-    log_dir = Path("/tmp/kfn-e2e-logs") / ns  # kept after the run: pytest's tmp dirs are pruned
-    log_dir.mkdir(parents=True, exist_ok=True)
-    op = Operator(cluster, ns, log_dir)
-    op.start()
     # idle 3 s: environments above the floor go soon after the floor comes down
-    scaler = ScalerProcess(cluster, ns, log_dir / "scaler.log", "--burst-size", "4", "--burst-rate", "1",
-                           "--idle-seconds", "3", "--tick", "0.2", "--pc-autoscaling-period", "1").start()
-    gateway = GatewayProcess(cluster, ns, log_dir / "gateway.log", "--cold-start-timeout", "150",
-                             "--scaler-url", scaler.url).start()
-    w = World(cluster, ns, Api(cluster, ns), gateway, scaler)
-    try:
+    with scaling_world(cluster, "--burst-size", "4", "--burst-rate", "1", "--idle-seconds", "3", "--tick", "0.2",
+                       "--pc-autoscaling-period", "1") as w:
         yield w
-    finally:
-        gateway.stop()
-        scaler.stop()
-        op.stop()
-        cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
 
 
 def alias_status(w: World) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Each test says which Lambda scaling rule a user would see broken if it failed.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import secrets
 import subprocess
@@ -61,9 +62,10 @@ class World:
         return self.api.list("pods", f"kfn.dev/function={deployment_label}")
 
 
-@pytest.fixture(scope="module")
-def world(cluster: Any, crds_installed: Any, testbed_images: Any, tmp_path_factory: pytest.TempPathFactory,
-          ) -> Iterator[World]:
+@contextlib.contextmanager
+def scaling_world(cluster: Any, *scaler_flags: str) -> Iterator[World]:
+    """A fresh namespace with a host operator, ``kfn scaler`` (*scaler_flags*) and gateway for it; all stopped and
+    the namespace deleted afterwards."""
     ns = f"kfn-t-{secrets.token_hex(4)}"
     cluster.kubectl("create", "namespace", ns)
     cluster.kubectl("label", "namespace", ns, "kfn.dev/test=true")
@@ -72,10 +74,7 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any, tmp_path_facto
     op = Operator(cluster, ns, log_dir)
     op.env = {**op.env, "KFN_POOL_SIZE": str(POOL_SIZE)}
     op.start()
-    # burst 3 then +0.5/s (small: the test bed's node is shared), idle 3 s: the cluster-wide flags (Function
-    # spec.scaling sets the same per function; the shared test bed's CRDs may be another branch's, so not used here)
-    scaler = ScalerProcess(cluster, ns, log_dir / "scaler.log", "--burst-size", "3", "--burst-rate", "0.5",
-                           "--idle-seconds", "3", "--tick", "0.2").start()
+    scaler = ScalerProcess(cluster, ns, log_dir / "scaler.log", *scaler_flags).start()
     gateway = GatewayProcess(cluster, ns, log_dir / "gateway.log", "--cold-start-timeout", "150",
                              "--scaler-url", scaler.url).start()
     w = World(cluster, ns, Api(cluster, ns), gateway, scaler)
@@ -86,6 +85,16 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any, tmp_path_facto
         scaler.stop()
         op.stop()
         cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="module")
+def world(cluster: Any, crds_installed: Any, testbed_images: Any, tmp_path_factory: pytest.TempPathFactory,
+          ) -> Iterator[World]:
+    # burst 3 then +0.5/s (small: the test bed's node is shared), idle 3 s: the cluster-wide flags (Function
+    # spec.scaling sets the same per function; the shared test bed's CRDs may be another branch's, so not used here)
+    with scaling_world(cluster, "--burst-size", "3", "--burst-rate", "0.5", "--idle-seconds", "3",
+                       "--tick", "0.2") as w:
+        yield w
 
 
 def invoke(client: Any, name: str, event: dict[str, Any], **kw: Any) -> tuple[str, Any]:

@@ -119,6 +119,8 @@ AUTO = {"minCapacity": 1, "maxCapacity": 4, "targetValue": 0.5}
     ({"provisionedConcurrencyAutoScaling": AUTO}, {"provisionedConcurrencyAutoScaling": {"desired": 3}}, 3),
     ({"provisionedConcurrencyAutoScaling": AUTO}, {"provisionedConcurrencyAutoScaling": {"desired": 7}}, 4),
     ({"provisionedConcurrency": 2}, {"provisionedConcurrencyAutoScaling": {"desired": 4}}, 2),  # policy removed
+    # a partial policy (an older CRD on the cluster let it through) is no policy
+    ({"provisionedConcurrency": 2, "provisionedConcurrencyAutoScaling": {"minCapacity": 1}}, None, 2),
 ])
 def test_the_operator_keeps_what_the_policy_decided(spec: dict[str, Any], status: Any, want: int) -> None:
     assert pcas.requested(spec, status) == want
@@ -206,3 +208,32 @@ def test_a_restarted_scaler_goes_on_from_the_decision_on_record() -> None:
     pc.tick()
     assert pc.states[("Alias", "ns", "f-live")].capacity == 3
     assert pc.values[("Alias", "ns", "f-live")]["lastScaleOut"] == "2026-01-01T00:00:00Z"
+
+
+def test_a_malformed_policy_is_skipped_and_never_stops_the_scalers_tick() -> None:
+    # Catches: one bad object killing the tick loop (every function's scaling stops, health goes red).
+    catalog, clock = Catalog(), Clock()
+    catalog.apply(names.ALIAS_KIND, "ADDED", alias({"minCapacity": 1}))
+    pc = ProvisionedAutoScaler(catalog, DemandStore(clock), period=1.0, clock=clock, write=lambda t, v: None)
+    pc.tick()
+    pc.tick()
+    assert pc.states == {}
+
+
+def test_removing_the_policy_removes_its_decision_from_the_status_once() -> None:
+    # Catches: a stale PC-TARGET left in kubectl get fna after the policy is gone, or a write every tick.
+    async def scenario() -> list[Any]:
+        catalog, clock = Catalog(), Clock()
+        obj = alias(AUTO, {"provisionedConcurrencyAutoScaling": {"desired": 3}})
+        del obj["spec"]["provisionedConcurrencyAutoScaling"]
+        catalog.apply(names.ALIAS_KIND, "ADDED", obj)
+        writes: list[Any] = []
+        pc = ProvisionedAutoScaler(catalog, DemandStore(clock), period=1.0, clock=clock,
+                                   write=lambda target, value: writes.append((target, value)))
+        for _ in range(5):
+            pc.tick()
+            await asyncio.sleep(0.001)
+            await asyncio.gather(*pc._tasks)
+        return writes
+
+    assert asyncio.run(scenario()) == [(("Alias", "ns", "f-live"), None)]

@@ -48,11 +48,18 @@ class Policy:
 
     @staticmethod
     def of(spec: dict[str, object]) -> Policy:
-        """From the camelCase spec field (already validated by the API server's schema)."""
-        return Policy(int(spec["minCapacity"]), int(spec["maxCapacity"]),  # type: ignore[call-overload]
-                      float(spec["targetValue"]),  # type: ignore[arg-type]
-                      float(spec.get("scaleInCooldownSeconds") or 0),  # type: ignore[arg-type]
-                      float(spec.get("scaleOutCooldownSeconds") or 0))  # type: ignore[arg-type]
+        """From the camelCase spec field (validated by the API server's schema; ValueError if it is not, e.g. an
+        older CRD on the cluster let a partial one through)."""
+        try:
+            policy = Policy(int(spec["minCapacity"]), int(spec["maxCapacity"]),  # type: ignore[call-overload]
+                            float(spec["targetValue"]),  # type: ignore[arg-type]
+                            float(spec.get("scaleInCooldownSeconds") or 0),  # type: ignore[arg-type]
+                            float(spec.get("scaleOutCooldownSeconds") or 0))  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"provisionedConcurrencyAutoScaling is incomplete or malformed: {e!r}") from e
+        if not (1 <= policy.min_capacity <= policy.max_capacity and 0 < policy.target <= 1):
+            raise ValueError(f"provisionedConcurrencyAutoScaling out of range: {spec!r}")
+        return policy
 
     def clamp(self, capacity: int) -> int:
         return max(self.min_capacity, min(self.max_capacity, capacity))
@@ -143,9 +150,13 @@ def requested(spec: dict[str, object], status: dict[str, object] | None) -> int:
     config = spec.get("provisionedConcurrencyAutoScaling")
     if not isinstance(config, dict):
         return base
+    try:
+        policy = Policy.of(config)
+    except ValueError:
+        return base  # a policy the schema would refuse is no policy: the spec's value stands
     decided = ((status or {}).get("provisionedConcurrencyAutoScaling") or {})
     desired = decided.get("desired") if isinstance(decided, dict) else None
-    return Policy.of(config).clamp(int(desired) if isinstance(desired, int) else base)
+    return policy.clamp(int(desired) if isinstance(desired, int) else base)
 
 
 def floor_stale(spec: dict[str, object], status: dict[str, object] | None) -> bool:

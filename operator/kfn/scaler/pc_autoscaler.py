@@ -61,13 +61,14 @@ class ProvisionedAutoScaler:
 
     def __init__(self, catalog: Catalog, store: DemandStore, period: float = autoscaling.DEFAULT_PERIOD,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 write: Callable[[Target, dict[str, Any]], None] | None = None) -> None:
+                 write: Callable[[Target, dict[str, Any] | None], None] | None = None) -> None:
         self.catalog, self.store, self.period, self.clock, self.wall = catalog, store, period, clock, wall
         self._write = write or _patch
         self.states: dict[Target, autoscaling.State] = {}
         self.values: dict[Target, dict[str, Any]] = {}  # the status value per target, as decided
-        self._written: dict[Target, dict[str, Any]] = {}
+        self._written: dict[Target, dict[str, Any] | None] = {}
         self._busy: set[Target] = set()
+        self._malformed: set[Target] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def tick(self) -> None:
@@ -78,12 +79,23 @@ class ProvisionedAutoScaler:
             for obj in self.catalog.objects(kind):
                 spec = obj.get("spec") or {}
                 config = spec.get(FIELD)
-                if not isinstance(config, dict):
-                    continue
                 meta = obj.get("metadata") or {}
                 target = (kind, str(meta.get("namespace")), str(meta.get("name")))
+                if not isinstance(config, dict):
+                    stored = (obj.get("status") or {}).get(FIELD)
+                    if stored is not None:  # the policy was removed: so is its decision (PC-TARGET empties)
+                        self._offer(target, None, stored)
+                    continue
+                try:
+                    policy = autoscaling.Policy.of(config)
+                except ValueError as e:
+                    if target not in self._malformed:  # said once, not every tick
+                        log.warning("%s %s/%s: not auto scaled: %s", *target, e)
+                        self._malformed.add(target)
+                    continue
+                self._malformed.discard(target)
                 seen.add(target)
-                self._decide(target, obj, autoscaling.Policy.of(config), now)
+                self._decide(target, obj, policy, now)
         for gone in set(self.states) - seen:  # deleted, or auto scaling removed: the spec's value rules again
             self.states.pop(gone, None)
             self.values.pop(gone, None)
@@ -117,15 +129,18 @@ class ProvisionedAutoScaler:
             autoscaling.utilization(running, result.state.capacity))
         self._offer(target, value, stored)
 
-    def _offer(self, target: Target, value: dict[str, Any], stored: dict[str, Any]) -> None:
-        if target in self._busy or value == (self._written.get(target) or stored):
+    def _offer(self, target: Target, value: dict[str, Any] | None, stored: dict[str, Any] | None) -> None:
+        """Write *value* (None: remove the field) unless the object already says it (*stored*, or what we wrote
+        last, newer than the watch's copy)."""
+        current = self._written[target] if target in self._written else stored
+        if target in self._busy or value == current:
             return
         self._busy.add(target)
         task = asyncio.get_running_loop().create_task(self._send(target, value))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, target: Target, value: dict[str, Any]) -> None:
+    async def _send(self, target: Target, value: dict[str, Any] | None) -> None:
         try:
             await asyncio.to_thread(self._write, target, value)
             self._written[target] = value
@@ -138,6 +153,7 @@ class ProvisionedAutoScaler:
             self._busy.discard(target)
 
 
-def _patch(target: Target, value: dict[str, Any]) -> None:
+def _patch(target: Target, value: dict[str, Any] | None) -> None:
+    # a merge patch's null removes the field
     kind, namespace, name = target
     k8s.merge_patch(kind, namespace, name, {"status": {FIELD: value}}, sub="status", field_manager=FIELD_MANAGER)

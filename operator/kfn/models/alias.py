@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictFloat, StrictInt, StrictStr
 
-from kfn.models.base import CommonStatus, Matches, Range, Rule, SpecModel, parse_spec
+from kfn.models.base import CommonStatus, Matches, Range, Rule, SpecModel, StatusModel, parse_spec
 from kfn.models.function import AsyncInvokeConfig, FunctionName, FunctionUrl
 
 LATEST = "$LATEST"
@@ -49,7 +49,7 @@ class ProvisionedConcurrencyAutoScaling(SpecModel):
         "Lambda: 0).")
 
 
-class ProvisionedConcurrencyAutoScalingStatus(SpecModel):
+class ProvisionedConcurrencyAutoScalingStatus(StatusModel):
     """What the scaler's target tracking decided (written by the scaler, read by the operator as the provisioned
     concurrency to keep)."""
 

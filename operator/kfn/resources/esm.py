@@ -42,14 +42,17 @@ class PollerSettings:
     nats_url: str = ""
     pull_policy: str = "IfNotPresent"
     schedule_test_seconds: bool = False  # tests only: kfn.sources.schedule's seconds hook
+    scaler_url: str = "http://kfn-scaler.kfn-system.svc:8081"  # lag reporting (kfn.sources.lag); "" = off
 
     @classmethod
     def from_env(cls, image: str) -> PollerSettings:
-        """The operator's environment: ``KFN_POLLER_GATEWAY_URL``, ``KFN_REGION``, ``KFN_NATS_URL``."""
+        """The operator's environment: ``KFN_POLLER_GATEWAY_URL``, ``KFN_REGION``, ``KFN_NATS_URL``,
+        ``KFN_POLLER_SCALER_URL`` (where pollers push their lag; empty: nowhere)."""
         env = os.environ.get
         return cls(image=image, gateway_url=env("KFN_POLLER_GATEWAY_URL", cls.gateway_url),
                    region=env("KFN_REGION", names.DEFAULT_REGION), nats_url=env("KFN_NATS_URL", ""),
-                   schedule_test_seconds=env("KFN_SCHEDULE_TEST_SECONDS") == "1")
+                   schedule_test_seconds=env("KFN_SCHEDULE_TEST_SECONDS") == "1",
+                   scaler_url=env("KFN_POLLER_SCALER_URL", cls.scaler_url))
 
 
 def poller_name(mapping: str) -> str:
@@ -123,6 +126,8 @@ def make_deployment(namespace: str, mapping: str, spec: Mapping[str, Any], owner
            {"name": "KFN_GATEWAY_URL", "value": settings.gateway_url}, {"name": "KFN_REGION", "value": settings.region}]
     if settings.nats_url:
         env.append({"name": "KFN_NATS_URL", "value": settings.nats_url})
+    if settings.scaler_url:
+        env.append({"name": "KFN_SCALER_URL", "value": settings.scaler_url})
     if settings.schedule_test_seconds:
         env.append({"name": "KFN_SCHEDULE_TEST_SECONDS", "value": "1"})
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 3}

@@ -82,6 +82,7 @@ async def serve(args: argparse.Namespace) -> None:
     from kfn import k8s, names
     from kfn.asyncinvoke.backlog import ScalerPush
     from kfn.scaler.demand import ttl_for
+    from kfn.sources import invokeauth
     from kfn.sources import lag as lagging
     from kfn.sources import metrics
     from kfn.sources import poller as p
@@ -100,7 +101,8 @@ async def serve(args: argparse.Namespace) -> None:
         return base64.b64decode(data[key]).decode()
 
     source, settings, mapping, function_arn = await asyncio.to_thread(build, obj, args.region, secret)
-    invoker = lagging.CountingInvoker(p.GatewayInvoker(args.gateway_url))
+    invoker = lagging.CountingInvoker(p.GatewayInvoker(
+        args.gateway_url, sign=invokeauth.signer_from_env(os.environ, args.region)))
     sink = p.DestinationSink(args.nats_url or None)
     poller = p.Poller(source, settings, mapping, invoker, sink, function_arn=function_arn)
     loop = asyncio.get_running_loop()

@@ -150,11 +150,12 @@ class World:
 
 @contextlib.contextmanager
 def open_world(cluster: Any, log_dir: Path, prefix: str = "kfn-t", scaler_args: tuple[str, ...] | None = None,
-               ) -> Iterator[World]:
+               gateway_args: tuple[str, ...] = ()) -> Iterator[World]:
     """A fresh namespace with Redis, the host gateway and operator, and ``rec``; everything goes at the end.
 
     *scaler_args*: also run ``kfn scaler`` (with these flags) for the namespace; the gateway and the pollers push
-    their demand to it. Without, pollers push nowhere (never to a scaler the shared test bed may run)."""
+    their demand to it. Without, pollers push nowhere (never to a scaler the shared test bed may run).
+    *gateway_args*: more flags of the host gateway (e.g. ``--auth sigv4``)."""
     ns = f"{prefix}-{secrets.token_hex(4)}"
     cluster.kubectl("create", "namespace", ns)
     # restricted enforced: the poller pods are admitted only if they meet it
@@ -175,7 +176,7 @@ def open_world(cluster: Any, log_dir: Path, prefix: str = "kfn-t", scaler_args: 
             procs.append(w.scaler)
             scaler_url = w.scaler.url
         gateway = HostGateway(cluster, ns, log_dir / "gateway.log", "--cold-start-timeout", "150",
-                              *(["--scaler-url", scaler_url] if scaler_url else [])).start()
+                              *(["--scaler-url", scaler_url] if scaler_url else []), *gateway_args).start()
         procs.append(gateway)
         op = Operator(cluster, ns, log_dir)
         op.env = {**op.env, "KFN_POLLER_GATEWAY_URL": gateway.url, "KFN_SCHEDULE_TEST_SECONDS": "1",

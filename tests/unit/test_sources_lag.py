@@ -96,3 +96,18 @@ def test_pollers_push_to_the_scaler_kfn_install_makes_unless_told_otherwise() ->
         "team-a", "m", {}, r.Owner("kfn.dev/v1alpha1", "EventSourceMapping", "m", "u"),
         r.PollerSettings(scaler_url=""))["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert "KFN_SCALER_URL" not in env
+
+
+def test_a_kafka_member_counts_the_partitions_assigned_to_it() -> None:
+    from kfn.sources.kafka import KafkaSource
+
+    src = KafkaSource(["k:9092"], "orders", "g", "TRIM_HORIZON", None)
+    assert src.partitions() is None  # not connected: unknown (the cap counts 1)
+
+    class Consumer:
+        def assignment(self) -> set[tuple[str, int]]:
+            return {("orders", 0), ("orders", 1), ("orders", 2)}
+
+    src._consumer = Consumer()
+    assert src.partitions() == 3
+    assert lag.concurrency_cap("stream", max_concurrency=5, parallelization=2, partitions=src.partitions()) == 6

@@ -78,7 +78,7 @@ bench: venv ## benchmarks as ratios against a baseline run alongside: agent vs A
 	$(PY) bench/scaler.py
 	@echo "==> async invocation (Event → NATS JetStream → worker → function) vs a plain JetStream publish/consume loop"
 	$(PY) bench/async.py
-	@echo "==> Redis Streams event source mapping (poller pod → gateway → function) vs redis-py's own consumer group"
+	@echo "==> Redis Streams and Kafka event source mappings (poller pod → gateway → function) vs redis-py and aiokafka consumers; iterator age under a steady load"
 	$(PY) bench/esm.py
 	@echo; echo "==> summary (bench/results/*.json)"
 	@$(PY) bench/summary.py

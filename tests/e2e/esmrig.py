@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import secrets
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -83,8 +84,27 @@ class HostGateway(GatewayProcess):
     host = BRIDGE
 
 
+class HostScaler(GatewayProcess):
+    """A real ``kfn scaler`` for one namespace on the bridge address: the gateway and the poller pods push to it."""
+
+    host = BRIDGE
+
+    def start(self) -> HostScaler:
+        from test_gateway_catalog import free_port
+
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "kfn.cli.main", "scaler", "--listen", f"{self.host}:{self.port}",
+               "-n", self.namespace, *self.extra]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+        wait_until(self.healthy, 60, "the scaler answers /healthz")
+        return self
+
+
 class World:
     """One namespace: Redis, operator, gateway, the recording function ``rec``."""
+
+    scaler: HostScaler | None = None
 
     def __init__(self, cluster: Any, ns: str, redis_ip: str) -> None:
         self.cluster, self.ns, self.redis_ip = cluster, ns, redis_ip
@@ -129,8 +149,13 @@ class World:
 
 
 @contextlib.contextmanager
-def open_world(cluster: Any, log_dir: Path, prefix: str = "kfn-t") -> Iterator[World]:
-    """A fresh namespace with Redis, the host gateway and operator, and ``rec``; everything goes at the end."""
+def open_world(cluster: Any, log_dir: Path, prefix: str = "kfn-t", scaler_args: tuple[str, ...] | None = None,
+               gateway_args: tuple[str, ...] = ()) -> Iterator[World]:
+    """A fresh namespace with Redis, the host gateway and operator, and ``rec``; everything goes at the end.
+
+    *scaler_args*: also run ``kfn scaler`` (with these flags) for the namespace; the gateway and the pollers push
+    their demand to it. Without, pollers push nowhere (never to a scaler the shared test bed may run).
+    *gateway_args*: more flags of the host gateway (e.g. ``--auth sigv4``)."""
     ns = f"{prefix}-{secrets.token_hex(4)}"
     cluster.kubectl("create", "namespace", ns)
     # restricted enforced: the poller pods are admitted only if they meet it
@@ -145,10 +170,17 @@ def open_world(cluster: Any, log_dir: Path, prefix: str = "kfn-t") -> Iterator[W
         cluster.kubectl("-n", ns, "wait", "--for=condition=Ready", "pod/redis", "--timeout=300s")
         ip = cluster.kubectl("-n", ns, "get", "pod", "redis", "-o", "jsonpath={.status.podIP}").stdout.strip()
         w = World(cluster, ns, ip)
-        gateway = HostGateway(cluster, ns, log_dir / "gateway.log", "--cold-start-timeout", "150").start()
+        scaler_url = ""
+        if scaler_args is not None:
+            w.scaler = HostScaler(cluster, ns, log_dir / "scaler.log", *scaler_args).start()
+            procs.append(w.scaler)
+            scaler_url = w.scaler.url
+        gateway = HostGateway(cluster, ns, log_dir / "gateway.log", "--cold-start-timeout", "150",
+                              *(["--scaler-url", scaler_url] if scaler_url else []), *gateway_args).start()
         procs.append(gateway)
         op = Operator(cluster, ns, log_dir)
-        op.env = {**op.env, "KFN_POLLER_GATEWAY_URL": gateway.url, "KFN_SCHEDULE_TEST_SECONDS": "1"}
+        op.env = {**op.env, "KFN_POLLER_GATEWAY_URL": gateway.url, "KFN_SCHEDULE_TEST_SECONDS": "1",
+                  "KFN_POLLER_SCALER_URL": scaler_url}
         procs.append(op.start())
         w.api.apply([{"apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": "rec"},
                       "spec": {"runtime": "python3.11", "handler": "app.handler", "timeoutSeconds": 10,

@@ -60,7 +60,7 @@ def test_the_pod_meets_restricted_and_runs_kfn_poller_for_its_mapping() -> None:
     assert c["command"][:2] == ["kfn", "poller"] and pod["serviceAccountName"] == "esm-orders-feed"
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env == {"KFN_ESM_NAMESPACE": "team-a", "KFN_ESM_NAME": "orders-feed", "KFN_GATEWAY_URL": "http://gw:80",
-                   "KFN_REGION": "eu-west-1"}
+                   "KFN_REGION": "eu-west-1", "KFN_SCALER_URL": SETTINGS.scaler_url}
 
 
 def test_a_spec_change_changes_the_pod_template_so_the_poller_restarts_with_it() -> None:

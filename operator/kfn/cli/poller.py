@@ -4,7 +4,8 @@ Reads the EventSourceMapping (and the Secrets its source names) once at start; t
 pod when the spec changes. Serves ``/healthz`` (503 once the poll loop or the status reporter died: the kubelet
 restarts the pod; an unreachable source is reported, not fatal — a restart would not help) and ``/metrics``
 (:mod:`kfn.sources.metrics`) on ``--listen``. Every few seconds it writes ``status.lastProcessingResult`` of its
-mapping when it changed (the operator turns it into the ``SourceReachable`` condition) and sets ``OffsetLag``.
+mapping when it changed (the operator turns it into the ``SourceReachable`` condition), sets ``OffsetLag`` and, with
+``--scaler-url``, pushes the lag to the scaler as the function's demand (:mod:`kfn.sources.lag`).
 SIGTERM: the batch in flight finishes (bounded), nothing uncommitted is lost (re-read or redelivered).
 """
 
@@ -38,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", default=env("KFN_POLLER_LISTEN", "0.0.0.0:8080"), help="health and metrics address")
     p.add_argument("--region", default=env("KFN_REGION", "us-east-1"), help="region in ARNs and events")
     p.add_argument("--nats-url", default=env("KFN_NATS_URL", ""), help="NATS server(s) of nats:// destinations")
+    p.add_argument("--scaler-url", default=env("KFN_SCALER_URL", ""),
+                   help="kfn scaler to push the source's lag to as demand (default: none)")
     p.add_argument("--grace-seconds", type=float, default=30.0, help="on SIGTERM, how long the batch may finish")
     p.add_argument("--log-format", default=env("KFN_LOG_FORMAT", "json"), choices=["json", "text"])
 
@@ -77,6 +80,10 @@ async def serve(args: argparse.Namespace) -> None:
     from kfn.cli.probes import start_probe_server
 
     from kfn import k8s, names
+    from kfn.asyncinvoke.backlog import ScalerPush
+    from kfn.scaler.demand import ttl_for
+    from kfn.sources import invokeauth
+    from kfn.sources import lag as lagging
     from kfn.sources import metrics
     from kfn.sources import poller as p
     from kfn.sources.base import SourceUnavailable
@@ -94,7 +101,8 @@ async def serve(args: argparse.Namespace) -> None:
         return base64.b64decode(data[key]).decode()
 
     source, settings, mapping, function_arn = await asyncio.to_thread(build, obj, args.region, secret)
-    invoker = p.GatewayInvoker(args.gateway_url)
+    invoker = lagging.CountingInvoker(p.GatewayInvoker(
+        args.gateway_url, sign=invokeauth.signer_from_env(os.environ, args.region)))
     sink = p.DestinationSink(args.nats_url or None)
     poller = p.Poller(source, settings, mapping, invoker, sink, function_arn=function_arn)
     loop = asyncio.get_running_loop()
@@ -111,8 +119,26 @@ async def serve(args: argparse.Namespace) -> None:
         doc = health()
         return web.json_response(doc, status=503 if doc["dead"] else 200)
 
+    push = ScalerPush(args.scaler_url) if args.scaler_url else None
+    demand_version = lagging.version_of(settings.qualifier)
+    function_name = str((obj.get("spec") or {}).get("functionName", "")).partition(":")[0]
+
+    async def push_lag(lag: int | None) -> None:
+        if push is None or demand_version is None:
+            return
+        partitions = getattr(source, "partitions", None)  # optional: streams that know how many they read
+        cap = lagging.concurrency_cap(source.kind, max_concurrency=settings.max_concurrency,
+                                      parallelization=settings.parallelization,
+                                      partitions=partitions() if callable(partitions) else None)
+        count = lagging.queued(lag, settings.batch_size, cap, invoker.running)
+        try:
+            await push(lagging.demand_report(mapping, function_name, demand_version, count, ttl_for(REPORT_SECONDS)))
+        except Exception as e:  # noqa: BLE001 - the scaler unreachable: this report expires (ttl), pushed again
+            log.warning("pushing the lag to the scaler failed: %r", e)
+
     async def report() -> None:
-        """Writes lastProcessingResult on change and sets OffsetLag; API errors are retried on the next round."""
+        """Writes lastProcessingResult on change, sets OffsetLag, pushes it to the scaler; API errors are retried
+        on the next round."""
         written = (obj.get("status") or {}).get("lastProcessingResult")
         while True:
             try:
@@ -120,6 +146,7 @@ async def serve(args: argparse.Namespace) -> None:
             except SourceUnavailable:
                 lag = None  # the poll loop reports the source; the lag is unknown meanwhile
             metrics.OFFSET_LAG.labels(mapping.namespace, mapping.name).set(-1 if lag is None else lag)
+            await push_lag(lag)
             result = poller.status.last_processing_result
             if result != written:
                 try:
@@ -149,6 +176,8 @@ async def serve(args: argparse.Namespace) -> None:
     except asyncio.TimeoutError:
         tasks["poller"].cancel()  # uncommitted records are re-read / redelivered
     await invoker.close()
+    if push is not None:
+        await push.close()
     await sink.close()
     await runner.cleanup()
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from kfn import names
 from kfn.resources.common import Owner, metadata
+from kfn.sources import invokeauth
 
 COMPONENT_POLLER = "poller"
 LABEL_MAPPING = "kfn.dev/event-source-mapping"
@@ -42,14 +43,17 @@ class PollerSettings:
     nats_url: str = ""
     pull_policy: str = "IfNotPresent"
     schedule_test_seconds: bool = False  # tests only: kfn.sources.schedule's seconds hook
+    scaler_url: str = "http://kfn-scaler.kfn-system.svc:8081"  # lag reporting (kfn.sources.lag); "" = off
 
     @classmethod
     def from_env(cls, image: str) -> PollerSettings:
-        """The operator's environment: ``KFN_POLLER_GATEWAY_URL``, ``KFN_REGION``, ``KFN_NATS_URL``."""
+        """The operator's environment: ``KFN_POLLER_GATEWAY_URL``, ``KFN_REGION``, ``KFN_NATS_URL``,
+        ``KFN_POLLER_SCALER_URL`` (where pollers push their lag; empty: nowhere)."""
         env = os.environ.get
         return cls(image=image, gateway_url=env("KFN_POLLER_GATEWAY_URL", cls.gateway_url),
                    region=env("KFN_REGION", names.DEFAULT_REGION), nats_url=env("KFN_NATS_URL", ""),
-                   schedule_test_seconds=env("KFN_SCHEDULE_TEST_SECONDS") == "1")
+                   schedule_test_seconds=env("KFN_SCHEDULE_TEST_SECONDS") == "1",
+                   scaler_url=env("KFN_POLLER_SCALER_URL", cls.scaler_url))
 
 
 def poller_name(mapping: str) -> str:
@@ -115,14 +119,22 @@ def make_role_binding(namespace: str, mapping: str, owner: Owner) -> dict[str, A
 
 
 def make_deployment(namespace: str, mapping: str, spec: Mapping[str, Any], owner: Owner,
-                    settings: PollerSettings) -> dict[str, Any]:
-    """The poller Deployment: one replica while ``enabled`` (0 otherwise), Pod Security ``restricted``."""
+                    settings: PollerSettings, annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The poller Deployment: one replica while ``enabled`` (0 otherwise), Pod Security ``restricted``.
+
+    *annotations*: the mapping's; :data:`kfn.sources.invokeauth.ANNOTATION` names the Secret of the access key its
+    invokes are signed with (its two keys as env, never readable through the poller's Role)."""
     name = poller_name(mapping)
     labels = poller_labels(mapping)
     env = [{"name": "KFN_ESM_NAMESPACE", "value": namespace}, {"name": "KFN_ESM_NAME", "value": mapping},
            {"name": "KFN_GATEWAY_URL", "value": settings.gateway_url}, {"name": "KFN_REGION", "value": settings.region}]
     if settings.nats_url:
         env.append({"name": "KFN_NATS_URL", "value": settings.nats_url})
+    if settings.scaler_url:
+        env.append({"name": "KFN_SCALER_URL", "value": settings.scaler_url})
+    credentials = (annotations or {}).get(invokeauth.ANNOTATION)
+    if credentials:  # a gateway running --auth sigv4: the poller signs its invokes with this key
+        env += invokeauth.credentials_env(credentials)
     if settings.schedule_test_seconds:
         env.append({"name": "KFN_SCHEDULE_TEST_SECONDS", "value": "1"})
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 3}
@@ -134,7 +146,8 @@ def make_deployment(namespace: str, mapping: str, spec: Mapping[str, Any], owner
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": labels},
             "template": {
-                "metadata": {"labels": labels, "annotations": {ANN_SPEC_HASH: spec_hash(spec)}},
+                "metadata": {"labels": labels, "annotations": {
+                    ANN_SPEC_HASH: spec_hash({**spec, **credentials_of(annotations)})}},
                 "spec": {
                     "serviceAccountName": name,
                     "automountServiceAccountToken": True,
@@ -168,4 +181,11 @@ def build_poller(body: Mapping[str, Any], settings: PollerSettings) -> list[dict
     spec = body.get("spec") or {}
     owner = Owner.of(body)
     return [make_service_account(namespace, mapping, owner), make_role(namespace, mapping, secrets_of(spec), owner),
-            make_role_binding(namespace, mapping, owner), make_deployment(namespace, mapping, spec, owner, settings)]
+            make_role_binding(namespace, mapping, owner),
+            make_deployment(namespace, mapping, spec, owner, settings, meta.get("annotations"))]
+
+
+def credentials_of(annotations: Mapping[str, str] | None) -> dict[str, str]:
+    """The invoke-credentials annotation alone (a change of it restarts the poller, as a spec change does)."""
+    name = (annotations or {}).get(invokeauth.ANNOTATION)
+    return {invokeauth.ANNOTATION: name} if name else {}

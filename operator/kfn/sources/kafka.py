@@ -200,6 +200,10 @@ class KafkaSource:
         if consumer is not None:
             await consumer.stop()
 
+    def partitions(self) -> int | None:
+        """Partitions assigned to this member now (kfn.sources.lag: how many batches it can run at once)."""
+        return len(self._consumer.assignment()) if self._consumer is not None else None
+
 
 def _at_timestamp(consumer: Any, timestamp: float) -> Any:
     """A rebalance listener: a newly assigned partition with no committed offset starts at ``timestamp`` (seconds)."""

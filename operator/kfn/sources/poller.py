@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, Protocol
 
-from kfn.sources import filters, metrics
+from kfn.sources import filters, invokeauth, metrics
 from kfn.sources.base import MappingContext, Record, Source, SourceUnavailable
 
 log = logging.getLogger("kfn.sources.poller")
@@ -256,8 +256,9 @@ class Invoker(Protocol):
 class GatewayInvoker:
     """``RequestResponse`` invocations through the gateway's Lambda Invoke API (aiohttp)."""
 
-    def __init__(self, url: str, timeout: float = 910.0) -> None:
+    def __init__(self, url: str, timeout: float = 910.0, sign: Any = None) -> None:
         self.url, self.timeout = url.rstrip("/"), timeout
+        self.sign = sign  # kfn.sources.invokeauth.Signer: SigV4 for a gateway running --auth sigv4
         self._session: Any = None
 
     async def invoke(self, function: str, qualifier: str | None, payload: bytes) -> Answer:
@@ -265,16 +266,22 @@ class GatewayInvoker:
 
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
-        params = {"Qualifier": qualifier} if qualifier else {}
+        from yarl import URL  # noqa: PLC0415 - aiohttp's; sent as encoded, so the signed URL is the one sent
+
+        query = f"?Qualifier={urllib.parse.quote(qualifier, safe='')}" if qualifier else ""
+        url = f"{self.url}/2015-03-31/functions/{urllib.parse.quote(function, safe='')}/invocations{query}"
+        headers = {"Content-Type": "application/json"}
+        if self.sign is not None:
+            headers = self.sign("POST", url, payload, headers)
         try:
-            path = urllib.parse.quote(function, safe="")
-            async with self._session.post(f"{self.url}/2015-03-31/functions/{path}/invocations", data=payload,
-                                          params=params, headers={"Content-Type": "application/json"}) as resp:
+            async with self._session.post(URL(url, encoded=True), data=payload, headers=headers) as resp:
                 body = await resp.read()
+                error = "" if resp.status == 200 else invokeauth.problem(
+                    resp.status, resp.headers.get("x-amzn-ErrorType"), body) if resp.status in (401, 403) \
+                    else body[:300].decode("utf-8", "replace")
                 return Answer(resp.status, body, resp.headers.get("X-Amz-Function-Error"),
                               resp.headers.get("X-Amz-Executed-Version", "$LATEST"),
-                              resp.headers.get("x-amzn-RequestId", ""),
-                              "" if resp.status == 200 else body[:300].decode("utf-8", "replace"))
+                              resp.headers.get("x-amzn-RequestId", ""), error)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             return Answer(0, error=f"{type(e).__name__}: {e}")
 
@@ -451,7 +458,9 @@ class Poller:
             if answer.status == 429:
                 metrics.THROTTLED.labels(*self._labels).inc()
             self.status.last_processing_result = (
-                "PROBLEM: Function call failed" if answer.status != 429 else "PROBLEM: Function call throttled")
+                "PROBLEM: Function call throttled" if answer.status == 429
+                else answer.error if answer.error.startswith(invokeauth.FUNCTION_CALL_FAILED)  # 401/403: who, why
+                else invokeauth.FUNCTION_CALL_FAILED)
             log.info("invoke not done, backing off", extra={"status": answer.status, "error": answer.error})
             if self.source.kind == "stream" and expired(batch, self.settings.max_age, self.now()) == len(batch):
                 return answer  # every record expired while waiting: the caller sends them on

@@ -44,13 +44,65 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "off otherwise, since the test bed on a machine is shared)")
 
 
+# Test files that install kfn (helm, `kfn install`'s objects) or KEDA: they share cluster-wide names (the
+# ClusterRoles kfn-operator, kfn-gateway, kfn-scaler; KEDA's APIService), so under pytest-xdist they run one after
+# another on one worker instead of uninstalling each other's grants mid-test.
+CLUSTER_WIDE_FILES = frozenset({
+    "test_chart_install.py", "test_make_run_path.py", "test_keda.py", "test_gateway_install.py",
+    "test_async_install.py", "test_identity.py", "test_network_isolation.py", "test_restricted.py", "test_rbac.py",
+})
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", f"{DESTRUCTIVE}: stops or kills test-bed components; runs last, only on kfn's own test bed"
     )
+    # pytest-xdist registers it too; registered here so --strict-markers holds when xdist is not loaded
+    config.addinivalue_line("markers", "xdist_group(name): tests of one group run on one pytest-xdist worker")
 
 
+def _xdist_controller(config: pytest.Config) -> bool:
+    """True in the process that hands tests to pytest-xdist workers (`pytest -n N`, N > 0)."""
+    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", None))
+
+
+def _only_unit_tests(config: pytest.Config) -> bool:
+    unit = (REPO / "tests" / "unit").resolve()
+    paths = [a.split("::", 1)[0] for a in config.args if not a.startswith("-")] or ["tests"]
+    return all((REPO / p).resolve().is_relative_to(unit) for p in paths)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With pytest-xdist, bring the test bed up and load kfn's images once, here, before any worker starts.
+
+    Workers' output is not shown, so the long first build (Kubernetes, images) would run silently inside one of
+    them; here its progress reaches the terminal, and the workers then find everything up and cached.
+    """
+    config = session.config
+    if not _xdist_controller(config) or _only_unit_tests(config):
+        return
+    settings = testbed_settings()
+    if not _wants_testbed(config, settings):
+        return
+    full = config.getoption("--testbed-mode") == "full"
+    _say(config, f"[kfn] bringing the test bed up for the workers ({'full node' if full else 'control plane only'}); "
+                 "a cold machine builds Kubernetes first")
+    try:
+        start_testbed(full=full, write=lambda line: _say(config, line))
+        if full:
+            _say(config, "[kfn] building and loading kfn's images (testbed/images.sh; rebuilt only on change)")
+            run_script("images.sh", write=lambda line: _say(config, line))
+    except ClusterSetupError as e:
+        pytest.exit(f"the test bed could not start: {e}", returncode=3)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist turns xdist_group marks into scheduling groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Under `--dist loadgroup` a file's tests stay on one worker (its module fixtures start brokers and operators
+    # once), and the files that install kfn cluster-wide share one worker.
+    for item in items:
+        group = "cluster-wide" if item.path.name in CLUSTER_WIDE_FILES else item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))
     # Tests that tear the test bed down run after everything else that needs it,
     # and only where nobody else is using it (CI) unless asked for.
     # The test-bed node tests that kill every component and take the cluster down (etcd wiped, the session's

@@ -28,6 +28,7 @@ from testbed import (
 )
 
 DESTRUCTIVE = "testbed_destructive"
+IMAGES_LOADED = "KFN_TESTS_IMAGES_LOADED"  # set by the xdist controller once images.sh has loaded this tag
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -92,6 +93,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         if full:
             _say(config, "[kfn] building and loading kfn's images (testbed/images.sh; rebuilt only on change)")
             run_script("images.sh", write=lambda line: _say(config, line))
+            # the workers start after this hook (xdist starts them trylast) and inherit the environment: they
+            # skip images.sh, whose up-to-date check alone takes half a minute per worker under its lock
+            os.environ[IMAGES_LOADED] = os.environ.get("KFN_IMAGE_TAG", "dev")
     except ClusterSetupError as e:
         pytest.exit(f"the test bed could not start: {e}", returncode=3)
 
@@ -182,6 +186,8 @@ def testbed_images(cluster: Cluster, pytestconfig: pytest.Config) -> list[str]:
     if not cluster.is_testbed:
         return names
     ensure_full_node(cluster, pytestconfig)
+    if os.environ.get(IMAGES_LOADED) == tag:
+        return names  # loaded by the pytest-xdist controller before this worker started (pytest_sessionstart)
     _say(pytestconfig, "[kfn] building and loading kfn's images (testbed/images.sh; rebuilt only on change)")
     try:
         run_script("images.sh", write=lambda line: _say(pytestconfig, line))

@@ -121,6 +121,7 @@ build_otelcol() {
       printf 'module kfn.dev/testbed/otelcol\n\ngo 1.25.0\n\nrequire (\n'
       printf '\t%s/otelcol %s\n\t%s/receiver/otlpreceiver %s\n\t%s/processor/batchprocessor %s\n' "$c" "$v" "$c" "$v" "$c" "$v"
       printf '\t%s/exporter/debugexporter %s\n\t%s/exporter/otlphttpexporter %s\n' "$c" "$v" "$c" "$v"
+      printf '\t%s/service %s\n' "$c" "$v"
       for m in component confmap confmap/provider/envprovider confmap/provider/fileprovider \
                confmap/provider/yamlprovider exporter processor receiver; do
         printf '\t%s/%s %s\n' "$c" "$m" "$s"

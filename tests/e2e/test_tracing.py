@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.server
 import json
 import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -118,6 +119,18 @@ service:
 """
 
 
+def apply_with_this_branchs_crds(cluster: Any, api: Any, docs: list[dict[str, Any]]) -> None:
+    """Apply *docs* under this tree's CRDs: the test bed is shared, and a tree without ``tracingConfig`` in its
+    Function schema may have applied its CRDs since this session's (the API server then refuses the field)."""
+    crds = sorted((Path(__file__).parents[2] / "crds").glob("*.yaml"))
+
+    def attempt() -> bool:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", *[a for f in crds for a in ("-f", str(f))])
+        return api.apply(docs, check=False).returncode == 0
+
+    wait_until(attempt, 120, "the Functions are created under this tree's CRDs", interval=2)
+
+
 class World:
     def __init__(self, ns: str, api: Any, gateway: GatewayProcess, sink: Sink) -> None:
         self.ns, self.api, self.gateway, self.sink = ns, api, gateway, sink
@@ -134,6 +147,16 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any, pytestconfig: 
     config.write_text(COLLECTOR_CONFIG.format(port=port, sink=sink.port))
     collector_log = open(log_dir / "otelcol.log", "wb")  # noqa: SIM115 - closed in the finally below
     collector = subprocess.Popen([otelcol, "--config", str(config)], stdout=collector_log, stderr=subprocess.STDOUT)
+
+    def collector_listens() -> bool:
+        assert collector.poll() is None, f"otelcol exited:\n{(log_dir / 'otelcol.log').read_text()[-3000:]}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    wait_until(collector_listens, 30, "the collector's OTLP/HTTP receiver listens")
     ns = f"kfn-t-{secrets.token_hex(4)}"
     cluster.kubectl("create", "namespace", ns)
     cluster.kubectl("label", "namespace", ns, "kfn.dev/test=true")
@@ -143,7 +166,7 @@ def world(cluster: Any, crds_installed: Any, testbed_images: Any, pytestconfig: 
         op = Operator(cluster, ns, log_dir, "--otlp-endpoint", f"http://{node_ip}:{port}").start()
         procs.append(op)
         api = Api(cluster, ns)
-        api.apply([fn("active", tracingConfig={"mode": "Active"}), fn("passthrough")])
+        apply_with_this_branchs_crds(cluster, api, [fn("active", tracingConfig={"mode": "Active"}), fn("passthrough")])
         for name in ("active", "passthrough"):
             api.wait_ready("function", name, timeout=360)
         gateway = GatewayProcess(cluster, ns, log_dir / "gateway.log", "--cold-start-timeout", "150",

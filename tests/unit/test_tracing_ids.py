@@ -134,3 +134,18 @@ def test_agents_get_the_collector_only_when_the_operator_has_one() -> None:
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in agent_env(Images())  # no rollout of every pod when unused
     assert agent_env(Images(otlp_endpoint="http://198.18.0.1:4318"))["OTEL_EXPORTER_OTLP_ENDPOINT"] == \
         "http://198.18.0.1:4318"
+
+
+def test_the_gateway_hands_a_traceparent_to_the_function_as_x_ray_with_tracing_off() -> None:
+    # Catches: a caller's W3C trace lost on the hop to the agent (the function's _X_AMZN_TRACE_ID unrelated to it)
+    from kfn.gateway.catalog import VersionKey  # noqa: PLC0415
+    from kfn.gateway.server import Gateway, Target  # noqa: PLC0415
+
+    gateway = Gateway.__new__(Gateway)  # agent_head reads nothing of the gateway's state
+    target = Target(VersionKey("ns", "f", "$LATEST"), None, 3.0, FN)
+    head = gateway.agent_head({"traceparent": TP}, target, "rid").decode()
+    assert f"x-amzn-trace-id: {XRAY}\r\n" in head
+    head = gateway.agent_head({"x-amzn-trace-id": XRAY, "traceparent": TP}, target, "rid").decode()
+    assert head.count("x-amzn-trace-id") == 1
+    # a recorded invocation: dispatch adds the headers of its hop span instead
+    assert "x-amzn-trace-id" not in gateway.agent_head({"traceparent": TP}, target, "rid", traced=True).decode()

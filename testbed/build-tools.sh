@@ -8,8 +8,10 @@
 #                (github.com/argoproj/argo-cd/v3 util/lua + gitops-engine pkg/health)
 #   nats-server  github.com/nats-io/nats-server/v2: the async-invoke queue (JetStream);
 #                Debian's 2.9 lacks what kfn relies on (per-message TTL, 2.11+)
+#   otelcol      testbed/otelcol: a minimal OpenTelemetry Collector (go.opentelemetry.io/collector core
+#                modules: OTLP receiver, batch, debug and OTLP/HTTP exporters) for the tracing tests
 #
-# Usage: build-tools.sh [helm|argo-health|nats-server]...  (default: helm, argo-health). Progress goes to
+# Usage: build-tools.sh [helm|argo-health|nats-server|otelcol]...  (default: helm, argo-health). Progress goes to
 # stderr; the path of each binary, one a line, to stdout. One build of each tool
 # at a time (a lock), as several sessions share this machine.
 set -euo pipefail
@@ -24,6 +26,9 @@ ARGOCD_GO_TOOLCHAIN="${ARGOCD_GO_TOOLCHAIN:-go1.27.4}"
 NATS_SERVER_VERSION="${NATS_SERVER_VERSION:-2.15.3}"
 # nats-server 2.15 needs Go >= 1.26 (its go.mod); fetched from the proxy like Argo CD's.
 NATS_GO_TOOLCHAIN="${NATS_GO_TOOLCHAIN:-go1.26.8}"
+# One collector release for every module (core v0.165.0 goes with the v1.71.0 modules).
+OTELCOL_VERSION="${OTELCOL_VERSION:-0.165.0}"
+OTELCOL_STABLE_VERSION="${OTELCOL_STABLE_VERSION:-1.71.0}"
 
 command -v go >/dev/null 2>&1 || die "Go is needed to build helm and argo-health from the Go module proxy"
 mkdir -p "$TOOLS_BIN" "$CACHE/build"
@@ -103,6 +108,32 @@ build_nats_server() {
   echo "$out" >&3
 }
 
+build_otelcol() {
+  # keyed by the collector release and our source, so an edit of main.go rebuilds
+  local src="$here/otelcol/main.go"
+  local key; key="$OTELCOL_VERSION-$(sha256sum "$src" | cut -c1-12)"
+  local out="$TOOLS_BIN/otelcol-$key"
+  if [ ! -x "$out" ]; then
+    local work="$CACHE/build/otelcol-$key" c="go.opentelemetry.io/collector"
+    local v="v$OTELCOL_VERSION" s="v$OTELCOL_STABLE_VERSION"
+    mkdir -p "$work"
+    {
+      printf 'module kfn.dev/testbed/otelcol\n\ngo 1.25.0\n\nrequire (\n'
+      printf '\t%s/otelcol %s\n\t%s/receiver/otlpreceiver %s\n\t%s/processor/batchprocessor %s\n' "$c" "$v" "$c" "$v" "$c" "$v"
+      printf '\t%s/exporter/debugexporter %s\n\t%s/exporter/otlphttpexporter %s\n' "$c" "$v" "$c" "$v"
+      printf '\t%s/service %s\n' "$c" "$v"
+      for m in component confmap confmap/provider/envprovider confmap/provider/fileprovider \
+               confmap/provider/yamlprovider exporter processor receiver; do
+        printf '\t%s/%s %s\n' "$c" "$m" "$s"
+      done
+      printf ')\n'
+    } > "$work/go.mod"
+    cp "$src" "$work/main.go"
+    gomod_build otelcol "$key" . "-X main.version=$OTELCOL_VERSION"
+  fi
+  echo "$out" >&3
+}
+
 # locked NAME FUNCTION: run FUNCTION holding $CACHE/build-tools-NAME.lock.
 locked() {
   (
@@ -121,6 +152,7 @@ for tool in "$@"; do
     helm) locked helm build_helm ;;
     argo-health) locked argo-health build_argo_health ;;
     nats-server) locked nats-server build_nats_server ;;
-    *) die "unknown tool $tool (helm, argo-health, nats-server)" ;;
+    otelcol) locked otelcol build_otelcol ;;
+    *) die "unknown tool $tool (helm, argo-health, nats-server, otelcol)" ;;
   esac
 done

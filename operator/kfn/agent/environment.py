@@ -201,6 +201,7 @@ class ExecutionEnvironment:
         self._init_reported = False  # INIT_REPORT written for the init in progress (error or timeout)
         self._init_timer: asyncio.TimerHandle | None = None
         self._init_duration_ms: float | None = None
+        self.init_ended_ns = 0  # when the last init finished (time.time_ns()), 0 before
         self._held_restart: Callable[[], None] | None = None  # a supervisor waiting to start the next runtime
         self._bootstrap_port: int | None = None  # client port of the bootstrap's log stream (finds its pid)
         self._init_killed = False  # the init in progress was stopped by us (timeout), not failed
@@ -629,6 +630,7 @@ class ExecutionEnvironment:
                 self._init_timer.cancel()
                 self._init_timer = None
             self._init_duration_ms = (time.monotonic() - self._init_started) * 1000
+            self.init_ended_ns = time.time_ns()  # wall clock: the Initialization span of a traced cold start
         inv = self._pending
         if inv is not None:
             self._pending = None

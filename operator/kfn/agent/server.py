@@ -16,9 +16,11 @@ import json
 import logging
 import os
 import signal
+import time
 import uuid
 from collections.abc import Callable, Sequence
 
+from kfn import tracing
 from kfn.agent import wire
 from kfn.agent.config import AgentConfig
 from kfn.agent.environment import (
@@ -227,8 +229,8 @@ _BUSY_H = encode_headers({**wire.invoke_error_headers("TooManyRequestsException"
 class Invoker:
     """The invoke endpoint: validates a Lambda Invoke request, runs it in the environment, answers like Lambda."""
 
-    def __init__(self, env: ExecutionEnvironment, cfg: AgentConfig) -> None:
-        self.env, self.cfg = env, cfg
+    def __init__(self, env: ExecutionEnvironment, cfg: AgentConfig, tracer: tracing.Tracer | None = None) -> None:
+        self.env, self.cfg, self.tracer = env, cfg, tracer
         self._version_h = f"X-Amz-Executed-Version: {cfg.function_version}\r\n".encode("latin-1")
         self._loop = asyncio.get_running_loop()  # once: in 3.11 each call costs a getpid() syscall
 
@@ -266,12 +268,13 @@ class Invoker:
             return _invoke_error(req, 400, "InvalidRequestContentException", str(e))
         if inv_type == "DryRun":
             return req.respond(204, self._version_h)
+        spans = None if self.tracer is None else self._trace(headers)  # recorded: (agent span, Invocation span)
         inv = Invocation(
             payload=payload,
             # The gateway names the request (so the caller's x-amzn-RequestId is the function's aws_request_id).
             request_id=_gateway_request_id(headers.get("x-kfn-request-id")) or wire.new_request_id(),
             invoked_arn=wire.invoked_function_arn(cfg.arn, qualifier),
-            trace_id=wire.trace_header(headers.get("x-amzn-trace-id")),
+            trace_id=wire.trace_header(headers.get("x-amzn-trace-id")) if spans is None else spans[2],
             client_context=client_context,
             cognito_identity=cognito_identity,
             want_tail=headers.get("x-amz-log-type") == "Tail",
@@ -280,7 +283,9 @@ class Invoker:
         inv.next_headers = next_headers(inv)
 
         def answer(inv: Invocation, outcome: wire.Outcome) -> None:
-            self._answer(req, inv, inv_type, outcome)
+            if spans is None:
+                return self._answer(req, inv, inv_type, outcome)
+            self._traced_answer(spans, req, inv, inv_type, outcome)
 
         try:
             env.start(inv, answer)
@@ -288,6 +293,39 @@ class Invoker:
             # Answered at once, never queued: the gateway tries another execution environment.
             inv.answered.set_result(None)
             req.respond(429, _BUSY_H, _BUSY_BODY)
+
+    # --- tracing (kfn.tracing, docs/tracing.md): only with a tracer --------------------------------------------
+    def _trace(self, headers: dict[str, str]) -> tuple[object, object, str] | None:
+        """Spans of an invocation the gateway records (its ``traceparent`` is sampled): the agent's span (child of
+        the gateway's hop) and the function's "Invocation" span under it, and the X-Ray header the function
+        sees (its Parent is the Invocation span); None when not recorded."""
+        assert self.tracer is not None
+        parent = tracing.parse_traceparent(headers.get(tracing.TRACEPARENT))
+        if parent is None or not parent.sampled:
+            return None
+        agent = self.tracer.start("Agent", parent, "SERVER", attributes={
+            "faas.name": self.cfg.function_name, "faas.version": self.cfg.function_version})
+        run = self.tracer.start("Invocation", agent)
+        trace_id, span_id = self.tracer.ids(run)
+        return agent, run, tracing.to_xray(trace_id, span_id, True)
+
+    def _traced_answer(self, spans: tuple[object, object, str], req: Request, inv: Invocation, inv_type: str,
+                       outcome: wire.Outcome) -> None:
+        assert self.tracer is not None
+        agent, run, _ = spans
+        tracer, now = self.tracer, time.time_ns()
+        if outcome.function_error:
+            tracer.error(run, outcome.error_type or "Unhandled")
+        run.end(now)  # type: ignore[attr-defined]
+        if inv.init_duration_ms is not None and self.env.init_ended_ns:  # this invocation's cold start
+            init_ns = int(inv.init_duration_ms * 1e6)
+            tracer.start("Initialization", agent, start_ns=self.env.init_ended_ns - init_ns).end(self.env.init_ended_ns)
+        responding = tracer.start("Response", agent, start_ns=now)
+        try:
+            self._answer(req, inv, inv_type, outcome)
+        finally:
+            responding.end()
+            agent.end()  # type: ignore[attr-defined]
 
     def _answer(self, req: Request, inv: Invocation, inv_type: str, outcome: wire.Outcome) -> None:
         # Called as soon as the outcome is known (from the runtime's /response, usually): the caller is answered
@@ -311,9 +349,9 @@ class Invoker:
 _INVOKE_PREFIX, _INVOKE_SUFFIX = "/2015-03-31/functions/", "/invocations"
 
 
-def invoke_handler(env: ExecutionEnvironment, cfg: AgentConfig) -> Handler:
+def invoke_handler(env: ExecutionEnvironment, cfg: AgentConfig, tracer: tracing.Tracer | None = None) -> Handler:
     """The invoke endpoint (Lambda Invoke wire format) and the probes."""
-    invoke = Invoker(env, cfg)
+    invoke = Invoker(env, cfg, tracer)
 
     def handle(req: Request) -> None:
         path, method = req.path, req.method
@@ -391,7 +429,10 @@ async def serve(cfg: AgentConfig, cmd: Sequence[str] = ()) -> None:
         await sink.start()
     env = ExecutionEnvironment(cfg, rt_port, sink)
     loop = asyncio.get_running_loop()
-    invoke = invoke_handler(env, cfg)
+    # spans only where the operator gave the pod a collector (OTEL_EXPORTER_OTLP_ENDPOINT): docs/tracing.md
+    tracer = tracing.setup("kfn-agent", tracing.endpoint_from(None),
+                           {"faas.name": cfg.function_name, "faas.version": cfg.function_version})
+    invoke = invoke_handler(env, cfg, tracer)
     servers = [
         await loop.create_server(runtime_api_connections(env), rt_host, rt_port, reuse_address=True),
         await loop.create_server(lambda: Connection(invoke, wire.MAX_REQUEST_BYTES), *cfg.listen_addr,
@@ -413,4 +454,6 @@ async def serve(cfg: AgentConfig, cmd: Sequence[str] = ()) -> None:
         await supervisor
     for server in servers:
         server.close()
+    if tracer is not None:
+        tracer.shutdown()
     await sink.close()

@@ -66,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nats-url", default=env("KFN_NATS_URL", ""),
                    help="NATS JetStream server(s) of the async queue, comma-separated (kfn install sets it); "
                         "without one, Event invocations are answered 501")
+    p.add_argument("--otlp-endpoint", default=None,
+                   help="OTLP/HTTP collector (http://host:4318) the invocations' spans go to (docs/tracing.md); "
+                        "default: $OTEL_EXPORTER_OTLP_ENDPOINT; unset or '': tracing off")
     p.add_argument("--log-format", choices=["json", "text"], default=env("KFN_LOG_FORMAT", "json"))
     p.add_argument("--verbose", "-v", action="store_true")
 
@@ -113,6 +116,7 @@ async def start_catalog(args: argparse.Namespace, who: str) -> tuple[Any, Any, l
 
 
 async def serve(args: argparse.Namespace) -> None:
+    from kfn import tracing
     from kfn.agent.httpserver import _date  # noqa: F401 - warm the Date header cache
     from kfn.gateway import control, s3code
     from kfn.gateway.coldstart import DemandReporter, DeploymentScaleUp
@@ -144,8 +148,9 @@ async def serve(args: argparse.Namespace) -> None:
 
     scope = tuple(args.namespace)  # keys are looked up where the gateway serves (all namespaces: cluster-wide)
     authorizer = auth.Authorizer(lambda key: auth.k8s_lookup(key, scope), auth.k8s_review, args.region)
+    tracer = tracing.setup("kfn-gateway", tracing.endpoint_from(args.otlp_endpoint))
     gateway = Gateway(catalog, pool, DeploymentScaleUp(), settings, health, demand=reporter, queue=queue,
-                      authorizer=authorizer)
+                      authorizer=authorizer, tracer=tracer)
     host, _, port = args.listen.rpartition(":")
     server = await loop.create_server(connection_factory(gateway), host or "0.0.0.0", int(port), reuse_address=True,
                                       backlog=1024)
@@ -165,6 +170,8 @@ async def serve(args: argparse.Namespace) -> None:
     await stop.wait()
     server.close()
     await gateway.drain(args.grace_seconds)
+    if tracer is not None:
+        tracer.shutdown()  # the last invocations' spans
     if queue is not None:
         await queue.close()
     for w in watchers:

@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent-image", default=env("KFN_AGENT_IMAGE", Images.agent))
     p.add_argument("--runtime-image-template", default=env("KFN_RUNTIME_IMAGE_TEMPLATE", Images.runtime_template), help="managed runtime image; {runtime} is replaced")
     p.add_argument("--provided-image", default=env("KFN_PROVIDED_IMAGE", Images.provided), help="image for provided* runtimes")
+    p.add_argument("--otlp-endpoint", default=env("KFN_AGENT_OTLP_ENDPOINT", ""),
+                   help="OTLP/HTTP collector (http://host:4318, as pods reach it) the function pods' agents send "
+                        "invocation spans to (docs/tracing.md); '' (default): tracing off in the pods")
     p.add_argument("--log-format", choices=["json", "text"], default=env("KFN_LOG_FORMAT", "json"))
     p.add_argument("--url-base", default=env("KFN_URL_BASE", ""),
                    help="where clients reach the gateway, for the function URLs in status.url "
@@ -122,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         install_peering(args.peering, args.namespace)
     cfg = OperatorConfig(
         images=Images(agent=args.agent_image, runtime_template=args.runtime_image_template, provided=args.provided_image,
+                      otlp_endpoint=args.otlp_endpoint,
                       keda=KedaSettings(default_mode=args.scaling, scaler_address=args.keda_scaler_address,
                                         cooldown_seconds=args.keda_cooldown_seconds,
                                         polling_interval_seconds=args.keda_polling_seconds)),

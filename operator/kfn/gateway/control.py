@@ -240,7 +240,7 @@ def function_configuration(ns: str, function: str, version: str, config: Mapping
         "LastModified": _last_modified(obj.get("metadata") or {}),
         "CodeSha256": lambda_code_sha256(code_sha256),
         "Version": names.lambda_version(version),
-        "TracingConfig": {"Mode": "PassThrough"},
+        "TracingConfig": {"Mode": (config.get("tracingConfig") or {}).get("mode") or "PassThrough"},
         "RevisionId": revision_id(obj),
         "PackageType": "Image" if is_image else "Zip",
         "Architectures": ["arm64" if config.get("architecture") == "arm64" else "x86_64"],

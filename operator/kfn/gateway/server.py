@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, quote
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from kfn import names
+from kfn import names, tracing
 from kfn.asyncinvoke import queue as asyncqueue
 from kfn.asyncinvoke import metrics as asyncmetrics
 from kfn.asyncinvoke.envelope import Envelope
@@ -115,8 +115,10 @@ class Gateway:
 
     def __init__(self, catalog: Catalog, pool: EnvironmentPool, scale_up: ScaleUp, settings: GatewaySettings,
                  health: Callable[[], str | None], demand: DemandReporter | None = None,
-                 queue: asyncqueue.Queue | None = None, authorizer: auth.Authorizer | None = None) -> None:
+                 queue: asyncqueue.Queue | None = None, authorizer: auth.Authorizer | None = None,
+                 tracer: tracing.Tracer | None = None) -> None:
         self.catalog, self.pool, self.scale_up, self.settings = catalog, pool, scale_up, settings
+        self.tracer = tracer  # None: tracing off (no OTLP endpoint), every hook below is one `is None` check
         self.authorizer = authorizer  # SigV4 and RBAC (--auth sigv4, AWS_IAM function URLs)
         self.demand = demand  # the built-in scaler decides (the gateway never writes replicas then)
         self.queue = queue  # the durable async queue; None: Event invocations answer 501
@@ -294,8 +296,12 @@ class Gateway:
         request_id = errors.new_request_id()
         started = time.monotonic()
         labels = ["", ""]  # namespace and function for metrics, once the function is known to exist
+        span = None  # the invocation's span, when tracing is on and this invocation is recorded
         try:
             target = self._resolve(req, name, labels, legacy_async)
+            if self.tracer is not None and not legacy_async \
+                    and req.headers.get("x-amz-invocation-type", "RequestResponse") == "RequestResponse":
+                span = self._trace(req, target, request_id, started)  # sync invocations (async: docs/tracing.md)
             if legacy_async or req.headers.get("x-amz-invocation-type") == "Event":
                 await self._enqueue(req, target, request_id)
                 # InvokeAsync's Status is the HTTP status (botocore: location statusCode); Lambda also sends it
@@ -303,8 +309,10 @@ class Gateway:
                 body = b'{"Status":202}' if legacy_async else b""
                 req.respond(202, encode_headers({"x-amzn-RequestId": request_id}), body)
                 return
-            answer = await self._run(req, target, request_id, started)
+            answer = await self._run(req, target, request_id, started, span)
         except errors.LambdaError as e:
+            if span is not None:
+                self._trace_end(span, e.error_type)
             self._count_error(labels, e)
             status, headers, body = errors.wire(e, request_id)
             req.respond(status, encode_headers(headers), body)
@@ -312,6 +320,8 @@ class Gateway:
         except Exception:  # noqa: BLE001 - a bug must still be answered in Lambda's shape, and logged
             log.exception("invoke failed", extra={"requestId": request_id})
             e = internal_error()
+            if span is not None:
+                self._trace_end(span, e.error_type)
             self._count_error(labels, e)
             status, headers, body = errors.wire(e, request_id)
             req.respond(status, encode_headers(headers), body)
@@ -322,7 +332,11 @@ class Gateway:
             return
         out = {_RELAYED[k]: v for k, v in answer.headers.items() if k in _RELAYED}
         out["x-amzn-RequestId"] = request_id
+        responding = self.tracer.start("Response", span) if span is not None and self.tracer is not None else None
         req.respond(answer.status, encode_headers(out), answer.body)
+        if span is not None and responding is not None:
+            responding.end()
+            self._trace_end(span, answer.headers.get("x-amzn-errortype") or answer.headers.get("x-amz-function-error"))
         ns, fn = labels
         if answer.status == 200:
             metrics.INVOCATIONS.labels(ns, fn, target.version.version).inc()
@@ -433,7 +447,7 @@ class Gateway:
             function_arn=names.function_arn(api.region, names.account_id(version.namespace), version.function,
                                             arn_qualifier),
             payload=req.body or b"", received=time.time(), client_context=req.headers.get("x-amz-client-context"),
-            trace_id=req.headers.get("x-amzn-trace-id"))
+            trace_id=tracing.function_header(req.headers))
         try:
             await self.queue.enqueue(envelope)
         except asyncqueue.QueueError as e:
@@ -441,14 +455,47 @@ class Gateway:
             raise internal_error() from e
         asyncmetrics.EVENTS_RECEIVED.labels(version.namespace, version.function).inc()
 
-    async def _run(self, req: Request, target: Target, request_id: str, started: float) -> Answer | None:
+    async def _run(self, req: Request, target: Target, request_id: str, started: float,
+                   span: Any = None) -> Answer | None:
         if req.headers.get("x-amz-invocation-type") == "DryRun":
             return None
-        return await self.dispatch(target, self.agent_head(req.headers, target, request_id), req.body or b"",
-                                   request_id, started)
+        return await self.dispatch(target, self.agent_head(req.headers, target, request_id, traced=span is not None),
+                                   req.body or b"", request_id, started, span=span)
+
+    # --- tracing (kfn.tracing, docs/tracing.md): called only with a tracer ----------------------------------------
+    def _trace(self, req: Request, target: Target, request_id: str, started: float) -> Any:
+        """The invocation's root span ("Invoke", from when the request was accepted), or None when Lambda's
+        sampling rule (the function's TracingConfig and the caller's header) says not to record it."""
+        assert self.tracer is not None
+        caller = tracing.incoming(req.headers)
+        if not tracing.should_record(tracing.mode_of(target.spec), caller):
+            return None
+        v = target.version
+        return self.tracer.start(
+            "Invoke", caller, "SERVER", time.time_ns() - int((time.monotonic() - started) * 1e9),
+            {"faas.invoked_name": v.function, "faas.invoked_provider": "kfn", "faas.invocation_id": request_id,
+             "kfn.namespace": v.namespace, "kfn.version": v.version, "faas.trigger": "http"})
+
+    def _trace_end(self, span: Any, error_type: str | None) -> None:
+        assert self.tracer is not None
+        if error_type:
+            self.tracer.error(span, error_type)
+        span.end()
+
+    async def _traced_cold(self, span: Any, version: VersionKey, started: float) -> Lease:
+        """``_cold`` under a "Cold start" span: the hold while an environment starts (or the throttle)."""
+        assert self.tracer is not None
+        hold = self.tracer.start("Cold start", span)
+        try:
+            return await self._cold(version, started)
+        except errors.LambdaError as e:
+            self.tracer.error(hold, e.error_type)
+            raise
+        finally:
+            hold.end()
 
     async def dispatch(self, target: Target, head: bytes, body: bytes, request_id: str, started: float,
-                       claimed: Lease | None = None) -> Answer:
+                       claimed: Lease | None = None, span: Any = None) -> Answer:
         """Run one invocation on an execution environment of *target* (claiming one, or a cold start): the one
         environment-selection path of sync calls and async workers. *claimed*: an environment of the version the
         caller already holds (an async worker that waited for one), tried first and released either way. Raises
@@ -466,10 +513,13 @@ class Gateway:
         for _ in range(self.settings.attempts):
             lease, claimed = claimed or self.pool.claim(version, tried), None
             if lease is None:
-                lease = await self._cold(version, started)
+                lease = await (self._cold(version, started) if span is None else self._traced_cold(span, version, started))
             gauge.inc()
+            hop = None if span is None or self.tracer is None else self.tracer.start(
+                "Invoke agent", span, "CLIENT", attributes={"server.address": lease.address})
             try:
-                answer = await lease.send(head, body, target.timeout + self.settings.agent_timeout_extra)
+                answer = await lease.send(head if hop is None else head + self.tracer.headers(hop).encode(),  # type: ignore[union-attr]
+                                          body, target.timeout + self.settings.agent_timeout_extra)
             except AgentUnreachable as e:
                 if e.sent:
                     # The invocation may have run: never send it again (no double run caused by the gateway).
@@ -482,6 +532,8 @@ class Gateway:
             finally:
                 gauge.dec()
                 lease.release()
+                if hop is not None:
+                    hop.end()
             if answer.status == 429 and answer.headers.get(BUSY_HEADER) == "true":
                 tried.add(lease.address)  # another gateway's invocation runs there: try the next one
                 continue
@@ -572,8 +624,9 @@ class Gateway:
             h["x-amzn-trace-id"] = envelope.trace_id
         return self.agent_head(h, target, envelope.request_id)
 
-    def agent_head(self, h: dict[str, str], target: Target, request_id: str) -> bytes:
-        """The request head for the agent; *h*: the invocation's headers (lower-case names)."""
+    def agent_head(self, h: dict[str, str], target: Target, request_id: str, traced: bool = False) -> bytes:
+        """The request head for the agent; *h*: the invocation's headers (lower-case names). *traced*: the
+        invocation is recorded, and ``dispatch`` adds the trace headers of its span to the agent."""
         path = INVOKE_PREFIX + quote(target.version.function) + INVOKE_SUFFIX
         if target.qualifier:
             path += "?Qualifier=" + quote(target.qualifier)
@@ -581,9 +634,11 @@ class Gateway:
                  "X-Amz-Invocation-Type: RequestResponse",
                  f"X-Amz-Log-Type: {h.get('x-amz-log-type', 'None')}",
                  f"Content-Type: {h.get('content-type', 'application/json')}"]
-        for name in ("x-amz-client-context", "x-amzn-trace-id", "x-kfn-cognito-identity"):
+        for name in ("x-amz-client-context", "x-kfn-cognito-identity"):
             if name in h:
                 lines.append(f"{name}: {h[name]}")
+        if not traced and (trace_header := tracing.function_header(h)) is not None:
+            lines.append(f"x-amzn-trace-id: {trace_header}")  # the caller's trace, carried to the function
         return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
     async def drain(self, grace: float) -> None:

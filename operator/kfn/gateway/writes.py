@@ -344,6 +344,12 @@ def apply_configuration(spec: dict[str, Any], doc: Mapping[str, Any]) -> dict[st
             out["imageConfig"] = converted
         else:
             out.pop("imageConfig", None)
+    tracing = doc.get("TracingConfig")
+    if isinstance(tracing, Mapping) and tracing.get("Mode") is not None:
+        if tracing["Mode"] not in ("Active", "PassThrough"):
+            raise errors.validation(errors.violation(str(tracing["Mode"]), "tracingConfig.mode",
+                                                     errors.enum_rule(["Active", "PassThrough"])))
+        out["tracingConfig"] = {"mode": tracing["Mode"]}
     dlq = doc.get("DeadLetterConfig")
     if isinstance(dlq, Mapping):
         if dlq.get("TargetArn"):

@@ -347,6 +347,17 @@ class LoggingConfig(SpecModel):
     )
 
 
+class TracingConfig(SpecModel):
+    """Tracing of invocations (Lambda's TracingConfig; docs/tracing.md): OpenTelemetry spans in the gateway and the
+    agent, the X-Ray trace header the function sees."""
+
+    mode: Literal["Active", "PassThrough"] = Field(
+        "PassThrough",
+        description="Active: record every invocation unless the caller's trace header says Sampled=0; "
+        "PassThrough: record only when the caller's header says sampled (Lambda's semantics).",
+    )
+
+
 # Lambda's Cors shape (botocore service model: AllowOriginsList max 100 of Origin 1-253 chars, AllowMethodsList
 # max 6 of Method <= 6 chars, HeadersList max 100 of Header <= 1024 chars, MaxAge 0-86400).
 Origin = Annotated[StrictStr, Field(min_length=1, max_length=253)]
@@ -458,6 +469,8 @@ class FunctionConfig(SpecModel):
     async_invoke_config: AsyncInvokeConfig | None = Field(None, alias="asyncInvokeConfig")
     dead_letter_config: DeadLetterConfig | None = Field(None, alias="deadLetterConfig")
     logging_config: LoggingConfig | None = Field(None, alias="loggingConfig")
+    # None when unset (PassThrough): a config without it keeps the digest it had before the field existed
+    tracing_config: TracingConfig | None = Field(None, alias="tracingConfig")
     url: FunctionUrl | None = Field(None, description="Function URL.")
 
     @property

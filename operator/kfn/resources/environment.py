@@ -68,6 +68,9 @@ class Images:
     # Not an image, but the operator's other per-environment setting that travels the same way: the
     # scaling mode default and KEDA mode's settings (kfn/scaler/keda.py).
     keda: KedaSettings = KedaSettings()
+    # The OTLP/HTTP collector the agents send invocation spans to (operator --otlp-endpoint; docs/tracing.md);
+    # '' keeps tracing off in the pods and their template as it was.
+    otlp_endpoint: str = ""
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,8 @@ def make_deployment(inp: EnvironmentInput, plan: CodePlan) -> dict[str, Any]:
             *env,
             {"name": "KFN_TIMEOUT_SECONDS", "value": str(timeout)},
             {"name": "KFN_FUNCTION_ARN", "value": names.function_arn(inp.region, names.account_id(inp.namespace), inp.function)},
+            *([{"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": inp.images.otlp_endpoint}]
+              if inp.images.otlp_endpoint else []),
         ],
         "ports": [{"name": "http", "containerPort": AGENT_PORT, "protocol": "TCP"}],
         # Ready only once the runtime's init has finished (its first /next).

@@ -223,6 +223,7 @@ def test_sqs_a_sigkilled_poller_loses_nothing(world: World, qrec: str, sqs: Any,
     more = sqs_send(sqs, url, [json.dumps({"n": n}) for n in range(31, 41)])
     items = wait_ok(world, name, set(ids + more))
     assert {i["id"] for i in items} == set(ids + more)  # duplicates allowed (at least once), loss not
+    assert any(i["count"] != "1" for i in items)  # what the killed poller held came back after its visibility timeout
     assert wait_until(lambda: sqs_counts(sqs, url) == (0, 0), 60, "every message deleted")
     world.api.kubectl("delete", "esm", name, "--wait=false")
 
@@ -258,8 +259,8 @@ def amqp(world: World, amqp_url: str) -> str:
     return amqp_url
 
 
-def rmq_send(url: str, queue: str, bodies: list[bytes]) -> list[str]:
-    """Declare the durable *queue* and publish *bodies* with message ids; the ids."""
+def rmq_send(url: str, queue: str, bodies: list[bytes], arguments: dict[str, Any] | None = None) -> list[str]:
+    """Declare the durable *queue* (with *arguments*) and publish *bodies* with message ids; the ids."""
     import aio_pika
 
     from brokerpods import eventually
@@ -270,7 +271,7 @@ def rmq_send(url: str, queue: str, bodies: list[bytes]) -> list[str]:
         async def declare() -> None:
             conn = await aio_pika.connect(url, timeout=5)
             async with conn:
-                await (await conn.channel()).declare_queue(queue, durable=True)
+                await (await conn.channel()).declare_queue(queue, durable=True, arguments=arguments)
 
         await eventually("declaring a RabbitMQ queue", declare, timeout=120)
         conn = await aio_pika.connect(url, timeout=5)
@@ -347,5 +348,37 @@ def test_rabbitmq_a_sigkilled_poller_loses_nothing(world: World, qrec: str, amqp
     items = wait_ok(world, queue, set(ids + more))
     print(f"RabbitMQ: every message finished {time.monotonic() - killed_at:.0f} s after the SIGKILL")
     assert {i["id"] for i in items} == set(ids + more)
+    assert any(i["count"] is True for i in items)  # what the killed poller held came back, marked redelivered
     assert wait_until(lambda: rmq_depth(amqp, queue) == 0, 60, "nothing left in the queue")
     world.api.kubectl("delete", "esm", queue, "--wait=false")
+
+
+def test_rabbitmq_a_message_that_keeps_failing_is_dead_lettered_by_the_brokers_delivery_limit(
+        world: World, qrec: str, amqp: str) -> None:
+    """The analogue of an SQS redrive policy: a quorum queue's x-delivery-limit with a dead-letter queue. The poller
+    requeues after Lambda's redelivery delay (1 s), so a poison message is not retried in a hot loop."""
+    queue = f"q-{secrets.token_hex(4)}"
+    dead = f"{queue}-dead"
+    rmq_send(amqp, dead, [])
+    ids = rmq_send(amqp, queue, [json.dumps({"n": n, **({"raise_times": 99} if n == 2 else {})}).encode()
+                                 for n in range(1, 5)],
+                   arguments={"x-queue-type": "quorum", "x-delivery-limit": 2, "x-dead-letter-exchange": "",
+                              "x-dead-letter-routing-key": dead})
+    world.api.apply([rmq_mapping(queue, qrec, queue, batchSize=1)])
+    items = wait_ok(world, queue, {ids[0], ids[2], ids[3]})
+    assert ids[1] not in {i["id"] for i in items}
+    assert wait_until(lambda: rmq_depth(amqp, dead) == 1, 120, "the failing message is in the dead-letter queue")
+    assert wait_until(lambda: rmq_depth(amqp, queue) == 0, 60, "nothing left in the queue")
+    tries = [c["t"] for c in listed(world, f"calls:{queue}")
+             if c["event"]["rmqMessagesByQueue"][f"{queue}::/"][0]["basicProperties"]["messageId"] == ids[1]]
+    assert len(tries) == 3, tries  # the first delivery and the two the limit allows
+    assert all(b - a >= 0.9 for a, b in zip(tries, tries[1:])), tries  # requeued after the redelivery delay
+    world.api.kubectl("delete", "esm", queue, "--wait=false")
+
+
+def test_rabbitmq_refuses_report_batch_item_failures_at_admission(world: World) -> None:
+    spec = rmq_mapping("rmq-partial", "qrec", "q", functionResponseTypes=["ReportBatchItemFailures"])
+    got = world.api.apply([spec], check=False)
+    assert got.returncode != 0
+    assert "functionResponseTypes does not apply to rabbitmq" in got.stderr, got.stderr
+    assert world.api.get("esm", "rmq-partial") is None

@@ -10,7 +10,9 @@ What a user notices, per test:
 - RabbitMQ (Lambda's Amazon MQ source, which has no ReportBatchItemFailures: a function error requeues the whole
   batch): batches within batchSize; a body that is not UTF-8 reaches the function as its exact bytes (base64) and
   the poller carries on; a function error requeues the batch (``redelivered: true``); a SIGKILLed poller's unacked
-  messages come back; ``functionResponseTypes`` is refused at admission as on Lambda.
+  messages come back; a message that keeps failing is dead-lettered by the broker's delivery limit (the analogue of
+  an SQS redrive policy; ``functionResponseTypes`` is refused at admission for rabbitmq, see
+  examples/invalid/esm-rabbitmq-function-response-types.yaml).
 """
 
 from __future__ import annotations
@@ -375,10 +377,3 @@ def test_rabbitmq_a_message_that_keeps_failing_is_dead_lettered_by_the_brokers_d
     assert all(b - a >= 0.9 for a, b in zip(tries, tries[1:])), tries  # requeued after the redelivery delay
     world.api.kubectl("delete", "esm", queue, "--wait=false")
 
-
-def test_rabbitmq_refuses_report_batch_item_failures_at_admission(world: World) -> None:
-    spec = rmq_mapping("rmq-partial", "qrec", "q", functionResponseTypes=["ReportBatchItemFailures"])
-    got = world.api.apply([spec], check=False)
-    assert got.returncode != 0
-    assert "functionResponseTypes does not apply to rabbitmq" in got.stderr, got.stderr
-    assert world.api.get("esm", "rmq-partial") is None

@@ -179,6 +179,10 @@ REFUSED = [
     (parse_event_source_mapping_spec, esm(source={"rabbitmq": {"urlSecretRef": {"name": "mq", "key": "url"}, "queue": "q"}},
                                           maximumRecordAgeSeconds=60),
      "spec.maximumRecordAgeSeconds: maximumRecordAgeSeconds applies only to stream sources (kafka, redis, nats)"),
+    (parse_event_source_mapping_spec, esm(source={"rabbitmq": {"urlSecretRef": {"name": "mq", "key": "url"}, "queue": "q"}},
+                                          functionResponseTypes=["ReportBatchItemFailures"]),
+     "spec.functionResponseTypes: functionResponseTypes does not apply to rabbitmq: a function error requeues the "
+     "whole batch"),
     (parse_event_source_mapping_spec, esm(bisectBatchOnFunctionError=False),
      "spec.bisectBatchOnFunctionError: bisectBatchOnFunctionError applies only to stream sources (kafka, redis, nats)"),
     (parse_event_source_mapping_spec, esm(source=STREAM, startingPosition="AT_TIMESTAMP"),

@@ -212,6 +212,15 @@ class EventSourceMappingSpec(SpecModel):
             for name, attr in STREAM_ONLY
         ),
         Rule(
+            # Lambda's Amazon MQ source takes no FunctionResponseTypes (AWS, "Event source mapping parameters" for
+            # Amazon MQ and RabbitMQ): a function error requeues the whole batch
+            cel="!has(self.source.rabbitmq) || !has(self.functionResponseTypes) || size(self.functionResponseTypes) == 0",
+            message="functionResponseTypes does not apply to rabbitmq: a function error requeues the whole batch",
+            field_path=".functionResponseTypes",
+            reason="FieldValueForbidden",
+            check=lambda m: m.source.rabbitmq is None or not m.function_response_types,
+        ),
+        Rule(
             cel=f"({_QUEUE_CEL}) || !has(self.scalingConfig)",
             message="scalingConfig applies only to queue sources (sqs, rabbitmq)",
             field_path=".scalingConfig",

@@ -45,6 +45,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal, Protocol
 
 from kfn.sources import filters, invokeauth, metrics
+from kfn.sources.concurrency import AdaptiveLimit
 from kfn.sources.base import MappingContext, Record, Source, SourceUnavailable
 
 log = logging.getLogger("kfn.sources.poller")
@@ -355,7 +356,7 @@ class Poller:
         self._stop = asyncio.Event()
         self._connected = False
         self._labels = (mapping.namespace, mapping.name)
-        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self._slots = AdaptiveLimit(settings.max_concurrency)  # queues: fewer while the function throttles
         self._in_flight: set[asyncio.Task[None]] = set()
         self._failed: BaseException | None = None  # a queue batch that raised unexpectedly ends run() with it
 
@@ -453,10 +454,14 @@ class Poller:
         while True:
             answer = await self.invoker.invoke(self.settings.function, self.settings.qualifier, payload)
             if answer.outcome != "not_invoked":
+                if self.source.kind == "queue":
+                    self._slots.succeeded()
                 return answer
             failures += 1
             if answer.status == 429:
                 metrics.THROTTLED.labels(*self._labels).inc()
+                if self.source.kind == "queue":  # fewer batches at once; retry when a slot frees (concurrency.py)
+                    await self._slots.throttled()
             self.status.last_processing_result = (
                 "PROBLEM: Function call throttled" if answer.status == 429
                 else answer.error if answer.error.startswith(invokeauth.FUNCTION_CALL_FAILED)  # 401/403: who, why

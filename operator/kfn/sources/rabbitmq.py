@@ -1,9 +1,16 @@
 """A RabbitMQ queue as an event source (Lambda's Amazon MQ for RabbitMQ), read with aio-pika.
 
 Delivery: one consumer with manual acknowledgement and a prefetch of the batch size, so the broker never hands this
-poller more than one batch it has not settled. :meth:`RabbitMqSource.commit` acks, :meth:`RabbitMqSource.release`
-nacks with requeue (the broker redelivers, ``redelivered: true``); closing the channel returns every unsettled
-message to the queue, so a poller that dies loses nothing.
+poller more than one batch it has not settled (one batch in flight per mapping, as Lambda's RabbitMQ source runs
+one execution environment per mapping). :meth:`RabbitMqSource.commit` acks, :meth:`RabbitMqSource.release` nacks
+with requeue after :data:`REDELIVERY_DELAY_SECONDS` (the broker redelivers, ``redelivered: true``); closing the
+channel returns every unsettled message to the queue, so a poller that dies loses nothing.
+
+Failures: Lambda's Amazon MQ source has no ``ReportBatchItemFailures`` (admission refuses
+``functionResponseTypes`` for rabbitmq); a function error requeues the whole batch. Lambda applies ActiveMQ's
+default redelivery policy (redeliveryDelay 1 s; AWS, "Troubleshoot Amazon MQ event source mapping errors") and
+leaves dead-lettering to the broker: a quorum queue's ``x-delivery-limit`` with a dead-letter exchange moves a
+message that keeps failing out of the queue, as an SQS redrive policy does.
 
 Event: Lambda's Amazon MQ for RabbitMQ event, ``{"eventSource": "aws:rmq", "eventSourceArn": ...,
 "rmqMessagesByQueue": {"queue::vhost": [{"basicProperties": {...}, "redelivered": bool, "data": base64}]}}`` (AWS
@@ -28,6 +35,7 @@ from kfn.sources.kafka import signed_bytes
 
 log = logging.getLogger(__name__)
 
+REDELIVERY_DELAY_SECONDS = 1.0  # ActiveMQ's default redeliveryDelay: no hot loop on a message that keeps failing
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -104,8 +112,10 @@ class RabbitMqSource:
 
     kind = "queue"
 
-    def __init__(self, url: str, queue: str, prefetch: int, virtual_host: str | None = None) -> None:
+    def __init__(self, url: str, queue: str, prefetch: int, virtual_host: str | None = None,
+                 redelivery_delay: float = REDELIVERY_DELAY_SECONDS) -> None:
         self.url = url
+        self.redelivery_delay = redelivery_delay
         self.queue = queue
         self.prefetch = prefetch
         self.virtual_host = vhost_of(url, virtual_host)
@@ -171,7 +181,9 @@ class RabbitMqSource:
         await self._settle(records, requeue=None)
 
     async def release(self, records: Sequence[Record]) -> None:
-        """Nack each message with requeue: the broker delivers it again, marked redelivered."""
+        """Nack each message with requeue after ``redelivery_delay`` seconds: the broker delivers it again, marked
+        redelivered (and counts the delivery: a quorum queue's ``x-delivery-limit`` dead-letters it)."""
+        await asyncio.sleep(self.redelivery_delay)
         await self._settle(records, requeue=True)
 
     async def _settle(self, records: Sequence[Record], requeue: bool | None) -> None:

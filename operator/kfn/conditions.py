@@ -34,6 +34,7 @@ NETWORK_POLICY_READY = "NetworkPolicyReady"
 SCALED_OBJECT_READY = "ScaledObjectReady"  # KEDA mode only: the version's KEDA ScaledObject is applied
 AVAILABLE = "Available"  # informational: at least one execution environment is ready
 NETWORK_ISOLATED = "NetworkIsolated"  # informational: the cluster enforces NetworkPolicy (kfn.netprobe)
+SCHEDULABLE = "Schedulable"  # informational: a node of spec.architecture can take environments (kfn.architecture)
 # Gating: no execution environment is failing to start (health.py reads the pods and the agent).
 ENVIRONMENTS_HEALTHY = "EnvironmentsHealthy"
 VERSION_PUBLISHED = "VersionPublished"  # Function: the last publish request is done
@@ -78,6 +79,8 @@ FILE_SYSTEM_READY = "FileSystemReady"  # spec.fileSystemConfigs: every claim exi
 CLAIM_NOT_FOUND = "ClaimNotFound"  # FileSystemReady: the PersistentVolumeClaim does not exist (EFSMountFailure)
 CLAIM_NOT_BOUND = "ClaimNotBound"  # FileSystemReady: the claim waits for a volume, or lost it
 CLAIMS_BOUND = "ClaimsBound"
+NODES_AVAILABLE = "NodesAvailable"  # Schedulable: some schedulable node has kubernetes.io/arch=<architecture>
+NO_NODE_FOR_ARCHITECTURE = "NoNodeForArchitecture"  # Schedulable: none has
 CONTAINER_CONFIG_ERROR = "ContainerConfigError"  # the kubelet cannot create a container (InvalidConfiguration)
 
 
@@ -114,7 +117,7 @@ def summarize(children: Iterable[Condition], ready_message: str = "") -> Conditi
     top-level condition already says what to fix.
     """
     for c in children:
-        if c.type in (AVAILABLE, NETWORK_ISOLATED):
+        if c.type in (AVAILABLE, NETWORK_ISOLATED, SCHEDULABLE):
             continue  # informational, never gates Ready
         if not c.is_true:
             status = FALSE if c.status == FALSE else UNKNOWN

@@ -449,3 +449,24 @@ def proxy_get(namespace: str, pod: str, port: int, subpath: str, timeout: float 
         raise ApiError(0, "Unreachable", str(e)) from e
     _record("GET", url, status)
     return status, data
+
+
+# --- arm64 / spec.architecture (docs/architectures.md) ----------------------------------------------------------
+
+
+def node_architectures() -> dict[str, dict[str, int]]:
+    """Nodes per ``kubernetes.io/arch`` label: ``{"amd64": {"schedulable": 1, "unschedulable": 0}, ...}``.
+
+    Schedulable: the node's ``Ready`` condition is ``True`` and it is not cordoned (``spec.unschedulable``).
+    A node without the label counts under ``""``. Cluster-scoped (``list nodes``): only an operator granted it
+    calls this (kfn.architecture). Raises ApiError (403 without the grant).
+    """
+    out: dict[str, dict[str, int]] = {}
+    for node in _request("GET", "/api/v1/nodes").get("items", []):
+        arch = ((node.get("metadata") or {}).get("labels") or {}).get("kubernetes.io/arch", "")
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in (node.get("status") or {}).get("conditions") or [])
+        usable = ready and not (node.get("spec") or {}).get("unschedulable")
+        counts = out.setdefault(arch, {"schedulable": 0, "unschedulable": 0})
+        counts["schedulable" if usable else "unschedulable"] += 1
+    return out

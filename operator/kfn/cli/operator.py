@@ -18,6 +18,13 @@ from kfn.scaler.keda import MODES, KedaSettings
 log = logging.getLogger("kfn.operator")
 
 
+def _flag(value: str | None) -> bool | None:
+    """An on/off environment variable (``1``/``true``/``yes`` or ``0``/``false``/``no``); None when unset."""
+    if value is None or value == "":
+        return None
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     env = os.environ.get
     p.add_argument("--kubeconfig", default=env("KUBECONFIG"), help="kubeconfig file (default: in-cluster, else $KUBECONFIG/~/.kube/config)")
@@ -55,6 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="KEDA mode: idle seconds before a version scales to zero")
     p.add_argument("--keda-polling-seconds", type=int, default=int(env("KFN_KEDA_POLLING_SECONDS", str(KedaSettings.polling_interval_seconds))),
                    help="KEDA mode: KEDA's pollingInterval (the StreamIsActive push wakes it from zero sooner)")
+    p.add_argument("--check-node-architecture", action=argparse.BooleanOptionalAction,
+                   default=_flag(env("KFN_CHECK_NODE_ARCHITECTURE")),
+                   help="report the Schedulable condition from the nodes' kubernetes.io/arch (needs `list nodes`; "
+                        "default: on when watching every namespace)")
     p.add_argument("--verbose", "-v", action="store_true")
 
 
@@ -123,6 +134,12 @@ def run(args: argparse.Namespace) -> int:
     k8s.configure(args.kubeconfig, args.context, pool_size=args.workers + args.workers // 2 + min(32, (os.cpu_count() or 1) + 4))
     if args.install_peering and not args.standalone:
         install_peering(args.peering, args.namespace)
+    check_nodes = args.check_node_architecture
+    if check_nodes is None:
+        check_nodes = not args.namespace  # a cluster-wide operator's ClusterRole grants `list nodes`
+    if check_nodes:
+        from kfn.architecture import NODES
+        NODES.enable(k8s.node_architectures)
     cfg = OperatorConfig(
         images=Images(agent=args.agent_image, runtime_template=args.runtime_image_template, provided=args.provided_image,
                       otlp_endpoint=args.otlp_endpoint,

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from kfn import conditions as cond
-from kfn import health, k8s, names, netprobe
+from kfn import architecture, health, k8s, names, netprobe
 from kfn.reconcilers.children import APPLIED
 from kfn.resources import EnvironmentInput, build_environment
 from kfn.resources.code import CodeError, bytes_sha256, config_sha256, image_sha256, inline_sha256
@@ -318,6 +318,9 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
     isolated = netprobe.condition(netprobe.CANARY.verdict)
     if isolated is not None:
         conditions.append(isolated)
+    schedulable = architecture.NODES.condition(inp.spec.get("architecture", "amd64"))  # informational
+    if schedulable is not None:
+        conditions.append(schedulable)
     if not children[cond.CODE_READY] and inp.version == names.LATEST:
         # Code is no longer inline: the ConfigMap kfn made for it must go.
         code_map = names.code_name(inp.function, inp.version)

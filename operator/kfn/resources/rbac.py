@@ -73,6 +73,10 @@ _NAMESPACED: dict[tuple[str, str], tuple[str, ...]] = {
     ("", "events"): ("create",),
 }
 
+# Cluster-wide mode only (nothing cluster-scoped in a namespaced operator's Roles): kfn.architecture lists the
+# nodes, one read per TTL for every Function, for the Schedulable condition (spec.architecture).
+CLUSTER_RULES: dict[tuple[str, str], tuple[str, ...]] = {("", "nodes"): ("list",)}
+
 # KEDA mode (kfn/scaler/keda.py), only where KEDA is installed and enabled (`operator_rules(keda=True)`):
 # reconcile_environment() server-side applies each version's ScaledObject (create, patch) and deletes it when
 # a Function switches back to the built-in scaler (delete). kfn never reads, lists or watches them.
@@ -86,11 +90,13 @@ _PEERING_VERBS = ("get", "list", "watch", "patch")
 def operator_rules(clusterwide: bool, peering: bool, keda: bool = False) -> list[dict[str, Any]]:
     """PolicyRules for the operator: one rule per resource, verbs sorted (stable diffs).
 
-    *clusterwide* adds ``clusterkopfpeerings`` when *peering*; namespaced
+    *clusterwide* adds :data:`CLUSTER_RULES`, and ``clusterkopfpeerings`` when *peering*; namespaced
     peering uses ``kopfpeerings`` in each watched namespace; *keda* adds
     :data:`KEDA_RULES` (KEDA mode).
     """
     table = dict(_NAMESPACED)
+    if clusterwide:
+        table.update(CLUSTER_RULES)
     if keda:
         table.update(KEDA_RULES)
     if peering:

@@ -13,6 +13,7 @@ declare -A need=(
   [gcc]=gcc [ip]=iproute2 [nsenter]=util-linux [curl]=curl [make]=make [ps]=procps
   [flock]=util-linux [go]=golang-go [python3]=python3 [git]=git
   [mvn]=maven  # resolves the Kafka test broker's jars from Maven Central (images.sh)
+  [qemu-aarch64-static]=qemu-user-static  # runs the arm64 runtime image's Python in tests (no binfmt_misc)
 )
 missing=()
 for cmd in "${!need[@]}"; do command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}"); done

@@ -7,7 +7,9 @@
 #   kfn       images/kfn/Dockerfile: kfn and its dependencies (operator,
 #             gateway, agent), from a wheel of the working tree.
 #   python3.11  images/python3.11/Dockerfile (the agent engineer's runtime
-#             image), or a placeholder until that exists.
+#             image), or a placeholder until that exists; plus its arm64 twin and an
+#             OCI image index of both (testbed/images-arm64.sh, docs/architectures.md;
+#             kfn too).
 #   pause, coredns  the node's own images, FROM scratch with binaries built by
 #             testbed/build-extras.sh.
 #   redis     testbed/images/redis/Dockerfile: Debian's redis-server for the
@@ -253,6 +255,7 @@ if [ "$NODE_ONLY" = 0 ]; then
     --wheel-dir "$ctx/wheels/kfn" "$repo" > "$IMAGE_CACHE/kfn.wheel.log" 2>&1 \
     || { tail -n 30 "$IMAGE_CACHE/kfn.wheel.log" >&2; die "pip wheel of kfn failed"; }
   build kfn "$ctx" "$BASE"
+  kfn_wheels="$ctx/wheels"  # the arm64 twin installs the same wheels (testbed/images-arm64.sh)
 
   # ---------------------------------------------------------- python3.11 (agent engineer's contents)
   src="$repo/images/python3.11"
@@ -267,6 +270,10 @@ if [ "$NODE_ONLY" = 0 ]; then
       || { tail -n 30 "$IMAGE_CACHE/python3.11.wheels.log" >&2; die "pip wheel for python3.11 failed"; }
   fi
   build python3.11 "$ctx" "$BASE"
+  # The arm64 twins of kfn and python3.11 and their amd64 + arm64 image indexes (testbed/images-arm64.sh), in the
+  # background. Not fatal: the amd64 node never runs them; tests/e2e/test_architecture.py fails without them.
+  bash "$here/images-arm64.sh" "$TAG" "${PIP[0]}" "$src" "$kfn_wheels" &
+  arm64_pid=$!
 
   # ---------------------------------------------------------- redis (test broker for Redis stream destinations)
   ctx=$(context redis "$here/images/redis")
@@ -280,6 +287,7 @@ if [ "$NODE_ONLY" = 0 ]; then
   build nats "$ctx"
 
   for pid in "${broker_pids[@]}"; do wait "$pid" || die "building an event source broker image failed (above)"; done
+  wait "$arm64_pid" || log "WARNING: the arm64 images and the multi-architecture indexes were not built (above)"
 fi
 
 for name in pause coredns kfn python3.11 redis nats kafka rabbitmq moto; do load "$name"; done

@@ -1,17 +1,27 @@
 """spec.architecture (Lambda's Architectures) on the real node: an amd64 function runs where its machine is
 x86_64; an arm64 function on this amd64-only test bed is refused clearly, by a condition that names the
-architecture, and its pods are scheduled nowhere (no environment on a node that cannot run it).
+architecture, and its pods are scheduled nowhere (no environment on a node that cannot run it). And the managed
+runtime image the test bed builds is an OCI index of amd64 and arm64 whose arm64 half really is aarch64 and runs
+(under qemu's user-mode emulation: the node itself cannot run arm64 pods).
 
 The test bed never gains an arm64 node (the shared node is never relabelled), so "a node joins later" is covered
-by the unit tests (tests/unit/test_architecture.py), not here.
+by the unit tests (tests/unit/test_node_architecture.py), not here.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import platform
+import posixpath
 import secrets
+import shutil
+import struct
+import subprocess
+import tarfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -108,3 +118,88 @@ def test_a_function_of_an_architecture_no_node_has_is_refused_clearly(bed: Bed) 
         assert p["spec"]["nodeSelector"]["kubernetes.io/arch"] == OTHER_ARCH
     # Informational: the Function stays Ready (Active), so an arm64 node joining later needs no change to it.
     assert condition(bed.api.get("function", "foreign"), "Ready")["status"] == "True"
+
+
+# ------------------------------------------------------------------ the multi-architecture managed runtime image
+ELF_MACHINE = {62: "amd64", 183: "arm64"}  # e_machine of the ELF header: EM_X86_64, EM_AARCH64
+
+
+def oci_blob(tar: tarfile.TarFile, digest: str) -> bytes:
+    member = tar.extractfile(f"blobs/{digest.replace(':', '/')}")
+    assert member is not None, digest
+    return member.read()
+
+
+def layer_file(tar: tarfile.TarFile, manifest: dict[str, Any], path: str) -> bytes | None:
+    """The bytes of *path* in an image (its last layer that has it), following one symlink level."""
+    found = None
+    for layer in manifest["layers"]:
+        with tarfile.open(fileobj=io.BytesIO(oci_blob(tar, layer["digest"]))) as fs:
+            for name in (path, "./" + path):
+                try:
+                    member = fs.getmember(name)
+                except KeyError:
+                    continue
+                if member.issym():
+                    target = posixpath.normpath(posixpath.join(posixpath.dirname(path), member.linkname)).lstrip("/")
+                    return layer_file(tar, manifest, target)
+                data = fs.extractfile(member)
+                found = data.read() if data else found
+    return found
+
+
+# name -> (the entrypoint both halves share, the venv, a probe the arm64 Python runs, what it prints)
+IMAGES = {
+    "python3.11": (["/var/lang/bin/python3", "/var/runtime/bootstrap.py"], "/var/lang",
+                   "import sys, platform, awslambdaric, runtime_client; "
+                   "print(platform.machine(), sys.prefix, runtime_client.__file__.rsplit('.', 2)[-2])",
+                   ["aarch64", "/var/lang", "cpython-311-aarch64-linux-gnu"]),
+    # the agent runs in every environment's pod, so an arm64 node needs it too; its compiled dependencies load
+    "kfn": (["kfn"], "/opt/kfn",
+            "import sys, platform, runpy, httptools, pydantic_core, uvloop, aiohttp, kfn.agent; "
+            "print(platform.machine(), sys.prefix, pydantic_core._pydantic_core.__file__.rsplit('.', 2)[-2]); "
+            "sys.argv = ['kfn', '--help']; runpy.run_path('/opt/kfn/bin/kfn', run_name='__main__')",
+            ["aarch64", "/opt/kfn", "cpython-311-aarch64-linux-gnu", "usage:", "kfn"]),
+}
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_the_image_is_an_index_of_amd64_and_arm64_and_the_arm64_python_runs(name: str, cluster: Any,
+                                                                           tmp_path: Path) -> None:
+    """Catches: an index missing a platform, an arm64 manifest whose binaries are x86-64 (a mislabelled copy),
+    halves that start differently, and an arm64 image that cannot start (missing libraries, a broken venv,
+    x86-64 wheels)."""
+    entrypoint, venv, probe, expected = IMAGES[name]
+    tag = os.environ.get("KFN_IMAGE_TAG", "dev")
+    archive = Path(cluster.settings["IMAGE_CACHE"]) / (f"{name}-multiarch.tar" if tag == "dev"
+                                                       else f"{name}-multiarch-{tag}.tar")
+    assert archive.exists(), f"{archive}: testbed/images-arm64.sh did not build the index (see make images)"
+    root = tmp_path / "arm64"
+    with tarfile.open(archive) as tar:
+        outer = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
+        assert outer["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == \
+            f"docker.io/kfn/{name}:{tag}"
+        index = json.loads(oci_blob(tar, outer["manifests"][0]["digest"]))
+        platforms = {(m["platform"]["os"], m["platform"]["architecture"]): m for m in index["manifests"]}
+        assert set(platforms) == {("linux", "amd64"), ("linux", "arm64")}
+        for (_, arch), entry in platforms.items():
+            manifest = json.loads(oci_blob(tar, entry["digest"]))
+            config = json.loads(oci_blob(tar, manifest["config"]["digest"]))
+            assert config["architecture"] == arch
+            assert config["config"]["Entrypoint"] == entrypoint
+            python = layer_file(tar, manifest, "usr/bin/python3.11")
+            assert python and python[:4] == b"\x7fELF", f"{arch}: no /usr/bin/python3.11"
+            assert ELF_MACHINE[struct.unpack_from("<H", python, 18)[0]] == arch
+            if arch == "arm64":
+                root.mkdir()
+                for layer in manifest["layers"]:
+                    with tarfile.open(fileobj=io.BytesIO(oci_blob(tar, layer["digest"]))) as fs:
+                        fs.extractall(root, filter="tar")
+    # The arm64 Python itself, under user-mode emulation (qemu-user-static, no binfmt_misc registration), started
+    # as the image's venv Python: the venv is used and the aarch64 extensions load.
+    qemu = shutil.which("qemu-aarch64-static")
+    assert qemu, "qemu-aarch64-static missing: testbed/deps.sh installs qemu-user-static"
+    out = subprocess.run([qemu, "-L", str(root), "-0", f"{venv}/bin/python3", str(root / "usr/bin/python3.11"),
+                          "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[:len(expected)] == expected, out.stdout

@@ -76,10 +76,6 @@ class NodeArchitectures:
         self._nodes: NodeCounts | None = None
         self._read_at = float("-inf")
 
-    @property
-    def enabled(self) -> bool:
-        return self._read is not None
-
     def enable(self, read: Callable[[], NodeCounts]) -> None:
         self._read = read
 

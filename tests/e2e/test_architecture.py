@@ -1,8 +1,9 @@
 """spec.architecture (Lambda's Architectures) on the real node: an amd64 function runs where its machine is
 x86_64; an arm64 function on this amd64-only test bed is refused clearly, by a condition that names the
 architecture, and its pods are scheduled nowhere (no environment on a node that cannot run it). And the managed
-runtime image the test bed builds is an OCI index of amd64 and arm64 whose arm64 half really is aarch64 and runs
-(under qemu's user-mode emulation: the node itself cannot run arm64 pods).
+and runtime images the test bed builds are OCI indexes of amd64 and arm64 whose arm64 halves really are aarch64
+and run, the runtime answering a boto3 invoke through a real agent (under qemu's user-mode emulation: the node
+itself cannot run arm64 pods).
 
 The test bed never gains an arm64 node (the shared node is never relabelled), so "a node joins later" is covered
 by the unit tests (tests/unit/test_node_architecture.py), not here.
@@ -10,6 +11,7 @@ by the unit tests (tests/unit/test_node_architecture.py), not here.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -19,6 +21,7 @@ import secrets
 import shutil
 import struct
 import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,6 +151,42 @@ def layer_file(tar: tarfile.TarFile, manifest: dict[str, Any], path: str) -> byt
     return found
 
 
+def multiarch_archive(name: str, cluster: Any) -> Path:
+    """The OCI archive of *name*'s image index that testbed/images-arm64.sh writes (`make images`)."""
+    tag = os.environ.get("KFN_IMAGE_TAG", "dev")
+    archive = Path(cluster.settings["IMAGE_CACHE"]) / (f"{name}-multiarch.tar" if tag == "dev"
+                                                       else f"{name}-multiarch-{tag}.tar")
+    assert archive.exists(), f"{archive}: testbed/images-arm64.sh did not build the index (see make images)"
+    return archive
+
+
+def unpack(tar: tarfile.TarFile, manifest: dict[str, Any], root: Path) -> Path:
+    """An image's layers unpacked into *root*, in order."""
+    root.mkdir()
+    for layer in manifest["layers"]:
+        with tarfile.open(fileobj=io.BytesIO(oci_blob(tar, layer["digest"]))) as fs:
+            fs.extractall(root, filter="tar")
+    return root
+
+
+def platform_manifests(tar: tarfile.TarFile) -> dict[tuple[str, str], dict[str, Any]]:
+    """(os, architecture) -> image manifest, from the archive's one image index."""
+    outer = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
+    index = json.loads(oci_blob(tar, outer["manifests"][0]["digest"]))
+    return {(m["platform"]["os"], m["platform"]["architecture"]): json.loads(oci_blob(tar, m["digest"]))
+            for m in index["manifests"]}
+
+
+def qemu_aarch64() -> str:
+    qemu = shutil.which("qemu-aarch64-static")
+    assert qemu, "qemu-aarch64-static missing: testbed/deps.sh installs qemu-user-static"
+    return qemu
+
+
+CROSS_BUILT = pytest.mark.skipif(
+    platform.machine() != "x86_64", reason="testbed/images-arm64.sh cross-builds the arm64 twins from an x86_64 "
+    "machine only; on an arm64 one kfn's images are arm64 already (amd64 twins: not built)")
+
 # name -> (the entrypoint both halves share, the venv, a probe the arm64 Python runs, what it prints)
 IMAGES = {
     "python3.11": (["/var/lang/bin/python3", "/var/runtime/bootstrap.py"], "/var/lang",
@@ -163,6 +202,7 @@ IMAGES = {
 }
 
 
+@CROSS_BUILT
 @pytest.mark.parametrize("name", IMAGES)
 def test_the_image_is_an_index_of_amd64_and_arm64_and_the_arm64_python_runs(name: str, cluster: Any,
                                                                            tmp_path: Path) -> None:
@@ -171,35 +211,69 @@ def test_the_image_is_an_index_of_amd64_and_arm64_and_the_arm64_python_runs(name
     x86-64 wheels)."""
     entrypoint, venv, probe, expected = IMAGES[name]
     tag = os.environ.get("KFN_IMAGE_TAG", "dev")
-    archive = Path(cluster.settings["IMAGE_CACHE"]) / (f"{name}-multiarch.tar" if tag == "dev"
-                                                       else f"{name}-multiarch-{tag}.tar")
-    assert archive.exists(), f"{archive}: testbed/images-arm64.sh did not build the index (see make images)"
-    root = tmp_path / "arm64"
-    with tarfile.open(archive) as tar:
+    with tarfile.open(multiarch_archive(name, cluster)) as tar:
         outer = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
         assert outer["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == \
             f"docker.io/kfn/{name}:{tag}"
-        index = json.loads(oci_blob(tar, outer["manifests"][0]["digest"]))
-        platforms = {(m["platform"]["os"], m["platform"]["architecture"]): m for m in index["manifests"]}
+        platforms = platform_manifests(tar)
         assert set(platforms) == {("linux", "amd64"), ("linux", "arm64")}
-        for (_, arch), entry in platforms.items():
-            manifest = json.loads(oci_blob(tar, entry["digest"]))
+        for (_, arch), manifest in platforms.items():
             config = json.loads(oci_blob(tar, manifest["config"]["digest"]))
             assert config["architecture"] == arch
             assert config["config"]["Entrypoint"] == entrypoint
             python = layer_file(tar, manifest, "usr/bin/python3.11")
             assert python and python[:4] == b"\x7fELF", f"{arch}: no /usr/bin/python3.11"
             assert ELF_MACHINE[struct.unpack_from("<H", python, 18)[0]] == arch
-            if arch == "arm64":
-                root.mkdir()
-                for layer in manifest["layers"]:
-                    with tarfile.open(fileobj=io.BytesIO(oci_blob(tar, layer["digest"]))) as fs:
-                        fs.extractall(root, filter="tar")
+        root = unpack(tar, platforms[("linux", "arm64")], tmp_path / "arm64")
     # The arm64 Python itself, under user-mode emulation (qemu-user-static, no binfmt_misc registration), started
     # as the image's venv Python: the venv is used and the aarch64 extensions load.
-    qemu = shutil.which("qemu-aarch64-static")
-    assert qemu, "qemu-aarch64-static missing: testbed/deps.sh installs qemu-user-static"
-    out = subprocess.run([qemu, "-L", str(root), "-0", f"{venv}/bin/python3", str(root / "usr/bin/python3.11"),
-                          "-c", probe], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([qemu_aarch64(), "-L", str(root), "-0", f"{venv}/bin/python3",
+                          str(root / "usr/bin/python3.11"), "-c", probe], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[:len(expected)] == expected, out.stdout
+
+
+MACHINE_HANDLER = """
+import platform, sys
+
+def handler(event, context):
+    return {"machine": platform.machine(), "prefix": sys.prefix, "echo": event, "arn": context.invoked_function_arn}
+"""
+
+
+@CROSS_BUILT
+def test_the_arm64_runtime_answers_a_real_invoke_through_the_agent(cluster: Any, tmp_path: Path) -> None:
+    """The arm64 half of python3.11 as a function runs it: its awslambdaric (aarch64 runtime_client) polls a real
+    `kfn agent` over the Runtime API and a real Lambda client (boto3) invokes it. Catches an arm64 runtime that
+    imports but cannot serve (a broken aarch64 extension, a venv that is not used, x86-64 code run by mistake)."""
+    agentrig = load_agent_rig()
+    with tarfile.open(multiarch_archive("python3.11", cluster)) as tar:
+        root = unpack(tar, platform_manifests(tar)[("linux", "arm64")], tmp_path / "arm64")
+    rig = agentrig.start_rig(tmp_path, timeout=60)
+    try:
+        (rig.task_root / "machine.py").write_text(MACHINE_HANDLER)
+        # As a code.image function's process runs it (awslambdaric as the Runtime API client, no bootstrap: the
+        # bootstrap's restart loop would exec the venv Python, which only binfmt_misc could hand to qemu).
+        runtime = subprocess.Popen([qemu_aarch64(), "-L", str(root), "-0", "/var/lang/bin/python3",
+                                    str(root / "usr/bin/python3.11"), "-m", "awslambdaric", "machine.handler"],
+                                   env={**rig.env, "PYTHONPATH": str(rig.task_root)}, cwd=rig.task_root,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        rig.procs.append(runtime)
+        answer = rig.boto3().invoke(FunctionName=agentrig.FUNCTION, Payload=json.dumps({"from": "boto3"}))
+        assert answer["StatusCode"] == 200 and "FunctionError" not in answer, answer
+        assert json.loads(answer["Payload"].read()) == {
+            "machine": "aarch64", "prefix": "/var/lang", "echo": {"from": "boto3"},
+            "arn": f"arn:aws:lambda:us-east-1:000000000000:function:{agentrig.FUNCTION}"}
+        assert runtime.poll() is None, "the arm64 runtime exited"
+    finally:
+        rig.stop()
+
+
+def load_agent_rig() -> Any:
+    """tests/agent/agentrig.py (the process-level agent rig), loaded by path as podrig loads the operator rig."""
+    spec = importlib.util.spec_from_file_location("kfn_agent_rig", Path(__file__).parents[1] / "agent" / "agentrig.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -1,7 +1,7 @@
 """spec.architecture (Lambda's Architectures) on the real node: an amd64 function runs where its machine is
 x86_64; an arm64 function on this amd64-only test bed is refused clearly, by a condition that names the
-architecture, and its pods are scheduled nowhere (no environment on a node that cannot run it). And the managed
-and runtime images the test bed builds are OCI indexes of amd64 and arm64 whose arm64 halves really are aarch64
+architecture, and its pods are scheduled nowhere (no environment on a node that cannot run it). And kfn's image
+and the managed runtime image the test bed builds are OCI indexes of amd64 and arm64 whose arm64 halves are aarch64
 and run, the runtime answering a boto3 invoke through a real agent (under qemu's user-mode emulation: the node
 itself cannot run arm64 pods).
 

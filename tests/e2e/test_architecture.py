@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from podrig import Api, Bed, Operator, fn, invoke, serving_address, wait_until
+from podrig import POD_START_SECONDS, Api, Bed, Operator, fn, invoke, serving_address, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -115,7 +115,11 @@ def test_a_function_of_an_architecture_no_node_has_is_refused_clearly(bed: Bed) 
                                               for c in p["status"].get("conditions") or [])]
         return pods if pods and len(unscheduled) == len(pods) else None
 
-    pods = wait_until(pending_pods, 120, "foreign's pod is seen by the scheduler and left unscheduled")
+    try:  # the controller makes the pod and the scheduler looks at it: seconds, unless the shared node is busy
+        pods = wait_until(pending_pods, POD_START_SECONDS, "foreign's pod is seen by the scheduler and left unscheduled")
+    except AssertionError as e:
+        seen = bed.api.kubectl("get", "deployments,replicasets,pods", "-o", "wide", check=False).stdout
+        raise AssertionError(f"{e}\n{seen}") from None
     for p in pods:
         assert not p["spec"].get("nodeName"), f"pod {p['metadata']['name']} placed on {p['spec']['nodeName']}"
         assert p["spec"]["nodeSelector"]["kubernetes.io/arch"] == OTHER_ARCH

@@ -7,6 +7,7 @@ of the wrong type (a number as a string, bytes not base64), or records grouped u
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
@@ -64,6 +65,34 @@ def test_kafka_header_bytes_are_javas_signed_bytes() -> None:
 def test_kafka_commits_one_past_the_last_record_of_each_partition() -> None:
     batch = [kafka.record_of(kmsg(o, p)) for p, o in ((0, 15), (0, 16), (1, 3), (0, 14))]
     assert kafka.commit_offsets(batch) == {("mytopic", 0): 17, ("mytopic", 1): 4}
+
+
+def test_kafka_on_failure_record_is_lambdas_kafka_batch_info() -> None:
+    """Lambda's SQS/SNS on-failure record of a Kafka source: KafkaBatchInfo with recordsInfo per topic-partition,
+    not Kinesis' KinesisBatchInfo (AWS, "Capturing discarded batches for ... self-managed Apache Kafka")."""
+    from kfn.sources.poller import Answer, failure_record
+
+    batch = [kafka.record_of(kmsg(o, p)) for p, o in ((0, 15), (0, 16), (1, 3))]
+    src = kafka.KafkaSource(["b-1.example:9092", "b-2.example:9092"], "mytopic", "g", "TRIM_HORIZON")
+    record = failure_record(batch=batch, condition="RetryAttemptsExhausted", function_arn="arn:fn", mapping=MAPPING,
+                            invoke_count=3, answer=Answer(200, b"", "Unhandled", "$LATEST", "req-1"), now=0.0,
+                            batch_info=src.failure_batch_info(batch, MAPPING))
+    stamp = "2018-12-17T22:10:50.987Z"
+    assert record == {
+        "requestContext": {"requestId": "req-1", "functionArn": "arn:fn", "condition": "RetryAttemptsExhausted",
+                           "approximateInvokeCount": 3},
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+        "version": "1.0",
+        "timestamp": "1970-01-01T00:00:00.000Z",
+        "KafkaBatchInfo": {
+            "batchSize": 3, "eventSourceArn": MAPPING.source_arn, "bootstrapServers": "b-1.example:9092,b-2.example:9092",
+            "payloadSize": len(json.dumps(src.event(batch, MAPPING)).encode()),
+            "recordsInfo": {
+                "mytopic-0": {"firstRecordOffset": "15", "lastRecordOffset": "16", "firstRecordTimestamp": stamp,
+                              "lastRecordTimestamp": stamp},
+                "mytopic-1": {"firstRecordOffset": "3", "lastRecordOffset": "3", "firstRecordTimestamp": stamp,
+                              "lastRecordTimestamp": stamp}}},
+    }
 
 
 # --- RabbitMQ ---------------------------------------------------------------------------------------------------------
@@ -201,6 +230,25 @@ def test_nats_event_is_kinesis_shaped() -> None:
         "awsRegion": "us-east-1",
         "eventSourceARN": "arn:aws:kfn:us-east-1:123456789012:event-source-mapping:team-a/orders-esm",
     }]}
+
+
+def nmsg(seq: int) -> SimpleNamespace:
+    return SimpleNamespace(subject="orders.eu", data=b"x", headers=None, metadata=SimpleNamespace(
+        sequence=SimpleNamespace(stream=seq), num_delivered=1, timestamp=datetime(2018, 12, 17, tzinfo=timezone.utc)))
+
+
+async def test_nats_drops_a_redelivery_of_a_message_this_connection_still_holds() -> None:
+    """A batch held past ack_wait (a long retry) is redelivered by JetStream behind later messages: the poller
+    already holds it, so poll() must not hand it out again (it would run out of order)."""
+    src = nats.NatsSource(["nats://n:4222"], "s", "c", "TRIM_HORIZON")
+    fetched = [[nmsg(1), nmsg(2)], [nmsg(1), nmsg(3)]]
+
+    async def fetch(batch: int, timeout: float) -> list[SimpleNamespace]:
+        return fetched.pop(0)
+
+    src._sub = SimpleNamespace(fetch=fetch)
+    assert [r.id for r in await src.poll(10, 1.0)] == ["1", "2"]
+    assert [r.id for r in await src.poll(10, 1.0)] == ["3"]
 
 
 @pytest.mark.parametrize("cls,args", [

@@ -120,4 +120,5 @@ class Source(Protocol):
         """Close the connection; nothing read and not committed is lost (it is redelivered or re-read)."""
 
     # Optional: ``failure_info_key`` (class attribute), the key of the batch info in a stream's on-failure record
-    # (``KinesisBatchInfo`` when absent; e.g. Kafka sources may name their own).
+    # (``KinesisBatchInfo`` when absent); or ``failure_batch_info(batch, mapping) -> {key: info}``, a whole batch
+    # info of another shape (Kafka's ``KafkaBatchInfo``), which wins over ``failure_info_key``.

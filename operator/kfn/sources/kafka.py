@@ -12,11 +12,20 @@ Event: Lambda's self-managed Kafka event, ``{"eventSource": "SelfManagedKafka", 
 the record has none), value (base64), headers: [{name: [byte, ...]}]}]}}`` (AWS Lambda developer guide, "Using
 Lambda with self-managed Apache Kafka", example event). Header bytes are Java's signed bytes (-128..127), as the
 Java service that builds Lambda's event serialises ``byte[]``.
+
+On-failure record: Lambda's for Kafka sources sent to a queue or topic (AWS Lambda developer guide, "Capturing
+discarded batches for Amazon MSK and self-managed Apache Kafka event sources", SNS and SQS example invocation
+record): ``KafkaBatchInfo`` with ``batchSize``, ``eventSourceArn`` (the mapping's), ``bootstrapServers``,
+``payloadSize`` (bytes of the event the function got) and ``recordsInfo`` keyed ``topic-partition`` with the first
+and last offsets (decimal strings) and record timestamps (ISO 8601, milliseconds), instead of Kinesis'
+``KinesisBatchInfo``; the records themselves are not included (Lambda sends them only to S3 and Kafka
+destinations).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
@@ -74,6 +83,29 @@ def kafka_event(batch: Sequence[Record], bootstrap_servers: Iterable[str]) -> di
     return {"eventSource": "SelfManagedKafka", "bootstrapServers": ",".join(bootstrap_servers), "records": records}
 
 
+def _iso_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def kafka_batch_info(batch: Sequence[Record], bootstrap_servers: Iterable[str], event_source_arn: str,
+                     ) -> dict[str, Any]:
+    """``{"KafkaBatchInfo": {...}}`` of Lambda's on-failure record for ``batch`` (see the module docstring; pure)."""
+    servers = ",".join(bootstrap_servers)
+    infos: dict[str, dict[str, str]] = {}
+    for rec in batch:
+        a = rec.attributes
+        info = infos.setdefault(rec.partition, {"firstRecordOffset": str(a["offset"]),
+                                                "firstRecordTimestamp": _iso_ms(a["timestamp_ms"])})
+        info["lastRecordOffset"] = str(a["offset"])
+        info["lastRecordTimestamp"] = _iso_ms(a["timestamp_ms"])
+    payload = json.dumps(kafka_event(batch, [servers])).encode()
+    return {"KafkaBatchInfo": {
+        "batchSize": len(batch), "eventSourceArn": event_source_arn, "bootstrapServers": servers,
+        "payloadSize": len(payload),
+        "recordsInfo": {tp: {k: info[k] for k in ("firstRecordOffset", "lastRecordOffset", "firstRecordTimestamp",
+                                                  "lastRecordTimestamp")} for tp, info in infos.items()}}}
+
+
 def record_of(msg: Any) -> Record:
     """A :class:`Record` of an aiokafka ``ConsumerRecord`` (pure)."""
     headers = tuple((k, bytes(v) if v is not None else None) for k, v in (msg.headers or ()))
@@ -129,6 +161,8 @@ class KafkaSource:
         from aiokafka import AIOKafkaConsumer  # noqa: PLC0415 - only pollers of Kafka mappings load aiokafka
         from aiokafka.errors import KafkaError  # noqa: PLC0415
 
+        # a reconnect after an error: the old member leaves the group first, or it keeps partitions until it times out
+        await self.close()
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers, group_id=self.group_id, client_id=self.client_id,
             enable_auto_commit=False,
@@ -173,6 +207,10 @@ class KafkaSource:
     def event(self, batch: Sequence[Record], mapping: MappingContext) -> dict[str, Any]:
         """Lambda's self-managed Kafka event (see the module docstring)."""
         return kafka_event(batch, self.bootstrap_servers)
+
+    def failure_batch_info(self, batch: Sequence[Record], mapping: MappingContext) -> dict[str, Any]:
+        """``KafkaBatchInfo`` of the on-failure record of a discarded ``batch`` (see the module docstring)."""
+        return kafka_batch_info(batch, self.bootstrap_servers, mapping.source_arn)
 
     async def lag(self) -> int | None:
         """OffsetLag: per assigned partition, the end offset minus the group's committed offset (or the consumer's

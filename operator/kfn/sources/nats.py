@@ -3,9 +3,15 @@
 Position: the durable consumer is the checkpoint. Created on first connect with ``startingPosition``'s deliver
 policy (TRIM_HORIZON = all, LATEST = new, AT_TIMESTAMP = by start time); an existing one keeps its place.
 Acknowledgement is explicit: :meth:`NatsSource.commit` acks, :meth:`NatsSource.release` naks (redelivered at once).
-A message delivered and neither acked nor nakked (a poller killed mid-batch) is redelivered after ``ack_wait``;
-records held longer than ``ack_wait`` may also come again (at least once). Ordering: JetStream delivers in stream
-order; ``Record.partition`` is the message's subject, the ordering key.
+
+Ordering across a crash: JetStream would redeliver what a killed poller held only after ``ack_wait``, while handing
+the next poller the messages after them at once — later records before earlier ones. So :meth:`NatsSource.connect`
+finding messages delivered and not acknowledged (``num_ack_pending``) puts the durable consumer back at its
+checkpoint, the ack floor (recreated with the same settings, delivering from ``ack_floor.stream_seq + 1``), as
+Lambda restarts a shard from its checkpoint: what the dead poller held comes again first, in order (at least
+once). A message redelivered while this connection still holds it (held past ``ack_wait`` by a long retry) is
+dropped by :meth:`NatsSource.poll`: the poller already has it and acknowledges it when done.
+Ordering: JetStream delivers in stream order; ``Record.partition`` is the message's subject, the ordering key.
 
 Event: Kinesis's shape, since a JetStream stream is, like a Kinesis stream, an ordered log with sequence numbers
 and Lambda has no NATS source: ``{"Records": [{"kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": subject,
@@ -99,6 +105,7 @@ class NatsSource:
         self.address = ",".join(self.servers)
         self._nc: Any = None
         self._sub: Any = None
+        self._handed_out = 0  # highest stream sequence poll() returned on this connection
 
     @classmethod
     def from_spec(cls, spec: Any, mapping: MappingContext) -> NatsSource:
@@ -130,21 +137,39 @@ class NatsSource:
                 servers=self.servers, connect_timeout=5, allow_reconnect=False, max_reconnect_attempts=1,
                 reconnect_time_wait=0.5, error_cb=self._client_error), 30)
             js = self._nc.jetstream()
+            config = ConsumerConfig(durable_name=self.consumer, ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait,
+                                    filter_subject=self.subject)
             try:
-                await js.consumer_info(self.stream, self.consumer)
+                info = await js.consumer_info(self.stream, self.consumer)
             except NotFoundError:
                 start = None
                 if self.starting_timestamp is not None and self.starting_position == "AT_TIMESTAMP":
                     start = datetime.fromtimestamp(self.starting_timestamp, timezone.utc).isoformat().replace(
                         "+00:00", "Z")
-                await js.add_consumer(self.stream, ConsumerConfig(
-                    durable_name=self.consumer, ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait,
-                    deliver_policy=DeliverPolicy(DELIVER_POLICIES[self.starting_position]), opt_start_time=start,
-                    filter_subject=self.subject))
+                config.deliver_policy = DeliverPolicy(DELIVER_POLICIES[self.starting_position])
+                config.opt_start_time = start
+                await js.add_consumer(self.stream, config)
+            else:
+                if info.num_ack_pending:
+                    await self._rewind(js, config, info)
             self._sub = await js.pull_subscribe_bind(durable=self.consumer, stream=self.stream)
+            self._handed_out = 0
         except self._errors() as e:
             await self.close()
             raise SourceUnavailable(self.address, f"{type(e).__name__}: {e}") from e
+
+    async def _rewind(self, js: Any, config: Any, info: Any) -> None:
+        """Put the durable consumer back at its ack floor: messages a dead poller held come first, in order."""
+        from nats.js.api import DeliverPolicy  # noqa: PLC0415
+
+        floor = int(info.ack_floor.stream_seq if info.ack_floor else 0)
+        log.warning("consumer holds unacknowledged messages: restarting it from its checkpoint",
+                    extra={"stream": self.stream, "consumer": self.consumer, "ack_pending": info.num_ack_pending,
+                           "from_sequence": floor + 1})
+        await js.delete_consumer(self.stream, self.consumer)
+        config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+        config.opt_start_seq = floor + 1
+        await js.add_consumer(self.stream, config)
 
     async def poll(self, max_records: int, wait_seconds: float) -> list[Record]:
         """Up to ``max_records`` messages in stream order; [] when none came within ``wait_seconds``."""
@@ -158,7 +183,10 @@ class NatsSource:
             return []
         except self._errors() as e:
             raise SourceUnavailable(self.address, f"{type(e).__name__}: {e}") from e
-        return [record_of(m) for m in msgs]
+        fresh = [m for m in msgs if m.metadata.sequence.stream > self._handed_out]
+        if fresh:
+            self._handed_out = max(m.metadata.sequence.stream for m in fresh)
+        return [record_of(m) for m in fresh]
 
     async def commit(self, records: Sequence[Record]) -> None:
         """Ack each message, then flush so the acks have reached the server when this returns."""

@@ -199,9 +199,11 @@ def _iso(ts: float) -> str:
 
 def failure_record(*, batch: Sequence[Record], condition: str, function_arn: str, mapping: MappingContext,
                    invoke_count: int, answer: Answer | None, now: float, info_key: str = "KinesisBatchInfo",
-                   ) -> dict[str, Any]:
+                   batch_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Lambda's on-failure record for a discarded stream batch (the Kinesis shape: ``KinesisBatchInfo``).
 
+    ``batch_info``: ``{key: info}`` of a source whose record has another shape (the source's
+    ``failure_batch_info``, e.g. Kafka's ``KafkaBatchInfo``), used instead of the Kinesis one.
     ``responseContext`` is present only when the function was invoked (a record that expired before any invocation
     has ``approximateInvokeCount`` 0 and no response).
     """
@@ -210,7 +212,11 @@ def failure_record(*, batch: Sequence[Record], condition: str, function_arn: str
                            "condition": condition, "approximateInvokeCount": invoke_count},
         "version": "1.0",
         "timestamp": _iso(now),
-        info_key: {
+    }
+    if batch_info is not None:
+        out.update(batch_info)
+    else:
+        out[info_key] = {
             "shardId": batch[0].partition,
             "startSequenceNumber": batch[0].id,
             "endSequenceNumber": batch[-1].id,
@@ -218,8 +224,7 @@ def failure_record(*, batch: Sequence[Record], condition: str, function_arn: str
             "approximateArrivalOfLastRecord": _iso(batch[-1].timestamp),
             "batchSize": len(batch),
             "streamArn": mapping.source_arn,
-        },
-    }
+        }
     if answer is not None:
         ctx: dict[str, Any] = {"statusCode": answer.status, "executedVersion": answer.executed_version}
         if answer.function_error:
@@ -581,9 +586,11 @@ class Poller:
         if not target or self.sink is None:
             return
         info_key = getattr(self.source, "failure_info_key", "KinesisBatchInfo")
+        batch_info = getattr(self.source, "failure_batch_info", None)
         record = failure_record(batch=batch, condition=condition, function_arn=self.function_arn,
                                 mapping=self.mapping, invoke_count=invocations, answer=answer, now=self.now(),
-                                info_key=info_key)
+                                info_key=info_key,
+                                batch_info=batch_info(batch, self.mapping) if batch_info is not None else None)
         failures = 0
         while True:
             try:

@@ -1,0 +1,152 @@
+"""What the Kafka and NATS JetStream failure-path e2e tests share (test_esm_kafka.py, test_esm_nats.py): on top of
+esmrig's world (namespace, Redis, host operator and gateway), one recording function ``srec`` that reads both
+Lambda's self-managed Kafka event and the Kinesis-shaped event, and a real SIGKILL of a poller's process.
+
+Every produced item is a JSON object ``{"t": <test key>, "n": <number>}``; the function writes, per test key, with
+the real Redis client reading them back:
+
+- ``calls:<t>``: every invocation (the whole event, the decoded items and each item's lane: Kafka's
+  ``topic-partition`` key, the Kinesis record's ``partitionKey``), success or not, in the order they ran;
+- ``ok:<t>``: the items of every invocation that succeeded, in the order they were processed.
+
+An item ``{"poison": true}`` always fails its batch; ``{"fail_times": k}`` fails its batch the first k times it is
+seen.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from esmrig import World, wait_until
+
+DELIVERY_SECONDS = 240  # a poller pod on the shared two-core node, plus the function's cold start
+
+# Python standard library only (the runtime image has nothing else): Redis' wire protocol by hand.
+STREAM_RECORDER = r'''
+import base64, json, os, socket
+
+def cmd(*args):
+    host, port = os.environ["REDIS_ADDR"].rsplit(":", 1)
+    parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
+        line = s.makefile("rb").readline()
+    if line.startswith(b"-") or not line:
+        raise RuntimeError("redis: %r" % line)
+    return int(line[1:]) if line.startswith(b":") else line
+
+def records(event):
+    if "records" in event:  # Lambda's self-managed Kafka event: {"topic-partition": [record, ...]}
+        for lane, recs in event["records"].items():
+            for r in recs:
+                yield lane, "%s:%s" % (lane, r["offset"]), base64.b64decode(r["value"])
+    else:                   # Kinesis-shaped
+        for r in event["Records"]:
+            k = r["kinesis"]
+            yield k["partitionKey"], k["sequenceNumber"], base64.b64decode(k["data"])
+
+def handler(event, context):
+    got = list(records(event))
+    items = [json.loads(data) for _, _, data in got]
+    t = items[0]["t"]
+    cmd("RPUSH", "calls:" + t, json.dumps({"event": event, "items": items, "lanes": [g[0] for g in got]}))
+    for (lane, ident, _), item in zip(got, items):
+        if item.get("poison"):
+            raise ValueError("poison " + ident)
+        if item.get("fail_times") and cmd("INCR", "tries:" + t + ":" + ident) <= item["fail_times"]:
+            raise ValueError("failing on purpose: " + ident)
+    cmd("RPUSH", "ok:" + t, *[json.dumps(dict(item, lane=g[0])) for g, item in zip(got, items)])
+    return {"ok": len(items)}
+'''
+
+
+@pytest.fixture(scope="module")
+def srec(world: World) -> str:
+    """The recording function of a stream module (``rec`` reads Redis-shaped records only)."""
+    world.api.apply([{"apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": "srec"},
+                      "spec": {"runtime": "python3.11", "handler": "app.handler", "timeoutSeconds": 10,
+                               "environment": {"variables": {"REDIS_ADDR": world.redis_addr}},
+                               "code": {"inline": {"files": {"app.py": STREAM_RECORDER}}}}}])
+    return "srec"
+
+
+def mapping(name: str, source: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """An EventSourceMapping of ``srec`` (TRIM_HORIZON unless ``startingPosition`` is given)."""
+    return {"apiVersion": "kfn.dev/v1alpha1", "kind": "EventSourceMapping", "metadata": {"name": name},
+            "spec": {"functionName": "srec", "startingPosition": "TRIM_HORIZON", "source": source, **spec}}
+
+
+def items(t: str, ns: range, **special: dict[str, Any]) -> list[bytes]:
+    """The produced payloads of test ``t``: ``{"t": t, "n": n}`` plus ``special[str(n)]`` for some n."""
+    return [json.dumps({"t": t, "n": n, **special.get(str(n), {})}).encode() for n in ns]
+
+
+def calls(w: World, t: str) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in w.client().lrange(f"calls:{t}", 0, -1)]
+
+
+def ok_items(w: World, t: str) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in w.client().lrange(f"ok:{t}", 0, -1)]
+
+
+def wait_ok(w: World, t: str, want: set[Any], timeout: float = DELIVERY_SECONDS) -> list[dict[str, Any]]:
+    """Wait until every n in ``want`` was processed successfully; the ok items in processing order."""
+    def done() -> list[dict[str, Any]] | None:
+        got = ok_items(w, t)
+        return got if want <= {i["n"] for i in got} else None
+
+    try:
+        return wait_until(done, timeout, f"the function processed {sorted(want, key=str)} of {t}", interval=1)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{w.diagnose()}") from None
+
+
+def first_seen(got: list[dict[str, Any]]) -> list[Any]:
+    seen: list[Any] = []
+    for i in got:
+        if i["n"] not in seen:
+            seen.append(i["n"])
+    return seen
+
+
+def failure_records(w: World, stream: str, count: int = 1, timeout: float = 90) -> list[dict[str, Any]]:
+    """The on-failure records in the Redis stream ``stream`` once there are ``count`` of them."""
+    def got() -> list[dict[str, Any]] | None:
+        entries = w.client().xrange(stream)
+        return [json.loads(f[b"record"]) for _, f in entries] if len(entries) >= count else None
+
+    try:
+        return wait_until(got, timeout, f"{count} on-failure record(s) in {stream}", interval=1)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{w.diagnose()}") from None
+
+
+def sigkill_poller(w: World, name: str) -> int:
+    """SIGKILL the poller process of mapping ``name`` through containerd (no SIGTERM, no goodbye to the broker);
+    the kubelet restarts the container in the same pod. Returns the restart count it had before."""
+    (pod,) = w.poller_pods(name)
+    status = pod["status"]["containerStatuses"][0]
+    cid = status["containerID"].split("://", 1)[1]
+    subprocess.run(["ctr", "-a", w.cluster.settings["CONTAINERD_SOCK"], "-n", "k8s.io", "tasks", "kill", "-s",
+                    "SIGKILL", cid], check=True, capture_output=True, timeout=30)
+    return int(status["restartCount"])
+
+
+def wait_restarted(w: World, name: str, before: int, timeout: float = 120) -> None:
+    """Wait until the poller container of ``name`` restarted after a kill (restartCount went up)."""
+    def restarted() -> bool:
+        pods = w.poller_pods(name)
+        return bool(pods) and int(pods[0]["status"]["containerStatuses"][0]["restartCount"]) > before
+
+    wait_until(restarted, timeout, f"the poller of {name} restarted after SIGKILL", interval=1)
+
+
+def iso(ts: float) -> str:
+    """RFC 3339 with milliseconds, as ``startingPositionTimestamp`` takes it."""
+    ms = round(ts * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"

@@ -10,7 +10,7 @@ the real Redis client reading them back:
 - ``ok:<t>``: the items of every invocation that succeeded, in the order they were processed.
 
 An item ``{"poison": true}`` always fails its batch; ``{"fail_times": k}`` fails its batch the first k times it is
-seen.
+seen; ``{"sleep": s}`` holds its batch s seconds (a batch in flight when a poller is killed).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,7 +29,7 @@ DELIVERY_SECONDS = 240  # a poller pod on the shared two-core node, plus the fun
 
 # Python standard library only (the runtime image has nothing else): Redis' wire protocol by hand.
 STREAM_RECORDER = r'''
-import base64, json, os, socket
+import base64, json, os, socket, time
 
 def cmd(*args):
     host, port = os.environ["REDIS_ADDR"].rsplit(":", 1)
@@ -55,6 +56,7 @@ def handler(event, context):
     items = [json.loads(data) for _, _, data in got]
     t = items[0]["t"]
     cmd("RPUSH", "calls:" + t, json.dumps({"event": event, "items": items, "lanes": [g[0] for g in got]}))
+    time.sleep(sum(item.get("sleep", 0) for item in items))
     for (lane, ident, _), item in zip(got, items):
         if item.get("poison"):
             raise ValueError("poison " + ident)
@@ -144,6 +146,32 @@ def wait_restarted(w: World, name: str, before: int, timeout: float = 120) -> No
         return bool(pods) and int(pods[0]["status"]["containerStatuses"][0]["restartCount"]) > before
 
     wait_until(restarted, timeout, f"the poller of {name} restarted after SIGKILL", interval=1)
+
+
+def kill_mid_batch(w: World, name: str, t: str, produce: Callable[[list[bytes]], object]) -> None:
+    """A poller SIGKILLed while a batch is in flight loses nothing, keeps the order, and repeats only that batch.
+
+    The mapping ``name`` (batchSize 5) must already be reading ``t``'s items 1-40, whose item 8 sleeps 3 s; the kill
+    lands while the batch holding 8 runs (the function finishes it, the poller never commits it); ``produce`` then
+    adds 41-80. At least once: the batch in flight runs again after the restart, before anything behind it, and no
+    committed record runs twice.
+    """
+    held = wait_until(lambda: next((c for c in calls(w, t) if 8 in [i["n"] for i in c["items"]]), None), 240,
+                      "the batch holding item 8 is in flight", interval=0.2)
+    before = sigkill_poller(w, name)
+    produce(items(t, range(41, 81)))
+    wait_restarted(w, name, before)
+    got = wait_ok(w, t, set(range(1, 81)))
+    # the batch that was in flight runs again (its records were never committed)
+    wait_until(lambda: sum(8 in [i["n"] for i in c["items"]] for c in calls(w, t)) >= 2, 120,
+               "the batch in flight at the kill runs again", interval=1)
+    got = ok_items(w, t)
+    ns = [i["n"] for i in got]
+    assert first_seen(got) == list(range(1, 81))  # nothing lost
+    held_ns = [i["n"] for i in held["items"]]
+    assert {n for n in ns if ns.count(n) > 1} <= set(held_ns), ns  # only the batch in flight ran twice
+    after = ns.index(max(held_ns) + 1)
+    assert max(k for k, n in enumerate(ns) if n in held_ns) < after, ns  # ... and before anything behind it
 
 
 def iso(ts: float) -> str:

@@ -21,8 +21,8 @@ import pytest
 
 from brokerpods import create_kafka_topic, running_broker
 from esmrig import World, wait_until, world  # noqa: F401 - world is the module's fixture
-from streamrig import (calls, failure_records, first_seen, iso, items, mapping, ok_items, sigkill_poller, srec,  # noqa: F401
-                       wait_ok, wait_restarted)
+from streamrig import (calls, failure_records, first_seen, iso, items, kill_mid_batch, mapping, ok_items, srec,  # noqa: F401
+                       wait_ok)
 
 pytestmark = pytest.mark.e2e
 
@@ -146,19 +146,12 @@ def test_a_record_older_than_the_age_limit_goes_to_on_failure_uninvoked(world: W
 
 def test_a_sigkilled_poller_loses_nothing_and_keeps_the_order(world: World, srec: str, kafka: str) -> None:
     t, topic = "kill", f"kill-{secrets.token_hex(3)}"
-    produce(kafka, topic, items(t, range(1, 41)))
+    produce(kafka, topic, items(t, range(1, 41), **{"8": {"sleep": 3}}))
     world.api.apply([mapping("kkill", source(kafka, topic), batchSize=5)])
-    wait_until(lambda: len(ok_items(world, t)) >= 5, 240, "the poller has started processing", interval=0.5)
-    before = sigkill_poller(world, "kkill")
-    produce(kafka, topic, items(t, range(41, 81)), create=False)
-    wait_restarted(world, "kkill", before)
-    got = wait_ok(world, t, set(range(1, 81)))
-    # at least once: a batch in flight at the kill may run again, but nothing is lost or overtaken
-    assert first_seen(got) == list(range(1, 81))
+    kill_mid_batch(world, "kkill", t, lambda values: produce(kafka, topic, values, create=False))
     group = f"kfn-{world.ns}-kkill"
     wait_until(lambda: committed(kafka, group, topic) == {0: 80}, 60, "the group's offset is past every record")
     world.api.kubectl("delete", "esm", "kkill", "--wait=false")
-
 
 def test_starting_positions_latest_trim_horizon_and_at_timestamp(world: World, srec: str, kafka: str) -> None:
     suffix = secrets.token_hex(3)

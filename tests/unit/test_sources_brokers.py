@@ -232,8 +232,12 @@ def test_nats_event_is_kinesis_shaped() -> None:
     }]}
 
 
-def nmsg(seq: int) -> SimpleNamespace:
-    return SimpleNamespace(subject="orders.eu", data=b"x", headers=None, metadata=SimpleNamespace(
+def nmsg(seq: int, nakked: list[int] | None = None) -> SimpleNamespace:
+    async def nak() -> None:
+        assert nakked is not None
+        nakked.append(seq)
+
+    return SimpleNamespace(subject="orders.eu", data=b"x", headers=None, nak=nak, metadata=SimpleNamespace(
         sequence=SimpleNamespace(stream=seq), num_delivered=1, timestamp=datetime(2018, 12, 17, tzinfo=timezone.utc)))
 
 
@@ -249,6 +253,25 @@ async def test_nats_drops_a_redelivery_of_a_message_this_connection_still_holds(
     src._sub = SimpleNamespace(fetch=fetch)
     assert [r.id for r in await src.poll(10, 1.0)] == ["1", "2"]
     assert [r.id for r in await src.poll(10, 1.0)] == ["3"]
+
+
+async def test_nats_hands_out_again_what_was_released() -> None:
+    src = nats.NatsSource(["nats://n:4222"], "s", "c", "TRIM_HORIZON")
+    nakked: list[int] = []
+    fetched = [[nmsg(1), nmsg(2, nakked)], [nmsg(2)], [nmsg(2)]]
+
+    async def fetch(batch: int, timeout: float) -> list[SimpleNamespace]:
+        return fetched.pop(0)
+
+    async def flush() -> None:
+        return None
+
+    src._sub, src._nc = SimpleNamespace(fetch=fetch), SimpleNamespace(flush=flush)
+    got = await src.poll(10, 1.0)
+    await src.release(got[1:])
+    assert nakked == [2]
+    assert [r.id for r in await src.poll(10, 1.0)] == ["2"]  # the redelivery of the released message
+    assert await src.poll(10, 1.0) == []  # another copy while it is held again: dropped
 
 
 @pytest.mark.parametrize("cls,args", [

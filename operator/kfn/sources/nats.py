@@ -106,6 +106,7 @@ class NatsSource:
         self._nc: Any = None
         self._sub: Any = None
         self._handed_out = 0  # highest stream sequence poll() returned on this connection
+        self._released: set[int] = set()  # sequences release() gave back: their redelivery is wanted
 
     @classmethod
     def from_spec(cls, spec: Any, mapping: MappingContext) -> NatsSource:
@@ -153,7 +154,7 @@ class NatsSource:
                 if info.num_ack_pending:
                     await self._rewind(js, config, info)
             self._sub = await js.pull_subscribe_bind(durable=self.consumer, stream=self.stream)
-            self._handed_out = 0
+            self._handed_out, self._released = 0, set()
         except self._errors() as e:
             await self.close()
             raise SourceUnavailable(self.address, f"{type(e).__name__}: {e}") from e
@@ -183,9 +184,11 @@ class NatsSource:
             return []
         except self._errors() as e:
             raise SourceUnavailable(self.address, f"{type(e).__name__}: {e}") from e
-        fresh = [m for m in msgs if m.metadata.sequence.stream > self._handed_out]
-        if fresh:
-            self._handed_out = max(m.metadata.sequence.stream for m in fresh)
+        fresh = [m for m in msgs if m.metadata.sequence.stream > self._handed_out
+                 or m.metadata.sequence.stream in self._released]
+        for m in fresh:
+            self._released.discard(m.metadata.sequence.stream)
+            self._handed_out = max(self._handed_out, m.metadata.sequence.stream)
         return [record_of(m) for m in fresh]
 
     async def commit(self, records: Sequence[Record]) -> None:
@@ -193,7 +196,8 @@ class NatsSource:
         await self._settle(records, "ack")
 
     async def release(self, records: Sequence[Record]) -> None:
-        """Nak each message: JetStream delivers it again."""
+        """Nak each message: JetStream delivers it again (and poll() hands it out again)."""
+        self._released.update(int(r.id) for r in records)
         await self._settle(records, "nak")
 
     async def _settle(self, records: Sequence[Record], how: str) -> None:

@@ -39,8 +39,9 @@ RESTRICTED = {"allowPrivilegeEscalation": False, "runAsNonRoot": True, "runAsUse
               "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 POLLER_START_SECONDS = 240  # a poller pod on the shared two-core node, plus the function's cold start
 
-# Python standard library only (the runtime image has nothing else): Redis' wire protocol by hand.
-RECORDER = r'''
+# Python standard library only (the runtime image has nothing else): Redis' wire protocol by hand. REDIS_CMD is
+# the part other recording functions (streamrig) reuse.
+REDIS_CMD = r'''
 import base64, json, os, socket, time
 
 def cmd(*args):
@@ -52,7 +53,8 @@ def cmd(*args):
     if line.startswith(b"-") or not line:
         raise RuntimeError("redis: %r" % line)
     return int(line[1:]) if line.startswith(b":") else line
-
+'''
+RECORDER = REDIS_CMD + r'''
 def handler(event, context):
     records = event.get("Records")
     if records is None:

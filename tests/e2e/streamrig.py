@@ -23,24 +23,12 @@ from typing import Any
 
 import pytest
 
-from esmrig import World, wait_until
+from esmrig import REDIS_CMD, World, wait_until
 
 DELIVERY_SECONDS = 240  # a poller pod on the shared two-core node, plus the function's cold start
 
-# Python standard library only (the runtime image has nothing else): Redis' wire protocol by hand.
-STREAM_RECORDER = r'''
-import base64, json, os, socket, time
-
-def cmd(*args):
-    host, port = os.environ["REDIS_ADDR"].rsplit(":", 1)
-    parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-    with socket.create_connection((host, int(port)), timeout=5) as s:
-        s.sendall(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
-        line = s.makefile("rb").readline()
-    if line.startswith(b"-") or not line:
-        raise RuntimeError("redis: %r" % line)
-    return int(line[1:]) if line.startswith(b":") else line
-
+# Python standard library only (the runtime image has nothing else); esmrig's cmd() speaks Redis.
+STREAM_RECORDER = REDIS_CMD + r'''
 def records(event):
     if "records" in event:  # Lambda's self-managed Kafka event: {"topic-partition": [record, ...]}
         for lane, recs in event["records"].items():
@@ -146,6 +134,38 @@ def wait_restarted(w: World, name: str, before: int, timeout: float = 120) -> No
         return bool(pods) and int(pods[0]["status"]["containerStatuses"][0]["restartCount"]) > before
 
     wait_until(restarted, timeout, f"the poller of {name} restarted after SIGKILL", interval=1)
+
+
+def check_order_under_retries(w: World, t: str, lane: str, other: str) -> None:
+    """``t``'s items 1-10 on ``lane`` (3 failing twice) and 101-110 on ``other`` were processed: each once, in
+    order per lane; the batch holding 3 ran three times in a row (two failures, one success) with the same records,
+    and no later record of its lane ran before it succeeded."""
+    got = wait_ok(w, t, set(range(1, 11)) | set(range(101, 111)))
+    assert [i["n"] for i in got if i["lane"] == lane] == list(range(1, 11))
+    assert [i["n"] for i in got if i["lane"] == other] == list(range(101, 111))
+    runs = [[i["n"] for i, at in zip(c["items"], c["lanes"]) if at == lane] for c in calls(w, t)]
+    runs = [r for r in runs if r]
+    with_3 = [k for k, r in enumerate(runs) if 3 in r]
+    assert len(with_3) == 3 and with_3 == list(range(with_3[0], with_3[0] + 3)), runs
+    assert runs[with_3[0]] == runs[with_3[1]] == runs[with_3[2]]
+    assert first_seen([{"n": n} for r in runs for n in r]) == list(range(1, 11))
+
+
+def bisect_poison(w: World, t: str, name: str, source: dict[str, Any]) -> dict[str, Any]:
+    """Map ``source`` (``t``'s items 1-8, 6 a poison record) with bisect and one retry into an on-failure Redis
+    stream; check the other seven are processed in order and the poison record is given up on; its record."""
+    dest = f"{t}-failed"
+    w.api.apply([mapping(name, source, batchSize=8, maximumBatchingWindowSeconds=1, bisectBatchOnFunctionError=True,
+                         maximumRetryAttempts=1,
+                         destinationConfig={"onFailure": {"destination": f"redis://{w.redis_addr}/{dest}"}})])
+    assert first_seen(wait_ok(w, t, {1, 2, 3, 4, 5, 7, 8})) == [1, 2, 3, 4, 5, 7, 8]
+    (record,) = failure_records(w, dest)
+    assert record["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert record["requestContext"]["approximateInvokeCount"] >= 2  # tried alone, then retried once
+    assert record["requestContext"]["functionArn"].endswith(":function:srec")
+    assert record["responseContext"] == {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"}
+    assert 6 not in {i["n"] for i in ok_items(w, t)}
+    return record
 
 
 def kill_mid_batch(w: World, name: str, t: str, produce: Callable[[list[bytes]], object]) -> None:

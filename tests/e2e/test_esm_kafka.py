@@ -21,8 +21,8 @@ import pytest
 
 from brokerpods import create_kafka_topic, running_broker
 from esmrig import World, wait_until, world  # noqa: F401 - world is the module's fixture
-from streamrig import (calls, failure_records, first_seen, iso, items, kill_mid_batch, mapping, ok_items, srec,  # noqa: F401
-                       wait_ok)
+from streamrig import (bisect_poison, calls, check_order_under_retries, failure_records, iso, items, kill_mid_batch,
+                       mapping, ok_items, srec, wait_ok)  # noqa: F401 - srec is the module's function
 
 pytestmark = pytest.mark.e2e
 
@@ -79,18 +79,7 @@ def test_a_record_failing_twice_keeps_its_partitions_order(world: World, srec: s
     produce(kafka, topic, items(t, range(1, 11), **{"3": {"fail_times": 2}}), partition=0, partitions=2)
     produce(kafka, topic, items(t, range(101, 111)), partition=1, create=False)
     world.api.apply([mapping("korder", source(kafka, topic), batchSize=4, maximumBatchingWindowSeconds=1)])
-    got = wait_ok(world, t, set(range(1, 11)) | set(range(101, 111)))
-    p0, p1 = f"{topic}-0", f"{topic}-1"
-    assert [i["n"] for i in got if i["lane"] == p0] == list(range(1, 11))  # each once, in order
-    assert [i["n"] for i in got if i["lane"] == p1] == list(range(101, 111))
-    lane0 = [[n for n, lane in zip((i["n"] for i in c["items"]), c["lanes"]) if lane == p0] for c in calls(world, t)]
-    lane0 = [c for c in lane0 if c]
-    with_3 = [k for k, c in enumerate(lane0) if 3 in c]
-    # the batch holding 3 ran three times in a row (two failures, one success), the same records each time, and no
-    # later record of the partition ran before it succeeded
-    assert len(with_3) == 3 and with_3 == list(range(with_3[0], with_3[0] + 3)), lane0
-    assert lane0[with_3[0]] == lane0[with_3[1]] == lane0[with_3[2]]
-    assert first_seen([{"n": n} for c in lane0 for n in c]) == list(range(1, 11))
+    check_order_under_retries(world, t, f"{topic}-0", f"{topic}-1")
     world.api.kubectl("delete", "esm", "korder", "--wait=false")
 
 
@@ -98,17 +87,7 @@ def test_bisect_sends_the_poison_record_to_on_failure_as_lambdas_kafka_record(
         world: World, srec: str, kafka: str) -> None:
     t, topic = "bisect", f"bisect-{secrets.token_hex(3)}"
     sent = produce(kafka, topic, items(t, range(1, 9), **{"6": {"poison": True}}))
-    dest = f"{t}-failed"
-    world.api.apply([mapping("kbisect", source(kafka, topic), batchSize=8, maximumBatchingWindowSeconds=1,
-                             bisectBatchOnFunctionError=True, maximumRetryAttempts=1,
-                             destinationConfig={"onFailure": {"destination": f"redis://{world.redis_addr}/{dest}"}})])
-    got = wait_ok(world, t, {1, 2, 3, 4, 5, 7, 8})
-    assert first_seen(got) == [1, 2, 3, 4, 5, 7, 8]
-    (record,) = failure_records(world, dest)
-    assert record["requestContext"]["condition"] == "RetryAttemptsExhausted"
-    assert record["requestContext"]["approximateInvokeCount"] >= 2  # tried alone, then retried once
-    assert record["requestContext"]["functionArn"].endswith(":function:srec")
-    assert record["responseContext"] == {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"}
+    record = bisect_poison(world, t, "kbisect", source(kafka, topic))
     assert "KinesisBatchInfo" not in record
     info = record["KafkaBatchInfo"]
     stamp = iso(sent[5].timestamp / 1000)
@@ -117,7 +96,6 @@ def test_bisect_sends_the_poison_record_to_on_failure_as_lambdas_kafka_record(
                                                   "firstRecordTimestamp": stamp, "lastRecordTimestamp": stamp}}
     assert (info["batchSize"], info["bootstrapServers"]) == (1, kafka)
     assert info["payloadSize"] > len(b'{"t": "bisect", "n": 6, "poison": true}')
-    assert 6 not in {i["n"] for i in ok_items(world, t)}
     # the checkpoint moved past the poison record: the group committed every offset
     group = f"kfn-{world.ns}-kbisect"
     wait_until(lambda: committed(kafka, group, topic) == {0: 8}, 60, "the group's offset is past every record")

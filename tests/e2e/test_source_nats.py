@@ -82,7 +82,7 @@ async def test_acked_messages_stay_done_and_a_dead_pollers_come_back_first_and_i
     """A poller that dies after acking 2 of 4 while 2 more wait behind them: the next poller gets the 2 it held at
     once (not after ack_wait) and before the later ones, as a shard restarts from its checkpoint."""
     await publish(nats_url, [(f"{stream}.a", f"m{i}".encode()) for i in range(4)])
-    first = source(nats_url, stream, "c1")  # ack_wait 60 s: only the rewind can bring them back within the test
+    first = source(nats_url, stream, "c1")  # ack_wait 900 s: only the rewind can bring them back within the test
     await first.connect()
     try:
         got = await poll_until(first, 4)
@@ -103,7 +103,7 @@ async def test_acked_messages_stay_done_and_a_dead_pollers_come_back_first_and_i
 
 async def test_released_messages_are_delivered_again_at_once(nats_url: str, stream: str) -> None:
     await publish(nats_url, [(f"{stream}.a", b"x")])
-    src = source(nats_url, stream, "c1")  # ack_wait 60 s: only the nak can bring it back within the test
+    src = source(nats_url, stream, "c1")  # ack_wait 900 s: only the nak can bring it back within the test
     await src.connect()
     try:
         got = await poll_until(src, 1)

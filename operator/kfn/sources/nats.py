@@ -38,7 +38,10 @@ from kfn.sources.kafka import default_group_id, starting_timestamp
 log = logging.getLogger(__name__)
 
 DELIVER_POLICIES = {"TRIM_HORIZON": "all", "LATEST": "new", "AT_TIMESTAMP": "by_start_time"}
-DEFAULT_ACK_WAIT_SECONDS = 60.0
+# How long JetStream waits for an ack before redelivering. Neither a dead poller (the next one rewinds to the ack
+# floor) nor a long retry (redeliveries are dropped) relies on it, so it only has to outlast one batch: Lambda's
+# longest function timeout.
+DEFAULT_ACK_WAIT_SECONDS = 900.0
 
 
 def account_of(arn: str) -> str:

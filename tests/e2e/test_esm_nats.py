@@ -124,7 +124,10 @@ def test_starting_positions_latest_trim_horizon_and_at_timestamp(world: World, s
     publish(nats.url, streams["latest"], "a", items("latest", range(1, 3)))
     publish(nats.url, streams["trim"], "a", items("trim", range(1, 3)))
     publish(nats.url, streams["at"], "a", items("at", range(1, 3)))
-    cut = time.time()  # the server stamps messages with this machine's clock: 1 and 2 before, 3 after
+    # the server stamps messages with this machine's clock: 1 and 2 before the cut, 3 after it; the cut is a whole
+    # millisecond (startingPositionTimestamp's precision) strictly after 2 was stored
+    cut = (int(time.time() * 1000) + 2) / 1000
+    wait_until(lambda: time.time() > cut + 0.001, 5, "the clock is past the cut", interval=0.001)
     publish(nats.url, streams["at"], "a", items("at", range(3, 4)), create=False)
     world.api.apply([
         mapping("nlatest", source(nats, streams["latest"]), startingPosition="LATEST"),

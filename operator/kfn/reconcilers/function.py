@@ -401,8 +401,15 @@ def reconcile_function(body: Mapping[str, Any], images: Images) -> Outcome:
     outcome.conditions.insert(0, ready)
     failed = outcome.permanent or outcome.status.get("stateReasonCode")  # no environment can start
     # A refused reservation is not the function's state: it runs (as unreserved), as on Lambda.
-    outcome.status["state"] = "Active" if serving.is_true else ("Failed" if failed else "Pending")
+    outcome.status["state"] = "Active" if serving.is_true or held_but_serving(outcome.status) else (
+        "Failed" if failed else "Pending")
     return finish(body, outcome)
+
+
+def held_but_serving(status: Mapping[str, Any]) -> bool:
+    """An update was refused (LastUpdateStatus Failed) while environments of the previous code still serve: the
+    function is Active, as on Lambda after a failed UpdateFunctionCode."""
+    return status.get("lastUpdateStatus") == "Failed" and int(status.get("readyReplicas") or 0) > 0
 
 
 def reservation_condition(namespace: str, function: str, asked: int) -> cond.Condition:

@@ -13,7 +13,7 @@ from kfn.reconcilers.alias import PROVISIONED_FAILED, PROVISIONED_READY, provisi
 from kfn.reconcilers.codesigning import reconcile_signed_environment
 from kfn.reconcilers.common import WAIT_SECONDS, Outcome, being_deleted, finish, invalid_spec
 from kfn.reconcilers.environment import CodeUnavailable, code_sha256, provisioned_floor, capped_floor
-from kfn.reconcilers.function import aliases_of, by_number, ensure_function_label, versions_of
+from kfn.reconcilers.function import aliases_of, by_number, ensure_function_label, held_but_serving, versions_of
 from kfn.resources import EnvironmentInput, Images, Owner
 from kfn.scaler.autoscaling import requested
 
@@ -98,7 +98,8 @@ def reconcile_version(body: Mapping[str, Any], images: Images) -> Outcome:
     ready = cond.summarize(children, f"version {version} serves at {status.get('endpoint', '')}")
     outcome.conditions.insert(0, ready)
     failed = outcome.permanent or outcome.status.get("stateReasonCode")  # no environment can start
-    outcome.status["state"] = "Active" if ready.is_true else ("Failed" if failed else "Pending")
+    outcome.status["state"] = "Active" if ready.is_true or held_but_serving(outcome.status) else (
+        "Failed" if failed else "Pending")
     # The version's own provisioned concurrency (PutProvisionedConcurrencyConfig with a version qualifier); the
     # reservation is the Function's now (it may have changed since publish), as Lambda checks it.
     reserved = fn_spec.get("reservedConcurrency")

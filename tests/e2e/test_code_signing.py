@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from podrig import Bed, bed, fn, invoke, make_zip, serving_address, wait_until, zip_config_map
@@ -49,9 +51,19 @@ def signing_config(name: str, policy: str, profile: dict[str, Any]) -> dict[str,
 
 
 @pytest.fixture(scope="module")
-def world(bed: Bed, testbed_images: Any) -> dict[str, Any]:
+def world(bed: Bed, testbed_images: Any, cluster: Any) -> dict[str, Any]:
     """Two configs (Enforce with the key in a Secret, Warn with it inline) and one function per case, applied at
     once so their pods start side by side."""
+    # The test bed is shared by working trees whose Function CRDs differ; building the images takes minutes, in
+    # which another tree may have put its own back. Ours again, just before use (the API server would otherwise
+    # prune codeSigningConfig, and the check below says so).
+    crds = Path(__file__).parents[2] / "crds"
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", *[a for f in ("functions", "functionversions",
+                    "codesigningconfigs") for a in ("-f", str(crds / f"kfn.dev_{f}.yaml"))])
+    probe = yaml.safe_dump(fn("probe", code={"image": "x"}, codeSigningConfig="enforce"))
+    wait_until(lambda: cluster.kubectl("apply", "--dry-run=server", "-n", bed.namespace, "-f", "-", input=probe,
+                                       check=False).returncode == 0,
+               60, "the API server serves this branch's Function schema (spec.codeSigningConfig)")
     publisher = ec.generate_private_key(ec.SECP256R1())
     stranger = ec.generate_private_key(ec.SECP256R1())
     good = make_zip({"app.py": HANDLER % "signed"})

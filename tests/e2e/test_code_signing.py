@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from podrig import Bed, bed, fn, invoke, make_zip, serving_address, wait_until, zip_config_map
+from podrig import Bed, bed, fn, invoke, make_zip, ready_addresses, serving_address, wait_until, zip_config_map
 
 pytestmark = pytest.mark.e2e
 __all__ = ["bed"]  # the module-scoped fixture
@@ -37,11 +38,11 @@ def sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> str:
     return base64.b64encode(key.sign(data, ec.ECDSA(hashes.SHA256()))).decode()
 
 
-def zip_function(name: str, config_map: str, config: str, signature: str | None = None) -> dict[str, Any]:
+def zip_function(name: str, config_map: str, config: str, signature: str | None = None, **extra: Any) -> dict[str, Any]:
     z: dict[str, Any] = {"configMapRef": {"name": config_map, "key": "code.zip"}}
     if signature is not None:
         z["signature"] = signature
-    return fn(name, runtime="python3.11", handler="app.handler", code={"zip": z}, codeSigningConfig=config)
+    return fn(name, runtime="python3.11", handler="app.handler", code={"zip": z}, codeSigningConfig=config, **extra)
 
 
 def signing_config(name: str, policy: str, profile: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +76,7 @@ def world(bed: Bed, testbed_images: Any, cluster: Any) -> dict[str, Any]:
         signing_config("enforce", "Enforce", {"name": "release", "secretRef": {"name": "release-key"}}),
         signing_config("warn", "Warn", {"name": "release", "publicKey": pem(publisher)}),
         zip_config_map("good", good), zip_config_map("evil", evil), zip_config_map("unsigned", unsigned),
-        zip_function("signed", "good", "enforce", sign(publisher, good)),
+        zip_function("signed", "good", "enforce", sign(publisher, good), publish=1),
         # the signature of the good zip on another zip: what a changed package looks like
         zip_function("tampered", "evil", "enforce", sign(publisher, good)),
         zip_function("stranger", "good", "enforce", sign(stranger, good)),
@@ -161,6 +162,28 @@ def test_an_image_under_enforce_is_refused_until_image_signatures_can_be_read(be
     status = refused(bed, "image", "CodeVerificationFailed")
     assert "spec.code.image" in condition(status, "Ready")["message"]
     assert bed.api.get("deployment", "image-latest") is None
+
+
+def test_a_published_version_keeps_its_signature_and_is_verified_again(bed: Bed, world: dict[str, Any]) -> None:
+    """Catches: the version's snapshot of the zip dropping the signature (the version would be refused under
+    Enforce) or the version deployed without being checked."""
+    version = bed.api.wait_ready("functionversion", "signed-v1", timeout=180)
+    assert version["spec"]["config"]["codeSigningConfig"] == "enforce"
+    assert version["spec"]["config"]["code"]["zip"]["signature"]
+    signed = condition(version["status"], "CodeSigned")
+    assert signed["status"] == "True" and "signed by release" in signed["message"]
+    address = wait_until(lambda: (ready_addresses(bed.api, "signed-v1") or [None])[0], 360,
+                         "version 1 has a ready execution environment", interval=1)
+    reply = invoke(address, "signed:1", {})
+    assert reply.status == 200 and reply.json() == {"code": "signed"}, reply.body
+
+
+def test_the_config_reports_its_publishers_and_lambda_arn(bed: Bed, world: dict[str, Any]) -> None:
+    """Catches: a config whose key (in a Secret) cannot be loaded reported Ready, or no Lambda ARN to name it by."""
+    status = bed.api.wait_ready("codesigningconfig", "enforce", timeout=60)["status"]
+    assert status["signingProfiles"] == ["release"]
+    assert re.fullmatch(r"arn:aws:lambda:us-east-1:[0-9]{12}:code-signing-config:csc-[a-z0-9]{17}",
+                        status["codeSigningConfigArn"])
 
 
 def test_an_unsigned_update_leaves_the_signed_code_serving(bed: Bed, world: dict[str, Any]) -> None:

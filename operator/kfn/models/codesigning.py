@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StrictStr
 
 from kfn.models.base import CommonStatus, Matches, Rule, SpecModel, parse_spec
+from kfn.models.function import KubeName
 
 # Lambda's SigningProfileVersionArns: at least 1, at most 20 (botocore service model).
 MAX_SIGNING_PROFILES = 20
@@ -27,11 +28,6 @@ ProfileName = Annotated[
     StrictStr,
     Field(min_length=1, max_length=63),
     Matches(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "must be lowercase letters, digits and '-' (a DNS label)"),
-]
-KubeName = Annotated[
-    StrictStr,
-    Field(min_length=1, max_length=253),
-    Matches(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", "must be a Kubernetes object name"),
 ]
 
 

@@ -202,6 +202,9 @@ def test_check_reads_the_key_from_a_secret_and_the_zip_from_a_config_map(monkeyp
     assert refused is not None and not refused.deploy and refused.reason_code == "CodeVerificationFailed"
     assert [c.type for c in refused.conditions] == ["CodeReady", "CodeSigned"]  # CodeReady gates Ready
     assert codesigning.check("ns", {"code": {"inline": {"files": {}}}}) is None  # no config named: no check
+    # given the digest the reconciler computed already, the zip is not read a second time
+    monkeypatch.setattr("kfn.reconcilers.codesigning.zip_sha256", lambda *a: pytest.fail("read the zip again"))
+    assert codesigning.check("ns", zip_config(ec_sign(ec_key, DATA)), DIGEST).deploy  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("objects, reason, message", [

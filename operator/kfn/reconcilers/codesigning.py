@@ -72,8 +72,8 @@ def load_publishers(namespace: str, config_name: str, spec: Mapping[str, Any]) -
     return out
 
 
-def _verdict(namespace: str, what: str, source: Mapping[str, Any] | str,
-             publishers: list[signing.Publisher]) -> signing.Verdict:
+def _verdict(namespace: str, what: str, source: Mapping[str, Any] | str, publishers: list[signing.Publisher],
+             code_digest: str | None) -> signing.Verdict:
     if isinstance(source, str):
         # cosign signatures live in a registry (``sha256-<digest>.sig``); kfn has no registry client yet
         # (docs/code-signing.md), so an image is never trusted: refused under Enforce, warned about under Warn.
@@ -82,11 +82,14 @@ def _verdict(namespace: str, what: str, source: Mapping[str, Any] | str,
                                                  f"({digest}): image signatures are not verified yet")
     if what == "spec.code.inline":
         return signing.Verdict(what, "Unsigned", "inline code cannot carry a signature; use a signed zip")
-    return signing.verify_digest(what, zip_sha256(namespace, source, what), source.get("signature"), publishers)
+    # the code's digest is known (the reconciler hashed the zip already); layers are read here
+    digest = code_digest if what == "spec.code.zip" and code_digest else zip_sha256(namespace, source, what)
+    return signing.verify_digest(what, digest, source.get("signature"), publishers)
 
 
-def check(namespace: str, config: Mapping[str, Any]) -> Check | None:
+def check(namespace: str, config: Mapping[str, Any], code_digest: str | None = None) -> Check | None:
     """Verify a function configuration against the CodeSigningConfig it names; None when it names none.
+    *code_digest*: the SHA-256 (hex) of the code's zip when the caller has it.
 
     Raises ``kfn.reconcilers.environment.CodeUnavailable`` when a layer's zip cannot be read (the reconciler reports it as it does for
     the code).
@@ -104,7 +107,7 @@ def check(namespace: str, config: Mapping[str, Any]) -> Check | None:
         publishers = load_publishers(namespace, name, spec)
     except (SpecError, signing.UnusableKey) as e:
         return _refused(signing.INVALID_CONFIG, f"spec.codeSigningConfig: {e}", WAIT_SECONDS)
-    verdicts = [_verdict(namespace, what, source, publishers) for what, source in signing.artifacts(config)]
+    verdicts = [_verdict(namespace, what, source, publishers, code_digest) for what, source in signing.artifacts(config)]
     decision = signing.decide(name, spec["codeSigningPolicies"]["untrustedArtifactOnDeployment"], verdicts)
     if not decision.deploy:
         # the spec (or the config, which the resync loop rereads) must change: no retry storm meanwhile
@@ -118,7 +121,7 @@ def reconcile_signed_environment(inp: EnvironmentInput) -> tuple[list[cond.Condi
     configuration: refused code is held (nothing applied, what serves keeps serving), accepted code is applied
     with its CodeSigned condition."""
     try:
-        signed = check(inp.namespace, inp.spec)
+        signed = check(inp.namespace, inp.spec, inp.code_sha256)
     except CodeUnavailable as e:  # a layer's zip cannot be read to be verified
         signed = Check([e.condition], deploy=False, reason_code=e.condition.reason, retry=WAIT_SECONDS)
     if signed is None:

@@ -51,6 +51,26 @@ def signing_config(name: str, policy: str, profile: dict[str, Any]) -> dict[str,
                      "codeSigningPolicies": {"untrustedArtifactOnDeployment": policy}}}
 
 
+SCHEMA_AT_APPLY: dict[str, str] = {}  # CRD -> metadata.generation right after this module's objects were applied
+
+
+def crd_generations(cluster: Any) -> dict[str, str]:
+    return {crd: cluster.kubectl("get", "crd", crd, "-o", "jsonpath={.metadata.generation}").stdout
+            for crd in ("functions.kfn.dev", "functionversions.kfn.dev")}
+
+
+@pytest.fixture(autouse=True)
+def schema_interference(cluster: Any) -> Any:
+    """Say so when another working tree replaced the Function CRDs during a test: the API server then prunes
+    spec.codeSigningConfig even from stored objects as the operator reads them, and untrusted code deploys (a
+    failure of the shared test bed, not of kfn; printed with the failure's captured output)."""
+    yield
+    now = crd_generations(cluster)
+    if SCHEMA_AT_APPLY and now != SCHEMA_AT_APPLY:
+        print(f"NOTE: the Function CRDs changed during this module (generations {SCHEMA_AT_APPLY} -> {now}): another "
+              "working tree applied its own; objects read meanwhile lost spec.codeSigningConfig")
+
+
 def apply_with_our_schema(bed: Bed, cluster: Any, docs: list[dict[str, Any]]) -> None:
     """Apply *docs* under this tree's Function schema.
 
@@ -67,6 +87,7 @@ def apply_with_our_schema(bed: Bed, cluster: Any, docs: list[dict[str, Any]]) ->
                    60, "the API server serves this tree's Function schema (spec.codeSigningConfig)")
         done = bed.api.apply(docs, check=False)
         if done.returncode == 0:
+            SCHEMA_AT_APPLY.update(crd_generations(cluster))
             return
         if "unknown field" not in done.stderr:
             raise AssertionError(done.stderr)

@@ -82,6 +82,9 @@ CLAIMS_BOUND = "ClaimsBound"
 NODES_AVAILABLE = "NodesAvailable"  # Schedulable: some schedulable node has kubernetes.io/arch=<architecture>
 NO_NODE_FOR_ARCHITECTURE = "NoNodeForArchitecture"  # Schedulable: none has
 CONTAINER_CONFIG_ERROR = "ContainerConfigError"  # the kubelet cannot create a container (InvalidConfiguration)
+# Informational: whether a CodeSigningConfig's publishers signed the code (kfn.reconcilers.codesigning). False
+# under Warn does not gate Ready (the code is deployed); under Enforce CodeReady is False with the same reason.
+CODE_SIGNED = "CodeSigned"
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ def summarize(children: Iterable[Condition], ready_message: str = "") -> Conditi
     top-level condition already says what to fix.
     """
     for c in children:
-        if c.type in (AVAILABLE, NETWORK_ISOLATED, SCHEDULABLE):
+        if c.type in (AVAILABLE, NETWORK_ISOLATED, SCHEDULABLE, CODE_SIGNED):
             continue  # informational, never gates Ready
         if not c.is_true:
             status = FALSE if c.status == FALSE else UNKNOWN

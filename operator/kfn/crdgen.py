@@ -145,6 +145,19 @@ KIND_INFOS: tuple[KindInfo, ...] = (
             AGE,
         ),
     ),
+    KindInfo(
+        kind="CodeSigningConfig",
+        description="Trusted publishers (public keys) of functions' code, and the policy for untrusted code.",
+        plural="codesigningconfigs",
+        short_names=("csc",),
+        columns=(
+            {"name": "Policy", "type": "string", "jsonPath": ".spec.codeSigningPolicies.untrustedArtifactOnDeployment"},
+            {"name": "Ready", "type": "string", "jsonPath": READY},
+            {"name": "Publishers", "type": "string", "jsonPath": ".status.signingProfiles"},
+            {"name": "ARN", "type": "string", "jsonPath": ".status.codeSigningConfigArn", "priority": 1},
+            AGE,
+        ),
+    ),
 )
 
 # Keys that constrain a value: what the API server (and kfn's offline admission check) validates.

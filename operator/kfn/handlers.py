@@ -37,6 +37,7 @@ from kfn.reconcilers.esm import reconcile_esm, source_condition_stale
 from kfn.reconcilers.function import RELATED, reconcile_function, versions_of
 from kfn.reconcilers.resync import RECENT
 from kfn.reconcilers.securitygroup import reconcile_security_group
+from kfn.reconcilers.codesigning import reconcile_code_signing_config
 from kfn.reconcilers.version import reconcile_version
 from kfn.resources import Images
 from kfn.resources.environment import AGENT_PORT
@@ -366,6 +367,37 @@ def register_security_groups(registry: kopf.OperatorRegistry, cfg: OperatorConfi
         refresh(body["metadata"]["namespace"], security_groups_named(plain(body).get("spec")))
 
 
+def users_of_code_signing_config(namespace: str, config: str) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, body) of the Functions and FunctionVersions in *namespace* whose configuration names *config*."""
+    out = []
+    for f in k8s.list_objects(names.FUNCTION_KIND, namespace):
+        if (f.get("spec") or {}).get("codeSigningConfig") == config:
+            out.append((names.FUNCTION_KIND, f))
+    for v in k8s.list_objects(names.FUNCTION_VERSION_KIND, namespace):
+        if (((v.get("spec") or {}).get("config") or {}).get("codeSigningConfig")) == config:
+            out.append((names.FUNCTION_VERSION_KIND, v))
+    return out
+
+
+def register_code_signing_configs(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
+    """CodeSigningConfigs -> their status; a change re-verifies the code of every Function and version naming
+    the config at once (the resync loop would, later)."""
+    group, version = names.GROUP, names.VERSION
+
+    def handler(body: kopf.Body, reason: str, **_: Any) -> None:
+        b = plain(body)
+        try:
+            run(names.CODE_SIGNING_CONFIG_KIND, lambda: reconcile_code_signing_config(b), raise_errors=True, body=b)
+        finally:
+            if reason != "resume":  # on start the resync loop re-verifies every Function anyway
+                for kind, user in users_of_code_signing_config(b["metadata"]["namespace"], b["metadata"]["name"]):
+                    reconcile_body(kind, user, cfg)
+
+    for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
+        decorator(group, version, names.CODE_SIGNING_CONFIG_PLURAL, id="reconcile", registry=registry,
+                  backoff=cfg.retry_backoff)(handler)
+
+
 def register_event_source_mappings(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
     """EventSourceMappings -> one poller Deployment each (kfn.reconcilers.esm); the poller's lastProcessingResult
     becomes the SourceReachable condition."""
@@ -494,6 +526,7 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Ta
         register_pod_watch(registry, cfg)
 
     register_security_groups(registry, cfg)
+    register_code_signing_configs(registry, cfg)
     register_event_source_mappings(registry, cfg)
 
     @kopf.on.login(registry=registry)

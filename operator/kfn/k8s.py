@@ -470,3 +470,7 @@ def node_architectures() -> dict[str, dict[str, int]]:
         counts = out.setdefault(arch, {"schedulable": 0, "unschedulable": 0})
         counts["schedulable" if usable else "unschedulable"] += 1
     return out
+
+
+# ------------------------------------------------------------------ code signing (docs/code-signing.md)
+KINDS[names.CODE_SIGNING_CONFIG_KIND] = (names.API_VERSION, names.CODE_SIGNING_CONFIG_PLURAL)

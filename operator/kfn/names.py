@@ -175,3 +175,13 @@ def function_arn(region: str, account: str, function: str, qualifier: str | None
     """``arn:aws:lambda:<region>:<account>:function:<function>[:<qualifier>]``."""
     arn = f"arn:aws:lambda:{region}:{account}:function:{function}"
     return f"{arn}:{qualifier}" if qualifier else arn
+
+
+# Code signing (docs/code-signing.md).
+CODE_SIGNING_CONFIG_KIND = "CodeSigningConfig"
+CODE_SIGNING_CONFIG_PLURAL = "codesigningconfigs"
+
+
+def code_signing_config_arn(region: str, account: str, config_id: str) -> str:
+    """``arn:aws:lambda:<region>:<account>:code-signing-config:<csc-id>`` (Lambda CodeSigningConfigArn)."""
+    return f"arn:aws:lambda:{region}:{account}:code-signing-config:{config_id}"

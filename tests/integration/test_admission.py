@@ -71,6 +71,8 @@ def test_examples_are_accepted_and_defaulted(cluster: Any, crds_installed: list[
             "function.kfn.dev/checkout",
             "function.kfn.dev/api",
             "securitygroup.kfn.dev/web",
+            "codesigningconfig.kfn.dev/release",
+            "function.kfn.dev/signed-hello",
             "functionversion.kfn.dev/checkout-v1",
             "functionversion.kfn.dev/checkout-v2",
             "alias.kfn.dev/checkout-live",

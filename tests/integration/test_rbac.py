@@ -24,6 +24,8 @@ from typing import Any
 import kopf
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from test_operator import NO_NODE_ARCH, Api, Operator, api, function, wait_until  # noqa: F401
 
 from kfn import install
@@ -102,8 +104,16 @@ def test_the_operator_as_its_service_account_needs_every_granted_permission_and_
         # a file system whose claim is missing: the operator reads the claim (and holds the Function)
         with_fs = function("fsx", architecture=NO_NODE_ARCH)
         with_fs["spec"]["fileSystemConfigs"] = [{"persistentVolumeClaim": "data", "localMountPath": "/mnt/data"}]
+        # code signing: the operator gets the config (and its key's Secret) and writes the config's status
+        signed = function("sgn", architecture=NO_NODE_ARCH, codeSigningConfig="release")
+        key = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         api.apply([
-            with_fs,
+            with_fs, signed,
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "release-key"},
+             "data": {"cosign.pub": base64.b64encode(key).decode()}},
+            {"apiVersion": "kfn.dev/v1alpha1", "kind": "CodeSigningConfig", "metadata": {"name": "release"},
+             "spec": {"allowedPublishers": {"signingProfiles": [{"name": "ci", "secretRef": {"name": "release-key"}}]}}},
             {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "zs-code"}, "data": {"code.zip": base64.b64encode(secret_zip).decode()}},
             {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "zc-code"}, "binaryData": {"code.zip": base64.b64encode(cm_zip).decode()}},
             function("inl", publish=1, architecture=NO_NODE_ARCH), from_secret, from_cm, image,
@@ -127,7 +137,8 @@ def test_the_operator_as_its_service_account_needs_every_granted_permission_and_
         wait_until(lambda: api.names("functionversions", "kfn.dev/function=zs") == ["zs-v2"], 120, "zs-v1 is garbage-collected")
         wait_until(lambda: api.get("secret", "zs-v1-zip") is None, 60, "zs-v1's snapshot Secret is deleted with it")
         for kind, name in (("function", "inl"), ("function", "zs"), ("function", "zc"), ("functionversion", "inl-v1"),
-                           ("functionversion", "zs-v2"), ("alias", "inl-live"), ("securitygroup", "web")):  # fmt: skip
+                           ("functionversion", "zs-v2"), ("alias", "inl-live"), ("securitygroup", "web"),
+                           ("codesigningconfig", "release"), ("function", "sgn")):  # fmt: skip
             api.wait_ready(kind, name, timeout=120)
         wait_until(lambda: (api.get("eventsourcemapping", "feed") or {}).get("status", {}).get("state") == "Disabled", 120,
                    "the mapping's poller is applied (no replica: disabled)")

@@ -62,7 +62,8 @@ def test_kfn_crds_write_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_kfn_crds_prints_all_crds(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["crds"]) == 0
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
-    assert [d["spec"]["names"]["kind"] for d in docs] == ["Function", "FunctionVersion", "Alias", "EventSourceMapping", "SecurityGroup"]
+    assert [d["spec"]["names"]["kind"] for d in docs] == [
+        "Function", "FunctionVersion", "Alias", "EventSourceMapping", "SecurityGroup", "CodeSigningConfig"]
 
 
 CRDS = {c["spec"]["names"]["kind"]: c for c in crdgen.make_crds()}

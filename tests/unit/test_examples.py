@@ -35,7 +35,7 @@ def expectation(path: Path, key: str) -> str:
 
 def test_the_examples_the_readme_promises_exist() -> None:
     kinds = {d["kind"] for p in VALID for d in documents(p)}
-    assert kinds == {"Function", "FunctionVersion", "Alias", "EventSourceMapping", "SecurityGroup"}
+    assert kinds == {"Function", "FunctionVersion", "Alias", "EventSourceMapping", "SecurityGroup", "CodeSigningConfig"}
     assert len(INVALID) >= 30
 
 

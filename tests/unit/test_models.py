@@ -288,7 +288,7 @@ def test_event_source_mapping_batch_size_defaults_per_source() -> None:
     [
         ({"apiVersion": "v1", "kind": "Function"}, "apiVersion: must be kfn.dev/v1alpha1, got 'v1'"),
         ({"apiVersion": "kfn.dev/v1alpha1", "kind": "Lambda"},
-         "kind: must be one of Function, FunctionVersion, Alias, EventSourceMapping, SecurityGroup, got 'Lambda'"),
+         "kind: must be one of Function, FunctionVersion, Alias, EventSourceMapping, SecurityGroup, CodeSigningConfig, got 'Lambda'"),
         ({"apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": "My_Func"}, "spec": fn()},
          "metadata.name: must be a Lambda function name that is also a Kubernetes name: lowercase letters, digits "
          "and '-', starting and ending with a letter or digit, at most 63 characters, got 'My_Func'"),

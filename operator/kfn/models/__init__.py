@@ -30,6 +30,7 @@ from kfn.models.base import (
     SpecError,
     check_function_name,
 )
+from kfn.models.codesigning import CodeSigningConfigSpec, CodeSigningConfigStatus, parse_code_signing_config_spec
 from kfn.models.esm import (
     DEFAULT_BATCH_SIZE,
     SOURCE_TYPES,
@@ -61,6 +62,7 @@ KINDS: dict[str, tuple[type[ApiModel], type[ApiModel], Any]] = {
     "Alias": (AliasSpec, AliasStatus, parse_alias_spec),
     "EventSourceMapping": (EventSourceMappingSpec, EventSourceMappingStatus, parse_event_source_mapping_spec),
     "SecurityGroup": (SecurityGroupSpec, SecurityGroupStatus, parse_security_group_spec),
+    "CodeSigningConfig": (CodeSigningConfigSpec, CodeSigningConfigStatus, parse_code_signing_config_spec),
 }
 
 
@@ -92,6 +94,8 @@ __all__ = [
     "AliasSpec",
     "AliasStatus",
     "Code",
+    "CodeSigningConfigSpec",
+    "CodeSigningConfigStatus",
     "CommonStatus",
     "Condition",
     "EventSourceMappingSpec",
@@ -109,6 +113,7 @@ __all__ = [
     "check_function_name",
     "check_function_version_update",
     "parse_alias_spec",
+    "parse_code_signing_config_spec",
     "parse_event_source_mapping_spec",
     "parse_function_spec",
     "parse_function_version_spec",

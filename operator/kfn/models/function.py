@@ -60,6 +60,7 @@ INLINE_MAX_FILES = 64
 INLINE_MAX_CHARS = 256 * 1024
 INLINE_PATH_PATTERN = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"
 MAX_LAYERS = 5
+MAX_SIGNATURE_CHARS = 1024  # base64 of an ECDSA (at most 72 bytes) or Ed25519 (64) signature, with room
 
 KubeName = Annotated[
     StrictStr,
@@ -132,6 +133,12 @@ class ZipSource(SpecModel):
     )
     sha256: Annotated[StrictStr, Matches(r"^[a-f0-9]{64}$", "must be 64 lowercase hex digits")] | None = Field(
         None, description="Expected SHA-256 of the zip, hex."
+    )
+    # code signing (docs/code-signing.md): checked when the Function names a codeSigningConfig
+    signature: Annotated[StrictStr, Field(max_length=MAX_SIGNATURE_CHARS),
+                         Matches(r"^[A-Za-z0-9+/]+={0,2}$", "must be base64")] | None = Field(
+        None, description="Base64 detached signature over the zip's SHA-256 (ECDSA P-256 DER or Ed25519), "
+        "checked against the codeSigningConfig's publishers.",
     )
 
 
@@ -465,6 +472,11 @@ class FunctionConfig(SpecModel):
     # None, not [], when unset: a config without it keeps the digest it had before the field existed
     file_system_configs: Annotated[list[FileSystemConfig], Field(max_length=1)] | None = Field(
         None, alias="fileSystemConfigs", description="At most one file system (Lambda's limit)."
+    )
+    code_signing_config: KubeName | None = Field(
+        None, alias="codeSigningConfig",
+        description="A CodeSigningConfig in the namespace (Lambda CodeSigningConfigArn): the code and layers must be "
+        "signed by one of its publishers.",
     )
     async_invoke_config: AsyncInvokeConfig | None = Field(None, alias="asyncInvokeConfig")
     dead_letter_config: DeadLetterConfig | None = Field(None, alias="deadLetterConfig")

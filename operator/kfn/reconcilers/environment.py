@@ -94,18 +94,22 @@ def code_sha256(namespace: str, spec: Mapping[str, Any]) -> str:
         return inline_sha256(code["inline"]["files"])
     if "image" in code:
         return image_sha256(code["image"])
-    z = code["zip"]
+    return zip_sha256(namespace, code["zip"], "spec.code.zip")
+
+
+def zip_sha256(namespace: str, z: Mapping[str, Any], field_path: str) -> str:
+    """The digest of a ``zip:`` block (code or layer): a URL's from the spec, a ConfigMap's or Secret's read."""
     if "url" in z:
         return str(z["sha256"])
     ref_kind, ref = ("ConfigMap", z["configMapRef"]) if "configMapRef" in z else ("Secret", z["secretRef"])
-    data = read_zip(namespace, ref_kind, ref["name"], ref["key"], f"spec.code.zip.{'configMapRef' if ref_kind == 'ConfigMap' else 'secretRef'}")
+    data = read_zip(namespace, ref_kind, ref["name"], ref["key"], f"{field_path}.{'configMapRef' if ref_kind == 'ConfigMap' else 'secretRef'}")
     digest = bytes_sha256(data)
     if z.get("sha256") and z["sha256"] != digest:
         raise CodeUnavailable(
             cond.false(
                 cond.CODE_READY,
                 cond.CODE_CHANGED,
-                f"spec.code.zip: {ref_kind} {ref['name']} holds a zip with sha256 {digest}, not the {z['sha256']} the spec expects",
+                f"{field_path}: {ref_kind} {ref['name']} holds a zip with sha256 {digest}, not the {z['sha256']} the spec expects",
             )
         )
     return digest
@@ -211,14 +215,22 @@ def _claims(inp: EnvironmentInput) -> dict[str, dict[str, Any] | None]:
 
 
 def _held_for_file_system(inp: EnvironmentInput, problem: cond.Condition) -> tuple[list[cond.Condition], dict[str, Any], float | None]:
-    """A claim is missing: nothing is applied, and status says so (Lambda: LastUpdateStatus Failed, EFSMountFailure).
+    """A claim is missing: nothing is applied, and status says so (Lambda: LastUpdateStatus Failed, EFSMountFailure)."""
+    return hold(inp, [problem], EFS_MOUNT_FAILURE, 10.0)
+
+
+def hold(inp: EnvironmentInput, problems: list[cond.Condition], reason_code: str,
+         retry: float | None) -> tuple[list[cond.Condition], dict[str, Any], float | None]:
+    """Apply nothing for this configuration and say why (*problems*, the first one gating; Lambda's
+    LastUpdateStatus Failed with *reason_code*).
 
     Environments of the previous configuration, if any, keep serving; only when none does is it the state's reason.
     """
     live = k8s.get("Deployment", inp.namespace, inp.name)
-    conditions = [problem]
+    problem = problems[0]
+    conditions = list(problems)
     status: dict[str, Any] = {"endpoint": endpoint(inp), "scaling": inp.scaling,
-                              "lastUpdateStatus": "Failed", "lastUpdateStatusReasonCode": EFS_MOUNT_FAILURE,
+                              "lastUpdateStatus": "Failed", "lastUpdateStatusReasonCode": reason_code,
                               "lastUpdateStatusReason": problem.message}
     serving = live is not None and ((live.get("status") or {}).get("readyReplicas") or 0) > 0
     if live is not None:
@@ -228,8 +240,8 @@ def _held_for_file_system(inp: EnvironmentInput, problem: cond.Condition) -> tup
     if serving:
         status.update(stateReasonCode=None, stateReason=None)
     else:
-        status.update(stateReasonCode=EFS_MOUNT_FAILURE, stateReason=problem.message)
-    return conditions, status, 10.0
+        status.update(stateReasonCode=reason_code, stateReason=problem.message)
+    return conditions, status, retry
 
 
 def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], dict[str, Any], float | None]:

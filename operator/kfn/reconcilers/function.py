@@ -21,6 +21,7 @@ from kfn.scaler import decide as rules
 from kfn import k8s, names
 from kfn.models.base import SpecError
 from kfn.models.function import parse_function_spec
+from kfn.reconcilers.codesigning import reconcile_signed_environment
 from kfn.reconcilers.common import WAIT_SECONDS, Outcome, being_deleted, finish, invalid_spec, log
 from kfn.reconcilers.environment import (
     CodeUnavailable,
@@ -28,7 +29,6 @@ from kfn.reconcilers.environment import (
     provisioned_floor,
     capped_floor,
     read_zip,
-    reconcile_environment,
     version_config_sha256,
 )
 from kfn.resources import EnvironmentInput, Images, Owner
@@ -218,7 +218,9 @@ def _snapshot_code(body: Mapping[str, Any], number: int, config: dict[str, Any])
         # made by a pass that crashed before creating the version; immutable, so never rewritten
         # (should its zip differ from the version's codeSha256, the version reports CodeChanged)
         log.info("snapshot %s %s/%s exists already", ref_kind, meta["namespace"], name)
-    new_zip = {field: {"name": name, "key": ZIP_KEY}}
+    new_zip: dict[str, Any] = {field: {"name": name, "key": ZIP_KEY}}
+    if "signature" in z:  # the version is verified again (its codeSigningConfig came with the snapshot)
+        new_zip["signature"] = z["signature"]
     return {**config, "code": {"zip": new_zip}}
 
 
@@ -369,7 +371,7 @@ def reconcile_function(body: Mapping[str, Any], images: Images) -> Outcome:
         function_scaling=(body.get("spec") or {}).get("scaling") or {},
         previous_scaling=(body.get("status") or {}).get("scaling"),
     )
-    children, status, retry = reconcile_environment(inp)
+    children, status, retry = reconcile_signed_environment(inp)
     outcome.conditions = children
     outcome.status = {**status, "codeSha256": digest, "functionArn": _arn(namespace, function),
                       "url": names.function_url(url_base(), namespace, function) if spec.url else None}
@@ -399,8 +401,15 @@ def reconcile_function(body: Mapping[str, Any], images: Images) -> Outcome:
     outcome.conditions.insert(0, ready)
     failed = outcome.permanent or outcome.status.get("stateReasonCode")  # no environment can start
     # A refused reservation is not the function's state: it runs (as unreserved), as on Lambda.
-    outcome.status["state"] = "Active" if serving.is_true else ("Failed" if failed else "Pending")
+    outcome.status["state"] = "Active" if serving.is_true or held_but_serving(outcome.status) else (
+        "Failed" if failed else "Pending")
     return finish(body, outcome)
+
+
+def held_but_serving(status: Mapping[str, Any]) -> bool:
+    """An update was refused (LastUpdateStatus Failed) while environments of the previous code still serve: the
+    function is Active, as on Lambda after a failed UpdateFunctionCode."""
+    return status.get("lastUpdateStatus") == "Failed" and int(status.get("readyReplicas") or 0) > 0
 
 
 def reservation_condition(namespace: str, function: str, asked: int) -> cond.Condition:

@@ -10,9 +10,10 @@ from kfn import k8s, names
 from kfn.models.base import SpecError
 from kfn.models.version import parse_function_version_spec
 from kfn.reconcilers.alias import PROVISIONED_FAILED, PROVISIONED_READY, provisioned_status
+from kfn.reconcilers.codesigning import reconcile_signed_environment
 from kfn.reconcilers.common import WAIT_SECONDS, Outcome, being_deleted, finish, invalid_spec
-from kfn.reconcilers.environment import CodeUnavailable, code_sha256, provisioned_floor, capped_floor, reconcile_environment
-from kfn.reconcilers.function import aliases_of, by_number, ensure_function_label, versions_of
+from kfn.reconcilers.environment import CodeUnavailable, code_sha256, provisioned_floor, capped_floor
+from kfn.reconcilers.function import aliases_of, by_number, ensure_function_label, held_but_serving, versions_of
 from kfn.resources import EnvironmentInput, Images, Owner
 from kfn.scaler.autoscaling import requested
 
@@ -88,7 +89,7 @@ def reconcile_version(body: Mapping[str, Any], images: Images) -> Outcome:
         function_scaling=dict(fn_spec.get("scaling") or {}),  # its mode and burst apply to every version
         previous_scaling=(body.get("status") or {}).get("scaling"),
     )
-    children, status, retry = reconcile_environment(inp)
+    children, status, retry = reconcile_signed_environment(inp)
     outcome.conditions = children
     outcome.status = status
     outcome.retry_after = retry
@@ -97,7 +98,8 @@ def reconcile_version(body: Mapping[str, Any], images: Images) -> Outcome:
     ready = cond.summarize(children, f"version {version} serves at {status.get('endpoint', '')}")
     outcome.conditions.insert(0, ready)
     failed = outcome.permanent or outcome.status.get("stateReasonCode")  # no environment can start
-    outcome.status["state"] = "Active" if ready.is_true else ("Failed" if failed else "Pending")
+    outcome.status["state"] = "Active" if ready.is_true or held_but_serving(outcome.status) else (
+        "Failed" if failed else "Pending")
     # The version's own provisioned concurrency (PutProvisionedConcurrencyConfig with a version qualifier); the
     # reservation is the Function's now (it may have changed since publish), as Lambda checks it.
     reserved = fn_spec.get("reservedConcurrency")

@@ -44,6 +44,10 @@ _NAMESPACED: dict[tuple[str, str], tuple[str, ...]] = {
     # Function joins or leaves a group) writes status; it lists the namespace's Functions to name the users.
     (KFN, names.SECURITY_GROUP_PLURAL): ("get", "list", "watch", "patch"),
     (KFN, f"{names.SECURITY_GROUP_PLURAL}/status"): ("patch",),
+    # CodeSigningConfigs: reconcile_code_signing_config() (Kopf: list, watch, patch; get in finish()) writes
+    # status; kfn.reconcilers.codesigning.check() gets the one a Function names (publisher keys in Secrets: get).
+    (KFN, names.CODE_SIGNING_CONFIG_PLURAL): ("get", "list", "watch", "patch"),
+    (KFN, f"{names.CODE_SIGNING_CONFIG_PLURAL}/status"): ("patch",),
     # EventSourceMappings: reconcile_esm() (Kopf: list, watch, patch; get in finish()) writes status.
     (KFN, names.ESM_PLURAL): ("get", "list", "watch", "patch"),
     (KFN, f"{names.ESM_PLURAL}/status"): ("patch",),

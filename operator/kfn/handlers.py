@@ -32,7 +32,7 @@ from kfn import aio, health, k8s, metrics, names
 from kfn.reconcilers.alias import reconcile_alias
 from kfn.reconcilers.children import APPLIED
 from kfn.reconcilers.common import Outcome
-from kfn.reconcilers.environment import deployment_just_read, forget_seen
+from kfn.reconcilers.environment import deployment_just_read, forget_seen, status_follows
 from kfn.reconcilers.esm import reconcile_esm, source_condition_stale
 from kfn.reconcilers.function import RELATED, reconcile_function, versions_of
 from kfn.reconcilers.resync import RECENT
@@ -121,15 +121,15 @@ def controller_of(meta: Mapping[str, Any]) -> tuple[str, str] | None:
 
 
 def environments_changed(deployment: Mapping[str, Any], owner: tuple[str, str], namespace: str) -> dict[str, Any] | None:
-    """The owner (read now) if a Deployment's environments differ from what its status reports, else None."""
+    """The owner (read now) if its status does not yet say what the Deployment's state means (environment counts,
+    DeploymentReady, Available: see ``status_follows``), else None."""
     status = deployment.get("status") or {}
     if status.get("observedGeneration", 0) < deployment.get("metadata", {}).get("generation", 0):
         return None  # the controller has not caught up yet; another event follows
     body = k8s.get(owner[0], namespace, owner[1])
     if body is None:
         return None
-    reported = body.get("status") or {}
-    if (reported.get("replicas"), reported.get("readyReplicas")) == (status.get("replicas", 0), status.get("readyReplicas", 0)):
+    if status_follows(body.get("status") or {}, deployment):
         return None
     return body
 
@@ -145,7 +145,10 @@ class EnvironmentsSeen:
         if status.get("observedGeneration", 0) < meta.get("generation", 0):
             return False  # the controller has not caught up yet; another event follows
         reasons = tuple(sorted((c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or []))
-        now = (status.get("replicas", 0), status.get("readyReplicas", 0), status.get("updatedReplicas", 0), reasons)
+        # observedGeneration: a rollout that ends with the counts and reasons it began with (at zero environments)
+        # is still news to the owner, whose status said RollingOut meanwhile
+        now = (status.get("observedGeneration", 0), status.get("replicas", 0), status.get("readyReplicas", 0),
+               status.get("updatedReplicas", 0), reasons)
         key = (meta.get("namespace", ""), meta.get("name", ""))
         if self._seen.get(key) == now:
             return False

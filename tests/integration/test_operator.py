@@ -533,3 +533,37 @@ def test_two_versions_claiming_one_number_do_not_fight_over_its_deployment(opera
     owners = api.get("deployment", "dup-v1")["metadata"]["ownerReferences"]  # type: ignore[index]
     assert [o["name"] for o in owners] == ["dup-v1"], "the Deployment stays with the version that held the number first"
     assert api.ready("functionversion", "dup-v1")
+
+
+def test_deployment_ready_follows_a_rollout_that_finished(cluster: Any, crds_installed: list[str], namespace: str,
+                                                          tmp_path: Path, api: Api) -> None:
+    # Catches: status took a Deployment's event into account only when its replica counts changed, so a rollout
+    # that ends with the counts it began with (a function scaled to zero, the usual idle state) left the Function
+    # at DeploymentReady=RollingOut and LastUpdateStatus InProgress (`aws lambda wait function-updated` hangs).
+    # The resync is an hour away here: only the Deployment's own events can refresh status in time.
+    op = Operator(cluster, namespace, tmp_path, "--resync-seconds", "3600").start()
+    try:
+        api.apply([function("roll", architecture=NO_NODE_ARCH)])
+        api.wait_ready("function", "roll")
+        api.kubectl("scale", "deployment", "roll-latest", "--replicas=0")  # as the scaler leaves an idle function
+
+        def rolled_out() -> bool:
+            fn = api.get("function", "roll") or {}
+            c = api.condition("function", "roll", "DeploymentReady") or {}
+            return c.get("reason") == "RolledOut" and (fn.get("status") or {}).get("lastUpdateStatus") == "Successful"
+
+        wait_until(rolled_out, 60, "roll is rolled out at zero environments")
+        before = api.get("deployment", "roll-latest")
+        assert before is not None
+        api.apply([function("roll", "return {'ok': 2}", architecture=NO_NODE_ARCH)])
+
+        def deployment_done() -> bool:
+            d = api.get("deployment", "roll-latest") or {}
+            meta, st = d.get("metadata") or {}, d.get("status") or {}
+            return meta.get("generation", 0) > before["metadata"]["generation"] and \
+                st.get("observedGeneration") == meta.get("generation")
+
+        wait_until(deployment_done, 60, "the Deployment controller has rolled out the change")
+        wait_until(rolled_out, 30, "roll's status says the finished rollout (RolledOut, LastUpdateStatus Successful)")
+    finally:
+        op.stop()

@@ -78,3 +78,4 @@ def test_deployment_events_that_change_no_environment_count_are_skipped() -> Non
     assert seen.changed(dep(1))
     seen.forget(dep(1))
     assert seen.changed(dep(1))
+    assert seen.changed(dep(1, generation=3, observed=3)), "a rollout that finished with the same counts is news"

@@ -6,7 +6,7 @@ import pytest
 
 from kfn import conditions as cond
 from kfn.reconcilers.alias import resolve_weights, targets_of
-from kfn.reconcilers.environment import deployment_conditions, provisioned_floor
+from kfn.reconcilers.environment import deployment_conditions, provisioned_floor, status_follows
 from kfn.reconcilers.function import referenced_versions, versions_to_delete
 
 
@@ -103,6 +103,19 @@ def test_deployment_conditions():
     assert (ready.status, ready.reason) == ("False", cond.DEPLOYMENT_FAILED) and "stuck" in ready.message
     _, available = deployment_conditions(deployment(0, observedGeneration=2))
     assert available.reason == cond.SCALED_TO_ZERO
+
+
+def test_an_owner_follows_a_rollout_that_ends_with_the_counts_it_began_with():
+    # At zero environments a rollout changes no count: only DeploymentReady says it finished.
+    rolling = {"replicas": 0, "readyReplicas": 0, "conditions": [
+        {"type": cond.DEPLOYMENT_READY, "status": "True", "reason": cond.ROLLING_OUT},
+        {"type": cond.AVAILABLE, "status": "True", "reason": cond.SCALED_TO_ZERO}]}
+    done = deployment(0, observedGeneration=2)
+    assert not status_follows(rolling, done)
+    rolled = {**rolling, "conditions": [{"type": cond.DEPLOYMENT_READY, "status": "True", "reason": cond.ROLLED_OUT},
+                                        rolling["conditions"][1]]}
+    assert status_follows(rolled, done)
+    assert not status_follows({**rolled, "readyReplicas": 1}, done)  # counts still count
 
 
 def test_only_the_highest_live_peer_is_active():

@@ -169,6 +169,19 @@ def deployment_conditions(deployment: Mapping[str, Any]) -> tuple[cond.Condition
     return ready, _available(status, deployment)
 
 
+def status_follows(reported: Mapping[str, Any], deployment: Mapping[str, Any]) -> bool:
+    """Whether an owner's status (``reported``: a Function's or FunctionVersion's ``status``) already says what
+    its Deployment's state means: the environment counts, and DeploymentReady and Available (status and
+    reason, see :func:`deployment_conditions`). A rollout can end with the counts it began with (at zero
+    environments, or one replacing one): its end shows only in the conditions."""
+    status = deployment.get("status") or {}
+    counts = (status.get("replicas", 0), status.get("readyReplicas", 0))
+    if (reported.get("replicas"), reported.get("readyReplicas")) != counts:
+        return False
+    have = {c.get("type"): (c.get("status"), c.get("reason")) for c in reported.get("conditions") or []}
+    return all(have.get(c.type) == (c.status, c.reason) for c in deployment_conditions(deployment))
+
+
 def _available(status: Mapping[str, Any], deployment: Mapping[str, Any]) -> cond.Condition:
     desired = (deployment.get("spec") or {}).get("replicas", 1)
     ready = status.get("readyReplicas", 0)

@@ -3,7 +3,8 @@
 
 Both run the real awslambdaric runtime as their child (`kfn agent -- python -m awslambdaric ...` and
 `aws-lambda-rie python -m awslambdaric ...`) and are invoked over HTTP keep-alive from one client, one
-invocation at a time (an execution environment serves one at a time). Many short rounds alternate between the
+invocation at a time (an execution environment serves one at a time), each request in one write as kfn's
+gateway sends it (see OneWriteConnection). Many short rounds alternate between the
 two (A B, B A, A B ...), so a burst of the shared machine's other load lands on both alike rather than deciding
 one side's tail; p99 is taken over all invocations of each side. Prints a table and writes
 bench/results/agent_vs_rie.json.
@@ -71,6 +72,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class OneWriteConnection(http.client.HTTPConnection):
+    """A keep-alive client that writes each request (head and body) in one write, as kfn's gateway writes to an
+    agent (kfn/gateway/agentclient.py). http.client's own two writes (head, then body) let the server wake on
+    the head alone and the body then waits for the client's next turn on the CPU: on a loaded machine that
+    gap, not the server, was the largest part of the tail, for whichever server woke first."""
+
+    def _send_output(self, message_body=None, encode_chunked=False):  # type: ignore[no-untyped-def]
+        if not isinstance(message_body, bytes) or encode_chunked:
+            return super()._send_output(message_body, encode_chunked)
+        self._buffer.extend((b"", b""))
+        head = b"\r\n".join(self._buffer)
+        del self._buffer[:]
+        self.send(head + message_body)
+
+
 class Target:
     """One runtime host (kfn agent or RIE) with a keep-alive client connection."""
 
@@ -88,7 +104,7 @@ class Target:
 
     def invoke(self) -> float:
         if self.conn is None:
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            self.conn = OneWriteConnection("127.0.0.1", self.port, timeout=30)
         t0 = time.perf_counter()
         self.conn.request("POST", self.path, body=PAYLOAD, headers={"Content-Type": "application/json"})
         resp = self.conn.getresponse()

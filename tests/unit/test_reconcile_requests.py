@@ -136,13 +136,13 @@ def test_an_idle_resync_pass_lists_deployments_instead_of_a_get_per_function(mon
     monkeypatch.setattr(children, "APPLIED", memory)
     monkeypatch.setattr("kfn.reconcilers.resync.APPLIED", memory)
     monkeypatch.setattr("kfn.reconcilers.resync.RECENT", RecentlyReconciled())  # none reconciled lately
-    functions = [{"metadata": {"namespace": "ns", "name": n}} for n in ("f", "g")]
+    functions = [{"metadata": {"namespace": "ns", "name": n, "managedFields": [{"manager": "kubectl"}]}} for n in ("f", "g")]
     listed = [deployment_body("f-latest", "5", "f"), deployment_body("g-latest", "8", "g")]
     memory.observe("MODIFIED", listed[0])
     memory.observe("MODIFIED", deployment_body("g-latest", "9", "g"))  # g's changed after the list
     requests: list[str] = []
 
-    def list_objects(kind: str, ns: str | None, selector: str | None = None) -> list[dict[str, Any]]:
+    def list_objects(kind: str, ns: str | None, selector: str | None = None, limit: int = 0) -> list[dict[str, Any]]:
         requests.append(f"list {kind}")
         return {"Function": functions, "Deployment": listed}.get(kind, [])
 
@@ -154,8 +154,10 @@ def test_an_idle_resync_pass_lists_deployments_instead_of_a_get_per_function(mon
     def reconcile(kind: str, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
         seen[name] = environment._deployment_state("ns", f"{name}-latest")
+        seen[f"{name} managedFields"] = body["metadata"].get("managedFields")
 
     Resync(30, reconcile, ["ns"], 1, None).pass_once()
     assert seen["f"] == state_of(listed[0]), "as listed: nothing newer known"
     assert requests.count("list Deployment") == 1
+    assert seen["f managedFields"] is None, "a pass keeps no object's managedFields (memory)"
     assert [r for r in requests if r.startswith("get")] == ["get Deployment g-latest"], "g changed since: read"

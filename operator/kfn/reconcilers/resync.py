@@ -94,6 +94,17 @@ class RecentlyReconciled:
 RECENT = RecentlyReconciled()
 
 
+# Objects per list request in a pass (the API server's chunked list): bounds the list answer held at once, for a
+# few more requests per pass (a thousand Functions: four lists instead of one).
+OBJECTS_PAGE = 250
+
+
+def without_managed_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """*body* with ``metadata.managedFields`` dropped (in place; returned for chaining)."""
+    (body.get("metadata") or {}).pop("managedFields", None)
+    return body
+
+
 def state_of(deployment: Mapping[str, Any]) -> dict[str, Any]:
     """What a reconcile reads of a Deployment: identity, generation, annotations, owners, replicas, status."""
     meta = deployment.get("metadata") or {}
@@ -135,10 +146,13 @@ class Resync:
         return is_active(peers, identity, priority, datetime.datetime.now(datetime.timezone.utc))
 
     def objects(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every kfn object of the watched namespaces, read OBJECTS_PAGE at a time and kept without
+        ``metadata.managedFields`` (no reconcile reads a kfn object's own): a thousand Functions in one list
+        answer, parsed whole and kept whole for the pass, were steps of ten MB in the operator's peak memory."""
         out = []
         for kind in KINDS:
             for ns in self.namespaces or [None]:
-                out += [(kind, o) for o in k8s.list_objects(kind, ns)]
+                out += [(kind, without_managed_fields(o)) for o in k8s.list_pages(kind, ns, limit=OBJECTS_PAGE)]
         return out
 
     def deployments(self) -> dict[tuple[str, str, str], dict[str, Any]]:

@@ -3,8 +3,8 @@
 * create/update/resume of Function, FunctionVersion and Alias -> the kind's
   reconciler (level-based, so one function serves all three);
 * deletion of a child kfn made -> its owner's reconciler at once;
-* a Deployment whose environments (replicas, readiness) changed -> its owner's
-  reconciler, so status follows the pods;
+* a Deployment whose environments (replicas, readiness) or rollout state changed
+  -> its owner's reconciler, so status follows the pods and the rollout;
 * a function pod that cannot start (image pull, crash loop, code fetch) or
   whose runtime may have failed its init -> its owner's reconciler, so status
   says why no environment starts (``kfn.health``).

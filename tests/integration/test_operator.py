@@ -552,7 +552,7 @@ def test_deployment_ready_follows_a_rollout_that_finished(cluster: Any, crds_ins
             c = api.condition("function", "roll", "DeploymentReady") or {}
             return c.get("reason") == "RolledOut" and (fn.get("status") or {}).get("lastUpdateStatus") == "Successful"
 
-        wait_until(rolled_out, 60, "roll is rolled out at zero environments")
+        wait_until(rolled_out, 120, "roll is rolled out at zero environments")
         before = api.get("deployment", "roll-latest")
         assert before is not None
         api.apply([function("roll", "return {'ok': 2}", architecture=NO_NODE_ARCH)])
@@ -563,7 +563,7 @@ def test_deployment_ready_follows_a_rollout_that_finished(cluster: Any, crds_ins
             return meta.get("generation", 0) > before["metadata"]["generation"] and \
                 st.get("observedGeneration") == meta.get("generation")
 
-        wait_until(deployment_done, 60, "the Deployment controller has rolled out the change")
-        wait_until(rolled_out, 30, "roll's status says the finished rollout (RolledOut, LastUpdateStatus Successful)")
+        wait_until(deployment_done, 120, "the Deployment controller has rolled out the change")
+        wait_until(rolled_out, 60, "roll's status says the finished rollout (RolledOut, LastUpdateStatus Successful)")
     finally:
         op.stop()

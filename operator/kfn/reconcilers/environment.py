@@ -145,6 +145,10 @@ def capped_floor(floor: int, reserved: int | None) -> int:
     return floor if reserved is None else min(floor, int(reserved))
 
 
+# How soon a pass that left a changed version RollingOut looks again (reconcile_environment).
+ROLLOUT_RECHECK_SECONDS = 5.0
+
+
 def deployment_conditions(deployment: Mapping[str, Any]) -> tuple[cond.Condition, cond.Condition]:
     """DeploymentReady (gating) and Available (informational) from a Deployment's status."""
     status = deployment.get("status") or {}
@@ -308,6 +312,11 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
             if inp.scaling != keda.KEDA:  # in KEDA mode the ScaledObject's minReplicaCount is the floor
                 deployment_state = _apply_floor(deployment_state, inp.provisioned)
             ready, available = deployment_conditions(deployment_state)
+            if ready.reason == cond.ROLLING_OUT and int((deployment_state.get("metadata") or {}).get("generation") or 0) > 1:
+                # A rollout of a changed version: its end may show in a Deployment event handled before this pass
+                # writes its status (then that event found nothing to correct). Look again until it is rolled out.
+                # (A new Deployment's first rollout needs no look: its environment counts change with it.)
+                retry = retry or ROLLOUT_RECHECK_SECONDS
             problem = environments_problem(inp, deployment_state)
             version_problem = problem if problem is not None and not problem.rollout else None
             healthy = version_problem.condition() if version_problem else cond.true(cond.ENVIRONMENTS_HEALTHY, cond.NO_FAILURES)

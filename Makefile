@@ -25,18 +25,19 @@ $(VENV)/.installed: pyproject.toml
 	@$(PY) -c 'import kfn, boto3' || { echo "make venv: installing kfn[test] failed"; exit 1; }
 	@touch $@
 
-# The suite mostly waits on pods, so its non-destructive part runs on TEST_WORKERS pytest-xdist workers (a test
-# file stays on one worker; the files that install kfn or KEDA cluster-wide share one worker, tests/conftest.py);
-# the tests that kill or tear down the test bed then run alone, last. TEST_WORKERS=0 runs everything in one process.
-TEST_WORKERS ?= 3
+# The suite mostly waits on pods, so most of it runs on TEST_WORKERS pytest-xdist workers (a test file stays on one
+# worker; the files that install kfn cluster-wide share one worker: tests/conftest.py). Then, one at a time, the
+# files that need the node's CPU alone (node_exclusive) and last the tests that kill or take down the test bed.
+# TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: venv ## run every test: unit, integration and end-to-end (brings up the test bed as needed)
 	@set +e; \
 	  if [ "$(TEST_WORKERS)" = 0 ]; then $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc; fi; \
-	  echo "==> the suite on $(TEST_WORKERS) workers, except the tests that take the test bed down"; \
-	  $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not testbed_destructive" $(PYTEST_ARGS); rc=$$?; \
-	  [ $$rc -eq 5 ] && rc=0; \
-	  echo "==> the tests that kill or take down the test bed, alone (run only in CI or with --testbed-destructive)"; \
-	  $(PY) -m pytest -m testbed_destructive $(PYTEST_ARGS); rc2=$$?; [ $$rc2 -eq 5 ] && rc2=0; \
+	  echo "==> the suite on $(TEST_WORKERS) workers, except the tests that need the node alone or take it down"; \
+	  $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not testbed_destructive and not node_exclusive" \
+	    $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; \
+	  echo "==> one at a time: the tests that need the node's CPU alone, then those that kill or take down the test bed"; \
+	  $(PY) -m pytest -m "node_exclusive or testbed_destructive" $(PYTEST_ARGS); rc2=$$?; [ $$rc2 -eq 5 ] && rc2=0; \
 	  [ $$rc -ne 0 ] && exit $$rc; exit $$rc2
 
 unit: venv ## run the fast unit tests only

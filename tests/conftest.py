@@ -54,10 +54,21 @@ CLUSTER_WIDE_FILES = frozenset({
 })
 
 
+# Test files that need most of the node's CPU for themselves (many environments at once: burst, scale-out,
+# provisioned floors, a dozen signed/unsigned functions). Beside another worker's pods, theirs would stay Pending
+# on a two-core node; `make test` runs them one at a time after the parallel part (marker node_exclusive).
+NODE_EXCLUSIVE_FILES = frozenset({
+    "test_scaling.py", "test_pc_autoscaling.py", "test_keda.py", "test_esm_lag.py", "test_code_signing.py",
+    "test_gateway.py", "test_async.py", "test_file_systems.py",
+})
+NODE_EXCLUSIVE = "node_exclusive"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", f"{DESTRUCTIVE}: stops or kills test-bed components; runs last, only on kfn's own test bed"
     )
+    config.addinivalue_line("markers", f"{NODE_EXCLUSIVE}: needs the node's CPU alone; `make test` runs it serially")
     # pytest-xdist registers it too; registered here so --strict-markers holds when xdist is not loaded
     config.addinivalue_line("markers", "xdist_group(name): tests of one group run on one pytest-xdist worker")
 
@@ -107,6 +118,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         group = "cluster-wide" if item.path.name in CLUSTER_WIDE_FILES else item.path.name
         item.add_marker(pytest.mark.xdist_group(group))
+        if item.path.name in NODE_EXCLUSIVE_FILES:
+            item.add_marker(getattr(pytest.mark, NODE_EXCLUSIVE))
     # Tests that tear the test bed down run after everything else that needs it,
     # and only where nobody else is using it (CI) unless asked for.
     # The test-bed node tests that kill every component and take the cluster down (etcd wiped, the session's

@@ -16,8 +16,9 @@ verifies Sigstore bundles with Fulcio certificates and Rekor entries, not a bare
 ``.sig`` tag): the signature object of ``repo@sha256:<d>`` is stored in the registry as the tag
 ``sha256-<d>.sig``, whose layer is a *simple signing* JSON payload naming the image digest, with the base64
 ECDSA-SHA256 signature of that payload in the layer annotation ``dev.cosignproject.cosign/signature``.
-:func:`verify_cosign_payload` checks one such payload and signature; fetching them needs a registry, which the
-test bed does not run (docs/code-signing.md says what kfn does with images meanwhile).
+:func:`verify_cosign_payload` checks one such payload and signature; kfn reads no registry, so the pair comes with
+the image in ``spec.code.imageSignature`` (what ``cosign sign --upload=false --output-payload --output-signature``
+writes) and :func:`verify_image` checks it against the image's pinned digest (docs/code-signing.md).
 
 Lambda's outcomes (botocore service model): a signature that fails the integrity check is refused whatever the
 policy (``InvalidCodeSignatureException``); code not signed by an allowed publisher is refused under

@@ -2,7 +2,8 @@
 configuration, and the reconcile of a CodeSigningConfig itself (docs/code-signing.md).
 
 :func:`check` reads what the pure verifier (:mod:`kfn.signing`) needs: the CodeSigningConfig the configuration
-names, its publishers' keys (inline or from Secrets) and the digests of the code and layers, and returns what
+names, its publishers' keys (inline or from Secrets), the digests of the code and layers (an image's: its pinned
+reference, its cosign signature: ``code.imageSignature``), and returns what
 the reconciler reports and whether it may deploy. A missing config or an unusable key changes nothing that is
 serving (the reconciler holds, like a missing file system), and the condition names the object to fix.
 """

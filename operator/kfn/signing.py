@@ -16,8 +16,9 @@ verifies Sigstore bundles with Fulcio certificates and Rekor entries, not a bare
 ``.sig`` tag): the signature object of ``repo@sha256:<d>`` is stored in the registry as the tag
 ``sha256-<d>.sig``, whose layer is a *simple signing* JSON payload naming the image digest, with the base64
 ECDSA-SHA256 signature of that payload in the layer annotation ``dev.cosignproject.cosign/signature``.
-:func:`verify_cosign_payload` checks one such payload and signature; fetching them needs a registry, which the
-test bed does not run (docs/code-signing.md says what kfn does with images meanwhile).
+:func:`verify_cosign_payload` checks one such payload and signature; kfn reads no registry, so the pair comes with
+the image in ``spec.code.imageSignature`` (what ``cosign sign --upload=false --output-payload --output-signature``
+writes) and :func:`verify_image` checks it against the image's pinned digest (docs/code-signing.md).
 
 Lambda's outcomes (botocore service model): a signature that fails the integrity check is refused whatever the
 policy (``InvalidCodeSignatureException``); code not signed by an allowed publisher is refused under
@@ -193,6 +194,33 @@ def verify_cosign_payload(what: str, manifest_digest: str, payload: bytes, signa
     return verdict
 
 
+def verify_image(what: str, image: str, image_signature: Mapping[str, object] | None,
+                 publishers: Sequence[Publisher]) -> Verdict:
+    """Check an image against the cosign signature carried with it (``spec.code.imageSignature``: base64
+    ``payload`` and ``signature``, what ``cosign sign --upload=false --output-payload --output-signature`` writes).
+
+    The image must be pinned (``repo@sha256:<hex>``): a signature is over a manifest digest and a tag can move,
+    so a tag is Unsigned (no signature) or Untrusted (with one). Otherwise :func:`verify_cosign_payload` against
+    the pinned digest. A payload that is not base64 is Malformed.
+    """
+    if "@sha256:" not in image:
+        if not image_signature:
+            return Verdict(what, "Unsigned", f"no cosign signature (spec.code.imageSignature), and {image} is not "
+                                             "pinned: pin the image to a digest to verify its signature")
+        return Verdict(what, "Untrusted", f"{image} is a tag: pin the image to a digest to verify its signature")
+    digest = "sha256:" + image.rsplit("@sha256:", 1)[1]
+    if not image_signature:
+        # cosign's registry route (the ``sha256-<digest>.sig`` tag) needs a registry client kfn does not have
+        return Verdict(what, "Unsigned", f"no cosign signature of {digest} (spec.code.imageSignature); kfn does not "
+                                         "read signatures from a registry")
+    try:
+        payload = base64.b64decode(str(image_signature.get("payload") or ""), validate=True)
+    except (binascii.Error, ValueError):
+        return Verdict(what, "Malformed", "the cosign payload is not base64")
+    signature = image_signature.get("signature")
+    return verify_cosign_payload(what, digest, payload, str(signature) if signature else None, publishers)
+
+
 @dataclass(frozen=True)
 class Decision:
     """What a code signing config makes of the verdicts: deploy or not, and the condition to report."""
@@ -245,17 +273,17 @@ def code_signing_config_id(uid: str) -> str:
     return "csc-" + "".join(chars)
 
 
-def artifacts(config: Mapping[str, object]) -> list[tuple[str, Mapping[str, object] | str]]:
+def artifacts(config: Mapping[str, object]) -> list[tuple[str, Mapping[str, object]]]:
     """The artifacts a code signing config covers in a function configuration, as (field path, source):
-    the code (a ``zip`` block, ``inline`` files or an image reference) and each layer's zip (Lambda checks the
-    function's code and its layers)."""
+    the code (a ``zip`` block, ``inline`` files, or for an image the ``code`` block itself: ``image`` and
+    ``imageSignature``) and each layer's zip (Lambda checks the function's code and its layers)."""
     code = config.get("code") or {}
     assert isinstance(code, Mapping)
-    out: list[tuple[str, Mapping[str, object] | str]] = []
+    out: list[tuple[str, Mapping[str, object]]] = []
     if "zip" in code:
         out.append(("spec.code.zip", code["zip"]))
     elif "image" in code:
-        out.append(("spec.code.image", str(code["image"])))
+        out.append(("spec.code.image", code))
     else:
         out.append(("spec.code.inline", code.get("inline") or {}))
     for i, layer in enumerate(config.get("layers") or []):  # type: ignore[union-attr]

@@ -6,6 +6,11 @@ gets a Deployment (no pod runs it) and the status says why in Lambda's words; Wa
 a Warning Event; a config that does not exist is named; an update to unsigned code leaves the serving environments
 of the signed code alone. Signatures are made the way ``openssl dgst -sha256 -sign`` / ``cosign sign-blob --key``
 make them (ECDSA P-256 over the zip), with the key in a Secret as ``cosign.pub``.
+
+Images: an image on the node pinned by its manifest digest carries cosign's signature in ``code.imageSignature``
+(the payload and signature ``cosign sign --upload=false --output-payload --output-signature`` writes, built here
+as cosign builds them): signed by the key, it runs and answers; signed by another key, or a signature of another
+digest, it never runs.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +26,11 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from podrig import Bed, bed, fn, invoke, make_zip, ready_addresses, serving_address, wait_until, zip_config_map
+from podrig import (Bed, bed, fn, invoke, make_zip, ready_addresses, runtime_image, serving_address, wait_until,
+                    zip_config_map)
+from test_code_sources import RUNTIME_LOOP
+
+from kfn import signing
 
 pytestmark = pytest.mark.e2e
 __all__ = ["bed"]  # the module-scoped fixture
@@ -51,6 +61,28 @@ def signing_config(name: str, policy: str, profile: dict[str, Any]) -> dict[str,
                      "codeSigningPolicies": {"untrustedArtifactOnDeployment": policy}}}
 
 
+def pinned(cluster: Any, ref: str) -> str:
+    """*ref* (an image the node has) as ``repo@sha256:<manifest digest>``, the name a registry pull would also
+    give it, so the node finds the pinned image without a registry (what testbed/images.sh does for kfn's)."""
+    ctr = ["ctr", "-a", cluster.settings["CONTAINERD_SOCK"], "-n", "k8s.io", "images"]
+    listed = subprocess.run([*ctr, "ls"], capture_output=True, text=True, check=True).stdout.splitlines()
+    digest = next(line.split()[2] for line in listed if line.split()[:1] == [ref])
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), digest
+    at_digest = f"{ref.rsplit(':', 1)[0]}@{digest}"
+    subprocess.run([*ctr, "tag", "--force", ref, at_digest], capture_output=True, text=True, check=True)
+    return at_digest
+
+
+def cosign_sign(key: ec.EllipticCurvePrivateKey, image_at_digest: str) -> dict[str, str]:
+    """``code.imageSignature`` as ``cosign sign --key cosign.key --upload=false --output-payload payload.json
+    --output-signature sig IMAGE@sha256:...`` writes it: the simple signing payload naming the digest (identity:
+    the repository as go-containerregistry names it), and the base64 ECDSA-SHA256 signature of those bytes."""
+    repo, digest = image_at_digest.split("@", 1)
+    payload = signing.cosign_payload(repo.replace("docker.io/", "index.docker.io/", 1), digest)
+    return {"payload": base64.b64encode(payload).decode(), "signature": sign(key, payload)}
+
+
+ELSEWHERE = "sha256:" + "0" * 64  # another image's digest: its signature replayed onto the test's image
 SCHEMA_AT_APPLY: dict[str, str] = {}  # CRD -> metadata.generation right after this module's objects were applied
 
 
@@ -103,6 +135,8 @@ def world(bed: Bed, testbed_images: Any, cluster: Any) -> dict[str, Any]:
     good = make_zip({"app.py": HANDLER % "signed"})
     evil = make_zip({"app.py": HANDLER % "tampered"})
     unsigned = make_zip({"app.py": HANDLER % "unsigned"})
+    image = pinned(cluster, runtime_image("test-runtime", {"/runtime/loop.py": RUNTIME_LOOP},
+                                          ["/usr/bin/python3", "/runtime/loop.py", "image"], cluster))
     apply_with_our_schema(bed, cluster, [
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "release-key"}, "type": "Opaque",
          "data": {"cosign.pub": base64.b64encode(pem(publisher).encode()).decode()}},
@@ -117,10 +151,16 @@ def world(bed: Bed, testbed_images: Any, cluster: Any) -> dict[str, Any]:
         zip_function("warned", "unsigned", "warn"),
         zip_function("orphan", "good", "no-such-config", sign(publisher, good)),
         fn("image", code={"image": "docker.io/kfn/python3.11:any"}, codeSigningConfig="enforce"),
+        fn("image-signed", code={"image": image, "imageSignature": cosign_sign(publisher, image)},
+           codeSigningConfig="enforce", publish=1),
+        fn("image-stranger", code={"image": image, "imageSignature": cosign_sign(stranger, image)},
+           codeSigningConfig="enforce"),
+        fn("image-replayed", code={"image": image, "imageSignature": cosign_sign(publisher, f"{image.split('@')[0]}@{ELSEWHERE}")},
+           codeSigningConfig="enforce"),
     ])
     assert bed.api.get("function", "signed")["spec"].get("codeSigningConfig") == "enforce", (
         "the API server pruned spec.codeSigningConfig: the Function CRD installed is not this branch's")
-    return {"publisher": publisher, "unsigned": unsigned}
+    return {"publisher": publisher, "unsigned": unsigned, "image": image}
 
 
 def refused(bed: Bed, name: str, reason: str) -> dict[str, Any]:
@@ -150,10 +190,13 @@ def test_signed_code_is_deployed_and_answers(bed: Bed, world: dict[str, Any]) ->
     ("tampered", "verifies with no allowed publisher's key"),
     ("stranger", "verifies with no allowed publisher's key"),
     ("unsigned", "no signature"),
+    ("image-stranger", "verifies with no allowed publisher's key"),
+    ("image-replayed", f"the cosign signature is for {ELSEWHERE}, not sha256:"),
 ])
 def test_untrusted_code_under_enforce_never_runs(bed: Bed, world: dict[str, Any], name: str, why: str) -> None:
     """Catches: a changed zip, a zip signed by a key the config does not trust, or an unsigned one getting a
-    Deployment (a pod running it) under Enforce, or a status that does not say why."""
+    Deployment (a pod running it) under Enforce, or a status that does not say why; for images, a cosign signature
+    by a key the config does not trust, or a valid signature of another image's digest replayed onto this one."""
     status = refused(bed, name, "CodeVerificationFailed")
     assert status["state"] == "Failed" and status["lastUpdateStatus"] == "Failed"
     assert status["stateReasonCode"] == "CodeVerificationFailed"
@@ -189,12 +232,38 @@ def test_a_missing_code_signing_config_is_named_and_nothing_runs(bed: Bed, world
     assert bed.api.get("deployment", "orphan-latest") is None
 
 
-def test_an_image_under_enforce_is_refused_until_image_signatures_can_be_read(bed: Bed, world: dict[str, Any]) -> None:
-    """Catches: an image function running unverified under Enforce (kfn cannot read cosign signatures without a
-    registry: it must refuse, not trust)."""
+def test_an_unsigned_image_tag_under_enforce_is_refused(bed: Bed, world: dict[str, Any]) -> None:
+    """Catches: an image function running unverified under Enforce (no imageSignature, and a tag, which a
+    signature of a digest cannot cover: it must refuse, not trust)."""
     status = refused(bed, "image", "CodeVerificationFailed")
-    assert "spec.code.image" in condition(status, "Ready")["message"]
+    message = condition(status, "Ready")["message"]
+    assert "spec.code.image" in message and "pin the image to a digest to verify its signature" in message
     assert bed.api.get("deployment", "image-latest") is None
+
+
+def test_a_signed_image_pinned_by_digest_is_deployed_and_answers(bed: Bed, world: dict[str, Any]) -> None:
+    """Catches: a valid cosign signature carried in code.imageSignature refused (payload not decoded, the digest
+    not taken from the pinned reference), or the pinned image not run."""
+    reply = invoke(serving_address(bed, "image-signed"), "image-signed", {"n": 1})
+    assert reply.status == 200, reply.body
+    assert (reply.json()["runtime"], reply.json()["echo"]) == ("image", {"n": 1})  # the signed image's own loop
+    signed = condition(bed.api.get("function", "image-signed")["status"], "CodeSigned")
+    assert signed["status"] == "True" and signed["reason"] == "SignatureVerified"
+    assert "spec.code.image signed by release" in signed["message"]
+
+
+def test_a_published_image_version_keeps_its_signature_and_is_verified_again(bed: Bed, world: dict[str, Any]) -> None:
+    """Catches: the version's snapshot of the code dropping imageSignature (the version would be refused under
+    Enforce), or the version deployed without being checked."""
+    version = bed.api.wait_ready("functionversion", "image-signed-v1", timeout=240)
+    code = version["spec"]["config"]["code"]
+    assert code["image"] == world["image"] and code["imageSignature"]["signature"]
+    signed = condition(version["status"], "CodeSigned")
+    assert signed["status"] == "True" and "spec.code.image signed by release" in signed["message"]
+    address = wait_until(lambda: (ready_addresses(bed.api, "image-signed-v1") or [None])[0], 360,
+                         "image version 1 has a ready execution environment", interval=1)
+    reply = invoke(address, "image-signed:1", {"n": 2})
+    assert reply.status == 200 and reply.json()["echo"] == {"n": 2}, reply.body
 
 
 def test_a_published_version_keeps_its_signature_and_is_verified_again(bed: Bed, world: dict[str, Any]) -> None:

@@ -129,11 +129,62 @@ def test_cosign_payload_signatures_are_bound_to_the_image_digest(ec_key: ec.Elli
     assert signing.verify_cosign_payload("spec.code.image", digest, payload, None, ci).outcome == "Unsigned"
 
 
+def image_signature(key: ec.EllipticCurvePrivateKey, digest: str) -> dict[str, str]:
+    """What ``cosign sign --upload=false --output-payload --output-signature`` writes, base64."""
+    payload = signing.cosign_payload("index.docker.io/kfn/app", digest)
+    return {"payload": base64.b64encode(payload).decode(), "signature": ec_sign(key, payload)}
+
+
+def test_a_pinned_image_verifies_against_the_signature_it_carries(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    ci = [signing.load_public_key("ci", pem(ec_key))]
+    digest = "sha256:" + "a" * 64
+    good = signing.verify_image("spec.code.image", "kfn/app@" + digest, image_signature(ec_key, digest), ci)
+    assert good.trusted and good.publisher == "ci"
+    other = ec.generate_private_key(ec.SECP256R1())
+    stranger = signing.verify_image("spec.code.image", "kfn/app@" + digest, image_signature(other, digest), ci)
+    assert stranger.outcome == "Untrusted" and "no allowed publisher's key" in stranger.detail
+    moved = signing.verify_image("spec.code.image", "kfn/app@sha256:" + "b" * 64, image_signature(ec_key, digest), ci)
+    assert moved.outcome == "Untrusted" and f"is for {digest}, not sha256:bbbb" in moved.detail
+
+
+def test_an_unpinned_or_unsigned_image_is_not_trusted(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    ci = [signing.load_public_key("ci", pem(ec_key))]
+    digest = "sha256:" + "a" * 64
+    tagged = signing.verify_image("spec.code.image", "kfn/app:1", image_signature(ec_key, digest), ci)
+    assert tagged.outcome == "Untrusted" and "pin the image to a digest to verify its signature" in tagged.detail
+    bare = signing.verify_image("spec.code.image", "kfn/app:1", None, ci)
+    assert bare.outcome == "Unsigned" and "pin the image to a digest" in bare.detail
+    unsigned = signing.verify_image("spec.code.image", "kfn/app@" + digest, None, ci)
+    assert unsigned.outcome == "Unsigned" and "no cosign signature of sha256:aaaa" in unsigned.detail
+    garbled = signing.verify_image("spec.code.image", "kfn/app@" + digest, {"payload": "%%", "signature": "AAAA"}, ci)
+    assert garbled.outcome == "Malformed"
+
+
+def test_image_signature_needs_an_image_and_has_limits() -> None:
+    digest = "sha256:" + "a" * 64
+    sig = {"payload": "e30=", "signature": "AAAA"}
+    spec = parse_function_spec({"code": {"image": "kfn/app@" + digest, "imageSignature": sig}})
+    assert spec.config().to_api()["code"]["imageSignature"] == sig
+    with pytest.raises(SpecError, match="imageSignature needs code.image"):
+        parse_function_spec({"runtime": "python3.11", "handler": "a.h",
+                             "code": {"inline": {"files": {"a.py": ""}}, "imageSignature": sig}})
+    with pytest.raises(SpecError, match="spec.code.imageSignature.payload: .*8192"):
+        parse_function_spec({"code": {"image": "x", "imageSignature": {**sig, "payload": "A" * 8196}}})
+    with pytest.raises(SpecError, match="spec.code.imageSignature.signature: must be base64"):
+        parse_function_spec({"code": {"image": "x", "imageSignature": {**sig, "signature": "not base64!"}}})
+    crd = next(c for c in make_crds() if c["spec"]["names"]["kind"] == "Function")
+    code = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["code"]
+    assert code["properties"]["imageSignature"]["required"] == ["payload", "signature"]
+    assert {"rule": "!has(self.imageSignature) || has(self.image)", "message": "imageSignature needs code.image",
+            "fieldPath": ".imageSignature", "reason": "FieldValueForbidden"} in code["x-kubernetes-validations"]
+
+
 def test_artifacts_are_the_code_and_every_layer() -> None:
     config = {"code": {"zip": {"url": "https://x/c.zip", "sha256": DIGEST}},
               "layers": [{"name": "a", "zip": {"url": "https://x/a.zip", "sha256": DIGEST}}]}
     assert [what for what, _ in signing.artifacts(config)] == ["spec.code.zip", "spec.layers[0].zip"]
-    assert signing.artifacts({"code": {"image": "repo@sha256:" + "c" * 64}}) == [("spec.code.image", "repo@sha256:" + "c" * 64)]
+    image = {"image": "repo@sha256:" + "c" * 64, "imageSignature": {"payload": "e30=", "signature": "AAAA"}}
+    assert signing.artifacts({"code": image}) == [("spec.code.image", image)]  # the signature travels with the image
 
 
 def test_the_config_id_has_lambdas_shape() -> None:
@@ -224,12 +275,18 @@ def test_a_missing_config_or_key_holds_and_names_it(monkeypatch: Any, objects: d
     assert (held.reason_code, held.conditions[0].message) == (reason, message)
 
 
-def test_inline_code_and_images_are_never_trusted(monkeypatch: Any, ec_key: ec.EllipticCurvePrivateKey) -> None:
+def test_inline_code_is_never_trusted_and_images_carry_their_signature(monkeypatch: Any,
+                                                                         ec_key: ec.EllipticCurvePrivateKey) -> None:
     from kfn.reconcilers import codesigning
 
-    fake_api(monkeypatch, {("CodeSigningConfig", "release"): csc("Warn", {"name": "ci", "publicKey": pem(ec_key).decode()})})
+    fake_api(monkeypatch, {("CodeSigningConfig", "release"): csc("Enforce", {"name": "ci", "publicKey": pem(ec_key).decode()})})
     inline = codesigning.check("ns", {"codeSigningConfig": "release", "code": {"inline": {"files": {"a.py": ""}}}})
-    assert inline is not None and inline.deploy and "inline code cannot carry a signature" in inline.conditions[0].message
-    image = codesigning.check("ns", {"codeSigningConfig": "release", "code": {"image": "repo@sha256:" + "d" * 64}})
-    assert image is not None and image.conditions[0].status == "False"
-    assert "image signatures are not verified yet" in image.conditions[0].message
+    assert inline is not None and not inline.deploy and "inline code cannot carry a signature" in inline.conditions[0].message
+    digest = "sha256:" + "d" * 64
+    image = codesigning.check("ns", {"codeSigningConfig": "release", "code": {"image": "repo@" + digest}})
+    assert image is not None and not image.deploy and "no cosign signature of sha256:dddd" in image.conditions[0].message
+    signed = codesigning.check("ns", {"codeSigningConfig": "release", "code": {
+        "image": "repo@" + digest, "imageSignature": image_signature(ec_key, digest)}})
+    assert signed is not None and signed.deploy
+    assert [(c.type, c.status, c.message) for c in signed.conditions] == [
+        ("CodeSigned", "True", "spec.code.image signed by ci (CodeSigningConfig release)")]

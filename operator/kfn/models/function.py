@@ -61,6 +61,10 @@ INLINE_MAX_CHARS = 256 * 1024
 INLINE_PATH_PATTERN = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"
 MAX_LAYERS = 5
 MAX_SIGNATURE_CHARS = 1024  # base64 of an ECDSA (at most 72 bytes) or Ed25519 (64) signature, with room
+# base64 of cosign's simple signing payload: about 250 bytes for a bare signature, room for `cosign sign -a k=v`
+# annotations (the "optional" object)
+MAX_COSIGN_PAYLOAD_CHARS = 8192
+BASE64_PATTERN = r"^[A-Za-z0-9+/]+={0,2}$"
 
 KubeName = Annotated[
     StrictStr,
@@ -142,6 +146,21 @@ class ZipSource(SpecModel):
     )
 
 
+class ImageSignature(SpecModel):
+    """A cosign key-based image signature carried in the resource (no registry): the two files ``cosign sign
+    --key cosign.key --upload=false --output-payload payload.json --output-signature sig IMAGE@sha256:...``
+    writes (docs/code-signing.md)."""
+
+    payload: Annotated[StrictStr, Field(min_length=1, max_length=MAX_COSIGN_PAYLOAD_CHARS),
+                       Matches(BASE64_PATTERN, "must be base64")] = Field(
+        description="Base64 of cosign's simple signing payload (payload.json) naming the image's digest.",
+    )
+    signature: Annotated[StrictStr, Field(min_length=1, max_length=MAX_SIGNATURE_CHARS),
+                         Matches(BASE64_PATTERN, "must be base64")] = Field(
+        description="The base64 signature cosign wrote (sig): ECDSA P-256 over the payload.",
+    )
+
+
 class InlineSource(SpecModel):
     """Source files written into the resource itself (small functions, examples)."""
 
@@ -179,12 +198,24 @@ class Code(SpecModel):
             message="must set exactly one of inline, zip or image",
             check=lambda c: sum(x is not None for x in (c.inline, c.zip, c.image)) == 1,
         ),
+        Rule(
+            cel="!has(self.imageSignature) || has(self.image)",
+            message="imageSignature needs code.image",
+            field_path=".imageSignature",
+            reason="FieldValueForbidden",
+            check=lambda c: c.image_signature is None or c.image is not None,
+        ),
     )
 
     inline: InlineSource | None = Field(None, description="Source files in the resource.")
     zip: ZipSource | None = Field(None, description="A Lambda deployment package (.zip).")
     image: Annotated[StrictStr, Field(min_length=1, max_length=512)] | None = Field(
         None, description="A Lambda container image (with a Runtime Interface Client)."
+    )
+    # code signing (docs/code-signing.md): checked when the Function names a codeSigningConfig
+    image_signature: ImageSignature | None = Field(
+        None, alias="imageSignature",
+        description="cosign's signature of the image's digest (payload and signature), for a codeSigningConfig.",
     )
 
 

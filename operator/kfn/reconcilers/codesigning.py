@@ -2,7 +2,8 @@
 configuration, and the reconcile of a CodeSigningConfig itself (docs/code-signing.md).
 
 :func:`check` reads what the pure verifier (:mod:`kfn.signing`) needs: the CodeSigningConfig the configuration
-names, its publishers' keys (inline or from Secrets) and the digests of the code and layers, and returns what
+names, its publishers' keys (inline or from Secrets), the digests of the code and layers (an image's: its pinned
+reference, its cosign signature: ``code.imageSignature``), and returns what
 the reconciler reports and whether it may deploy. A missing config or an unusable key changes nothing that is
 serving (the reconciler holds, like a missing file system), and the condition names the object to fix.
 """
@@ -22,7 +23,6 @@ from kfn.models.codesigning import parse_code_signing_config_spec
 from kfn.reconcilers.common import WAIT_SECONDS, Outcome, being_deleted, finish, invalid_spec
 from kfn.reconcilers.environment import CodeUnavailable, hold, reconcile_environment, zip_sha256
 from kfn.resources import EnvironmentInput
-from kfn.resources.code import image_sha256
 
 CODE_SIGNED = cond.CODE_SIGNED
 
@@ -72,14 +72,10 @@ def load_publishers(namespace: str, config_name: str, spec: Mapping[str, Any]) -
     return out
 
 
-def _verdict(namespace: str, what: str, source: Mapping[str, Any] | str, publishers: list[signing.Publisher],
+def _verdict(namespace: str, what: str, source: Mapping[str, Any], publishers: list[signing.Publisher],
              code_digest: str | None) -> signing.Verdict:
-    if isinstance(source, str):
-        # cosign signatures live in a registry (``sha256-<digest>.sig``); kfn has no registry client yet
-        # (docs/code-signing.md), so an image is never trusted: refused under Enforce, warned about under Warn.
-        digest = f"sha256:{image_sha256(source)}" if "@sha256:" in source else "its tag (not pinned to a digest)"
-        return signing.Verdict(what, "Unsigned", f"kfn cannot read the cosign signature of {source} "
-                                                 f"({digest}): image signatures are not verified yet")
+    if what == "spec.code.image":  # the signature comes with the image (no registry is read)
+        return signing.verify_image(what, str(source["image"]), source.get("imageSignature"), publishers)
     if what == "spec.code.inline":
         return signing.Verdict(what, "Unsigned", "inline code cannot carry a signature; use a signed zip")
     # the code's digest is known (the reconciler hashed the zip already); layers are read here

@@ -54,12 +54,15 @@ CLUSTER_WIDE_FILES = frozenset({
 })
 
 
-# Test files that need most of the node's CPU for themselves (many environments at once: burst, scale-out,
-# provisioned floors, a dozen signed/unsigned functions). Beside another worker's pods, theirs would stay Pending
-# on a two-core node; `make test` runs them one at a time after the parallel part (marker node_exclusive).
+# Test files that need the node or the cluster to themselves; `make test` runs them one at a time after the
+# parallel part (marker node_exclusive):
+# - most of the node's CPU (many environments at once: burst, scale-out, provisioned floors, a dozen signed and
+#   unsigned functions): beside another worker's pods, theirs would stay Pending on a two-core node;
+# - test_chart_install.py installs a copy of kfn's CRDs in a group of its own, with the same resource and short
+#   names (`function`, `fn`): while they exist, another test's `kubectl get function` would resolve to them.
 NODE_EXCLUSIVE_FILES = frozenset({
     "test_scaling.py", "test_pc_autoscaling.py", "test_keda.py", "test_esm_lag.py", "test_code_signing.py",
-    "test_gateway.py", "test_async.py", "test_file_systems.py",
+    "test_gateway.py", "test_async.py", "test_file_systems.py", "test_chart_install.py",
 })
 NODE_EXCLUSIVE = "node_exclusive"
 

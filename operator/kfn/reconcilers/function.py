@@ -408,8 +408,10 @@ def reconcile_function(body: Mapping[str, Any], images: Images) -> Outcome:
 
 def held_but_serving(status: Mapping[str, Any]) -> bool:
     """An update was refused (LastUpdateStatus Failed) while environments of the previous code still serve: the
-    function is Active, as on Lambda after a failed UpdateFunctionCode."""
-    return status.get("lastUpdateStatus") == "Failed" and int(status.get("readyReplicas") or 0) > 0
+    function is Active, as on Lambda after a failed UpdateFunctionCode. Not when the environments themselves fail
+    (a stateReasonCode such as an init error: their pods stay Ready so that the next invoke retries the init)."""
+    return (status.get("lastUpdateStatus") == "Failed" and int(status.get("readyReplicas") or 0) > 0
+            and not status.get("stateReasonCode"))
 
 
 def reservation_condition(namespace: str, function: str, asked: int) -> cond.Condition:

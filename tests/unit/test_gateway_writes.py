@@ -435,14 +435,38 @@ def test_an_update_is_in_progress_until_the_previous_environments_are_gone() -> 
     _, _, body = control.handle("GET", "/2015-03-31/functions/hello/configuration", {}, catalog(), fx.SETTINGS)
     assert json.loads(body)["LastUpdateStatus"] == "Successful"
 
-    def deployment(generation: int, observed: int, desired: int, replicas: int, updated: int) -> dict[str, Any]:
-        return {"metadata": {"generation": generation}, "spec": {"replicas": desired},
+    def deployment(generation: int, observed: int, desired: int, replicas: int, updated: int,
+                   code: str = "v2") -> dict[str, Any]:
+        return {"metadata": {"generation": generation}, "spec": {"replicas": desired, "template": {"code": code}},
                 "status": {"observedGeneration": observed, "replicas": replicas, "updatedReplicas": updated}}
 
     assert deployment_rolling_out(deployment(3, 2, 1, 1, 1))  # the controller has not seen the new template
+    assert deployment_rolling_out(deployment(3, 2, 1, 1, 1), {"code": "v1"})
     assert deployment_rolling_out(deployment(3, 3, 1, 2, 1))  # the old pod still runs beside the new one
     assert not deployment_rolling_out(deployment(3, 3, 1, 1, 1))
     assert not deployment_rolling_out(deployment(3, 3, 0, 0, 0))  # scaled to zero
+    assert not deployment_rolling_out(deployment(3, 3, 1, 2, 2))  # scaling down: every pod runs the current code
+
+
+def test_a_replica_count_change_the_controller_has_not_seen_is_no_update() -> None:
+    # CI: GetFunction said LastUpdateStatus InProgress right after function_active_v2 because the scaler had just
+    # changed the Deployment's replicas (a new generation, not yet observed) although its code had not changed.
+    from kfn.gateway.catalog import Catalog
+
+    def deployment(generation: int, observed: int, replicas: int, code: str) -> dict[str, Any]:
+        return {"metadata": {"namespace": fx.NS, "name": "hello-latest", "generation": generation,
+                             "labels": {"kfn.dev/function": "hello", "kfn.dev/version": "latest"}},
+                "spec": {"replicas": replicas, "template": {"spec": {"image": code}}},
+                "status": {"observedGeneration": observed, "replicas": 1, "updatedReplicas": 1}}
+
+    cat = Catalog()
+    cat.apply("Deployment", "ADDED", deployment(1, 1, 1, "v1"))
+    cat.apply("Deployment", "MODIFIED", deployment(2, 1, 3, "v1"))
+    assert not cat.rolling_out(fx.NS, "hello", "$LATEST")
+    cat.apply("Deployment", "MODIFIED", deployment(3, 1, 3, "v2"))
+    assert cat.rolling_out(fx.NS, "hello", "$LATEST")
+    cat.apply("Deployment", "MODIFIED", deployment(3, 3, 3, "v2"))
+    assert not cat.rolling_out(fx.NS, "hello", "$LATEST")
 
 
 def test_read_your_writes_never_pins_a_state_older_than_the_watch_delivered() -> None:

@@ -77,15 +77,17 @@ def version_of(obj: dict[str, Any]) -> VersionKey | None:
     return VersionKey(str(meta.get("namespace") or ""), str(fn), names.lambda_version(version))
 
 
-def deployment_rolling_out(deployment: dict[str, Any]) -> bool:
-    """Whether pods of an earlier template may still serve: the controller has not seen the latest spec, or not every
-    environment it runs is of the current template (``updatedReplicas``/``replicas`` vs ``spec.replicas``)."""
+def deployment_rolling_out(deployment: dict[str, Any], settled_template: Any = None) -> bool:
+    """Whether pods of an earlier template may still serve: the controller has not seen a new pod template yet, or
+    not every environment it runs is of the current template (``replicas`` vs ``updatedReplicas``).
+
+    *settled_template* is the pod template of the last generation the controller had observed: a generation it has
+    not observed yet whose template is that one only changed the replica count (the scaler), which is no update.
+    Scaling down is no update either: the environments that stay run the current code."""
     meta, spec, status = deployment.get("metadata") or {}, deployment.get("spec") or {}, deployment.get("status") or {}
-    desired = int(spec.get("replicas", 1) or 0)
     if int(status.get("observedGeneration", 0) or 0) < int(meta.get("generation", 0) or 0):
-        return True
-    return int(status.get("replicas", 0) or 0) > int(status.get("updatedReplicas", 0) or 0) or \
-        int(status.get("replicas", 0) or 0) > desired
+        return settled_template is None or spec.get("template") != settled_template
+    return int(status.get("replicas", 0) or 0) > int(status.get("updatedReplicas", 0) or 0)
 
 
 class Catalog:
@@ -96,6 +98,8 @@ class Catalog:
         self._slices: dict[tuple[str, str], tuple[VersionKey, list[str]]] = {}
         self._environments: dict[VersionKey, list[str]] = {}
         self._replicas: dict[VersionKey, int] = {}
+        # Per Deployment, the pod template of the last generation its controller observed (see rolling_out).
+        self._settled_templates: dict[tuple[str, str], Any] = {}
         self.on_environments: list[Callable[[VersionKey, list[str]], None]] = []
 
     # --- fed by the watchers -------------------------------------------------------------------------------
@@ -106,6 +110,9 @@ class Catalog:
             self._drop(kind, table.pop(key))
         for obj in items:
             self.apply(kind, "ADDED", obj)
+        if kind == "Deployment":  # forget the templates of Deployments deleted while the watch was away
+            for key in [k for k in self._settled_templates if k not in table]:
+                del self._settled_templates[key]
 
     def apply(self, kind: str, event: str, obj: dict[str, Any]) -> None:
         """One watch event."""
@@ -115,6 +122,7 @@ class Catalog:
         if old is not None:
             self._drop(kind, old)
         if event == "DELETED":
+            self._settled_templates.pop(key, None)
             return
         table[key] = obj
         if kind == "EndpointSlice":
@@ -126,6 +134,9 @@ class Catalog:
             version = version_of(obj)
             if version is not None:
                 self._replicas[version] = int((obj.get("spec") or {}).get("replicas", 1) or 0)
+            observed = int(((obj.get("status") or {}).get("observedGeneration", 0)) or 0)
+            if observed >= int(((obj.get("metadata") or {}).get("generation", 0)) or 0):
+                self._settled_templates[key] = (obj.get("spec") or {}).get("template")
 
     def apply_write(self, kind: str, obj: dict[str, Any], before: str | None) -> None:
         """Read-your-writes: cache the object a write returned, unless the watch has already delivered a later state
@@ -231,7 +242,8 @@ class Catalog:
 
     def rolling_out(self, ns: str, function: str, version: str) -> bool:
         deployment = self.deployment(VersionKey(ns, function, names.lambda_version(version)))
-        return deployment is not None and deployment_rolling_out(deployment)
+        return deployment is not None and deployment_rolling_out(deployment, self._settled_templates.get(
+            _key(deployment)))
 
     def objects(self, kind: str) -> list[dict[str, Any]]:
         """Every object of one watched kfn kind (the scaler's auto-scaled Aliases and FunctionVersions)."""

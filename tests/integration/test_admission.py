@@ -134,3 +134,28 @@ def test_alias_can_move_to_a_new_version(cluster: Any, crds_installed: list[str]
     )
     got = json.loads(cluster.kubectl("get", "fna", "checkout-live", "-n", namespace, "-o", "json").stdout)
     assert got["spec"]["functionVersion"] == "2" and "routing" not in got["spec"]
+
+
+@pytest.mark.parametrize("size", [4096, 4097])
+@pytest.mark.parametrize("escaped", ["", 'a "quote", a \\ backslash, a\nnewline, a\ttab and é'])
+def test_the_4kb_environment_limit_is_measured_on_compact_json(cluster: Any, shared_namespace: str, size: int,
+                                                               escaped: str) -> None:
+    # Lambda measures its 4 KB on the compact JSON object of the variables: a CEL rule that counts names plus
+    # values (as kfn's did) accepts 4,097, one that forgets escapes or multi-byte characters gets the edge wrong.
+    from kfn.models.function import env_json_bytes
+
+    variables = {f"V{i}": "v" * 300 for i in range(10)} | {"ESC": escaped}
+    variables["LAST"] = "x" * (size - env_json_bytes(variables | {"LAST": ""}))
+    assert env_json_bytes(variables) == size
+    fn = {"apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": "env-edge"},
+          "spec": {"runtime": "python3.11", "handler": "app.handler",
+                   "code": {"inline": {"files": {"app.py": "def handler(event, context):\n    return event\n"}}},
+                   "environment": {"variables": variables}}}
+    proc = cluster.kubectl("apply", "--dry-run=server", "-n", shared_namespace, "-f", "-", input=json.dumps(fn),
+                           check=False)
+    if size <= 4096:
+        assert proc.returncode == 0, proc.stderr
+    else:
+        assert proc.returncode != 0, "the API server accepted 4,097 bytes of environment"
+        assert ("spec.environment.variables: Invalid value: must be at most 4096 bytes as a compact JSON object "
+                "(Lambda's 4 KB limit)") in proc.stderr

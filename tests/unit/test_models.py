@@ -18,6 +18,7 @@ from kfn.models import (
     parse_function_version_spec,
     parse_object,
 )
+from kfn.models.function import env_json, env_json_bytes
 
 CODE = {"inline": {"files": {"app.py": "def handler(event, context):\n    return event\n"}}}
 
@@ -122,12 +123,15 @@ REFUSED = [
      "spec.environment.variables: names must start with a letter and have at least 2 letters, digits or '_'"),
     (parse_function_spec, fn(environment={"variables": {"MY-VAR": "1"}}),
      "spec.environment.variables: names must start with a letter and have at least 2 letters, digits or '_'"),
-    # 2 + 4095 bytes: one over Lambda's 4 KB
-    (parse_function_spec, fn(environment={"variables": {"AB": "x" * 4095}}),
-     "spec.environment.variables: must be at most 4096 bytes in total (names plus values)"),
-    # multi-byte characters count in bytes, like Lambda
-    (parse_function_spec, fn(environment={"variables": {"AB": "é" * 2048}}),
-     "spec.environment.variables: must be at most 4096 bytes in total (names plus values)"),
+    # {"AB":"x…"}: 4,097 bytes of compact JSON, one over Lambda's 4 KB (names plus values alone are 4,090)
+    (parse_function_spec, fn(environment={"variables": {"AB": "x" * 4088}}),
+     "spec.environment.variables: must be at most 4096 bytes as a compact JSON object (Lambda's 4 KB limit)"),
+    # multi-byte characters count in bytes, like Lambda: 9 + 2 * 2044 = 4,097
+    (parse_function_spec, fn(environment={"variables": {"AB": "é" * 2044}}),
+     "spec.environment.variables: must be at most 4096 bytes as a compact JSON object (Lambda's 4 KB limit)"),
+    # a quote costs its escape: 9 + 4086 + 2 = 4,097
+    (parse_function_spec, fn(environment={"variables": {"AB": "x" * 4086 + '"'}}),
+     "spec.environment.variables: must be at most 4096 bytes as a compact JSON object (Lambda's 4 KB limit)"),
     (parse_function_spec, fn(loggingConfig={"applicationLogLevel": "DEBUG"}),
      "spec.loggingConfig.logFormat: applicationLogLevel and systemLogLevel need logFormat JSON"),
     (parse_function_spec, fn(vpcConfig={"securityGroups": [f"sg{i}" for i in range(6)]}),
@@ -214,7 +218,7 @@ def test_refused_with_field_and_limit(parse: Any, spec: Any, message: str) -> No
 ACCEPTED = [
     (parse_function_spec, fn(memoryMB=128, timeoutSeconds=1, ephemeralStorageMB=512)),
     (parse_function_spec, fn(memoryMB=10240, timeoutSeconds=900, ephemeralStorageMB=10240, reservedConcurrency=0)),
-    (parse_function_spec, fn(environment={"variables": {"AB": "x" * 4094}})),  # exactly 4 KB
+    (parse_function_spec, fn(environment={"variables": {"AB": "x" * 4087}})),  # exactly 4 KB of compact JSON
     (parse_function_spec, fn(environment={"variables": {"AWS_LAMBDA_EXEC_WRAPPER": "/opt/wrap"}})),  # not reserved
     (parse_function_spec, fn(asyncInvokeConfig={"maximumRetryAttempts": 0, "maximumEventAgeSeconds": 60})),
     (parse_function_spec, fn(loggingConfig={"logFormat": "JSON", "applicationLogLevel": "DEBUG", "systemLogLevel": "WARN"})),
@@ -304,6 +308,15 @@ def test_whole_objects_are_checked_like_the_api_server(obj: dict[str, Any], mess
 def test_function_name_of_63_characters_is_accepted() -> None:
     spec = parse_object({"apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": "f" * 63}, "spec": fn()})
     assert isinstance(spec, FunctionSpec)
+
+
+def test_environment_of_exactly_4096_bytes_of_compact_json_is_accepted() -> None:
+    # Lambda measures the JSON object, not names plus values: a limit counted on the wrong quantity refuses this
+    # (or accepts 4,097, see the refusals above). Escapes and multi-byte characters count as JSON encodes them.
+    variables = {"AB": 'a "quote", a \\ and é', "CD": "line\nbreak"}
+    variables["EF"] = "x" * (4096 - len(env_json(variables | {"EF": ""}).encode()))
+    assert env_json_bytes(variables) == 4096
+    assert isinstance(parse_function_spec(fn(environment={"variables": variables})), FunctionSpec)
 
 
 def test_status_dumps_in_the_kubernetes_shape() -> None:

@@ -60,7 +60,7 @@ from kfn import names
 from kfn.gateway import arn, control, errors
 from kfn.gateway.view import CatalogView
 from kfn.models.base import SpecError
-from kfn.models.function import ENV_MAX_BYTES, FunctionUrl, parse_function_spec
+from kfn.models.function import ENV_MAX_BYTES, FunctionUrl, env_json, env_json_bytes, parse_function_spec
 from kfn.resources.code import CONFIG_MAP_LIMIT, ZIP_KEY
 
 Query = Mapping[str, list[str]]
@@ -136,7 +136,7 @@ def pending(function_arn: str) -> errors.ResourceConflictException:
 
 
 def env_too_large(variables: Mapping[str, str]) -> errors.InvalidParameterValueException:
-    measured = json.dumps(dict(variables), separators=(",", ":"))
+    measured = env_json(variables)
     return errors.InvalidParameterValueException(
         "Lambda was unable to configure your environment variables because the environment variables you have "
         f"provided exceeded the 4KB limit. String measured: {measured}")
@@ -323,7 +323,7 @@ def apply_configuration(spec: dict[str, Any], doc: Mapping[str, Any]) -> dict[st
         variables = (doc.get("Environment") or {}).get("Variables") or {}
         if not isinstance(variables, Mapping) or not all(isinstance(v, str) for v in variables.values()):
             raise errors.InvalidParameterValueException("Environment.Variables must map names to strings")
-        if sum(len(k.encode()) + len(v.encode()) for k, v in variables.items()) > ENV_MAX_BYTES:
+        if env_json_bytes(variables) > ENV_MAX_BYTES:
             raise env_too_large(variables)
         env = dict(out.get("environment") or {})
         if variables:

@@ -176,8 +176,12 @@ def _cel_program(expr: str) -> Any:
         # Kubernetes' CEL lists library has sum(); cel-python does not.
         return sum(items, celtypes.IntType(0))
 
+    def cel_replace(text: Any, old: Any, new: Any) -> Any:
+        # Kubernetes' CEL strings library has replace(); cel-python does not.
+        return celtypes.StringType(str(text).replace(str(old), str(new)))
+
     env = celpy.Environment()
-    return env.program(env.compile(expr), functions={"sum": cel_sum})
+    return env.program(env.compile(expr), functions={"sum": cel_sum, "replace": cel_replace})
 
 
 def _cel_true(expr: str, value: Any) -> bool:

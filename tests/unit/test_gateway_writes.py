@@ -88,6 +88,14 @@ def test_create_function_answer_is_pending_until_the_operator_reports() -> None:
     assert not fx.shape_errors(doc, "FunctionConfiguration")
 
 
+def test_create_function_accepts_exactly_4kb_of_environment_json() -> None:
+    # 4,096 bytes of compact JSON is within Lambda's limit: a check on names plus values or with an off-by-one
+    # refuses it or lets 4,097 through (see the refusals below)
+    p = plan("POST", "/2015-03-31/functions", create_body(Environment={"Variables": {"BIG": "x" * 4086}}))
+    (fn,) = [o for o in p.ops if o.kind == "Function"]
+    assert fn.body["spec"]["environment"]["variables"] == {"BIG": "x" * 4086}
+
+
 def test_create_function_from_an_image() -> None:
     p = plan("POST", "/2015-03-31/functions", {"FunctionName": "img2", "Role": "r", "PackageType": "Image",
                                                "Code": {"ImageUri": "example.com/a:1"}})
@@ -104,9 +112,10 @@ def test_create_function_from_an_image() -> None:
      "Runtime and Handler are mandatory parameters for functions created with deployment packages."),
     (create_body(Code={"ZipFile": base64.b64encode(b"not a zip").decode()}), errors.InvalidParameterValueException,
      "Could not unzip uploaded file. Please check your file, then try to upload again."),
-    (create_body(Environment={"Variables": {"BIG": "x" * 4096}}), errors.InvalidParameterValueException,
+    # {"BIG":"x…"} of 4,097 bytes: one over Lambda's 4 KB, measured on the compact JSON as Lambda's message shows
+    (create_body(Environment={"Variables": {"BIG": "x" * 4087}}), errors.InvalidParameterValueException,
      "Lambda was unable to configure your environment variables because the environment variables you have "
-     "provided exceeded the 4KB limit. String measured: {\"BIG\":\"" + "x" * 4096 + "\"}"),
+     "provided exceeded the 4KB limit. String measured: {\"BIG\":\"" + "x" * 4087 + "\"}"),
     (create_body(MemorySize=64), errors.ValidationException,
      "1 validation error detected: Value '64' at 'memorySize' failed to satisfy constraint: Member must have "
      "value greater than or equal to 128"),

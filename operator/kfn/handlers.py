@@ -34,7 +34,7 @@ from kfn.reconcilers.children import APPLIED
 from kfn.reconcilers.common import Outcome
 from kfn.reconcilers.environment import deployment_just_read, forget_seen, status_follows
 from kfn.reconcilers.esm import reconcile_esm, source_condition_stale
-from kfn.reconcilers.function import RELATED, reconcile_function, versions_of
+from kfn.reconcilers.function import RELATED, RESERVATIONS, reconcile_function, reservation_entry, versions_of
 from kfn.reconcilers.resync import RECENT
 from kfn.reconcilers.securitygroup import reconcile_security_group
 from kfn.reconcilers.codesigning import reconcile_code_signing_config
@@ -474,10 +474,18 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Ta
 
         kopf.index(group, version, plural, id=index_id, registry=registry)(by_function)
 
+    # Every Function's reservation (kfn.reconcilers.function.Reservations): the pool is checked without a list.
+    def by_reservation(namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> dict[str, Any]:
+        return reservation_entry(namespace, name, spec, meta)
+
+    kopf.index(group, version, names.FUNCTION_PLURAL, id="reservations", registry=registry)(by_reservation)
+
     def adopt_indexes(kwargs: Mapping[str, Any]) -> None:
         for related_kind, index_id in related.items():
             if index_id in kwargs and related_kind not in RELATED.indexes:
                 RELATED.adopt(related_kind, kwargs[index_id])
+        if "reservations" in kwargs and RESERVATIONS.index is None:
+            RESERVATIONS.adopt(kwargs["reservations"])
 
     for kind, (plural, reconcile) in reconcilers().items():
 

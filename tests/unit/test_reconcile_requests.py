@@ -161,3 +161,56 @@ def test_an_idle_resync_pass_lists_deployments_instead_of_a_get_per_function(mon
     assert requests.count("list Deployment") == 1
     assert seen["f managedFields"] is None, "a pass keeps no object's managedFields (memory)"
     assert [r for r in requests if r.startswith("get")] == ["get Deployment g-latest"], "g changed since: read"
+
+
+def test_a_reservation_is_checked_against_the_index_without_listing_functions(monkeypatch: Any) -> None:
+    # Catches: every reconcile of a reserving Function listed every Function of the cluster (O(N²) per resync).
+    from kfn import k8s
+    from kfn.reconcilers import function as fn
+    from kfn.scaler.decide import Reservation
+
+    def list_objects(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        raise AssertionError(f"listed {args}: the index knows every reservation")
+
+    monkeypatch.setattr(k8s, "list_objects", list_objects)
+    monkeypatch.setenv("KFN_POOL_SIZE", "110")
+    monkeypatch.setenv("KFN_UNRESERVED_MIN", "100")
+    reservations = fn.Reservations()
+    monkeypatch.setattr(fn, "RESERVATIONS", reservations)
+    index: dict[Any, Any] = {}  # Kopf's index: key -> its store of values (iterable)
+    reservations.adopt(index)
+    body = {"metadata": {"namespace": "ns", "name": "new", "creationTimestamp": "2026-01-02T00:00:00Z"}}
+    c = fn.reservation_condition(body, 6)
+    assert (c.status, c.message) == ("True", "6 execution environments reserved of a pool of 110"), "none other yet"
+    index[fn.POOL] = [Reservation("ns", "old", 6, "2026-01-01T00:00:00Z"),
+                      Reservation("ns", "new", 2, "2026-01-02T00:00:00Z")]  # the watch has not seen new's edit yet
+    c = fn.reservation_condition(body, 6)
+    assert (c.status, c.reason) == ("False", "ReservationRefused")
+    assert c.message.endswith("(6 asked; the pool has 110, other functions reserve 6, at most 4 can be reserved)"), \
+        "the pass's own body counts, not the index's older entry"
+
+
+def test_the_index_entry_of_a_function_is_its_reservation_or_nothing() -> None:
+    from kfn.reconcilers.function import POOL, reservation_entry
+    from kfn.scaler.decide import Reservation
+
+    meta = {"creationTimestamp": "2026-01-01T00:00:00Z"}
+    assert reservation_entry("ns", "f", {"reservedConcurrency": 0}, meta) == {
+        POOL: Reservation("ns", "f", 0, "2026-01-01T00:00:00Z")}, "0 reserves too (it throttles every invoke)"
+    assert reservation_entry("ns", "f", {}, meta) == {}, "an empty entry: Kopf drops the one it had"
+
+
+def test_child_watches_and_the_pod_watch_ask_the_api_server_for_kfn_labels_only() -> None:
+    # Catches: without the selectors Kopf streams every Deployment, ConfigMap, Service, … and pod of the watched
+    # namespaces (of the cluster, cluster-wide) and drops the others in the operator (its labels= filter).
+    from kfn.handlers import CHILD_KINDS, filter_watches
+
+    settings = kopf.OperatorSettings()
+    filter_watches(settings)
+    watched = [kopf.Resource(group, version, plural) for group, version, plural in CHILD_KINDS.values()]
+    watched.append(kopf.Resource("", "v1", "pods"))
+    for resource in watched:
+        assert settings.watching.label_selectors.collect(resource) == [
+            "app.kubernetes.io/managed-by=kfn,kfn.dev/component=function"], resource.plural
+    functions = kopf.Resource("kfn.dev", "v1alpha1", "functions")
+    assert settings.watching.label_selectors.collect(functions) == [], "users' own objects are not filtered"

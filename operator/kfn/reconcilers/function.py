@@ -396,7 +396,7 @@ def reconcile_function(body: Mapping[str, Any], images: Images) -> Outcome:
 
     serving = cond.summarize(outcome.conditions)
     if spec.reserved_concurrency is not None:
-        outcome.conditions.append(reservation_condition(namespace, function, spec.reserved_concurrency))
+        outcome.conditions.append(reservation_condition(body, spec.reserved_concurrency))
     ready = cond.summarize(outcome.conditions, f"$LATEST serves at {status.get('endpoint', '')}")
     outcome.conditions.insert(0, ready)
     failed = outcome.permanent or outcome.status.get("stateReasonCode")  # no environment can start
@@ -414,27 +414,92 @@ def held_but_serving(status: Mapping[str, Any]) -> bool:
             and not status.get("stateReasonCode"))
 
 
-def reservation_condition(namespace: str, function: str, asked: int) -> cond.Condition:
-    """ConcurrencyReserved: whether the pool (``KFN_POOL_SIZE``/``KFN_UNRESERVED_MIN``, the scaler's flags) holds
-    this Function's reservation next to older ones (kfn.scaler.decide.accepted_reservations), else Lambda's
-    PutFunctionConcurrency refusal naming the field and the numbers. Lists Functions only for Functions that
-    reserve."""
+POOL = "pool"  # the index's one key: every reservation draws on the one pool
+
+
+def reservation_entry(namespace: str | None, name: str, spec: Mapping[str, Any],
+                      meta: Mapping[str, Any]) -> dict[str, rules.Reservation]:
+    """A Function's entry in the index of reservations (:data:`RESERVATIONS`): ``{POOL: Reservation}`` when its
+    ``spec.reservedConcurrency`` is set, else ``{}`` (Kopf then drops any entry the Function had)."""
+    reserved = spec.get("reservedConcurrency")
+    if not isinstance(reserved, int):
+        return {}
+    return {POOL: rules.Reservation(namespace or "", name, reserved, str(meta.get("creationTimestamp") or ""))}
+
+
+class Reservations:
+    """The reservedConcurrency of every Function the operator watches, so that a reconcile checks the pool
+    without listing Functions (a list per reconcile of each reserving Function was O(N²) per resync pass).
+
+    Fed by a Kopf index of Functions (:func:`reservation_entry`; Kopf fills it before any handler runs and
+    keeps it as the watch goes). Until it is handed over (:meth:`adopt`), :meth:`known` is None and the caller
+    lists Functions. Scope: the namespaces the operator watches (every one when cluster-wide), as the scaler
+    counts the reservations of the namespaces it serves; a namespaced operator's Role grants no cluster-wide
+    list anyway.
+    """
+
+    def __init__(self) -> None:
+        self.index: Any = None
+
+    def adopt(self, index: Any) -> None:
+        self.index = index
+
+    def known(self) -> list[rules.Reservation] | None:
+        """Every reservation in the index (None: no index yet, or it kept changing while read)."""
+        index = self.index
+        for _ in range(3 if index is not None else 0):
+            try:
+                # Kopf updates the index on the event loop while reconciles run in threads: a copy taken
+                # while it changed size is taken again.
+                return list(index[POOL]) if POOL in index else []
+            except (KeyError, RuntimeError):
+                continue
+        return None
+
+
+RESERVATIONS = Reservations()
+
+
+def listed_reservations() -> list[rules.Reservation]:
+    """Every reservation, from a list of all Functions (before the index is handed over). Raises ApiError."""
+    out = []
+    for f in k8s.list_objects(names.FUNCTION_KIND, None):
+        meta = f["metadata"]
+        out += reservation_entry(meta.get("namespace"), meta["name"], f.get("spec") or {}, meta).values()
+    return out
+
+
+def reservation_condition(body: Mapping[str, Any], asked: int) -> cond.Condition:
+    """ConcurrencyReserved for the Function *body* that reserves *asked*, against the reservations the operator
+    knows (:data:`RESERVATIONS`, no request; a list of Functions before the index is handed over).
+
+    The Function's own reservation is taken from *body*, the newest state this pass has of it.
+    """
+    meta = body["metadata"]
+    namespace, function = meta["namespace"], meta["name"]
     pool_size, unreserved_min = rules.pool_from_env()
-    try:
-        functions = k8s.list_objects(names.FUNCTION_KIND, None)
-    except k8s.ApiError as e:
-        return cond.Condition(cond.CONCURRENCY_RESERVED, cond.UNKNOWN, cond.RESERVATION_REFUSED,
-                              f"cannot list Functions to check the pool: {e}")
-    reservations = [
-        rules.Reservation(f["metadata"].get("namespace", ""), f["metadata"]["name"],
-                          int((f.get("spec") or {})["reservedConcurrency"]), str(f["metadata"].get("creationTimestamp") or ""))
-        for f in functions
-        if isinstance((f.get("spec") or {}).get("reservedConcurrency"), int)
-    ]
+    reservations = RESERVATIONS.known()
+    if reservations is None:
+        try:
+            reservations = listed_reservations()
+        except k8s.ApiError as e:
+            return cond.Condition(cond.CONCURRENCY_RESERVED, cond.UNKNOWN, cond.RESERVATION_REFUSED,
+                                  f"cannot list Functions to check the pool: {e}")
+    own = rules.Reservation(namespace, function, asked, str(meta.get("creationTimestamp") or ""))
+    others = [r for r in reservations if (r.namespace, r.function) != (namespace, function)]
+    return reservation_decision(own, others, pool_size, unreserved_min)
+
+
+def reservation_decision(own: rules.Reservation, others: list[rules.Reservation], pool_size: int,
+                         unreserved_min: int) -> cond.Condition:
+    """ConcurrencyReserved: whether the pool (``KFN_POOL_SIZE``/``KFN_UNRESERVED_MIN``, the scaler's flags) holds
+    *own* next to the *others* (kfn.scaler.decide.accepted_reservations: older Functions first), else Lambda's
+    PutFunctionConcurrency refusal naming the field and the numbers. Pure."""
+    reservations = [own, *others]
     accepted, _ = rules.accepted_reservations(reservations, pool_size, unreserved_min)
-    if (namespace, function) in accepted:
+    if (own.namespace, own.function) in accepted:
         return cond.true(cond.CONCURRENCY_RESERVED, cond.RECONCILED,
-                         f"{asked} execution environments reserved of a pool of {pool_size}")
+                         f"{own.reserved} execution environments reserved of a pool of {pool_size}")
     elsewhere = sum(r.reserved for r in reservations if (r.namespace, r.function) in accepted)
     return cond.false(cond.CONCURRENCY_RESERVED, cond.RESERVATION_REFUSED,
-                      rules.refusal_message(pool_size, unreserved_min, elsewhere, asked))
+                      rules.refusal_message(pool_size, unreserved_min, elsewhere, own.reserved))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import threading
-import time
 
 import pytest
 
@@ -105,11 +104,22 @@ def test_warm_invocations_keep_module_state(app_rig: Rig) -> None:
     assert second["pid"] == first["pid"]
 
 
+def _starts(rig: Rig) -> int:
+    return sum(line.startswith("START RequestId") for line in rig.platform_lines())
+
+
+def _wait_for_start(rig: Rig, before: int) -> None:
+    """Wait until the runtime has the next invocation: the agent writes its START line once it handed it over
+    (the environment is busy from then on until the invocation ends)."""
+    wait_for(lambda: _starts(rig) > before, 5, "the first invocation's START line (it runs)")
+
+
 def test_second_concurrent_invoke_is_refused_at_once(app_rig: Rig) -> None:
     first: dict = {}
+    starts = _starts(app_rig)
     t = threading.Thread(target=lambda: first.update(r=app_rig.invoke({"op": "sleep", "seconds": 0.6})))
     t.start()
-    time.sleep(0.2)
+    _wait_for_start(app_rig, starts)
     busy = app_rig.invoke({"op": "echo"})
     t.join()
     assert busy.status == 429
@@ -121,9 +131,10 @@ def test_second_concurrent_invoke_is_refused_at_once(app_rig: Rig) -> None:
 
 def test_busy_reply_raises_too_many_requests_in_boto3(app_rig: Rig) -> None:
     client = app_rig.boto3()
+    starts = _starts(app_rig)
     t = threading.Thread(target=lambda: app_rig.invoke({"op": "sleep", "seconds": 0.5}))
     t.start()
-    time.sleep(0.2)
+    _wait_for_start(app_rig, starts)
     with pytest.raises(client.exceptions.TooManyRequestsException):
         client.invoke(FunctionName=FUNCTION, Payload=b"{}")
     t.join()

@@ -28,6 +28,14 @@ def expected(path: Path) -> str:
     return next(line[len(prefix) :] for line in path.read_text().splitlines() if line.startswith(prefix))
 
 
+def apply_args(path: Path) -> list[str]:
+    """``kubectl apply`` and the flags the example asks for (``# kubectl apply: --server-side``): a client-side
+    apply copies the object into an annotation limited to 256 KiB, which refuses a big object before its rules run."""
+    prefix = "# kubectl apply: "
+    flags = [line[len(prefix) :].split() for line in path.read_text().splitlines() if line.startswith(prefix)]
+    return ["apply", *(flags[0] if flags else [])]
+
+
 @pytest.fixture(scope="module")
 def shared_namespace(cluster: Any, crds_installed: list[str]) -> Iterator[str]:
     """One namespace for the refusals: nothing gets created in it, so 40+ namespaces would be waste."""
@@ -41,14 +49,14 @@ def shared_namespace(cluster: Any, crds_installed: list[str]) -> Iterator[str]:
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
 def test_invalid_example_is_refused_with_its_message(cluster: Any, shared_namespace: str, path: Path) -> None:
-    proc = cluster.kubectl("apply", "-n", shared_namespace, "-f", str(path), check=False)
+    proc = cluster.kubectl(*apply_args(path), "-n", shared_namespace, "-f", str(path), check=False)
     assert proc.returncode != 0, f"the API server accepted {path.name}:\n{proc.stdout}"
     assert expected(path) in proc.stderr
 
 
 def test_nothing_invalid_was_stored(cluster: Any, shared_namespace: str) -> None:
     for path in INVALID:
-        cluster.kubectl("apply", "-n", shared_namespace, "-f", str(path), check=False)
+        cluster.kubectl(*apply_args(path), "-n", shared_namespace, "-f", str(path), check=False)
     out = cluster.kubectl("get", "kfn", "-n", shared_namespace, "-o", "name")
     assert out.stdout.strip() == ""
 
@@ -159,3 +167,31 @@ def test_the_4kb_environment_limit_is_measured_on_compact_json(cluster: Any, sha
         assert proc.returncode != 0, "the API server accepted 4,097 bytes of environment"
         assert ("spec.environment.variables: Invalid value: must be at most 4096 bytes as a compact JSON object "
                 "(Lambda's 4 KB limit)") in proc.stderr
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_inline_code_is_limited_in_utf8_bytes(cluster: Any, shared_namespace: str, extra: int) -> None:
+    # 262,144 bytes in 131,071 characters (two-byte é, one four-byte emoji): a rule counting characters (as kfn's
+    # did) accepts the +1 side, which the operator then refuses at reconcile.
+    files = {"app.py": "\u00e9" * 131_070, "lib.py": "\U0001F600" + "x" * extra}
+    fn = {"apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": "inline-edge"},
+          "spec": {"runtime": "python3.11", "handler": "app.handler", "code": {"inline": {"files": files}}}}
+    # server-side: a client-side apply copies the object into an annotation, limited to 256 KiB itself
+    proc = cluster.kubectl("apply", "--server-side", "--dry-run=server", "-n", shared_namespace, "-f", "-",
+                           input=json.dumps(fn), check=False)
+    if not extra:
+        assert proc.returncode == 0, proc.stderr
+    else:
+        assert proc.returncode != 0, "the API server accepted 262,145 bytes of inline code"
+        assert ("spec.code.inline.files: Invalid value: inline code must be at most 262144 bytes in total (UTF-8)"
+                in proc.stderr)
+
+
+def test_image_config_takes_lambdas_1500_items_of_any_length(cluster: Any, shared_namespace: str) -> None:
+    # Lambda's StringList: 1,500 items, each a String without a length limit (kfn allowed 16 of 1,024)
+    fn = {"apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": "image-config-edge"},
+          "spec": {"code": {"image": "docker.io/library/python:3.11-slim"},
+                   "imageConfig": {"entryPoint": ["x"] * 1500, "command": ["y" * 2000] * 10}}}
+    proc = cluster.kubectl("apply", "--server-side", "--dry-run=server", "-n", shared_namespace, "-f", "-",
+                           input=json.dumps(fn), check=False)
+    assert proc.returncode == 0, proc.stderr

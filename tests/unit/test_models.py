@@ -40,6 +40,10 @@ def esm(**over: Any) -> dict[str, Any]:
 STREAM = {"redis": {"address": "127.0.0.1:6379", "stream": "orders"}}
 
 
+def KAFKA(servers: list[str]) -> dict[str, Any]:  # noqa: N802 (reads like the STREAM constant it sits by)
+    return {"kafka": {"bootstrapServers": servers, "topic": "orders"}}
+
+
 def str_keys(value: Any) -> list[Any]:
     """Every mapping key inside *value* (YAML/JSON objects only ever have string keys)."""
     if isinstance(value, dict):
@@ -106,7 +110,7 @@ REFUSED = [
     (parse_alias_spec, alias(routing={"additionalVersionWeights": {2: 0.1}}),
      "spec.routing.additionalVersionWeights: key 2: must be a string, got 2"),
     (parse_function_spec, fn(code={"inline": {"files": {"a.py": "x" * 200_000, "b.py": "y" * 100_000}}}),
-     "spec.code.inline.files: inline code must be at most 262144 characters in total"),
+     "spec.code.inline.files: inline code must be at most 262144 bytes in total (UTF-8)"),
     # Function: layers
     (parse_function_spec, fn(layers=[{"name": f"l{i}", "zip": {"configMapRef": {"name": "d"}}} for i in range(6)]),
      "spec.layers: must have at most 5 items, got 6"),
@@ -207,6 +211,18 @@ REFUSED = [
      "spec.filterCriteria.filters: must have at most 5 items, got 6"),
     (parse_event_source_mapping_spec, esm(functionName="Shop"),
      "spec.functionName: must be a function name, optionally with :alias or :version, got 'Shop'"),
+    # Lambda's ImageConfig lists (StringList: at most 1,500 items), self-managed Kafka's bootstrap servers
+    # (EndpointLists: 1-10 Endpoints of 1-300 characters), EventBridge Scheduler's time zone (1-50 characters)
+    (parse_function_spec, {"code": {"image": "app:1"}, "imageConfig": {"entryPoint": ["x"] * 1501}},
+     "spec.imageConfig.entryPoint: must have at most 1500 items, got 1501"),
+    (parse_function_spec, {"code": {"image": "app:1"}, "imageConfig": {"command": ["x"] * 1501}},
+     "spec.imageConfig.command: must have at most 1500 items, got 1501"),
+    (parse_event_source_mapping_spec, esm(source=KAFKA(servers=[f"b{i}:9092" for i in range(11)]), startingPosition="LATEST"),
+     "spec.source.kafka.bootstrapServers: must have at most 10 items, got 11"),
+    (parse_event_source_mapping_spec, esm(source=KAFKA(servers=["b" * 296 + ":9092"]), startingPosition="LATEST"),
+     "spec.source.kafka.bootstrapServers[0]: must have at most 300 characters, got 301"),
+    (parse_event_source_mapping_spec, esm(source={"schedule": {"expression": "cron(0 * * * ? *)", "timezone": "Z" * 51}}),
+     "spec.source.schedule.timezone: must have at most 50 characters, got 51"),
 ]
 
 
@@ -234,6 +250,14 @@ ACCEPTED = [
     (parse_event_source_mapping_spec, esm(source=STREAM, startingPosition="AT_TIMESTAMP", startingPositionTimestamp="2026-01-01T00:00:00Z")),
     (parse_event_source_mapping_spec, esm(functionName="shop:$LATEST")),
     (parse_event_source_mapping_spec, esm(functionName="shop:7")),
+    # the longest reference kfn's names allow (63 + 1 + 128), under CreateEventSourceMapping's 256
+    (parse_event_source_mapping_spec, esm(functionName="s" * 63 + ":" + "a" * 128)),
+    # 1,500 items, and an item of any length: Lambda's String has no limit
+    (parse_function_spec, {"code": {"image": "app:1"},
+                           "imageConfig": {"entryPoint": ["x"] * 1500, "command": ["y" * 10_000] * 1500}}),
+    (parse_event_source_mapping_spec, esm(source=KAFKA(servers=["b" * 294 + f"{i}:9092" for i in range(10)]),
+                                          startingPosition="LATEST")),
+    (parse_event_source_mapping_spec, esm(source={"schedule": {"expression": "rate(1 minute)", "timezone": "Z" * 50}})),
 ]
 
 

@@ -8,6 +8,9 @@ import pytest
 
 from kfn import conditions as cond
 from kfn import names
+from kfn.models import SpecError
+from kfn.models.admission import admission_errors
+from kfn.models.function import parse_function_spec
 from kfn.resources import EnvironmentInput, Images, Owner, build_environment
 from kfn.resources.code import CodeError, inline_sha256, image_sha256
 from kfn.resources.environment import cpu_millicores
@@ -131,11 +134,27 @@ def test_inline_code_becomes_a_configmap_mounted_read_only():
     assert "initContainers" not in pod
 
 
-def test_inline_code_past_the_configmap_limit_names_field_and_limit():
+@pytest.mark.parametrize("extra", [0, 1])
+def test_inline_code_is_measured_in_utf8_bytes_alike_at_admission_and_reconcile(extra: int):
+    # 262,144 bytes as two-byte characters (131,072 of them) plus a four-byte one: the character count is far
+    # under the limit, so only a byte count refuses the +1 side (the old character rule accepted it at admission
+    # and the reconcile then refused it).
     spec = copy.deepcopy(BASE)
-    spec["code"]["inline"]["files"] = {f"f{i}.py": "x" * 300_000 for i in range(4)}
-    with pytest.raises(CodeError, match=r"spec\.code\.inline\.files: 1200\d+ bytes .* 1000000-byte limit"):
+    spec["code"]["inline"]["files"] = {"app.py": "\u00e9" * 131_070, "lib/util.py": "\U0001F600" + "x" * extra}
+    message = "spec.code.inline.files: inline code must be at most 262144 bytes in total (UTF-8)"
+    doc = {"apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": "hello"}, "spec": spec}
+    if not extra:
+        assert parse_function_spec(spec).code.inline is not None
+        assert admission_errors(doc) == []
+        assert children(spec)[cond.CODE_READY][0]["data"]["app.py"] == spec["code"]["inline"]["files"]["app.py"]
+        return
+    with pytest.raises(SpecError) as refused:
+        parse_function_spec(spec)
+    assert str(refused.value) == message
+    assert admission_errors(doc) == [message.replace("files: ", "files: Invalid value: ", 1)]
+    with pytest.raises(CodeError) as info:  # a spec admitted before the rule counted bytes
         children(spec)
+    assert str(info.value) == f"{message}, got 262145"
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,17 @@ DEFAULT_BATCH_SIZE = {"sqs": 10, "kafka": 100, "rabbitmq": 100, "redis": 100, "n
 
 Str = Annotated[StrictStr, Field(min_length=1, max_length=1024)]
 Servers = Annotated[list[Str], Field(min_length=1, max_length=16)]
+# Lambda's self-managed Kafka: SelfManagedEventSource.Endpoints KAFKA_BOOTSTRAP_SERVERS is an EndpointLists, 1-10
+# items of Endpoint, 1-300 characters each (botocore service model)
+KAFKA_MAX_BOOTSTRAP_SERVERS = 10
+KafkaServers = Annotated[
+    list[Annotated[StrictStr, Field(min_length=1, max_length=300)]],
+    Field(min_length=1, max_length=KAFKA_MAX_BOOTSTRAP_SERVERS),
+]
+# CreateEventSourceMapping's FunctionName is a NamespacedFunctionName, 1-256 characters (botocore service model;
+# not the 140 of the FunctionName shape the other operations take). kfn's pattern (a 63-character name, a
+# 128-character qualifier) stays under it.
+ESM_FUNCTION_NAME_MAX = 256
 # name, or name:qualifier where the qualifier is an alias, a version or $LATEST
 FUNCTION_REF_PATTERN = FUNCTION_NAME_PATTERN[:-1] + r"(:(\$LATEST|[a-zA-Z0-9_-]{1,128}))?$"
 
@@ -47,7 +58,7 @@ class SqsSource(SpecModel):
 class KafkaSource(SpecModel):
     """Kafka topic read by a consumer group (Lambda self-managed Kafka)."""
 
-    bootstrap_servers: Servers = Field(alias="bootstrapServers", description="host:port of the brokers.")
+    bootstrap_servers: KafkaServers = Field(alias="bootstrapServers", description="host:port of the brokers (1-10).")
     topic: Annotated[StrictStr, Field(min_length=1, max_length=249)] = Field(description="The one topic to read.")
     consumer_group_id: Annotated[StrictStr, Field(min_length=1, max_length=200)] | None = Field(
         None, alias="consumerGroupId", description="Consumer group (default: derived from the mapping)."
@@ -92,7 +103,9 @@ class ScheduleSource(SpecModel):
         Field(max_length=256),
         Matches(r"^(cron\(.+\)|rate\(\d+ (minute|minutes|hour|hours|day|days)\))$", "must be cron(...) or rate(N unit)"),
     ] = Field(description="cron(min hour day-of-month month day-of-week year) or rate(N minutes|hours|days).")
-    timezone: Annotated[StrictStr, Field(max_length=64)] = Field("UTC", description="IANA time zone of cron().")
+    # EventBridge Scheduler's ScheduleExpressionTimezone: 1-50 characters (botocore service model)
+    timezone: Annotated[StrictStr, Field(min_length=1, max_length=50)] = Field(
+        "UTC", description="IANA time zone of cron().")
     input: Annotated[StrictStr, Field(max_length=8192)] | None = Field(None, description="Event JSON to send.")
 
 
@@ -238,7 +251,7 @@ class EventSourceMappingSpec(SpecModel):
 
     function_name: Annotated[
         StrictStr,
-        Field(max_length=200),
+        Field(max_length=ESM_FUNCTION_NAME_MAX),
         Matches(FUNCTION_REF_PATTERN, "must be a function name, optionally with :alias or :version"),
     ] = Field(alias="functionName", description="Function name, or name:alias / name:version.")
     source: Source = Field(description="Exactly one of sqs, kafka, rabbitmq, redis, nats, schedule.")

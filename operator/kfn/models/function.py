@@ -56,10 +56,14 @@ ENV_NAME_PATTERN = r"^[a-zA-Z][a-zA-Z0-9_]+$"
 ENV_MAX_BYTES = 4096
 ENV_MAX_VARIABLES = 500
 INLINE_MAX_FILES = 64
-# Characters, not bytes: CEL's size() of a string is cheap, bytes() of every
-# file would exceed the API server's rule cost budget. 256 Ki characters is at
-# most 1 MiB of UTF-8, the size of the ConfigMap the code ends up in.
-INLINE_MAX_CHARS = 256 * 1024
+# Bytes of UTF-8 in all files together (inline_code_bytes): the quantity the ConfigMap the code becomes is limited
+# by, counted alike by the CRD's CEL rule, the model and the operator's reconcile (resources/code.py). The value is
+# bounded by the API server's CEL cost budget (10 M per rule): it estimates size(bytes(f)) at 0.1 per byte of a
+# file's maxLength, 4 bytes per character, so 64 files x 0.4 x 262,144 = 6.7 M; 512 KiB would exceed it. A file's
+# maxLength (characters) is the same number, so it never refuses what the byte total accepts. Inline code plus its
+# 64 keys (<= 253 characters each) stays far under a ConfigMap's 1 MiB.
+INLINE_MAX_BYTES = 256 * 1024
+INLINE_TOO_LARGE = f"inline code must be at most {INLINE_MAX_BYTES} bytes in total (UTF-8)"
 INLINE_PATH_PATTERN = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"
 MAX_LAYERS = 5
 MAX_SIGNATURE_CHARS = 1024  # base64 of an ECDSA (at most 72 bytes) or Ed25519 (64) signature, with room
@@ -186,16 +190,22 @@ class InlineSource(SpecModel):
             check=lambda s: all(_inline_path_ok(f) for f in s.files),
         ),
         Rule(
-            cel=f"self.files.map(f, size(self.files[f])).sum() <= {INLINE_MAX_CHARS}",
-            message=f"inline code must be at most {INLINE_MAX_CHARS} characters in total",
+            cel=f"self.files.map(f, size(bytes(self.files[f]))).sum() <= {INLINE_MAX_BYTES}",
+            message=INLINE_TOO_LARGE,
             field_path=".files",
-            check=lambda s: sum(len(v) for v in s.files.values()) <= INLINE_MAX_CHARS,
+            check=lambda s: inline_code_bytes(s.files) <= INLINE_MAX_BYTES,
         ),
     )
 
-    files: dict[StrictStr, Annotated[StrictStr, Field(max_length=INLINE_MAX_CHARS)]] = (
+    files: dict[StrictStr, Annotated[StrictStr, Field(max_length=INLINE_MAX_BYTES)]] = (
         Field(min_length=1, max_length=INLINE_MAX_FILES, description="File path (relative to /var/task) -> content.")
     )
+
+
+def inline_code_bytes(files: Mapping[str, str]) -> int:
+    """Size of inline code as its limit measures it: the UTF-8 bytes of every file's content, summed (paths not
+    counted). ``{"a.py": "é"}`` is 2."""
+    return sum(len(content.encode()) for content in files.values())
 
 
 def _inline_path_ok(path: str) -> bool:
@@ -239,13 +249,18 @@ class Layer(SpecModel):
     zip: ZipSource = Field(description="The layer's zip archive.")
 
 
+# Lambda's ImageConfig.EntryPoint and .Command are a StringList: at most 1,500 items of String, a shape with no
+# length limit (botocore service model), so an item is only bounded by the object's size.
+IMAGE_CONFIG_MAX_ITEMS = 1500
+
+
 class ImageConfig(SpecModel):
     """Overrides of a container image's settings (Lambda ImageConfig)."""
 
-    entry_point: Annotated[list[Annotated[StrictStr, Field(max_length=1024)]], Field(max_length=16)] | None = Field(
+    entry_point: Annotated[list[StrictStr], Field(max_length=IMAGE_CONFIG_MAX_ITEMS)] | None = Field(
         None, alias="entryPoint", description="Replaces the image's ENTRYPOINT."
     )
-    command: Annotated[list[Annotated[StrictStr, Field(max_length=1024)]], Field(max_length=16)] | None = Field(
+    command: Annotated[list[StrictStr], Field(max_length=IMAGE_CONFIG_MAX_ITEMS)] | None = Field(
         None, description="Replaces the image's CMD (for Lambda base images: the handler)."
     )
     working_directory: Annotated[StrictStr, Field(max_length=1000)] | None = Field(

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kfn.models.function import INLINE_MAX_BYTES, INLINE_TOO_LARGE, inline_code_bytes
+
 
 TASK_ROOT = "/var/task"
 OPT_ROOT = "/opt"  # where the function sees its layers
@@ -31,7 +33,8 @@ LAYERS_STAGING = "/kfn/opt"
 SOURCE_ROOT = "/kfn/src"
 ZIP_KEY = "code.zip"  # key of a zip in a ConfigMap/Secret kfn makes (version snapshots)
 
-# A ConfigMap or Secret holds at most 1 MiB including metadata; leave headroom.
+# A ConfigMap or Secret holds at most 1 MiB including metadata; leave headroom. (Inline code has its own, smaller
+# limit, INLINE_MAX_BYTES, which keeps its ConfigMap under this one.)
 CONFIG_MAP_LIMIT = 1_000_000
 
 # Runs in the init container (the agent image, which has Python). Extracts
@@ -159,7 +162,14 @@ def config_sha256(config: Mapping[str, Any]) -> str:
 def make_inline_config_map(
     files: Mapping[str, str], meta: dict[str, Any]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The ConfigMap holding inline files, and the volume items mapping keys back to paths."""
+    """The ConfigMap holding inline files, and the volume items mapping keys back to paths.
+
+    Raises CodeError when the code is over INLINE_MAX_BYTES, measured and worded as admission does
+    (kfn.models.function.inline_code_bytes): a spec the API server accepted is never refused here.
+    """
+    size = inline_code_bytes(files)
+    if size > INLINE_MAX_BYTES:
+        raise CodeError("spec.code.inline.files", f"{INLINE_TOO_LARGE}, got {size}")
     taken: set[str] = set()
     data: dict[str, str] = {}
     items = []
@@ -167,13 +177,6 @@ def make_inline_config_map(
         key = inline_key(path, taken)
         data[key] = files[path]
         items.append({"key": key, "path": path})
-    size = sum(len(k) + len(v.encode()) for k, v in data.items())
-    if size > CONFIG_MAP_LIMIT:
-        raise CodeError(
-            "spec.code.inline.files",
-            f"{size} bytes of inline code is more than the {CONFIG_MAP_LIMIT}-byte limit of a ConfigMap; "
-            "use spec.code.zip.url with sha256, or spec.code.image",
-        )
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}
     return cm, items
 

@@ -77,6 +77,18 @@ _NAMESPACED: dict[tuple[str, str], tuple[str, ...]] = {
     ("", "events"): ("create",),
 }
 
+# The kinds that own kfn's children: kfn.resources.common.owner_reference sets ``blockOwnerDeletion: true``
+# (foreground deletion waits for the child), and the API server's OwnerReferencesPermissionEnforcement
+# admission plugin (on by default in OpenShift) then refuses any create or update that sets it (403 "cannot set
+# blockOwnerDeletion … cannot update finalizers") unless the writer may `update` the owner's `finalizers`
+# subresource. Owners: a Function (its $LATEST environment, published FunctionVersions and their code
+# snapshots: reconcilers/function.py), a FunctionVersion (its environment: reconcilers/version.py), a
+# SecurityGroup (its NetworkPolicies: reconcilers/securitygroup.py), an EventSourceMapping (its poller:
+# resources/esm.py). The plugin asks the authorizer for this one verb only; kfn itself writes no finalizers.
+OWNER_PLURALS: tuple[str, ...] = (names.FUNCTION_PLURAL, names.FUNCTION_VERSION_PLURAL, names.SECURITY_GROUP_PLURAL,
+                                  names.ESM_PLURAL)
+_NAMESPACED.update({(KFN, f"{plural}/finalizers"): ("update",) for plural in OWNER_PLURALS})
+
 # Cluster-wide mode only (nothing cluster-scoped in a namespaced operator's Roles): kfn.architecture lists the
 # nodes, one read per TTL for every Function, for the Schedulable condition (spec.architecture).
 CLUSTER_RULES: dict[tuple[str, str], tuple[str, ...]] = {("", "nodes"): ("list",)}

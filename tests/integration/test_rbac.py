@@ -9,14 +9,26 @@ The bug each half catches:
 
 "Used" is measured, not declared: every request kfn.k8s makes is counted by
 (group, resource, verb, status) on the operator's /metrics; Kopf's own calls
-(its watches, its progress annotations) are derived from the handlers the
-operator registers with Kopf.
+(its watches, its progress annotations, its peering) are derived from the
+handlers the operator registers with Kopf and the peering it is told to use;
+``update`` on an owner's ``finalizers`` is derived from the children the
+operator wrote (see :func:`finalizers_needed`).
+
+Every rule set is compared exactly: the namespaced rules by the first test;
+the layers kfn adds to them (namespaced peering, KEDA mode, the cluster-scoped
+rules of a cluster-wide operator) by the second, which runs a namespaced
+operator with peering, KEDA mode and the node check on and its ServiceAccount
+bound to exactly the namespaced Role of those modes plus a ClusterRole of the
+cluster-scoped rules. A cluster-wide operator itself is not run: on the shared
+test bed it would reconcile every other session's Functions.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
+import subprocess
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -27,10 +39,12 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from test_operator import NO_NODE_ARCH, Api, Operator, api, function, wait_until  # noqa: F401
+from testbed import REPO
 
-from kfn import install
+from kfn import install, names
 from kfn.handlers import OperatorConfig, register
-from kfn.resources.rbac import granted, operator_rules
+from kfn.resources.peering import make_peering_crd
+from kfn.resources.rbac import CLUSTER_RULES, granted, operator_rules
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +81,44 @@ def kopf_needs(registry: kopf.OperatorRegistry) -> set[tuple[str, str, str]]:
     for handler in registry._changing.get_all_handlers():
         sel = handler.selector
         needs |= {(sel.group or "", sel.plural or sel.any_name or "", v) for v in ("list", "watch", "patch")}
+    return needs
+
+
+def peering_needs(clusterwide: bool) -> set[tuple[str, str, str]]:
+    """What Kopf's peering asks of the API server (the operator without ``--standalone``).
+
+    Kopf watches the peering object (list, watch) and patches its status with this replica's heartbeat
+    (patch); the resource is ``clusterkopfpeerings`` for a cluster-wide operator, else ``kopfpeerings``
+    (kopf.OperatorSettings.peering.clusterwide, set by ``kfn operator`` from its namespaces).
+    """
+    resource = "clusterkopfpeerings" if clusterwide else "kopfpeerings"
+    return {("kopf.dev", resource, v) for v in ("list", "watch", "patch")}
+
+
+def finalizers_needed(cluster: Any, namespace: str, used: set[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+    """``update`` on ``<owner plural>/finalizers`` for each kind that owns a child the operator wrote in *namespace*
+    with ``blockOwnerDeletion: true``.
+
+    The API server's OwnerReferencesPermissionEnforcement admission plugin refuses such a write (403) unless the
+    writer may update the owner's finalizers; the test bed runs without that plugin (it is off by default
+    upstream, on in OpenShift), so a missing grant would not show as a 403 here: the children are read instead.
+    Children: every object of a resource the operator created or patched (*used*), whose ownerReferences the
+    operator's field manager owns (not, e.g., pods the ReplicaSet controller made). Owner plurals from discovery.
+    """
+    written = sorted({r if not g else f"{r}.{g}" for g, r, v in used if v in ("create", "patch") and "/" not in r})
+    items = json.loads(cluster.kubectl("get", ",".join(written), "-n", namespace, "-o", "json").stdout)["items"]
+    owners: set[tuple[str, str]] = set()
+    for obj in items:
+        meta = obj["metadata"]
+        mine = any(m.get("manager") == names.FIELD_MANAGER and "f:ownerReferences" in (m.get("fieldsV1") or {}).get("f:metadata", {})
+                   for m in meta.get("managedFields") or [])  # fmt: skip
+        owners |= {(ref["apiVersion"], ref["kind"]) for ref in meta.get("ownerReferences") or []
+                   if mine and ref.get("blockOwnerDeletion")}  # fmt: skip
+    needs: set[tuple[str, str, str]] = set()
+    for api_version, kind in owners:
+        discovery = json.loads(cluster.kubectl("get", "--raw", f"/apis/{api_version}" if "/" in api_version else "/api/v1").stdout)
+        [plural] = [r["name"] for r in discovery["resources"] if r["kind"] == kind and "/" not in r["name"]]
+        needs.add((api_version.rpartition("/")[0], f"{plural}/finalizers", "update"))
     return needs
 
 
@@ -176,6 +228,100 @@ def test_the_operator_as_its_service_account_needs_every_granted_permission_and_
     registry = kopf.OperatorRegistry()
     register(registry, OperatorConfig())
     used = {(g, r, v) for (g, r, v, code) in requests if code != "0"} | kopf_needs(registry)
+    used |= finalizers_needed(cluster, namespace, used)
+    # every kind that owns a child blocks its deletion: Function, FunctionVersion, SecurityGroup, EventSourceMapping
+    assert {r for g, r, v in used if r.endswith("/finalizers")} == {
+        f"{p}/finalizers" for p in (names.FUNCTION_PLURAL, names.FUNCTION_VERSION_PLURAL, names.SECURITY_GROUP_PLURAL,
+                                    names.ESM_PLURAL)}, sorted(used)  # fmt: skip
     rules = granted(operator_rules(clusterwide=False, peering=False))
     assert sorted(used - rules) == [], f"used but not granted (add them to kfn/resources/rbac.py): {sorted(used - rules)}"
     assert sorted(rules - used) == [], f"granted but never used (remove them from kfn/resources/rbac.py): {sorted(rules - used)}"
+
+
+def scaled_object_crd(cluster: Any) -> None:
+    """KEDA's own ScaledObject CRD (from KEDA's release config, built into the test-bed cache by
+    testbed/build-keda.sh, a no-op when warm), applied as `build-keda.sh --deploy` applies it. KEDA itself need
+    not run: the operator only writes ScaledObjects."""
+    proc = subprocess.run(["bash", str(REPO / "testbed" / "build-keda.sh")], capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, f"testbed/build-keda.sh failed:\n{proc.stderr[-3000:]}"
+    crd = Path(proc.stdout.strip()) / "config" / "crd" / "bases" / "keda.sh_scaledobjects.yaml"
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager", "kfn-testbed", "-f", str(crd))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", "--timeout=60s")
+
+
+def test_peering_keda_and_cluster_scoped_rules_are_each_used_and_no_other(
+    cluster: Any, crds_installed: list[str], namespace: str, tmp_path: Path, api: Api
+) -> None:
+    # What `kfn install --watch-namespace <ns> --replicas 2 --keda` grants, plus a ClusterRole of exactly the
+    # rules only a cluster-wide operator gets (CLUSTER_RULES: the node check), bound to the same ServiceAccount.
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(make_peering_crd(clusterwide=False)))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
+    scaled_object_crd(cluster)
+    cluster_rules = [{"apiGroups": [g], "resources": [r], "verbs": sorted(v)} for (g, r), v in sorted(CLUSTER_RULES.items())]
+    cluster_role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": namespace},
+                    "rules": cluster_rules}  # fmt: skip
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": namespace},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": namespace},
+               "subjects": [{"kind": "ServiceAccount", "name": install.OPERATOR_NAME, "namespace": namespace}]}  # fmt: skip
+    sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": install.OPERATOR_NAME, "namespace": namespace}}
+    try:
+        api.apply([sa, cluster_role, binding, *install.operator_rbac(namespace, (namespace,), peering=True, keda=True),
+                   *install.make_peering_objects((namespace,), replicas=2)])  # fmt: skip
+        kubeconfig = service_account_kubeconfig(cluster, namespace, install.OPERATOR_NAME, tmp_path / "sa.kubeconfig")
+        op = Operator(cluster, namespace, tmp_path / "op", "--peering", install.PEERING_NAME, "--check-node-architecture",
+                      "--scaling", "keda", "--keda-scaler-address", "127.0.0.1:1", standalone=False,
+                      kubeconfig=kubeconfig).start()  # fmt: skip
+        try:
+            # Peering: this replica becomes the active one (only the active replica resyncs; the resync reads the
+            # peering object to know it is).
+            op.wait_resync_passes(1)
+            # KEDA mode: the $LATEST environment's ScaledObject is applied; the node check: Schedulable (no node
+            # has the other architecture); switched back to the built-in scaler, the ScaledObject is deleted.
+            fn = function("kd", architecture=NO_NODE_ARCH)
+            api.apply([fn])
+            wait_until(lambda: api.get("scaledobject", "kd-latest"), 120, "kd's ScaledObject is applied")
+            c = wait_until(lambda: api.condition("function", "kd", "Schedulable"), 60, "kd's Schedulable is reported")
+            assert c["status"] == "False" and NO_NODE_ARCH in c["message"], c
+            wait_until(lambda: ((api.get("function", "kd") or {}).get("status") or {}).get("scaling") == "keda", 60,
+                       "kd's status says KEDA mode")  # fmt: skip
+            fn["spec"]["scaling"] = {"mode": "builtin"}
+            api.apply([fn])
+            wait_until(lambda: api.get("scaledobject", "kd-latest") is None, 120, "kd's ScaledObject is deleted")
+            requests = op.api_requests()
+            log = op.log.read_text()
+        finally:
+            op.stop()
+    finally:
+        cluster.kubectl("delete", "clusterrolebinding,clusterrole", namespace, "--ignore-not-found", check=False)
+
+    refused = {k: n for k, n in requests.items() if k[3] in ("401", "403")}
+    assert not refused, f"the operator was refused: {refused}"
+    assert "forbidden" not in log.lower(), [line for line in log.splitlines() if "orbidden" in line][:5]
+
+    registry = kopf.OperatorRegistry()
+    register(registry, OperatorConfig())
+    used = {(g, r, v) for (g, r, v, code) in requests if code != "0"} | kopf_needs(registry) | peering_needs(clusterwide=False)
+    used |= finalizers_needed(cluster, namespace, used)
+    namespaced = granted(operator_rules(clusterwide=False, peering=False))  # exact: the first test
+    this_run = granted(operator_rules(clusterwide=False, peering=True, keda=True)) | granted(cluster_rules)
+    assert sorted(used - this_run) == [], f"used but not granted (add them to kfn/resources/rbac.py): {sorted(used - this_run)}"
+    layers = this_run - namespaced
+    assert sorted(layers - used) == [], f"granted but never used (remove them from kfn/resources/rbac.py): {sorted(layers - used)}"
+    # Each rule set is the namespaced rules plus its layers, and nothing else. A cluster-wide operator's peering
+    # is Kopf's same code on clusterkopfpeerings (peering_needs); its Secret `get` is the namespaced rule's, granted
+    # cluster-wide because any namespace's Function may name a Secret of its own namespace.
+    peering = {u for u in used if u[:2] == ("kopf.dev", "kopfpeerings")}  # Kopf's, and the resync's get
+    keda = {u for u in used if u[0] == "keda.sh"}
+    node_check = used & granted(cluster_rules)
+    assert peering and keda and node_check, (peering, keda, node_check)
+    for clusterwide in (False, True):
+        for with_peering in (False, True):
+            for with_keda in (False, True):
+                want = set(namespaced) | (keda if with_keda else set()) | (node_check if clusterwide else set())
+                if with_peering:
+                    resource = "clusterkopfpeerings" if clusterwide else "kopfpeerings"
+                    want |= {(g, resource, v) for g, _, v in peering}
+                got = granted(operator_rules(clusterwide=clusterwide, peering=with_peering, keda=with_keda))
+                mode = f"clusterwide={clusterwide}, peering={with_peering}, keda={with_keda}"
+                assert sorted(got - want) == [], f"{mode}: granted but never used: {sorted(got - want)}"
+                assert sorted(want - got) == [], f"{mode}: used but not granted: {sorted(want - got)}"

@@ -39,7 +39,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from test_operator import NO_NODE_ARCH, Api, Operator, api, function, wait_until  # noqa: F401
-from testbed import REPO
+from testbed import REPO, say
 
 from kfn import install, names
 from kfn.handlers import OperatorConfig, register
@@ -238,25 +238,32 @@ def test_the_operator_as_its_service_account_needs_every_granted_permission_and_
     assert sorted(rules - used) == [], f"granted but never used (remove them from kfn/resources/rbac.py): {sorted(rules - used)}"
 
 
-def scaled_object_crd(cluster: Any) -> None:
+def scaled_object_crd(cluster: Any, config: pytest.Config) -> None:
     """KEDA's own ScaledObject CRD (from KEDA's release config, built into the test-bed cache by
-    testbed/build-keda.sh, a no-op when warm), applied as `build-keda.sh --deploy` applies it. KEDA itself need
-    not run: the operator only writes ScaledObjects."""
-    proc = subprocess.run(["bash", str(REPO / "testbed" / "build-keda.sh")], capture_output=True, text=True, timeout=3600)
-    assert proc.returncode == 0, f"testbed/build-keda.sh failed:\n{proc.stderr[-3000:]}"
-    crd = Path(proc.stdout.strip()) / "config" / "crd" / "bases" / "keda.sh_scaledobjects.yaml"
+    testbed/build-keda.sh, a no-op when warm; its progress shown), applied as `build-keda.sh --deploy` applies it.
+    KEDA itself need not run: the operator only writes ScaledObjects."""
+    with subprocess.Popen(["bash", str(REPO / "testbed" / "build-keda.sh")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, text=True) as proc:  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        progress: list[str] = []
+        for line in proc.stderr:
+            progress.append(line.rstrip("\n"))
+            say(config, progress[-1])
+        out, rc = proc.stdout.read(), proc.wait(timeout=3600)
+    assert rc == 0, "testbed/build-keda.sh failed:\n" + "\n".join(progress[-30:])
+    crd = Path(out.strip()) / "config" / "crd" / "bases" / "keda.sh_scaledobjects.yaml"
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager", "kfn-testbed", "-f", str(crd))
     cluster.kubectl("wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", "--timeout=60s")
 
 
 def test_peering_keda_and_cluster_scoped_rules_are_each_used_and_no_other(
-    cluster: Any, crds_installed: list[str], namespace: str, tmp_path: Path, api: Api
+    cluster: Any, crds_installed: list[str], namespace: str, tmp_path: Path, api: Api, pytestconfig: pytest.Config
 ) -> None:
     # What `kfn install --watch-namespace <ns> --replicas 2 --keda` grants, plus a ClusterRole of exactly the
     # rules only a cluster-wide operator gets (CLUSTER_RULES: the node check), bound to the same ServiceAccount.
     cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(make_peering_crd(clusterwide=False)))
     cluster.kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
-    scaled_object_crd(cluster)
+    scaled_object_crd(cluster, pytestconfig)
     cluster_rules = [{"apiGroups": [g], "resources": [r], "verbs": sorted(v)} for (g, r), v in sorted(CLUSTER_RULES.items())]
     cluster_role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": namespace},
                     "rules": cluster_rules}  # fmt: skip

@@ -130,7 +130,7 @@ def zip_bytes(source: str) -> bytes:
 
 
 def test_the_operator_as_its_service_account_needs_every_granted_permission_and_no_other(
-    cluster: Any, crds_installed: list[str], namespace: str, tmp_path: Path, api: Api
+    cluster: Any, crds_installed: list[str], testbed_images: list[str], namespace: str, tmp_path: Path, api: Api
 ) -> None:
     # What `kfn install --watch-namespace <ns>` creates for a namespaced operator (its SA here in the same namespace).
     sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": install.OPERATOR_NAME, "namespace": namespace}}
@@ -287,6 +287,10 @@ def test_peering_keda_and_cluster_scoped_rules_are_each_used_and_no_other(
             fn = function("kd", architecture=NO_NODE_ARCH)
             api.apply([fn])
             wait_until(lambda: api.get("scaledobject", "kd-latest"), 120, "kd's ScaledObject is applied")
+            # a hand edit: the resync applies it again (a patch of an existing one; the first apply was a create)
+            api.kubectl("label", "--overwrite", "scaledobject", "kd-latest", "kfn.dev/function=edited")
+            wait_until(lambda: api.get("scaledobject", "kd-latest")["metadata"]["labels"]["kfn.dev/function"] != "edited",  # type: ignore[index]
+                       60, "the resync restores the ScaledObject's label")  # fmt: skip
             c = wait_until(lambda: api.condition("function", "kd", "Schedulable"), 60, "kd's Schedulable is reported")
             assert c["status"] == "False" and NO_NODE_ARCH in c["message"], c
             wait_until(lambda: ((api.get("function", "kd") or {}).get("status") or {}).get("scaling") == "keda", 60,

@@ -106,7 +106,7 @@ def finalizers_needed(cluster: Any, namespace: str, used: set[tuple[str, str, st
     operator's field manager owns (not, e.g., pods the ReplicaSet controller made). Owner plurals from discovery.
     """
     written = sorted({r if not g else f"{r}.{g}" for g, r, v in used if v in ("create", "patch") and "/" not in r})
-    items = json.loads(cluster.kubectl("get", ",".join(written), "-n", namespace, "-o", "json").stdout)["items"]
+    items = json.loads(cluster.kubectl("get", ",".join(written), "-n", namespace, "-o", "json", "--show-managed-fields").stdout)["items"]
     owners: set[tuple[str, str]] = set()
     for obj in items:
         meta = obj["metadata"]

@@ -1,0 +1,92 @@
+"""Child events hand their owner's pass to a bounded queue: the operator's memory does not grow with a burst of
+Deployment events (a thousand Deployments past their progress deadline at once), and no event is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from kfn.handlers import ChildFollowups, child_state
+
+
+async def until(condition: Any, seconds: float = 5) -> None:
+    """Poll *condition* until it holds or *seconds* pass (the event loop runs the follow-ups meanwhile)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def deployment(name: str, rv: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"namespace": "ns", "name": name, "resourceVersion": rv, "generation": 2,
+                     "annotations": {"kfn.dev/floor-applied": "1"},
+                     "ownerReferences": [{"apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "name": "f",
+                                          "controller": True}],
+                     "managedFields": [{"manager": "kfn", "fieldsV1": {"f:spec": {}}}]},
+        "spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "function", "image": "x" * 1000}]}}},
+        "status": {"observedGeneration": 2, "replicas": 3, "readyReplicas": 1,
+                   "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]},
+    }  # fmt: skip
+
+
+def test_a_followed_deployment_keeps_what_a_pass_reads_and_drops_its_pod_template_and_managed_fields() -> None:
+    d = deployment("f-latest", "5")
+    kept = child_state(d)
+    assert kept["status"] == d["status"] and kept["spec"] == {"replicas": 3}
+    assert kept["metadata"]["ownerReferences"] == d["metadata"]["ownerReferences"]
+    assert kept["metadata"]["annotations"] == d["metadata"]["annotations"], "the provisioned floor it applied"
+    assert kept["metadata"]["generation"] == 2 and kept["metadata"]["resourceVersion"] == "5"
+    assert "managedFields" not in kept["metadata"] and "template" not in kept["spec"]
+    svc = child_state({"kind": "Service", "metadata": {"namespace": "ns", "name": "s", "uid": "u",
+                                                       "managedFields": [{}]}, "spec": {"ports": []}})
+    assert svc["metadata"] == {"namespace": "ns", "name": "s", "uid": "u"} and "spec" not in svc
+
+
+async def test_a_burst_runs_a_bounded_number_at_once_and_only_the_newest_event_of_each_child() -> None:
+    followups = ChildFollowups(limit=2)
+    release = threading.Event()
+    running, most, ran = 0, 0, []
+    lock = threading.Lock()
+
+    def follow(name: str, rv: str) -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        release.wait(5)
+        with lock:
+            running -= 1
+            ran.append((name, rv))
+
+    for i in range(20):
+        followups.submit(("Deployment", "ns", f"d{i}"), follow, f"d{i}", "1")
+    followups.submit(("Deployment", "ns", "d19"), follow, "d19", "2")  # before its turn: replaces the first
+    await until(lambda: running == 2)
+    assert running == 2, "two at a time"
+    followups.submit(("Deployment", "ns", "d0"), follow, "d0", "2")  # d0 is running: runs again after it
+    release.set()
+    await until(lambda: len(ran) == 21 and not followups._scheduled)
+    assert most == 2
+    assert sorted(ran) == sorted([(f"d{i}", "1") for i in range(19)] + [("d19", "2"), ("d0", "2")])
+    assert ran.index(("d0", "1")) < ran.index(("d0", "2")), "one child's follow-ups run in the order of its events"
+    assert len(followups) == 0
+
+
+async def test_a_follow_up_that_fails_is_logged_and_the_others_still_run(caplog: Any) -> None:
+    followups = ChildFollowups(limit=1)
+    ran = []
+
+    def broken() -> None:
+        raise KeyError("status")
+
+    followups.submit(("Deployment", "ns", "a"), broken)
+    followups.submit(("Deployment", "ns", "b"), ran.append, "b")
+    logged = lambda: any("following a child failed" in r.getMessage() and r.exc_info for r in caplog.records)  # noqa: E731
+    await until(lambda: ran and logged())
+    assert ran == ["b"]
+    assert logged(), "a bug is not lost: logged with its traceback"
+    followups.submit(("Deployment", "ns", "a"), ran.append, "a")  # the failed child is followed again later
+    await until(lambda: len(ran) == 2)
+    assert ran == ["b", "a"]

@@ -1,15 +1,26 @@
 """Benchmark: the operator reconciling N Functions vs a raw ``kubectl apply`` of the same children.
 
-On the control-plane-only test bed (or --kubeconfig): apply N Functions and
-time until every one is Ready (observedGeneration current), with the real
-``kfn operator`` process. The baseline, ``kubectl apply`` of the equivalent
-child objects (built by kfn's own builders) into a fresh namespace, is timed
-once before and once after the operator's run, and the ratio is taken against
-their mean: the shared machine's load drifts over the minutes a run takes, and
-one baseline on either side of it would decide the ratio. Prints a table with
-the ratio and the operator's peak RSS, and writes bench/results/reconcile.json.
-Both sides use ``kubectl apply --server-side`` (one request per object, as
-GitOps tools apply).
+On the test bed (or --kubeconfig): apply N Functions and time until every one
+is Ready (observedGeneration current), with the real ``kfn operator`` process.
+The baseline, ``kubectl apply`` of the equivalent child objects (built by kfn's
+own builders, six per Function) into a fresh namespace, is timed once before
+and once after the operator's run. Both sides use ``kubectl apply
+--server-side`` (one request per object, as GitOps tools apply).
+
+The ratio is what a user waits for either way:
+
+    (kubectl apply of the N Functions + until the operator has all N Ready, timed from the apply's start)
+    / mean(kubectl apply of the 6N children before the operator's run, the same after it)
+
+The shared machine's load drifts over the minutes a run takes, so one baseline
+on either side of it would decide the ratio. Each phase starts on the cluster
+the first one had: the previous phase's namespace is deleted, and waited for,
+first (a thousand more Services, NetworkPolicies and pending pods keep
+kube-proxy, kube-router and the scheduler busy and would slow whichever phase
+came later). Every phase records its load average at both ends and the test
+bed's CPU seconds per process (``phases`` in the JSON), so a figure can be read
+against the load it was measured under. Prints a table with the ratio and the
+operator's peak RSS, and writes bench/results/reconcile.json.
 
 Then, with everything Ready and nothing changing, the operator's API requests
 over whole resync passes (``kfn_kube_api_requests_total`` between two
@@ -121,6 +132,48 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# The test bed's control-plane and node processes (testbed/up.sh writes their pid files here).
+TESTBED_PIDS = Path("/var/lib/kfn-testbed/pids")
+
+
+def testbed_cpu_seconds() -> dict[str, float]:
+    """CPU seconds each test-bed process (kube-apiserver, etcd, controllers, kube-proxy, kube-router …) has used so
+    far; empty on another cluster. Differences over a phase say where the machine's time went."""
+    out = {}
+    for pidfile in sorted(TESTBED_PIDS.glob("*.pid")) if TESTBED_PIDS.is_dir() else []:
+        try:
+            out[pidfile.stem] = cpu_seconds(int(pidfile.read_text().split()[0]))
+        except (OSError, ValueError, IndexError):
+            continue  # a component that is not running (or another user's file): nothing to count
+    return out
+
+
+class Phase:
+    """Wall time, load average at both ends and the test bed's CPU seconds of one phase of the run."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> Phase:
+        self.load_start, self.cpu_start, self.t0 = os.getloadavg()[0], testbed_cpu_seconds(), time.monotonic()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.monotonic() - self.t0
+        end = testbed_cpu_seconds()
+        self.cpu = {p: round(end[p] - self.cpu_start[p], 1) for p in end if p in self.cpu_start}
+        self.load_end = os.getloadavg()[0]
+
+    def record(self) -> dict[str, Any]:
+        return {"seconds": round(self.seconds, 1), "load_average_start_end": [round(self.load_start, 1), round(self.load_end, 1)],
+                "testbed_cpu_seconds": self.cpu}
+
+    def line(self) -> str:
+        busiest = sorted(self.cpu.items(), key=lambda kv: -kv[1])[:4]
+        cpu = ", ".join(f"{p} {c:.0f}" for p, c in busiest)
+        return f"load average {self.load_start:.1f} -> {self.load_end:.1f}" + (f"; CPU s: {cpu}" if cpu else "")
+
+
 def ready_count(k: Kubectl, namespace: str) -> int | None:
     """Functions Ready at their current generation; None when the API server did not answer (it may be
     restarting: the caller polls again)."""
@@ -211,20 +264,33 @@ def main() -> int:
     result: dict[str, Any] = {"n": args.n}
     op = None
     raw_seconds: list[float] = []
+    phases: dict[str, Any] = {}
     raw_objects = [[o for i in range(args.n) for o in raw_children(ns, i)] for ns in (ns_raw, ns_raw2)]
 
     def raw_apply(when: str, objs: list[dict[str, Any]], ns: str) -> None:
         """The baseline: kubectl apply of the children kfn would create, timed."""
         (tmp / f"children-{ns}.yaml").write_text(yaml.safe_dump_all(objs))
         print(f"==> raw ({when}): kubectl apply of the {len(objs)} equivalent child objects", flush=True)
-        t0 = time.monotonic()
-        k("apply", "--server-side", "-n", ns, "-f", str(tmp / f"children-{ns}.yaml"))
-        raw_seconds.append(time.monotonic() - t0)
-        print(f"    {raw_seconds[-1]:.1f}s (load average {os.getloadavg()[0]:.1f})", flush=True)
+        with Phase(f"raw {when}") as phase:
+            k("apply", "--server-side", "-n", ns, "-f", str(tmp / f"children-{ns}.yaml"))
+        raw_seconds.append(phase.seconds)
+        phases[phase.name] = phase.record()
+        print(f"    {raw_seconds[-1]:.1f}s ({phase.line()})", flush=True)
+
+    def clear(ns: str) -> None:
+        """Delete a measured namespace and wait until it is gone: the next phase starts on the cluster the first
+        one had, not one holding a thousand more Services, NetworkPolicies and pending pods (which kube-proxy,
+        kube-router and the scheduler keep working on)."""
+        print(f"==> deleting {ns} before the next phase", flush=True)
+        with Phase(f"delete {ns}") as phase:
+            k("delete", "namespace", ns, "--wait=true", "--timeout=900s", check=False)
+        phases[phase.name] = phase.record()
+        print(f"    {phase.seconds:.0f}s ({phase.line()})", flush=True)
 
     try:
         if not args.skip_raw:
             raw_apply("before the operator", raw_objects[0], ns_raw)
+            clear(ns_raw)
         # 1. The operator.
         live, metrics = free_port(), free_port()
         log = open(tmp / "operator.log", "wb")
@@ -245,7 +311,8 @@ def main() -> int:
                 time.sleep(0.3)
         (tmp / "functions.yaml").write_text(yaml.safe_dump_all([function(i) for i in range(args.n)]))
         print(f"==> operator: applying {args.n} Functions and waiting until all are Ready", flush=True)
-        t0 = time.monotonic()
+        op_phase = Phase("operator").__enter__()
+        t0 = op_phase.t0
         k("apply", "--server-side", "-n", ns_op, "-f", str(tmp / "functions.yaml"))
         t_apply_fn = time.monotonic() - t0
         last_print = 0.0
@@ -257,10 +324,13 @@ def main() -> int:
                 print(f"    {ready}/{args.n} Ready after {time.monotonic() - t0:.0f}s", flush=True)
                 last_print = time.monotonic()
             time.sleep(1)
-        t_op = time.monotonic() - t0
+        op_phase.__exit__()
+        t_op = op_phase.seconds
+        phases["operator"] = op_phase.record()
         rss = peak_rss_mb(op.pid)
         cpu = cpu_seconds(op.pid)
-        print(f"    all {args.n} Ready after {t_op:.1f}s; operator peak RSS {rss:.0f} MB, CPU {cpu:.1f}s", flush=True)
+        print(f"    all {args.n} Ready after {t_op:.1f}s; operator peak RSS {rss:.0f} MB, CPU {cpu:.1f}s ({op_phase.line()})",
+              flush=True)
         _, by_verb = scrape(metrics)
         result["reconcile_requests_per_function"] = {v: round(d / args.n, 2) for v, d in sorted(by_verb.items())}
         result["operator_cpu_seconds"] = round(cpu, 1)
@@ -275,6 +345,8 @@ def main() -> int:
         result["operator_peak_rss_mb_after_idle"] = round(peak_rss_mb(op.pid), 1)
         op.kill()  # measured; a graceful stop with a full queue can take long and proves nothing here
         op.wait(30)
+        if not args.skip_raw:
+            clear(ns_op)
 
         # 2. The same children applied raw, again (the mean of both baselines is the one compared with).
         if not args.skip_raw:
@@ -292,6 +364,7 @@ def main() -> int:
                 "functions_per_second": round(args.n / t_op, 1),
                 "operator_peak_rss_mb": round(rss, 1),
                 "workers": args.workers,
+                "phases": phases,
             }
         )
     finally:
@@ -313,6 +386,11 @@ def main() -> int:
         ("idle resync: writes per Function per pass", f"{result['idle_resync']['writes_per_function']}"),
         ("operator peak RSS after idle passes (MB)", f"{result['operator_peak_rss_mb_after_idle']:.0f}"),
     ]
+    for name, phase in result.get("phases", {}).items():
+        if name.startswith("delete "):
+            continue
+        start, end = phase["load_average_start_end"]
+        rows.append((f"load average, {name} (start -> end)", f"{start:.1f}->{end:.1f}"))
     width = max(len(r[0]) for r in rows)
     print("\nreconcile benchmark")
     for name, value in rows:

@@ -1,5 +1,6 @@
-"""Child events hand their owner's pass to a bounded queue: the operator's memory does not grow with a burst of
-Deployment events (a thousand Deployments past their progress deadline at once), and no event is lost."""
+"""The operator's memory does not grow with the number of objects in flight: child events hand their owner's pass
+to a bounded queue (a thousand Deployments past their progress deadline at once), and a resync pass holds a page of
+objects, not all of them; no event and no object is left out for it."""
 
 from __future__ import annotations
 
@@ -90,3 +91,38 @@ async def test_a_follow_up_that_fails_is_logged_and_the_others_still_run(caplog:
     followups.submit(("Deployment", "ns", "a"), ran.append, "a")  # the failed child is followed again later
     await until(lambda: len(ran) == 2)
     assert ran == ["b", "a"]
+
+
+def test_a_resync_pass_reconciles_a_page_before_it_reads_the_next(monkeypatch: Any) -> None:
+    from kfn import k8s
+    from kfn.reconcilers import resync
+
+    monkeypatch.setattr(resync, "OBJECTS_PAGE", 2)
+    monkeypatch.setattr(resync, "RECENT", resync.RecentlyReconciled())
+    functions = [{"metadata": {"namespace": "ns", "name": f"f{i}", "managedFields": [{}]}} for i in range(5)]
+    log: list[str] = []
+
+    def list_pages(kind: str, ns: str | None, selector: str | None = None, limit: int = 0) -> Any:
+        for f in functions if kind == "Function" else []:
+            log.append(f"read {f['metadata']['name']}")
+            yield f
+
+    monkeypatch.setattr(k8s, "list_pages", list_pages)
+    r = resync.Resync(30, lambda kind, body: log.append(f"pass {body['metadata']['name']}"), ["ns"], 1, None)
+    monkeypatch.setattr(r, "deployments", lambda: {})
+    assert r.pass_once() == 5
+    assert log == ["read f0", "read f1", "pass f0", "pass f1", "read f2", "read f3", "pass f2", "pass f3",
+                   "read f4", "pass f4"]
+
+
+def test_the_resync_forgets_deleted_objects_but_not_those_made_during_its_pass() -> None:
+    from kfn.reconcilers.resync import RecentlyReconciled
+
+    recent = RecentlyReconciled()
+    for name, at in (("listed", 10.0), ("deleted", 10.0), ("new", 30.0)):
+        recent.note("Function", {"metadata": {"namespace": "ns", "name": name}}, now=at)
+    recent.keep_only([("Function", "ns", "listed")], reconciled_before=20.0)
+    assert recent.since("Function", {"metadata": {"namespace": "ns", "name": "listed"}}, now=40.0) == 30.0
+    assert recent.since("Function", {"metadata": {"namespace": "ns", "name": "deleted"}}) is None
+    assert recent.since("Function", {"metadata": {"namespace": "ns", "name": "new"}}, now=40.0) == 10.0, \
+        "reconciled after the pass's lists began: not listed, yet not gone"

@@ -32,7 +32,7 @@ import kopf
 from kfn import aio, health, k8s, metrics, names
 from kfn.reconcilers.alias import reconcile_alias
 from kfn.reconcilers.children import APPLIED
-from kfn.reconcilers.common import Outcome
+from kfn.reconcilers.common import Outcome, last_written_status
 from kfn.reconcilers.environment import deployment_just_read, forget_seen, status_follows
 from kfn.reconcilers.esm import reconcile_esm, source_condition_stale
 from kfn.reconcilers.function import RELATED, RESERVATIONS, reconcile_function, reservation_entry, versions_of
@@ -121,12 +121,27 @@ def controller_of(meta: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def controller_uid(meta: Mapping[str, Any]) -> str | None:
+    """The uid of the kfn resource controlling a child, if any."""
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("apiVersion") == names.API_VERSION and ref.get("controller"):
+            return ref.get("uid")
+    return None
+
+
 def environments_changed(deployment: Mapping[str, Any], owner: tuple[str, str], namespace: str) -> dict[str, Any] | None:
     """The owner (read now) if its status does not yet say what the Deployment's state means (environment counts,
-    DeploymentReady, Available: see ``status_follows``), else None."""
+    DeploymentReady, Available: see ``status_follows``), else None.
+
+    When the status this process last wrote to the owner already says it, the owner is not read: kfn's operator
+    is the only writer of those fields (another replica's write after a failover is caught by the resync).
+    """
     status = deployment.get("status") or {}
     if status.get("observedGeneration", 0) < deployment.get("metadata", {}).get("generation", 0):
         return None  # the controller has not caught up yet; another event follows
+    written = last_written_status(controller_uid(deployment.get("metadata") or {}))
+    if written is not None and status_follows(written, deployment):
+        return None
     body = k8s.get(owner[0], namespace, owner[1])
     if body is None:
         return None

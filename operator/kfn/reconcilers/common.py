@@ -105,6 +105,12 @@ class _Written:
 _WRITTEN = _Written()
 
 
+def last_written_status(uid: str | None) -> dict[str, Any] | None:
+    """The status this process last wrote to the object with *uid* (as the API server answered), or None."""
+    written = _WRITTEN.get(uid)
+    return None if written is None else written[1]
+
+
 def _write(body: Mapping[str, Any], current: Mapping[str, Any], outcome: Outcome) -> Outcome:
     meta = body["metadata"]
     old = current.get("conditions") or []

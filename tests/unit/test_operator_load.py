@@ -1,6 +1,7 @@
-"""The operator's memory does not grow with the number of objects in flight: child events hand their owner's pass
+"""The operator under load (a thousand Functions). Its memory does not grow with the number of objects in flight: child events hand their owner's pass
 to a bounded queue (a thousand Deployments past their progress deadline at once), and a resync pass holds a page of
-objects, not all of them; no event and no object is left out for it."""
+objects, not all of them; no event and no object is left out for it. A Deployment event that changes nothing its
+owner's status says sends no request."""
 
 from __future__ import annotations
 
@@ -126,3 +127,26 @@ def test_the_resync_forgets_deleted_objects_but_not_those_made_during_its_pass()
     assert recent.since("Function", {"metadata": {"namespace": "ns", "name": "deleted"}}) is None
     assert recent.since("Function", {"metadata": {"namespace": "ns", "name": "new"}}, now=40.0) == 10.0, \
         "reconciled after the pass's lists began: not listed, yet not gone"
+
+
+def test_a_deployment_event_reads_its_owner_only_when_the_status_last_written_does_not_say_it(monkeypatch: Any) -> None:
+    from kfn import handlers, k8s
+    from kfn.reconcilers import common
+    from kfn.reconcilers.environment import deployment_conditions
+
+    d = deployment("f-latest", "5")
+    d["metadata"]["ownerReferences"][0]["uid"] = "uid-f"
+    reads: list[str] = []
+    monkeypatch.setattr(k8s, "get", lambda kind, ns, name: reads.append(name) or {"metadata": {"name": name}})
+    monkeypatch.setattr(common, "_WRITTEN", common._Written())
+    assert handlers.environments_changed(d, ("Function", "f"), "ns") is not None and reads == ["f"], "nothing known"
+
+    said = [{"type": c.type, "status": c.status, "reason": c.reason} for c in deployment_conditions(d)]
+    common._WRITTEN.add("uid-f", {"metadata": {"resourceVersion": "9"},
+                                  "status": {"replicas": 3, "readyReplicas": 1, "conditions": said}})
+    assert handlers.environments_changed(d, ("Function", "f"), "ns") is None
+    assert reads == ["f"], "the status this process wrote says it already: no read"
+
+    d["status"]["readyReplicas"] = 2
+    handlers.environments_changed(d, ("Function", "f"), "ns")
+    assert reads == ["f", "f"], "the counts changed since: the owner is read"

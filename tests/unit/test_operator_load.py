@@ -150,3 +150,21 @@ def test_a_deployment_event_reads_its_owner_only_when_the_status_last_written_do
     d["status"]["readyReplicas"] = 2
     handlers.environments_changed(d, ("Function", "f"), "ns")
     assert reads == ["f", "f"], "the counts changed since: the owner is read"
+
+
+def test_a_new_function_gets_a_ready_event_but_no_warning_for_having_no_environment_yet(monkeypatch: Any) -> None:
+    from kfn import conditions as cond
+    from kfn import k8s
+    from kfn.reconcilers import common
+
+    posted: list[tuple[str, str]] = []
+    monkeypatch.setattr(k8s, "patch_status", lambda kind, ns, name, status: {"metadata": {}, "status": status})
+    monkeypatch.setattr(k8s, "post_event", lambda body, kind, reason, message: posted.append((kind, reason)))
+    body = {"kind": "Function", "metadata": {"namespace": "ns", "name": "f", "uid": "u", "generation": 1}}
+    born = [cond.true(cond.READY, cond.READY_REASON), cond.false(cond.AVAILABLE, cond.NO_ENVIRONMENTS, "0 of 1")]
+    common._write(body, {}, common.Outcome(conditions=born))
+    assert posted == [("Normal", cond.READY_REASON)]
+    was = {"conditions": cond.to_status([cond.true(cond.READY, cond.READY_REASON),
+                                         cond.true(cond.AVAILABLE, cond.ENVIRONMENTS_READY, "1 of 1")], None, 1)}
+    common._write(body, was, common.Outcome(conditions=born))
+    assert posted[-1] == ("Warning", cond.NO_ENVIRONMENTS), "environments that were there and are gone: news"

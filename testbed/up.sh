@@ -209,6 +209,8 @@ start etcd "$ETCD_BIN/etcd" --name default --data-dir "$RUN_DIR/etcd" \
 # --unsafe-no-fsync: a throw-away test cluster on a disk shared with builds; durability buys nothing here.
 wait_for "etcd health" 60 curl -fsS http://127.0.0.1:2379/health || failed etcd
 
+# OwnerReferencesPermissionEnforcement (on in OpenShift): a child with blockOwnerDeletion needs update on its
+# owner's finalizers; on here so a missing grant in kfn's RBAC fails the tests as it would fail there.
 start kube-apiserver "$K8S_BIN/kube-apiserver" \
   --etcd-servers=http://127.0.0.1:2379 \
   --bind-address="$NODE_IP" --advertise-address="$NODE_IP" --secure-port="$API_PORT" \
@@ -225,7 +227,7 @@ start kube-apiserver "$K8S_BIN/kube-apiserver" \
   --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
   --service-account-issuer="https://kubernetes.default.svc.$CLUSTER_DOMAIN" \
   --kubelet-preferred-address-types=InternalIP \
-  --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+  --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement \
   --allow-privileged=true --profiling=false --event-ttl=1h
 wait_for "kube-apiserver /readyz" 120 curl -fsS --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" \
   --key "$PKI/admin.key" "https://$NODE_IP:$API_PORT/readyz" || failed kube-apiserver

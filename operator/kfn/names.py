@@ -54,6 +54,8 @@ ANN_CONFIG_SHA256 = "kfn.dev/config-sha256"
 ANN_PROVISIONED = "kfn.dev/provisioned-concurrency"  # floor of execution environments
 ANN_FLOOR_APPLIED = "kfn.dev/provisioned-floor-applied"  # on Deployments: the floor replicas were last moved to
 ANN_PUBLISH_REQUEST = "kfn.dev/publish-request"  # spec.publish value that created a version
+# On a version: the spec.publish value it answered without being created for it ($LATEST was unchanged)
+ANN_PUBLISH_UNCHANGED = "kfn.dev/publish-answered-unchanged"
 ANN_SERVICE_ACCOUNT_TOKEN = "kfn.dev/service-account-token"  # "true" mounts the token
 ANN_SCALING = "kfn.dev/scaling"  # on version Deployments in KEDA mode: "keda" (KEDA owns replicas, not kfn's scaler)
 

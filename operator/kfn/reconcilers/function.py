@@ -258,6 +258,26 @@ def pin_image(namespace: str, function: str, config: dict[str, Any], code_digest
     return None if pinned is None else {**config, "code": {**config["code"], "image": pinned}}
 
 
+def publish_answer(versions: list[dict[str, Any]], request: int) -> cond.Condition | None:
+    """The answer to publish request *request* once it has been answered, from the versions themselves: Published
+    (the version made for it) or Unchanged (the existing version it was answered by), None if none answered it.
+
+    Kept in the status for as long as ``spec.publish`` stays: every later pass of the Function says it again, so
+    the answer is not replaced by "nothing to publish" one pass after it was given (a client polling for it could
+    miss it), whatever order concurrent passes write in.
+    """
+    if request <= 0:
+        return None
+    for v in reversed(versions):
+        annotations = v["metadata"].get("annotations") or {}
+        if annotations.get(names.ANN_PUBLISH_REQUEST) == str(request):
+            number = int(v["spec"]["version"])
+            if annotations.get(names.ANN_PUBLISH_UNCHANGED) == str(request):
+                return cond.true(cond.VERSION_PUBLISHED, cond.UNCHANGED, f"version {number} already matches $LATEST")
+            return cond.true(cond.VERSION_PUBLISHED, cond.PUBLISHED, f"published version {number}")
+    return None
+
+
 def publish(
     body: Mapping[str, Any], spec: Any, config: dict[str, Any], code_digest: str, versions: list[dict[str, Any]]
 ) -> tuple[cond.Condition | None, int | None]:
@@ -276,6 +296,9 @@ def publish(
     if not requested and not spec.auto_publish:
         if spec.publish == 0 and not versions:
             return None, newest_number
+        answer = publish_answer(versions, spec.publish)
+        if answer is not None:
+            return answer, newest_number
         return cond.true(cond.VERSION_PUBLISHED, cond.NOTHING_TO_PUBLISH, f"newest version: {newest_number}"), newest_number
     pinned = pin_image(meta["namespace"], meta["name"], config, code_digest)
     if pinned is None:
@@ -297,7 +320,8 @@ def publish(
                 names.FUNCTION_VERSION_KIND,
                 meta["namespace"],
                 newest["metadata"]["name"],
-                {"metadata": {"annotations": {names.ANN_PUBLISH_REQUEST: str(spec.publish)}}},
+                {"metadata": {"annotations": {names.ANN_PUBLISH_REQUEST: str(spec.publish),
+                                              names.ANN_PUBLISH_UNCHANGED: str(spec.publish)}}},
             )
         return (
             cond.true(cond.VERSION_PUBLISHED, cond.UNCHANGED, f"version {newest_number} already matches $LATEST"),
@@ -390,8 +414,8 @@ def reconcile_function(body: Mapping[str, Any], images: Images) -> Outcome:
     latest = max(int((body.get("status") or {}).get("latestVersion") or 0), newest or 0)
     if latest:
         outcome.status["latestVersion"] = latest
-    if published is not None and published.reason == cond.PUBLISHED:
-        versions = versions_of(namespace, function)
+    if newest is not None and newest > max((int(v["spec"]["version"]) for v in versions), default=0):
+        versions = versions_of(namespace, function)  # this pass made a version
     collect_garbage(body, versions, aliases, spec.version_retention)
 
     serving = cond.summarize(outcome.conditions)

@@ -144,6 +144,28 @@ class World:
     def poller_pods(self, mapping: str) -> list[dict[str, Any]]:
         return self.api.list("pods", f"kfn.dev/event-source-mapping={mapping}")
 
+    def running_poller(self, mapping: str, timeout: float = 60) -> dict[str, Any]:
+        """The container status of the mapping's one poller pod once the kubelet reports it running.
+
+        The poller can be mid-batch before the kubelet has posted its container's ID: on a loaded node that status
+        update trails the container's start by seconds."""
+        def running() -> dict[str, Any] | None:
+            (pod,) = self.poller_pods(mapping)
+            status = (pod["status"].get("containerStatuses") or [{}])[0]
+            return status if status.get("containerID") and "running" in status.get("state", {}) else None
+
+        return wait_until(running, timeout, f"the kubelet reports the poller container of {mapping} running",
+                          interval=0.2)
+
+    def sigkill_poller(self, mapping: str) -> int:
+        """SIGKILL the poller process of ``mapping`` through containerd (no SIGTERM, no goodbye to the broker,
+        nothing settled); the kubelet restarts the container in the same pod. Returns its restart count before."""
+        status = self.running_poller(mapping)
+        cid = status["containerID"].split("://", 1)[1]
+        subprocess.run(["ctr", "-a", self.cluster.settings["CONTAINERD_SOCK"], "-n", "k8s.io", "tasks", "kill", "-s",
+                        "SIGKILL", cid], check=True, capture_output=True, timeout=30)
+        return int(status["restartCount"])
+
     def diagnose(self) -> str:
         pods = self.api.kubectl("get", "pods,deploy,esm", "-o", "wide", check=False).stdout
         logs = self.api.kubectl("logs", "-l", "kfn.dev/component=poller", "--tail=30", "--prefix", check=False)

@@ -16,7 +16,6 @@ seen; ``{"sleep": s}`` holds its batch s seconds (a batch in flight when a polle
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -116,17 +115,6 @@ def failure_records(w: World, stream: str, count: int = 1, timeout: float = 90) 
         raise AssertionError(f"{e}\n{w.diagnose()}") from None
 
 
-def sigkill_poller(w: World, name: str) -> int:
-    """SIGKILL the poller process of mapping ``name`` through containerd (no SIGTERM, no goodbye to the broker);
-    the kubelet restarts the container in the same pod. Returns the restart count it had before."""
-    (pod,) = w.poller_pods(name)
-    status = pod["status"]["containerStatuses"][0]
-    cid = status["containerID"].split("://", 1)[1]
-    subprocess.run(["ctr", "-a", w.cluster.settings["CONTAINERD_SOCK"], "-n", "k8s.io", "tasks", "kill", "-s",
-                    "SIGKILL", cid], check=True, capture_output=True, timeout=30)
-    return int(status["restartCount"])
-
-
 def wait_restarted(w: World, name: str, before: int, timeout: float = 120) -> None:
     """Wait until the poller container of ``name`` restarted after a kill (restartCount went up)."""
     def restarted() -> bool:
@@ -178,7 +166,7 @@ def kill_mid_batch(w: World, name: str, t: str, produce: Callable[[list[bytes]],
     """
     held = wait_until(lambda: next((c for c in calls(w, t) if 8 in [i["n"] for i in c["items"]]), None), 240,
                       "the batch holding item 8 is in flight", interval=0.2)
-    before = sigkill_poller(w, name)
+    before = w.sigkill_poller(name)
     produce(items(t, range(41, 81)))
     wait_restarted(w, name, before)
     got = wait_ok(w, t, set(range(1, 81)))

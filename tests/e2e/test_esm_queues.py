@@ -21,7 +21,6 @@ import asyncio
 import base64
 import json
 import secrets
-import subprocess
 import time
 import urllib.request
 from typing import Any
@@ -102,14 +101,6 @@ def wait_ok(w: World, queue: str, want: set[str], timeout: float = DELIVERY_SECO
         return wait_until(done, timeout, f"the function finished {len(want)} messages of {queue}", interval=1)
     except AssertionError as e:
         raise AssertionError(f"{e}\n{w.diagnose()}") from None
-
-
-def sigkill_poller(w: World, name: str) -> None:
-    """SIGKILL the poller process itself (through containerd): no goodbye to the broker, nothing settled."""
-    (pod,) = w.poller_pods(name)
-    cid = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
-    subprocess.run(["ctr", "-a", w.cluster.settings["CONTAINERD_SOCK"], "-n", "k8s.io", "tasks", "kill", "-s",
-                    "SIGKILL", cid], check=True, capture_output=True, timeout=30)
 
 
 def poller_metric(w: World, name: str, metric: str) -> float:
@@ -233,7 +224,7 @@ def test_sqs_a_sigkilled_poller_loses_nothing(world: World, qrec: str, sqs: Any,
                                  scalingConfig={"maximumConcurrency": 2})])
     wait_until(lambda: len(listed(world, f"ok:{name}")) >= 3, DELIVERY_SECONDS, "the poller has started",
                interval=0.2)
-    sigkill_poller(world, name)
+    world.sigkill_poller(name)
     more = sqs_send(sqs, url, [json.dumps({"n": n}) for n in range(31, 41)])
     items = wait_ok(world, name, set(ids + more))
     assert {i["id"] for i in items} == set(ids + more)  # duplicates allowed (at least once), loss not
@@ -361,7 +352,7 @@ def test_rabbitmq_a_sigkilled_poller_loses_nothing(world: World, qrec: str, amqp
     world.api.apply([rmq_mapping(queue, qrec, queue, batchSize=3)])
     wait_until(lambda: len(listed(world, f"ok:{queue}")) >= 3, DELIVERY_SECONDS, "the poller has started",
                interval=0.2)
-    sigkill_poller(world, queue)
+    world.sigkill_poller(queue)
     killed_at = time.monotonic()
     more = rmq_send(amqp, queue, [json.dumps({"n": n}).encode() for n in range(31, 41)])
     items = wait_ok(world, queue, set(ids + more))

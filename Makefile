@@ -16,6 +16,9 @@ venv: $(VENV)/.installed ## create the virtual environment with kfn and its test
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
 	  echo "make venv: kfn needs Python 3.11 or newer as $(PYTHON) (found: $$($(PYTHON) -V 2>&1))"; exit 1; }
+	@# a fresh Debian-family machine lacks python3-venv: testbed/deps.sh installs it (as root) with the test bed's
+	@# packages, or names what to install in one sentence
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || bash testbed/deps.sh
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
 	  echo "make venv: $(PYTHON) cannot create virtual environments: install python3-venv (apt-get install python3-venv)"; exit 1; }
 	@echo "==> creating $(VENV) and installing kfn[test] (boto3, the aws CLI, pytest …; a minute or two the first time)"

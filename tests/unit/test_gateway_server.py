@@ -370,3 +370,55 @@ def test_reserved_zero_throttles_the_async_workers_path_even_with_an_environment
         rig.call(rig.gateway.dispatch(target, head, b"{}", "req-1", time.monotonic()))
     assert e.value.extra["Reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded"
     assert all(not a.seen for a in agents)
+
+
+def test_a_draining_gateway_answers_kept_alive_connections_with_close_instead_of_dropping_them() -> None:
+    # The bug: on SIGTERM the gateway waited for the invocations in flight and exited, dropping the connections
+    # its clients kept alive; a request sent on one as it went got no answer (CI saw botocore's
+    # ConnectionClosedError in a helm upgrade). Draining, it must answer such a request, say Connection: close,
+    # and finish once its clients have gone, not after the whole linger.
+    import http.client
+
+    r = Rig()
+    try:
+        r.objects(fn("hello"))
+        r.add_version("hello", "$LATEST")
+        path = "/2015-03-31/functions/hello/invocations"
+        kept, idle = (http.client.HTTPConnection("127.0.0.1", r.port, timeout=10) for _ in range(2))
+        for c in (kept, idle):
+            c.request("POST", path, body=b'{"n": 1}')
+            first = c.getresponse()
+            assert first.status == 200 and first.getheader("Connection") is None  # kept alive
+            first.read()
+        draining = asyncio.run_coroutine_threadsafe(r.gateway.drain(grace=60, linger=60), r.loop)
+        r.call(asyncio.sleep(0))  # runs after drain has begun (FIFO): the gateway is draining now
+        assert r.gateway.draining
+
+        kept.request("POST", path, body=b'{"n": 2}')
+        answer = kept.getresponse()
+        assert answer.status == 200 and json.loads(answer.read())["event"] == {"n": 2}
+        assert answer.getheader("Connection") == "close"
+        assert not draining.done()  # the idle client may still send: the gateway waits for it
+        idle.close()  # the last client goes: drain ends now, not after its 60 s linger
+        draining.result(5)
+    finally:
+        r.close()
+
+
+def test_a_draining_gateway_closes_a_connection_left_idle_past_the_linger() -> None:
+    # The bug this catches: a drain that never closes idle kept-alive connections holds the gateway (and its pod's
+    # termination) for the whole grace period for clients that will never send again.
+    import http.client
+
+    r = Rig()
+    try:
+        r.objects(fn("hello"))
+        r.add_version("hello", "$LATEST")
+        c = http.client.HTTPConnection("127.0.0.1", r.port, timeout=10)
+        c.request("POST", "/2015-03-31/functions/hello/invocations", body=b"{}")
+        c.getresponse().read()
+        r.call(r.gateway.drain(grace=5, linger=0.1))
+        assert c.sock is not None and c.sock.recv(1) == b""  # EOF: the gateway closed it
+        c.close()
+    finally:
+        r.close()

@@ -110,6 +110,10 @@ class Target:
     alias: dict | None = None  # the Alias object when the qualifier is an alias (its asyncInvokeConfig wins)
 
 
+# How long a draining gateway keeps an idle kept-alive connection open for its client's next request (Gateway.drain).
+DRAIN_LINGER_SECONDS = 5.0
+
+
 class Gateway:
     """Request handler for the gateway's port."""
 
@@ -125,6 +129,9 @@ class Gateway:
         self.health = health  # None when healthy, else why not
         self.loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.connections: set[GatewayConnection] = set()  # open client connections (kept alive or busy)
+        self.draining = False  # SIGTERM came: every answer closes its connection (see drain)
+        self._changed = asyncio.Event()  # a task started or a connection closed (drain waits on it)
 
     # --- routing of requests ---------------------------------------------------------------------------------------
     def __call__(self, req: Request) -> None:
@@ -141,6 +148,7 @@ class Gateway:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        self._changed.set()  # a draining gateway waits for this one too
 
     async def _authorized(self, req: Request) -> None:
         """Route *req* once its caller may make the call (``--auth sigv4``), else answer Lambda's 403."""
@@ -166,33 +174,21 @@ class Gateway:
     def _route(self, req: Request) -> None:
         path, method = req.path, req.method
         if path.startswith(INVOKE_PREFIX) and path.endswith(INVOKE_SUFFIX) and method == "POST":
-            task = self.loop.create_task(self._invoke(req, path[len(INVOKE_PREFIX):-len(INVOKE_SUFFIX)]))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            return
+            return self._spawn(self._invoke(req, path[len(INVOKE_PREFIX):-len(INVOKE_SUFFIX)]))
         if path.startswith(INVOKE_ASYNC_PREFIX) and path.endswith(INVOKE_ASYNC_SUFFIXES) and method == "POST":
             name = path[len(INVOKE_ASYNC_PREFIX):].rstrip("/")[:-len("/invoke-async")]
-            task = self.loop.create_task(self._invoke(req, name, legacy_async=True))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            return
+            return self._spawn(self._invoke(req, name, legacy_async=True))
         if method == "GET" and path == "/healthz":
             problem = self.health()
             if problem is None:
                 return req.respond(200, _TEXT_H, b"ok\n")
             return req.respond(503, _TEXT_H, f"{problem}\n".encode())
         if control.is_write(method, path) or writes.is_write(method, path):
-            task = self.loop.create_task(self._write(req))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            return
+            return self._spawn(self._write(req))
         if method == "GET" and path == "/metrics":
             return req.respond(200, f"Content-Type: {CONTENT_TYPE_LATEST}\r\n".encode(), generate_latest())
         if method == "GET" and self.settings.api.allow_writes and writes.CODE_PATH.fullmatch(path):
-            task = self.loop.create_task(self._write(req, self._code))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            return
+            return self._spawn(self._write(req, self._code))
         request_id = errors.new_request_id()
         try:
             query = parse_qs(req.raw_query, keep_blank_values=True) if req.raw_query else {}
@@ -641,10 +637,34 @@ class Gateway:
             lines.append(f"x-amzn-trace-id: {trace_header}")  # the caller's trace, carried to the function
         return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
-    async def drain(self, grace: float) -> None:
-        """Wait (at most *grace* seconds) for the invocations in flight."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=grace)
+    async def drain(self, grace: float, linger: float = DRAIN_LINGER_SECONDS) -> None:
+        """Stop serving without breaking a client: wait (at most *grace* seconds in all) for the invocations in
+        flight, and for up to *linger* seconds for clients to use the connections they keep alive.
+
+        Once draining, every answer carries ``Connection: close`` and closes its connection, so a client that
+        sends its next request on a kept-alive connection gets an answer and reconnects (through the Service, to
+        a gateway that stays). Closing an idle kept-alive connection at once would race a request the client is
+        sending on it: the client sees the connection closed without an answer (botocore's
+        ``ConnectionClosedError``), and an invocation is not safe to send again. Connections still idle after
+        *linger* are closed; by then the client has had a request's worth of time to find out.
+        """
+        self.draining = True
+        loop = self.loop
+        deadline = loop.time() + grace
+        linger_end = loop.time() + min(linger, grace)
+        while (now := loop.time()) < deadline:
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=deadline - now)
+                continue
+            if not self.connections or now >= linger_end:
+                break
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), linger_end - now)
+            except TimeoutError:
+                pass  # lingered long enough: close what is still idle
+        for conn in list(self.connections):
+            conn.close_if_idle()
 
 
 WRITE_ATTEMPTS = 3  # a write whose resourceVersion precondition meets a newer object is decided again
@@ -743,7 +763,26 @@ def _apply_op(op: writes.Op, results: list[dict[str, Any]]) -> tuple[dict[str, A
 
 
 class GatewayConnection(Connection):
-    """The agent's connection protocol, with malformed HTTP answered in Lambda's error shape."""
+    """The agent's connection protocol, with malformed HTTP answered in Lambda's error shape, and known to the
+    gateway while open (a draining gateway answers with ``Connection: close``: see :meth:`Gateway.drain`)."""
+
+    def __init__(self, gateway: Gateway, limit: int) -> None:
+        super().__init__(gateway, limit)
+        self.gateway = gateway
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.gateway.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.gateway.connections.discard(self)
+        self.gateway._changed.set()
+
+    def send(self, req: Request, status: int, headers: bytes, body: bytes) -> None:
+        if self.gateway.draining:
+            req._keep_alive = False  # the answer says Connection: close, and the connection closes after it
+        super().send(req, status, headers, body)
 
     def _fail(self, status: int, message: bytes) -> None:
         t = self.transport

@@ -446,7 +446,7 @@ def chart_manifests(text: str, namespace: str = DEFAULT_NAMESPACE, image: str = 
     from *image* and ``gateway.replicas`` (0: ``gateway.enabled=false``), object
     for object, in the chart's order (Namespace, CRDs, then the rest): the
     namespace moves everywhere it appears (objects, the Namespace itself,
-    binding subjects), the operator's image flags follow *image* as
+    binding subjects, the in-cluster Service URLs in commands and env), the operator's image flags follow *image* as
     :func:`image_flags` builds them. Cluster-scoped names stay the release's
     (``kfn-operator``, ``kfn-gateway``), as with ``helm install``: one
     cluster-wide kfn per cluster. Raises ``ValueError`` when *text* is not the
@@ -486,7 +486,10 @@ def _retarget(obj: dict[str, Any], namespace: str, image: str, gateway_replicas:
                 if cmd[at:at + len(rendered)] != rendered:
                     raise ValueError(f"the chart's operator command is not what `make chart` renders: {cmd}")
                 cmd[at:at + len(rendered)] = image_flags(image)
-            # in-cluster URLs of kfn's own Services (the scaler, NATS) name the release's namespace
+            # in-cluster URLs of kfn's own Services (gateway, scaler, NATS) name the release's namespace
             svc = f".{CHART_NAMESPACE}.svc"
             c["command"] = [a.replace(svc, f".{namespace}.svc") if isinstance(a, str) else a for a in cmd]
+            for e in c.get("env") or []:
+                if isinstance(e.get("value"), str):
+                    e["value"] = e["value"].replace(svc, f".{namespace}.svc")
     return obj

@@ -280,6 +280,9 @@ def test_network_policies_open_only_what_kfns_pods_serve(render: Render) -> None
         ("operater.resyncSeconds=60", "additional properties 'operater' not allowed"),
         ("crds.keep=maybe", "at '/crds/keep': got string, want boolean"),
         ("keda.defaultMode=hpa", "at '/keda/defaultMode': value must be one of 'builtin', 'keda'"),
+        ("operator.otlpEndpoint=otel:4318", "at '/operator/otlpEndpoint'"),
+        ("gateway.otlpEndpoint=otel:4318", "at '/gateway/otlpEndpoint'"),
+        ("operator.urlBase=lambda.example.com", "at '/operator/urlBase'"),
     ],
 )
 def test_invalid_values_fail_naming_the_value(helm_bin: str, setting: str, message: str) -> None:
@@ -401,3 +404,53 @@ def test_gateway_writes_are_off_unless_allowed_and_then_bound_to_the_gateway(ren
     assert one(on, "ClusterRole", "kfn-gateway-write")["rules"] == GATEWAY_WRITE_RULES
     binding = one(on, "ClusterRoleBinding", "kfn-gateway-write")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kfn-gateway", "namespace": "kfn-system"}]
+
+
+def operator_container(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    (deploy,) = by_component(objs, "operator")["Deployment"]
+    (c,) = deploy["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def service_url(svc: dict[str, Any], port: str = "http") -> str:
+    p = next(p for p in svc["spec"]["ports"] if p["name"] == port)
+    host = f"http://{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc"
+    return host if p["port"] == 80 else f"{host}:{p['port']}"
+
+
+def test_pollers_reach_the_releases_own_gateway_scaler_and_nats_in_any_namespace(helm_bin: str) -> None:
+    # Catches: pollers of a release outside kfn-system (or not named kfn) invoking kfn-gateway.kfn-system.svc, which
+    # does not exist, so every mapping fails; nats:// on-failure destinations with no NATS address on the operator.
+    def render(*sets: str) -> list[dict[str, Any]]:
+        args = template_args(*sets, namespace="lambda", release="edge")
+        return [d for d in yaml.safe_load_all(helm(helm_bin, *args).stdout) if d]
+
+    objs = render("gateway.service.port=8080")
+    env = {e["name"]: e.get("value") for e in operator_container(objs)["env"]}
+    gateway = one(by_component(objs, "gateway")["Service"], "Service")
+    assert env["KFN_POLLER_GATEWAY_URL"] == service_url(gateway) == "http://kfn-edge-gateway.lambda.svc:8080"
+    assert env["KFN_URL_BASE"] == env["KFN_POLLER_GATEWAY_URL"]  # status.url names a gateway that exists
+    assert env["KFN_POLLER_SCALER_URL"] == service_url(one(by_component(objs, "scaler")["Service"], "Service"))
+    (worker,) = by_component(objs, "async-worker")["Deployment"]
+    cmd = worker["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert env["KFN_NATS_URL"] == cmd[cmd.index("--nats-url") + 1] == "nats://kfn-edge-nats.lambda.svc:4222"
+    # no scaler: the pollers report lag nowhere rather than to a Service that is not there; no async: no NATS
+    env = {e["name"]: e.get("value") for e in operator_container(render("scaler.enabled=false", "async.enabled=false"))["env"]}
+    assert env["KFN_POLLER_SCALER_URL"] == "" and "KFN_NATS_URL" not in env
+
+
+def test_tracing_and_url_base_flags_are_passed_only_when_set(render: Render) -> None:
+    # Catches: docs telling users to set --otlp-endpoint / --url-base that the chart has no value for.
+    def gateway_command(objs: list[dict[str, Any]]) -> list[str]:
+        return one(objs, "Deployment", "kfn-gateway")["spec"]["template"]["spec"]["containers"][0]["command"]
+
+    plain = render()
+    assert "--otlp-endpoint" not in operator_container(plain)["command"] + gateway_command(plain)
+    assert "--url-base" not in operator_container(plain)["command"]
+    objs = render("operator.otlpEndpoint=http://otel.obs.svc:4318", "gateway.otlpEndpoint=http://otel.obs:4318",
+                  "operator.urlBase=https://lambda.example.com")
+    op, gw = operator_container(objs), gateway_command(objs)
+    assert op["command"][op["command"].index("--otlp-endpoint") + 1] == "http://otel.obs.svc:4318"
+    assert op["command"][op["command"].index("--url-base") + 1] == "https://lambda.example.com"
+    assert "KFN_URL_BASE" not in {e["name"] for e in op["env"]}  # the flag wins; no second source of the same value
+    assert gw[gw.index("--otlp-endpoint") + 1] == "http://otel.obs:4318"

@@ -37,3 +37,16 @@ def test_the_profile_is_an_aws_config_section() -> None:
     assert dict(parser["profile kfn-team-a-deployer"]) == {
         "aws_access_key_id": "AKKFX", "aws_secret_access_key": "s/e+c", "region": "us-east-1",
         "endpoint_url": "http://gw:8080"}
+
+
+def test_the_printed_profile_names_the_keys_secret_and_still_parses() -> None:
+    # Catches: users guessing the Secret a poller's kfn.dev/invoke-credentials-secret annotation must name (the id
+    # is printed upper case, the Secret's name is lower case) or a profile that no longer appends to ~/.aws/config.
+    key = credentials.make_key_secret("team-a", "feeder", "uid-1", "AKKFABCDEFGHIJKLMNOP", "sekrit")
+    assert key["metadata"]["name"] == credentials.secret_name("AKKFABCDEFGHIJKLMNOP") == "kfn-access-key-akkfabcdefghijklmnop"
+    text = credentials.profile_text("p", "AKKFABCDEFGHIJKLMNOP", "sekrit", "us-east-1", None,
+                                    "team-a/kfn-access-key-akkfabcdefghijklmnop")
+    assert text.splitlines()[0] == "# key held in Secret team-a/kfn-access-key-akkfabcdefghijklmnop"
+    parser = configparser.ConfigParser()
+    parser.read_string(text)
+    assert parser["profile p"]["aws_access_key_id"] == "AKKFABCDEFGHIJKLMNOP"

@@ -109,6 +109,10 @@ def test_a_stale_source_condition_is_noticed() -> None:
     ({"filterCriteria": {"filters": [{"pattern": '{"a": "x"}'}]}}, True),
     ({"filterCriteria": {"filters": [{"pattern": '{"a": ["x"]}'}]}}, False),
     ({"source": {"schedule": {"expression": "cron(0 10 * * * *)"}}, "startingPosition": None}, True),
+    # a schedule's input is a JSON document in a string: not JSON would fail at every tick, so it is refused here
+    ({"source": {"schedule": {"expression": "rate(1 minute)", "input": "nightly"}}, "startingPosition": None}, True),
+    ({"source": {"schedule": {"expression": "rate(1 minute)", "input": '{"job": "nightly"}'}},
+      "startingPosition": None}, False),
 ])
 def test_validate_refuses_what_admission_cannot_check(spec: dict[str, Any], bad: bool) -> None:
     from kfn.models.esm import parse_event_source_mapping_spec
@@ -116,7 +120,9 @@ def test_validate_refuses_what_admission_cannot_check(spec: dict[str, Any], bad:
     raw = {k: v for k, v in {**body()["spec"], **spec}.items() if v is not None}
     parsed = parse_event_source_mapping_spec(raw)
     if bad:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError) as e:
             rec.validate(parsed)
+        if "input" in str(spec):
+            assert str(e.value).startswith("spec.source.schedule.input: must be a JSON document")
     else:
         rec.validate(parsed)

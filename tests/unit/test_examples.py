@@ -22,8 +22,10 @@ VALID = sorted(EXAMPLES.glob("*.yaml"))
 INVALID = sorted((EXAMPLES / "invalid").glob("*.yaml"))
 
 
-def documents(path: Path) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+def documents(path: Path, kfn_only: bool = True) -> list[dict[str, Any]]:
+    """The example's kfn objects (*kfn_only*), or all of them (an example may carry the ConfigMap its zip lives in)."""
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return [d for d in docs if d["apiVersion"].startswith("kfn.dev/")] if kfn_only else docs
 
 
 def expectation(path: Path, key: str) -> str:
@@ -73,3 +75,26 @@ def test_offline_admission_accepts_ordinary_metadata_and_refuses_unknown_spec_fi
     assert admission_errors(doc) == []
     doc["spec"]["memorySize"] = 256
     assert admission_errors(doc) == ['unknown field "spec.memorySize"']
+
+
+def test_code_signing_example_is_self_contained_and_its_signature_verifies() -> None:
+    # Catches: a "complete example" whose zip lives at a URL that does not exist or whose signature is a placeholder,
+    # so under Enforce it never becomes Ready.
+    import base64
+    import hashlib
+
+    from kfn import signing
+
+    docs = documents(EXAMPLES / "code-signing.yaml", kfn_only=False)
+    config = next(d for d in docs if d["kind"] == "CodeSigningConfig")
+    fn = next(d for d in docs if d["kind"] == "Function")
+    ref = fn["spec"]["code"]["zip"]["configMapRef"]
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == ref["name"])
+    zipped = base64.b64decode(cm["binaryData"][ref.get("key", "code.zip")])
+    (profile,) = config["spec"]["allowedPublishers"]["signingProfiles"]
+    publishers = [signing.load_public_key(profile["name"], profile["publicKey"])]
+    signature = fn["spec"]["code"]["zip"]["signature"]
+    verdict = signing.verify_digest("spec.code.zip", hashlib.sha256(zipped).hexdigest(), signature, publishers)
+    assert verdict.outcome == "Verified", verdict
+    tampered = signing.verify_digest("spec.code.zip", hashlib.sha256(zipped + b"!").hexdigest(), signature, publishers)
+    assert tampered.outcome != "Verified"

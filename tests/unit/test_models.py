@@ -177,7 +177,12 @@ REFUSED = [
     (parse_event_source_mapping_spec, esm(source={"schedule": {"expression": "rate(1 minute)"}}, batchSize=2),
      "spec.batchSize: a schedule sends one event per tick: batchSize must be 1"),
     (parse_event_source_mapping_spec, esm(source={"schedule": {"expression": "every minute"}}),
-     "spec.source.schedule.expression: must be cron(...) or rate(N unit), got 'every minute'"),
+     "spec.source.schedule.expression: must be cron(...), rate(1 minute|hour|day) or rate(N minutes|hours|days) "
+     "with N > 1, got 'every minute'"),
+    # EventBridge's rule: the singular unit for 1, the plural otherwise; refused at admission, not at the first tick
+    *[(parse_event_source_mapping_spec, esm(source={"schedule": {"expression": e}}),
+       f"spec.source.schedule.expression: must be cron(...), rate(1 minute|hour|day) or rate(N minutes|hours|days) "
+       f"with N > 1, got '{e}'") for e in ("rate(1 minutes)", "rate(5 minute)", "rate(0 minutes)", "rate(1 days)")],
     (parse_event_source_mapping_spec, esm(source=STREAM),
      "spec.startingPosition: startingPosition is required for stream sources (kafka, redis, nats)"),
     (parse_event_source_mapping_spec, esm(maximumRetryAttempts=1),
@@ -258,6 +263,8 @@ ACCEPTED = [
     (parse_event_source_mapping_spec, esm(source=KAFKA(servers=["b" * 294 + f"{i}:9092" for i in range(10)]),
                                           startingPosition="LATEST")),
     (parse_event_source_mapping_spec, esm(source={"schedule": {"expression": "rate(1 minute)", "timezone": "Z" * 50}})),
+    (parse_event_source_mapping_spec, esm(source={"schedule": {"expression": "rate(12 minutes)"}})),
+    (parse_event_source_mapping_spec, esm(source={"schedule": {"expression": "rate(1 day)"}})),
 ]
 
 

@@ -7,6 +7,12 @@ release name, so two releases (or a `kfn install`) never fight over one. */}}
 {{- define "kfn.operatorName" -}}{{ include "kfn.fullname" . }}-operator{{- end -}}
 {{- define "kfn.gatewayName" -}}{{ include "kfn.fullname" . }}-gateway{{- end -}}
 
+{{/* In-cluster URLs of this release's gateway Service (the Lambda API) and scaler Service (demand pushes). */}}
+{{- define "kfn.gatewayUrl" -}}
+http://{{ include "kfn.gatewayName" . }}.{{ .Release.Namespace }}.svc{{ if ne (int .Values.gateway.service.port) 80 }}:{{ .Values.gateway.service.port }}{{ end }}
+{{- end -}}
+{{- define "kfn.scalerUrl" -}}http://{{ include "kfn.fullname" . }}-scaler.{{ .Release.Namespace }}.svc:8081{{- end -}}
+
 {{/* the labels `kfn install` puts on the operator (kfn/names.py), plus Helm's */}}
 {{- define "kfn.operatorSelector" -}}
 app.kubernetes.io/managed-by: kfn

@@ -1,5 +1,5 @@
 """``kfn credentials create --service-account NAME [-n NS]``: an access key for the Lambda API, bound to a
-ServiceAccount, printed as an aws CLI profile.
+ServiceAccount, printed as an aws CLI profile (headed by a comment naming the key's Secret).
 
 The key is a Secret in the ServiceAccount's namespace (owned by the ServiceAccount, so deleting it revokes the
 key), labelled so the gateway finds it by id (:mod:`kfn.gateway.auth`). What the key may do is what RBAC grants
@@ -30,6 +30,12 @@ def new_key() -> tuple[str, str]:
     return key_id, secret
 
 
+def secret_name(key_id: str) -> str:
+    """The name of the Secret holding *key_id*: ``kfn-access-key-<id in lower case>`` (Secret names are DNS names).
+    A poller signs its invokes with the key a mapping's ``kfn.dev/invoke-credentials-secret`` annotation names."""
+    return f"kfn-access-key-{key_id.lower()}"
+
+
 def make_key_secret(namespace: str, service_account: str, service_account_uid: str, key_id: str,
                     secret: str) -> dict[str, Any]:
     """The Secret that holds a key: found by its ``kfn.dev/access-key-id`` label, owned by the ServiceAccount."""
@@ -37,7 +43,7 @@ def make_key_secret(namespace: str, service_account: str, service_account_uid: s
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
-            "name": f"kfn-access-key-{key_id.lower()}",
+            "name": secret_name(key_id),
             "namespace": namespace,
             "labels": {names.LABEL_ACCESS_KEY_ID: key_id, names.LABEL_ACCESS_KEY_SERVICE_ACCOUNT: service_account,
                        names.LABEL_MANAGED_BY: "kfn"},
@@ -50,10 +56,15 @@ def make_key_secret(namespace: str, service_account: str, service_account_uid: s
     }
 
 
-def profile_text(profile: str, key_id: str, secret: str, region: str, endpoint_url: str | None) -> str:
-    """An ``~/.aws/config`` profile section (the aws CLI and boto3 read keys, region and endpoint_url there)."""
-    lines = [f"[profile {profile}]", f"aws_access_key_id = {key_id}", f"aws_secret_access_key = {secret}",
-             f"region = {region}"]
+def profile_text(profile: str, key_id: str, secret: str, region: str, endpoint_url: str | None,
+                 secret_ref: str | None = None) -> str:
+    """An ``~/.aws/config`` profile section (the aws CLI and boto3 read keys, region and endpoint_url there).
+
+    *secret_ref* (``namespace/name`` of the key's Secret) goes in a comment line above the section, so the output
+    can still be appended to ``~/.aws/config`` as it is."""
+    lines = [f"# key held in Secret {secret_ref}"] if secret_ref else []
+    lines += [f"[profile {profile}]", f"aws_access_key_id = {key_id}", f"aws_secret_access_key = {secret}",
+              f"region = {region}"]
     if endpoint_url:
         lines.append(f"endpoint_url = {endpoint_url}")
     return "\n".join(lines) + "\n"
@@ -82,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"kfn credentials: ServiceAccount {args.namespace}/{args.service_account} not found", file=sys.stderr)
         return 1
     key_id, secret = new_key()
-    k8s.create(make_key_secret(args.namespace, args.service_account, sa["metadata"]["uid"], key_id, secret))
+    key_secret = make_key_secret(args.namespace, args.service_account, sa["metadata"]["uid"], key_id, secret)
+    k8s.create(key_secret)
     profile = args.profile or f"kfn-{args.namespace}-{args.service_account}"
-    sys.stdout.write(profile_text(profile, key_id, secret, args.region, args.endpoint_url))
+    sys.stdout.write(profile_text(profile, key_id, secret, args.region, args.endpoint_url,
+                                  f"{args.namespace}/{key_secret['metadata']['name']}"))
     return 0

@@ -101,12 +101,16 @@ class ScheduleSource(SpecModel):
     expression: Annotated[
         StrictStr,
         Field(max_length=256),
-        Matches(r"^(cron\(.+\)|rate\(\d+ (minute|minutes|hour|hours|day|days)\))$", "must be cron(...) or rate(N unit)"),
-    ] = Field(description="cron(min hour day-of-month month day-of-week year) or rate(N minutes|hours|days).")
+        # EventBridge: the singular unit for 1, the plural otherwise (rate(1 minutes), rate(5 minute) are refused)
+        Matches(r"^(cron\(.+\)|rate\((1 (minute|hour|day)|([2-9]|[1-9][0-9]+) (minutes|hours|days))\))$",
+                "must be cron(...), rate(1 minute|hour|day) or rate(N minutes|hours|days) with N > 1"),
+    ] = Field(description="cron(min hour day-of-month month day-of-week year), rate(1 minute|hour|day) or "
+                          "rate(N minutes|hours|days) with N > 1.")
     # EventBridge Scheduler's ScheduleExpressionTimezone: 1-50 characters (botocore service model)
     timezone: Annotated[StrictStr, Field(min_length=1, max_length=50)] = Field(
         "UTC", description="IANA time zone of cron().")
-    input: Annotated[StrictStr, Field(max_length=8192)] | None = Field(None, description="Event JSON to send.")
+    input: Annotated[StrictStr, Field(max_length=8192)] | None = Field(
+        None, description="The event to send: a JSON document as a string, e.g. '{\"job\": \"nightly\"}'.")
 
 
 class Source(SpecModel):

@@ -13,6 +13,7 @@ watches, which select function children).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -73,10 +74,18 @@ def source_condition_stale(status: Mapping[str, Any] | None) -> bool:
 
 
 def validate(spec: Any) -> None:
-    """What admission cannot check: filter patterns and schedule expressions; raises ValueError subclasses."""
+    """What admission cannot check: filter patterns, schedule expressions and a schedule's ``input`` (a JSON document
+    held as a string: EventBridge's target ``Input`` is valid JSON text, and the poller parses it at every tick);
+    raises ValueError subclasses whose message names the field."""
     filters.parse([f.pattern for f in spec.filter_criteria.filters] if spec.filter_criteria else [])
     if spec.source.schedule is not None:
         schedule.Schedule(spec.source.schedule.expression, spec.source.schedule.timezone)
+        if spec.source.schedule.input is not None:
+            try:
+                json.loads(spec.source.schedule.input)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"spec.source.schedule.input: must be a JSON document in a string, e.g. "
+                                 f"'{{\"job\": \"nightly\"}}' ({e})") from e
 
 
 def reconcile_esm(body: Mapping[str, Any], settings: PollerSettings) -> Outcome:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,11 +32,11 @@ import kopf
 from kfn import aio, health, k8s, metrics, names
 from kfn.reconcilers.alias import reconcile_alias
 from kfn.reconcilers.children import APPLIED
-from kfn.reconcilers.common import Outcome
+from kfn.reconcilers.common import Outcome, last_written_status
 from kfn.reconcilers.environment import deployment_just_read, forget_seen, status_follows
 from kfn.reconcilers.esm import reconcile_esm, source_condition_stale
 from kfn.reconcilers.function import RELATED, RESERVATIONS, reconcile_function, reservation_entry, versions_of
-from kfn.reconcilers.resync import RECENT
+from kfn.reconcilers.resync import RECENT, state_of
 from kfn.reconcilers.securitygroup import reconcile_security_group
 from kfn.reconcilers.codesigning import reconcile_code_signing_config
 from kfn.reconcilers.version import reconcile_version
@@ -120,12 +121,27 @@ def controller_of(meta: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def controller_uid(meta: Mapping[str, Any]) -> str | None:
+    """The uid of the kfn resource controlling a child, if any."""
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("apiVersion") == names.API_VERSION and ref.get("controller"):
+            return ref.get("uid")
+    return None
+
+
 def environments_changed(deployment: Mapping[str, Any], owner: tuple[str, str], namespace: str) -> dict[str, Any] | None:
     """The owner (read now) if its status does not yet say what the Deployment's state means (environment counts,
-    DeploymentReady, Available: see ``status_follows``), else None."""
+    DeploymentReady, Available: see ``status_follows``), else None.
+
+    When the status this process last wrote to the owner already says it, the owner is not read: kfn's operator
+    is the only writer of those fields (another replica's write after a failover is caught by the resync).
+    """
     status = deployment.get("status") or {}
     if status.get("observedGeneration", 0) < deployment.get("metadata", {}).get("generation", 0):
         return None  # the controller has not caught up yet; another event follows
+    written = last_written_status(controller_uid(deployment.get("metadata") or {}))
+    if written is not None and status_follows(written, deployment):
+        return None
     body = k8s.get(owner[0], namespace, owner[1])
     if body is None:
         return None
@@ -161,6 +177,68 @@ class EnvironmentsSeen:
 
 
 ENVIRONMENTS = EnvironmentsSeen()
+
+
+def child_state(child: Mapping[str, Any]) -> dict[str, Any]:
+    """What following a child reads of it: a Deployment as a reconcile reads it (``resync.state_of``: no pod
+    template, no managedFields), any other child its identity and owners only."""
+    if child.get("kind") == "Deployment":
+        return state_of(child)
+    meta = child.get("metadata") or {}
+    keep = ("name", "namespace", "uid", "ownerReferences")
+    return {"apiVersion": child.get("apiVersion"), "kind": child.get("kind"),
+            "metadata": {k: meta[k] for k in keep if k in meta}}
+
+
+class ChildFollowups:
+    """Owner passes asked for by child events: at most *limit* at a time, and only the newest event per child.
+
+    A child's watch handler hands its follow-up over here and returns at once, so Kopf lets go of the event's
+    body: while a thousand Deployments change together (created, or past their progress deadline), a handler
+    that waited for its turn in the thread pool kept a thousand whole Deployment bodies (pod templates,
+    managedFields) alive — the operator's peak memory. A waiting follow-up holds the trimmed child
+    (:func:`child_state`), and a newer event of the same child replaces the one still waiting (the owner's pass
+    reads the owner afresh and takes the child's newest state; an older one would only be a pass for nothing).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._waiting: dict[tuple[str, str, str], tuple[Any, ...]] = {}  # child -> the newest follow-up's arguments
+        self._scheduled: set[tuple[str, str, str]] = set()  # children with a task that drains their follow-ups
+        self._slots: asyncio.Semaphore | None = None  # made in the event loop, on first use
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def submit(self, key: tuple[str, str, str], run: Callable[..., None], *args: Any) -> None:
+        """Have ``run(*args)`` called in a thread, unless a newer submit for *key* comes before its turn."""
+        self._waiting[key] = (run, *args)
+        if key in self._scheduled:
+            return  # its task takes the newest arguments when it gets to them
+        self._scheduled.add(key)
+        task = asyncio.get_running_loop().create_task(self._drain(key))
+        task.add_done_callback(_log_failure)
+
+    async def _drain(self, key: tuple[str, str, str]) -> None:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.limit)
+        async with self._slots:
+            try:
+                while (job := self._waiting.pop(key, None)) is not None:
+                    await asyncio.to_thread(*job)
+            finally:
+                self._scheduled.discard(key)  # no await between the last pop and this: nothing is left behind
+                self._waiting.pop(key, None)  # a failed follow-up drops what queued behind it: the resync catches up
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        # not an ApiError (follow_child handles those): a bug, logged with its traceback like Kopf logs a handler's
+        log.error("following a child failed", exc_info=task.exception())
+
+
+# As many follow-ups at once as asyncio's default executor has threads (the child handlers' former limit).
+FOLLOWUPS = ChildFollowups(limit=min(32, (os.cpu_count() or 1) + 4))
 
 
 def follow_child(child_kind: str, event_type: str, body: dict[str, Any], owner: tuple[str, str], cfg: OperatorConfig) -> None:
@@ -506,7 +584,7 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Ta
 
             async def on_child(body: kopf.Body, type: str | None, _child_kind: str = child_kind, **_: Any) -> None:
                 # async: most events only update the memory of applied children, which is not
-                # worth a trip through the handler thread pool; API calls go to a thread.
+                # worth a trip through the handler thread pool; API calls go to a thread (FOLLOWUPS).
                 meta = body.get("metadata", {})
                 APPLIED.observe(type, plain(body))
                 if type not in ("DELETED", "MODIFIED") or (type == "MODIFIED" and _child_kind != "Deployment"):
@@ -518,7 +596,8 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Ta
                 owner = controller_of(meta)
                 if owner is None:
                     return
-                await asyncio.to_thread(follow_child, _child_kind, type, plain(body), owner, cfg)
+                key = (_child_kind, meta.get("namespace", ""), meta.get("name", ""))
+                FOLLOWUPS.submit(key, follow_child, _child_kind, type, child_state(body), owner, cfg)
 
             # Every event keeps the memory of applied children true (an edit makes the next
             # pass apply again); deletions of any child are repaired at once; Deployments'

@@ -105,6 +105,12 @@ class _Written:
 _WRITTEN = _Written()
 
 
+def last_written_status(uid: str | None) -> dict[str, Any] | None:
+    """The status this process last wrote to the object with *uid* (as the API server answered), or None."""
+    written = _WRITTEN.get(uid)
+    return None if written is None else written[1]
+
+
 def _write(body: Mapping[str, Any], current: Mapping[str, Any], outcome: Outcome) -> Outcome:
     meta = body["metadata"]
     old = current.get("conditions") or []
@@ -124,6 +130,8 @@ def _write(body: Mapping[str, Any], current: Mapping[str, Any], outcome: Outcome
         _WRITTEN.add(meta.get("uid"), answer)
     for t in cond.transitions(outcome.conditions, old):
         c = t.condition
+        if not_news(t):
+            continue
         reason = c.reason
         message = f"{c.type} is {c.status}: {c.message}" if c.message else f"{c.type} is {c.status}"
         try:
@@ -131,6 +139,13 @@ def _write(body: Mapping[str, Any], current: Mapping[str, Any], outcome: Outcome
         except k8s.ApiError as e:  # an Event is best effort; status already says it
             log.warning("could not post event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], e)
     return outcome
+
+
+def not_news(t: cond.Transition) -> bool:
+    """A transition not worth an Event: a new version's first Available=False (no environment yet, as with every
+    new Deployment). Every new Function would otherwise carry a Warning, and a thousand new Functions a thousand
+    more writes while the API server is busiest; Available going False later is still posted."""
+    return t.previous_status is None and t.condition.type == cond.AVAILABLE and t.condition.reason == cond.NO_ENVIRONMENTS
 
 
 def _conditions_changed(old: list[Mapping[str, Any]], new: list[Mapping[str, Any]]) -> bool:

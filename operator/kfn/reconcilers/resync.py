@@ -8,7 +8,9 @@ timer, and a finalizer blocks deleting a Function while no operator runs.
 With peering, only the active replica resyncs: the one no live peer outranks
 (the same rule Kopf applies to its own handlers).
 
-A pass reads kfn's Deployments with one list per namespace, and a reconcile
+A pass reads kfn's objects a page at a time and reconciles each page before it
+reads the next (its memory is a page, not every object). It reads kfn's
+Deployments with one list per namespace, and a reconcile
 takes its Deployment's state from that list when it is still the newest version
 the Deployment watch has delivered (else it reads it again): an idle pass then
 sends a few lists, not a GET per Function.
@@ -28,7 +30,7 @@ import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -70,25 +72,27 @@ class RecentlyReconciled:
         self._lock = threading.Lock()
 
     @staticmethod
-    def _key(kind: str, body: Mapping[str, Any]) -> tuple[str, str, str]:
+    def key(kind: str, body: Mapping[str, Any]) -> tuple[str, str, str]:
         meta = body.get("metadata") or {}
         return kind, meta.get("namespace") or "", meta.get("name") or ""
 
     def note(self, kind: str, body: Mapping[str, Any], now: float | None = None) -> None:
         with self._lock:
-            self._done[self._key(kind, body)] = time.monotonic() if now is None else now
+            self._done[self.key(kind, body)] = time.monotonic() if now is None else now
 
     def since(self, kind: str, body: Mapping[str, Any], now: float | None = None) -> float | None:
         """Seconds since the object's last reconcile, or None if none is known."""
         with self._lock:
-            done = self._done.get(self._key(kind, body))
+            done = self._done.get(self.key(kind, body))
         return None if done is None else (time.monotonic() if now is None else now) - done
 
-    def keep_only(self, objects: list[tuple[str, dict[str, Any]]]) -> None:
-        """Forget objects that no longer exist (called with every object of a resync pass)."""
-        live = {self._key(kind, body) for kind, body in objects}
+    def keep_only(self, live: list[tuple[str, str, str]], reconciled_before: float | None = None) -> None:
+        """Forget objects that no longer exist: those not in *live* (the keys of every object a resync pass
+        listed). With *reconciled_before*, an object reconciled since then is kept (created after the list)."""
+        keep = set(live)
         with self._lock:
-            self._done = {k: v for k, v in self._done.items() if k in live}
+            self._done = {k: v for k, v in self._done.items()
+                          if k in keep or (reconciled_before is not None and v >= reconciled_before)}
 
 
 RECENT = RecentlyReconciled()
@@ -145,15 +149,20 @@ class Resync:
         peers = (obj or {}).get("status") or {}
         return is_active(peers, identity, priority, datetime.datetime.now(datetime.timezone.utc))
 
-    def objects(self) -> list[tuple[str, dict[str, Any]]]:
-        """Every kfn object of the watched namespaces, read OBJECTS_PAGE at a time and kept without
-        ``metadata.managedFields`` (no reconcile reads a kfn object's own): a thousand Functions in one list
-        answer, parsed whole and kept whole for the pass, were steps of ten MB in the operator's peak memory."""
-        out = []
+    def pages(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+        """Every kfn object of the watched namespaces as (kind, up to OBJECTS_PAGE objects), read a page at a time
+        and kept without ``metadata.managedFields`` (no reconcile reads a kfn object's own): a pass holds a page or
+        two, not a thousand Functions at once (whole, they were steps of ten MB in the operator's peak memory)."""
         for kind in KINDS:
             for ns in self.namespaces or [None]:
-                out += [(kind, without_managed_fields(o)) for o in k8s.list_pages(kind, ns, limit=OBJECTS_PAGE)]
-        return out
+                page: list[dict[str, Any]] = []
+                for o in k8s.list_pages(kind, ns, limit=OBJECTS_PAGE):
+                    page.append(without_managed_fields(o))
+                    if len(page) == OBJECTS_PAGE:
+                        yield kind, page
+                        page = []
+                if page:
+                    yield kind, page
 
     def deployments(self) -> dict[tuple[str, str, str], dict[str, Any]]:
         """kfn's Deployments, one chunked list per namespace, by (namespace, controller kind, controller name);
@@ -182,18 +191,25 @@ class Resync:
         """Reconcile every object once (if this replica is active); returns how many."""
         if not self.active():
             return 0
-        objs = self.objects()
-        RECENT.keep_only(objs)
-        due = [(kind, body) for kind, body in objs if not self.fresh(kind, body)]
-        deployments = self.deployments() if any(kind != names.ALIAS_KIND for kind, _ in due) else {}
+        started = time.monotonic()
+        listed: list[tuple[str, str, str]] = []
+        deployments: dict[tuple[str, str, str], dict[str, Any]] | None = None  # listed once, when first needed
+        done = 0
 
         def owned(kind: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
             meta = body.get("metadata") or {}
-            return deployments.get((meta.get("namespace") or "", kind, meta.get("name") or ""))
+            return (deployments or {}).get((meta.get("namespace") or "", kind, meta.get("name") or ""))
 
-        list(self.pool.map(lambda kb: self.one(kb[0], kb[1], owned(*kb)), due))
+        for kind, page in self.pages():
+            listed += [RECENT.key(kind, body) for body in page]
+            due = [body for body in page if not self.fresh(kind, body)]
+            if deployments is None and due and kind != names.ALIAS_KIND:
+                deployments = self.deployments()
+            list(self.pool.map(lambda body, kind=kind: self.one(kind, body, owned(kind, body)), due))
+            done += len(due)
+        RECENT.keep_only(listed, reconciled_before=started)
         metrics.RESYNC_PASSES.inc()
-        return len(due)
+        return done
 
     def fresh(self, kind: str, body: Mapping[str, Any]) -> bool:
         """Reconciled by another trigger in the last half interval (see the module's docstring)."""

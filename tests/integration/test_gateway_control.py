@@ -19,6 +19,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from kfn import conditions as cond
 from kfn import names
 from test_operator import NO_NODE_ARCH, REPO, Api, Operator, free_port, function, wait_until
 
@@ -137,6 +138,17 @@ def no_pods(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def why_updating(api: Api, function: str) -> dict[str, Any]:
+    """What LastUpdateStatus is computed from (the Function's Ready condition and generation, its $LATEST
+    Deployment's generation and status), for an assertion's message."""
+    fn = api.get("functions.kfn.dev", function) or {}
+    dep = api.get("deployment", names.environment_name(function, names.LATEST)) or {}
+    return {"function": {"generation": fn.get("metadata", {}).get("generation"),
+                         "ready": cond.find((fn.get("status") or {}).get("conditions"), cond.READY)},
+            "deployment": {"generation": dep.get("metadata", {}).get("generation"), "status": dep.get("status"),
+                           "replicas": (dep.get("spec") or {}).get("replicas")}}
+
+
 def test_function_active_v2_waiter_and_every_read_call(operator: Operator, gateway: GatewayProcess, api: Api,
                                                        namespace: str) -> None:
     """A function applied with kubectl: boto3's waiter returns once the operator made it Active, then each read
@@ -157,7 +169,8 @@ def test_function_active_v2_waiter_and_every_read_call(operator: Operator, gatew
     got = lam.get_function(FunctionName="hello")
     cfg = got["Configuration"]
     assert cfg["FunctionArn"] == f"{arn}:hello" == status_arn(api, "hello")
-    assert (cfg["State"], cfg["LastUpdateStatus"], cfg["Version"]) == ("Active", "Successful", "$LATEST")
+    assert (cfg["State"], cfg["LastUpdateStatus"], cfg["Version"]) == ("Active", "Successful", "$LATEST"), (
+        cfg, why_updating(api, "hello"))
     assert (cfg["MemorySize"], cfg["Timeout"], cfg["Environment"]) == (256, 7, {"Variables": {"STAGE": "test"}})
     assert got["Concurrency"] == {"ReservedConcurrentExecutions": 3}
     assert lam.get_function_concurrency(FunctionName="hello")["ReservedConcurrentExecutions"] == 3

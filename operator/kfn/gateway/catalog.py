@@ -83,9 +83,13 @@ def deployment_rolling_out(deployment: dict[str, Any], settled_template: Any = N
 
     *settled_template* is the pod template of the last generation the controller had observed: a generation it has
     not observed yet whose template is that one only changed the replica count (the scaler), which is no update.
-    Scaling down is no update either: the environments that stay run the current code."""
+    Scaling down is no update either: the environments that stay run the current code. A Deployment's first
+    generation is no update however late its controller observes it: no earlier template exists."""
     meta, spec, status = deployment.get("metadata") or {}, deployment.get("spec") or {}, deployment.get("status") or {}
-    if int(status.get("observedGeneration", 0) or 0) < int(meta.get("generation", 0) or 0):
+    generation = int(meta.get("generation", 0) or 0)
+    if int(status.get("observedGeneration", 0) or 0) < generation:
+        if generation <= 1 and settled_template is None:
+            return False
         return settled_template is None or spec.get("template") != settled_template
     return int(status.get("replicas", 0) or 0) > int(status.get("updatedReplicas", 0) or 0)
 

@@ -258,16 +258,12 @@ class Connection(asyncio.Protocol):
             if self._queue:
                 self._dispatch(self._queue.popleft())
 
-    def close_if_idle(self) -> bool:
-        """Close the connection if no request is being received, handled or waiting its turn; True if closed.
-        (A server stopping closes idle kept-alive connections; busy ones close after their answer.)"""
+    def close_if_idle(self) -> None:
+        """Close the connection unless a request is being received, handled or waiting its turn (a server
+        stopping closes idle kept-alive connections; busy ones close after their answer)."""
         t = self.transport
-        if t is None or t.is_closing():
-            return True
-        if self._req is not None or self._current is not None or self._queue:
-            return False
-        t.close()
-        return True
+        if t is not None and self._req is None and self._current is None and not self._queue:
+            t.close()
 
     def _fail(self, status: int, message: bytes) -> None:
         t = self.transport

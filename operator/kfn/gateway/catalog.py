@@ -88,7 +88,7 @@ def deployment_rolling_out(deployment: dict[str, Any], settled_template: Any = N
     meta, spec, status = deployment.get("metadata") or {}, deployment.get("spec") or {}, deployment.get("status") or {}
     generation = int(meta.get("generation", 0) or 0)
     if int(status.get("observedGeneration", 0) or 0) < generation:
-        if generation <= 1 and settled_template is None:
+        if generation <= 1:
             return False
         return settled_template is None or spec.get("template") != settled_template
     return int(status.get("replicas", 0) or 0) > int(status.get("updatedReplicas", 0) or 0)

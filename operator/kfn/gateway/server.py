@@ -144,6 +144,13 @@ class Gateway:
             return self._spawn(self._authorized(req))
         self._route(req)
 
+    def connection_opened(self, conn: GatewayConnection) -> None:
+        self.connections.add(conn)
+
+    def connection_closed(self, conn: GatewayConnection) -> None:
+        self.connections.discard(conn)
+        self._changed.set()  # a draining gateway may be waiting for its last client
+
     def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
@@ -772,12 +779,11 @@ class GatewayConnection(Connection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.gateway.connections.add(self)
+        self.gateway.connection_opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        self.gateway.connections.discard(self)
-        self.gateway._changed.set()
+        self.gateway.connection_closed(self)
 
     def send(self, req: Request, status: int, headers: bytes, body: bytes) -> None:
         if self.gateway.draining:

@@ -322,6 +322,21 @@ class MemoryDiffBase(kopf.DiffBaseStorage):
     def _key(body: kopf.Body) -> str:
         return str(body.metadata.uid or f"{body.metadata.namespace}/{body.metadata.name}")
 
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        """Kopf's essence of *body* (spec, labels, annotations), without deep-copying what it then drops.
+
+        Kopf's own ``build`` deep-copies the whole body, ``managedFields`` and status included, and then
+        deletes them: on every Function event, most of that copy is thrown away (at a thousand new
+        Functions it was an eighth of the operator's CPU). Kopf is given the same body minus those parts;
+        status stays when a handler asked for extra fields (they may point into it).
+        """
+        meta = body.get("metadata") or {}
+        slim: dict[str, Any] = {k: v for k, v in body.items() if k not in ("metadata", "status")}
+        slim["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
+        if extra_fields and "status" in body:
+            slim["status"] = body["status"]
+        return super().build(body=slim, extra_fields=extra_fields)  # type: ignore[arg-type]
+
     def fetch(self, *, body: kopf.Body) -> Any:
         encoded = self._essences.get(self._key(body))
         return None if encoded is None else json.loads(encoded)

@@ -30,6 +30,41 @@ def test_kopf_last_handled_state_is_kept_in_memory_and_bounded() -> None:
     assert store.fetch(body=a) is None, "the oldest is forgotten first (it is reconciled once more)"
 
 
+class KopfDefault(kopf.DiffBaseStorage):
+    """Kopf's own essence (its ``build``), to compare with."""
+
+    def fetch(self, *, body: kopf.Body) -> Any:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        pass
+
+
+def test_the_essence_is_kopfs_without_copying_what_kopf_drops() -> None:
+    """Catches a slimmer essence that loses what Kopf compares (a spec, label or annotation change would then
+    never reach the reconcile) or keeps what Kopf drops (every status write would look like a change)."""
+    full = kopf.Body({
+        "apiVersion": "kfn.dev/v1alpha1", "kind": "Function",
+        "metadata": {"name": "f", "namespace": "ns", "uid": "u", "generation": 3, "resourceVersion": "9",
+                     "labels": {"team": "a"},
+                     "annotations": {"kfn.dev/note": "x", "kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                     "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]},
+        "spec": {"memoryMB": 128, "code": {"inline": {"files": {"app.py": "x"}}}},
+        "status": {"observedGeneration": 3, "conditions": [{"type": "Ready", "status": "True"}]},
+    })  # fmt: skip
+    ours, kopfs = MemoryDiffBase(), KopfDefault()
+    assert ours.build(body=full) == kopfs.build(body=full) == {
+        "spec": {"memoryMB": 128, "code": {"inline": {"files": {"app.py": "x"}}}},
+        "metadata": {"labels": {"team": "a"}, "annotations": {"kfn.dev/note": "x"}},
+    }
+    fields = ["status.observedGeneration"]  # a handler on a status field (Kopf's extra fields)
+    assert ours.build(body=full, extra_fields=fields) == kopfs.build(body=full, extra_fields=fields)
+    assert ours.build(body=full, extra_fields=fields)["status"] == {"observedGeneration": 3}
+    essence = ours.build(body=full)
+    essence["spec"]["code"]["inline"]["files"]["app.py"] = "changed"
+    assert full["spec"]["code"]["inline"]["files"]["app.py"] == "x", "the essence is a copy, not the body itself"
+
+
 def test_the_resync_leaves_out_what_was_reconciled_in_its_last_half_interval() -> None:
     recent = RecentlyReconciled()
     fn = {"metadata": {"namespace": "ns", "name": "f"}}

@@ -228,7 +228,7 @@ start kube-apiserver "$K8S_BIN/kube-apiserver" \
   --service-account-issuer="https://kubernetes.default.svc.$CLUSTER_DOMAIN" \
   --kubelet-preferred-address-types=InternalIP \
   --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement \
-  --allow-privileged=true --profiling=false --event-ttl=1h
+  --allow-privileged=true --profiling=${KFN_TESTBED_APISERVER_PROFILING:-false} --event-ttl=1h
 wait_for "kube-apiserver /readyz" 120 curl -fsS --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" \
   --key "$PKI/admin.key" "https://$NODE_IP:$API_PORT/readyz" || failed kube-apiserver
 

@@ -330,6 +330,11 @@ class MemoryDiffBase(kopf.DiffBaseStorage):
         Functions it was an eighth of the operator's CPU). Kopf is given the same body minus those parts;
         status stays when a handler asked for extra fields (they may point into it).
         """
+        if str(body.get("apiVersion") or "").split("/", 1)[0] != names.GROUP:
+            # Kopf builds an essence for every event of every watched kind, but only compares it for kinds with
+            # create/update/field handlers: kfn's own (tests/unit/test_reconcile_requests.py holds that). A
+            # Deployment's, pod's or ConfigMap's essence would be a copy of its spec or code thrown away.
+            return {}
         meta = body.get("metadata") or {}
         slim: dict[str, Any] = {k: v for k, v in body.items() if k not in ("metadata", "status")}
         slim["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}

@@ -65,6 +65,22 @@ def test_the_essence_is_kopfs_without_copying_what_kopf_drops() -> None:
     assert full["spec"]["code"]["inline"]["files"]["app.py"] == "x", "the essence is a copy, not the body itself"
 
 
+def test_only_kfns_kinds_have_an_essence_and_only_they_have_change_handlers() -> None:
+    """Catches a create/update/field handler registered for a kind outside kfn.dev: its changes would go unseen,
+    because MemoryDiffBase gives such kinds an empty essence (their events are only watched)."""
+    from kfn import names
+    from kfn.handlers import OperatorConfig, register
+
+    registry = kopf.OperatorRegistry()
+    register(registry, OperatorConfig())
+    changing = registry._changing.get_all_handlers()
+    assert changing, "kfn's reconciles are change handlers"
+    assert {h.selector.group for h in changing if h.selector is not None} == {names.GROUP}
+    deployment = kopf.Body({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                            "spec": {"template": {"spec": {"containers": [{"name": "c"}]}}}})  # fmt: skip
+    assert MemoryDiffBase().build(body=deployment) == {}
+
+
 def test_the_resync_leaves_out_what_was_reconciled_in_its_last_half_interval() -> None:
     recent = RecentlyReconciled()
     fn = {"metadata": {"namespace": "ns", "name": "f"}}

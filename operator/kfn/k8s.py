@@ -157,9 +157,10 @@ def _request(
     query: list[tuple[str, Any]] | None = None,
     content_type: str = "application/json",
     timeout: float = 30,
+    accept: str = "application/json",
 ) -> Any:
     api = _api()
-    headers = {"Accept": "application/json", "Content-Type": content_type}
+    headers = {"Accept": accept, "Content-Type": content_type}
     request = api.param_serialize(
         method, url, query_params=query or [], header_params=headers, body=body, auth_settings=["BearerToken"]
     )
@@ -191,8 +192,18 @@ def _error(status: int, raw: Any) -> ApiError:
     return cls(status, reason, message)
 
 
-def apply(obj: Mapping[str, Any], field_manager: str = names.FIELD_MANAGER, force: bool = True) -> dict[str, Any]:
-    """Server-side apply *obj*: kfn owns exactly the fields it sends, nothing else."""
+# The API server answers with the object's metadata alone (a PartialObjectMetadata), or whole if it cannot.
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+
+
+def apply(obj: Mapping[str, Any], field_manager: str = names.FIELD_MANAGER, force: bool = True,
+          metadata_only: bool = False) -> dict[str, Any]:
+    """Server-side apply *obj*: kfn owns exactly the fields it sends, nothing else.
+
+    Returns the object as applied; with *metadata_only*, only its ``metadata`` (``managedFields`` included,
+    kind ``PartialObjectMetadata``): the API server then neither encodes nor sends the rest (a ConfigMap's code,
+    a Service's spec) to a caller that only reads what it owns.
+    """
     meta = obj["metadata"]
     return _request(
         "PATCH",
@@ -200,6 +211,7 @@ def apply(obj: Mapping[str, Any], field_manager: str = names.FIELD_MANAGER, forc
         body=obj,
         query=[("fieldManager", field_manager), ("force", "true" if force else "false")],
         content_type="application/apply-patch+yaml",
+        accept=METADATA_ONLY if metadata_only else "application/json",
     )
 
 

@@ -288,7 +288,8 @@ def reconcile_environment(inp: EnvironmentInput) -> tuple[list[cond.Condition], 
                     deployment_state = live
                     continue
             try:
-                applied = k8s.apply(obj)
+                # Only a Deployment's answer is read beyond what kfn owns (its state): the others' metadata will do.
+                applied = k8s.apply(obj, metadata_only=obj["kind"] != "Deployment")
                 APPLIED.record(obj, applied)
             except k8s.NotFound as e:
                 # the ScaledObject kind is unknown to the API server: KEDA is not installed

@@ -25,7 +25,16 @@ operator's peak RSS, and writes bench/results/reconcile.json.
 Then, with everything Ready and nothing changing, the operator's API requests
 over whole resync passes (``kfn_kube_api_requests_total`` between two
 ``kfn_operator_resync_passes_total`` ticks), per Function and pass: reads
-and writes (goal: 0 writes when nothing changed).
+and writes (goal: 0 writes when nothing changed). The watch that follows Ready
+counts meanwhile how many statuses really changed (and which fields): the
+controller-manager is still creating the last pods then, so a few do, and a
+status write per real change is right; writes above that count are not.
+
+The figures of record are on a control-plane-only test bed (what this script
+brings up). When the test bed's node runs too (after ``make test``), its
+kube-router and kubelet work on every pod, Service and NetworkPolicy of both
+sides and the figures drift with them: the script says so, and ``make
+cluster-down`` first gives the control-plane-only figures.
 
     python bench/reconcile.py            # N=1000 (BENCH_N)
     python bench/reconcile.py --n 200    # quicker
@@ -34,6 +43,7 @@ and writes (goal: 0 writes when nothing changed).
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import platform
@@ -149,6 +159,15 @@ def testbed_cpu_seconds() -> dict[str, float]:
     return out
 
 
+# Components of the test bed's node: they work on every pod, Service and NetworkPolicy both sides create.
+NODE_COMPONENTS = ("kubelet", "kube-proxy", "kube-router", "containerd")
+
+
+def node_running() -> list[str]:
+    """The test bed's node components that run now (none on a control-plane-only test bed)."""
+    return sorted(p for p, _ in testbed_cpu_seconds().items() if p in NODE_COMPONENTS)
+
+
 class Phase:
     """Wall time, load average at both ends and the test bed's CPU seconds of one phase of the run."""
 
@@ -183,6 +202,21 @@ def is_ready(fn: dict[str, Any]) -> bool:
     )
 
 
+def status_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two statuses of a Function: top-level fields by name, conditions as
+    ``conditions[Type]`` (status, reason or message). Said next to the idle passes' writes, it tells a write
+    that reported a real change from one that changed nothing."""
+    out = [k for k in sorted(set(old) | set(new)) if k != "conditions" and old.get(k) != new.get(k)]
+    key = lambda c: (c.get("status"), c.get("reason"), c.get("message"))  # noqa: E731
+    before = {c.get("type"): key(c) for c in old.get("conditions") or []}
+    after = {c.get("type"): key(c) for c in new.get("conditions") or []}
+    out += [f"conditions[{t}]" for t in sorted(set(before) | set(after), key=str) if before.get(t) != after.get(t)]
+    return out
+
+
+CHANGED = "(statuses changed)"  # the count of watch events that changed a status at all
+
+
 class ReadyWatch:
     """How many Functions of a namespace are Ready, followed with one watch (a list, then its events).
 
@@ -197,6 +231,8 @@ class ReadyWatch:
         self.k8s, self.namespace = k8s, namespace
         k8s.configure(kubeconfig, pool_size=2)
         self.ready: dict[str, bool] = {}
+        self.status: dict[str, dict[str, Any]] = {}
+        self.recording: collections.Counter[str] | None = None  # what changed in statuses, while recording
         self.changed = threading.Condition()
         self.failure: BaseException | None = None
         threading.Thread(target=self._follow, name="ready-watch", daemon=True).start()
@@ -207,16 +243,24 @@ class ReadyWatch:
                 items, version = self.k8s.list_with_version("Function", self.namespace)
                 with self.changed:
                     self.ready = {f["metadata"]["name"]: is_ready(f) for f in items}
+                    self.status = {f["metadata"]["name"]: f.get("status") or {} for f in items}
                     self.changed.notify_all()
                 try:
                     for etype, fn in self.k8s.watch("Function", self.namespace, version):
                         if etype == "BOOKMARK":
                             continue
                         with self.changed:
+                            name = fn["metadata"]["name"]
                             if etype == "DELETED":
-                                self.ready.pop(fn["metadata"]["name"], None)
+                                self.ready.pop(name, None)
+                                self.status.pop(name, None)
                             else:
-                                self.ready[fn["metadata"]["name"]] = is_ready(fn)
+                                self.ready[name] = is_ready(fn)
+                                if self.recording is not None:
+                                    what = status_changes(self.status.get(name) or {}, fn.get("status") or {})
+                                    self.recording.update(what)
+                                    self.recording[CHANGED] += bool(what)
+                                self.status[name] = fn.get("status") or {}
                             self.changed.notify_all()
                 except (self.k8s.Gone, self.k8s.Unreachable):
                     continue  # list again (a restarting API server, an expired version)
@@ -224,6 +268,17 @@ class ReadyWatch:
             with self.changed:
                 self.failure = e
                 self.changed.notify_all()
+
+    def record(self) -> None:
+        """From now on, count what changes in the Functions' statuses (:func:`status_changes`)."""
+        with self.changed:
+            self.recording = collections.Counter()
+
+    def recorded(self) -> dict[str, int]:
+        """What changed since :meth:`record`, by status field or condition, and stop counting."""
+        with self.changed:
+            out, self.recording = dict(self.recording or {}), None
+        return out
 
     def count(self) -> int:
         with self.changed:
@@ -265,8 +320,10 @@ def scrape(port: int) -> tuple[float, dict[str, float]]:
     return passes, by_verb
 
 
-def idle_resync_requests(port: int, passes: int, n: int, interval: float, op: subprocess.Popen[bytes]) -> dict[str, Any]:
-    """API requests per Function per resync pass while nothing changes (measured from pass tick to pass tick)."""
+def idle_resync_requests(port: int, passes: int, n: int, interval: float, op: subprocess.Popen[bytes],
+                         watch: ReadyWatch) -> dict[str, Any]:
+    """API requests per Function per resync pass while nothing changes (measured from pass tick to pass tick),
+    and what changed in the Functions' statuses meanwhile (a status write is right when something did)."""
 
     def next_pass(after: float) -> tuple[float, dict[str, float]]:
         deadline = time.monotonic() + interval * 3 + 600
@@ -278,10 +335,12 @@ def idle_resync_requests(port: int, passes: int, n: int, interval: float, op: su
         raise SystemExit("no resync pass completed while idle")
 
     start, before = next_pass(scrape(port)[0])  # a whole pass begins after this tick
+    watch.record()
     end, after = start, before
     for _ in range(passes):
         end, after = next_pass(end)
     counted = end - start
+    changes = watch.recorded()
     delta = {v: after.get(v, 0) - before.get(v, 0) for v in sorted(set(after) | set(before))}
     delta = {v: d for v, d in delta.items() if d}
     per = lambda verbs: round(sum(d for v, d in delta.items() if v.split()[0] in verbs) / n / counted, 3)  # noqa: E731
@@ -290,6 +349,8 @@ def idle_resync_requests(port: int, passes: int, n: int, interval: float, op: su
         "reads_per_function": per(("get", "list")),
         "writes_per_function": per(WRITE_VERBS),
         "by_verb_and_resource": {v: round(d / n / counted, 3) for v, d in delta.items()},
+        "statuses_changed_per_function": round(changes.pop(CHANGED, 0) / n / counted, 3),
+        "status_changes_per_function": {what: round(c / n / counted, 3) for what, c in sorted(changes.items())},
     }
 
 
@@ -317,7 +378,11 @@ def main() -> int:
     for ns in namespaces:
         k("create", "namespace", ns)
     tmp = Path(tempfile.mkdtemp(prefix="kfn-bench-"))
-    result: dict[str, Any] = {"n": args.n}
+    result: dict[str, Any] = {"n": args.n, "node_components_running": node_running()}
+    if result["node_components_running"]:
+        print(f"note: the test bed's node runs ({', '.join(result['node_components_running'])}): kube-router's "
+              "NetworkPolicy work and the kubelet's pods load every phase, and the figures drift with them. The figures "
+              "of record are on a control-plane-only test bed: `make cluster-down` first.", flush=True)
     op = None
     raw_seconds: list[float] = []
     phases: dict[str, Any] = {}
@@ -389,9 +454,11 @@ def main() -> int:
         if args.settle_seconds:
             print(f"    settling {args.settle_seconds:.0f}s before measuring idle passes", flush=True)
             time.sleep(args.settle_seconds)  # a deliberate wait, not a synchronisation
-        idle = idle_resync_requests(metrics, args.idle_passes, args.n, args.resync_seconds, op)
+        idle = idle_resync_requests(metrics, args.idle_passes, args.n, args.resync_seconds, op, watch)
         print(f"    idle resync, per Function and pass: {idle['reads_per_function']} reads, {idle['writes_per_function']} writes "
               f"{idle['by_verb_and_resource']}", flush=True)
+        print(f"    statuses that changed meanwhile, per Function and pass: {idle['statuses_changed_per_function']} "
+              f"{idle['status_changes_per_function']}", flush=True)
         result["idle_resync"] = idle
         result["operator_peak_rss_mb_after_idle"] = round(peak_rss_mb(op.pid), 1)
         op.kill()  # measured; a graceful stop with a full queue can take long and proves nothing here
@@ -435,6 +502,7 @@ def main() -> int:
         ("operator peak RSS (MB)", f"{result['operator_peak_rss_mb']:.0f}"),
         ("idle resync: reads per Function per pass", f"{result['idle_resync']['reads_per_function']}"),
         ("idle resync: writes per Function per pass", f"{result['idle_resync']['writes_per_function']}"),
+        ("  statuses that changed, per Function per pass", f"{result['idle_resync']['statuses_changed_per_function']}"),
         ("operator peak RSS after idle passes (MB)", f"{result['operator_peak_rss_mb_after_idle']:.0f}"),
     ]
     for name, phase in result.get("phases", {}).items():

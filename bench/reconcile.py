@@ -137,10 +137,12 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used (all its threads)."""
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User + system CPU time a process has used (all its threads); with *children*, also that of the child
+    processes it has waited for (kube-router's iptables-restore, containerd's runc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    used = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if children else 0)
+    return used / os.sysconf("SC_CLK_TCK")
 
 
 # The test bed's control-plane and node processes (testbed/up.sh writes their pid files here).
@@ -148,12 +150,12 @@ TESTBED_PIDS = Path("/var/lib/kfn-testbed/pids")
 
 
 def testbed_cpu_seconds() -> dict[str, float]:
-    """CPU seconds each test-bed process (kube-apiserver, etcd, controllers, kube-proxy, kube-router …) has used so
-    far; empty on another cluster. Differences over a phase say where the machine's time went."""
+    """CPU seconds each test-bed process (kube-apiserver, etcd, controllers, kube-proxy, kube-router …) and the
+    children it waited for have used so far; empty on another cluster. Differences over a phase say where the machine's time went."""
     out = {}
     for pidfile in sorted(TESTBED_PIDS.glob("*.pid")) if TESTBED_PIDS.is_dir() else []:
         try:
-            out[pidfile.stem] = cpu_seconds(int(pidfile.read_text().split()[0]))
+            out[pidfile.stem] = cpu_seconds(int(pidfile.read_text().split()[0]), children=True)
         except (OSError, ValueError, IndexError):
             continue  # a component that is not running (or another user's file): nothing to count
     return out
@@ -168,14 +170,24 @@ def node_running() -> list[str]:
     return sorted(p for p, _ in testbed_cpu_seconds().items() if p in NODE_COMPONENTS)
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine since boot, over every CPU (``/proc/stat``): busy is all but
+    idle and I/O wait (steal included: time another guest took)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    idle = values[3] + values[4]
+    return (sum(values) - idle) / os.sysconf("SC_CLK_TCK"), sum(values) / os.sysconf("SC_CLK_TCK")
+
+
 class Phase:
-    """Wall time, load average at both ends and the test bed's CPU seconds of one phase of the run."""
+    """Wall time, load average at both ends, the machine's busy share and the test bed's CPU seconds of one phase
+    of the run."""
 
     def __init__(self, name: str) -> None:
         self.name = name
 
     def __enter__(self) -> Phase:
         self.load_start, self.cpu_start, self.t0 = os.getloadavg()[0], testbed_cpu_seconds(), time.monotonic()
+        self.machine_start = machine_cpu()
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -183,15 +195,18 @@ class Phase:
         end = testbed_cpu_seconds()
         self.cpu = {p: round(end[p] - self.cpu_start[p], 1) for p in end if p in self.cpu_start}
         self.load_end = os.getloadavg()[0]
+        busy, every = (end - start for end, start in zip(machine_cpu(), self.machine_start))
+        self.busy = busy / every if every else 0.0
 
     def record(self) -> dict[str, Any]:
         return {"seconds": round(self.seconds, 1), "load_average_start_end": [round(self.load_start, 1), round(self.load_end, 1)],
-                "testbed_cpu_seconds": self.cpu}
+                "machine_busy_share": round(self.busy, 2), "testbed_cpu_seconds": self.cpu}
 
     def line(self) -> str:
         busiest = sorted(self.cpu.items(), key=lambda kv: -kv[1])[:4]
         cpu = ", ".join(f"{p} {c:.0f}" for p, c in busiest)
-        return f"load average {self.load_start:.1f} -> {self.load_end:.1f}" + (f"; CPU s: {cpu}" if cpu else "")
+        return (f"load average {self.load_start:.1f} -> {self.load_end:.1f}, machine {self.busy:.0%} busy"
+                + (f"; CPU s: {cpu}" if cpu else ""))
 
 
 def is_ready(fn: dict[str, Any]) -> bool:

@@ -378,7 +378,8 @@ def watch(
     that only carries the resourceVersion to resume from).
 
     Ends when the server closes the watch (about *timeout_seconds*); raises :class:`Gone` when the version
-    is too old (list again) and :class:`ApiError` for other refusals.
+    is too old (list again), :class:`Unreachable` when the connection fails or breaks (an API server restarting)
+    and :class:`ApiError` for other refusals.
     """
     api = _api()
     query: list[tuple[str, Any]] = [("watch", "true"), ("resourceVersion", resource_version),
@@ -391,27 +392,36 @@ def watch(
         response = api.call_api(*request, _request_timeout=(10, timeout_seconds + 30))
     except ApiException as e:
         raise _error(e.status or 0, e.body) from e
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        raise Unreachable(0, "Unreachable", f"watch {kind}: {e}") from e
     raw = response.response  # the urllib3 response, read as a stream of JSON lines
     try:
-        if not 200 <= raw.status <= 299:
-            raise _error(raw.status, raw.data)
-        buffer = b""
-        for chunk in raw.stream(65536, decode_content=True):
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                etype, obj = event.get("type"), event.get("object") or {}
-                if etype == "ERROR":
-                    code = int(obj.get("code") or 0)
-                    if code == 410:
-                        raise Gone(410, str(obj.get("reason", "Expired")), str(obj.get("message", "")))
-                    raise _error(code, json.dumps(obj))
-                yield str(etype), obj
+        yield from _events(raw)
+    except (urllib3.exceptions.HTTPError, OSError) as e:  # the stream broke off mid-way
+        raise Unreachable(0, "Unreachable", f"watch {kind}: {e}") from e
     finally:
         raw.release_conn()
+
+
+def _events(raw: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The events of a watch answer (a stream of JSON lines)."""
+    if not 200 <= raw.status <= 299:
+        raise _error(raw.status, raw.data)
+    buffer = b""
+    for chunk in raw.stream(65536, decode_content=True):
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if not line.strip():
+                continue
+            event = json.loads(line)
+            etype, obj = event.get("type"), event.get("object") or {}
+            if etype == "ERROR":
+                code = int(obj.get("code") or 0)
+                if code == 410:
+                    raise Gone(410, str(obj.get("reason", "Expired")), str(obj.get("message", "")))
+                raise _error(code, json.dumps(obj))
+            yield str(etype), obj
 
 
 def get_scale(namespace: str, deployment: str) -> dict[str, Any]:

@@ -338,8 +338,12 @@ class MemoryDiffBase(kopf.DiffBaseStorage):
         meta = body.get("metadata") or {}
         slim: dict[str, Any] = {k: v for k, v in body.items() if k not in ("metadata", "status")}
         slim["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
-        if extra_fields and "status" in body:
+        # Extra fields (a field handler's) are picked from this body: it keeps the stanzas they point into.
+        roots = {(f.split(".", 1)[0] if isinstance(f, str) else f[0]) for f in extra_fields or () if f}
+        if "status" in roots and "status" in body:
             slim["status"] = body["status"]
+        if "metadata" in roots:
+            slim["metadata"] = meta
         return super().build(body=slim, extra_fields=extra_fields)  # type: ignore[arg-type]
 
     def fetch(self, *, body: kopf.Body) -> Any:

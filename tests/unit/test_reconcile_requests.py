@@ -57,9 +57,11 @@ def test_the_essence_is_kopfs_without_copying_what_kopf_drops() -> None:
         "spec": {"memoryMB": 128, "code": {"inline": {"files": {"app.py": "x"}}}},
         "metadata": {"labels": {"team": "a"}, "annotations": {"kfn.dev/note": "x"}},
     }
-    fields = ["status.observedGeneration"]  # a handler on a status field (Kopf's extra fields)
-    assert ours.build(body=full, extra_fields=fields) == kopfs.build(body=full, extra_fields=fields)
-    assert ours.build(body=full, extra_fields=fields)["status"] == {"observedGeneration": 3}
+    for fields in (["status.observedGeneration"], [("metadata", "generation")], [("spec", "memoryMB")]):
+        # a handler on a status, metadata or spec field (Kopf's extra fields), as strings or Kopf's field paths
+        assert ours.build(body=full, extra_fields=fields) == kopfs.build(body=full, extra_fields=fields), fields
+    assert ours.build(body=full, extra_fields=["status.observedGeneration"])["status"] == {"observedGeneration": 3}
+    assert ours.build(body=full, extra_fields=[("metadata", "generation")])["metadata"]["generation"] == 3
     essence = ours.build(body=full)
     essence["spec"]["code"]["inline"]["files"]["app.py"] = "changed"
     assert full["spec"]["code"]["inline"]["files"]["app.py"] == "x", "the essence is a copy, not the body itself"
@@ -76,6 +78,7 @@ def test_only_kfns_kinds_have_an_essence_and_only_they_have_change_handlers() ->
     changing = registry._changing.get_all_handlers()
     assert changing, "kfn's reconciles are change handlers"
     assert {h.selector.group for h in changing if h.selector is not None} == {names.GROUP}
+    assert not registry._spawning.get_all_handlers(), "a timer or daemon would see a change in every empty essence"
     deployment = kopf.Body({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
                             "spec": {"template": {"spec": {"containers": [{"name": "c"}]}}}})  # fmt: skip
     assert MemoryDiffBase().build(body=deployment) == {}

@@ -26,15 +26,17 @@ Then, with everything Ready and nothing changing, the operator's API requests
 over whole resync passes (``kfn_kube_api_requests_total`` between two
 ``kfn_operator_resync_passes_total`` ticks), per Function and pass: reads
 and writes (goal: 0 writes when nothing changed). The watch that follows Ready
-counts meanwhile how many statuses really changed (and which fields): the
-controller-manager is still creating the last pods then, so a few do, and a
-status write per real change is right; writes above that count are not.
+counts meanwhile how many Function statuses really changed (and which fields):
+the controller-manager is still creating the last pods then, so a few do. One
+status patch per real change is right, and so is an Event per condition
+transition; status patches above that count are not.
 
 The figures of record are on a control-plane-only test bed (what this script
 brings up). When the test bed's node runs too (after ``make test``), its
 kube-router and kubelet work on every pod, Service and NetworkPolicy of both
 sides and the figures drift with them: the script says so, and ``make
-cluster-down`` first gives the control-plane-only figures.
+cluster-down`` first gives the control-plane-only figures. Each phase also
+records the machine's busy share (``machine_busy_share``, from /proc/stat).
 
     python bench/reconcile.py            # N=1000 (BENCH_N)
     python bench/reconcile.py --n 200    # quicker
@@ -115,7 +117,9 @@ def testbed(kubeconfig: str | None) -> tuple[str, str]:
     )
     kubectl = settings.get("KUBECTL") or "kubectl"
     if kubeconfig:
-        return kubectl, kubeconfig
+        return kubectl, kubeconfig  # another cluster: no test-bed processes to count
+    global TESTBED_PIDS
+    TESTBED_PIDS = Path(settings.get("RUN_DIR") or "/var/lib/kfn-testbed") / "pids"  # KFN_TESTBED_RUN moves it
     print("==> test bed (control plane only): testbed/up.sh", flush=True)
     out = subprocess.run(["bash", str(REPO / "testbed/up.sh")], env={**os.environ, "CONTROL_PLANE_ONLY": "1"}, capture_output=True, text=True)
     if out.returncode:
@@ -139,21 +143,22 @@ def peak_rss_mb(pid: int) -> float:
 
 def cpu_seconds(pid: int, children: bool = False) -> float:
     """User + system CPU time a process has used (all its threads); with *children*, also that of the child
-    processes it has waited for (kube-router's iptables-restore, containerd's runc)."""
+    processes it has waited for (kube-router's iptables-restore)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     used = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if children else 0)
     return used / os.sysconf("SC_CLK_TCK")
 
 
-# The test bed's control-plane and node processes (testbed/up.sh writes their pid files here).
-TESTBED_PIDS = Path("/var/lib/kfn-testbed/pids")
+# The test bed's control-plane and node processes (testbed/up.sh writes their pid files there); set by
+# testbed() when the run is on the test bed, None on another cluster.
+TESTBED_PIDS: Path | None = None
 
 
 def testbed_cpu_seconds() -> dict[str, float]:
     """CPU seconds each test-bed process (kube-apiserver, etcd, controllers, kube-proxy, kube-router …) and the
     children it waited for have used so far; empty on another cluster. Differences over a phase say where the machine's time went."""
     out = {}
-    for pidfile in sorted(TESTBED_PIDS.glob("*.pid")) if TESTBED_PIDS.is_dir() else []:
+    for pidfile in sorted(TESTBED_PIDS.glob("*.pid")) if TESTBED_PIDS is not None and TESTBED_PIDS.is_dir() else []:
         try:
             out[pidfile.stem] = cpu_seconds(int(pidfile.read_text().split()[0]), children=True)
         except (OSError, ValueError, IndexError):
@@ -254,35 +259,55 @@ class ReadyWatch:
 
     def _follow(self) -> None:
         try:
+            version = ""
             while True:
-                items, version = self.k8s.list_with_version("Function", self.namespace)
-                with self.changed:
-                    self.ready = {f["metadata"]["name"]: is_ready(f) for f in items}
-                    self.status = {f["metadata"]["name"]: f.get("status") or {} for f in items}
-                    self.changed.notify_all()
+                if not version:  # first, or the watch's version expired or its connection failed: list again
+                    try:
+                        items, version = self.k8s.list_with_version("Function", self.namespace)
+                    except self.k8s.Unreachable:
+                        time.sleep(1)  # a restarting API server: try again
+                        continue
+                    with self.changed:
+                        for f in items:
+                            self._update(f)  # a change missed between two watches still counts
+                        for gone in set(self.ready) - {f["metadata"]["name"] for f in items}:
+                            self.ready.pop(gone, None)
+                            self.status.pop(gone, None)
+                        self.changed.notify_all()
                 try:
                     for etype, fn in self.k8s.watch("Function", self.namespace, version):
+                        version = str((fn.get("metadata") or {}).get("resourceVersion") or version)
                         if etype == "BOOKMARK":
                             continue
                         with self.changed:
-                            name = fn["metadata"]["name"]
                             if etype == "DELETED":
-                                self.ready.pop(name, None)
-                                self.status.pop(name, None)
+                                self.ready.pop(fn["metadata"]["name"], None)
+                                self.status.pop(fn["metadata"]["name"], None)
                             else:
-                                self.ready[name] = is_ready(fn)
-                                if self.recording is not None:
-                                    what = status_changes(self.status.get(name) or {}, fn.get("status") or {})
-                                    self.recording.update(what)
-                                    self.recording[CHANGED] += bool(what)
-                                self.status[name] = fn.get("status") or {}
+                                self._update(fn)
                             self.changed.notify_all()
+                    # the server ended the watch (its timeout): resume from the last version seen
                 except (self.k8s.Gone, self.k8s.Unreachable):
-                    continue  # list again (a restarting API server, an expired version)
+                    version = ""
         except BaseException as e:  # noqa: BLE001 - handed to the waiting thread, which raises it
             with self.changed:
                 self.failure = e
                 self.changed.notify_all()
+
+    def _update(self, fn: dict[str, Any]) -> None:
+        """Take a Function's current state (the lock held); while recording, count what changed in its status."""
+        name, status = fn["metadata"]["name"], fn.get("status") or {}
+        self.ready[name] = is_ready(fn)
+        if self.recording is not None and name in self.status:
+            what = status_changes(self.status[name], status)
+            self.recording.update(what)
+            self.recording[CHANGED] += bool(what)
+        self.status[name] = status
+
+    def check(self) -> None:
+        """Raise if the watch has died (its figures would be partial)."""
+        if self.failure is not None:
+            raise SystemExit(f"watching Functions failed: {self.failure!r}")
 
     def record(self) -> None:
         """From now on, count what changes in the Functions' statuses (:func:`status_changes`)."""
@@ -291,6 +316,7 @@ class ReadyWatch:
 
     def recorded(self) -> dict[str, int]:
         """What changed since :meth:`record`, by status field or condition, and stop counting."""
+        self.check()
         with self.changed:
             out, self.recording = dict(self.recording or {}), None
         return out
@@ -305,8 +331,7 @@ class ReadyWatch:
         last_print = start
         with self.changed:
             while (ready := sum(self.ready.values())) < n:
-                if self.failure is not None:
-                    raise SystemExit(f"watching Functions failed: {self.failure!r}")
+                self.check()
                 now = time.monotonic()
                 if now - start > timeout:
                     break
@@ -343,6 +368,7 @@ def idle_resync_requests(port: int, passes: int, n: int, interval: float, op: su
     def next_pass(after: float) -> tuple[float, dict[str, float]]:
         deadline = time.monotonic() + interval * 3 + 600
         while time.monotonic() < deadline and op.poll() is None:
+            watch.check()
             done, by_verb = scrape(port)
             if done > after:
                 return done, by_verb
@@ -364,6 +390,7 @@ def idle_resync_requests(port: int, passes: int, n: int, interval: float, op: su
         "reads_per_function": per(("get", "list")),
         "writes_per_function": per(WRITE_VERBS),
         "by_verb_and_resource": {v: round(d / n / counted, 3) for v, d in delta.items()},
+        "status_patches_per_function": round(delta.get("patch functions/status", 0) / n / counted, 3),
         "statuses_changed_per_function": round(changes.pop(CHANGED, 0) / n / counted, 3),
         "status_changes_per_function": {what: round(c / n / counted, 3) for what, c in sorted(changes.items())},
     }
@@ -460,7 +487,8 @@ def main() -> int:
         phases["operator"] = op_phase.record()
         rss = peak_rss_mb(op.pid)
         cpu = cpu_seconds(op.pid)
-        print(f"    all {args.n} Ready after {t_op:.1f}s; operator peak RSS {rss:.0f} MB, CPU {cpu:.1f}s ({op_phase.line()})",
+        print(f"    all {args.n} Ready after {t_op:.1f}s; operator peak RSS {rss:.0f} MB, CPU {cpu:.1f}s since its start "
+              f"just before the phase ({op_phase.line()})",
               flush=True)
         _, by_verb = scrape(metrics)
         result["reconcile_requests_per_function"] = {v: round(d / args.n, 2) for v, d in sorted(by_verb.items())}
@@ -517,7 +545,8 @@ def main() -> int:
         ("operator peak RSS (MB)", f"{result['operator_peak_rss_mb']:.0f}"),
         ("idle resync: reads per Function per pass", f"{result['idle_resync']['reads_per_function']}"),
         ("idle resync: writes per Function per pass", f"{result['idle_resync']['writes_per_function']}"),
-        ("  statuses that changed, per Function per pass", f"{result['idle_resync']['statuses_changed_per_function']}"),
+        ("  of which Function status patches", f"{result['idle_resync']['status_patches_per_function']}"),
+        ("  Function statuses that changed meanwhile", f"{result['idle_resync']['statuses_changed_per_function']}"),
         ("operator peak RSS after idle passes (MB)", f"{result['operator_peak_rss_mb_after_idle']:.0f}"),
     ]
     for name, phase in result.get("phases", {}).items():

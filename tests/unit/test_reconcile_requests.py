@@ -101,6 +101,23 @@ def test_the_resync_leaves_out_what_was_reconciled_in_its_last_half_interval() -
     assert not r.fresh("Function", {"metadata": {"namespace": "ns", "name": "other"}})
 
 
+def test_the_resync_leaves_a_new_object_to_kopfs_create_handler_for_one_interval() -> None:
+    """Catches a pass that races Kopf's queued create handlers in a burst of new Functions (every child applied
+    twice), and one that leaves a never-reconciled object out for good."""
+    import datetime
+
+    r = Resync(30, lambda kind, body: None, ["ns"], workers=1, peering=None)
+    now = datetime.datetime(2026, 11, 30, 12, 0, 0, tzinfo=datetime.timezone.utc)
+
+    def created(seconds_ago: float) -> dict[str, Any]:
+        stamp = (now - datetime.timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"metadata": {"namespace": "ns", "name": f"new-{seconds_ago}", "creationTimestamp": stamp}}
+
+    assert r.fresh("Function", created(5), now=now), "created 5 s ago, not reconciled yet: Kopf's"
+    assert not r.fresh("Function", created(31), now=now), "older than an interval and never reconciled: due"
+    assert not r.fresh("Function", {"metadata": {"namespace": "ns", "name": "no-stamp"}}, now=now)
+
+
 def test_versions_and_aliases_are_listed_unless_the_index_knows_there_are_none() -> None:
     related = Related()
     assert related.may_exist("Alias", "ns", "f"), "before Kopf hands over its index: ask the API server"

@@ -18,8 +18,13 @@ sends a few lists, not a GET per Function.
 A pass leaves out the objects some other trigger (a Kopf handler, a child's
 event) reconciled in the last half interval: their reconcile is as good as the
 resync's, and while many objects are created at once the resync would only
-compete with their first reconciles for the API server. So every object is
-reconciled at least every 1.5 intervals.
+compete with their first reconciles for the API server. For the same reason it
+leaves out an object created in the last interval that nothing has reconciled
+yet: Kopf's create handler for it is queued, and a pass would race it (two
+applies of every child, the second a patch). So every object is reconciled at
+least every 1.5 intervals, and a new one at most two intervals after its
+creation even if Kopf never got to it (a clock skew between the operator and
+the API server shifts that by the skew).
 """
 
 from __future__ import annotations
@@ -122,6 +127,15 @@ def state_of(deployment: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def created_at(body: Mapping[str, Any]) -> datetime.datetime | None:
+    """The object's ``metadata.creationTimestamp`` (the API server's clock), or None when absent or unreadable."""
+    stamp = (body.get("metadata") or {}).get("creationTimestamp")
+    try:
+        return datetime.datetime.fromisoformat(str(stamp).replace("Z", "+00:00")) if stamp else None
+    except ValueError:
+        return None
+
+
 class Resync:
     """The resync loop of one operator process."""
 
@@ -211,10 +225,15 @@ class Resync:
         metrics.RESYNC_PASSES.inc()
         return done
 
-    def fresh(self, kind: str, body: Mapping[str, Any]) -> bool:
-        """Reconciled by another trigger in the last half interval (see the module's docstring)."""
+    def fresh(self, kind: str, body: Mapping[str, Any], now: datetime.datetime | None = None) -> bool:
+        """Reconciled by another trigger in the last half interval, or created in the last interval and not yet
+        reconciled at all: its create handler is queued in Kopf (see the module's docstring)."""
         since = RECENT.since(kind, body)
-        return since is not None and since < self.interval / 2
+        if since is not None:
+            return since < self.interval / 2
+        created = created_at(body)
+        now = now or datetime.datetime.now(datetime.timezone.utc)
+        return created is not None and (now - created).total_seconds() < self.interval
 
     async def run_forever(self) -> None:
         while True:

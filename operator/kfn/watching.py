@@ -4,8 +4,9 @@ The kubernetes client is synchronous, so each watch of one kind (in one namespac
 (:class:`Watcher`): it lists, hands the list to its *sink* (``reset``), then watches from the list's resourceVersion
 and hands over every event (``apply``). A watch the server ends (its timeout) is resumed from the last
 resourceVersion; one that expired (410 Gone) is listed again at once; one that fails (the API server away, a
-broken stream) is listed again after a back-off. Any other error is a bug: the watcher marks itself dead (and
-calls *on_dead*) so the process's health check turns red instead of serving stale state.
+broken stream) is listed again after a back-off. Any other error, and any error the sink itself raises, is a bug:
+the watcher marks itself dead (and calls *on_dead*) so the process's health check turns red instead of serving
+stale state (a sink that failed on every event would otherwise be listed again forever, health green).
 
 A sink is called either on the watcher's own thread (the operator's: cheap memory updates that need no event
 loop) or, when a *loop* is given, on that asyncio loop's thread through ``call_soon_threadsafe`` (the gateway's
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import urllib3
@@ -36,6 +37,31 @@ class Sink(Protocol):
 
     def apply(self, kind: str, event: str, obj: dict[str, Any]) -> None:
         """One watch event: ADDED, MODIFIED or DELETED (bookmarks never reach a sink)."""
+
+
+class SinkFailed(RuntimeError):
+    """The sink raised: a bug in what consumes the watch, never retried as a failed watch."""
+
+
+class _PageFailed(Exception):
+    """Reading a chunked list's next page failed while the sink iterated it (carries that error)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _pages(items: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """*items*, with an error of reading them told apart from the sink's own errors."""
+    it = iter(items)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 - sorted by the watcher: a failed list, not the sink's bug
+            raise _PageFailed(e) from e
+        yield item
 
 
 class Watcher:
@@ -82,7 +108,10 @@ class Watcher:
                     items, rv = k8s.list_pages_with_version(self.kind, self.namespace, self.selector, self.chunk)
                 else:
                     items, rv = k8s.list_with_version(self.kind, self.namespace, self.selector)
-                self._reset(items)
+                try:
+                    self._reset(items)
+                except _PageFailed as e:
+                    raise e.error from None  # a page of the list: sorted below as any failed list
                 failures = 0
                 while not self.stopping.is_set():
                     for event, obj in k8s.watch(self.kind, self.namespace, rv, self.selector):
@@ -98,9 +127,18 @@ class Watcher:
                 log.warning("watch of %s failed (%s); listing again in %.1f s", self.kind, e, delay)
                 self.stopping.wait(delay)
 
+    def _feed(self, call: Callable[..., None], *args: Any) -> None:
+        """Call the sink on this thread: its own error is a bug (:class:`SinkFailed`, the watcher dies)."""
+        try:
+            call(*args)
+        except _PageFailed:
+            raise
+        except Exception as e:
+            raise SinkFailed(f"{type(e).__name__}: {e}") from e
+
     def _reset(self, items: Iterable[dict[str, Any]]) -> None:
         if self.loop is None:
-            self.sink.reset(self.kind, self.namespace, items)
+            self._feed(self.sink.reset, self.kind, self.namespace, _pages(items))
             self.synced.set()
         else:
             self.loop.call_soon_threadsafe(self._reset_on_loop, items)
@@ -111,6 +149,6 @@ class Watcher:
 
     def _apply(self, event: str, obj: dict[str, Any]) -> None:
         if self.loop is None:
-            self.sink.apply(self.kind, event, obj)
+            self._feed(self.sink.apply, self.kind, event, obj)
         else:
             self.loop.call_soon_threadsafe(self.sink.apply, self.kind, event, obj)

@@ -129,3 +129,37 @@ def test_a_chunked_list_reads_its_next_pages_as_the_caller_iterates(monkeypatch:
     assert rv == "42" and asked == [[("limit", 1), ("labelSelector", "x=y")]], "the first page is read at once"
     assert [i["metadata"]["name"] for i in items] == ["a", "b"]
     assert asked[1] == [("limit", 1), ("labelSelector", "x=y"), ("continue", "p2")]
+
+
+def test_an_error_of_the_sink_kills_the_watcher_but_a_failed_page_of_its_list_is_listed_again(monkeypatch: Any) -> None:
+    """Catches a sink bug retried as a failed watch (listed again forever, health green) — a ValueError is one of the
+    errors a broken stream raises too — and a failed next page taken for the sink's bug."""
+    lists: list[int] = []
+
+    def list_pages(kind: str, ns: str | None, selector: str | None = None, limit: int = 0) -> Any:
+        lists.append(1)
+
+        def items() -> Iterator[dict[str, Any]]:
+            yield obj("a", "1")
+            if len(lists) == 1:
+                raise k8s.Gone(410, "Expired", "the continue token expired")  # the second page: list again
+            yield obj("b", "2")
+        return items(), "2"
+
+    def watch(kind: str, ns: str | None, rv: str, selector: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        yield "MODIFIED", obj("a", "3")
+
+    class Broken(Recorder):
+        def apply(self, kind: str, event: str, o: dict[str, Any]) -> None:
+            raise ValueError("a bug in the sink")
+
+    deaths: list[tuple[str, str]] = []
+    monkeypatch.setattr(k8s, "list_pages_with_version", list_pages)
+    monkeypatch.setattr(k8s, "watch", watch)
+    sink = Broken()
+    w = watching.Watcher(sink, "Service", "ns", None, chunk=1, on_dead=lambda name, why: deaths.append((name, why)))
+    with pytest.raises(watching.SinkFailed):
+        w._run()
+    assert len(lists) == 2, "the page that failed made the watcher list again"
+    assert sink.calls == [("reset", "Service", "ns", ["a", "b"])]
+    assert deaths == [("watch-Service-ns", "SinkFailed: ValueError: a bug in the sink")]

@@ -1,6 +1,6 @@
 """Supervised background tasks: no loop of the operator dies silently.
 
-:func:`guarded` runs an eternal coroutine (the resync loop, a watch) and
+:func:`guarded` runs an eternal coroutine (the resync loop) and
 restarts it with exponential backoff when it fails with a *transient* error —
 the API server unreachable or answering 5xx/429 during a restart or an
 upgrade. Anything else (a bug: ``TypeError``, ``KeyError`` …), or a coroutine
@@ -9,6 +9,9 @@ logged with its traceback, recorded in :class:`Tasks`, and the operator's
 health check (``/healthz``, a Kopf probe) then answers 500 so the kubelet
 restarts the pod (Kopf guards its own root tasks the same way:
 nolar/kopf ``kopf/_cogs/aiokits/aiotasks.py``).
+
+The operator's child and pod watches are threads (:class:`kfn.watching.Watcher`)
+with their own retries; they report a death here too (:meth:`Tasks.died`).
 """
 
 from __future__ import annotations
@@ -55,6 +58,13 @@ class Tasks:
     dead: dict[str, str] = field(default_factory=dict)
     running: set[str] = field(default_factory=set)
 
+    def died(self, name: str, why: str) -> None:
+        """Record that *name* ended for good: a coroutine here (:func:`guarded`), or a thread of its own (a
+        :class:`kfn.watching.Watcher`, which calls this from its thread: a single dict or set update)."""
+        self.dead[name] = why
+        self.running.discard(name)
+        metrics.TASK_DEATHS.labels(name).inc()
+
     def healthy(self) -> bool:
         return not self.dead
 
@@ -95,8 +105,7 @@ async def guarded(
             except Exception as e:  # noqa: BLE001 - sorted below: retried, or recorded as a death
                 if not is_transient(e):
                     log.exception("background task %s died: %s", name, e)
-                    tasks.dead[name] = f"{type(e).__name__}: {e}"
-                    metrics.TASK_DEATHS.labels(name).inc()
+                    tasks.died(name, f"{type(e).__name__}: {e}")
                     return
                 # a task that ran well for a while starts its backoff afresh
                 failures = 1 if loop.time() - started > backoff.maximum else failures + 1
@@ -107,8 +116,7 @@ async def guarded(
                 continue
             # An eternal task that returns is as dead as one that raised.
             log.error("background task %s ended unexpectedly", name)
-            tasks.dead[name] = "ended unexpectedly"
-            metrics.TASK_DEATHS.labels(name).inc()
+            tasks.died(name, "ended unexpectedly")
             return
     finally:
         tasks.running.discard(name)

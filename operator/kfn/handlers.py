@@ -1,4 +1,4 @@
-"""Kopf registrations only: which events run which reconciler.
+"""Which events run which reconciler: Kopf's registrations, and the sink of kfn's own child and pod watches.
 
 * create/update/resume of Function, FunctionVersion and Alias -> the kind's
   reconciler (level-based, so one function serves all three);
@@ -9,8 +9,9 @@
   whose runtime may have failed its init -> its owner's reconciler, so status
   says why no environment starts (``kfn.health``).
 
-The periodic resync that puts back hand edits is not a Kopf timer (see
-``kfn.reconcilers.resync``).
+The last three are not Kopf's: label-selected list+watch threads (:class:`kfn.watching.Watcher`) feed
+:class:`ChildEvents`, started by ``kfn operator`` (:func:`start_child_watches`). The periodic resync that puts
+back hand edits is not a Kopf timer either (see ``kfn.reconcilers.resync``).
 
 Outcomes map to Kopf's error taxonomy: a temporary problem retries after a
 delay, an invalid spec is a permanent error (status already says why).
@@ -22,14 +23,15 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
-from kfn import aio, health, k8s, metrics, names
+from kfn import aio, health, k8s, metrics, names, watching
 from kfn.reconcilers.alias import reconcile_alias
 from kfn.reconcilers.children import APPLIED
 from kfn.reconcilers.common import Outcome, last_written_status
@@ -193,8 +195,8 @@ def child_state(child: Mapping[str, Any]) -> dict[str, Any]:
 class ChildFollowups:
     """Owner passes asked for by child events: at most *limit* at a time, and only the newest event per child.
 
-    A child's watch handler hands its follow-up over here and returns at once, so Kopf lets go of the event's
-    body: while a thousand Deployments change together (created, or past their progress deadline), a handler
+    A child's event hands its follow-up over here and returns at once, so the watch lets go of the event's
+    body (in Kopf's time, of its handler): while a thousand Deployments change together (created, or past their progress deadline), a handler
     that waited for its turn in the thread pool kept a thousand whole Deployment bodies (pod templates,
     managedFields) alive — the operator's peak memory. A waiting follow-up holds the trimmed child
     (:func:`child_state`), and a newer event of the same child replaces the one still waiting (the owner's pass
@@ -291,18 +293,6 @@ def child_label_selector() -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(CHILD_SELECTOR.items()))
 
 
-def filter_watches(settings: kopf.OperatorSettings) -> None:
-    """Have the API server filter the child watches by kfn's labels.
-
-    Kopf's ``labels=`` on a handler filters in the operator, after every
-    ConfigMap and Deployment of the cluster was streamed to it; a selector in
-    the watch request itself keeps other workloads' objects on the server.
-    """
-    for cgroup, _cversion, cplural in CHILD_KINDS.values():
-        settings.watching.label_selectors[cgroup, cplural] = child_label_selector()
-    settings.watching.label_selectors["", "pods"] = child_label_selector()  # the pod watch (environment health)
-
-
 class MemoryDiffBase(kopf.DiffBaseStorage):
     """Kopf's last-handled state of each object, kept in the operator's memory instead of an annotation.
 
@@ -332,8 +322,8 @@ class MemoryDiffBase(kopf.DiffBaseStorage):
         """
         if str(body.get("apiVersion") or "").split("/", 1)[0] != names.GROUP:
             # Kopf builds an essence for every event of every watched kind, but only compares it for kinds with
-            # create/update/field handlers: kfn's own (tests/unit/test_reconcile_requests.py holds that). A
-            # Deployment's, pod's or ConfigMap's essence would be a copy of its spec or code thrown away.
+            # create/update/field handlers: kfn's own (tests/unit/test_reconcile_requests.py holds that). Another
+            # kind's essence (should Kopf watch one again) would be a copy of its spec thrown away.
             return {}
         meta = body.get("metadata") or {}
         slim: dict[str, Any] = {k: v for k, v in body.items() if k not in ("metadata", "status")}
@@ -406,35 +396,218 @@ async def follow_init(pod: Mapping[str, Any]) -> bool:
     return False
 
 
-def register_pod_watch(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
-    """Follow function pods that cannot start, so the owner's status says why (see kfn.health)."""
-    selector = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: names.COMPONENT_FUNCTION}
+def pod_interesting(pod: Mapping[str, Any]) -> bool:
+    """Whether a pod event is worth following: the pod cannot start, or its runtime is initialising."""
+    return health.pod_problem(pod) is not None or health.awaiting_init(pod)
 
-    def interesting(body: kopf.Body, **_: Any) -> bool:
-        pod = plain(body)
-        return health.pod_problem(pod) is not None or health.awaiting_init(pod)
 
-    @kopf.on.event("", "v1", "pods", id="environment-health", labels=selector, when=interesting, registry=registry)
-    async def on_pod(body: kopf.Body, **_: Any) -> None:
-        pod = plain(body)
-        if health.pod_problem(pod) is None and not await follow_init(pod):
+async def follow_pod(pod: dict[str, Any], cfg: OperatorConfig) -> None:
+    """Follow a function pod that cannot start (or may fail its init), so the owner's status says why
+    (see kfn.health)."""
+    if health.pod_problem(pod) is None and not await follow_init(pod):
+        return
+
+    def refresh_owner() -> None:
+        deployment = pod_deployment(pod)
+        owner = controller_of(deployment["metadata"]) if deployment else None
+        if deployment is not None and owner is not None:
+            labels = pod["metadata"].get("labels") or {}
+            # the Deployment's status may not have changed: have the owner's pass look at the pods again
+            forget_seen(pod["metadata"]["namespace"],
+                        names.environment_name(labels[names.LABEL_FUNCTION], labels[names.LABEL_VERSION]))
+            with deployment_just_read(deployment):  # read a moment ago: the pass need not read it again
+                reconcile_by_name(owner[0], pod["metadata"]["namespace"], owner[1], cfg)
+
+    try:
+        await asyncio.to_thread(refresh_owner)
+    except k8s.ApiError as e:
+        log.warning("following pod %s failed: %s", pod["metadata"].get("name"), e)
+
+
+class PodFollowups:
+    """One follow-up at a time per pod, on the event loop, and only the newest interesting event of a pod waits.
+
+    As Kopf did with the pod handler this replaces: a pod's later events wait while its follow-up runs (it may
+    poll a starting runtime for a minute), then only the newest of them counts; one that is no longer
+    interesting drops the one waiting.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[tuple[str, str], tuple[Callable[..., Any], tuple[Any, ...]]] = {}
+        self._running: set[tuple[str, str]] = set()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def submit(self, key: tuple[str, str], follow: Callable[..., Any], *args: Any) -> None:
+        """Have ``await follow(*args)`` run on this loop, after the pod's running follow-up if any."""
+        self._waiting[key] = (follow, args)
+        if key in self._running:
             return
+        self._running.add(key)
+        asyncio.get_running_loop().create_task(self._drain(key)).add_done_callback(_log_failure)
 
-        def refresh_owner() -> None:
-            deployment = pod_deployment(pod)
-            owner = controller_of(deployment["metadata"]) if deployment else None
-            if deployment is not None and owner is not None:
-                labels = pod["metadata"].get("labels") or {}
-                # the Deployment's status may not have changed: have the owner's pass look at the pods again
-                forget_seen(pod["metadata"]["namespace"],
-                            names.environment_name(labels[names.LABEL_FUNCTION], labels[names.LABEL_VERSION]))
-                with deployment_just_read(deployment):  # read a moment ago: the pass need not read it again
-                    reconcile_by_name(owner[0], pod["metadata"]["namespace"], owner[1], cfg)
+    def drop(self, key: tuple[str, str]) -> None:
+        """The pod's newest event is not interesting: what waited is stale."""
+        self._waiting.pop(key, None)
 
+    async def _drain(self, key: tuple[str, str]) -> None:
         try:
-            await asyncio.to_thread(refresh_owner)
-        except k8s.ApiError as e:
-            log.warning("following pod %s failed: %s", pod["metadata"].get("name"), e)
+            while (job := self._waiting.pop(key, None)) is not None:
+                await job[0](*job[1])
+        finally:
+            self._running.discard(key)
+            self._waiting.pop(key, None)
+
+
+POD_FOLLOWUPS = PodFollowups()
+
+
+class ChildEvents:
+    """The operator's sink of the child and pod watches (:class:`kfn.watching.Watcher`, one per kind and namespace).
+
+    What Kopf's per-event handlers did, without Kopf's per-event machinery (a worker, a queue and a body wrapper
+    per event: while a thousand Functions were created, about half the operator's CPU for ~13 child and pod
+    events per Function):
+
+    * every child event keeps the memory of applied children true (``APPLIED.observe``): an edit makes the next
+      pass apply again; edits themselves are put back by the periodic resync;
+    * a deleted child (or one that lost kfn's labels: the label-selected watch reports it as DELETED) has its
+      owner reconciled at once (:func:`follow_child`);
+    * a Deployment whose environments or rollout changed (``ENVIRONMENTS.changed``) refreshes its owner's status;
+    * a pod that cannot start, or whose runtime is initialising, is followed (:func:`follow_pod`).
+
+    One sink per watcher (one kind in one namespace, or all), called on that watcher's thread. The memory updates
+    are cheap and thread-safe (``APPLIED`` has a lock; the sink's own known keys are its thread's alone; each entry
+    of ``ENVIRONMENTS`` is one Deployment's, touched only by the thread that watches it, and a dict's single
+    get or set is atomic), so an event costs no hop to the event loop; only a follow-up, which
+    ``FOLLOWUPS`` and ``POD_FOLLOWUPS`` schedule as asyncio tasks, is handed to the loop with
+    ``call_soon_threadsafe``. Hopping for every event would add a wake-up of the busy loop per event for work the
+    thread can do itself.
+
+    A list (the first, or again after the watch expired or failed) is delivered as Kopf delivered its lists: each
+    listed object as an event of type None (memory updated, nothing followed up); in addition, a child the
+    previous list and events knew of that the new list lacks was deleted meanwhile, and is followed up as
+    DELETED. Only keys (and each child's owner, for that repair) are kept, not bodies.
+
+    With peering, only the active replica follows up (*active*, as Kopf pauses a passive replica's handlers);
+    every replica keeps its memory up to date.
+    """
+
+    def __init__(self, cfg: OperatorConfig, loop: asyncio.AbstractEventLoop,
+                 active: Callable[[], bool] = lambda: True) -> None:
+        self.cfg, self.loop, self.active = cfg, loop, active
+        # (namespace, name) of each child the list and events have shown -> its controller (kind, name)
+        self._known: dict[tuple[str, str], tuple[str, str] | None] = {}
+
+    def reset(self, kind: str, namespace: str | None, items: Iterable[dict[str, Any]]) -> None:
+        api_version = k8s.KINDS[kind][0]
+        if kind == "Pod":
+            for pod in items:
+                pod.setdefault("kind", kind)
+                pod.setdefault("apiVersion", api_version)
+                self._pod_event(None, pod)
+            return
+        before = self._known
+        now: dict[tuple[str, str], tuple[str, str] | None] = {}
+        try:
+            for obj in items:
+                obj.setdefault("kind", kind)  # a list's items carry neither (a watch event's object does)
+                obj.setdefault("apiVersion", api_version)
+                meta = obj.get("metadata") or {}
+                now[(meta.get("namespace") or "", meta.get("name") or "")] = controller_of(meta)
+                self._child_event(kind, None, obj)
+        except BaseException:
+            # a page failed (the watcher lists again): what was seen so far is known as well
+            self._known = {**before, **now}
+            raise
+        self._known = now
+        for (ns, name), owner in before.items():
+            if (ns, name) not in now:  # deleted while no watch ran: as its DELETED event would have been
+                refs = [] if owner is None else [{"apiVersion": names.API_VERSION, "kind": owner[0],
+                                                 "name": owner[1], "controller": True}]
+                gone = {"apiVersion": api_version, "kind": kind,
+                        "metadata": {"namespace": ns, "name": name, "ownerReferences": refs}}
+                self._child_event(kind, "DELETED", gone)
+
+    def apply(self, kind: str, event: str, obj: dict[str, Any]) -> None:
+        if kind == "Pod":
+            self._pod_event(event, obj)
+            return
+        meta = obj.get("metadata") or {}
+        key = (meta.get("namespace") or "", meta.get("name") or "")
+        if event == "DELETED":
+            self._known.pop(key, None)
+        else:
+            self._known[key] = controller_of(meta)
+        self._child_event(kind, event, obj)
+
+    def _child_event(self, kind: str, event: str | None, body: dict[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        APPLIED.observe(event, body)
+        if event not in ("DELETED", "MODIFIED") or (event == "MODIFIED" and kind != "Deployment"):
+            return
+        if event == "MODIFIED" and not ENVIRONMENTS.changed(body):
+            return  # a status write that changes nothing the owner reports (most of them)
+        if event == "DELETED" and kind == "Deployment":
+            ENVIRONMENTS.forget(body)
+        owner = controller_of(meta)
+        if owner is None or not self.active():
+            return
+        key = (kind, meta.get("namespace", ""), meta.get("name", ""))
+        self.loop.call_soon_threadsafe(FOLLOWUPS.submit, key, follow_child, kind, event, child_state(body), owner,
+                                       self.cfg)
+
+    def _pod_event(self, event: str | None, pod: dict[str, Any]) -> None:
+        meta = pod.get("metadata") or {}
+        key = (meta.get("namespace") or "", meta.get("name") or "")
+        if not pod_interesting(pod):
+            self.loop.call_soon_threadsafe(POD_FOLLOWUPS.drop, key)
+            return
+        if self.active():
+            self.loop.call_soon_threadsafe(POD_FOLLOWUPS.submit, key, follow_pod, pod, self.cfg)
+
+
+class ActiveReplica:
+    """Whether this replica is the active one (*check*: the resync's reading of the peering object), asked at most
+    every *ttl* seconds from whichever watcher thread needs to know first; until the first answer, and while
+    the API server cannot answer, the last answer stands (at first: not active)."""
+
+    def __init__(self, check: Callable[[], bool], ttl: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self.check, self.ttl, self.clock = check, ttl, clock
+        self._value, self._until = False, float("-inf")
+        self._lock = threading.Lock()
+
+    def __call__(self) -> bool:
+        with self._lock:  # one GET for every thread that asks at once
+            if self.clock() >= self._until:
+                try:
+                    self._value = self.check()
+                except k8s.ApiError as e:
+                    log.debug("peering not readable (%s): this replica stays %s", e,
+                              "active" if self._value else "passive")
+                self._until = self.clock() + self.ttl
+            return self._value
+
+
+def watched_child_kinds() -> tuple[str, ...]:
+    """Every kind the operator watches itself: kfn's children and function pods."""
+    return (*CHILD_KINDS, "Pod")
+
+
+def start_child_watches(cfg: OperatorConfig, loop: asyncio.AbstractEventLoop, namespaces: Iterable[str],
+                        tasks: aio.Tasks, active: Callable[[], bool] = lambda: True,
+                        chunk: int = 100) -> list[watching.Watcher]:
+    """Watch kfn's children and function pods (label-selected, listed *chunk* per request) in *namespaces* (all
+    when empty), each watcher registered in *tasks* so that one that dies turns the operator's health red."""
+    scopes: tuple[str | None, ...] = tuple(namespaces) or (None,)
+    watchers = [watching.Watcher(ChildEvents(cfg, loop, active), kind, ns, child_label_selector(), chunk=chunk,
+                                 on_dead=tasks.died)
+                for kind in watched_child_kinds() for ns in scopes]
+    for w in watchers:
+        tasks.running.add(w.name)
+        w.start()
+    return watchers
 
 
 def security_groups_named(*specs: Mapping[str, Any] | None) -> set[str]:
@@ -602,42 +775,9 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, tasks: aio.Ta
     register_pc_autoscaling(registry, reconcilers())
 
     if cfg.watch_children:
-        APPLIED.enabled = True  # the watches below tell it about edits and deletions
-        selector = CHILD_SELECTOR
-        for child_kind, (cgroup, cversion, cplural) in CHILD_KINDS.items():
-
-            async def on_child(body: kopf.Body, type: str | None, _child_kind: str = child_kind, **_: Any) -> None:
-                # async: most events only update the memory of applied children, which is not
-                # worth a trip through the handler thread pool; API calls go to a thread (FOLLOWUPS).
-                meta = body.get("metadata", {})
-                APPLIED.observe(type, plain(body))
-                if type not in ("DELETED", "MODIFIED") or (type == "MODIFIED" and _child_kind != "Deployment"):
-                    return
-                if type == "MODIFIED" and not ENVIRONMENTS.changed(plain(body)):
-                    return  # a status write that changes nothing the owner reports (most of them)
-                if type == "DELETED" and _child_kind == "Deployment":
-                    ENVIRONMENTS.forget(plain(body))
-                owner = controller_of(meta)
-                if owner is None:
-                    return
-                key = (_child_kind, meta.get("namespace", ""), meta.get("name", ""))
-                FOLLOWUPS.submit(key, follow_child, _child_kind, type, child_state(body), owner, cfg)
-
-            # Every event keeps the memory of applied children true (an edit makes the next
-            # pass apply again); deletions of any child are repaired at once; Deployments'
-            # state changes refresh the owner's status (replicas, Available). Edits are put
-            # back by the periodic resync.
-            kopf.on.event(
-                cgroup,
-                cversion,
-                cplural,
-                id=f"child-{child_kind.lower()}",
-                labels=selector,
-                registry=registry,
-            )(on_child)
-
-    if cfg.watch_children:
-        register_pod_watch(registry, cfg)
+        # the child and pod watches (start_child_watches, started by `kfn operator`) tell it about edits and
+        # deletions; they are kfn's own threads, not Kopf's (see ChildEvents)
+        APPLIED.enabled = True
 
     register_security_groups(registry, cfg)
     register_code_signing_configs(registry, cfg)

@@ -366,6 +366,33 @@ def list_with_version(
     return list(answer.get("items") or []), str((answer.get("metadata") or {}).get("resourceVersion") or "")
 
 
+def list_pages_with_version(
+    kind: str, namespace: str | None, label_selector: str | None = None, limit: int = 100
+) -> tuple[Iterator[dict[str, Any]], str]:
+    """Objects of a kind read *limit* per request, and the list's resourceVersion (where a watch resumes).
+
+    The first page is read now (its resourceVersion is the whole list's: the API server serves every page of a
+    chunked list from one snapshot); the rest as the caller iterates, so it never holds the whole list. A page
+    whose continue token expired meanwhile raises :class:`Gone` (list again).
+    """
+    def query(token: str) -> list[tuple[str, Any]]:
+        q: list[tuple[str, Any]] = [("limit", limit)] + ([("labelSelector", label_selector)] if label_selector else [])
+        return q + ([("continue", token)] if token else [])
+
+    first = _request("GET", path(kind, namespace), query=query(""))
+    meta = first.get("metadata") or {}
+
+    def items(page: dict[str, Any], token: str) -> Iterator[dict[str, Any]]:
+        while True:
+            yield from page.get("items") or []
+            if not token:
+                return
+            page = _request("GET", path(kind, namespace), query=query(token))
+            token = (page.get("metadata") or {}).get("continue") or ""
+
+    return items(first, meta.get("continue") or ""), str(meta.get("resourceVersion") or "")
+
+
 class Gone(ApiError):
     """410: the watch's resourceVersion is too old; list again."""
 
@@ -388,12 +415,18 @@ def watch(
         query.append(("labelSelector", label_selector))
     request = api.param_serialize("GET", path(kind, namespace), query_params=query,
                                   header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+    url = path(kind, namespace)
+    group, resource, _ = request_info("GET", url)
     try:
         response = api.call_api(*request, _request_timeout=(10, timeout_seconds + 30))
     except ApiException as e:
+        metrics.API_REQUESTS.labels(group, resource, "watch", str(e.status or 0)).inc()
         raise _error(e.status or 0, e.body) from e
     except (urllib3.exceptions.HTTPError, OSError) as e:
+        metrics.API_REQUESTS.labels(group, resource, "watch", "0").inc()
         raise Unreachable(0, "Unreachable", f"watch {kind}: {e}") from e
+    # counted as the authorizer sees it (verb watch), so the RBAC tests see the watches kfn itself makes
+    metrics.API_REQUESTS.labels(group, resource, "watch", str(response.response.status)).inc()
     raw = response.response  # the urllib3 response, read as a stream of JSON lines
     try:
         yield from _events(raw)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kfn import k8s
+from kfn import k8s, metrics
 
 
 def kubeconfig(tmp_path: Path, port: int) -> str:
@@ -57,8 +57,12 @@ def test_a_stream_that_breaks_off_is_unreachable_after_the_events_it_carried(tmp
 
     threading.Thread(target=answer_then_break, daemon=True).start()
     k8s.configure(kubeconfig(tmp_path, server.getsockname()[1]))
+    counted = metrics.API_REQUESTS.labels("kfn.dev", "functions", "watch", "200")
+    before = counted._value.get()
     seen = []
     with pytest.raises(k8s.Unreachable):
         for etype, obj in k8s.watch("Function", "ns", "1"):
             seen.append((etype, obj["metadata"]["name"]))
     assert seen == [("ADDED", "f")], "the events before the break are delivered"
+    # the RBAC tests compare what kfn.k8s counts with what the operator is granted: a watch is verb watch
+    assert counted._value.get() == before + 1

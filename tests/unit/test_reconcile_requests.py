@@ -269,19 +269,3 @@ def test_the_index_entry_of_a_function_is_its_reservation_or_nothing() -> None:
     assert reservation_entry("ns", "f", {"reservedConcurrency": 0}, meta) == {
         POOL: Reservation("ns", "f", 0, "2026-01-01T00:00:00Z")}, "0 reserves too (it throttles every invoke)"
     assert reservation_entry("ns", "f", {}, meta) == {}, "an empty entry: Kopf drops the one it had"
-
-
-def test_child_watches_and_the_pod_watch_ask_the_api_server_for_kfn_labels_only() -> None:
-    # Catches: without the selectors Kopf streams every Deployment, ConfigMap, Service, … and pod of the watched
-    # namespaces (of the cluster, cluster-wide) and drops the others in the operator (its labels= filter).
-    from kfn.handlers import CHILD_KINDS, filter_watches
-
-    settings = kopf.OperatorSettings()
-    filter_watches(settings)
-    watched = [kopf.Resource(group, version, plural) for group, version, plural in CHILD_KINDS.values()]
-    watched.append(kopf.Resource("", "v1", "pods"))
-    for resource in watched:
-        assert settings.watching.label_selectors.collect(resource) == [
-            "app.kubernetes.io/managed-by=kfn,kfn.dev/component=function"], resource.plural
-    functions = kopf.Resource("kfn.dev", "v1alpha1", "functions")
-    assert settings.watching.label_selectors.collect(functions) == [], "users' own objects are not filtered"

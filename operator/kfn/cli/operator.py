@@ -10,6 +10,7 @@ import os
 import random
 import secrets
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from kfn.resources.environment import Images
@@ -102,15 +103,8 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     libc.mallopt(-8, arenas)  # -8: M_ARENA_MAX
 
 
-class QuietChildEvents(logging.Filter):
-    """Drops Kopf's "Handler 'child-…' succeeded." lines (one per event of every child)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        return not (msg.startswith("Handler 'child-") and msg.endswith("succeeded."))
-
-
-# Objects per list request when Kopf (re)lists a kind (settings.watching.chunk_size).
+# Objects per list request when Kopf (re)lists a kind (settings.watching.chunk_size), and when the child and
+# pod watches do.
 LIST_CHUNK = 100
 
 
@@ -121,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     from kfn import aio, k8s, metrics
-    from kfn.handlers import OperatorConfig, filter_watches, persistence, reconcile_any, register
+    from kfn.handlers import (ActiveReplica, CHILD_KINDS, OperatorConfig, persistence, reconcile_any, register,
+                              start_child_watches)
     from kfn.reconcilers.resync import Resync
 
     kopf.configure(
@@ -129,13 +124,13 @@ def run(args: argparse.Namespace) -> int:
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
         log_refkey="object",
     )
-    # Kopf logs every handler run; the child watches run one per event of every child, which says
-    # nothing (failures still show): keep the log for what happens to kfn's own objects.
-    logging.getLogger("kopf.objects").addFilter(QuietChildEvents())
     # A connection for every thread that may call the API at once: Kopf's handlers (workers), the resync
-    # (workers // 2) and asyncio's default executor (child and pod events, min(32, CPUs + 4)). A full pool
-    # drops connections, and each new one costs the API server a TLS handshake.
-    k8s.configure(args.kubeconfig, args.context, pool_size=args.workers + args.workers // 2 + min(32, (os.cpu_count() or 1) + 4))
+    # (workers // 2), asyncio's default executor (child and pod follow-ups, min(32, CPUs + 4)) and the child and
+    # pod watches (each holds one for as long as it watches). A full pool drops connections, and each new one
+    # costs the API server a TLS handshake.
+    watches = (len(CHILD_KINDS) + 1) * max(1, len(args.namespace))
+    k8s.configure(args.kubeconfig, args.context,
+                  pool_size=args.workers + args.workers // 2 + min(32, (os.cpu_count() or 1) + 4) + watches)
     if args.install_peering and not args.standalone:
         install_peering(args.peering, args.namespace)
     check_nodes = args.check_node_architecture
@@ -182,7 +177,6 @@ def run(args: argparse.Namespace) -> int:
     # Ride out an API-server restart or upgrade (minutes), not only a blip: Kopf gives up on a
     # request after its backoffs (default ~1 min in all) and then the whole process exits.
     settings.networking.error_backoffs = (1, 1, 2, 3, 5, 8, 13, 21, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30)
-    filter_watches(settings)
     persistence(settings)
     if args.metrics_port:
         metrics.serve(args.metrics_port)
@@ -199,6 +193,14 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         loop = asyncio.create_task(aio.guarded(resync.run_forever, "resync", tasks))
+        watchers: list[Any] = []
+        if cfg.watch_children:
+            # kfn's own list+watch threads, not Kopf's watches: Kopf's per-event machinery was about half the
+            # operator's CPU while a thousand Functions were created (kfn.handlers.ChildEvents). A passive
+            # replica keeps its memory of children up to date but follows nothing up, as Kopf pauses it.
+            active: Callable[[], bool] = (lambda: True) if args.standalone else ActiveReplica(resync.active)
+            watchers = start_child_watches(cfg, asyncio.get_running_loop(), args.namespace, tasks, active,
+                                           chunk=LIST_CHUNK)
         try:
             await kopf.operator(
                 registry=registry,
@@ -211,6 +213,8 @@ def run(args: argparse.Namespace) -> int:
             )
         finally:
             loop.cancel()
+            for w in watchers:
+                w.stopping.set()
 
     asyncio.run(main())
     return 0

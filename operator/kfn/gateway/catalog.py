@@ -1,10 +1,11 @@
 """The gateway's live catalog: Functions, FunctionVersions, Aliases, version Deployments and their ready
 execution environments, learnt from Kubernetes watches (never polled).
 
-The kubernetes client is synchronous, so each watch runs in a thread (:class:`Watcher`) that hands every event
-to the event loop with ``call_soon_threadsafe``; the catalog itself is only touched on the loop's thread, so no
-locks. A watch that ends is resumed from its last resourceVersion; one that fails is listed and watched again
-after a back-off; a watcher that dies of an unexpected error marks itself dead, which turns ``/healthz`` red.
+The kubernetes client is synchronous, so each watch runs in a thread (:class:`Watcher`, a
+:class:`kfn.watching.Watcher`) that hands every event to the event loop with ``call_soon_threadsafe``; the catalog
+itself is only touched on the loop's thread, so no locks. A watch that ends is resumed from its last
+resourceVersion; one that fails is listed and watched again after a back-off; a watcher that dies of an unexpected
+error marks itself dead, which turns ``/healthz`` red.
 
 Implements :class:`kfn.gateway.view.CatalogView` for the read-only control-plane calls.
 """
@@ -13,14 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import urllib3
-
-from kfn import k8s, names
+from kfn import names, watching
 
 log = logging.getLogger("kfn.gateway.catalog")
 
@@ -259,55 +257,13 @@ class Catalog:
                 and (obj.get("spec") or {}).get("functionName") == function]
 
 
-class Watcher:
+class Watcher(watching.Watcher):
     """List then watch one kind (in one namespace, or all) in a thread, feeding the catalog on the loop."""
-
-    RETRY_SECONDS = (0.5, 1, 2, 5, 10)
 
     def __init__(self, catalog: Catalog, loop: asyncio.AbstractEventLoop, kind: str, namespace: str | None,
                  selector: str | None) -> None:
-        self.catalog, self.loop, self.kind, self.namespace, self.selector = catalog, loop, kind, namespace, selector
-        self.synced = threading.Event()  # the first list has reached the catalog
-        self.dead: str | None = None  # why the watcher stopped for good
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"watch-{kind}-{namespace or 'all'}", daemon=True)
-
-    def start(self) -> Watcher:
-        self.thread.start()
-        return self
-
-    def _run(self) -> None:
-        try:
-            self._loop()
-        except BaseException as e:  # noqa: BLE001 - any end of this thread must show in /healthz
-            self.dead = f"{type(e).__name__}: {e}"
-            log.exception("watch of %s ended for good", self.kind)
-            raise
-
-    def _loop(self) -> None:
-        failures = 0
-        while not self.stopping.is_set():
-            try:
-                items, rv = k8s.list_with_version(self.kind, self.namespace, self.selector)
-                self.loop.call_soon_threadsafe(self._reset, items)
-                failures = 0
-                while not self.stopping.is_set():
-                    for event, obj in k8s.watch(self.kind, self.namespace, rv, self.selector):
-                        rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
-                        if event != "BOOKMARK":  # a bookmark only moves where the next watch resumes
-                            self.loop.call_soon_threadsafe(self.catalog.apply, self.kind, event, obj)
-            except k8s.Gone:
-                log.info("watch of %s expired; listing again", self.kind)
-            except (k8s.ApiError, urllib3.exceptions.HTTPError, OSError, ValueError) as e:
-                # ValueError: a truncated JSON line when the connection breaks mid-event
-                delay = self.RETRY_SECONDS[min(failures, len(self.RETRY_SECONDS) - 1)]
-                failures += 1
-                log.warning("watch of %s failed (%s); listing again in %.1f s", self.kind, e, delay)
-                self.stopping.wait(delay)
-
-    def _reset(self, items: list[dict[str, Any]]) -> None:
-        self.catalog.reset(self.kind, self.namespace, items)
-        self.synced.set()
+        super().__init__(catalog, kind, namespace, selector, loop=loop)
+        self.catalog = catalog
 
 
 def start_watchers(catalog: Catalog, loop: asyncio.AbstractEventLoop,

@@ -55,7 +55,7 @@ _NAMESPACED: dict[tuple[str, str], tuple[str, ...]] = {
     ("rbac.authorization.k8s.io", "roles"): ("create", "patch"),
     ("rbac.authorization.k8s.io", "rolebindings"): ("create", "patch"),
     # Children: server-side apply (patch; create too when the apply creates the object),
-    # Kopf's child watches (list, watch).
+    # the operator's child watches (kfn.handlers.start_child_watches: list, watch).
     # ConfigMaps: get reads a zip (configMapRef); delete drops inline code's ConfigMap and snapshots.
     ("", "configmaps"): ("get", "list", "watch", "create", "patch", "delete"),
     ("", "services"): ("list", "watch", "create", "patch"),
@@ -65,7 +65,8 @@ _NAMESPACED: dict[tuple[str, str], tuple[str, ...]] = {
     ("networking.k8s.io", "networkpolicies"): ("list", "watch", "create", "patch"),
     ("", "secrets"): ("get", "create", "delete"),
     # publish() pins an image function's tag to the digest its $LATEST pods report; status tells the truth:
-    # environments_problem() lists a version's pods, the pod watch (Kopf: list, watch) follows them and
+    # environments_problem() lists a version's pods, the pod watch (kfn.handlers.start_child_watches: list, watch)
+    # follows them and
     # follow_init() gets a starting one afresh.
     ("", "pods"): ("get", "list", "watch"),
     # environments_problem() and follow_init() read an agent's /readyz (the runtime's init error) through

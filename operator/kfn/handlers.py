@@ -235,8 +235,9 @@ class ChildFollowups:
 
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        # not an ApiError (follow_child handles those): a bug, logged with its traceback like Kopf logs a handler's
-        log.error("following a child failed", exc_info=task.exception())
+        # not an ApiError (follow_child and follow_pod handle those): a bug, logged with its traceback like Kopf
+        # logs a handler's
+        log.error("following a child or pod failed", exc_info=task.exception())
 
 
 # As many follow-ups at once as asyncio's default executor has threads (the child handlers' former limit).
@@ -404,7 +405,11 @@ def pod_interesting(pod: Mapping[str, Any]) -> bool:
 async def follow_pod(pod: dict[str, Any], cfg: OperatorConfig) -> None:
     """Follow a function pod that cannot start (or may fail its init), so the owner's status says why
     (see kfn.health)."""
-    if health.pod_problem(pod) is None and not await follow_init(pod):
+    try:
+        if health.pod_problem(pod) is None and not await follow_init(pod):
+            return
+    except k8s.ApiError as e:  # the API server away a moment: the resync's pass looks at the pods again
+        log.warning("following pod %s failed: %s", pod["metadata"].get("name"), e)
         return
 
     def refresh_owner() -> None:
@@ -499,6 +504,7 @@ class ChildEvents:
         self.cfg, self.loop, self.active = cfg, loop, active
         # (namespace, name) of each child the list and events have shown -> its controller (kind, name)
         self._known: dict[tuple[str, str], tuple[str, str] | None] = {}
+        self._listed = False  # a first list has been delivered (the next ones are re-lists)
 
     def reset(self, kind: str, namespace: str | None, items: Iterable[dict[str, Any]]) -> None:
         api_version = k8s.KINDS[kind][0]
@@ -522,6 +528,11 @@ class ChildEvents:
             self._known = {**before, **now}
             raise
         self._known = now
+        if self._listed:
+            # A child kfn applied while no watch ran and that was gone again by this list is in neither: forget its
+            # apply, or the resync would take it as standing and never put it back.
+            APPLIED.forget_unlisted(kind, namespace, now.keys())
+        self._listed = True
         for (ns, name), owner in before.items():
             if (ns, name) not in now:  # deleted while no watch ran: as its DELETED event would have been
                 refs = [] if owner is None else [{"apiVersion": names.API_VERSION, "kind": owner[0],

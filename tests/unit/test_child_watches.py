@@ -35,6 +35,9 @@ class Observed:
     def observe(self, event: str | None, live: dict[str, Any]) -> None:
         self.events.append((event, live.get("kind"), live["metadata"]["name"]))
 
+    def forget_unlisted(self, kind: str, namespace: str | None, listed: Any) -> None:
+        pass
+
 
 @pytest.fixture
 def sink(monkeypatch: Any) -> tuple[ChildEvents, FakeLoop, Observed]:
@@ -278,3 +281,24 @@ async def test_a_deletion_seen_on_a_watcher_thread_is_repaired_through_the_event
     events = ChildEvents(CFG, loop)
     await asyncio.to_thread(events.apply, "Service", "DELETED", child("Service", "s"))
     await asyncio.wait_for(repaired.wait(), 5)
+
+
+def test_a_child_applied_and_gone_while_no_watch_ran_is_applied_again_after_the_next_list(monkeypatch: Any) -> None:
+    """Catches a re-list that only repairs children it knew of: a ConfigMap a reconcile applied while the watch was
+    down, deleted before the next list, stayed in the memory of applies, so no pass ever put it back."""
+    from kfn.reconcilers.children import AppliedChildren
+
+    applied = AppliedChildren()
+    applied.enabled = True
+    monkeypatch.setattr(handlers, "APPLIED", applied)
+    events = ChildEvents(CFG, FakeLoop())  # type: ignore[arg-type]
+    code, other_ns = child("ConfigMap", "code"), child("ConfigMap", "code")
+    other_ns["metadata"]["namespace"] = "elsewhere"
+    service = child("Service", "code")
+    for obj in (code, other_ns, service):
+        applied.record(obj, obj)
+    events.reset("ConfigMap", "ns", iter([]))
+    assert applied.unchanged(code), "the first list may start after an apply of the operator's start: kept"
+    events.reset("ConfigMap", "ns", iter([]))  # the watch failed, meanwhile the ConfigMap was deleted
+    assert not applied.unchanged(code), "gone: the next pass applies it again"
+    assert applied.unchanged(other_ns) and applied.unchanged(service), "another namespace's, another kind's kept"

@@ -85,7 +85,7 @@ async def test_a_follow_up_that_fails_is_logged_and_the_others_still_run(caplog:
 
     followups.submit(("Deployment", "ns", "a"), broken)
     followups.submit(("Deployment", "ns", "b"), ran.append, "b")
-    logged = lambda: any("following a child failed" in r.getMessage() and r.exc_info for r in caplog.records)  # noqa: E731
+    logged = lambda: any("following a child or pod failed" in r.getMessage() and r.exc_info for r in caplog.records)  # noqa: E731
     await until(lambda: ran and logged())
     assert ran == ["b"]
     assert logged(), "a bug is not lost: logged with its traceback"

@@ -163,3 +163,100 @@ def test_an_error_of_the_sink_kills_the_watcher_but_a_failed_page_of_its_list_is
     assert len(lists) == 2, "the page that failed made the watcher list again"
     assert sink.calls == [("reset", "Service", "ns", ["a", "b"])]
     assert deaths == [("watch-Service-ns", "SinkFailed: ValueError: a bug in the sink")]
+
+
+class Waits:
+    """Stands in for Watcher.stopping: records each back-off, and stops the watcher after *limit* of them."""
+
+    def __init__(self, limit: int) -> None:
+        self.delays: list[float] = []
+        self.limit = limit
+
+    def is_set(self) -> bool:
+        return len(self.delays) >= self.limit
+
+    def wait(self, delay: float) -> bool:
+        self.delays.append(delay)
+        return self.is_set()
+
+    def set(self) -> None:
+        self.limit = 0
+
+
+def test_a_list_that_works_before_a_watch_that_fails_at_once_does_not_reset_the_back_off(monkeypatch: Any) -> None:
+    """Catches the back-off starting afresh after every list: a watch the server refuses at once (etcd failing,
+    say) had every replica list everything twice a second, forever."""
+    monkeypatch.setattr(k8s, "list_with_version", lambda *a, **k: ([obj("a", "1")], "1"))
+
+    def refused(*a: Any, **k: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+        raise k8s.ApiError(500, "InternalError", "etcd unavailable")
+        yield  # a generator, as k8s.watch is
+
+    monkeypatch.setattr(k8s, "watch", refused)
+    w = watching.Watcher(Recorder(), "Pod", None, None)
+    w.stopping = Waits(6)  # type: ignore[assignment]
+    w._run()
+    assert w.stopping.delays == [0.5, 1, 2, 5, 10, 10]  # type: ignore[attr-defined]
+    assert w.dead is None, "a server error is waited out"
+
+
+def test_a_watch_that_delivers_starts_the_back_off_afresh(monkeypatch: Any) -> None:
+    monkeypatch.setattr(k8s, "list_with_version", lambda *a, **k: ([], "1"))
+    attempts: list[int] = []
+
+    def watch(*a: Any, **k: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+        attempts.append(1)
+        if len(attempts) == 3:
+            yield "ADDED", obj("a", "2")
+        raise k8s.Unreachable(0, "Unreachable", "connection reset")
+
+    monkeypatch.setattr(k8s, "watch", watch)
+    w = watching.Watcher(Recorder(), "Pod", None, None)
+    w.stopping = Waits(4)  # type: ignore[assignment]
+    w._run()
+    assert w.stopping.delays == [0.5, 1, 0.5, 1]  # type: ignore[attr-defined]
+
+
+def test_a_client_error_that_lasts_kills_the_watcher_and_a_short_one_does_not(monkeypatch: Any) -> None:
+    """Catches a watcher retrying a 403 forever with health green (a Role without the watch verb): the operator
+    would trust a memory of children no event ever updates."""
+    now = [0.0]
+    monkeypatch.setattr(k8s, "list_with_version", lambda *a, **k: ([], "1"))
+    answers = iter([403, 403, None, 403, 403, 403])
+
+    def watch(*a: Any, **k: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+        status = next(answers)
+        now[0] += 40  # each attempt 40 s after the last
+        if status is None:
+            yield "ADDED", obj("a", "2")  # the Role was fixed a moment: the client errors began afresh after
+            raise k8s.Unreachable(0, "Unreachable", "connection reset")
+        raise k8s.ApiError(status, "Forbidden", 'pods is forbidden: cannot watch resource "pods"')
+
+    monkeypatch.setattr(k8s, "watch", watch)
+    deaths: list[tuple[str, str]] = []
+    w = watching.Watcher(Recorder(), "Pod", "ns", None, clock=lambda: now[0],
+                         on_dead=lambda name, why: deaths.append((name, why)))
+    w.stopping = Waits(100)  # type: ignore[assignment]
+    with pytest.raises(k8s.ApiError):
+        w._run()
+    assert len(w.stopping.delays) == 5, "403 at 0 s and 40 s waited out; after the event 0, 40: dead at 80 s"  # type: ignore[attr-defined]
+    assert deaths and "403" in deaths[0][1]
+
+
+def test_an_error_once_the_watcher_is_stopping_ends_it_quietly(monkeypatch: Any) -> None:
+    """Catches every shutdown reported as a watcher's death (its sink hands follow-ups to a loop already closed)."""
+    monkeypatch.setattr(k8s, "list_with_version", lambda *a, **k: ([], "1"))
+
+    def watch(*a: Any, **k: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+        w.stopping.set()
+        yield "ADDED", obj("a", "2")
+
+    class Closed(Recorder):
+        def apply(self, kind: str, event: str, o: dict[str, Any]) -> None:
+            raise RuntimeError("Event loop is closed")
+
+    deaths: list[Any] = []
+    monkeypatch.setattr(k8s, "watch", watch)
+    w = watching.Watcher(Closed(), "Pod", None, None, on_dead=lambda *a: deaths.append(a))
+    w._run()
+    assert w.dead is None and deaths == []

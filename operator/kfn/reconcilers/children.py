@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from dataclasses import dataclass
 
@@ -103,6 +103,17 @@ class AppliedChildren:
             if entry is None:
                 return
             if event_type == "DELETED" or owned_fields(live) != entry.owned:
+                del self._entries[key]
+
+    def forget_unlisted(self, kind: str, namespace: str | None,
+                        listed: Iterable[tuple[str, str]]) -> None:
+        """Forget the applies of children of *kind* (in *namespace*, or everywhere) that a fresh list of them lacks
+        (*listed*: their (namespace, name)): gone while no watch ran, so applied again by the next pass. A child
+        applied after the list's snapshot is forgotten too, which costs one apply that changes nothing."""
+        keep = set(listed)
+        with self._lock:
+            for key in [k for k in self._entries if k[0] == kind and (namespace is None or k[1] == namespace)
+                        and k[1:] not in keep]:
                 del self._entries[key]
 
     def newest_seen(self, deployment: Mapping[str, Any]) -> bool:

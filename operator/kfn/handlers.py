@@ -195,10 +195,10 @@ def child_state(child: Mapping[str, Any]) -> dict[str, Any]:
 class ChildFollowups:
     """Owner passes asked for by child events: at most *limit* at a time, and only the newest event per child.
 
-    A child's event hands its follow-up over here and returns at once, so the watch lets go of the event's
-    body (in Kopf's time, of its handler): while a thousand Deployments change together (created, or past their progress deadline), a handler
-    that waited for its turn in the thread pool kept a thousand whole Deployment bodies (pod templates,
-    managedFields) alive — the operator's peak memory. A waiting follow-up holds the trimmed child
+    A child's event hands its follow-up over here and returns at once, so the watch lets go of the event's body:
+    while a thousand Deployments change together (created, or past their progress deadline), a follow-up that
+    waited for its turn in the thread pool with the whole Deployment body (pod templates, managedFields) kept a
+    thousand of them alive — once the operator's peak memory. A waiting follow-up holds the trimmed child
     (:func:`child_state`), and a newer event of the same child replaces the one still waiting (the owner's pass
     reads the owner afresh and takes the child's newest state; an older one would only be a pass for nothing).
     """

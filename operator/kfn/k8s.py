@@ -232,17 +232,9 @@ def list_objects(kind: str, namespace: str | None, label_selector: str | None = 
 def list_pages(kind: str, namespace: str | None, label_selector: str | None = None,
                limit: int = 100) -> Iterator[dict[str, Any]]:
     """Objects of a kind, read *limit* per request (the API server's chunked list: `limit` and `continue`),
-    so a caller that keeps a part of each never holds the whole list at once."""
-    token = ""
-    while True:
-        query: list[tuple[str, Any]] = [("limit", limit)] + ([("labelSelector", label_selector)] if label_selector else [])
-        if token:
-            query.append(("continue", token))
-        page = _request("GET", path(kind, namespace), query=query)
-        yield from page.get("items", [])
-        token = (page.get("metadata") or {}).get("continue") or ""
-        if not token:
-            return
+    so a caller that keeps a part of each never holds the whole list at once. Nothing is read before the caller
+    iterates."""
+    yield from list_pages_with_version(kind, namespace, label_selector, limit)[0]
 
 
 def access_review(user: str, groups: list[str], verb: str, group: str, resource: str, namespace: str,
@@ -413,20 +405,21 @@ def watch(
                                     ("allowWatchBookmarks", "true"), ("timeoutSeconds", timeout_seconds)]
     if label_selector:
         query.append(("labelSelector", label_selector))
-    request = api.param_serialize("GET", path(kind, namespace), query_params=query,
-                                  header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
     url = path(kind, namespace)
+    request = api.param_serialize("GET", url, query_params=query,
+                                  header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
     group, resource, _ = request_info("GET", url)
+    # counted as the authorizer sees it (verb watch), so the RBAC tests see the watches kfn itself makes
+    counted = metrics.API_REQUESTS.labels
     try:
         response = api.call_api(*request, _request_timeout=(10, timeout_seconds + 30))
     except ApiException as e:
-        metrics.API_REQUESTS.labels(group, resource, "watch", str(e.status or 0)).inc()
+        counted(group, resource, "watch", str(e.status or 0)).inc()
         raise _error(e.status or 0, e.body) from e
     except (urllib3.exceptions.HTTPError, OSError) as e:
-        metrics.API_REQUESTS.labels(group, resource, "watch", "0").inc()
+        counted(group, resource, "watch", "0").inc()
         raise Unreachable(0, "Unreachable", f"watch {kind}: {e}") from e
-    # counted as the authorizer sees it (verb watch), so the RBAC tests see the watches kfn itself makes
-    metrics.API_REQUESTS.labels(group, resource, "watch", str(response.response.status)).inc()
+    counted(group, resource, "watch", str(response.response.status)).inc()
     raw = response.response  # the urllib3 response, read as a stream of JSON lines
     try:
         yield from _events(raw)

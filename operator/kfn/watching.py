@@ -159,7 +159,7 @@ class Watcher:
             call(*args)
         except _PageFailed:
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - whatever the sink raises is its bug: the watcher dies, health red
             raise SinkFailed(f"{type(e).__name__}: {e}") from e
 
     def _reset(self, items: Iterable[dict[str, Any]]) -> None:

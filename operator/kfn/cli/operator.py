@@ -115,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     from kfn import aio, k8s, metrics
-    from kfn.handlers import (ActiveReplica, CHILD_KINDS, OperatorConfig, persistence, reconcile_any, register,
-                              start_child_watches)
+    from kfn.handlers import (ActiveReplica, OperatorConfig, persistence, reconcile_any, register,
+                              start_child_watches, watched_child_kinds)
     from kfn.reconcilers.resync import Resync
 
     kopf.configure(
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     # (workers // 2), asyncio's default executor (child and pod follow-ups, min(32, CPUs + 4)) and the child and
     # pod watches (each holds one for as long as it watches). A full pool drops connections, and each new one
     # costs the API server a TLS handshake.
-    watches = (len(CHILD_KINDS) + 1) * max(1, len(args.namespace))
+    watches = len(watched_child_kinds()) * max(1, len(args.namespace))
     k8s.configure(args.kubeconfig, args.context,
                   pool_size=args.workers + args.workers // 2 + min(32, (os.cpu_count() or 1) + 4) + watches)
     if args.install_peering and not args.standalone:

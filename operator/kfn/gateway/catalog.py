@@ -263,7 +263,6 @@ class Watcher(watching.Watcher):
     def __init__(self, catalog: Catalog, loop: asyncio.AbstractEventLoop, kind: str, namespace: str | None,
                  selector: str | None) -> None:
         super().__init__(catalog, kind, namespace, selector, loop=loop)
-        self.catalog = catalog
 
 
 def start_watchers(catalog: Catalog, loop: asyncio.AbstractEventLoop,
